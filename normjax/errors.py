@@ -2,10 +2,10 @@
 
 
 class UserError(Exception):
-  """Bad input from a user (config, CLI, data dir). The CLI prints `error: <msg>` and exits 2.
+    """Bad input from a user (config, CLI, data dir). The CLI prints `error: <msg>` and exits 2.
 
-  Example:
-    >>> raise UserError("model 'foo' is unknown; allowed: mlp, plain_cnn, resnet")
-  """
+    Example:
+      >>> raise UserError("model 'foo' is unknown; allowed: mlp, plain_cnn, resnet")
+    """
 
-  exit_code = 2
+    exit_code = 2
