@@ -1,0 +1,3 @@
+from normjax.cli import main
+
+main()

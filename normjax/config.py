@@ -1,0 +1,169 @@
+"""Configs: nested dicts of defaults, experiment files that override them, `--set key=value`.
+
+An experiment file under `experiments/` defines `get_config(size: str) -> dict` returning the
+keys it changes; `size` is `smoke` (seconds on CPU) or `full` (paper scale, GPU/TPU). Every key a
+config names must exist in `DEFAULTS` and keep its type, so typos fail with one line.
+
+Example:
+  >>> cfg = load_config("experiments/resnet_digits.py", size="smoke", overrides=["optim.lr=0.05"])
+  >>> cfg["optim"]["lr"]
+  0.05
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from normjax.errors import UserError
+
+SIZES = ("smoke", "full")
+
+DEFAULTS: dict[str, Any] = {
+    "model": {
+        "name": "resnet",        # mlp | plain_cnn | resnet
+        "depth": 20,             # resnet: 6n+2; plain_cnn: conv layers; mlp: hidden layers
+        "width": 16,             # resnet/plain_cnn: base width; mlp: hidden width
+        "width_mult": 1.0,       # widened baselines
+        "shortcut": True,        # resnet only; False gives the plain net of the ELR study
+        "activation": "relu",    # relu | prelu (channel-wise slopes)
+        "prelu_init": 0.0,       # initial slope: 0 = ReLU at init, 1 = linear
+        "bn_momentum": 0.9,
+        "bn_eps": 1e-5,
+        "per_device_bn": False,  # True: BN statistics per device instead of over the global batch
+    },
+    "data": {
+        "name": "digits",        # digits | synthetic | cifar10 | cifar100 | mnist | fashion_mnist | svhn_cropped
+        "data_dir": "",          # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+        "crop_padding": 0,       # random-crop padding (0 = off)
+        "flip": False,           # random horizontal flip
+        "synthetic": {"num_train": 2048, "num_test": 512, "image_shape": [32, 32, 3], "num_classes": 10,
+                      "difficulty": 0.5, "seed": 0},
+    },
+    "optim": {
+        "name": "sgd",           # registered in normjax.training.optim.OPTIMIZERS
+        "lr": 0.1,               # peak learning rate (traced: a sweep over it compiles once)
+        "momentum": 0.9,         # traced
+        "weight_decay": 5e-4,    # traced
+        "nesterov": False,
+        "decoupled_wd": False,   # False: g += wd*w before momentum (PyTorch SGD); True: w -= lr_t*wd*w
+        "schedule": "cosine",    # constant | step | cosine
+        "warmup_steps": 0,       # linear warm-up from 0 to the schedule, in steps
+        "milestones": [0.5, 0.75],  # step schedule: fractions of training where lr *= step_factor
+        "step_factor": 0.1,
+    },
+    "train": {
+        "seed": 0,               # traced: parameter init, data order and augmentation
+        "batch_size": 128,
+        "epochs": 1.0,           # used when steps == 0
+        "steps": 0,
+        "steps_per_dispatch": 20,  # steps fused into one compiled call (lax.scan)
+        "dtype": "float32",      # float32 | bfloat16 (activations; parameters stay float32)
+        "eval_batch_size": 500,
+        "eval_train_examples": 10000,  # train-set examples evaluated at the end (0 = all)
+        "init_from": "",         # warm start: run dir whose params and BN statistics to start from
+    },
+    "log": {
+        "dense_steps": 100,      # log every step for the first dense_steps steps ...
+        "every": 20,             # ... then every `every` steps
+        "metrics": ["layer_norms"],  # in-step metric hooks, see normjax.metrics.METRICS
+    },
+    "checkpoint": {"every": 500, "keep": 3},
+}
+
+
+def merge(base: dict, update: dict, prefix: str = "") -> dict:
+    """`base` with `update` laid over it; unknown keys or changed types raise UserError."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        name = prefix + key
+        if key not in out:
+            raise UserError(f"config key {name!r} is unknown; allowed here: {', '.join(sorted(out))}")
+        if isinstance(out[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {name!r} is a section; give one of its keys ({', '.join(sorted(out[key]))})")
+            out[key] = merge(out[key], value, name + ".")
+        else:
+            out[key] = _coerce(name, value, out[key])
+    return out
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, tuple):
+        value = list(value)
+    if type(value) is not kind:
+        raise UserError(f"config key {name!r} got {value!r} ({type(value).__name__}); expected {kind.__name__}")
+    return value
+
+
+def parse_override(text: str) -> dict:
+    """`a.b=v` → {'a': {'b': v}}; v is read as JSON when it parses (numbers, true, lists), else a string."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r} is not key=value (e.g. optim.lr=0.1)")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = {"True": True, "False": False}.get(raw, raw)
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def read_experiment(path: str | os.PathLike, size: str) -> dict:
+    """The overrides an experiment file's `get_config(size)` returns."""
+    if size not in SIZES:
+        raise UserError(f"size {size!r} is unknown; allowed: {', '.join(SIZES)}")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist; give a file such as experiments/resnet_digits.py")
+    spec = importlib.util.spec_from_file_location(f"normjax_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {str(path)!r} defines no get_config(size)")
+    return module.get_config(size)
+
+
+def load_config(path: str | os.PathLike | None = None, *, size: str = "smoke",
+                overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Defaults ← experiment file (if any) ← `key=value` overrides, validated."""
+    cfg = merge(DEFAULTS, read_experiment(path, size)) if path else copy.deepcopy(DEFAULTS)
+    for text in overrides:
+        cfg = merge(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    """One-line UserError for values no run can use (checks that need no data or devices)."""
+    from normjax.models import check_model_config
+
+    check_model_config(cfg["model"])
+    t, o = cfg["train"], cfg["optim"]
+    if t["batch_size"] < 1:
+        raise UserError(f"train.batch_size={t['batch_size']} must be >= 1")
+    if t["steps"] < 0 or t["epochs"] <= 0 and t["steps"] == 0:
+        raise UserError(f"train.steps={t['steps']}, train.epochs={t['epochs']}: give steps > 0 or epochs > 0")
+    if t["steps_per_dispatch"] < 1:
+        raise UserError(f"train.steps_per_dispatch={t['steps_per_dispatch']} must be >= 1")
+    if t["dtype"] not in ("float32", "bfloat16"):
+        raise UserError(f"train.dtype={t['dtype']!r} is unknown; allowed: float32, bfloat16")
+    if o["schedule"] not in ("constant", "step", "cosine"):
+        raise UserError(f"optim.schedule={o['schedule']!r} is unknown; allowed: constant, step, cosine")
+    if o["lr"] < 0 or o["weight_decay"] < 0 or not 0 <= o["momentum"] < 1:
+        raise UserError(f"optim.lr={o['lr']}, optim.momentum={o['momentum']}, optim.weight_decay={o['weight_decay']}: "
+                        "need lr >= 0, 0 <= momentum < 1, weight_decay >= 0")
+    if cfg["log"]["every"] < 1 or cfg["checkpoint"]["every"] < 1 or cfg["checkpoint"]["keep"] < 1:
+        raise UserError("log.every, checkpoint.every and checkpoint.keep must be >= 1")

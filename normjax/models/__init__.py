@@ -1,0 +1,57 @@
+"""Models registered by name; `build_model` validates the model config and builds one.
+
+Example:
+  >>> model = build_model({"name": "resnet", "depth": 20}, num_classes=10, image_shape=(32, 32, 3),
+  ...                     rngs=nnx.Rngs(0))
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from normjax.errors import UserError
+from normjax.models.layers import ACTIVATIONS, BatchNorm, ChannelPReLU
+from normjax.models.mlp import MLP
+from normjax.models.plain_cnn import PlainCNN
+from normjax.models.resnet import ResNet
+from normjax.models.structure import LayerInfo, per_layer, prelu_mask, scale_invariant_mask
+
+MODELS = ("mlp", "plain_cnn", "resnet")
+
+
+def check_model_config(cfg: dict) -> None:
+    """Raise UserError (one line) for a model config no model can build."""
+    name, depth = cfg["name"], cfg["depth"]
+    if name not in MODELS:
+        raise UserError(f"model.name={name!r} is unknown; allowed: {', '.join(MODELS)}")
+    if cfg["activation"] not in ACTIVATIONS:
+        raise UserError(f"model.activation={cfg['activation']!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    if name == "resnet" and (depth < 8 or (depth - 2) % 6):
+        raise UserError(f"model.depth={depth} is not valid for resnet; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
+    if name == "plain_cnn" and depth < 3:
+        raise UserError(f"model.depth={depth} is too small for plain_cnn; allowed: >= 3")
+    if name == "mlp" and depth < 1:
+        raise UserError(f"model.depth={depth} is too small for mlp; allowed: >= 1")
+    if cfg["width"] < 1 or cfg["width_mult"] <= 0:
+        raise UserError(f"model.width={cfg['width']}, model.width_mult={cfg['width_mult']}: both must be positive")
+
+
+def build_model(cfg: dict, *, num_classes: int, image_shape: tuple[int, int, int], rngs: nnx.Rngs,
+                bn_groups: int = 1, dtype=jnp.float32) -> nnx.Module:
+    """Build the model named by `cfg['name']` from a (validated) model config."""
+    check_model_config(cfg)
+    common = dict(num_classes=num_classes, activation=cfg["activation"], prelu_init=cfg["prelu_init"],
+                  bn_momentum=cfg["bn_momentum"], bn_eps=cfg["bn_eps"], bn_groups=bn_groups, dtype=dtype,
+                  rngs=rngs)
+    h, w, c = image_shape
+    if cfg["name"] == "mlp":
+        return MLP(depth=cfg["depth"], width=cfg["width"], in_features=h * w * c, **common)
+    if cfg["name"] == "resnet":
+        return ResNet(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"],
+                      shortcut=cfg["shortcut"], **common)
+    return PlainCNN(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"], **common)
+
+
+__all__ = ["MODELS", "BatchNorm", "ChannelPReLU", "LayerInfo", "MLP", "PlainCNN", "ResNet", "build_model",
+           "check_model_config", "per_layer", "prelu_mask", "scale_invariant_mask"]

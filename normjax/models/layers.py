@@ -1,0 +1,111 @@
+"""Building blocks shared by every model: BatchNorm with an explicit `train` flag, channel PReLU.
+
+Every normalized layer's kernel is created without bias: its output goes straight into BatchNorm,
+which makes the kernel scale-invariant (science.md §1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+he_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over all axes but the last, statistics in float32.
+
+    `groups > 1` normalizes each of `groups` equal slices of the batch with its own statistics
+    ("ghost" BN). With the batch sharded over G devices, `groups=G` is per-device BN computed with
+    no communication; `groups=1` (default) uses the global batch.
+
+    Example:
+      >>> bn = BatchNorm(8)
+      >>> y = bn(jnp.ones((4, 8)), train=True)
+    """
+
+    def __init__(self, features: int, *, momentum: float = 0.9, eps: float = 1e-5, groups: int = 1):
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((features,), jnp.float32))
+        self.momentum, self.eps, self.groups = momentum, eps, groups
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        if train:
+            g = self.groups
+            xg = x.reshape((g, x.shape[0] // g) + x.shape[1:])
+            axes = tuple(range(1, xg.ndim - 1))
+            mean = xg.mean(axes, keepdims=True)
+            var = jnp.square(xg - mean).mean(axes, keepdims=True)
+            y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+            # Running statistics: average of the groups' batch statistics.
+            m = self.momentum
+            self.mean[...] = m * self.mean[...] + (1 - m) * mean.reshape(g, -1).mean(0)
+            self.var[...] = m * self.var[...] + (1 - m) * var.reshape(g, -1).mean(0)
+        else:
+            y = (x - self.mean[...]) * jax.lax.rsqrt(self.var[...] + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(dtype)
+
+
+class ChannelPReLU(nnx.Module):
+    """PReLU with one slope per channel: `max(0, x) + slope_c * min(0, x)`.
+
+    slope 0 is a ReLU, slope 1 the identity (a linear unit, science.md §5).
+
+    Example:
+      >>> act = ChannelPReLU(8, init=0.0)
+      >>> y = act(-jnp.ones((2, 8)))   # zeros at init
+    """
+
+    def __init__(self, features: int, *, init: float = 0.0):
+        self.slope = nnx.Param(jnp.full((features,), init, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        slope = self.slope[...].astype(x.dtype)
+        return jnp.maximum(x, 0) + slope * jnp.minimum(x, 0)
+
+
+class ReLU(nnx.Module):
+    """Stateless ReLU; a module so that `relu` and `prelu` models share one structure."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(x)
+
+
+ACTIVATIONS = ("relu", "prelu")
+
+
+def activation(name: str, features: int, prelu_init: float) -> nnx.Module:
+    """The activation named in the model config (`relu` or channel-wise `prelu`)."""
+    return ChannelPReLU(features, init=prelu_init) if name == "prelu" else ReLU()
+
+
+def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
+    """One module whose every variable holds the stacked variables of `modules` (axis 0).
+
+    Identical layers are stored stacked and applied with `lax.scan` (see `scan_apply`), so the
+    compiled program does not grow with depth: ResNet-110 compiles about as fast as ResNet-20.
+    """
+    first = modules[0]
+    states = [nnx.state(m) for m in modules]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    nnx.update(first, stacked)
+    return first
+
+
+def scan_apply(stacked: nnx.Module, x: jax.Array, fn) -> jax.Array:
+    """Apply `fn(layer, x)` for each layer of a stacked module in order, updating its state."""
+    graphdef, state = nnx.split(stacked)
+
+    def body(h, layer_state):
+        layer = nnx.merge(graphdef, layer_state)
+        h = fn(layer, h)
+        return h, nnx.state(layer)
+
+    x, new_state = jax.lax.scan(body, x, state)
+    nnx.update(stacked, new_state)
+    return x

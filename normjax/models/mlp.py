@@ -1,0 +1,53 @@
+"""BN-ReLU MLP: `depth` hidden layers of (dense without bias → BN → act), then a dense classifier."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from normjax.models.layers import BatchNorm, he_normal, scan_apply, stack_modules
+from normjax.models.layers import activation as make_activation
+from normjax.models.structure import LayerInfo
+
+
+class Hidden(nnx.Module):
+    def __init__(self, din: int, dout: int, *, act: str, prelu_init: float, bn: dict, dtype, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(din, dout, use_bias=False, kernel_init=he_normal, dtype=dtype,
+                                param_dtype=jnp.float32, rngs=rngs)
+        self.bn = BatchNorm(dout, **bn)
+        self.act = make_activation(act, dout, prelu_init)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.act(self.bn(self.dense(x), train=train))
+
+
+class MLP(nnx.Module):
+    """BN-ReLU MLP on flattened inputs; `depth` counts hidden layers.
+
+    Example:
+      >>> model = MLP(depth=4, width=64, in_features=64, num_classes=10, rngs=nnx.Rngs(0))
+      >>> logits = model(jnp.zeros((2, 8, 8, 1)), train=False)
+    """
+
+    def __init__(self, *, depth: int, width: int, in_features: int, num_classes: int,
+                 activation: str = "relu", prelu_init: float = 0.0, bn_momentum: float = 0.9,
+                 bn_eps: float = 1e-5, bn_groups: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(act=activation, prelu_init=prelu_init,
+                  bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups), dtype=dtype, rngs=rngs)
+        self.depth = depth
+        self.first = Hidden(in_features, width, **kw)
+        self.rest = stack_modules([Hidden(width, width, **kw) for _ in range(depth - 1)]) if depth > 1 else None
+        self.head = nnx.Linear(width, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.first(x.reshape(x.shape[0], -1), train)
+        if self.rest is not None:
+            x = scan_apply(self.rest, x, lambda layer, h: layer(h, train))
+        return self.head(x)
+
+    def layers(self) -> list[LayerInfo]:
+        out = [LayerInfo("fc0", 0, ("first", "dense", "kernel"), None, True)]
+        out += [LayerInfo(f"fc{i + 1}", i + 1, ("rest", "dense", "kernel"), i, True) for i in range(self.depth - 1)]
+        out.append(LayerInfo("head", self.depth, ("head", "kernel"), None, False))
+        return out

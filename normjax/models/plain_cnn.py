@@ -1,0 +1,77 @@
+"""VGG-style plain CNN: 3 stages of conv3x3-BN-act (widths w, 2w, 4w), 2x2 max-pool between
+stages, global average pool, dense classifier. `depth` counts conv layers, spread evenly over the
+stages (earlier stages take the remainder)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from normjax.models.layers import BatchNorm, scan_apply, stack_modules
+from normjax.models.layers import activation as make_activation
+from normjax.models.resnet import conv
+from normjax.models.structure import LayerInfo
+
+
+class ConvBN(nnx.Module):
+    def __init__(self, cin: int, cout: int, *, act: str, prelu_init: float, bn: dict, dtype, rngs: nnx.Rngs):
+        self.conv = conv(cin, cout, 3, 1, rngs, dtype)
+        self.bn = BatchNorm(cout, **bn)
+        self.act = make_activation(act, cout, prelu_init)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.act(self.bn(self.conv(x), train=train))
+
+
+class PlainStage(nnx.Module):
+    def __init__(self, cin: int, cout: int, n: int, **kw):
+        self.n = n
+        self.first = ConvBN(cin, cout, **kw)
+        self.rest = stack_modules([ConvBN(cout, cout, **kw) for _ in range(n - 1)]) if n > 1 else None
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.first(x, train)
+        if self.rest is not None:
+            x = scan_apply(self.rest, x, lambda layer, h: layer(h, train))
+        return x
+
+
+class PlainCNN(nnx.Module):
+    """Plain conv stack of `depth` conv layers (depth >= 3).
+
+    Example:
+      >>> model = PlainCNN(depth=6, num_classes=10, in_channels=3, rngs=nnx.Rngs(0))
+      >>> logits = model(jnp.zeros((2, 32, 32, 3)), train=False)
+    """
+
+    def __init__(self, *, depth: int, num_classes: int, in_channels: int = 3, width: int = 16,
+                 width_mult: float = 1.0, activation: str = "relu", prelu_init: float = 0.0,
+                 bn_momentum: float = 0.9, bn_eps: float = 1e-5, bn_groups: int = 1,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(act=activation, prelu_init=prelu_init,
+                  bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups), dtype=dtype, rngs=rngs)
+        w = [max(1, round(width * width_mult * m)) for m in (1, 2, 4)]
+        counts = [depth // 3 + (1 if s < depth % 3 else 0) for s in range(3)]
+        self.counts = counts
+        self.stage1 = PlainStage(in_channels, w[0], counts[0], **kw)
+        self.stage2 = PlainStage(w[0], w[1], counts[1], **kw)
+        self.stage3 = PlainStage(w[1], w[2], counts[2], **kw)
+        self.head = nnx.Linear(w[2], num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for i, stage in enumerate((self.stage1, self.stage2, self.stage3)):
+            if i > 0 and min(x.shape[1:3]) >= 2:
+                x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            x = stage(x, train)
+        return self.head(x.mean(axis=(1, 2)))
+
+    def layers(self) -> list[LayerInfo]:
+        out, depth = [], 0
+        for s, n in enumerate(self.counts, start=1):
+            out.append(LayerInfo(f"s{s}.c0", depth, (f"stage{s}", "first", "conv", "kernel"), None, True))
+            out += [LayerInfo(f"s{s}.c{i + 1}", depth + i + 1, (f"stage{s}", "rest", "conv", "kernel"), i, True)
+                    for i in range(n - 1)]
+            depth += n
+        out.append(LayerInfo("head", depth, ("head", "kernel"), None, False))
+        return out

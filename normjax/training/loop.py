@@ -1,0 +1,231 @@
+"""The one training loop every experiment uses. It knows nothing about either study: they plug
+in optimizers (`register_optimizer`) and in-step metrics (`register_metric`).
+
+Reads top to bottom: config → devices → data → compiled program → run dir → restore or init →
+chunks of fused steps (metrics of chunk k are fetched while chunk k+1 runs) → checkpoints →
+final evaluation → summary.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from normjax.config import validate
+from normjax.data import Dataset, load_dataset
+from normjax.errors import UserError
+from normjax.parallel import check_batch, data_mesh, maybe_initialize_distributed, put_replicated
+from normjax.training.checkpoint import Checkpointer
+from normjax.training.program import DataSpec, Program, TrainState, get_program, static_key
+from normjax.training.progress import Progress
+from normjax.training.rundir import RunDir, read_json, write_json
+
+EXIT_DIVERGED = 3
+
+
+def dataset_for(cfg: dict) -> Dataset:
+    d = cfg["data"]
+    return load_dataset(d["name"], data_dir=d["data_dir"] or None, synthetic=d["synthetic"])
+
+
+def data_spec(ds: Dataset) -> DataSpec:
+    return DataSpec(num_train=int(ds.train_images.shape[0]), image_shape=tuple(ds.image_shape),
+                    num_classes=int(ds.num_classes), mean=tuple(ds.mean), std=tuple(ds.std))
+
+
+def total_steps(cfg: dict, num_train: int) -> int:
+    t = cfg["train"]
+    return t["steps"] or max(1, math.ceil(t["epochs"] * max(1, num_train // t["batch_size"])))
+
+
+def program_for(cfg: dict, ds: Dataset) -> Program:
+    """Validate against the data and devices, then the (cached) compiled program."""
+    mesh = data_mesh()
+    check_batch(cfg["train"]["batch_size"], mesh)
+    if cfg["train"]["batch_size"] > ds.train_images.shape[0]:
+        raise UserError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {ds.train_images.shape[0]} "
+                        f"training examples of {ds.name!r}")
+    spec = data_spec(ds)
+    return get_program(static_key(cfg, spec, total_steps(cfg, spec.num_train), mesh.devices.size))
+
+
+def state_items(state: TrainState, elapsed: float) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state,
+            "meta": {"step": state.step, "key": state.key, "diverged": state.diverged,
+                     "elapsed": np.float64(elapsed)}}
+
+
+def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, float] | None:
+    abstract = program.abstract_state()
+    templates = state_items(abstract, 0.0)
+    templates["meta"]["elapsed"] = jax.ShapeDtypeStruct((), np.float64)
+    restored = ckpt.restore(templates)
+    if restored is None:
+        return None
+    _, it = restored
+    meta = it["meta"]
+    state = TrainState(step=meta["step"], params=it["params"], batch_stats=it["batch_stats"],
+                       opt_state=it["opt_state"], key=meta["key"], diverged=meta["diverged"])
+    return state, float(meta["elapsed"])
+
+
+def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
+    """Take params and BN statistics from another run's latest checkpoint; keep the new optimizer."""
+    src = Path(source).expanduser()
+    abstract = program.abstract_state()
+    templates = {"params": abstract.params, "batch_stats": abstract.batch_stats}
+    try:
+        restored = Checkpointer(src / "checkpoints").restore(templates) if (src / "checkpoints").is_dir() else None
+    except Exception as e:  # shape mismatch: another model
+        raise UserError(f"train.init_from={source!r}: its checkpoint does not fit this model ({type(e).__name__})") from None
+    if restored is None:
+        raise UserError(f"train.init_from={source!r} holds no checkpoint; give a run directory that has trained")
+    _, it = restored
+    return state.replace(params=it["params"], batch_stats=it["batch_stats"])
+
+
+def _pad_eval(images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    n = images.shape[0]
+    pad = (-n) % batch
+    return (np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]),
+            np.concatenate([labels.astype(np.int32), -np.ones(pad, np.int32)]))
+
+
+def evaluate(program: Program, state: TrainState, images: np.ndarray, labels: np.ndarray,
+             batch_size: int) -> dict[str, float]:
+    """Loss and accuracy of the state's parameters (BN in inference mode) on a dataset split."""
+    n_dev = program.mesh.devices.size
+    batch = max(n_dev, min(batch_size, images.shape[0]) // n_dev * n_dev)
+    x, y = _pad_eval(images, labels, batch)
+    out = program.evaluate(state.params, state.batch_stats, put_replicated(x, program.mesh),
+                           put_replicated(y, program.mesh), batch)
+    return {k: float(v) for k, v in jax.device_get(out).items()}
+
+
+def final_metrics(program: Program, state: TrainState, ds: Dataset, cfg: dict) -> dict[str, float]:
+    t = cfg["train"]
+    n = t["eval_train_examples"] or ds.train_images.shape[0]
+    train = evaluate(program, state, ds.train_images[:n], ds.train_labels[:n], t["eval_batch_size"])
+    test = evaluate(program, state, ds.test_images, ds.test_labels, t["eval_batch_size"])
+    return {"train_loss": train["loss"], "train_accuracy": train["accuracy"],
+            "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+
+
+def _log_rows(m: dict, cfg: dict, steps_per_epoch: int, t0: float) -> list[dict]:
+    """Rows of a fetched chunk that the cadence keeps (every step early, then every `log.every`)."""
+    log = cfg["log"]
+    rows = []
+    for i in np.nonzero(m["valid"])[0]:
+        step = int(m["step"][i])
+        if step < log["dense_steps"] or (step + 1) % log["every"] == 0:
+            row = {"step": step, "epoch": step / steps_per_epoch, "wall_time": t0}
+            row.update({k: v[i] for k, v in m.items() if k not in ("valid", "step")})
+            rows.append(row)
+    return rows
+
+
+def train(cfg: dict, workdir: str | Path, *, progress: bool | None = None) -> dict:
+    """Train (or resume) the run `cfg` describes in `workdir`; returns its summary.
+
+    A complete run is returned as is. A non-finite loss ends the run with status `diverged`
+    (the last good checkpoint is kept).
+
+    Example:
+      >>> summary = train(load_config("experiments/resnet_digits.py"), "runs/demo")
+      >>> summary["status"], summary["test_accuracy"]
+    """
+    validate(cfg)
+    maybe_initialize_distributed()
+    run = RunDir.create(workdir)
+    if run.config.exists() and read_json(run.config) != cfg:
+        raise UserError(f"workdir {str(run.path)!r} holds a run with another config; give a new --workdir")
+    old = run.read_summary()
+    if old and old.get("status") == "done":
+        return old
+
+    ds = dataset_for(cfg)
+    program = program_for(cfg, ds)
+    total = program.total_steps
+    write_json(run.config, cfg)
+    write_json(run.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant}
+                            for l in program.layers])
+
+    ckpt = Checkpointer(run.checkpoints, keep=cfg["checkpoint"]["keep"])
+    restored = restore_state(ckpt, program)
+    if restored:
+        state, elapsed = restored
+        run.trim_metrics(int(state.step))
+    else:
+        state, elapsed = program.init_state(cfg), 0.0
+        run.trim_metrics(0)
+        if cfg["train"]["init_from"]:
+            state = warm_start(state, program, cfg["train"]["init_from"])
+    run.write_summary({"status": "running", "step": int(state.step), "total_steps": total})
+
+    images = put_replicated(ds.train_images, program.mesh)
+    labels = put_replicated(ds.train_labels.astype(np.int32), program.mesh)
+    step, every = int(state.step), cfg["checkpoint"]["every"]
+    t_start = time.time() - elapsed
+    bar = Progress(total, initial=step, batch_size=program.batch_size, enabled=progress)
+    pending, diverged_at = None, None
+
+    def drain(p):
+        nonlocal diverged_at
+        m = jax.device_get(p)
+        rows = _log_rows(m, cfg, program.steps_per_epoch, time.time() - t_start)
+        run.append_metrics(rows)
+        valid = m["valid"]
+        bad = valid & ~np.isfinite(m["loss"])
+        if bad.any() and diverged_at is None:
+            diverged_at = int(m["step"][np.argmax(bad)])
+        good = valid & np.isfinite(m["loss"])
+        if good.any():
+            bar.update(int(good.sum()), loss=float(m["loss"][good][-1]), acc=float(m["accuracy"][good][-1]))
+
+    while step < total and diverged_at is None:
+        n = min(program.chunk, total - step, every - step % every)
+        state, chunk_metrics = program.train_chunk(state, images, labels, np.int32(n))
+        if pending is not None:
+            drain(pending)  # runs while the chunk just dispatched computes
+        pending, step = chunk_metrics, step + n
+        if step % every == 0 or step == total:
+            drain(pending)
+            pending = None
+            if diverged_at is None:
+                ckpt.save(step, state_items(state, time.time() - t_start))
+    if pending is not None:
+        drain(pending)
+    bar.close()
+    ckpt.close()
+
+    wall = time.time() - t_start
+    if diverged_at is not None:
+        summary = {"status": "diverged", "step": diverged_at, "total_steps": total, "wall_time": wall,
+                   "message": f"non-finite loss at step {diverged_at}; last good checkpoint kept"}
+        run.write_summary(summary)
+        return summary
+    summary = {"status": "done", "step": total, "total_steps": total, "epochs": total / program.steps_per_epoch,
+               "wall_time": wall, **final_metrics(program, state, ds, cfg)}
+    run.write_summary(summary)
+    return summary
+
+
+def evaluate_run(rundir: str | Path) -> dict:
+    """Evaluate a run directory's latest good checkpoint on its train subset and test split."""
+    run = RunDir(Path(rundir).expanduser().absolute())
+    if not run.config.exists():
+        raise UserError(f"{str(run.path)!r} is not a run directory (no config.json)")
+    cfg = read_json(run.config)
+    ds = dataset_for(cfg)
+    program = program_for(cfg, ds)
+    restored = restore_state(Checkpointer(run.checkpoints), program) if run.checkpoints.is_dir() else None
+    if restored is None:
+        raise UserError(f"{str(run.path)!r} holds no checkpoint to evaluate")
+    state, _ = restored
+    return {"step": int(state.step), **final_metrics(program, state, ds, cfg)}

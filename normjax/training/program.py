@@ -1,0 +1,216 @@
+"""The compiled side of a run: model, optimizer, and the jitted init / train / eval functions.
+
+A `Program` depends only on a config's *static* part (shapes, structure, schedule length) and is
+cached on it, so runs that differ in traced values (LR, momentum, weight decay, seed and transform
+strengths, all held in the state) reuse one compiled program. Everything inside is pure: NNX
+modules are rebuilt from plain parameter dicts with `nnx.merge` inside the traced functions.
+
+The train function fuses `steps_per_dispatch` steps into one call (`lax.scan`); data order
+(a per-epoch permutation from the seed), normalization and augmentation all run on device.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from normjax import metrics as metrics_lib
+from normjax.data import preprocess
+from normjax.models import build_model, prelu_mask, scale_invariant_mask
+from normjax.parallel import batch_sharded, check_batch, replicated
+from normjax.training.optim import (OptimizerContext, current_lr, hyperparams, make_optimizer,
+                                    optimizer_spec, schedule_shape, set_hyperparams)
+
+# Keys whose values are traced (held in the state): they do not enter the compile-cache key.
+TRACED_TRAIN_KEYS = ("seed",)
+HOST_ONLY = {"log": ("dense_steps", "every"), "checkpoint": ("every", "keep"),
+             "train": ("seed", "init_from", "eval_train_examples"), "data": ("data_dir",)}
+
+
+@chex.dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training; a pytree (vmappable, checkpointable)."""
+
+    step: jax.Array         # int32 []: updates applied so far
+    params: Any             # nested dict of float32 arrays
+    batch_stats: Any        # nested dict of BN running statistics
+    opt_state: Any          # optax state, injected hyper-parameters included
+    key: jax.Array          # uint32 [2]: raw PRNG key data from the seed (init, data order, augmentation)
+    diverged: jax.Array     # bool []: a non-finite loss was met; updates stopped
+
+
+@chex.dataclass(frozen=True)
+class DataSpec:
+    """The static facts about a dataset that shape a compiled program."""
+
+    num_train: int
+    image_shape: tuple
+    num_classes: int
+    mean: tuple
+    std: tuple
+
+
+def static_key(cfg: dict, data: DataSpec, total_steps: int, num_devices: int) -> str:
+    """JSON of everything that shapes the compiled program (traced values and host-only keys removed)."""
+    spec = optimizer_spec(cfg["optim"])
+    stripped = {sec: {k: v for k, v in vals.items() if k not in HOST_ONLY.get(sec, ()) and
+                      not (sec == "optim" and k in spec.hyperparams)}
+                for sec, vals in cfg.items()}
+    return json.dumps({"cfg": stripped, "data": dict(data.items()), "total_steps": total_steps,
+                       "devices": num_devices}, sort_keys=True, default=list)
+
+
+@functools.lru_cache(maxsize=16)
+def get_program(key: str) -> "Program":
+    """The (cached) compiled program for a `static_key`."""
+    return Program(key)
+
+
+class Program:
+    """Model, optimizer and jitted functions for one static configuration."""
+
+    def __init__(self, key: str):
+        spec = json.loads(key)
+        cfg, data = spec["cfg"], spec["data"]
+        self.cfg, self.total_steps = cfg, spec["total_steps"]
+        self.data = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        assert self.mesh.devices.size == spec["devices"]
+        self.batch_size = cfg["train"]["batch_size"]
+        check_batch(self.batch_size, self.mesh)
+        self.steps_per_epoch = max(1, self.data.num_train // self.batch_size)
+        self.chunk = cfg["train"]["steps_per_dispatch"]
+        self.dtype = jnp.bfloat16 if cfg["train"]["dtype"] == "bfloat16" else jnp.float32
+        self.bn_groups = self.mesh.devices.size if cfg["model"]["per_device_bn"] else 1
+        self.metric_names = tuple(cfg["log"]["metrics"])
+        metrics_lib.check_metrics(list(self.metric_names))
+
+        abstract = nnx.eval_shape(lambda: self._model(nnx.Rngs(0)))
+        self.graphdef, self.params_template, self.stats_template, rest = nnx.split(
+            abstract, nnx.Param, nnx.BatchStat, ...)
+        assert not jax.tree.leaves(rest), "models hold only Params and BatchStats"
+        self.layers = abstract.layers()
+        abstract_params = nnx.to_pure_dict(self.params_template)
+        self.context = OptimizerContext(scale_invariant_mask(abstract_params, self.layers),
+                                        prelu_mask(abstract_params), self.layers)
+        self.schedule = schedule_shape(cfg["optim"], self.total_steps)
+        self.tx = make_optimizer(cfg["optim"] | {k: 0.0 for k in optimizer_spec(cfg["optim"]).hyperparams},
+                                 total_steps=self.total_steps, context=self.context)
+        self.has_lr = "lr" in optimizer_spec(cfg["optim"]).hyperparams
+
+        rep = replicated(self.mesh)
+        self.init = jax.jit(self._init, out_shardings=rep)
+        self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0, out_shardings=rep)
+        self.evaluate = jax.jit(self._evaluate, static_argnums=4, out_shardings=rep)
+
+    # ---- model ---------------------------------------------------------------------------------
+    def _model(self, rngs: nnx.Rngs) -> nnx.Module:
+        return build_model(self.cfg["model"], num_classes=self.data.num_classes, image_shape=self.data.image_shape,
+                           rngs=rngs, bn_groups=self.bn_groups, dtype=self.dtype)
+
+    def apply(self, params: Any, batch_stats: Any, x: jax.Array, train: bool) -> tuple[jax.Array, Any]:
+        """Logits (float32) and the updated BN statistics."""
+        p = jax.tree.map(lambda v: v, self.params_template)
+        s = jax.tree.map(lambda v: v, self.stats_template)
+        nnx.replace_by_pure_dict(p, params)
+        nnx.replace_by_pure_dict(s, batch_stats)
+        model = nnx.merge(self.graphdef, p, s)
+        logits = model(x.astype(self.dtype), train=train).astype(jnp.float32)
+        return logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+    def preprocess(self, images: jax.Array, key: jax.Array | None) -> jax.Array:
+        d = self.cfg["data"]
+        return preprocess(images, key, mean=self.data.mean, std=self.data.std,
+                          crop_padding=d["crop_padding"], flip=d["flip"], dtype=self.dtype)
+
+    # ---- init ----------------------------------------------------------------------------------
+    def _init(self, key_data: jax.Array, hparams: dict) -> TrainState:
+        key = jax.random.wrap_key_data(key_data)
+        model = self._model(nnx.Rngs(params=jax.random.fold_in(key, 0)))
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
+                          opt_state=set_hyperparams(self.tx.init(params), hparams),
+                          key=key_data, diverged=jnp.zeros((), bool))
+
+    def init_state(self, cfg: dict) -> TrainState:
+        """A fresh state for a full config (its seed and hyper-parameter values)."""
+        key_data = jax.random.key_data(jax.random.key(np.uint32(cfg["train"]["seed"])))
+        return self.init(key_data, hyperparams(cfg["optim"]))
+
+    def abstract_state(self) -> TrainState:
+        """Shapes, dtypes and shardings of a state (for checkpoint restore)."""
+        shapes = jax.eval_shape(self._init, jax.ShapeDtypeStruct((2,), jnp.uint32),
+                                {k: jax.ShapeDtypeStruct((), jnp.float32) for k in
+                                 optimizer_spec(self.cfg["optim"]).hyperparams})
+        rep = replicated(self.mesh)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+
+    # ---- training ------------------------------------------------------------------------------
+    def _loss(self, params, batch_stats, x, y):
+        logits, new_stats = self.apply(params, batch_stats, x, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return loss, (new_stats, acc)
+
+    def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
+        """One SGD step on the batch the state's step and seed select; stops updating on divergence."""
+        n, b, t = images.shape[0], self.batch_size, state.step
+        key = jax.random.wrap_key_data(state.key)
+        perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), t // self.steps_per_epoch), n)
+        idx = jax.lax.dynamic_slice_in_dim(perm, (t % self.steps_per_epoch) * b, b)
+        idx = jax.lax.with_sharding_constraint(idx, batch_sharded(self.mesh))
+        x = self.preprocess(images[idx], jax.random.fold_in(jax.random.fold_in(key, 2), t))
+        (loss, (stats, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state.params, state.batch_stats, x, labels[idx])
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & ~state.diverged
+        new = state.replace(step=t + 1, params=params, batch_stats=stats, opt_state=opt_state)
+        new = jax.tree.map(lambda a, o: jnp.where(ok, a, o), new, state).replace(diverged=~ok)
+        m = {"step": t, "loss": loss, "accuracy": acc}
+        if self.has_lr:
+            m["lr"] = current_lr(state.opt_state, self.schedule, t)
+        m.update(metrics_lib.compute(self.metric_names, metrics_lib.StepInfo(
+            state.params, grads, updates, opt_state, self.layers)))
+        return new, m
+
+    def _train_chunk(self, state: TrainState, images: jax.Array, labels: jax.Array,
+                     n_active: jax.Array) -> tuple[TrainState, dict]:
+        """`n_active` (<= steps_per_dispatch) steps; metrics stacked with a `valid` flag per slot."""
+        _, m_shape = jax.eval_shape(self.train_step, state, images, labels)
+
+        def body(s, i):
+            def skip(s):
+                return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m_shape)
+            s, m = jax.lax.cond(i < n_active, self.train_step, lambda s, *_: skip(s), s, images, labels)
+            return s, m | {"valid": i < n_active}
+
+        return jax.lax.scan(body, state, jnp.arange(self.chunk))
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def _evaluate(self, params, batch_stats, images, labels, batch_size: int) -> dict:
+        """Mean loss and accuracy over `images` (count padded to a multiple of batch_size; labels -1 = pad)."""
+        nb = images.shape[0] // batch_size
+        xs = images.reshape((nb, batch_size) + images.shape[1:])
+        ys = labels.reshape(nb, batch_size)
+
+        def body(acc, xy):
+            x, y = xy
+            x = jax.lax.with_sharding_constraint(x, batch_sharded(self.mesh))
+            logits, _ = self.apply(params, batch_stats, self.preprocess(x, None), train=False)
+            valid = y >= 0
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
+            return (acc[0] + jnp.sum(jnp.where(valid, loss, 0)), acc[1] + jnp.sum(valid & (logits.argmax(-1) == y)),
+                    acc[2] + jnp.sum(valid)), None
+
+        (loss, correct, count), _ = jax.lax.scan(body, (0.0, 0, 0), (xs, ys))
+        return {"loss": loss / count, "accuracy": correct / count}

@@ -1,0 +1,123 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from normjax.models import BatchNorm, ChannelPReLU, build_model, per_layer, prelu_mask, scale_invariant_mask
+from normjax.models.structure import get_path
+
+
+def _build(cfg, shape=(32, 32, 3), seed=0):
+    return build_model(cfg, num_classes=10, image_shape=shape, rngs=nnx.Rngs(seed))
+
+
+def _params(model):
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+@pytest.mark.parametrize("depth,expected", [(20, 0.27e6), (56, 0.85e6), (110, 1.7e6)])
+def test_resnet_parameter_counts_match_cifar_resnets(model_cfg, depth, expected):
+    model = nnx.eval_shape(lambda: _build(model_cfg(depth=depth)))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert abs(n - expected) / expected < 0.05, n
+
+
+def test_resnet_layers_in_depth_order(model_cfg):
+    model = nnx.eval_shape(lambda: _build(model_cfg(depth=20)))
+    layers = model.layers()
+    assert len(layers) == 19 + 2 + 1  # convs, two projection shortcuts, classifier
+    assert [l.depth for l in layers] == sorted(l.depth for l in layers)
+    assert layers[-1].name == "head" and not layers[-1].scale_invariant
+    assert sum(l.scale_invariant for l in layers) == 21
+    plain = nnx.eval_shape(lambda: _build(model_cfg(depth=20, shortcut=False)))
+    assert len(plain.layers()) == 20 and not any("proj" in l.name for l in plain.layers())
+
+
+def test_scanned_blocks_equal_the_unrolled_network(model_cfg):
+    """The stacked/scanned stage computes exactly what applying its blocks one by one computes."""
+    model = _build(model_cfg(depth=14))
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+    stage = model.stage2
+    h = model.stage1(model.stem_act(model.stem_bn(model.stem_conv(x), train=False)), False)
+    out = stage(h, False)
+    graphdef, state = nnx.split(stage.rest)
+    ref = stage.first(h, False)
+    for i in range(model.n - 1):
+        ref = nnx.merge(graphdef, jax.tree.map(lambda v: v[i], state))(ref, False)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,depth", [("resnet", 8), ("resnet", 20), ("mlp", 4), ("plain_cnn", 5)])
+def test_scale_invariance_orthogonal_gradients(model_cfg, name, depth):
+    """science.md §1: L(c w) = L(w), <grad, w> = 0 and ||grad L(c w)|| = ||grad L(w)|| / c."""
+    model = _build(model_cfg(name=name, depth=depth, width=16, bn_eps=1e-12), shape=(8, 8, 3))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    pure = nnx.to_pure_dict(params)
+    layers = model.layers()
+    x = jax.random.normal(jax.random.key(0), (32, 8, 8, 3))
+    y = jnp.arange(32) % 10
+
+    def loss(p):
+        st = jax.tree.map(lambda v: v, params)
+        nnx.replace_by_pure_dict(st, p)
+        logits = nnx.merge(graphdef, st, jax.tree.map(lambda v: v, stats))(x, train=True)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
+
+    mask = scale_invariant_mask(pure, layers)
+    c = 3.0
+    scaled = jax.tree.map(lambda w, m: w * c if m else w, pure, mask)
+    l0, g0 = jax.value_and_grad(loss)(pure)
+    l1, g1 = jax.value_and_grad(loss)(scaled)
+    np.testing.assert_allclose(l0, l1, rtol=1e-5)
+    inner = per_layer(jax.tree.map(jnp.multiply, g0, pure), layers, lambda v, a: jnp.sum(v, a))
+    gnorm0, gnorm1 = np.sqrt(per_layer(g0, layers)), np.sqrt(per_layer(g1, layers))
+    wnorm = np.sqrt(per_layer(pure, layers))
+    si = np.array([l.scale_invariant for l in layers])
+    cos = np.abs(inner) / (gnorm0 * wnorm)
+    assert np.all(cos[si] < 1e-4), cos[si]
+    np.testing.assert_allclose(gnorm1[si], gnorm0[si] / c, rtol=1e-3)
+    assert cos[~si].max() > 1e-3  # the classifier is not scale-invariant
+
+
+def test_masks_select_kernels_and_slopes(model_cfg):
+    model = _build(model_cfg(depth=8, activation="prelu", prelu_init=0.25))
+    pure = _params(model)
+    si = scale_invariant_mask(pure, model.layers())
+    pm = prelu_mask(pure)
+    assert si["stem_conv"]["kernel"] and not si["head"]["kernel"] and not si["stem_bn"]["scale"]
+    assert pm["stem_act"]["slope"] and not pm["stem_conv"]["kernel"]
+    slopes = [x for x, m in zip(jax.tree.leaves(pure), jax.tree.leaves(pm)) if m]
+    assert slopes and all(np.all(np.asarray(s) == 0.25) for s in slopes)
+
+
+def test_channel_prelu_limits():
+    x = jnp.linspace(-2, 2, 24).reshape(3, 8)
+    relu, lin = ChannelPReLU(8, init=0.0), ChannelPReLU(8, init=1.0)
+    np.testing.assert_array_equal(relu(x), jax.nn.relu(x))
+    np.testing.assert_array_equal(lin(x), x)
+
+
+def test_grouped_batchnorm_is_per_slice_batchnorm():
+    x = jax.random.normal(jax.random.key(0), (8, 5, 5, 4)) * 3 + 1
+    grouped = BatchNorm(4, groups=4)(x, train=True)
+    single = jnp.concatenate([BatchNorm(4)(x[i:i + 2], train=True) for i in range(0, 8, 2)])
+    np.testing.assert_allclose(grouped, single, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params(model_cfg):
+    model = build_model(model_cfg(depth=8), num_classes=10, image_shape=(8, 8, 3), rngs=nnx.Rngs(0),
+                        dtype=jnp.bfloat16)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert model(jnp.ones((2, 8, 8, 3)), train=True).dtype == jnp.bfloat16
+
+
+def test_per_layer_reads_stacked_slices(model_cfg):
+    model = _build(model_cfg(name="mlp", depth=4, width=8), shape=(2, 2, 1))
+    pure = _params(model)
+    layers = model.layers()
+    got = per_layer(pure, layers)
+    for i, l in enumerate(layers):
+        leaf = np.asarray(get_path(pure, l.path))
+        leaf = leaf if l.index is None else leaf[l.index]
+        np.testing.assert_allclose(got[i], np.sum(leaf ** 2), rtol=1e-6)
