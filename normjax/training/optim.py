@@ -47,9 +47,9 @@ def schedule_shape(cfg: dict, total_steps: int) -> Callable[[jax.Array], jax.Arr
         if kind == "cosine":
             s = 0.5 * (1 + jnp.cos(math.pi * jnp.minimum(t, decay_steps) / decay_steps))
         elif kind == "step":
-            s = cfg["step_factor"] ** jnp.sum(count >= bounds)
+            s = cfg["step_factor"] ** jnp.sum(jnp.asarray(count)[..., None] >= bounds, -1)
         else:
-            s = jnp.ones(())
+            s = jnp.ones_like(t, jnp.float32)
         if warmup > 0:
             s = s * jnp.minimum(1.0, (count + 1) / warmup)
         return s.astype(jnp.float32)
@@ -108,7 +108,9 @@ def make_optimizer(cfg: dict, *, total_steps: int, context: OptimizerContext) ->
     spec = optimizer_spec(cfg)
     factory = functools.partial(spec.factory, schedule=schedule_shape(cfg, total_steps), context=context,
                                 **{k: cfg[k] for k in spec.static})
-    return optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(**hyperparams(cfg))
+    # static_args: the bound callables are not hyper-parameter schedules.
+    return optax.inject_hyperparams(factory, static_args=("schedule", "context") + spec.static,
+                                    hyperparam_dtype=jnp.float32)(**hyperparams(cfg))
 
 
 def set_hyperparams(opt_state: Any, values: dict[str, float]) -> Any:
