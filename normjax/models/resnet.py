@@ -11,15 +11,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models.layers import BatchNorm, he_normal, scan_apply, stack_modules
+from normjax.models.layers import BatchNorm, Conv, scan_apply, stack_modules
 from normjax.models.layers import activation as make_activation
 from normjax.models.structure import LayerInfo
 
 
-def conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype) -> nnx.Conv:
-    pad = (k - 1) // 2
-    return nnx.Conv(cin, cout, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                    use_bias=False, kernel_init=he_normal, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+def conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype) -> Conv:
+    return Conv(cin, cout, k, stride=stride, dtype=dtype, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):
