@@ -1,0 +1,109 @@
+"""Wall-clock timing helpers and a machine description for benchmark results."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def time_steps(run_one: Callable[[], None], *, warmup: int, iters: int) -> dict[str, Any]:
+    """Time `iters` calls of `run_one` after `warmup` untimed calls.
+
+    `run_one` must return only once its work is finished (JAX: `jax.block_until_ready`; torch
+    on CUDA: `torch.cuda.synchronize`), otherwise this measures dispatch, not compute.
+    Returns median/min/mean milliseconds per call plus the raw samples.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    for _ in range(warmup):
+        run_one()
+    samples: list[float] = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        run_one()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "median_ms": statistics.median(samples),
+        "min_ms": min(samples),
+        "mean_ms": statistics.fmean(samples),
+        "warmup": warmup,
+        "iters": iters,
+        "samples_ms": samples,
+    }
+
+
+def time_compile(fn: Callable[[], Any]) -> float:
+    """Seconds taken by one call of `fn`; pass the first (compiling) call of a step.
+
+    For `jax.jit` and `torch.compile` that call traces, compiles and runs one step, so the
+    result is compile time plus one step; callers must block inside `fn` as for `time_steps`.
+    """
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    # Non-Linux hosts have no /proc/cpuinfo; platform gives at least the architecture.
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, core count, library versions, accelerator and date, for the results file.
+
+    torch is described only if a case already imported it, so JAX-only runs never import it.
+    """
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        # Containers can restrict the cores a process may use below os.cpu_count().
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "flax": _version("flax"),
+        "optax": _version("optax"),
+        "torch": _version("torch"),
+    }
+    try:
+        import jax
+
+        devices = jax.devices()
+        info["jax_backend"] = jax.default_backend()
+        info["jax_device_kind"] = devices[0].device_kind
+        info["jax_device_count"] = len(devices)
+    except Exception as e:  # a broken accelerator plugin should not lose the whole results file
+        info["jax_backend"] = f"unavailable: {e}"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_num_threads"] = torch.get_num_threads()
+        info["torch_cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            info["torch_cuda_device"] = torch.cuda.get_device_name(0)
+            info["torch_cuda_version"] = torch.version.cuda
+    return info
