@@ -21,7 +21,7 @@ from normjax.config import validate
 from normjax.data import Dataset, load_dataset
 from normjax.errors import UserError
 from normjax.parallel import check_batch, data_mesh, maybe_initialize_distributed, put_replicated
-from normjax.training.checkpoint import Checkpointer
+from normjax.training.checkpoint import Checkpointer, read_latest_items
 from normjax.training.program import DataSpec, Program, TrainState, get_program, static_key
 from normjax.training.progress import Progress
 from normjax.training.rundir import RunDir, read_json, write_json
@@ -80,12 +80,10 @@ def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
     src = Path(source).expanduser()
     abstract = program.abstract_state()
     templates = {"params": abstract.params, "batch_stats": abstract.batch_stats}
-    try:
-        restored = Checkpointer(src / "checkpoints").restore(templates) if (src / "checkpoints").is_dir() else None
-    except Exception as e:  # shape mismatch: another model
-        raise UserError(f"train.init_from={source!r}: its checkpoint does not fit this model ({type(e).__name__})") from None
+    restored = read_latest_items(src / "checkpoints", templates)  # read-only: the source may still train
     if restored is None:
-        raise UserError(f"train.init_from={source!r} holds no checkpoint; give a run directory that has trained")
+        raise UserError(f"train.init_from={source!r} holds no checkpoint that fits this model; "
+                        "give a run directory of the same model that has trained")
     _, it = restored
     return state.replace(params=it["params"], batch_stats=it["batch_stats"])
 
@@ -133,7 +131,7 @@ def _log_rows(m: dict, cfg: dict, steps_per_epoch: int, t0: float) -> list[dict]
 def train(cfg: dict, workdir: str | Path, *, progress: bool | None = None) -> dict:
     """Train (or resume) the run `cfg` describes in `workdir`; returns its summary.
 
-    A complete run is returned as is. A non-finite loss ends the run with status `diverged`
+    A finished run (done or diverged) is returned as is. A non-finite loss ends the run with status `diverged`
     (the last good checkpoint is kept).
 
     Example:
@@ -142,16 +140,17 @@ def train(cfg: dict, workdir: str | Path, *, progress: bool | None = None) -> di
     """
     validate(cfg)
     maybe_initialize_distributed()
-    run = RunDir.create(workdir)
+    run = RunDir(Path(workdir).expanduser().absolute())
     if run.config.exists() and read_json(run.config) != cfg:
         raise UserError(f"workdir {str(run.path)!r} holds a run with another config; give a new --workdir")
-    old = run.read_summary()
-    if old and old.get("status") == "done":
-        return old
-
+    old = run.read_summary() if run.summary.exists() else None
+    if old and old.get("status") in ("done", "diverged"):
+        return old  # finished: a diverged run would diverge again, deterministically
+    # Everything that can reject the config runs before the run directory is touched.
     ds = dataset_for(cfg)
     program = program_for(cfg, ds)
     total = program.total_steps
+    run = RunDir.create(run.path)
     write_json(run.config, cfg)
     write_json(run.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant}
                             for l in program.layers])

@@ -1,0 +1,60 @@
+"""A run killed with SIGKILL and started again ends bitwise where an uninterrupted run ends."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from conftest import small_config
+from normjax.training.checkpoint import Checkpointer
+from normjax.training.loop import dataset_for, program_for, restore_state
+
+ARGS = ["--set", "model.depth=4", "--set", "model.width=1024", "--set", "train.steps=600",
+        "--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=8", "--set", "log.every=4"]
+
+
+def _train(workdir, wait=True):
+    cmd = [sys.executable, "-m", "normjax", "train", "experiments/mlp_digits.py", "--workdir", str(workdir)] + ARGS
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if wait:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    return p
+
+
+def _state(workdir):
+    from normjax.config import load_config
+    cfg = load_config("experiments/mlp_digits.py", overrides=[a for a in ARGS if a != "--set"])
+    state, _ = restore_state(Checkpointer(workdir / "checkpoints"), program_for(cfg, dataset_for(cfg)))
+    return jax.device_get(state)
+
+
+def _rows(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in __import__("json").loads(l).items() if k != "wall_time"} for l in lines]
+
+
+def test_sigkill_and_restart_matches_uninterrupted(tmp_path):
+    _train(tmp_path / "ref")
+    p = _train(tmp_path / "killed", wait=False)
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        steps = [int(d.name) for d in ckpt_dir.glob("*") if d.name.isdigit()] if ckpt_dir.exists() else []
+        if steps and max(steps) >= 40:
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = Checkpointer(ckpt_dir, read_only=True).latest_step()
+    assert killed_at is not None and killed_at < 600
+    _train(tmp_path / "killed")
+    a, b = _state(tmp_path / "ref"), _state(tmp_path / "killed")
+    assert int(a.step) == int(b.step) == 600
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert _rows(tmp_path / "ref") == _rows(tmp_path / "killed")

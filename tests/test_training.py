@@ -1,0 +1,146 @@
+"""End-to-end behaviour of the loop on the embedded digits data (seconds each on 2 cores)."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import small_config
+from normjax.cli import main
+from normjax.training.checkpoint import Checkpointer
+from normjax.training.loop import dataset_for, program_for, restore_state, train
+from normjax.training.rundir import RunDir
+
+
+def _rows(workdir):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in RunDir(workdir).read_metrics()]
+
+
+def _final_params(workdir, cfg):
+    program = program_for(cfg, dataset_for(cfg))
+    state, _ = restore_state(Checkpointer(workdir / "checkpoints"), program)
+    return jax.device_get(state.params)
+
+
+def test_mlp_learns_digits(tmp_path):
+    cfg = small_config(train={"steps": 120})
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "done"
+    assert summary["test_accuracy"] >= 0.90, summary
+    rows = _rows(tmp_path / "run")
+    assert rows[-1]["loss"] < rows[0]["loss"] / 4
+    assert len(rows[0]["w_norm"]) == 4  # 3 hidden layers + classifier, in depth order
+    layers = json.loads((tmp_path / "run" / "layers.json").read_text())
+    assert [l["name"] for l in layers] == ["fc0", "fc1", "fc2", "head"]
+    for f in ("config.json", "metrics.jsonl", "summary.json"):
+        assert (tmp_path / "run" / f).exists()
+
+
+def test_norm_growth_identity_for_plain_sgd(tmp_path):
+    """science.md §1: without momentum or weight decay, ||w_{t+1}||² = ||w_t||² + η²||g_t||² exactly."""
+    lr = 0.5
+    cfg = small_config(model={"bn_eps": 1e-10}, optim={"lr": lr, "momentum": 0.0, "weight_decay": 0.0},
+                       train={"steps": 12}, log={"dense_steps": 12})
+    train(cfg, tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+    w = np.array([r["w_norm"] for r in rows])[:, :-1]  # scale-invariant layers (all but the classifier)
+    g = np.array([r["g_norm"] for r in rows])[:, :-1]
+    np.testing.assert_allclose(w[1:] ** 2, w[:-1] ** 2 + lr ** 2 * g[:-1] ** 2, rtol=2e-5)
+    assert np.all(w[-1] > w[0])  # and the norms really grew
+
+
+def test_logging_cadence(tmp_path):
+    cfg = small_config(train={"steps": 40}, log={"dense_steps": 10, "every": 5})
+    train(cfg, tmp_path / "run")
+    assert [r["step"] for r in _rows(tmp_path / "run")] == list(range(10)) + [14, 19, 24, 29, 34, 39]
+
+
+def test_sweep_values_compile_nothing_new(tmp_path):
+    """LR, momentum, weight decay and seed are traced: a second run with new values compiles nothing."""
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+    train(small_config(train={"steps": 16}), tmp_path / "a")
+    before = len(compiles)
+    assert before > 0
+    s = train(small_config(optim={"lr": 0.03, "momentum": 0.5, "weight_decay": 1e-3}, train={"steps": 16, "seed": 7}),
+              tmp_path / "b")
+    assert s["status"] == "done"
+    assert len(compiles) == before, compiles[before:]
+    assert _rows(tmp_path / "a")[0]["lr"] != _rows(tmp_path / "b")[0]["lr"]
+
+
+def test_divergence_stops_cleanly(tmp_path, capsys):
+    cfg = small_config(optim={"lr": 1e30, "momentum": 0.0}, train={"steps": 64})
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "diverged" and "non-finite" in summary["message"]
+    assert summary["step"] < 64
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+    with pytest.raises(SystemExit) as e:  # the CLI says so in one line and exits non-zero
+        main(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "cli"), "--set", "optim.lr=1e30",
+              "--set", "optim.momentum=0.0"])
+    assert e.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("diverged:")
+
+
+def test_resume_after_corrupt_checkpoint_matches_uninterrupted(tmp_path):
+    cfg = small_config(train={"steps": 40}, checkpoint={"every": 16})
+    train(cfg, tmp_path / "ref")
+    shutil.copytree(tmp_path / "ref", tmp_path / "run")
+    run = tmp_path / "run"
+    (run / "summary.json").unlink()
+    ckpts = Checkpointer(run / "checkpoints").steps()
+    assert ckpts == [16, 32, 40]
+    for f in (run / "checkpoints" / "40").rglob("*"):  # corrupt the newest checkpoint
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    summary = train(cfg, run)
+    assert summary["status"] == "done"
+    assert _rows(run) == _rows(tmp_path / "ref")
+    a, b = _final_params(run, cfg), _final_params(tmp_path / "ref", cfg)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_warm_start_takes_params_with_a_new_optimizer(tmp_path):
+    train(small_config(train={"steps": 24}), tmp_path / "a")
+    params_a = _final_params(tmp_path / "a", small_config(train={"steps": 24}))
+    cfg_b = small_config(optim={"lr": 0.01, "momentum": 0.0}, train={"steps": 8, "init_from": str(tmp_path / "a")})
+    train(cfg_b, tmp_path / "b")
+    first = _rows(tmp_path / "b")[0]
+    layers = program_for(cfg_b, dataset_for(cfg_b)).layers
+    norms = [float(np.linalg.norm(np.asarray(params_a[l.path[0]][l.path[1]][l.path[2]]) if len(l.path) == 3
+                                  else np.asarray(params_a[l.path[0]][l.path[1]])[l.index]))
+             if l.index is not None else None for l in layers]
+    fc0 = float(np.linalg.norm(params_a["first"]["dense"]["kernel"]))
+    np.testing.assert_allclose(first["w_norm"][0], fc0, rtol=1e-6)
+    del norms
+
+
+def test_bfloat16_run(tmp_path):
+    s = train(small_config(train={"steps": 16, "dtype": "bfloat16"}), tmp_path / "run")
+    assert s["status"] == "done" and np.isfinite(s["test_loss"])
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--set", "model.depth=21", "--set", "model.name=resnet"], ["model.depth=21", "6n+2"]),
+    (["--set", "data.name=imagenet"], ["data", "imagenet"]),
+    (["--set", "data.name=cifar10", "--set", "data.data_dir=EMPTY"], ["cifar10", "prepare"]),
+    (["--set", "log.metrics=[\"nope\"]"], ["nope", "layer_norms"]),
+    (["--set", "optim.name=adamw"], ["optim.name", "sgd"]),
+    (["--set", "train.batch_size=5000"], ["batch_size=5000"]),
+    (["--workdir", "/proc/forbidden"], ["/proc/forbidden", "writable"]),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, words):
+    args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    workdir = tmp_path / "run"
+    argv = ["train", "experiments/mlp_digits.py"] + (["--workdir", str(workdir)] if "--workdir" not in args else []) + args
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert all(w in err for w in words), err
+    assert not workdir.exists()
