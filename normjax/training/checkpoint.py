@@ -205,7 +205,7 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def restore(
-        self, templates: dict[str, PyTree], step: int | None = None
+        self, templates: dict[str, PyTree], step: int | None = None, *, drop_broken: bool = False
     ) -> tuple[int, dict[str, PyTree]] | None:
         """Restores only the items named in `templates` as `(step, items)`.
 
@@ -213,7 +213,9 @@ class Checkpointer:
         has the template's type, dtype and sharding (a ShapeDtypeStruct without a sharding
         comes back as saved: a jax.Array with the saved sharding, or numpy). With `step=None`
         the newest checkpoint that restores cleanly is used, each failure logged as a warning;
-        None when there is none. An explicit `step` raises instead.
+        None when there is none. An explicit `step` raises instead. `drop_broken=True` deletes
+        the unrestorable steps newer than the one restored, so that a resumed run writes them
+        anew (saving an existing step is a no-op); use it only with templates known to fit.
 
         Example:
           >>> sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
@@ -228,15 +230,21 @@ class Checkpointer:
                 )
             return int(step), self._restore_step(int(step), templates)
         steps = self.steps()
+        broken = []
         for candidate in reversed(steps):
             try:
-                return candidate, self._restore_step(candidate, templates)
+                items = self._restore_step(candidate, templates)
+                if drop_broken and not self.read_only:
+                    for bad in broken:
+                        self._manager.delete(bad)
+                return candidate, items
             except Exception as e:  # noqa: BLE001 - any failure means "try the older one"
                 first_line = (str(e).strip().splitlines() or [''])[0][:300]
                 log.warning(
                     'checkpoint step %d in %s is not restorable (%s: %s); trying an older one',
                     candidate, self.directory, type(e).__name__, first_line,
                 )
+                broken.append(candidate)
         if steps:
             log.warning('no restorable checkpoint in %s among steps %s', self.directory, steps)
         return None

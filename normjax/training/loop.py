@@ -65,7 +65,7 @@ def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, flo
     abstract = program.abstract_state()
     templates = state_items(abstract, 0.0)
     templates["meta"]["elapsed"] = jax.ShapeDtypeStruct((), np.float64)
-    restored = ckpt.restore(templates)
+    restored = ckpt.restore(templates, drop_broken=True)  # templates fit: same config
     if restored is None:
         return None
     _, it = restored

@@ -173,7 +173,7 @@ class Program:
             state.params, state.batch_stats, x, labels[idx])
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & ~state.diverged
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & ~state.diverged
         new = state.replace(step=t + 1, params=params, batch_stats=stats, opt_state=opt_state)
         new = jax.tree.map(lambda a, o: jnp.where(ok, a, o), new, state).replace(diverged=~ok)
         m = {"step": t, "loss": loss, "accuracy": acc}
