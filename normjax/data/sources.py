@@ -1,0 +1,389 @@
+"""Image-classification datasets as in-memory uint8 numpy arrays.
+
+Three kinds of source:
+  * `digits`: scikit-learn's bundled 8x8 digits (no download), a fixed split.
+  * `synthetic`: a deterministic generated task with a difficulty knob.
+  * TFDS datasets (`cifar10`, ...): read offline with `tfds.data_source` from an
+    array_record copy prepared in a data dir; TensorFlow is not needed to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from normjax.errors import UserError
+
+DATASETS: tuple[str, ...] = (
+    'digits',
+    'synthetic',
+    'cifar10',
+    'cifar100',
+    'mnist',
+    'fashion_mnist',
+    'svhn_cropped',
+)
+TFDS_DATASETS: tuple[str, ...] = DATASETS[2:]
+
+SYNTHETIC_DEFAULTS: dict[str, Any] = {
+    'num_train': 2048,
+    'num_test': 512,
+    'image_shape': (32, 32, 3),
+    'num_classes': 10,
+    'difficulty': 0.5,
+    'seed': 0,
+}
+
+# Records fetched per `__getitems__` call: big enough to amortize the
+# array_record lookups, small enough that one chunk's decoded dicts stay small.
+_READ_CHUNK = 1024
+# Synthetic samples generated at once (bounds float64 temporaries to ~100 MB).
+_SYNTHETIC_CHUNK = 2048
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """A train/test image-classification dataset held in memory.
+
+    Images are uint8 [N, H, W, C], labels int32 [N]; `mean`/`std` are the
+    per-channel statistics of the train images in [0, 1] units (pixel / 255).
+
+    Example:
+      >>> ds = load_dataset('digits')
+      >>> ds.image_shape, ds.num_classes
+      ((8, 8, 1), 10)
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        h, w, c = self.train_images.shape[1:]
+        return (int(h), int(w), int(c))
+
+    def __repr__(self) -> str:
+        # The default dataclass repr would print the pixel arrays.
+        return (
+            f'Dataset(name={self.name!r}, train={len(self.train_labels)}, '
+            f'test={len(self.test_labels)}, image_shape={self.image_shape}, '
+            f'num_classes={self.num_classes})'
+        )
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    synthetic: dict[str, Any] | None = None,
+) -> Dataset:
+    """Loads dataset `name` (one of `DATASETS`) fully into memory.
+
+    `data_dir` is only used by the TFDS datasets; it defaults to $TFDS_DATA_DIR,
+    else ~/tensorflow_datasets. `synthetic` holds options for 'synthetic' (see
+    `SYNTHETIC_DEFAULTS`) and is ignored for other names, since a config
+    always carries that section.
+
+    Example:
+      >>> ds = load_dataset('synthetic', synthetic={'num_train': 64, 'difficulty': 0.0})
+      >>> ds.train_images.shape, ds.train_images.dtype
+      ((64, 32, 32, 3), dtype('uint8'))
+    """
+    if name not in DATASETS:
+        raise UserError(f"dataset {name!r} is unknown; allowed: {', '.join(DATASETS)}")
+    if name == 'digits':
+        return _load_digits()
+    if name == 'synthetic':
+        return _load_synthetic(synthetic or {})
+    return _load_tfds(name, data_dir)
+
+
+def _make_dataset(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+) -> Dataset:
+    """Packs arrays into a `Dataset`, computing the train-set channel statistics."""
+    train_images, train_labels = train
+    test_images, test_labels = test
+    mean, std = _channel_stats(train_images)
+    return Dataset(
+        name=name,
+        train_images=np.ascontiguousarray(train_images, dtype=np.uint8),
+        train_labels=np.asarray(train_labels, dtype=np.int32),
+        test_images=np.ascontiguousarray(test_images, dtype=np.uint8),
+        test_labels=np.asarray(test_labels, dtype=np.int32),
+        num_classes=int(num_classes),
+        mean=mean,
+        std=std,
+    )
+
+
+def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units.
+
+    Works from a 256-bin histogram per channel: exact, ~10x faster than
+    float64 moments and without a float64 copy of the set (1.2 GB for CIFAR-10).
+    """
+    values = np.arange(256, dtype=np.float64)
+    means, stds = [], []
+    for c in range(images.shape[-1]):
+        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
+        p = hist / hist.sum()
+        mean = float(p @ values)
+        var = float(p @ (values - mean) ** 2)
+        means.append(mean / 255.0)
+        stds.append(math.sqrt(var) / 255.0)
+    return tuple(means), tuple(stds)
+
+
+# ----------------------------------------------------------------- digits
+
+
+def _load_digits() -> Dataset:
+    """sklearn digits: 1,797 8x8 images in 0..16, split 1,437 train / 360 test."""
+    from sklearn.datasets import load_digits  # Lazy: sklearn import is slow.
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int32)
+    # RandomState (not Generator): its stream is frozen by numpy's compat
+    # policy, so the split stays the same across numpy versions.
+    order = np.random.RandomState(0).permutation(len(labels))
+    train, test = order[:1437], order[1437:]
+    return _make_dataset(
+        'digits', (images[train], labels[train]), (images[test], labels[test]), 10
+    )
+
+
+# -------------------------------------------------------------- synthetic
+
+
+def _load_synthetic(options: dict[str, Any]) -> Dataset:
+    """Validates `options` and generates the synthetic task."""
+    if not isinstance(options, dict):
+        raise UserError(
+            f'synthetic options {options!r} are not a dict; '
+            f"allowed keys: {', '.join(SYNTHETIC_DEFAULTS)}"
+        )
+    for key in options:
+        if key not in SYNTHETIC_DEFAULTS:
+            raise UserError(
+                f'synthetic option {key!r} is unknown; '
+                f"allowed: {', '.join(SYNTHETIC_DEFAULTS)}"
+            )
+    opts = {**SYNTHETIC_DEFAULTS, **options}
+    num_train = _check_int('num_train', opts['num_train'], 1)
+    num_test = _check_int('num_test', opts['num_test'], 1)
+    num_classes = _check_int('num_classes', opts['num_classes'], 2)
+    seed = _check_int('seed', opts['seed'], 0)
+    shape = _check_shape(opts['image_shape'])
+    difficulty = opts['difficulty']
+    if (
+        isinstance(difficulty, bool)
+        or not isinstance(difficulty, (int, float, np.integer, np.floating))
+        or not 0.0 <= float(difficulty) <= 1.0
+    ):
+        raise UserError(
+            f'synthetic difficulty {difficulty!r} is invalid; allowed: a number in [0, 1]'
+        )
+    train, test = _synthetic_arrays(
+        num_train, num_test, shape, num_classes, float(difficulty), seed
+    )
+    return _make_dataset('synthetic', train, test, num_classes)
+
+
+def _check_int(key: str, value: Any, low: int) -> int:
+    """Returns `value` as int if it is an integer >= low, else raises UserError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise UserError(f'synthetic {key} {value!r} is invalid; allowed: an integer >= {low}')
+    return int(value)
+
+
+def _check_shape(value: Any) -> tuple[int, int, int]:
+    """Checks image_shape is (H, W, C) with H, W >= 4 and 1 <= C <= 4."""
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+        and value[0] >= 4
+        and value[1] >= 4
+        and 1 <= value[2] <= 4
+    )
+    if not ok:
+        raise UserError(
+            f'synthetic image_shape {value!r} is invalid; '
+            'allowed: (H, W, C) integers with H, W >= 4 and 1 <= C <= 4'
+        )
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def _smooth_fields(
+    rng: np.random.Generator, n: int, shape: tuple[int, int, int], max_freq: int
+) -> np.ndarray:
+    """n random periodic low-frequency images [n, H, W, C], each zero-mean, unit-std."""
+    h, w, c = shape
+    fy = np.abs(np.fft.fftfreq(h, 1.0 / h))
+    fx = np.fft.rfftfreq(w, 1.0 / w)
+    low = (fy[:, None] <= max_freq) & (fx[None, :] <= max_freq)
+    low[0, 0] = False  # No DC term: the mean is set by the pixel offset.
+    k = int(low.sum())
+    spectrum = np.zeros((n, h, w // 2 + 1, c), np.complex128)
+    spectrum[:, low, :] = rng.standard_normal((n, k, c)) + 1j * rng.standard_normal((n, k, c))
+    fields = np.fft.irfft2(spectrum, s=(h, w), axes=(1, 2))
+    fields /= fields.std(axis=(1, 2, 3), keepdims=True)
+    return fields
+
+
+def _synthetic_arrays(
+    num_train: int,
+    num_test: int,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    difficulty: float,
+    seed: int,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Generates the synthetic train and test splits.
+
+    Each class has a smooth random prototype P (a periodic low-frequency
+    field). With d = difficulty, a sample of class y is
+      (sqrt(1-d) P_y + 0.5 d u P_z + sqrt(d) g R) / sqrt(1 - d + d g^2)
+      + (0.1 + 0.5 d) * white pixel noise,
+    with z another random class, u ~ U(0, 1), and R a fresh smooth random
+    field drawn like the prototypes, then circularly shifted by up to
+    min(H, W) // 16 pixels per axis (so convolutions help). R lives in the same
+    frequencies as the signal, so no filter removes it: at d = 1 the labels
+    carry no information (chance), at d = 0 the classes are separable.
+    g = sqrt(dims / 48) grows with the number of low-frequency dimensions, so a
+    given d is about as hard for 8x8x1 as for 32x32x3 images. Test accuracy of
+    a 128-unit MLP (2048 train, 10 classes; 32x32x3, 28x28x1 and 8x8x1 alike)
+    is about d=0: 1.0, 0.5: 0.98, 0.75: 0.75-0.85, 0.9: 0.35-0.45, 1: 0.1.
+
+    Prototypes, train and test use separate seeded streams, so changing
+    num_train does not change the test set. Samples are built in chunks to
+    bound memory for large N.
+    """
+    h, w, c = shape
+    max_freq = max(1, min(3, min(h, w) // 8))
+    dims = ((2 * max_freq + 1) ** 2 - 1) * c
+    signal_w = math.sqrt(1.0 - difficulty)
+    distractor_w = math.sqrt(difficulty * dims / 48.0)
+    norm = math.sqrt(signal_w**2 + distractor_w**2)
+    noise_std = 0.1 + 0.5 * difficulty
+    shift = min(h, w) // 16
+    prototypes = _smooth_fields(np.random.default_rng([seed, 0]), num_classes, shape, max_freq)
+
+    def split(n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([seed, stream])
+        labels = rng.permutation(np.arange(n) % num_classes)  # Balanced classes.
+        others = (labels + rng.integers(1, num_classes, n)) % num_classes
+        mix = 0.5 * difficulty * rng.uniform(0.0, 1.0, (n, 1, 1, 1))
+        dy = rng.integers(-shift, shift + 1, n)
+        dx = rng.integers(-shift, shift + 1, n)
+        images = np.empty((n, h, w, c), np.uint8)
+        for chunk, start in enumerate(range(0, n, _SYNTHETIC_CHUNK)):
+            part = slice(start, start + _SYNTHETIC_CHUNK)
+            chunk_rng = np.random.default_rng([seed, stream, chunk])
+            m = len(labels[part])
+            x = signal_w * prototypes[labels[part]] + mix[part] * prototypes[others[part]]
+            x += distractor_w * _smooth_fields(chunk_rng, m, shape, max_freq)
+            x /= norm
+            x += noise_std * chunk_rng.standard_normal(x.shape)
+            rows = (np.arange(h)[None, :] - dy[part, None]) % h
+            cols = (np.arange(w)[None, :] - dx[part, None]) % w
+            x = x[np.arange(m)[:, None, None], rows[:, :, None], cols[:, None, :]]
+            # ~unit std around mid-grey: 40 levels per std leaves < 1% clipped.
+            images[part] = np.clip(np.rint(128.0 + 40.0 * x), 0, 255)
+        return images, labels.astype(np.int32)
+
+    return split(num_train, 1), split(num_test, 2)
+
+
+# ------------------------------------------------------------------- TFDS
+
+
+def default_data_dir() -> str:
+    """$TFDS_DATA_DIR if set, else ~/tensorflow_datasets (the tfds default).
+
+    Example:
+      >>> isinstance(default_data_dir(), str)
+      True
+    """
+    return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+
+
+def _load_tfds(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
+    """Reads every train and test record of TFDS dataset `name` from data_dir."""
+    import tensorflow_datasets as tfds  # Lazy: keeps `import normjax` light.
+
+    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+    try:
+        # download=False: never fetch here. With download=True and an explicit
+        # data_dir, tfds would also prepare tfrecord files, which
+        # data_source cannot read.
+        train_src, test_src = tfds.data_source(
+            name, split=['train', 'test'], data_dir=data_dir, download=False
+        )
+    except (
+        AssertionError,
+        FileNotFoundError,
+        NotImplementedError,
+        ValueError,
+        tfds.core.registered.DatasetNotFoundError,
+    ) as err:
+        raise UserError(_not_prepared_message(name, data_dir, err)) from err
+    features = train_src.dataset_info.features
+    num_classes = features['label'].num_classes
+    train = _read_all(train_src)
+    test = _read_all(test_src)
+    return _make_dataset(name, train, test, num_classes)
+
+
+def _read_all(source: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes all records of a tfds data source into (uint8 images, int32 labels)."""
+    n = len(source)
+    shape = tuple(source.dataset_info.features['image'].shape)
+    images = np.empty((n, *shape), np.uint8)
+    labels = np.empty((n,), np.int32)
+    # Batched reads are ~1.5x faster than one `source[i]` per record.
+    get_many = getattr(source, '__getitems__', None)
+    for start in range(0, n, _READ_CHUNK):
+        keys = list(range(start, min(n, start + _READ_CHUNK)))
+        records = get_many(keys) if get_many else [source[i] for i in keys]
+        for i, record in zip(keys, records):
+            images[i] = record['image']
+            labels[i] = record['label']
+    return images, labels
+
+
+def _not_prepared_message(name: str, data_dir: str, err: BaseException) -> str:
+    """One line saying why `name` cannot be read from data_dir and how to fix it."""
+    build = (
+        f'on a machine with internet and tensorflow run: tfds build {name} '
+        f'--file_format array_record --data_dir NEW_DIR, then copy NEW_DIR/{name} '
+        f'to {os.path.join(data_dir, name)}'
+    )
+    dataset_dir = pathlib.Path(data_dir) / name
+    versions = sorted(p.parent for p in dataset_dir.glob('*/dataset_info.json'))
+    if not versions:
+        return f'dataset {name!r} is not prepared in {data_dir}; {build}'
+    if not any(any(v.glob('*.array_record*')) for v in versions):
+        return (
+            f'dataset {name!r} in {dataset_dir} has no array_record files '
+            f'(tfds reads random-access formats only); {build}'
+        )
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f'dataset {name!r} in {dataset_dir} could not be read ({reason}); {build}'
