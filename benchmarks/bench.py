@@ -44,7 +44,7 @@ Case = Callable[[argparse.Namespace], dict[str, Any]]
 CASES: dict[str, Case] = {}
 
 # Modules whose import registers more cases (e.g. normjax's own), imported by main().
-CASE_MODULES: tuple[str, ...] = ()
+CASE_MODULES: tuple[str, ...] = ("benchmarks.normjax_cases",)
 
 RESNET_BATCH = 128
 MLP_BATCH = 512

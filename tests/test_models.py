@@ -123,21 +123,21 @@ def test_per_layer_reads_stacked_slices(model_cfg):
         np.testing.assert_allclose(got[i], np.sum(leaf ** 2), rtol=1e-6)
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_conv_same_gradients_equal_xla_rule(k):
-    """The scan-friendly backward pass computes exactly XLA's gradients (also inside lax.scan)."""
-    from normjax.models.layers import _conv, conv_same
+@pytest.mark.parametrize("k,stride,size", [(1, 1, 6), (3, 1, 6), (3, 2, 8), (1, 2, 8), (3, 2, 7)])
+def test_conv_gradients_equal_xla_rule(k, stride, size):
+    """The loop-friendly backward pass computes XLA's gradients (inside lax.scan, as in training)."""
+    from normjax.models.layers import _conv, conv
     kx, kw = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (4, 6, 6, 5))
-    ws = jax.random.normal(kw, (3, k, k, 5, 5)) * 0.3
+    x = jax.random.normal(kx, (3, 4, size, size, 5))
+    w = jax.random.normal(kw, (k, k, 5, 5)) * 0.3
 
-    def net(conv):
-        def f(ws, x):
-            h, _ = jax.lax.scan(lambda h, w: (jnp.tanh(conv(h, w)), None), x, ws)
-            return jnp.sum(h ** 2)
-        return jax.jit(jax.grad(f, argnums=(0, 1)))
+    def net(f):
+        def loss(w, x):
+            ys, _ = jax.lax.scan(lambda c, xi: (c, jnp.tanh(f(xi, w))), 0.0, x)
+            return jnp.sum(ys ** 2)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
-    ours = net(conv_same)(ws, x)
-    ref = net(lambda h, w: _conv(h, w, 1, (k - 1) // 2))(ws, x)
+    ours = net(lambda h, w: conv(h, w, stride))(w, x)
+    ref = net(lambda h, w: _conv(h, w, stride, (k - 1) // 2))(w, x)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

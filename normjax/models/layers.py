@@ -6,6 +6,8 @@ which makes the kernel scale-invariant (science.md §1).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -18,34 +20,42 @@ def _conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
     return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=_DN)
 
 
-@jax.custom_vjp
-def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
-    """Stride-1 'same' convolution whose backward pass stays fast inside `lax.scan` on XLA:CPU.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """Square conv, padding (k-1)/2, whose backward pass stays fast inside loops on XLA:CPU.
 
     XLA:CPU folds the transposes of a conv's backward pass into non-canonical dimension orders;
-    inside a while loop they are not canonicalized back and fall to a naive kernel (50x slower
-    here). Writing both backward convs in canonical NHWC/HWIO form with the transposed operands
-    behind `optimization_barrier` keeps them on the fast path. Gradients are bitwise those of
-    XLA's own rule (tests/test_models.py).
+    inside a while loop or conditional (the layer scan, the fused steps) they are not
+    canonicalized back and fall to a naive kernel (20-50x slower here). Writing both backward
+    convs in canonical NHWC/HWIO form, with the transposed operands behind
+    `optimization_barrier`, keeps them on the fast path. Gradients equal XLA's own rule
+    (tests/test_models.py).
     """
-    return _conv(x, w, 1, (w.shape[0] - 1) // 2)
+    return _conv(x, w, stride, (w.shape[0] - 1) // 2)
 
 
-def _conv_same_fwd(x, w):
-    return conv_same(x, w), (x, w)
+def _conv_fwd(x, w, stride):
+    return conv(x, w, stride), (x, w)
 
 
-def _conv_same_bwd(res, g):
+def _conv_bwd(stride, res, g):
     x, w = res
-    pad = (w.shape[0] - 1) // 2
+    k, s, p = w.shape[0], stride, (w.shape[0] - 1) // 2
+    h, ho = x.shape[1], g.shape[1]
     hide = jax.lax.optimization_barrier
-    dx = _conv(g, hide(jnp.flip(w, (0, 1)).swapaxes(2, 3)), 1, pad)
-    # dW as a conv with batch and feature swapped: [Cin, H, W, B] * [H, W, B, Cout] -> [Cin, k, k, Cout].
-    dw = _conv(hide(x.transpose(3, 1, 2, 0)), hide(g.transpose(1, 2, 0, 3)), 1, pad)
+    # dx: the transposed conv, as a conv of the (stride-dilated) output gradient with the flipped kernel.
+    extra = h + 2 * p - ((ho - 1) * s + k)  # input rows the forward window never reached
+    pads = ((k - 1 - p, k - 1 - p + extra),) * 2
+    dx = jax.lax.conv_general_dilated(g, hide(jnp.flip(w, (0, 1)).swapaxes(2, 3)), (1, 1), pads,
+                                      lhs_dilation=(s, s), dimension_numbers=_DN)
+    # dW: a conv with batch and feature swapped, [Cin, H, W, B] * [Ho, Wo, B, Cout] -> [Cin, k, k, Cout].
+    hi = k + (ho - 1) * s - h - p
+    dw = jax.lax.conv_general_dilated(hide(x.transpose(3, 1, 2, 0)), hide(g.transpose(1, 2, 0, 3)), (1, 1),
+                                      ((p, hi),) * 2, rhs_dilation=(s, s), dimension_numbers=_DN)
     return dx, dw.transpose(1, 2, 0, 3)
 
 
-conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 class Conv(nnx.Module):
@@ -63,9 +73,9 @@ class Conv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.kernel[...].astype(self.dtype)
         x = x.astype(self.dtype)
-        if self.stride == 1 and jax.default_backend() == "cpu":
-            return conv_same(x, w)
-        return _conv(x, w, self.stride, (w.shape[0] - 1) // 2)
+        if jax.default_backend() == "cpu":
+            return conv(x, w, self.stride)
+        return _conv(x, w, self.stride, (w.shape[0] - 1) // 2)  # GPU/TPU: XLA's own rule is fast
 
 
 class BatchNorm(nnx.Module):
