@@ -1,0 +1,156 @@
+"""Plot a sweep's final metrics: y against one varied key, one line per value of another.
+
+Each point is the mean over the `over` key (seeds) of the runs that finished (`done`), with a
+shaded ±1 sample-std band. When the sweep varies further keys, each of their combinations gets
+its own panel, so runs that differ in more than x/hue/seed are never silently averaged together.
+
+Example:
+  >>> paths = plot_sweep("runs/sweep_depth", x="depth", y="test_accuracy", hue="shortcut")
+  >>> [p.name for p in paths]
+  ['test_accuracy_vs_depth_by_shortcut.png', 'test_accuracy_vs_depth_by_shortcut.pdf']
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+# The object-oriented API with an Agg canvas: no display, and no change to pyplot's global backend.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from normjax.errors import UserError
+from normjax.sweep.results import (
+    STATUSES, group_id, resolve_over, collect, fmt_value, load_sweep, resolve_key, short_names,
+    sort_key, sweep_name, varied_keys,
+)
+
+Y_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "final_batch_loss", "wall_time")
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None = None,
+               log_x: bool = False, over: str | None = "train.seed") -> list[Path]:
+    """Save `DIR/plots/<y>_vs_<x>[_by_<hue>].png` and `.pdf`; return their paths.
+
+    `x` and `hue` are varied keys, dotted or by their last component when unambiguous
+    (`depth` for `model.depth`); `y` is one of `Y_METRICS`. Non-numeric x values (booleans,
+    strings) are placed at evenly spaced categorical positions.
+
+    Example:
+      >>> plot_sweep("runs/sweep_depth", x="depth", y="test_loss", log_x=True)
+      [PosixPath('.../plots/test_loss_vs_depth.png'), PosixPath('.../plots/test_loss_vs_depth.pdf')]
+    """
+    path, meta = load_sweep(sweep_dir)
+    rows = collect(path)
+    keys = varied_keys(rows) or list(meta["varied"])
+    if y not in Y_METRICS:
+        raise UserError(f"y {y!r} is not a sweep metric; allowed: {', '.join(Y_METRICS)}")
+    x_key = resolve_key(x, keys, "x")
+    hue_key = resolve_key(hue, keys, "hue") if hue is not None else None
+    if hue_key == x_key:
+        raise UserError(f"hue {hue!r} is the same key as x; allowed: {', '.join(k for k in keys if k != x_key)}")
+    over_key = resolve_over(over, keys)
+    if over_key in (x_key, hue_key):
+        over_key = None  # plotting against the seed itself: every run is its own point
+    panel_keys = [k for k in keys if k not in (x_key, hue_key, over_key)]
+
+    plotted = [r for r in rows if r["status"] == "done" and r[y] is not None and math.isfinite(r[y])]
+    if not plotted:
+        counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES
+                           if any(r["status"] == s for r in rows)) or "no runs"
+        raise UserError(f"no done run of {str(path)!r} has a finite {y} ({counts}); nothing to plot")
+
+    x_values = sorted({group_id(r[x_key]): r[x_key] for r in plotted}.values(), key=sort_key)
+    numeric_x = all(_is_number(v) for v in x_values)
+    if log_x and not (numeric_x and all(v > 0 for v in x_values)):
+        shown = ", ".join(fmt_value(v) for v in x_values)
+        raise UserError(f"log_x needs positive numeric x values; {x_key} has {shown}")
+    # Categorical x: positions 0..k-1 in sorted order, labelled with the values.
+    position = {group_id(v): (float(v) if numeric_x else float(i)) for i, v in enumerate(x_values)}
+
+    def values_of(key: str | None) -> list[Any]:
+        if key is None:
+            return [None]
+        return sorted({group_id(r[key]): r[key] for r in plotted}.values(), key=sort_key)
+
+    panels: dict[str, tuple[tuple, list[dict]]] = {}
+    for r in plotted:
+        combo = tuple(r[k] for k in panel_keys)
+        panels.setdefault(group_id(combo), (combo, []))[1].append(r)
+    panel_list = sorted(panels.values(), key=lambda p: tuple(sort_key(v) for v in p[0]))
+    hues = values_of(hue_key)
+
+    short = short_names(keys)
+    ncols = min(len(panel_list), 3)
+    nrows = math.ceil(len(panel_list) / ncols)
+    fig = Figure(figsize=(5.0 * ncols + (1.6 if hue_key else 0.0), 3.8 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    colors = [f"C{i % 10}" for i in range(len(hues))]
+    spread = f"mean ± 1 std over {short[over_key]}" if over_key else "one run per point"
+
+    for ax, (combo, members) in zip(axes.flat, panel_list):
+        for hv, color in zip(hues, colors):
+            points: dict[str, list[float]] = {}
+            for r in members:
+                if hue_key is None or group_id(r[hue_key]) == group_id(hv):
+                    points.setdefault(group_id(r[x_key]), []).append(r[y])
+            if not points:
+                continue
+            xs = sorted(points, key=position.__getitem__)
+            px = np.array([position[k] for k in xs])
+            stats = np.array([_stats(points[k]) for k in xs])
+            mean, std = stats[:, 0], stats[:, 1]
+            label = fmt_value(hv) if hue_key else y
+            ax.plot(px, mean, marker="o", color=color, label=label)
+            if len(px) > 1:
+                ax.fill_between(px, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+            else:
+                ax.errorbar(px, mean, yerr=std, color=color, capsize=4, fmt="none")  # a band of one point is invisible
+        if panel_keys:
+            ax.set_title(", ".join(f"{short[k]}={fmt_value(v)}" for k, v in zip(panel_keys, combo)), fontsize=9)
+        if log_x:
+            ax.set_xscale("log")
+        if not numeric_x:
+            ax.set_xticks(list(range(len(x_values))), [fmt_value(v) for v in x_values])
+            ax.set_xlim(-0.5, len(x_values) - 0.5)
+        elif len(x_values) <= 12:
+            # Sweeps use few x values: tick exactly those (log axes would show 2x10^1 otherwise).
+            ax.set_xticks([float(v) for v in x_values], [fmt_value(v) for v in x_values])
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel(x_key)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panel_list):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{y} ({spread})")
+    if hue_key:
+        # Gather from every panel: a hue value may have no finished run in the first one.
+        legend: dict[str, Any] = {}
+        for ax in axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        ordered = [fmt_value(hv) for hv in hues if fmt_value(hv) in legend]
+        fig.legend([legend[k] for k in ordered], ordered, title=hue_key, loc="outside right upper")
+    fig.suptitle(sweep_name(path, meta))
+
+    out = path / "plots"
+    out.mkdir(exist_ok=True)
+    stem = f"{y}_vs_{short[x_key]}" + (f"_by_{short[hue_key]}" if hue_key else "")
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible PDF bytes across reruns
+    return paths

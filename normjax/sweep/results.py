@@ -1,0 +1,347 @@
+"""Results of a sweep directory: one row per run, seed-averaged aggregates, CSVs and a terminal table.
+
+A sweep directory holds `sweep.json` (the runs and the dotted config keys that vary) and one run
+directory per run (`summary.json`, `metrics.jsonl`, ...). Only the standard library and numpy are
+used, so reading results needs no extra dependency.
+
+Example:
+  >>> rows = collect("runs/sweep_depth")
+  >>> agg = aggregate(rows, over="train.seed")
+  >>> print(report("runs/sweep_depth"))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from normjax.errors import UserError
+
+STATUSES = ("done", "diverged", "failed", "missing", "running")
+# Final metrics a run row carries (from summary.json, plus `final_batch_loss` from metrics.jsonl).
+SUMMARY_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "step", "wall_time")
+METRICS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "final_batch_loss", "wall_time", "step")
+# Metrics only meaningful once a run has finished; running/failed runs report just step/wall_time.
+FINAL_ONLY = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+_TAIL_BYTES = 16 * 1024
+
+
+def load_sweep(sweep_dir: str | os.PathLike) -> tuple[Path, dict]:
+    """The sweep directory's absolute path and its parsed `sweep.json`.
+
+    Example:
+      >>> path, meta = load_sweep("runs/sweep_depth")
+      >>> meta["varied"]
+      ['model.depth', 'model.shortcut', 'train.seed']
+    """
+    path = Path(sweep_dir).expanduser()
+    manifest = path / "sweep.json"
+    if not manifest.is_file():
+        raise UserError(f"{str(sweep_dir)!r} is not a sweep directory (no sweep.json); give the --workdir of a normjax sweep")
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{str(manifest)!r} is not readable JSON ({e}); rerun the sweep to rewrite it") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("runs"), list):
+        raise UserError(f"{str(manifest)!r} has no 'runs' list; give the --workdir of a normjax sweep")
+    meta.setdefault("varied", [])
+    return path.absolute(), meta
+
+
+def sweep_name(sweep_dir: Path, meta: dict) -> str:
+    """A short title for the sweep: its spec file's stem (and size), else the directory name."""
+    name = Path(meta["spec"]).stem if meta.get("spec") else sweep_dir.name
+    return f"{name} ({meta['size']})" if meta.get("size") else name
+
+
+def short_names(keys: Iterable[str]) -> dict[str, str]:
+    """Each dotted key's shortest unambiguous name: its last component when no other key shares it.
+
+    Example:
+      >>> short_names(["model.depth", "train.seed"])
+      {'model.depth': 'depth', 'train.seed': 'seed'}
+    """
+    keys = list(keys)
+    lasts = [k.split(".")[-1] for k in keys]
+    return {k: (last if lasts.count(last) == 1 else k) for k, last in zip(keys, lasts)}
+
+
+def resolve_key(name: str, keys: Iterable[str], what: str) -> str:
+    """The dotted key `name` means: an exact key, or a unique last component (`depth` -> `model.depth`).
+
+    Example:
+      >>> resolve_key("depth", ["model.depth", "train.seed"], "x")
+      'model.depth'
+    """
+    keys = list(keys)
+    if name in keys:
+        return name
+    matches = [k for k in keys if k.split(".")[-1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    allowed = ", ".join(keys) or "(none: this sweep varies nothing)"
+    if matches:
+        raise UserError(f"{what} {name!r} is ambiguous (matches {', '.join(matches)}); allowed: {allowed}")
+    raise UserError(f"{what} {name!r} is not a varied key of this sweep; allowed: {allowed}")
+
+
+def fmt_value(v: Any) -> str:
+    """A config value as the run names spell it: true/false, floats as %g, lists as JSON."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def sort_key(v: Any) -> tuple:
+    """Orders mixed values: numbers numerically, then booleans, then text; missing values last."""
+    if v is None:
+        return (3, 0, "")
+    if isinstance(v, bool):
+        return (1, int(v), "")
+    if isinstance(v, (int, float)):
+        return (0, float(v), "")
+    return (2, 0, fmt_value(v))
+
+
+def group_id(v: Any) -> str:
+    """A hashable, type-exact identity for grouping values: `group_id(True) != group_id(1)`."""
+    # JSON text keeps True and 1 apart (they are equal, and hash alike, as dict keys) and makes lists hashable.
+    return json.dumps(v, sort_keys=True)
+
+
+def _number(v: Any) -> int | float | None:
+    """A metric value as a number; the run writer stores non-finite floats as the strings 'nan'/'inf'."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _last_logged_loss(path: Path) -> float | None:
+    """The `loss` of the last complete line of metrics.jsonl, reading only the file's tail.
+
+    The tail grows until it holds a parseable line with a loss, since rows with many per-layer
+    norms can be several KB long; a torn last line (a killed writer) is skipped.
+    """
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            span = _TAIL_BYTES
+            while True:
+                start = max(0, size - span)
+                f.seek(start)
+                lines = f.read(size - start).splitlines()
+                if start > 0:
+                    lines = lines[1:]  # the first line of a tail is most likely cut
+                for line in reversed(lines):
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(row, dict) and "loss" in row:
+                        return _number(row["loss"])
+                if start == 0:
+                    return None
+                span *= 4
+    except OSError:
+        return None
+
+
+def collect(sweep_dir: str | os.PathLike) -> list[dict]:
+    """One row per run listed in sweep.json, in the sweep's order.
+
+    A row has `name`, `status` (done, diverged, failed, running, or missing when the run has no
+    summary yet), each varied key's value, the summary's final metrics (`None` when absent),
+    `final_batch_loss` (the last logged batch loss), and `error`/`message` for failed/diverged runs.
+
+    Example:
+      >>> rows = collect("runs/sweep_depth")
+      >>> rows[0]["status"], rows[0]["model.depth"], rows[0]["test_accuracy"]
+      ('done', 8, 0.93)
+    """
+    path, meta = load_sweep(sweep_dir)
+    varied = list(meta["varied"])
+    rows = []
+    for run in meta["runs"]:
+        name = str(run.get("name", ""))
+        overrides = run.get("overrides") or {}
+        row: dict[str, Any] = {"name": name, "status": "missing"}
+        row.update({k: overrides.get(k) for k in varied})
+        row.update({m: None for m in SUMMARY_METRICS})
+        row.update(final_batch_loss=None, error=None, message=None)
+        rundir = path / name
+        try:
+            summary = json.loads((rundir / "summary.json").read_text()) if name else None
+        except (OSError, ValueError):
+            summary = None  # summaries are written atomically, so an unreadable one means not started
+        if isinstance(summary, dict):
+            status = summary.get("status")
+            row["status"] = status if status in STATUSES else "failed"
+            for m in SUMMARY_METRICS:
+                if m in FINAL_ONLY and row["status"] != "done":
+                    continue
+                row[m] = _number(summary.get(m))
+            if row["status"] == "failed":
+                row["error"] = str(summary.get("error") or f"unknown status {status!r} in summary.json")
+            if row["status"] == "diverged":
+                row["message"] = str(summary.get("message", ""))
+            row["final_batch_loss"] = _last_logged_loss(rundir / "metrics.jsonl")
+        rows.append(row)
+    return rows
+
+
+def varied_keys(rows: list[dict]) -> list[str]:
+    """The varied config keys of `collect` rows: the dotted column names (metric names have no dot)."""
+    return [k for k in rows[0] if "." in k] if rows else []
+
+
+def resolve_over(over: str | None, keys: list[str]) -> str | None:
+    """The key to average over, or None; the default `train.seed` may be absent, any other must resolve."""
+    if over is None:
+        return None
+    try:
+        return resolve_key(over, keys, "over")
+    except UserError:
+        if over == "train.seed":
+            return None  # the default: a sweep that varies no seed has nothing to average over
+        raise
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def aggregate(rows: list[dict], over: str | None = "train.seed") -> list[dict]:
+    """Rows grouped by the varied keys except `over`, sorted by those keys (numbers numerically).
+
+    Each group gives `<metric>_mean` and `<metric>_std` for every metric (sample std, ddof=1;
+    0 for a single run; `None` without any), `n` (done runs, the only ones averaged; a metric a
+    done run lacks is averaged over the runs that have it), `runs` (all runs in the group) and
+    one count per status. `over=None` keeps every run its own group.
+
+    Example:
+      >>> agg = aggregate(collect("runs/sweep_depth"), over="seed")
+      >>> agg[0]["test_accuracy_mean"], agg[0]["n"], agg[0]["diverged"]
+      (0.91, 3, 0)
+    """
+    keys = varied_keys(rows)
+    over = resolve_over(over, keys)
+    by = [k for k in keys if k != over]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(group_id(row[k]) for k in by), []).append(row)
+    out = []
+    for members in groups.values():
+        g: dict[str, Any] = {k: members[0][k] for k in by}
+        done = [r for r in members if r["status"] == "done"]
+        g["n"], g["runs"] = len(done), len(members)
+        for s in STATUSES:
+            g[s] = sum(r["status"] == s for r in members)
+        for m in METRICS:
+            g[f"{m}_mean"], g[f"{m}_std"] = _mean_std([r.get(m) for r in done if r.get(m) is not None])
+        out.append(g)
+    out.sort(key=lambda g: tuple(sort_key(g[k]) for k in by))
+    return out
+
+
+def _csv_cell(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)  # full precision, so the CSV round-trips the JSON values
+    return fmt_value(v)
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows([_csv_cell(r.get(c)) for c in columns] for r in rows)
+    os.replace(tmp, path)  # a reader never sees half a CSV
+
+
+def _pm(mean: float | None, std: float | None, n: int) -> str:
+    if mean is None:
+        return "-"
+    # A single run has no spread; say so rather than print a misleading "± 0".
+    return f"{mean:.4f} (n=1)" if n < 2 else f"{mean:.4f} ± {std:.4f}"
+
+
+def status_text(g: dict) -> str:
+    """`3/3 done` when every run finished, else the non-zero counts: `2 done, 1 diverged`."""
+    if g["done"] == g["runs"]:
+        return f"{g['done']}/{g['runs']} done"
+    return ", ".join(f"{g[s]} {s}" for s in STATUSES if g[s])
+
+
+def _table(header: list[str], body: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in body]
+
+
+def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_errors: int = 10) -> str:
+    """Write `results.csv` (one row per run) and `results_agg.csv` into the sweep directory; return a table.
+
+    The table has one line per group of runs differing only in `over`: the varied keys, then
+    test accuracy / test loss / train accuracy as `mean ± std` (sample std over done runs), then
+    the status counts; the errors of failed runs follow (at most `max_errors`).
+
+    Example:
+      >>> print(report("runs/sweep_depth"))
+      sweep_depth (smoke): 12 runs, mean ± std over train.seed
+      depth  shortcut  test_accuracy    ...  runs
+      -----  --------  ---------------  ...  --------
+          8  false     0.9312 ± 0.0040  ...  3/3 done
+    """
+    path, meta = load_sweep(sweep_dir)
+    rows = collect(path)
+    keys = varied_keys(rows) or list(meta["varied"])
+    over_key = resolve_over(over, keys)
+    agg = aggregate(rows, over=over_key)
+    by = [k for k in keys if k != over_key]
+
+    run_cols = ["name", "status", *keys, *SUMMARY_METRICS, "final_batch_loss", "error", "message"]
+    agg_cols = [*by, "n", "runs", *STATUSES] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    _write_csv(path / "results.csv", rows, run_cols)
+    _write_csv(path / "results_agg.csv", agg, agg_cols)
+
+    short = short_names(keys)
+    header = [short[k] for k in by] + ["test_accuracy", "test_loss", "train_accuracy", "runs"]
+    body = [[fmt_value(g[k]) for k in by]
+            + [_pm(g[f"{m}_mean"], g[f"{m}_std"], g["n"]) for m in ("test_accuracy", "test_loss", "train_accuracy")]
+            + [status_text(g)] for g in agg]
+    # Numeric key columns read best right-aligned; metric columns stay left-aligned so the means line up.
+    right = {i for i, k in enumerate(by) if all(sort_key(g[k])[0] == 0 for g in agg)}
+    averaged = f", mean ± std over {over_key}" if over_key else ""
+    lines = [f"{sweep_name(path, meta)}: {len(rows)} runs{averaged}"] + _table(header, body, right)
+
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        lines += ["", f"failed runs ({len(failed)}):"]
+        lines += [f"  {r['name']}: {r['error']}" for r in failed[:max_errors]]
+        if len(failed) > max_errors:
+            lines.append(f"  ... and {len(failed) - max_errors} more (see results.csv)")
+    lines += ["", f"wrote {path / 'results.csv'} and {path / 'results_agg.csv'}"]
+    return "\n".join(lines)

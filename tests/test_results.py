@@ -1,0 +1,259 @@
+"""Sweep results: collect/aggregate/report/plot on hand-written sweep directories (no training)."""
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normjax.errors import UserError
+from normjax.sweep.plot import plot_sweep
+from normjax.sweep.results import aggregate, collect, report
+
+VARIED = ["model.depth", "model.shortcut", "train.seed"]
+# Runs that did not finish; every other run of the 2 x 2 x 3 grid is done.
+ODD = {
+    (14, False, 0): "failed",
+    (14, False, 1): "diverged",
+    (8, False, 2): "missing",
+    (14, True, 2): "running",
+}
+
+
+def run_name(depth: int, shortcut: bool, seed: int) -> str:
+    return f"depth={depth}-shortcut={'true' if shortcut else 'false'}-seed={seed}-0000abcd"
+
+
+def acc_of(depth: int, shortcut: bool, seed: int) -> float:
+    return 0.9 - 0.01 * depth * (not shortcut) + 0.003 * seed + 0.001 * depth
+
+
+
+
+def write_run(root: Path, depth: int, shortcut: bool, seed: int, status: str, wide_rows: bool = False) -> None:
+    d = root / run_name(depth, shortcut, seed)
+    if status == "missing":
+        return
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model": {"depth": depth, "shortcut": shortcut},
+                                               "train": {"seed": seed}}))
+    summary = {"status": status, "step": 40, "total_steps": 40, "wall_time": 10.0 + seed}
+    if status == "done":
+        summary |= {"train_loss": 0.1 + seed / 100, "train_accuracy": 0.99 - seed / 100,
+                    "test_loss": 0.3 + depth / 100, "test_accuracy": acc_of(depth, shortcut, seed), "epochs": 1.5}
+    elif status == "failed":
+        summary |= {"step": 7, "error": "RuntimeError: out of memory"}
+    elif status == "diverged":
+        summary |= {"step": 12, "message": "non-finite loss at step 12; last good checkpoint kept"}
+    elif status == "running":
+        summary = {"status": "running", "step": 20, "total_steps": 40}
+    (d / "summary.json").write_text(json.dumps(summary))
+    # Long per-layer lists make each row several KB, so the tail read must grow past one chunk.
+    width = 2000 if wide_rows else 3
+    rows = [{"step": s, "epoch": s / 27, "loss": 2.0 / (s + 1), "accuracy": 0.5, "lr": 0.1,
+             "wall_time": float(s), "w_norm": [1.0] * width, "g_norm": [0.5] * width} for s in range(0, 40, 5)]
+    if status == "diverged":
+        rows[-1]["loss"] = "nan"  # how the run writer stores a non-finite loss
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if status == "done" and seed == 1:
+        text += '{"step": 40, "loss": 0.0'  # a torn last line from a killed writer is skipped
+    (d / "metrics.jsonl").write_text(text)
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    root.mkdir()
+    runs = []
+    for depth, shortcut, seed in itertools.product([8, 14], [True, False], [0, 1, 2]):
+        overrides = {"model.depth": depth, "model.shortcut": shortcut, "train.seed": seed}
+        runs.append({"name": run_name(depth, shortcut, seed), "overrides": overrides})
+        write_run(root, depth, shortcut, seed, ODD.get((depth, shortcut, seed), "done"), wide_rows=depth == 14)
+    (root / "sweep.json").write_text(json.dumps({"spec": "experiments/sweep_depth.py", "size": "smoke",
+                                                 "varied": VARIED, "runs": runs}))
+    return root
+
+
+def by_name(rows):
+    return {r["name"]: r for r in rows}
+
+
+def test_collect_statuses_and_values(sweep):
+    rows = collect(sweep)
+    assert len(rows) == 12 and [r["name"] for r in rows][:2] == [run_name(8, True, 0), run_name(8, True, 1)]
+    got = by_name(rows)
+    for (d, s, seed), status in ODD.items():
+        assert got[run_name(d, s, seed)]["status"] == status
+    assert sum(r["status"] == "done" for r in rows) == 8
+    r = got[run_name(8, True, 0)]
+    assert r["model.depth"] == 8 and r["model.shortcut"] is True and r["train.seed"] == 0
+    assert r["test_accuracy"] == pytest.approx(acc_of(8, True, 0)) and r["step"] == 40 and r["wall_time"] == 10.0
+    assert r["final_batch_loss"] == pytest.approx(2.0 / 36)  # last logged step 35
+    assert got[run_name(8, True, 1)]["final_batch_loss"] == pytest.approx(2.0 / 36)  # torn line skipped
+    assert got[run_name(14, True, 0)]["final_batch_loss"] == pytest.approx(2.0 / 36)  # multi-KB rows
+    failed = got[run_name(14, False, 0)]
+    assert failed["error"] == "RuntimeError: out of memory" and failed["test_accuracy"] is None and failed["step"] == 7
+    diverged = got[run_name(14, False, 1)]
+    assert "non-finite" in diverged["message"] and np.isnan(diverged["final_batch_loss"])
+    missing = got[run_name(8, False, 2)]
+    assert missing["step"] is None and missing["final_batch_loss"] is None
+    running = got[run_name(14, True, 2)]
+    assert running["step"] == 20 and running["wall_time"] is None and running["test_accuracy"] is None
+
+
+def test_aggregate_means_and_stds_match_numpy(sweep):
+    rows = collect(sweep)
+    agg = aggregate(rows, over="train.seed")
+    assert [(g["model.depth"], g["model.shortcut"]) for g in agg] == [(8, False), (8, True), (14, False), (14, True)]
+    assert all("train.seed" not in g for g in agg)
+    g = {(g["model.depth"], g["model.shortcut"]): g for g in agg}
+    full = g[(8, True)]
+    accs = [acc_of(8, True, s) for s in range(3)]
+    assert full["n"] == 3 and full["done"] == 3 and full["runs"] == 3
+    assert full["test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-12)
+    assert full["test_accuracy_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-12)  # sample std
+    assert full["wall_time_mean"] == pytest.approx(11.0)
+    partial = g[(14, False)]  # seed 0 failed, seed 1 diverged: only seed 2 counts
+    assert (partial["n"], partial["done"], partial["failed"], partial["diverged"]) == (1, 1, 1, 1)
+    assert partial["test_accuracy_mean"] == pytest.approx(acc_of(14, False, 2)) and partial["test_accuracy_std"] == 0.0
+    assert g[(8, False)]["missing"] == 1 and g[(8, False)]["n"] == 2
+    assert g[(14, True)]["running"] == 1 and g[(14, True)]["n"] == 2
+    # The short name works for `over`, and over=None keeps every run its own group.
+    assert aggregate(rows, over="seed") == agg
+    assert len(aggregate(rows, over=None)) == 12
+    # Grouping over depth instead: numeric sort puts shortcut=False first, then True (booleans).
+    by_depth = aggregate(rows, over="depth")
+    assert [(g["model.shortcut"], g["train.seed"]) for g in by_depth][:2] == [(False, 0), (False, 1)]
+
+
+def test_aggregate_with_no_done_run(tmp_path):
+    rows = [{"name": "a", "status": "failed", "model.depth": 8, "train.seed": 0, "test_accuracy": None}]
+    (g,) = aggregate(rows)
+    assert g["n"] == 0 and g["failed"] == 1 and g["test_accuracy_mean"] is None and g["test_accuracy_std"] is None
+
+
+def test_report_writes_csvs_and_table(sweep):
+    table = report(sweep)
+    with open(sweep / "results.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert len(runs) == 12
+    assert list(runs[0])[:5] == ["name", "status", "model.depth", "model.shortcut", "train.seed"]
+    assert {"test_accuracy", "final_batch_loss", "error", "message"} <= set(runs[0])
+    assert runs[0]["model.shortcut"] == "true" and float(runs[0]["test_accuracy"]) == acc_of(8, True, 0)
+    assert by_name(runs)[run_name(14, False, 0)]["error"] == "RuntimeError: out of memory"
+    with open(sweep / "results_agg.csv", newline="") as f:
+        agg_rows = list(csv.reader(f))
+    header = agg_rows[0]
+    assert header[:10] == ["model.depth", "model.shortcut", "n", "runs", "done", "diverged", "failed",
+                           "missing", "running", "test_accuracy_mean"]
+    assert len(agg_rows) == 5 and agg_rows[1][:3] == ["8", "false", "2"]
+    mean = float(agg_rows[2][header.index("test_accuracy_mean")])
+    assert mean == pytest.approx(np.mean([acc_of(8, True, s) for s in range(3)]), abs=1e-15)
+
+    lines = table.splitlines()
+    assert lines[0].startswith("sweep_depth (smoke): 12 runs") and "train.seed" in lines[0]
+    assert lines[1].split()[:3] == ["depth", "shortcut", "test_accuracy"]
+    assert "±" in table and "3/3 done" in table
+    assert "1 done, 1 diverged, 1 failed" in table and "2 done, 1 missing" in table and "2 done, 1 running" in table
+    assert "RuntimeError: out of memory" in table
+    # Sorted numerically, not as text: depth 8 before 14.
+    body = [l.split()[0] for l in lines[3:7]]
+    assert body == ["8", "8", "14", "14"]
+
+
+def test_report_sorts_many_rows_numerically(tmp_path):
+    root = tmp_path / "big"
+    root.mkdir()
+    runs = []
+    for lr in [0.003, 0.01, 0.1, 1.0, 0.03, 0.3]:
+        for width in range(8, 200, 8):
+            name = f"lr={lr:g}-width={width}"
+            runs.append({"name": name, "overrides": {"optim.lr": lr, "model.width": width}})
+            (root / name).mkdir()
+            (root / name / "summary.json").write_text(json.dumps({"status": "done", "step": 1, "total_steps": 1,
+                                                                  "test_accuracy": 0.5, "test_loss": 1.0}))
+    (root / "sweep.json").write_text(json.dumps({"varied": ["optim.lr", "model.width"], "runs": runs}))
+    table = report(root)
+    lines = table.splitlines()[3:3 + len(runs)]
+    keys = [(float(l.split()[0]), int(l.split()[1])) for l in lines]
+    assert len(keys) == 144 and keys == sorted(keys)
+    assert len({len(l) for l in lines}) == 1  # aligned columns
+    assert "1/1 done" in lines[0] and "train.seed" not in table.splitlines()[0]  # no seed: nothing averaged
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_files_and_short_names(sweep):
+    paths = plot_sweep(sweep, x="depth", y="test_accuracy", hue="shortcut")
+    assert [p.name for p in paths] == ["test_accuracy_vs_depth_by_shortcut.png", "test_accuracy_vs_depth_by_shortcut.pdf"]
+    assert all(p.parent == sweep / "plots" and p.stat().st_size > 1000 for p in paths)
+    assert is_png(paths[0]) and paths[1].read_bytes()[:5] == b"%PDF-"
+    # Dotted names, a categorical (boolean) x, no hue, log x.
+    cat = plot_sweep(sweep, x="model.shortcut", y="test_loss", hue="model.depth")
+    assert cat[0].name == "test_loss_vs_shortcut_by_depth.png" and is_png(cat[0])
+    plain = plot_sweep(sweep, x="depth", y="final_batch_loss", log_x=True)
+    assert plain[0].name == "final_batch_loss_vs_depth.png" and is_png(plain[0])
+
+
+def test_plot_panels_for_extra_varied_keys(tmp_path):
+    # Varies lr too: x=depth, hue=shortcut leaves lr as panels rather than averaging over it.
+    root = tmp_path / "s"
+    root.mkdir()
+    runs = []
+    for depth, lr, shortcut, seed in itertools.product([8, 14, 20], [0.1, 0.3], [True, False], [0, 1]):
+        name = f"d{depth}-lr{lr}-s{shortcut}-{seed}"
+        runs.append({"name": name, "overrides": {"model.depth": depth, "optim.lr": lr,
+                                                 "model.shortcut": shortcut, "train.seed": seed}})
+        (root / name).mkdir()
+        (root / name / "summary.json").write_text(json.dumps({"status": "done", "test_accuracy": 0.5 + seed / 10}))
+    (root / "sweep.json").write_text(json.dumps({"varied": ["model.depth", "optim.lr", "model.shortcut", "train.seed"],
+                                                 "runs": runs}))
+    png, pdf = plot_sweep(root, x="depth", y="test_accuracy", hue="shortcut")
+    assert is_png(png) and pdf.stat().st_size > 0
+
+
+def one_line_error(fn, *args, **kw) -> str:
+    with pytest.raises(UserError) as e:
+        fn(*args, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_bad_inputs(sweep, tmp_path):
+    msg = one_line_error(report, tmp_path)
+    assert "is not a sweep directory (no sweep.json)" in msg and "--workdir" in msg
+    assert "no sweep.json" in one_line_error(collect, tmp_path / "nope")
+    assert "no sweep.json" in one_line_error(plot_sweep, tmp_path, x="depth", y="test_accuracy")
+    msg = one_line_error(plot_sweep, sweep, x="width", y="test_accuracy")
+    assert "'width'" in msg and "model.depth" in msg and "train.seed" in msg
+    msg = one_line_error(plot_sweep, sweep, x="depth", y="accuracy")
+    assert "'accuracy'" in msg and "test_accuracy" in msg and "final_batch_loss" in msg
+    msg = one_line_error(plot_sweep, sweep, x="depth", y="test_accuracy", hue="colour")
+    assert "'colour'" in msg and "model.shortcut" in msg
+    assert "same key" in one_line_error(plot_sweep, sweep, x="depth", y="test_accuracy", hue="model.depth")
+    assert "log_x" in one_line_error(plot_sweep, sweep, x="shortcut", y="test_accuracy", log_x=True)
+    assert "'seeds'" in one_line_error(aggregate, collect(sweep), over="seeds")
+    (sweep / "sweep.json").write_text("{not json")
+    assert "sweep.json" in one_line_error(collect, sweep)
+
+
+def test_plot_with_nothing_done(sweep):
+    for d in sweep.iterdir():
+        if (d / "summary.json").exists():
+            (d / "summary.json").write_text(json.dumps({"status": "failed", "step": 0, "error": "boom"}))
+    msg = one_line_error(plot_sweep, sweep, x="depth", y="test_accuracy")
+    assert "nothing to plot" in msg and "11 failed" in msg and "1 missing" in msg
+
+
+def test_ambiguous_short_name(tmp_path):
+    root = tmp_path / "amb"
+    root.mkdir()
+    runs = [{"name": f"r{i}", "overrides": {"model.width": i, "data.width": i, "train.seed": 0}} for i in (1, 2)]
+    (root / "sweep.json").write_text(json.dumps({"varied": ["model.width", "data.width", "train.seed"], "runs": runs}))
+    msg = one_line_error(plot_sweep, root, x="width", y="test_accuracy")
+    assert "ambiguous" in msg and "model.width" in msg and "data.width" in msg
