@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test test-slow bench bench-gpu install clean
+.PHONY: demo test test-slow bench bench-gpu install clean sweeps
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -33,6 +33,22 @@ bench: $(STAMP)
 # On a GPU machine whose image already has jax[cuda] and torch: no venv, the system python.
 bench-gpu:
 	$(PY) -m benchmarks.bench --quick --out benchmarks/results-gpu.json
+
+# Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|full, WORKDIR=runs), then
+# prints its results table and draws its figure. Adding a sweep: add experiments/sweep_NAME.py and
+# one line "NAME: x=KEY hue=KEY" to SWEEP_PLOTS below.
+SWEEP_PLOTS_depth := --x model.depth --hue model.shortcut
+SWEEP_PLOTS_lr := --x optim.lr --hue optim.momentum --log-x
+
+sweeps:
+	@ls experiments/sweep_*.py | sed 's|experiments/sweep_\(.*\)\.py|make sweep-\1|'
+
+sweep-%: $(STAMP)
+	$(BIN)/normjax sweep experiments/sweep_$*.py --size $(SIZE) --workdir $(WORKDIR)/sweep-$*-$(SIZE) $(SHARD_ARG)
+	$(BIN)/normjax results $(WORKDIR)/sweep-$*-$(SIZE)
+	$(BIN)/normjax plot $(WORKDIR)/sweep-$*-$(SIZE) --y test_accuracy $(or $(SWEEP_PLOTS_$*),--x train.seed)
+
+SHARD_ARG = $(if $(SHARD),--shard $(SHARD),)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -1,4 +1,4 @@
-"""`normjax` command line: train, eval (and `python -m normjax`).
+"""`normjax` command line: train, eval, sweep, results, plot (and `python -m normjax`).
 
 Bad input ends with one line `error: ...` and exit code 2; a diverged run exits 3.
 """
@@ -26,6 +26,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     e = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint")
     e.add_argument("rundir")
+    w = sub.add_parser("sweep", help="run (this shard of) a sweep; complete runs are skipped, interrupted ones resume")
+    w.add_argument("spec", help="sweep file, e.g. experiments/sweep_depth.py")
+    w.add_argument("--size", default="smoke", help="smoke or full")
+    w.add_argument("--workdir", help="sweep directory (default runs/<sweep name>)")
+    w.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (job arrays, TPU workers)")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every run (repeatable)")
+    w.add_argument("--group-size", type=int, default=0,
+                   help="runs vectorized together (0: automatic, by backend and memory)")
+    w.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+    r = sub.add_parser("results", help="table of a sweep's runs (CSV + terminal), mean ± std over seeds")
+    r.add_argument("sweepdir")
+    r.add_argument("--over", default="train.seed", help="key averaged over (default train.seed)")
+    f = sub.add_parser("plot", help="figures (PNG and PDF) of a sweep, seeds averaged with error bands")
+    f.add_argument("sweepdir")
+    f.add_argument("--x", required=True, help="varied key on the x axis, e.g. model.depth")
+    f.add_argument("--y", default="test_accuracy", help="final metric, e.g. test_accuracy")
+    f.add_argument("--hue", help="varied key drawn as separate lines")
+    f.add_argument("--log-x", action="store_true")
     return p
 
 
@@ -47,7 +66,27 @@ def run(argv: list[str] | None = None) -> int:
                           if k in summary}))
         print(f"run directory: {Path(workdir).absolute()}")
         return 0
-    print(json.dumps(evaluate_run(args.rundir)))
+    if args.command == "eval":
+        print(json.dumps(evaluate_run(args.rundir)))
+        return 0
+    if args.command == "sweep":
+        from normjax.sweep.runner import parse_shard, run_sweep
+        if args.group_size < 0:
+            raise UserError(f"--group-size {args.group_size} must be >= 0 (0 = automatic)")
+        shard = parse_shard(args.shard)
+        maybe_initialize_distributed(args.distributed)
+        results = run_sweep(args.spec, size=args.size, workdir=args.workdir, shard=shard,
+                            overrides=args.overrides, group_size=args.group_size)
+        counts = {s: sum(r["status"] == s for r in results.values()) for s in ("done", "diverged", "failed")}
+        print(f"sweep finished: {counts['done']} done, {counts['diverged']} diverged, {counts['failed']} failed")
+        return 1 if counts["failed"] else 0
+    if args.command == "results":
+        from normjax.sweep.results import report
+        print(report(args.sweepdir, over=args.over))
+        return 0
+    from normjax.sweep.plot import plot_sweep
+    for path in plot_sweep(args.sweepdir, x=args.x, y=args.y, hue=args.hue, log_x=args.log_x):
+        print(path)
     return 0
 
 

@@ -5,7 +5,7 @@ import pytest
 from normjax.config import DEFAULTS, load_config, merge, parse_override
 from normjax.errors import UserError
 
-EXPERIMENTS = sorted(Path(__file__).parents[1].joinpath("experiments").glob("*.py"))
+EXPERIMENTS = sorted(p for p in Path(__file__).parents[1].joinpath("experiments").glob("*.py") if not p.stem.startswith("sweep_"))
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)

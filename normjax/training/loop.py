@@ -9,12 +9,12 @@ final evaluation → summary.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from normjax.config import validate
@@ -115,104 +115,153 @@ def final_metrics(program: Program, state: TrainState, ds: Dataset, cfg: dict) -
             "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
 
 
-def _log_rows(m: dict, cfg: dict, steps_per_epoch: int, t0: float) -> list[dict]:
-    """Rows of a fetched chunk that the cadence keeps (every step early, then every `log.every`)."""
+def _log_rows(m: dict, cfg: dict, steps_per_epoch: int, wall: float) -> list[dict]:
+    """Rows of one run's fetched chunk that the cadence keeps (every step early, then every `log.every`)."""
     log = cfg["log"]
     rows = []
     for i in np.nonzero(m["valid"])[0]:
         step = int(m["step"][i])
         if step < log["dense_steps"] or (step + 1) % log["every"] == 0:
-            row = {"step": step, "epoch": step / steps_per_epoch, "wall_time": t0}
+            row = {"step": step, "epoch": step / steps_per_epoch, "wall_time": wall}
             row.update({k: v[i] for k, v in m.items() if k not in ("valid", "step")})
             rows.append(row)
     return rows
 
 
+class _Run:
+    """Host-side bookkeeping of one run inside a (possibly vectorized) group."""
+
+    def __init__(self, cfg: dict, workdir: str | Path):
+        self.cfg = cfg
+        self.dir = RunDir(Path(workdir).expanduser().absolute())
+        self.diverged_at: int | None = None
+        self.summary: dict | None = None
+
+
+def _prepare(runs: list[_Run]) -> tuple[Dataset, Program]:
+    """Validate every run against the data and devices before any run directory is touched."""
+    for r in runs:
+        validate(r.cfg)
+        if r.dir.config.exists() and read_json(r.dir.config) != r.cfg:
+            raise UserError(f"workdir {str(r.dir.path)!r} holds a run with another config; give a new --workdir")
+    ds = dataset_for(runs[0].cfg)
+    program = program_for(runs[0].cfg, ds)
+    for r in runs[1:]:
+        if program_for(r.cfg, ds) is not program:
+            raise ValueError("a vectorized group needs runs that differ only in traced values")
+    return ds, program
+
+
 def train(cfg: dict, workdir: str | Path, *, progress: bool | None = None) -> dict:
     """Train (or resume) the run `cfg` describes in `workdir`; returns its summary.
 
-    A finished run (done or diverged) is returned as is. A non-finite loss ends the run with status `diverged`
-    (the last good checkpoint is kept).
+    A finished run (done or diverged) is returned as is. A non-finite loss ends the run with
+    status `diverged` (the last good checkpoint is kept).
 
     Example:
       >>> summary = train(load_config("experiments/resnet_digits.py"), "runs/demo")
       >>> summary["status"], summary["test_accuracy"]
     """
-    validate(cfg)
-    maybe_initialize_distributed()
-    run = RunDir(Path(workdir).expanduser().absolute())
-    if run.config.exists() and read_json(run.config) != cfg:
-        raise UserError(f"workdir {str(run.path)!r} holds a run with another config; give a new --workdir")
-    old = run.read_summary() if run.summary.exists() else None
-    if old and old.get("status") in ("done", "diverged"):
-        return old  # finished: a diverged run would diverge again, deterministically
-    # Everything that can reject the config runs before the run directory is touched.
-    ds = dataset_for(cfg)
-    program = program_for(cfg, ds)
-    total = program.total_steps
-    run = RunDir.create(run.path)
-    write_json(run.config, cfg)
-    write_json(run.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant}
-                            for l in program.layers])
+    return train_group([cfg], [workdir], progress=progress)[0]
 
-    ckpt = Checkpointer(run.checkpoints, keep=cfg["checkpoint"]["keep"])
-    restored = restore_state(ckpt, program)
-    if restored:
-        state, elapsed = restored
-        run.trim_metrics(int(state.step))
-    else:
-        state, elapsed = program.init_state(cfg), 0.0
-        run.trim_metrics(0)
-        if cfg["train"]["init_from"]:
-            state = warm_start(state, program, cfg["train"]["init_from"])
-    run.write_summary({"status": "running", "step": int(state.step), "total_steps": total})
+
+def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool | None = None) -> list[dict]:
+    """Train runs that share one compiled program together, vmapped over a run axis.
+
+    The runs may differ only in traced values (seed, LR, momentum, weight decay, transform
+    strengths); each keeps its own run directory, metrics and checkpoints, and its result equals
+    training it alone. A run that diverges stops updating (its state is frozen in the step) while
+    the others go on. Returns one summary per run, in order.
+    """
+    maybe_initialize_distributed()
+    runs = [_Run(c, w) for c, w in zip(cfgs, workdirs)]
+    for r in runs:
+        old = r.dir.read_summary() if r.dir.summary.exists() else None
+        if old and old.get("status") in ("done", "diverged"):
+            r.summary = old  # finished: a diverged run would diverge again, deterministically
+    active = [r for r in runs if r.summary is None]
+    if not active:
+        return [r.summary for r in runs]
+    ds, program = _prepare(active)
+    total = program.total_steps
+
+    states, starts = [], []
+    for r in active:
+        r.dir = RunDir.create(r.dir.path)
+        write_json(r.dir.config, r.cfg)
+        write_json(r.dir.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant}
+                                  for l in program.layers])
+        r.ckpt = Checkpointer(r.dir.checkpoints, keep=r.cfg["checkpoint"]["keep"])
+        restored = restore_state(r.ckpt, program)
+        if restored:
+            state, r.elapsed = restored
+        else:
+            state, r.elapsed = program.init_state(r.cfg), 0.0
+            if r.cfg["train"]["init_from"]:
+                state = warm_start(state, program, r.cfg["train"]["init_from"])
+        r.dir.trim_metrics(int(state.step))
+        r.dir.write_summary({"status": "running", "step": int(state.step), "total_steps": total})
+        states.append(state)
+        starts.append(int(state.step))
+    if len(set(starts)) > 1:
+        raise ValueError(f"runs of a vectorized group must resume from the same step, got {starts}")
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    del states
 
     images = put_replicated(ds.train_images, program.mesh)
     labels = put_replicated(ds.train_labels.astype(np.int32), program.mesh)
-    step, every = int(state.step), cfg["checkpoint"]["every"]
-    t_start = time.time() - elapsed
-    bar = Progress(total, initial=step, batch_size=program.batch_size, enabled=progress)
-    pending, diverged_at = None, None
+    step, every = starts[0], min(r.cfg["checkpoint"]["every"] for r in active)
+    t_start = time.time()
+    bar = Progress(total, initial=step, batch_size=program.batch_size * len(active), enabled=progress)
 
-    def drain(p):
-        nonlocal diverged_at
-        m = jax.device_get(p)
-        rows = _log_rows(m, cfg, program.steps_per_epoch, time.time() - t_start)
-        run.append_metrics(rows)
-        valid = m["valid"]
-        bad = valid & ~np.isfinite(m["loss"])
-        if bad.any() and diverged_at is None:
-            diverged_at = int(m["step"][np.argmax(bad)])
-        good = valid & np.isfinite(m["loss"])
-        if good.any():
-            bar.update(int(good.sum()), loss=float(m["loss"][good][-1]), acc=float(m["accuracy"][good][-1]))
+    def drain(chunk_metrics):
+        m = jax.device_get(chunk_metrics)
+        losses = []
+        for i, r in enumerate(active):
+            mi = {k: v[i] for k, v in m.items()}
+            if r.diverged_at is None:
+                r.dir.append_metrics(_log_rows(mi, r.cfg, program.steps_per_epoch,
+                                               r.elapsed + time.time() - t_start))
+                bad = mi["valid"] & ~np.isfinite(mi["loss"])
+                if bad.any():
+                    r.diverged_at = int(mi["step"][np.argmax(bad)])
+            good = mi["valid"] & np.isfinite(mi["loss"])
+            if good.any():
+                losses.append((float(mi["loss"][good][-1]), float(mi["accuracy"][good][-1])))
+        if losses:
+            bar.update(int(m["valid"][0].sum()), loss=float(np.mean([l for l, _ in losses])),
+                       acc=float(np.mean([a for _, a in losses])))
 
-    while step < total and diverged_at is None:
+    pending = None
+    while step < total and any(r.diverged_at is None for r in active):
         n = min(program.chunk, total - step, every - step % every)
-        state, chunk_metrics = program.train_chunk(state, images, labels, np.int32(n))
+        state, chunk_metrics = program.run_chunk(state, images, labels, n)
         if pending is not None:
             drain(pending)  # runs while the chunk just dispatched computes
         pending, step = chunk_metrics, step + n
         if step % every == 0 or step == total:
             drain(pending)
             pending = None
-            if diverged_at is None:
-                ckpt.save(step, state_items(state, time.time() - t_start))
+            for i, r in enumerate(active):
+                if r.diverged_at is None and (step % r.cfg["checkpoint"]["every"] == 0 or step == total):
+                    r.ckpt.save(step, state_items(jax.tree.map(lambda x: x[i], state),
+                                                  r.elapsed + time.time() - t_start))
     if pending is not None:
         drain(pending)
     bar.close()
-    ckpt.close()
 
-    wall = time.time() - t_start
-    if diverged_at is not None:
-        summary = {"status": "diverged", "step": diverged_at, "total_steps": total, "wall_time": wall,
-                   "message": f"non-finite loss at step {diverged_at}; last good checkpoint kept"}
-        run.write_summary(summary)
-        return summary
-    summary = {"status": "done", "step": total, "total_steps": total, "epochs": total / program.steps_per_epoch,
-               "wall_time": wall, **final_metrics(program, state, ds, cfg)}
-    run.write_summary(summary)
-    return summary
+    for i, r in enumerate(active):
+        r.ckpt.close()
+        wall = r.elapsed + time.time() - t_start
+        if r.diverged_at is not None:
+            r.summary = {"status": "diverged", "step": r.diverged_at, "total_steps": total, "wall_time": wall,
+                         "message": f"non-finite loss at step {r.diverged_at}; last good checkpoint kept"}
+        else:
+            final = final_metrics(program, jax.tree.map(lambda x: x[i], state), ds, r.cfg)
+            r.summary = {"status": "done", "step": total, "total_steps": total,
+                         "epochs": total / program.steps_per_epoch, "wall_time": wall, **final}
+        r.dir.write_summary(r.summary)
+    return [r.summary for r in runs]
 
 
 def evaluate_run(rundir: str | Path) -> dict:

@@ -1,0 +1,105 @@
+"""One lock file per run, so two processes (two shards, a re-launched job) never run one run.
+
+The lock is created with O_EXCL and names its owner (host, pid). It is *stale* when its owner
+is a dead process on this host, or when its heartbeat (the file's mtime, touched every
+`HEARTBEAT_S` while the run trains) is older than `STALE_S` (an owner on another host that
+died). A stale lock is taken over by an atomic rename, so only one process can win it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+HEARTBEAT_S = 30.0
+STALE_S = 600.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """Example:
+      >>> lock = RunLock(Path("runs/sweep/a"))
+      >>> if lock.acquire():
+      ...     try: ...
+      ...     finally: lock.release()
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "lock"
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def _stale(self) -> bool:
+        try:
+            info = json.loads(self.path.read_text())
+            age = time.time() - self.path.stat().st_mtime
+        except (OSError, ValueError):
+            return True  # vanished or torn: a writer died between create and write
+        if info.get("host") == self.owner["host"]:
+            return not _alive(int(info.get("pid", -1)))
+        return age > STALE_S
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                try:  # take over: exactly one contender's rename succeeds
+                    os.rename(self.path, self.path.with_name(f"lock.stale.{os.getpid()}"))
+                    os.unlink(self.path.with_name(f"lock.stale.{os.getpid()}"))
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.owner | {"time": time.time()}, f)
+            return True
+        return False
+
+    def touch(self) -> None:
+        try:
+            os.utime(self.path)
+        except FileNotFoundError:
+            pass
+
+    def release(self) -> None:
+        try:
+            if json.loads(self.path.read_text()).get("pid") == self.owner["pid"]:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+class Heartbeat:
+    """Touches locks every HEARTBEAT_S from a daemon thread while a block of work runs."""
+
+    def __init__(self, locks: list[RunLock]):
+        self.locks, self.stop = locks, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            for lock in self.locks:
+                lock.touch()
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
