@@ -17,7 +17,7 @@ from benchmarks.timing import time_steps
 STEPS_PER_CALL = 5
 
 
-def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32"):
+def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32", image_shape=(32, 32, 3)):
     import numpy as np
 
     from normjax.config import DEFAULTS, merge
@@ -27,7 +27,7 @@ def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32"
     cfg = merge(DEFAULTS, {
         "model": model,
         "data": {"name": "synthetic", "synthetic": {"num_train": 4 * batch, "num_test": 64,
-                                                    "image_shape": [32, 32, 3], "num_classes": 10}},
+                                                    "image_shape": list(image_shape), "num_classes": 10}},
         "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"},
         "train": {"batch_size": batch, "steps": 1000, "steps_per_dispatch": STEPS_PER_CALL, "dtype": dtype},
         "log": {"metrics": metrics},
@@ -59,7 +59,7 @@ def _case(model: dict, batch: int, metrics: list[str], dtype: str = "float32"):
         t0 = time.perf_counter()
         run_one()
         first = compile_s + time.perf_counter() - t0
-        res = time_steps(run_one, warmup=max(0, args.warmup // STEPS_PER_CALL), iters=max(2, args.iters // 2))
+        res = time_steps(run_one, warmup=max(0, args.warmup // STEPS_PER_CALL), iters=max(2, args.iters // 5))
         for k in ("median_ms", "min_ms", "mean_ms"):
             res[k] /= STEPS_PER_CALL
         res["samples_ms"] = [s / STEPS_PER_CALL for s in res["samples_ms"]]
@@ -80,3 +80,51 @@ register("mlp_normjax-nometrics", _case({"name": "mlp", "depth": MLP_DEPTH, "wid
 register("resnet56_normjax", _case({"name": "resnet", "depth": 56}, RESNET_BATCH, LN))
 register("resnet110_normjax", _case({"name": "resnet", "depth": 110}, RESNET_BATCH, LN))
 register("resnet20_normjax-bf16", _case({"name": "resnet", "depth": 20}, RESNET_BATCH, LN, "bfloat16"))
+
+
+def _group_case(model: dict, batch: int, runs: int, vectorized: bool, image_shape=(32, 32, 3)):
+    """`runs` runs that differ in seed and LR: one vmapped program vs one run after another."""
+    def run(args: argparse.Namespace) -> dict[str, Any]:
+        import jax
+        import jax.numpy as jnp
+
+        from normjax.config import merge
+        from normjax.training.optim import set_hyperparams
+
+        cfg, program, images, labels = _program(model, batch, LN, image_shape=image_shape)
+        states = [program.init_state(merge(cfg, {"train": {"seed": r}})) for r in range(runs)]
+        states = [s.replace(opt_state=set_hyperparams(s.opt_state, {"lr": 0.05 * (r + 1)}))
+                  for r, s in enumerate(states)]
+        from normjax.parallel import replicated
+        rep = replicated(program.mesh)
+        holder = {"g": jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *states), rep) if vectorized else
+                  [jax.device_put(jax.tree.map(lambda x: x[None], s), rep) for s in states]}
+
+        def run_one():
+            if vectorized:
+                holder["g"], m = program.run_chunk(holder["g"], images, labels, STEPS_PER_CALL)
+            else:
+                out = [program.run_chunk(s, images, labels, STEPS_PER_CALL) for s in holder["g"]]
+                holder["g"], m = [o[0] for o in out], [o[1] for o in out]
+            jax.block_until_ready(m)
+
+        t0 = time.perf_counter()
+        run_one()
+        first = time.perf_counter() - t0
+        res = time_steps(run_one, warmup=0, iters=2)
+        for k in ("median_ms", "min_ms", "mean_ms"):
+            res[k] /= STEPS_PER_CALL * runs  # per step of one run
+        res.update(first_call_s=first, batch=batch, runs=runs,
+                   device=f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
+                   note=f"ms per run-step; {runs} runs {'vmapped' if vectorized else 'one after another'}")
+        return res
+
+    return run
+
+
+RESNET20 = {"name": "resnet", "depth": 20}
+SMALL_MLP = {"name": "mlp", "depth": 6, "width": 128}
+register("resnet20x8_normjax-vmap", _group_case(RESNET20, RESNET_BATCH, 8, True))
+register("resnet20x8_normjax-sequential", _group_case(RESNET20, RESNET_BATCH, 8, False))
+register("mlpsmallx8_normjax-vmap", _group_case(SMALL_MLP, 64, 8, True, (8, 8, 1)))
+register("mlpsmallx8_normjax-sequential", _group_case(SMALL_MLP, 64, 8, False, (8, 8, 1)))

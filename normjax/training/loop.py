@@ -20,7 +20,7 @@ import numpy as np
 from normjax.config import validate
 from normjax.data import Dataset, load_dataset
 from normjax.errors import UserError
-from normjax.parallel import check_batch, data_mesh, maybe_initialize_distributed, put_replicated
+from normjax.parallel import check_batch, data_mesh, maybe_initialize_distributed, put_replicated, replicated
 from normjax.training.checkpoint import Checkpointer, read_latest_items
 from normjax.training.program import DataSpec, Program, TrainState, get_program, static_key
 from normjax.training.progress import Progress
@@ -205,7 +205,7 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
         starts.append(int(state.step))
     if len(set(starts)) > 1:
         raise ValueError(f"runs of a vectorized group must resume from the same step, got {starts}")
-    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    state = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), replicated(program.mesh))
     del states
 
     images = put_replicated(ds.train_images, program.mesh)
