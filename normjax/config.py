@@ -121,19 +121,24 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def read_experiment(path: str | os.PathLike, size: str) -> dict:
-    """The overrides an experiment file's `get_config(size)` returns."""
+def call_file(path: str | os.PathLike, fn: str, size: str, kind: str, example: str) -> Any:
+    """`fn(size)` from the Python file at `path` (an experiment or sweep file), with one-line errors."""
     if size not in SIZES:
         raise UserError(f"size {size!r} is unknown; allowed: {', '.join(SIZES)}")
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {str(path)!r} does not exist; give a file such as experiments/resnet_digits.py")
-    spec = importlib.util.spec_from_file_location(f"normjax_experiment_{path.stem}", path)
+        raise UserError(f"{kind} file {str(path)!r} does not exist; give a file such as {example}")
+    spec = importlib.util.spec_from_file_location(f"normjax_{kind}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise UserError(f"config file {str(path)!r} defines no get_config(size)")
-    return module.get_config(size)
+    if not hasattr(module, fn):
+        raise UserError(f"{kind} file {str(path)!r} defines no {fn}(size)")
+    return getattr(module, fn)(size)
+
+
+def read_experiment(path: str | os.PathLike, size: str) -> dict:
+    """The overrides an experiment file's `get_config(size)` returns."""
+    return call_file(path, "get_config", size, "config", "experiments/resnet_digits.py")
 
 
 def load_config(path: str | os.PathLike | None = None, *, size: str = "smoke",

@@ -141,3 +141,21 @@ def test_conv_gradients_equal_xla_rule(k, stride, size):
     ref = net(lambda h, w: _conv(h, w, stride, (k - 1) // 2))(w, x)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_batchnorm_closed_form_backward_equals_autodiff(groups):
+    x = jax.random.normal(jax.random.key(0), (8, 3, 3, 5)) * 2 + 0.5
+    proj = jax.random.normal(jax.random.key(1), (8, 3, 3, 5))
+
+    def reference(x):
+        xg = x.reshape((groups, -1) + x.shape[1:])
+        mean = xg.mean((1, 2, 3), keepdims=True)
+        var = jnp.square(xg - mean).mean((1, 2, 3), keepdims=True)
+        return ((xg - mean) / jnp.sqrt(var + 1e-5)).reshape(x.shape)
+
+    ours = lambda x: BatchNorm(5, groups=groups)(x, train=True)
+    np.testing.assert_allclose(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(lambda x: jnp.sum(jnp.sin(ours(x)) * proj))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(reference(x)) * proj))(x)
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-5)

@@ -110,13 +110,8 @@ def test_warm_start_takes_params_with_a_new_optimizer(tmp_path):
     cfg_b = small_config(optim={"lr": 0.01, "momentum": 0.0}, train={"steps": 8, "init_from": str(tmp_path / "a")})
     train(cfg_b, tmp_path / "b")
     first = _rows(tmp_path / "b")[0]
-    layers = program_for(cfg_b, dataset_for(cfg_b)).layers
-    norms = [float(np.linalg.norm(np.asarray(params_a[l.path[0]][l.path[1]][l.path[2]]) if len(l.path) == 3
-                                  else np.asarray(params_a[l.path[0]][l.path[1]])[l.index]))
-             if l.index is not None else None for l in layers]
-    fc0 = float(np.linalg.norm(params_a["first"]["dense"]["kernel"]))
+    fc0 = float(np.linalg.norm(params_a["hidden"]["first"]["dense"]["kernel"]))
     np.testing.assert_allclose(first["w_norm"][0], fc0, rtol=1e-6)
-    del norms
 
 
 def test_bfloat16_run(tmp_path):

@@ -78,6 +78,35 @@ class Conv(nnx.Module):
         return _conv(x, w, self.stride, (w.shape[0] - 1) // 2)  # GPU/TPU: XLA's own rule is fast
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def normalize(x: jax.Array, axes: tuple[int, ...], eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(x - mean) / sqrt(var + eps)` over `axes`, and the batch mean and variance.
+
+    The backward pass is the closed form `dx = (dy - mean(dy) - x̂ mean(dy x̂)) / sqrt(var + eps)`:
+    two reductions instead of the several that autodiff of the forward pass emits, which
+    XLA:CPU runs slowly over the batch axis (BN's backward cost 1.6x less here). The returned
+    statistics carry no gradient: they feed the running averages only.
+    """
+    return _normalize_fwd(x, axes, eps)[0]
+
+
+def _normalize_fwd(x, axes, eps):
+    mean = x.mean(axes, keepdims=True)
+    var = jnp.square(x - mean).mean(axes, keepdims=True)
+    rstd = jax.lax.rsqrt(var + eps)
+    xhat = (x - mean) * rstd
+    return (xhat, mean, var), (xhat, rstd)
+
+
+def _normalize_bwd(axes, eps, res, cotangents):
+    xhat, rstd = res
+    dy = cotangents[0]
+    return ((dy - dy.mean(axes, keepdims=True) - xhat * (dy * xhat).mean(axes, keepdims=True)) * rstd,)
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
 class BatchNorm(nnx.Module):
     """BatchNorm over all axes but the last, statistics in float32.
 
@@ -102,11 +131,12 @@ class BatchNorm(nnx.Module):
         x = x.astype(jnp.float32)
         if train:
             g = self.groups
-            xg = x.reshape((g, x.shape[0] // g) + x.shape[1:])
-            axes = tuple(range(1, xg.ndim - 1))
-            mean = xg.mean(axes, keepdims=True)
-            var = jnp.square(xg - mean).mean(axes, keepdims=True)
-            y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+            # Groups split the batch axis; with one group, skip the reshape (XLA:CPU reduces faster).
+            xg = x if g == 1 else x.reshape((g, x.shape[0] // g) + x.shape[1:])
+            axes = tuple(range(xg.ndim - 1)) if g == 1 else tuple(range(1, xg.ndim - 1))
+            y, mean, var = normalize(xg, axes, self.eps)
+            y = y.reshape(x.shape)
+            mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
             # Running statistics: average of the groups' batch statistics.
             m = self.momentum
             self.mean[...] = m * self.mean[...] + (1 - m) * mean.reshape(g, -1).mean(0)
@@ -147,6 +177,21 @@ ACTIVATIONS = ("relu", "prelu")
 def activation(name: str, features: int, prelu_init: float) -> nnx.Module:
     """The activation named in the model config (`relu` or channel-wise `prelu`)."""
     return ChannelPReLU(features, init=prelu_init) if name == "prelu" else ReLU()
+
+
+class Stack(nnx.Module):
+    """`first` (which may change the shape), then `n - 1` identical layers stored stacked and
+    applied with `lax.scan`; every layer is called as `layer(x, train)`."""
+
+    def __init__(self, first: nnx.Module, make_rest, n: int):
+        self.first = first
+        self.rest = stack_modules([make_rest() for _ in range(n - 1)]) if n > 1 else None
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.first(x, train)
+        if self.rest is not None:
+            x = scan_apply(self.rest, x, lambda layer, h: layer(h, train))
+        return x
 
 
 def stack_modules(modules: list[nnx.Module]) -> nnx.Module:

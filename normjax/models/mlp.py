@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models.layers import BatchNorm, he_normal, scan_apply, stack_modules
+from normjax.models.layers import BatchNorm, Stack, he_normal
 from normjax.models.layers import activation as make_activation
 from normjax.models.structure import LayerInfo
 
@@ -36,18 +36,14 @@ class MLP(nnx.Module):
         kw = dict(act=activation, prelu_init=prelu_init,
                   bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups), dtype=dtype, rngs=rngs)
         self.depth = depth
-        self.first = Hidden(in_features, width, **kw)
-        self.rest = stack_modules([Hidden(width, width, **kw) for _ in range(depth - 1)]) if depth > 1 else None
+        self.hidden = Stack(Hidden(in_features, width, **kw), lambda: Hidden(width, width, **kw), depth)
         self.head = nnx.Linear(width, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.first(x.reshape(x.shape[0], -1), train)
-        if self.rest is not None:
-            x = scan_apply(self.rest, x, lambda layer, h: layer(h, train))
-        return self.head(x)
+        return self.head(self.hidden(x.reshape(x.shape[0], -1), train))
 
     def layers(self) -> list[LayerInfo]:
-        out = [LayerInfo("fc0", 0, ("first", "dense", "kernel"), None, True)]
-        out += [LayerInfo(f"fc{i + 1}", i + 1, ("rest", "dense", "kernel"), i, True) for i in range(self.depth - 1)]
+        out = [LayerInfo("fc0", 0, ("hidden", "first", "dense", "kernel"), None, True)]
+        out += [LayerInfo(f"fc{i + 1}", i + 1, ("hidden", "rest", "dense", "kernel"), i, True) for i in range(self.depth - 1)]
         out.append(LayerInfo("head", self.depth, ("head", "kernel"), None, False))
         return out

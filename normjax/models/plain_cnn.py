@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models.layers import BatchNorm, scan_apply, stack_modules
+from normjax.models.layers import BatchNorm, Stack
 from normjax.models.layers import activation as make_activation
 from normjax.models.resnet import conv
 from normjax.models.structure import LayerInfo
@@ -22,19 +22,6 @@ class ConvBN(nnx.Module):
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return self.act(self.bn(self.conv(x), train=train))
-
-
-class PlainStage(nnx.Module):
-    def __init__(self, cin: int, cout: int, n: int, **kw):
-        self.n = n
-        self.first = ConvBN(cin, cout, **kw)
-        self.rest = stack_modules([ConvBN(cout, cout, **kw) for _ in range(n - 1)]) if n > 1 else None
-
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.first(x, train)
-        if self.rest is not None:
-            x = scan_apply(self.rest, x, lambda layer, h: layer(h, train))
-        return x
 
 
 class PlainCNN(nnx.Module):
@@ -54,9 +41,9 @@ class PlainCNN(nnx.Module):
         w = [max(1, round(width * width_mult * m)) for m in (1, 2, 4)]
         counts = [depth // 3 + (1 if s < depth % 3 else 0) for s in range(3)]
         self.counts = counts
-        self.stage1 = PlainStage(in_channels, w[0], counts[0], **kw)
-        self.stage2 = PlainStage(w[0], w[1], counts[1], **kw)
-        self.stage3 = PlainStage(w[1], w[2], counts[2], **kw)
+        self.stage1 = Stack(ConvBN(in_channels, w[0], **kw), lambda: ConvBN(w[0], w[0], **kw), counts[0])
+        self.stage2 = Stack(ConvBN(w[0], w[1], **kw), lambda: ConvBN(w[1], w[1], **kw), counts[1])
+        self.stage3 = Stack(ConvBN(w[1], w[2], **kw), lambda: ConvBN(w[2], w[2], **kw), counts[2])
         self.head = nnx.Linear(w[2], num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.models.layers import BatchNorm, Conv, scan_apply, stack_modules
+from normjax.models.layers import BatchNorm, Conv, Stack
 from normjax.models.layers import activation as make_activation
 from normjax.models.structure import LayerInfo
 
@@ -45,18 +45,9 @@ class BasicBlock(nnx.Module):
         return self.act2(y)
 
 
-class Stage(nnx.Module):
-    """A first block (may change shape) followed by identical blocks stored stacked."""
-
-    def __init__(self, cin: int, cout: int, stride: int, n: int, **kw):
-        self.first = BasicBlock(cin, cout, stride, **kw)
-        self.rest = stack_modules([BasicBlock(cout, cout, 1, **kw) for _ in range(n - 1)]) if n > 1 else None
-
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.first(x, train)
-        if self.rest is not None:
-            x = scan_apply(self.rest, x, lambda blk, h: blk(h, train))
-        return x
+def stage(cin: int, cout: int, stride: int, n: int, **kw) -> Stack:
+    """A first block (may change shape) followed by n - 1 identical blocks, stacked and scanned."""
+    return Stack(BasicBlock(cin, cout, stride, **kw), lambda: BasicBlock(cout, cout, 1, **kw), n)
 
 
 class ResNet(nnx.Module):
@@ -81,9 +72,9 @@ class ResNet(nnx.Module):
         self.stem_conv = conv(in_channels, w[0], 3, 1, rngs, dtype)
         self.stem_bn = BatchNorm(w[0], **bn)
         self.stem_act = make_activation(activation, w[0], prelu_init)
-        self.stage1 = Stage(w[0], w[0], 1, n, **kw)
-        self.stage2 = Stage(w[0], w[1], 2, n, **kw)
-        self.stage3 = Stage(w[1], w[2], 2, n, **kw)
+        self.stage1 = stage(w[0], w[0], 1, n, **kw)
+        self.stage2 = stage(w[0], w[1], 2, n, **kw)
+        self.stage3 = stage(w[1], w[2], 2, n, **kw)
         self.head = nnx.Linear(w[2], num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

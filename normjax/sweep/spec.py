@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import itertools
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from normjax.config import SIZES, load_config, merge, parse_override, validate
+from normjax.config import call_file, load_config, merge, parse_override, validate
 from normjax.errors import UserError
 
 SPEC_KEYS = ("base", "grid", "zip", "set")
@@ -62,16 +61,7 @@ def config_hash(cfg: dict) -> str:
 def read_sweep(path: str | Path, size: str) -> dict:
     """The dict a sweep file's `get_sweep(size)` returns, checked."""
     path = Path(path)
-    if size not in SIZES:
-        raise UserError(f"size {size!r} is unknown; allowed: {', '.join(SIZES)}")
-    if not path.is_file():
-        raise UserError(f"sweep file {str(path)!r} does not exist; give a file such as experiments/sweep_depth.py")
-    spec = importlib.util.spec_from_file_location(f"normjax_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise UserError(f"sweep file {str(path)!r} defines no get_sweep(size)")
-    sweep = module.get_sweep(size)
+    sweep = call_file(path, "get_sweep", size, "sweep", "experiments/sweep_depth.py")
     unknown = set(sweep) - set(SPEC_KEYS)
     if unknown or "base" not in sweep:
         raise UserError(f"sweep {str(path)!r} has keys {sorted(sweep)}; allowed: {', '.join(SPEC_KEYS)} (base required)")

@@ -8,6 +8,8 @@ final evaluation → summary.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import time
 from pathlib import Path
@@ -30,7 +32,13 @@ EXIT_DIVERGED = 3
 
 
 def dataset_for(cfg: dict) -> Dataset:
-    d = cfg["data"]
+    """The dataset a config names (cached: a sweep asks for the same data once per run)."""
+    return _dataset(json.dumps(cfg["data"], sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(data_json: str) -> Dataset:
+    d = json.loads(data_json)
     return load_dataset(d["name"], data_dir=d["data_dir"] or None, synthetic=d["synthetic"])
 
 

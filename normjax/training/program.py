@@ -25,12 +25,11 @@ from flax import nnx
 from normjax import metrics as metrics_lib
 from normjax.data import preprocess
 from normjax.models import build_model, prelu_mask, scale_invariant_mask
-from normjax.parallel import batch_sharded, check_batch, replicated
+from normjax.parallel import batch_sharded, check_batch, data_mesh, replicated
 from normjax.training.optim import (OptimizerContext, current_lr, hyperparams, make_optimizer,
                                     optimizer_spec, schedule_shape, set_hyperparams)
 
-# Keys whose values are traced (held in the state): they do not enter the compile-cache key.
-TRACED_TRAIN_KEYS = ("seed",)
+# Keys that never shape the compiled program: they do not enter the compile-cache key.
 HOST_ONLY = {"log": ("dense_steps", "every"), "checkpoint": ("every", "keep"),
              "train": ("seed", "init_from", "eval_train_examples"), "data": ("data_dir",)}
 
@@ -82,7 +81,7 @@ class Program:
         cfg, data = spec["cfg"], spec["data"]
         self.cfg, self.total_steps = cfg, spec["total_steps"]
         self.data = DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-        self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        self.mesh = data_mesh()
         assert self.mesh.devices.size == spec["devices"]
         self.batch_size = cfg["train"]["batch_size"]
         check_batch(self.batch_size, self.mesh)
