@@ -139,3 +139,20 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, words
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert all(w in err for w in words), err
     assert not workdir.exists()
+
+
+def test_eval_command_reproduces_the_summary(tmp_path, capsys):
+    summary = train(small_config(train={"steps": 16}), tmp_path / "run")
+    capsys.readouterr()
+    main_ok = None
+    try:
+        main(["eval", str(tmp_path / "run")])
+    except SystemExit as e:
+        main_ok = e.code
+    assert main_ok == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["step"] == 16
+    assert out["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path / "nothing")])
+    assert e.value.code == 2
