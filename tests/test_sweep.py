@@ -152,3 +152,15 @@ def test_smoke_sweep_interrupted_and_resumed(tmp_path):
         for a, b in zip(got, want):  # vmapped XLA:CPU matmuls may differ in the last bit after a restore
             for k in ("loss", "w_norm", "g_norm"):
                 np.testing.assert_allclose(a[k], b[k], rtol=1e-5)
+
+
+def test_auto_group_size_by_backend(monkeypatch):
+    from normjax.sweep.runner import auto_group_size
+    from normjax.training.loop import dataset_for, program_for
+    mlp = small_config()
+    conv = small_config(model={"name": "resnet", "depth": 8})
+    p_mlp, p_conv = program_for(mlp, dataset_for(mlp)), program_for(conv, dataset_for(conv))
+    assert auto_group_size(p_conv, 12) == 1 and auto_group_size(p_mlp, 12) == 8 and auto_group_size(p_mlp, 3) == 3
+    # The accelerator branch: sized from the compiled step's memory analysis (CPU reports no limit).
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert 1 <= auto_group_size(p_mlp, 12) <= 12

@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 import time
 
-from tqdm.auto import tqdm
-
 
 class Progress:
     """Progress of one run; `enabled=None` shows a bar only when stderr is a terminal."""
@@ -15,7 +13,11 @@ class Progress:
                  every_s: float = 10.0):
         self.total, self.step, self.batch = total, initial, batch_size
         self.tty = sys.stderr.isatty() if enabled is None else enabled
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True) if self.tty else None
+        if self.tty:
+            from tqdm.auto import tqdm  # only for a terminal: GPU images without tqdm still run
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+        else:
+            self.bar = None
         self.t0 = self.last = time.time()
         self.start_step, self.every_s = initial, every_s
 
