@@ -109,18 +109,19 @@ class Program:
         self.init = jax.jit(self._init, out_shardings=rep)
         self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0, out_shardings=rep)
         self.evaluate = jax.jit(self._evaluate, static_argnums=4, out_shardings=rep)
-        # Vectorized runs: the same program vmapped over a leading run axis of the state.
+        # Runs carry a leading run axis R. R > 1: the step vmapped over it (vectorized runs);
+        # R == 1: the plain step, the axis dropped and restored inside the jit (free reshapes).
         self.train_chunk_group = jax.jit(jax.vmap(self._train_chunk, in_axes=(0, None, None, None)),
                                          donate_argnums=0, out_shardings=rep)
+        self.train_chunk_one = jax.jit(
+            lambda s, *args: jax.tree.map(lambda x: x[None], self._train_chunk(jax.tree.map(lambda x: x[0], s), *args)),
+            donate_argnums=0, out_shardings=rep)
 
     def run_chunk(self, states: TrainState, images: jax.Array, labels: jax.Array,
                   n_active: int) -> tuple[TrainState, dict]:
         """`n_active` steps of every run in `states` (leading run axis R; R == 1 runs unvectorized)."""
-        n = np.int32(n_active)
-        if jax.tree.leaves(states)[0].shape[0] == 1:
-            state, m = self.train_chunk(jax.tree.map(lambda x: x[0], states), images, labels, n)
-            return jax.tree.map(lambda x: x[None], (state, m))
-        return self.train_chunk_group(states, images, labels, n)
+        single = jax.tree.leaves(states)[0].shape[0] == 1
+        return (self.train_chunk_one if single else self.train_chunk_group)(states, images, labels, np.int32(n_active))
 
     # ---- model ---------------------------------------------------------------------------------
     def _model(self, rngs: nnx.Rngs) -> nnx.Module:
