@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from normjax.errors import UserError
 from normjax.models.structure import LayerInfo, per_layer
@@ -46,14 +47,10 @@ def layer_norms(info: StepInfo) -> dict[str, jax.Array]:
     return {
         "w_norm": jnp.sqrt(per_layer(info.params, info.layers)),
         "g_norm": jnp.sqrt(per_layer(info.grads, info.layers)),
-        "l2_params": _global_norm(info.params),
-        "l2_grads": _global_norm(info.grads),
-        "l2_updates": _global_norm(info.updates),
+        "l2_params": optax.tree.norm(info.params),
+        "l2_grads": optax.tree.norm(info.grads),
+        "l2_updates": optax.tree.norm(info.updates),
     }
-
-
-def _global_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def check_metrics(names: list[str]) -> None:

@@ -9,7 +9,6 @@ import time
 import jax
 import numpy as np
 
-from conftest import small_config
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.loop import dataset_for, program_for, restore_state
 

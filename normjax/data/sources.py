@@ -337,10 +337,12 @@ def _load_tfds(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
         train_src, test_src = tfds.data_source(
             name, split=['train', 'test'], data_dir=data_dir, download=False
         )
+    # tfds reports an unprepared or TFRecord-only dataset with a RuntimeError subclass (its
+    # random-access check), a missing one with the others; the message below tells them apart.
     except (
         AssertionError,
         FileNotFoundError,
-        NotImplementedError,
+        RuntimeError,
         ValueError,
         tfds.core.registered.DatasetNotFoundError,
     ) as err:

@@ -13,7 +13,6 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -103,24 +102,29 @@ def _pad_eval(images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[np.nd
             np.concatenate([labels.astype(np.int32), -np.ones(pad, np.int32)]))
 
 
-def evaluate(program: Program, state: TrainState, images: np.ndarray, labels: np.ndarray,
-             batch_size: int) -> dict[str, float]:
-    """Loss and accuracy of the state's parameters (BN in inference mode) on a dataset split."""
+def eval_split(program: Program, images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple:
+    """A dataset split on device, padded to whole eval batches (labels -1 = padding), and its batch."""
     n_dev = program.mesh.devices.size
     batch = max(n_dev, min(batch_size, images.shape[0]) // n_dev * n_dev)
     x, y = _pad_eval(images, labels, batch)
-    out = program.evaluate(state.params, state.batch_stats, put_replicated(x, program.mesh),
-                           put_replicated(y, program.mesh), batch)
-    return {k: float(v) for k, v in jax.device_get(out).items()}
+    return put_replicated(x, program.mesh), put_replicated(y, program.mesh), batch
 
 
-def final_metrics(program: Program, state: TrainState, ds: Dataset, cfg: dict) -> dict[str, float]:
+def eval_splits(program: Program, ds: Dataset, cfg: dict) -> dict[str, tuple]:
+    """The train subset and test split a run's final evaluation uses (put on device once)."""
     t = cfg["train"]
     n = t["eval_train_examples"] or ds.train_images.shape[0]
-    train = evaluate(program, state, ds.train_images[:n], ds.train_labels[:n], t["eval_batch_size"])
-    test = evaluate(program, state, ds.test_images, ds.test_labels, t["eval_batch_size"])
-    return {"train_loss": train["loss"], "train_accuracy": train["accuracy"],
-            "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+    return {"train": eval_split(program, ds.train_images[:n], ds.train_labels[:n], t["eval_batch_size"]),
+            "test": eval_split(program, ds.test_images, ds.test_labels, t["eval_batch_size"])}
+
+
+def final_metrics(program: Program, state: TrainState, splits: dict[str, tuple]) -> dict[str, float]:
+    """Loss and accuracy (BN in inference mode) on each split: `train_loss`, `test_accuracy`, ..."""
+    out = {}
+    for name, (x, y, batch) in splits.items():
+        res = jax.device_get(program.evaluate(state.params, state.batch_stats, x, y, batch))
+        out |= {f"{name}_loss": float(res["loss"]), f"{name}_accuracy": float(res["accuracy"])}
+    return out
 
 
 def _log_rows(m: dict, cfg: dict, steps_per_epoch: int, wall: float) -> list[dict]:
@@ -258,6 +262,7 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
         drain(pending)
     bar.close()
 
+    splits: dict[int, dict] = {}  # by eval_train_examples: each split goes to the device once per group
     for i, r in enumerate(active):
         r.ckpt.close()
         wall = r.elapsed + time.time() - t_start
@@ -265,7 +270,10 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
             r.summary = {"status": "diverged", "step": r.diverged_at, "total_steps": total, "wall_time": wall,
                          "message": f"non-finite loss at step {r.diverged_at}; last good checkpoint kept"}
         else:
-            final = final_metrics(program, jax.tree.map(lambda x: x[i], state), ds, r.cfg)
+            key = r.cfg["train"]["eval_train_examples"]
+            if key not in splits:
+                splits[key] = eval_splits(program, ds, r.cfg)
+            final = final_metrics(program, jax.tree.map(lambda x: x[i], state), splits[key])
             r.summary = {"status": "done", "step": total, "total_steps": total,
                          "epochs": total / program.steps_per_epoch, "wall_time": wall, **final}
         r.dir.write_summary(r.summary)
@@ -284,4 +292,4 @@ def evaluate_run(rundir: str | Path) -> dict:
     if restored is None:
         raise UserError(f"{str(run.path)!r} holds no checkpoint to evaluate")
     state, _ = restored
-    return {"step": int(state.step), **final_metrics(program, state, ds, cfg)}
+    return {"step": int(state.step), **final_metrics(program, state, eval_splits(program, ds, cfg))}
