@@ -128,5 +128,7 @@ RESNET20 = {"name": "resnet", "depth": 20}
 SMALL_MLP = {"name": "mlp", "depth": 6, "width": 128}
 register("resnet20x8_normjax-vmap", _group_case(RESNET20, RESNET_BATCH, 8, True))
 register("resnet20x8_normjax-sequential", _group_case(RESNET20, RESNET_BATCH, 8, False))
+register("resnet20digitsx8_normjax-vmap", _group_case(RESNET20, RESNET_BATCH, 8, True, (8, 8, 1)))
+register("resnet20digitsx8_normjax-sequential", _group_case(RESNET20, RESNET_BATCH, 8, False, (8, 8, 1)))
 register("mlpsmallx8_normjax-vmap", _group_case(SMALL_MLP, 64, 8, True, (8, 8, 1)))
 register("mlpsmallx8_normjax-sequential", _group_case(SMALL_MLP, 64, 8, False, (8, 8, 1)))

@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,13 +135,41 @@ def test_conv_gradients_equal_xla_rule(k, stride, size):
 
     def net(f):
         def loss(w, x):
-            ys, _ = jax.lax.scan(lambda c, xi: (c, jnp.tanh(f(xi, w))), 0.0, x)
+            _, ys = jax.lax.scan(lambda c, xi: (c, jnp.tanh(f(xi, w))), 0.0, x)
             return jnp.sum(ys ** 2)
         return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
     ours = net(lambda h, w: conv(h, w, stride))(w, x)
     ref = net(lambda h, w: _conv(h, w, stride, (k - 1) // 2))(w, x)
     for a, b in zip(ours, ref):
+        assert np.abs(b).max() > 1e-2  # a real gradient, not zeros on both sides
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (1, 2)])
+def test_vmapped_conv_runs_per_slice_with_xla_gradients(k, stride):
+    """Under vmap over runs (a sweep group), our conv stays one ungrouped conv per run, forward and
+    backward, and its gradients equal XLA's own grouped-conv rule."""
+    from normjax.models.layers import _conv, conv
+    kx, kw = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (3, 2, 4, 8, 8, 5))  # [runs, scan, batch, H, W, C]
+    w = jax.random.normal(kw, (3, k, k, 5, 5)) * 0.3
+
+    def net(f):
+        def loss(w, x):
+            _, ys = jax.lax.scan(lambda c, xi: (c, jnp.tanh(f(xi, w))), 0.0, x)
+            return jnp.sum(ys ** 2)
+        return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1))))
+
+    ours = net(lambda h, w: conv(h, w, stride))
+    def group_counts(f):
+        return set(re.findall(r"(?:feature|batch)_group_count = (\d+)", f.lower(w, x).as_text()))
+
+    assert group_counts(ours) == {"1"}
+    ref = net(lambda h, w: _conv(h, w, stride, (k - 1) // 2))
+    assert "3" in group_counts(ref)  # XLA's own batching: grouped convs over the 3 runs
+    for a, b in zip(ours(w, x), ref(w, x)):
+        assert np.abs(b).max() > 1e-2
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 

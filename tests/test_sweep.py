@@ -59,8 +59,10 @@ def test_bad_sweeps_one_line(tmp_path, zipped, words):
         parse_shard("3/2")
 
 
-def test_vectorized_group_equals_runs_alone(tmp_path):
-    cfgs = [small_config(optim={"lr": lr, "momentum": m}, train={"steps": 24, "seed": s})
+@pytest.mark.parametrize("model", [{}, {"name": "resnet", "depth": 8, "width": 8}])
+def test_vectorized_group_equals_runs_alone(tmp_path, model):
+    """MLP, and a ResNet whose convs and BN go through the per-run vmap rules (vmap_per_slice)."""
+    cfgs = [small_config(model=model, optim={"lr": lr, "momentum": m}, train={"steps": 24, "seed": s})
             for lr, m, s in [(0.05, 0.9, 0), (0.2, 0.0, 1), (0.1, 0.5, 2)]]
     group = train_group(cfgs, [tmp_path / f"g{i}" for i in range(3)])
     for i, cfg in enumerate(cfgs):

@@ -41,10 +41,11 @@ def parse_shard(text: str) -> tuple[int, int]:
 def auto_group_size(program, n_runs: int, cap: int = 64) -> int:
     """How many runs to vectorize together.
 
-    XLA:CPU runs a vmapped convolution (a grouped conv over runs) 10-20x slower than the same
-    convs one by one (measured, benchmarks/RESULTS.md), so on CPU conv nets go one run at a time
-    and only MLPs are grouped. On GPU/TPU: as many as fit in 60% of device memory, by the
-    compiled single-run step's memory analysis.
+    On CPU, conv nets go one run at a time: even with one conv per run under vmap
+    (`vmap_per_slice`), 8 vmapped ResNet-20 runs are no faster than 8 in turn (0.9-1.0x,
+    benchmarks/RESULTS.md: the convs already keep both cores busy and 8 runs' activations spill
+    the cache), while they compile longer; MLPs group well (2.1x). On GPU/TPU: as many as fit in
+    60% of device memory, by the compiled single-run step's memory analysis.
     """
     if jax.default_backend() == "cpu":
         return 1 if program.cfg["model"]["name"] != "mlp" else min(n_runs, 8)
