@@ -100,7 +100,7 @@ def _group_case(model: dict, batch: int, runs: int, vectorized: bool, image_shap
         holder = {"g": jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *states), rep) if vectorized else
                   [jax.device_put(jax.tree.map(lambda x: x[None], s), rep) for s in states]}
 
-        steps = 2  # per call: the vmapped conv case is slow on CPU
+        steps = 5  # fused steps per call, as in the single-run cases
 
         def run_one():
             if vectorized:

@@ -156,3 +156,21 @@ def test_eval_command_reproduces_the_summary(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", str(tmp_path / "nothing")])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 22, 50])
+def test_data_order_is_each_epochs_permutation_whatever_the_chunking(chunk):
+    """Batches come from the permutation of (seed, epoch) alone: the orders drawn once per chunk
+    cover every epoch the chunk reaches, from any starting offset within an epoch."""
+    cfg = small_config(train={"steps_per_dispatch": chunk})
+    program = program_for(cfg, dataset_for(cfg))
+    spe, b, n = program.steps_per_epoch, program.batch_size, 1437
+    assert spe == 22
+    base = jax.random.fold_in(jax.random.key(np.uint32(cfg["train"]["seed"])), 1)
+    for start in (0, 5, 21, 44):
+        state = program.init_state(cfg).replace(step=jax.numpy.int32(start))
+        perms, first = program.epoch_orders(state, n)
+        for t in range(start, start + chunk):
+            want = jax.random.permutation(jax.random.fold_in(base, t // spe), n)[(t % spe) * b:(t % spe + 1) * b]
+            assert 0 <= t // spe - int(first) < perms.shape[0]
+            np.testing.assert_array_equal(perms[t // spe - int(first)][(t % spe) * b:(t % spe + 1) * b], want)

@@ -173,12 +173,27 @@ class Program:
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         return loss, (new_stats, acc)
 
-    def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
-        """One SGD step on the batch the state's step and seed select; stops updating on divergence."""
-        n, b, t = images.shape[0], self.batch_size, state.step
+    def epoch_orders(self, state: TrainState, n: int) -> tuple[jax.Array, jax.Array]:
+        """The data orders (each a permutation of the n examples, from the seed and the epoch) of
+        every epoch a chunk starting at `state.step` can reach: [K, n], and the first epoch.
+
+        Drawn once per chunk rather than once per step: a permutation is a sort of n keys (17 ms
+        for CIFAR's 50,000 on this 2-core CPU, 6% of a ResNet-20 step, half of a small MLP's).
+        """
+        spe = self.steps_per_epoch
+        first = state.step // spe
+        base = jax.random.fold_in(jax.random.wrap_key_data(state.key), 1)
+        k = (spe + self.chunk - 2) // spe + 1
+        return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(base, e), n))(first + jnp.arange(k)), first
+
+    def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array,
+                   orders: tuple[jax.Array, jax.Array]) -> tuple[TrainState, dict]:
+        """One SGD step on the batch the state's step selects from `orders` (`epoch_orders`);
+        stops updating on divergence."""
+        b, t, spe = self.batch_size, state.step, self.steps_per_epoch
         key = jax.random.wrap_key_data(state.key)
-        perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), t // self.steps_per_epoch), n)
-        idx = jax.lax.dynamic_slice_in_dim(perm, (t % self.steps_per_epoch) * b, b)
+        perms, first = orders
+        idx = jax.lax.dynamic_slice_in_dim(perms[t // spe - first], (t % spe) * b, b)
         idx = jax.lax.with_sharding_constraint(idx, batch_sharded(self.mesh))
         x = self.preprocess(images[idx], jax.random.fold_in(jax.random.fold_in(key, 2), t))
         (loss, (stats, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
@@ -198,12 +213,13 @@ class Program:
     def _train_chunk(self, state: TrainState, images: jax.Array, labels: jax.Array,
                      n_active: jax.Array) -> tuple[TrainState, dict]:
         """`n_active` (<= steps_per_dispatch) steps; metrics stacked with a `valid` flag per slot."""
-        _, m_shape = jax.eval_shape(self.train_step, state, images, labels)
+        orders = self.epoch_orders(state, images.shape[0])
+        _, m_shape = jax.eval_shape(self.train_step, state, images, labels, orders)
 
         def body(s, i):
             def skip(s):
                 return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m_shape)
-            s, m = jax.lax.cond(i < n_active, self.train_step, lambda s, *_: skip(s), s, images, labels)
+            s, m = jax.lax.cond(i < n_active, self.train_step, lambda s, *_: skip(s), s, images, labels, orders)
             return s, m | {"valid": i < n_active}
 
         return jax.lax.scan(body, state, jnp.arange(self.chunk))
