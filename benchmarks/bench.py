@@ -170,6 +170,10 @@ register("mlp_torch_compile", _torch_case("mlp", use_compile=True))
 register("mlp_jax_plain", _jax_case("mlp"))
 
 
+class SkipCase(Exception):
+    """Raised by a case that does not apply on this machine; recorded as `skipped: <reason>`."""
+
+
 def _failure(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     # Inductor errors run to hundreds of lines; the first one names the cause.
@@ -185,6 +189,8 @@ def run_cases(names: list[str], args: argparse.Namespace) -> dict[str, dict[str,
         try:
             res = CASES[name](args)
             res["status"] = "ok"
+        except SkipCase as e:
+            res = {"status": f"skipped: {e}"}
         except Exception as e:
             res = {"status": _failure(e)}
         res["wall_s"] = time.perf_counter() - t0

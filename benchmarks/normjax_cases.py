@@ -11,7 +11,7 @@ import argparse
 import time
 from typing import Any
 
-from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH, register
+from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH, SkipCase, register
 from benchmarks.timing import time_steps
 
 STEPS_PER_CALL = 5
@@ -82,15 +82,29 @@ register("resnet110_normjax", _case({"name": "resnet", "depth": 110}, RESNET_BAT
 register("resnet20_normjax-bf16", _case({"name": "resnet", "depth": 20}, RESNET_BATCH, LN, "bfloat16"))
 
 
-def _group_case(model: dict, batch: int, runs: int, vectorized: bool, image_shape=(32, 32, 3)):
-    """`runs` runs that differ in seed and LR: one vmapped program vs one run after another."""
+def _group_case(model: dict, batch: int, runs: int, vectorized: bool, image_shape=(32, 32, 3), conv: str = "auto"):
+    """`runs` runs that differ in seed and LR: one vmapped program vs one run after another.
+    `conv` sets NORMJAX_CONV for this case (see `normjax.models.layers.use_custom_conv`)."""
     def run(args: argparse.Namespace) -> dict[str, Any]:
+        import os
+
         import jax
+
+        previous = os.environ.get("NORMJAX_CONV")
+        os.environ["NORMJAX_CONV"] = conv
+        try:
+            return _run(args, jax)
+        finally:
+            os.environ.pop("NORMJAX_CONV") if previous is None else os.environ.update(NORMJAX_CONV=previous)
+
+    def _run(args: argparse.Namespace, jax) -> dict[str, Any]:
         import jax.numpy as jnp
 
         from normjax.config import merge
         from normjax.training.optim import set_hyperparams
 
+        if conv != "auto" and jax.default_backend() == "cpu":
+            raise SkipCase("an accelerator comparison: on CPU the default already is the custom conv")
         cfg, program, images, labels = _program(model, batch, LN, image_shape=image_shape)
         states = [program.init_state(merge(cfg, {"train": {"seed": r}})) for r in range(runs)]
         states = [s.replace(opt_state=set_hyperparams(s.opt_state, {"lr": 0.05 * (r + 1)}))
@@ -128,6 +142,8 @@ RESNET20 = {"name": "resnet", "depth": 20}
 SMALL_MLP = {"name": "mlp", "depth": 6, "width": 128}
 register("resnet20x8_normjax-vmap", _group_case(RESNET20, RESNET_BATCH, 8, True))
 register("resnet20x8_normjax-sequential", _group_case(RESNET20, RESNET_BATCH, 8, False))
+# Accelerators: vmapped runs with our per-run convs instead of XLA's grouped convs (cuDNN).
+register("resnet20x8_normjax-vmap-customconv", _group_case(RESNET20, RESNET_BATCH, 8, True, conv="custom"))
 register("resnet20digitsx8_normjax-vmap", _group_case(RESNET20, RESNET_BATCH, 8, True, (8, 8, 1)))
 register("resnet20digitsx8_normjax-sequential", _group_case(RESNET20, RESNET_BATCH, 8, False, (8, 8, 1)))
 register("mlpsmallx8_normjax-vmap", _group_case(SMALL_MLP, 64, 8, True, (8, 8, 1)))

@@ -189,3 +189,14 @@ def test_batchnorm_closed_form_backward_equals_autodiff(groups):
     g_ours = jax.grad(lambda x: jnp.sum(jnp.sin(ours(x)) * proj))(x)
     g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(reference(x)) * proj))(x)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_impl_switch(monkeypatch):
+    from normjax.errors import UserError
+    from normjax.models.layers import use_custom_conv
+    assert use_custom_conv()  # CPU default: the loop-safe, per-run conv
+    monkeypatch.setenv("NORMJAX_CONV", "xla")
+    assert not use_custom_conv()
+    monkeypatch.setenv("NORMJAX_CONV", "cudnn")
+    with pytest.raises(UserError, match="NORMJAX_CONV='cudnn' is not one of auto, custom, xla"):
+        use_custom_conv()

@@ -7,10 +7,13 @@ which makes the kernel scale-invariant (science.md §1).
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from normjax.errors import UserError
 
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -25,7 +28,8 @@ def vmap_per_slice(f):
 
     Sweeps vmap the train step over runs, and a vmapped conv becomes a grouped conv
     (`feature_group_count` = runs), which XLA:CPU runs 10-20x slower than the same convs one run
-    at a time. Convs wrapped here keep their fast unbatched kernel under vmap.
+    at a time. Convs wrapped here keep their fast unbatched kernel under vmap. The slices are
+    unrolled: a `lax.map` over them (`jax.custom_batching.sequential_vmap`) measured 1.3x slower.
 
     Example:
       >>> mean = vmap_per_slice(lambda x: x.mean(0))
@@ -58,8 +62,9 @@ def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     inside a while loop or conditional (the layer scan, the fused steps) they are not
     canonicalized back and fall to a naive kernel (20-50x slower here). Writing both backward
     convs in canonical NHWC/HWIO form, with the transposed operands behind
-    `optimization_barrier`, keeps them on the fast path. Gradients equal XLA's own rule
-    (tests/test_models.py).
+    `optimization_barrier`, keeps them on the fast path. Under vmap (runs of a sweep) all three
+    convs stay one conv per run (`vmap_per_slice`). Gradients equal XLA's own rule, alone and
+    vmapped (tests/test_models.py).
     """
     p = (w.shape[0] - 1) // 2
     return _run_conv((stride, stride), ((p, p), (p, p)))(x, w)
@@ -88,6 +93,23 @@ def _conv_bwd(stride, res, g):
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+CONV_IMPLS = ("auto", "custom", "xla")
+
+
+def use_custom_conv() -> bool:
+    """Whether `Conv` uses `conv` (canonical backward convs, one conv per run under vmap) or
+    XLA's own rule (vmapped: grouped convs, which cuDNN runs natively).
+
+    `NORMJAX_CONV=auto` (default): `conv` on CPU, where it is needed, XLA's rule on GPU/TPU.
+    `custom` or `xla` force one, e.g. to compare both on a GPU (`benchmarks/`). Read when a
+    program is traced.
+    """
+    impl = os.environ.get("NORMJAX_CONV", "auto")
+    if impl not in CONV_IMPLS:
+        raise UserError(f"NORMJAX_CONV={impl!r} is not one of {', '.join(CONV_IMPLS)}")
+    return impl == "custom" or (impl == "auto" and jax.default_backend() == "cpu")
+
+
 class Conv(nnx.Module):
     """Bias-free square conv, NHWC, He-normal init, padding (k-1)/2 on each side (as PyTorch's).
 
@@ -103,9 +125,9 @@ class Conv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.kernel[...].astype(self.dtype)
         x = x.astype(self.dtype)
-        if jax.default_backend() == "cpu":
+        if use_custom_conv():
             return conv(x, w, self.stride)
-        return _conv(x, w, self.stride, (w.shape[0] - 1) // 2)  # GPU/TPU: XLA's own rule is fast
+        return _conv(x, w, self.stride, (w.shape[0] - 1) // 2)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))

@@ -25,6 +25,7 @@ from flax import nnx
 from normjax import metrics as metrics_lib
 from normjax.data import preprocess
 from normjax.models import build_model, prelu_mask, scale_invariant_mask
+from normjax.models.layers import use_custom_conv
 from normjax.parallel import batch_sharded, check_batch, data_mesh, replicated
 from normjax.training.optim import (OptimizerContext, current_lr, hyperparams, make_optimizer,
                                     optimizer_spec, schedule_shape, set_hyperparams)
@@ -64,7 +65,7 @@ def static_key(cfg: dict, data: DataSpec, total_steps: int, num_devices: int) ->
                       not (sec == "optim" and k in spec.hyperparams)}
                 for sec, vals in cfg.items()}
     return json.dumps({"cfg": stripped, "data": dict(data.items()), "total_steps": total_steps,
-                       "devices": num_devices}, sort_keys=True, default=list)
+                       "devices": num_devices, "custom_conv": use_custom_conv()}, sort_keys=True, default=list)
 
 
 @functools.lru_cache(maxsize=16)
