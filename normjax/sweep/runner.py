@@ -41,10 +41,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 def auto_group_size(program, n_runs: int, cap: int = 64) -> int:
     """How many runs to vectorize together.
 
-    On CPU, conv nets go one run at a time: even with one conv per run under vmap
-    (`vmap_per_slice`), 8 vmapped ResNet-20 runs are no faster than 8 in turn (0.9-1.0x,
-    benchmarks/RESULTS.md: the convs already keep both cores busy and 8 runs' activations spill
-    the cache), while they compile longer; MLPs group well (2.1x). On GPU/TPU: as many as fit in
+    On CPU, conv nets go one run at a time: with one conv per run under vmap (`vmap_per_slice`),
+    8 vmapped ResNet-20 runs are exactly as fast as 8 in turn (1.00x, benchmarks/RESULTS.md: the
+    convs already keep the cores busy, and 8 runs' activations spill the cache) but compile
+    longer; small MLPs gain a little (1.05x) and are grouped by 8. On GPU/TPU: as many as fit in
     60% of device memory, by the compiled single-run step's memory analysis.
     """
     if jax.default_backend() == "cpu":
