@@ -8,6 +8,8 @@ with augmentation off, matching the references' fixed random batch in cost.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 from typing import Any
 
@@ -82,51 +84,54 @@ register("resnet110_normjax", _case({"name": "resnet", "depth": 110}, RESNET_BAT
 register("resnet20_normjax-bf16", _case({"name": "resnet", "depth": 20}, RESNET_BATCH, LN, "bfloat16"))
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    """Set an environment variable for the duration of a case."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def _group_case(model: dict, batch: int, runs: int, vectorized: bool, image_shape=(32, 32, 3), conv: str = "auto"):
     """`runs` runs that differ in seed and LR: one vmapped program vs one run after another.
     `conv` sets NORMJAX_CONV for this case (see `normjax.models.layers.use_custom_conv`)."""
     def run(args: argparse.Namespace) -> dict[str, Any]:
-        import os
-
         import jax
-
-        previous = os.environ.get("NORMJAX_CONV")
-        os.environ["NORMJAX_CONV"] = conv
-        try:
-            return _run(args, jax)
-        finally:
-            os.environ.pop("NORMJAX_CONV") if previous is None else os.environ.update(NORMJAX_CONV=previous)
-
-    def _run(args: argparse.Namespace, jax) -> dict[str, Any]:
         import jax.numpy as jnp
 
         from normjax.config import merge
+        from normjax.parallel import replicated
         from normjax.training.optim import set_hyperparams
 
         if conv != "auto" and jax.default_backend() == "cpu":
             raise SkipCase("an accelerator comparison: on CPU the default already is the custom conv")
-        cfg, program, images, labels = _program(model, batch, LN, image_shape=image_shape)
-        states = [program.init_state(merge(cfg, {"train": {"seed": r}})) for r in range(runs)]
-        states = [s.replace(opt_state=set_hyperparams(s.opt_state, {"lr": 0.05 * (r + 1)}))
-                  for r, s in enumerate(states)]
-        from normjax.parallel import replicated
-        rep = replicated(program.mesh)
-        holder = {"g": jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *states), rep) if vectorized else
-                  [jax.device_put(jax.tree.map(lambda x: x[None], s), rep) for s in states]}
+        with _env("NORMJAX_CONV", conv):  # read when the program is traced (first call below)
+            cfg, program, images, labels = _program(model, batch, LN, image_shape=image_shape)
+            states = [program.init_state(merge(cfg, {"train": {"seed": r}})) for r in range(runs)]
+            states = [s.replace(opt_state=set_hyperparams(s.opt_state, {"lr": 0.05 * (r + 1)}))
+                      for r, s in enumerate(states)]
+            rep = replicated(program.mesh)
+            holder = {"g": jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *states), rep) if vectorized else
+                      [jax.device_put(jax.tree.map(lambda x: x[None], s), rep) for s in states]}
+            steps = 5  # fused steps per call, as in the single-run cases
 
-        steps = 5  # fused steps per call, as in the single-run cases
+            def run_one():
+                if vectorized:
+                    holder["g"], m = program.run_chunk(holder["g"], images, labels, steps)
+                else:
+                    out = [program.run_chunk(s, images, labels, steps) for s in holder["g"]]
+                    holder["g"], m = [o[0] for o in out], [o[1] for o in out]
+                jax.block_until_ready(m)
 
-        def run_one():
-            if vectorized:
-                holder["g"], m = program.run_chunk(holder["g"], images, labels, steps)
-            else:
-                out = [program.run_chunk(s, images, labels, steps) for s in holder["g"]]
-                holder["g"], m = [o[0] for o in out], [o[1] for o in out]
-            jax.block_until_ready(m)
-
-        t0 = time.perf_counter()
-        run_one()
-        first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run_one()
+            first = time.perf_counter() - t0
         res = time_steps(run_one, warmup=0, iters=2)
         for k in ("median_ms", "min_ms", "mean_ms"):
             res[k] /= steps * runs  # per step of one run
