@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
                       "difficulty": 0.5, "seed": 0},
     },
     "optim": {
-        "name": "sgd",           # registered in normjax.training.optim.OPTIMIZERS
+        "name": "sgd",           # sgd | sgd_uniform_elr | sgd_critical_warmup | sgd_prelu_l1 (normjax.training.optim)
         "lr": 0.1,               # peak learning rate (traced: a sweep over it compiles once)
         "momentum": 0.9,         # traced
         "weight_decay": 5e-4,    # traced
@@ -55,6 +55,15 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 0,       # linear warm-up from 0 to the schedule, in steps
         "milestones": [0.5, 0.75],  # step schedule: fractions of training where lr *= step_factor
         "step_factor": 0.1,
+        # sgd_uniform_elr (normjax.transforms.scale_by_uniform_elr)
+        "elr_definition": "relative",  # relative: lr*||g||/||w|| | classic: lr/||w||^2
+        "elr_reference": "lr",   # lr: the LR is the common ELR | geometric_mean: the layers' mean ELR
+        "elr_position": "after_momentum",  # before_momentum | after_momentum
+        # sgd_prelu_l1 (normjax.transforms.prelu_sparsity_prior)
+        "prelu_l1": 0.0,         # traced: strength of the prior on |1 - slope|^p
+        "prelu_tolerance": 0.01,  # traced: slopes this close to 1 are set to 1 and frozen
+        "prelu_mode": "proximal",  # proximal | subgradient
+        "prelu_power": 1.0,      # p: 1.0 (L1) | 0.5
     },
     "train": {
         "seed": 0,               # traced: parameter init, data order and augmentation
@@ -154,8 +163,10 @@ def load_config(path: str | os.PathLike | None = None, *, size: str = "smoke",
 def validate(cfg: dict) -> None:
     """One-line UserError for values no run can use (checks that need no data or devices)."""
     from normjax.models import check_model_config
+    from normjax.training.optim import check_optim_config
 
     check_model_config(cfg["model"])
+    check_optim_config(cfg["optim"], cfg["model"])
     t, o = cfg["train"], cfg["optim"]
     if t["batch_size"] < 1:
         raise UserError(f"train.batch_size={t['batch_size']} must be >= 1")

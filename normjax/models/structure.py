@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 PyTree = Any
 
@@ -55,6 +56,21 @@ def scale_invariant_mask(params: PyTree, layers: list[LayerInfo]) -> PyTree:
 def prelu_mask(params: PyTree) -> PyTree:
     """True at every channel-PReLU slope leaf."""
     return leaf_mask(params, lambda p, _: p[-1] == "slope")
+
+
+def layer_axes(params: PyTree) -> PyTree:
+    """Per leaf, how many leading axes index layers: 1 under a `Stack`'s stacked layers, else 0.
+
+    The spec `normjax.transforms` takes (`layer_axes=`) so that per-layer norms see each stacked
+    layer on its own. Leaves `optax.masked` hides (`optax.MaskedNode`) are kept as they are.
+
+    Example:
+      >>> layer_axes({"hidden": {"first": {"k": jnp.ones(3)}, "rest": {"k": jnp.ones((2, 3))}}})
+      {'hidden': {'first': {'k': 0}, 'rest': {'k': 1}}}
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: x if isinstance(x, optax.MaskedNode) else int("rest" in _path_keys(p)), params,
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
 
 def per_layer(tree: PyTree, layers: list[LayerInfo], reduce=lambda x, axes: jnp.sum(jnp.square(x), axes)) -> jax.Array:

@@ -25,15 +25,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from normjax import transforms
 from normjax.errors import UserError
 
 
 class OptimizerContext(NamedTuple):
-    """What a transform may need to know about the model (masks over the params tree)."""
+    """What a transform may need to know about the model: masks over the params tree, the
+    per-leaf layer axes (stacked layers) and the layer list."""
 
     scale_invariant_mask: Any
     prelu_mask: Any
     layers: list
+    layer_axes: Any = 0
 
 
 def schedule_shape(cfg: dict, total_steps: int) -> Callable[[jax.Array], jax.Array]:
@@ -57,16 +60,59 @@ def schedule_shape(cfg: dict, total_steps: int) -> Callable[[jax.Array], jax.Arr
     return shape
 
 
-def sgd(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, schedule, context) -> optax.GradientTransformation:
-    """SGD with (Nesterov) momentum and coupled or decoupled weight decay (see module doc)."""
-    decay = optax.add_decayed_weights(weight_decay)
+def _sgd_chain(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, schedule, context,
+               before_momentum=(), after_momentum=(), scale_by_lr=None, after_lr=(), decay_mask=None):
+    """decay (coupled) → before_momentum → momentum → after_momentum → decay (decoupled) → LR → after_lr.
+
+    `scale_by_lr` replaces the default LR scaling (`-lr * schedule(t)`); `decay_mask` limits
+    weight decay to some leaves.
+    """
+    decay = optax.add_decayed_weights(weight_decay, mask=decay_mask)
     return optax.chain(
         *(() if decoupled_wd else (decay,)),
+        *before_momentum,
         optax.trace(decay=momentum, nesterov=nesterov),
+        *after_momentum,
         *((decay,) if decoupled_wd else ()),
-        optax.scale_by_schedule(schedule),
-        optax.scale(-lr),
+        *((optax.scale_by_schedule(schedule), optax.scale(-lr)) if scale_by_lr is None else (scale_by_lr,)),
+        *after_lr,
     )
+
+
+def sgd(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, schedule, context) -> optax.GradientTransformation:
+    """SGD with (Nesterov) momentum and coupled or decoupled weight decay (see module doc)."""
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
+                      context=context)
+
+
+def sgd_uniform_elr(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, elr_definition: str,
+                    elr_reference: str, elr_position: str, schedule, context) -> optax.GradientTransformation:
+    """SGD whose scale-invariant kernels all take the same relative step (`scale_by_uniform_elr`,
+    before or after momentum per `elr_position`); other parameters keep the global LR."""
+    elr = optax.masked(transforms.scale_by_uniform_elr(elr_definition, elr_reference, layer_axes=context.layer_axes),
+                       context.scale_invariant_mask)
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
+                      context=context, **{elr_position: (elr,)})
+
+
+def sgd_critical_warmup(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, schedule,
+                        context) -> optax.GradientTransformation:
+    """SGD whose LR each step is `min(lr * schedule(t), η_crit,t)` (`scale_by_critical_lr`)."""
+    warm = transforms.scale_by_critical_lr(lambda t: lr * schedule(t), context.scale_invariant_mask,
+                                           layer_axes=context.layer_axes)
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
+                      context=context, scale_by_lr=warm)
+
+
+def sgd_prelu_l1(lr, momentum, weight_decay, prelu_l1, prelu_tolerance, *, nesterov: bool, decoupled_wd: bool,
+                 prelu_mode: str, prelu_power: float, schedule, context) -> optax.GradientTransformation:
+    """SGD with the sparsity prior `prelu_l1 * Σ|1 − α|^p` on the PReLU slopes
+    (`prelu_sparsity_prior`, after the LR); no weight decay on the slopes."""
+    prior = transforms.prelu_sparsity_prior(prelu_l1, lambda t: lr * schedule(t), tolerance=prelu_tolerance,
+                                            mode=prelu_mode, power=prelu_power)
+    not_prelu = jax.tree.map(lambda m: not m, context.prelu_mask)
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
+                      context=context, after_lr=(optax.masked(prior, context.prelu_mask),), decay_mask=not_prelu)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +128,19 @@ class OptimizerSpec:
     static: tuple[str, ...] = ()
 
 
+_SGD = ("lr", "momentum", "weight_decay")
+_SGD_STATIC = ("nesterov", "decoupled_wd")
 OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec(sgd, ("lr", "momentum", "weight_decay"), ("nesterov", "decoupled_wd")),
+    "sgd": OptimizerSpec(sgd, _SGD, _SGD_STATIC),
+    "sgd_uniform_elr": OptimizerSpec(sgd_uniform_elr, _SGD,
+                                     _SGD_STATIC + ("elr_definition", "elr_reference", "elr_position")),
+    "sgd_critical_warmup": OptimizerSpec(sgd_critical_warmup, _SGD, _SGD_STATIC),
+    "sgd_prelu_l1": OptimizerSpec(sgd_prelu_l1, _SGD + ("prelu_l1", "prelu_tolerance"),
+                                  _SGD_STATIC + ("prelu_mode", "prelu_power")),
 }
+# Keys of every `optim` config that shape the LR schedule (static for every optimizer).
+SCHEDULE_KEYS = ("schedule", "warmup_steps", "milestones", "step_factor")
+ELR_POSITIONS = ("before_momentum", "after_momentum")
 
 
 def register_optimizer(name: str, spec: OptimizerSpec) -> None:
@@ -121,3 +177,43 @@ def set_hyperparams(opt_state: Any, values: dict[str, float]) -> Any:
 def current_lr(opt_state: Any, schedule: Callable, step: jax.Array) -> jax.Array:
     """The LR applied at `step`: traced peak `lr` times the schedule's shape."""
     return optax.tree_utils.tree_get(opt_state, "lr") * schedule(step)
+
+
+def check_optim_config(cfg: dict, model_cfg: dict) -> None:
+    """One-line UserError for `optim` values no optimizer accepts."""
+    spec = optimizer_spec(cfg)
+    choices = {"elr_definition": transforms.elr.DEFINITIONS, "elr_reference": transforms.elr.REFERENCES,
+               "elr_position": ELR_POSITIONS, "prelu_mode": transforms.prelu.MODES}
+    for key, allowed in choices.items():
+        if cfg[key] not in allowed:
+            raise UserError(f"optim.{key}={cfg[key]!r} is unknown; allowed: {', '.join(allowed)}")
+    if cfg["prelu_power"] not in transforms.prelu.POWERS:
+        raise UserError(f"optim.prelu_power={cfg['prelu_power']} is not supported; allowed: 1.0 (L1), 0.5")
+    if cfg["prelu_l1"] < 0 or not 0 <= cfg["prelu_tolerance"] < 1:
+        raise UserError(f"optim.prelu_l1={cfg['prelu_l1']}, optim.prelu_tolerance={cfg['prelu_tolerance']}: "
+                        "need prelu_l1 >= 0 and 0 <= prelu_tolerance < 1")
+    if spec.factory is sgd_prelu_l1 and model_cfg["activation"] != "prelu":
+        raise UserError(f"optim.name={cfg['name']!r} acts on PReLU slopes; set model.activation=prelu "
+                        f"(got {model_cfg['activation']!r})")
+
+
+def _states(tree: Any, kind: type) -> list:
+    return [x for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, kind)) if isinstance(x, kind)]
+
+
+def optimizer_metrics(opt_state: Any, scheduled_lr: jax.Array | None) -> dict[str, jax.Array]:
+    """What the transforms in an optimizer state tell about the step just taken, for the log.
+
+    `lr`: the LR applied (the critical-LR warm-up's where there is one, else `scheduled_lr`);
+    `critical_lr`; `elr_target`: the common effective LR of uniform-ELR layers; `prelu_frozen`:
+    the number of PReLU slopes made linear.
+    """
+    out = {} if scheduled_lr is None else {"lr": scheduled_lr}
+    for s in _states(opt_state, transforms.ScaleByCriticalLRState):
+        out |= {"lr": s.applied_lr, "critical_lr": s.critical_lr}
+    for s in _states(opt_state, transforms.ScaleByUniformELRState):
+        if "lr" in out:
+            out["elr_target"] = out["lr"] * s.common_elr
+    for s in _states(opt_state, transforms.PReLUPriorState):
+        out["prelu_frozen"] = s.num_frozen
+    return out

@@ -24,11 +24,11 @@ from flax import nnx
 
 from normjax import metrics as metrics_lib
 from normjax.data import preprocess
-from normjax.models import build_model, prelu_mask, scale_invariant_mask
+from normjax.models import build_model, layer_axes, prelu_mask, scale_invariant_mask
 from normjax.models.layers import use_custom_conv
 from normjax.parallel import batch_sharded, check_batch, data_mesh, replicated
-from normjax.training.optim import (OptimizerContext, current_lr, hyperparams, make_optimizer,
-                                    optimizer_spec, schedule_shape, set_hyperparams)
+from normjax.training.optim import (SCHEDULE_KEYS, OptimizerContext, current_lr, hyperparams, make_optimizer,
+                                    optimizer_metrics, optimizer_spec, schedule_shape, set_hyperparams)
 
 # Keys that never shape the compiled program: they do not enter the compile-cache key.
 HOST_ONLY = {"log": ("dense_steps", "every"), "checkpoint": ("every", "keep"),
@@ -61,8 +61,9 @@ class DataSpec:
 def static_key(cfg: dict, data: DataSpec, total_steps: int, num_devices: int) -> str:
     """JSON of everything that shapes the compiled program (traced values and host-only keys removed)."""
     spec = optimizer_spec(cfg["optim"])
+    shaping = {"name", *SCHEDULE_KEYS, *spec.static}  # optim keys the optimizer reads statically
     stripped = {sec: {k: v for k, v in vals.items() if k not in HOST_ONLY.get(sec, ()) and
-                      not (sec == "optim" and k in spec.hyperparams)}
+                      (sec != "optim" or k in shaping)}
                 for sec, vals in cfg.items()}
     return json.dumps({"cfg": stripped, "data": dict(data.items()), "total_steps": total_steps,
                        "devices": num_devices, "custom_conv": use_custom_conv()}, sort_keys=True, default=list)
@@ -100,7 +101,7 @@ class Program:
         self.layers = abstract.layers()
         abstract_params = nnx.to_pure_dict(self.params_template)
         self.context = OptimizerContext(scale_invariant_mask(abstract_params, self.layers),
-                                        prelu_mask(abstract_params), self.layers)
+                                        prelu_mask(abstract_params), self.layers, layer_axes(abstract_params))
         self.schedule = schedule_shape(cfg["optim"], self.total_steps)
         self.tx = make_optimizer(cfg["optim"] | {k: 0.0 for k in optimizer_spec(cfg["optim"]).hyperparams},
                                  total_steps=self.total_steps, context=self.context)
@@ -206,8 +207,7 @@ class Program:
         new = state.replace(step=t + 1, params=params, batch_stats=stats, opt_state=opt_state)
         new = jax.tree.map(lambda a, o: jnp.where(ok, a, o), new, state).replace(diverged=~ok)
         m = {"step": t, "loss": loss, "accuracy": acc}
-        if self.has_lr:
-            m["lr"] = current_lr(state.opt_state, self.schedule, t)
+        m.update(optimizer_metrics(opt_state, current_lr(state.opt_state, self.schedule, t) if self.has_lr else None))
         m.update(metrics_lib.compute(self.metric_names, metrics_lib.StepInfo(
             state.params, grads, updates, opt_state, self.layers)))
         return new, m
