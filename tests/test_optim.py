@@ -1,3 +1,5 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,3 +87,53 @@ def test_abstract_init_and_stable_state():
     assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
     _, after = tx.update(_params(), concrete, _params())
     jax.tree.map(lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype) or pytest.fail("state changed"), concrete, after)
+
+
+# ---- optimizers built from normjax.transforms ------------------------------------------------
+def _ctx(params):
+    mask = {"a": True, "b": {"c": False}}
+    return OptimizerContext(mask, {"a": False, "b": {"c": True}}, [], 0)
+
+
+def test_sgd_uniform_elr_equals_the_optax_lars_composition():
+    """Unstacked leaves, relative ELR after momentum: optax's trust ratio (coefficient 1) on the masked kernels."""
+    cfg = _cfg(name="sgd_uniform_elr", lr=0.05, momentum=0.9, weight_decay=1e-2, schedule="cosine")
+    ours = _run(make_optimizer(cfg, total_steps=10, context=_ctx(_params())), _params())
+    sched = lambda t: 0.05 * schedule_shape(cfg, 10)(t)
+    ref = _run(optax.chain(optax.add_decayed_weights(1e-2), optax.trace(0.9),
+                           optax.masked(optax.scale_by_trust_ratio(trust_coefficient=1.0), _ctx(None).scale_invariant_mask),
+                           optax.scale_by_learning_rate(sched)), _params())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, ref)
+
+
+def test_sgd_prelu_l1_at_zero_strength_is_sgd_without_decay_on_slopes():
+    cfg = _cfg(name="sgd_prelu_l1", lr=0.05, momentum=0.9, weight_decay=1e-2, prelu_l1=0.0, prelu_tolerance=0.0,
+               schedule="constant")
+    ours = _run(make_optimizer(cfg, total_steps=10, context=_ctx(_params())), _params())
+    ref = _run(optax.chain(optax.add_decayed_weights(1e-2, mask={"a": True, "b": {"c": False}}),
+                           optax.sgd(0.05, 0.9)), _params())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, ref)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("elr_position", "middle", "optim.elr_position='middle' is unknown; allowed: before_momentum, after_momentum"),
+    ("elr_definition", "angular", "optim.elr_definition='angular' is unknown"),
+    ("prelu_mode", "l0", "optim.prelu_mode='l0' is unknown; allowed: proximal, subgradient"),
+    ("prelu_power", 2.0, "optim.prelu_power=2.0 is not supported"),
+    ("prelu_tolerance", 1.5, "need prelu_l1 >= 0 and 0 <= prelu_tolerance < 1"),
+])
+def test_bad_transform_options_are_one_line_errors(key, value, words):
+    from normjax.config import load_config
+    from normjax.errors import UserError
+
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
+        load_config(overrides=[f"optim.name=sgd_uniform_elr", f"optim.{key}={json.dumps(value)}"])
+    assert "\n" not in str(e.value)
+
+
+def test_prelu_prior_needs_a_prelu_model():
+    from normjax.config import load_config
+    from normjax.errors import UserError
+
+    with pytest.raises(UserError, match="set model.activation=prelu"):
+        load_config(overrides=["optim.name=sgd_prelu_l1"])

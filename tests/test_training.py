@@ -174,3 +174,60 @@ def test_data_order_is_each_epochs_permutation_whatever_the_chunking(chunk):
             want = jax.random.permutation(jax.random.fold_in(base, t // spe), n)[(t % spe) * b:(t % spe + 1) * b]
             assert 0 <= t // spe - int(first) < perms.shape[0]
             np.testing.assert_array_equal(perms[t // spe - int(first)][(t % spe) * b:(t % spe + 1) * b], want)
+
+
+# ---- optimizers built from normjax.transforms, end to end -------------------------------------
+@pytest.mark.parametrize("optim, model, logged", [
+    ({"name": "sgd_uniform_elr", "lr": 0.05}, {}, {"lr", "elr_target"}),
+    ({"name": "sgd_uniform_elr", "lr": 0.3, "elr_reference": "geometric_mean", "elr_position": "before_momentum"},
+     {}, {"lr", "elr_target"}),
+    ({"name": "sgd_critical_warmup", "lr": 0.1}, {}, {"lr", "critical_lr"}),
+    ({"name": "sgd_prelu_l1", "lr": 0.1, "prelu_l1": 0.5}, {"activation": "prelu"}, {"lr", "prelu_frozen"}),
+])
+def test_transform_optimizers_learn_and_log(tmp_path, optim, model, logged):
+    cfg = small_config(optim=optim, model=model, train={"steps": 80})
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "done"
+    assert summary["test_accuracy"] >= 0.85, summary
+    rows = _rows(tmp_path / "run")
+    assert logged <= set(rows[0]), rows[0].keys()
+    if "elr_target" in logged and optim.get("elr_reference", "lr") == "lr":
+        assert all(r["elr_target"] == r["lr"] for r in rows)  # the LR is the common ELR
+
+
+def test_critical_lr_warmup_caps_the_lr_and_ends_by_itself(tmp_path):
+    """A deep plain BN MLP: η_t = min(target, η_crit) every step; η_crit starts below the target
+    (the warm-up acts) and rises past it (the warm-up ends with no length given)."""
+    target = 1.0
+    cfg = small_config(model={"depth": 40, "width": 32}, optim={"name": "sgd_critical_warmup", "lr": target},
+                       train={"steps": 40}, log={"dense_steps": 40})
+    train(cfg, tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 40
+    lr, crit = np.array([r["lr"] for r in rows]), np.array([float(r["critical_lr"]) for r in rows])
+    np.testing.assert_array_equal(lr, np.minimum(np.float32(target), crit.astype(np.float32)))
+    assert np.all(lr <= crit)
+    assert lr[0] < target / 2  # warming up
+    assert np.all(lr[-10:] == target)  # done, by itself
+
+
+def test_prelu_prior_makes_units_exactly_linear_and_compiles_once(tmp_path):
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+    frozen, slopes = {}, {}
+    for lam in (0.0, 3.0):
+        cfg = small_config(model={"activation": "prelu"}, train={"steps": 40},
+                           optim={"name": "sgd_prelu_l1", "prelu_l1": lam, "weight_decay": 5e-4})
+        n_before = len(compiles)
+        train(cfg, tmp_path / f"l{lam}")
+        if lam > 0:
+            assert len(compiles) == n_before, compiles[n_before:]  # λ is traced
+        frozen[lam] = [r["prelu_frozen"] for r in _rows(tmp_path / f"l{lam}")]
+        params = _final_params(tmp_path / f"l{lam}", cfg)
+        slopes[lam] = np.concatenate([np.ravel(x) for p, x in jax.tree_util.tree_leaves_with_path(params)
+                                      if "slope" in jax.tree_util.keystr(p)])
+    assert slopes[3.0].size == 3 * 64
+    assert max(frozen[0.0]) == 0
+    assert frozen[3.0] == sorted(frozen[3.0]) and frozen[3.0][-1] > 0  # frozen units stay frozen
+    assert int(np.sum(slopes[3.0] == 1.0)) == frozen[3.0][-1]  # and sit exactly at 1
