@@ -29,10 +29,12 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m benchmarks.bench --out benchmarks/results-cpu.json
+	$(BIN)/python -m benchmarks.transforms_overhead --out benchmarks/results-transforms-cpu.json
 
 # On a GPU machine whose image already has jax[cuda] and torch: no venv, the system python.
 bench-gpu:
 	$(PY) -m benchmarks.bench --quick --out benchmarks/results-gpu.json
+	$(PY) -m benchmarks.transforms_overhead --quick --out benchmarks/results-transforms-gpu.json
 
 # Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|full, WORKDIR=runs), then
 # prints its results table and draws its figure. Adding a sweep: add experiments/sweep_NAME.py and

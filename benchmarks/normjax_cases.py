@@ -19,7 +19,8 @@ from benchmarks.timing import time_steps
 STEPS_PER_CALL = 5
 
 
-def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32", image_shape=(32, 32, 3)):
+def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32", image_shape=(32, 32, 3),
+             optim: dict | None = None):
     import numpy as np
 
     from normjax.config import DEFAULTS, merge
@@ -30,7 +31,7 @@ def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32"
         "model": model,
         "data": {"name": "synthetic", "synthetic": {"num_train": 4 * batch, "num_test": 64,
                                                     "image_shape": list(image_shape), "num_classes": 10}},
-        "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"},
+        "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant", **(optim or {})},
         "train": {"batch_size": batch, "steps": 1000, "steps_per_dispatch": STEPS_PER_CALL, "dtype": dtype},
         "log": {"metrics": metrics},
     })

@@ -1,0 +1,97 @@
+"""What each optimizer built from `normjax.transforms` adds to a training step, against plain
+SGD with momentum on the same model, in one process.
+
+The optimizers are timed round-robin (one fused call of each, then again), so drift of a shared
+machine hits them alike; the ratio per optimizer is the median over rounds of its time divided
+by SGD's in the same round. Metrics hooks are off, so the optimizer is all that differs.
+
+Usage:
+    python -m benchmarks.transforms_overhead [--quick] [--out benchmarks/results-transforms-cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH
+from benchmarks.normjax_cases import STEPS_PER_CALL, _program
+from benchmarks.timing import machine_info
+
+OPTIMIZERS = {
+    "sgd": {"name": "sgd"},
+    "uniform_elr": {"name": "sgd_uniform_elr"},
+    "critical_warmup": {"name": "sgd_critical_warmup"},
+    "prelu_prior": {"name": "sgd_prelu_l1", "prelu_l1": 1e-3},
+}
+WORKLOADS = {
+    "resnet20": ({"name": "resnet", "depth": 20}, RESNET_BATCH),
+    "mlp": ({"name": "mlp", "depth": MLP_DEPTH, "width": MLP_WIDTH}, MLP_BATCH),
+}
+
+
+def _compiled(model: dict, batch: int, optim: dict):
+    import numpy as np
+
+    cfg, program, images, labels = _program(model, batch, [], optim=optim)
+    state = program.init_state(cfg)
+    n = np.int32(STEPS_PER_CALL)
+    compiled = program.train_chunk.lower(state, images, labels, n).compile()
+    return {"fn": compiled, "state": state, "args": (images, labels, n)}
+
+
+def _call(c) -> float:
+    import jax
+
+    t0 = time.perf_counter()
+    c["state"], m = c["fn"](c["state"], *c["args"])
+    jax.block_until_ready((c["state"], m))
+    return (time.perf_counter() - t0) * 1000 / STEPS_PER_CALL
+
+
+def measure(workload: str, rounds: int) -> dict:
+    """ms/step of each optimizer and its ratio to SGD; prelu_prior against SGD on the PReLU model."""
+    model, batch = WORKLOADS[workload]
+    prelu = model | {"activation": "prelu"}
+    cases = {name: _compiled(prelu if name == "prelu_prior" else model, batch, optim)
+             for name, optim in OPTIMIZERS.items()}
+    cases["sgd_prelu_model"] = _compiled(prelu, batch, OPTIMIZERS["sgd"])
+    for c in cases.values():  # warm-up call each
+        _call(c)
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, c in cases.items():
+            times[name].append(_call(c))
+    out = {}
+    for name, ts in times.items():
+        base = times["sgd_prelu_model" if name == "prelu_prior" else "sgd"]
+        out[name] = {"median_ms": statistics.median(ts), "min_ms": min(ts),
+                     "ratio_vs_sgd": statistics.median(t / b for t, b in zip(ts, base, strict=True)),
+                     "samples_ms": ts}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="3 rounds instead of 12")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results-transforms.json"), help="JSON output")
+    p.add_argument("--only", nargs="+", choices=sorted(WORKLOADS), default=sorted(WORKLOADS), help="workloads")
+    args = p.parse_args(argv)
+    rounds = 3 if args.quick else 12
+    results = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "steps_per_call": STEPS_PER_CALL,
+               "rounds": rounds, "workloads": {}}
+    for w in args.only:
+        results["workloads"][w] = res = measure(w, rounds)
+        print(f"{w}:")
+        for name, r in res.items():
+            print(f"  {name:18s} {r['median_ms']:8.1f} ms/step   x{r['ratio_vs_sgd']:.3f} vs sgd")
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
