@@ -30,7 +30,19 @@ class PReLUPriorState(NamedTuple):
 
 
 def soft_threshold(d: jax.Array, t: jax.Array) -> jax.Array:
-    r"""Proximal map of :math:`t|d|`: :math:`\mathrm{sign}(d)\max(|d| - t, 0)`."""
+    r"""Proximal map of :math:`t|d|`: :math:`\mathrm{sign}(d)\max(|d| - t, 0)`.
+
+    Args:
+      d: the point (here the new slope minus 1).
+      t: the threshold (here :math:`\eta_t \lambda`), >= 0.
+
+    Returns:
+      :math:`\arg\min_x \tfrac12 (x-d)^2 + t|x|`, elementwise.
+
+    Example:
+      >>> [round(float(x), 6) for x in soft_threshold(jnp.array([-0.5, 0.05, 0.3]), 0.1)]
+      [-0.4, 0.0, 0.2]
+    """
     return jnp.sign(d) * jnp.maximum(jnp.abs(d) - t, 0.0)
 
 
@@ -41,6 +53,21 @@ def half_threshold(d: jax.Array, t: jax.Array) -> jax.Array:
     :math:`\tfrac23 d\,(1 + \cos(\tfrac{2\pi}{3} - \tfrac23\varphi))` with
     :math:`\varphi = \arccos(\tfrac{t}{4}(|d|/3)^{-3/2})` (Xu et al. 2012, with their
     :math:`\lambda = 2t`).
+
+    Args:
+      d: the point (here the new slope minus 1).
+      t: the prior's weight (here :math:`\eta_t \lambda`), >= 0.
+
+    Returns:
+      The minimizer, elementwise (exactly 0 below the threshold).
+
+    Example:
+      >>> [round(float(x), 4) for x in half_threshold(jnp.array([0.5, 2.0]), 0.5)]
+      [0.0, 1.8144]
+
+    References:
+      Xu, Chang, Xu & Zhang, `L1/2 Regularization: A Thresholding Representation Theory and a
+      Fast Solver`, 2012 (IEEE TNNLS 23(7)).
     """
     lam = 2.0 * t
     thresh = 54.0 ** (1.0 / 3.0) / 4.0 * lam ** (2.0 / 3.0)

@@ -33,6 +33,21 @@ def critical_lr(updates: PyTree, params: PyTree, mask: PyTree, layer_axes: PyTre
     """:math:`1/\\sqrt{a_{max} a_{min}}` over the masked layers, :math:`a_l = \\|u_l\\|/\\|w_l\\|`.
 
     Layers where :math:`a_l` is zero or not finite are left out; `inf` if none is left.
+
+    Args:
+      updates: the updates (or gradients) :math:`u`.
+      params: the weights :math:`w`.
+      mask: a pytree of bools over `params`, True at the scale-invariant kernels.
+      layer_axes: a pytree of ints over `params` (see `scale_by_critical_lr`).
+
+    Returns:
+      A float32 scalar, the critical LR.
+
+    Example:
+      >>> w = {"a": jnp.ones(4), "b": jnp.ones(4)}
+      >>> float(critical_lr({"a": jnp.full(4, 0.01), "b": jnp.full(4, 4.0)}, w, {"a": True, "b": True},
+      ...                   {"a": 0, "b": 0}))
+      5.0
     """
     flat_u, treedef = jax.tree.flatten(updates, is_leaf=_layers.is_masked)
     flat_w, flat_m, flat_n = (treedef.flatten_up_to(t) for t in (params, mask, layer_axes))
