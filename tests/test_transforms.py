@@ -334,3 +334,14 @@ def test_public_api_and_version():
     assert set(njt.__all__) <= set(dir(normjax))
     with pytest.raises(AttributeError):
         normjax.no_such_name
+
+
+def test_every_prior_hyperparameter_takes_a_schedule():
+    params, grads = jnp.array([0.995, 0.5, 1.3, -0.2]), jnp.array([0.1, -0.2, 0.3, 0.0])
+    numbers, _ = _prior_step(params, grads, 0.1, strength=0.5, tolerance=0.01)
+    const = optax.constant_schedule
+    scheduled, _ = _prior_step(params, grads, const(0.1), strength=const(0.5), tolerance=const(0.01))
+    np.testing.assert_array_equal(scheduled, numbers)
+    # a strength schedule that starts at zero: no prior on the first step (the "from epoch k" regime)
+    late, _ = _prior_step(params, grads, 0.1, strength=lambda t: jnp.where(t < 1, 0.0, 0.5), tolerance=0.0)
+    np.testing.assert_allclose(late, params - 0.1 * grads, rtol=1e-6)
