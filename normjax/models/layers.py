@@ -27,9 +27,9 @@ def vmap_per_slice(f):
     """`f` whose vmap calls `f` on each mapped slice in turn and stacks the results.
 
     Sweeps vmap the train step over runs, and a vmapped conv becomes a grouped conv
-    (`feature_group_count` = runs), which XLA:CPU runs 10-20x slower than the same convs one run
-    at a time. Convs wrapped here keep their fast unbatched kernel under vmap. The slices are
-    unrolled: a `lax.map` over them (`jax.custom_batching.sequential_vmap`) measured 1.3x slower.
+    (`feature_group_count` = runs), which XLA:CPU runs far slower than the same convs one run
+    at a time (benchmarks/RESULTS.md). Convs wrapped here keep their fast unbatched kernel under vmap. The slices are
+    unrolled: a `lax.map` over them (`jax.custom_batching.sequential_vmap`) measured slower.
 
     Example:
       >>> mean = vmap_per_slice(lambda x: x.mean(0))
@@ -60,7 +60,8 @@ def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
 
     XLA:CPU folds the transposes of a conv's backward pass into non-canonical dimension orders;
     inside a while loop or conditional (the layer scan, the fused steps) they are not
-    canonicalized back and fall to a naive kernel (20-50x slower here). Writing both backward
+    canonicalized back and fall to a naive kernel, many times slower
+    (benchmarks/RESULTS.md). Writing both backward
     convs in canonical NHWC/HWIO form, with the transposed operands behind
     `optimization_barrier`, keeps them on the fast path. Under vmap (runs of a sweep) all three
     convs stay one conv per run (`vmap_per_slice`). Gradients equal XLA's own rule, alone and
@@ -136,7 +137,7 @@ def normalize(x: jax.Array, axes: tuple[int, ...], eps: float) -> tuple[jax.Arra
 
     The backward pass is the closed form `dx = (dy - mean(dy) - x̂ mean(dy x̂)) / sqrt(var + eps)`:
     two reductions instead of the several that autodiff of the forward pass emits, which
-    XLA:CPU runs slowly over the batch axis (BN's backward cost 1.6x less here). The returned
+    XLA:CPU runs slowly over the batch axis (the closed form is faster; benchmarks/RESULTS.md). The returned
     statistics carry no gradient: they feed the running averages only.
     """
     return _normalize_fwd(x, axes, eps)[0]

@@ -179,9 +179,8 @@ class Program:
         """The data orders (each a permutation of the n examples, from the seed and the epoch) of
         every epoch a chunk starting at `state.step` can reach: [K, n], and the first epoch.
 
-        Drawn once per chunk rather than once per step: a permutation is a sort of n keys (on this
-        2-core CPU 17.5 ms for CIFAR's 50,000, 6% of a ResNet-20 step; 0.3 ms for digits' 1,437,
-        half of a small MLP's step).
+        Drawn once per chunk rather than once per step: a permutation is a sort of n keys, a
+        visible share of a CIFAR-size step on CPU (measured in benchmarks/RESULTS.md).
         """
         spe = self.steps_per_epoch
         first = state.step // spe
