@@ -51,12 +51,12 @@ def _case(model: dict, batch: int, metrics: list[str], dtype: str = "float32"):
         state = program.init_state(cfg)
         n = np.int32(STEPS_PER_CALL)
         t0 = time.perf_counter()
-        compiled = program.train_chunk.lower(state, images, labels, n).compile()
+        compiled = program.train_chunk.lower(state, images, labels, n, program.log_mask()).compile()
         compile_s = time.perf_counter() - t0
         holder = {"state": state}
 
         def run_one():
-            holder["state"], m = compiled(holder["state"], images, labels, n)
+            holder["state"], m = compiled(holder["state"], images, labels, n, program.log_mask())
             jax.block_until_ready(m)
 
         t0 = time.perf_counter()

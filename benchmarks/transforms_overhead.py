@@ -39,8 +39,8 @@ def _compiled(model: dict, batch: int, optim: dict):
     cfg, program, images, labels = _program(model, batch, [], optim=optim)
     state = program.init_state(cfg)
     n = np.int32(STEPS_PER_CALL)
-    compiled = program.train_chunk.lower(state, images, labels, n).compile()
-    return {"fn": compiled, "state": state, "args": (images, labels, n)}
+    compiled = program.train_chunk.lower(state, images, labels, n, program.log_mask()).compile()
+    return {"fn": compiled, "state": state, "args": (images, labels, n, program.log_mask())}
 
 
 def _call(c) -> float:

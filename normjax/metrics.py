@@ -1,8 +1,10 @@
 """In-step metric hooks: functions of (params, grads, updates, optimizer state) computed inside
-the jitted train step and logged on the run's cadence (`log.metrics` names them).
+the jitted train step, only on the steps the run logs (`log.metrics` names them).
 
 A hook returns a dict of arrays; per-layer vectors follow the model's layer order
-(`layers.json` in the run directory names the entries). Studies add hooks with `register_metric`.
+(`layers.json` in the run directory names the entries). A hook may also name a `summary`
+function of the run's logged rows whose values go into `summary.json` at the end of the run.
+Studies add hooks with `register_metric`.
 
 Example:
   >>> @register_metric("update_norms")
@@ -12,31 +14,48 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import math
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from normjax import transforms
 from normjax.errors import UserError
-from normjax.models.structure import LayerInfo, per_layer
+from normjax.models.structure import LayerInfo, get_path, per_layer
 
 
 class StepInfo(NamedTuple):
+    """What a hook sees of one step (w_{t+1} = w_t + updates)."""
+
     params: Any        # parameters the gradient was taken at (w_t)
-    grads: Any         # gradient of the batch loss at w_t
-    updates: Any       # the optimizer's update (w_{t+1} = w_t + updates)
+    grads: Any         # gradient of the batch loss at w_t (no weight-decay term)
+    updates: Any       # the optimizer's update
     opt_state: Any     # optimizer state after the update
     layers: list[LayerInfo]
+    lr: jax.Array | None = None  # the global LR applied at this step (None: the optimizer has none)
 
 
-METRICS: dict[str, Callable[[StepInfo], dict[str, jax.Array]]] = {}
+Hook = Callable[[StepInfo], dict[str, jax.Array]]
+Summary = Callable[[list[dict], dict], dict[str, float]]
+METRICS: dict[str, Hook] = {}
+SUMMARIES: dict[str, Summary] = {}
 
 
-def register_metric(name: str):
-    """Decorator: make a hook available as `log.metrics=[..., name]`."""
-    def wrap(fn):
+def register_metric(name: str, summary: Summary | None = None):
+    """Decorator: make a hook available as `log.metrics=[..., name]`.
+
+    Args:
+      name: the name configs use.
+      summary: optional `fn(rows, cfg) -> dict` over the run's logged rows (dicts as in
+        `metrics.jsonl`), whose values are added to `summary.json` when the run ends.
+    """
+    def wrap(fn: Hook) -> Hook:
         METRICS[name] = fn
+        if summary is not None:
+            SUMMARIES[name] = summary
         return fn
     return wrap
 
@@ -53,6 +72,83 @@ def layer_norms(info: StepInfo) -> dict[str, jax.Array]:
     }
 
 
+def layer_lr(info: StepInfo) -> jax.Array:
+    """The LR applied to each layer at this step, `[len(layers)]`: the global LR times the factor a
+    `scale_by_uniform_elr` in the chain gave the layer (1 for layers it does not scale)."""
+    lr = jnp.ones((), jnp.float32) if info.lr is None else jnp.asarray(info.lr, jnp.float32)
+    factor = jnp.ones(len(info.layers), jnp.float32)
+    is_state = lambda x: isinstance(x, transforms.ScaleByUniformELRState)  # noqa: E731
+    for s in [x for x in jax.tree.leaves(info.opt_state, is_leaf=is_state) if is_state(x)]:
+        entries = []
+        for l in info.layers:
+            try:
+                v = get_path(s.layer_scale, l.path)
+            except (KeyError, TypeError):
+                v = None
+            if v is None or isinstance(v, optax.MaskedNode):
+                entries.append(jnp.ones((), jnp.float32))
+            else:
+                entries.append(v if l.index is None else v[l.index])
+        factor = factor * jnp.stack(entries).astype(jnp.float32)
+    return lr * factor
+
+
+def _elr_summary(rows: list[dict], cfg: dict) -> dict[str, float]:
+    early = cfg["log"]["dense_steps"]
+    return {"elr_log_spread_early": mean_log_spread(rows, early), "elr_log_spread": mean_log_spread(rows)}
+
+
+def mean_log_spread(rows: Iterable[dict], before_step: int | None = None) -> float:
+    """Mean of log10(`elr_spread`) over logged rows (those with step < `before_step` if given);
+    non-finite values are skipped; NaN when none is left."""
+    vals = []
+    for r in rows:
+        v = r.get("elr_spread")
+        if v is None or (before_step is not None and r["step"] >= before_step):
+            continue
+        v = float(v)
+        if math.isfinite(v) and v > 0:
+            vals.append(math.log10(v))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+@register_metric("elr", summary=_elr_summary)
+def elr(info: StepInfo) -> dict[str, jax.Array]:
+    r"""Per-layer effective learning rates and what they are made of.
+
+    Per layer (`layers.json` order), with :math:`\eta_l` the LR applied to the layer (`layer_lr`):
+    `w_norm` :math:`\|w_l\|`, `g_norm` :math:`\|g_l\|`, `base_grad` :math:`c_l = \|g_l\|\|w_l\|`,
+    `layer_lr` :math:`\eta_l`, `elr` (relative/angular definition) :math:`E_l = \eta_l\|g_l\|/\|w_l\|`,
+    `elr_classic` :math:`\eta_l/\|w_l\|^2`, `rel_step` :math:`\|\Delta w_l\|/\|w_l\|` (the actual
+    step, momentum and weight decay included), `cos_gw` :math:`\cos(g_l, w_l)` (0 for a
+    scale-invariant layer). Over the scale-invariant layers: `elr_spread` :math:`\max_l E_l/\min_l E_l`
+    and `elr_log_std` :math:`\mathrm{std}_l \log_{10} E_l`. The run's summary gets the mean of
+    :math:`\log_{10}` spread over the dense early window (`elr_log_spread_early`) and the whole run
+    (`elr_log_spread`).
+
+    References:
+      Mehmeti-Göpel & Wand, `Spreads in Effective Learning Rates: The Perils of Batch
+      Normalization During Early Training`, 2023 (arXiv:2306.00700);
+      van Laarhoven, `L2 Regularization versus Batch and Weight Normalization`, 2017
+      (arXiv:1706.05350).
+    """
+    layers = info.layers
+    w2 = per_layer(info.params, layers)
+    g2 = per_layer(info.grads, layers)
+    d2 = per_layer(info.updates, layers)
+    gw = per_layer(jax.tree.map(lambda g, w: g.astype(jnp.float32) * w.astype(jnp.float32), info.grads, info.params),
+                   layers, reduce=jnp.sum)
+    w, g, lr = jnp.sqrt(w2), jnp.sqrt(g2), layer_lr(info)
+    e = lr * g / w
+    si = np.array([l.scale_invariant for l in layers])
+    out = {"w_norm": w, "g_norm": g, "base_grad": g * w, "layer_lr": lr, "elr": e, "elr_classic": lr / w2,
+           "rel_step": jnp.sqrt(d2) / w, "cos_gw": gw / (g * w)}
+    if si.any():
+        e_si = e[np.nonzero(si)[0]]
+        out |= {"elr_spread": jnp.max(e_si) / jnp.min(e_si), "elr_log_std": jnp.std(jnp.log10(e_si))}
+    return out
+
+
 def check_metrics(names: list[str]) -> None:
     for name in names:
         if name not in METRICS:
@@ -63,4 +159,13 @@ def compute(names: tuple[str, ...], info: StepInfo) -> dict[str, jax.Array]:
     out: dict[str, jax.Array] = {}
     for name in names:
         out.update(METRICS[name](info))
+    return out
+
+
+def summarize(names: Iterable[str], rows: list[dict], cfg: dict) -> dict[str, float]:
+    """The summary values the hooks `names` compute from a run's logged rows."""
+    out: dict[str, float] = {}
+    for name in names:
+        if name in SUMMARIES:
+            out.update(SUMMARIES[name](rows, cfg))
     return out

@@ -55,7 +55,7 @@ def auto_group_size(program, n_runs: int, cap: int = 64) -> int:
         data = program.data
         compiled = program.train_chunk.lower(
             state, jax.ShapeDtypeStruct((data.num_train,) + tuple(data.image_shape), np.uint8),
-            jax.ShapeDtypeStruct((data.num_train,), np.int32), np.int32(1)).compile()
+            jax.ShapeDtypeStruct((data.num_train,), np.int32), np.int32(1), program.log_mask()).compile()
         per_run += compiled.memory_analysis().temp_size_in_bytes
         limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 0)
         return max(1, min(n_runs, cap, int(0.6 * limit) // per_run)) if limit else min(n_runs, 8)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from normjax import metrics as metrics_lib
 from normjax.config import validate
 from normjax.data import Dataset, load_dataset
 from normjax.errors import UserError
@@ -127,13 +128,18 @@ def final_metrics(program: Program, state: TrainState, splits: dict[str, tuple])
     return out
 
 
-def _log_rows(m: dict, cfg: dict, steps_per_epoch: int, wall: float) -> list[dict]:
-    """Rows of one run's fetched chunk that the cadence keeps (every step early, then every `log.every`)."""
+def logs_step(step: int, cfg: dict, total: int) -> bool:
+    """The log cadence: every step of the first `log.dense_steps`, then every `log.every`-th, and the last."""
     log = cfg["log"]
+    return step < log["dense_steps"] or (step + 1) % log["every"] == 0 or step == total - 1
+
+
+def _log_rows(m: dict, cfg: dict, steps_per_epoch: int, total: int, wall: float) -> list[dict]:
+    """Rows of one run's fetched chunk that the cadence keeps (`logs_step`)."""
     rows = []
     for i in np.nonzero(m["valid"])[0]:
         step = int(m["step"][i])
-        if step < log["dense_steps"] or (step + 1) % log["every"] == 0:
+        if logs_step(step, cfg, total):
             row = {"step": step, "epoch": step / steps_per_epoch, "wall_time": wall}
             row.update({k: v[i] for k, v in m.items() if k not in ("valid", "step")})
             rows.append(row)
@@ -232,7 +238,7 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
         for i, r in enumerate(active):
             mi = {k: v[i] for k, v in m.items()}
             if r.diverged_at is None:
-                r.dir.append_metrics(_log_rows(mi, r.cfg, program.steps_per_epoch,
+                r.dir.append_metrics(_log_rows(mi, r.cfg, program.steps_per_epoch, total,
                                                r.elapsed + time.time() - t_start))
                 bad = mi["valid"] & ~np.isfinite(mi["loss"])
                 if bad.any():
@@ -247,7 +253,8 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
     pending = None
     while step < total and any(r.diverged_at is None for r in active):
         n = min(program.chunk, total - step, every - step % every)
-        state, chunk_metrics = program.run_chunk(state, images, labels, n)
+        mask = [any(logs_step(step + i, r.cfg, total) for r in active) for i in range(program.chunk)]
+        state, chunk_metrics = program.run_chunk(state, images, labels, n, mask)
         if pending is not None:
             drain(pending)  # runs while the chunk just dispatched computes
         pending, step = chunk_metrics, step + n
@@ -276,6 +283,7 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
             final = final_metrics(program, jax.tree.map(lambda x: x[i], state), splits[key])
             r.summary = {"status": "done", "step": total, "total_steps": total,
                          "epochs": total / program.steps_per_epoch, "wall_time": wall, **final}
+        r.summary |= metrics_lib.summarize(program.metric_names, list(r.dir.read_metrics()), r.cfg)
         r.dir.write_summary(r.summary)
     return [r.summary for r in runs]
 

@@ -113,17 +113,23 @@ class Program:
         self.evaluate = jax.jit(self._evaluate, static_argnums=4, out_shardings=rep)
         # Runs carry a leading run axis R. R > 1: the step vmapped over it (vectorized runs);
         # R == 1: the plain step, the axis dropped and restored inside the jit (free reshapes).
-        self.train_chunk_group = jax.jit(jax.vmap(self._train_chunk, in_axes=(0, None, None, None)),
+        self.train_chunk_group = jax.jit(jax.vmap(self._train_chunk, in_axes=(0, None, None, None, None)),
                                          donate_argnums=0, out_shardings=rep)
         self.train_chunk_one = jax.jit(
             lambda s, *args: jax.tree.map(lambda x: x[None], self._train_chunk(jax.tree.map(lambda x: x[0], s), *args)),
             donate_argnums=0, out_shardings=rep)
 
     def run_chunk(self, states: TrainState, images: jax.Array, labels: jax.Array,
-                  n_active: int) -> tuple[TrainState, dict]:
-        """`n_active` steps of every run in `states` (leading run axis R; R == 1 runs unvectorized)."""
+                  n_active: int, log_mask: np.ndarray | None = None) -> tuple[TrainState, dict]:
+        """`n_active` steps of every run in `states` (leading run axis R; R == 1 runs unvectorized);
+        the metric hooks run on the chunk's slots where `log_mask` is True (default: all)."""
         single = jax.tree.leaves(states)[0].shape[0] == 1
-        return (self.train_chunk_one if single else self.train_chunk_group)(states, images, labels, np.int32(n_active))
+        return (self.train_chunk_one if single else self.train_chunk_group)(
+            states, images, labels, np.int32(n_active), self.log_mask(log_mask))
+
+    def log_mask(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """A chunk's `[steps_per_dispatch]` bool mask of the steps whose metric hooks run."""
+        return np.ones(self.chunk, bool) if mask is None else np.asarray(mask, bool).reshape(self.chunk)
 
     # ---- model ---------------------------------------------------------------------------------
     def _model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -189,9 +195,10 @@ class Program:
         return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(base, e), n))(first + jnp.arange(k)), first
 
     def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array,
-                   orders: tuple[jax.Array, jax.Array]) -> tuple[TrainState, dict]:
+                   orders: tuple[jax.Array, jax.Array], logged: jax.Array | bool = True) -> tuple[TrainState, dict]:
         """One SGD step on the batch the state's step selects from `orders` (`epoch_orders`);
-        stops updating on divergence."""
+        stops updating on divergence. The metric hooks run only when `logged` (a `lax.cond`:
+        unlogged steps pay nothing for them; their slots hold zeros)."""
         b, t, spe = self.batch_size, state.step, self.steps_per_epoch
         key = jax.random.wrap_key_data(state.key)
         perms, first = orders
@@ -207,20 +214,25 @@ class Program:
         new = jax.tree.map(lambda a, o: jnp.where(ok, a, o), new, state).replace(diverged=~ok)
         m = {"step": t, "loss": loss, "accuracy": acc}
         m.update(optimizer_metrics(opt_state, current_lr(state.opt_state, self.schedule, t) if self.has_lr else None))
-        m.update(metrics_lib.compute(self.metric_names, metrics_lib.StepInfo(
-            state.params, grads, updates, opt_state, self.layers)))
+        if self.metric_names:
+            info = metrics_lib.StepInfo(state.params, grads, updates, opt_state, self.layers, m.get("lr"))
+            hooks = lambda: metrics_lib.compute(self.metric_names, info)  # noqa: E731
+            zeros = lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(hooks))  # noqa: E731
+            m.update(jax.lax.cond(logged, hooks, zeros))
         return new, m
 
     def _train_chunk(self, state: TrainState, images: jax.Array, labels: jax.Array,
-                     n_active: jax.Array) -> tuple[TrainState, dict]:
-        """`n_active` (<= steps_per_dispatch) steps; metrics stacked with a `valid` flag per slot."""
+                     n_active: jax.Array, log_mask: jax.Array) -> tuple[TrainState, dict]:
+        """`n_active` (<= steps_per_dispatch) steps; metrics stacked with a `valid` flag per slot.
+        `log_mask` (`[steps_per_dispatch]` bool, never vmapped) says on which slots hooks run."""
         orders = self.epoch_orders(state, images.shape[0])
         _, m_shape = jax.eval_shape(self.train_step, state, images, labels, orders)
 
         def body(s, i):
             def skip(s):
                 return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m_shape)
-            s, m = jax.lax.cond(i < n_active, self.train_step, lambda s, *_: skip(s), s, images, labels, orders)
+            s, m = jax.lax.cond(i < n_active, self.train_step, lambda s, *_: skip(s), s, images, labels, orders,
+                                log_mask[i])
             return s, m | {"valid": i < n_active}
 
         return jax.lax.scan(body, state, jnp.arange(self.chunk))
