@@ -1,0 +1,88 @@
+"""The in-step metric hooks: the ELR hook's identities on real steps, hooks only on logged steps."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import small_config
+from normjax import metrics
+from normjax.training.loop import dataset_for, program_for, train
+from normjax.training.rundir import RunDir
+
+ELR_KEYS = ("w_norm", "g_norm", "base_grad", "layer_lr", "elr", "elr_classic", "rel_step", "cos_gw")
+
+
+def _plain_sgd_run(tmp_path, **optim):
+    cfg = small_config(optim={"momentum": 0.0, "weight_decay": 0.0, "lr": 0.2, **optim},
+                       train={"steps": 12}, log={"metrics": ["elr"], "dense_steps": 12})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    rows = list(RunDir(tmp_path / "run").read_metrics())
+    layers = json.loads((tmp_path / "run" / "layers.json").read_text())
+    return cfg, summary, rows, layers
+
+
+def test_elr_hook_identities_on_plain_sgd(tmp_path):
+    cfg, summary, rows, layers = _plain_sgd_run(tmp_path)
+    assert [r["step"] for r in rows] == list(range(12))
+    si = np.array([l["scale_invariant"] for l in layers])
+    assert si.sum() == len(layers) - 1 and not si[-1]  # hidden layers feed BN; the classifier does not
+    m = {k: np.array([r[k] for r in rows], np.float64) for k in ELR_KEYS}
+    for k in ELR_KEYS:
+        assert m[k].shape == (12, len(layers)), k
+    lr = 0.2
+    np.testing.assert_allclose(m["layer_lr"], lr, rtol=1e-7)
+    np.testing.assert_allclose(m["base_grad"], m["g_norm"] * m["w_norm"], rtol=1e-6)
+    np.testing.assert_allclose(m["elr"], lr * m["g_norm"] / m["w_norm"], rtol=1e-6)
+    np.testing.assert_allclose(m["elr_classic"], lr / m["w_norm"] ** 2, rtol=1e-6)
+    # plain SGD: the step is -lr*g, so the relative step is the relative ELR
+    np.testing.assert_allclose(m["rel_step"], m["elr"], rtol=1e-5)
+    # scale-invariant layers: gradient orthogonal to the weight, and ||w'||^2 = ||w||^2 + lr^2 ||g||^2
+    assert np.abs(m["cos_gw"][:, si]).max() < 1e-4
+    assert np.abs(m["cos_gw"][:, ~si]).max() > 1e-2
+    w2 = m["w_norm"][:, si] ** 2
+    np.testing.assert_allclose(w2[1:], w2[:-1] + lr ** 2 * m["g_norm"][:-1, si] ** 2, rtol=2e-6)
+    e = m["elr"][:, si]
+    np.testing.assert_allclose([r["elr_spread"] for r in rows], e.max(1) / e.min(1), rtol=1e-5)
+    np.testing.assert_allclose([r["elr_log_std"] for r in rows], np.log10(e).std(1), rtol=1e-4, atol=1e-7)
+    assert summary["elr_log_spread"] == pytest.approx(np.mean(np.log10(e.max(1) / e.min(1))), rel=1e-5)
+    assert summary["elr_log_spread_early"] == summary["elr_log_spread"]  # every step is inside dense_steps
+
+
+def test_uniform_elr_run_has_spread_one_and_per_layer_lr(tmp_path):
+    _, _, rows, layers = _plain_sgd_run(tmp_path, name="sgd_uniform_elr", elr_position="before_momentum")
+    si = np.array([l["scale_invariant"] for l in layers])
+    for r in rows:
+        np.testing.assert_allclose(np.array(r["elr"])[si], 0.2, rtol=1e-5)
+        np.testing.assert_allclose(np.array(r["rel_step"])[si], 0.2, rtol=1e-5)
+        assert r["elr_spread"] == pytest.approx(1.0, abs=1e-5)
+        assert np.array(r["layer_lr"])[~si] == pytest.approx(0.2)  # the classifier keeps the global LR
+    assert np.ptp(np.array(rows[0]["layer_lr"])[si]) > 0  # layers got different LRs
+
+
+def test_hooks_run_only_on_logged_slots_and_do_not_change_training():
+    cfg = small_config(log={"metrics": ["elr", "layer_norms"]})
+    ds = dataset_for(cfg)
+    program = program_for(cfg, ds)
+    images, labels = jax.numpy.asarray(ds.train_images), jax.numpy.asarray(ds.train_labels.astype(np.int32))
+    stack = lambda s: jax.tree.map(lambda x: x[None], s)  # noqa: E731
+    mask = np.zeros(program.chunk, bool)
+    mask[[1, 5]] = True
+    s_all, m_all = program.run_chunk(stack(program.init_state(cfg)), images, labels, program.chunk)
+    s_some, m_some = program.run_chunk(stack(program.init_state(cfg)), images, labels, program.chunk, mask)
+    for a, b in zip(jax.tree.leaves(s_all), jax.tree.leaves(s_some), strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise: the hooks never touch the state
+    np.testing.assert_array_equal(m_all["loss"], m_some["loss"])
+    for k in ("elr", "w_norm", "elr_spread", "l2_grads"):
+        on, off = np.asarray(m_some[k][0, mask]), np.asarray(m_some[k][0, ~mask])
+        np.testing.assert_array_equal(on, np.asarray(m_all[k][0, mask]))
+        assert np.all(off == 0) and np.all(on != 0), k
+
+
+def test_summaries_come_from_registered_hooks():
+    rows = [{"step": 0, "elr_spread": 10.0}, {"step": 1, "elr_spread": "inf"}, {"step": 5, "elr_spread": 1000.0}]
+    cfg = {"log": {"dense_steps": 2}}
+    assert metrics.summarize(["layer_norms", "elr"], rows, cfg) == {"elr_log_spread_early": 1.0,
+                                                                    "elr_log_spread": 2.0}
+    assert np.isnan(metrics.mean_log_spread([{"step": 0, "elr_spread": "nan"}]))
