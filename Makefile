@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test test-slow bench bench-gpu install clean sweeps
+.PHONY: demo test test-slow bench bench-gpu install clean sweeps explode
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-gpu:
 # one line "NAME: x=KEY hue=KEY" to SWEEP_PLOTS below.
 SWEEP_PLOTS_depth := --x model.depth --hue model.shortcut
 SWEEP_PLOTS_lr := --x optim.lr --hue optim.momentum --log-x
+SWEEP_PLOTS_elr_trajectories := --x optim.lr --hue model.shortcut --log-x
+SWEEP_PLOTS_elr_regimes := --x optim.name --hue model.shortcut
+# Study commands run after a sweep's table and figure ("NAME_AFTER: commands on the sweep dir").
+SWEEP_AFTER_elr_trajectories := elr-plot ode
+SWEEP_AFTER_elr_regimes := elr-plot
 
 sweeps:
 	@ls experiments/sweep_*.py | sed 's|experiments/sweep_\(.*\)\.py|make sweep-\1|'
@@ -49,6 +54,11 @@ sweep-%: $(STAMP)
 	$(BIN)/normjax sweep experiments/sweep_$*.py --size $(SIZE) --workdir $(WORKDIR)/sweep-$*-$(SIZE) $(SHARD_ARG)
 	$(BIN)/normjax results $(WORKDIR)/sweep-$*-$(SIZE)
 	$(BIN)/normjax plot $(WORKDIR)/sweep-$*-$(SIZE) --y test_accuracy $(or $(SWEEP_PLOTS_$*),--x train.seed)
+	$(foreach c,$(SWEEP_AFTER_$*),$(BIN)/normjax $(c) $(WORKDIR)/sweep-$*-$(SIZE) &&) true
+
+# Gradient explosion at init over depth, plain vs residual (the ELR study).
+explode: $(STAMP)
+	$(BIN)/normjax explode experiments/explode_depth.py --size $(SIZE) --out $(WORKDIR)/explode-$(SIZE)
 
 SHARD_ARG = $(if $(SHARD),--shard $(SHARD),)
 

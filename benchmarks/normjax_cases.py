@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH, SkipCase, register
@@ -40,6 +41,27 @@ def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32"
     images = put_replicated(ds.train_images, program.mesh)
     labels = put_replicated(ds.train_labels.astype(np.int32), program.mesh)
     return cfg, program, images, labels
+
+
+def normjax_call(model: dict, batch: int, metrics: list[str], optim: dict | None = None,
+                 log_mask=None) -> Callable[[], float]:
+    """A compiled normjax chunk of `STEPS_PER_CALL` steps as a closure returning its ms/step
+    (the state carried between calls; hooks on the slots `log_mask` marks, default all)."""
+    import jax
+    import numpy as np
+
+    cfg, program, images, labels = _program(model, batch, metrics, optim=optim)
+    holder = {"state": program.init_state(cfg)}
+    args = (images, labels, np.int32(STEPS_PER_CALL), program.log_mask(log_mask))
+    compiled = program.train_chunk.lower(holder["state"], *args).compile()
+
+    def call() -> float:
+        t0 = time.perf_counter()
+        holder["state"], m = compiled(holder["state"], *args)
+        jax.block_until_ready((holder["state"], m))
+        return (time.perf_counter() - t0) * 1000 / STEPS_PER_CALL
+
+    return call
 
 
 def _case(model: dict, batch: int, metrics: list[str], dtype: str = "float32"):

@@ -39,6 +39,25 @@ def time_steps(run_one: Callable[[], None], *, warmup: int, iters: int) -> dict[
     }
 
 
+def round_robin(cases: dict[str, Callable[[], float]], rounds: int,
+                baseline: Callable[[str], str]) -> dict[str, dict[str, Any]]:
+    """Time cases in turn (one call of each, then again) so drift on a shared machine hits them alike.
+
+    Each case returns its ms/step for one call (and blocks until done). The ratio of a case is the
+    median over rounds of its time divided by its baseline's (`baseline(name)`) in the same round.
+    """
+    for fn in cases.values():  # warm-up call each
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            times[name].append(fn())
+    return {name: {"median_ms": statistics.median(ts), "min_ms": min(ts), "baseline": baseline(name),
+                   "ratio": statistics.median(t / b for t, b in zip(ts, times[baseline(name)], strict=True)),
+                   "samples_ms": ts}
+            for name, ts in times.items()}
+
+
 def time_compile(fn: Callable[[], Any]) -> float:
     """Seconds taken by one call of `fn`; pass the first (compiling) call of a step.
 

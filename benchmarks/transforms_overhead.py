@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH
-from benchmarks.normjax_cases import STEPS_PER_CALL, _program
-from benchmarks.timing import machine_info
+from benchmarks.normjax_cases import STEPS_PER_CALL, normjax_call
+from benchmarks.timing import machine_info, round_robin
 
 OPTIMIZERS = {
     "sgd": {"name": "sgd"},
@@ -33,45 +32,14 @@ WORKLOADS = {
 }
 
 
-def _compiled(model: dict, batch: int, optim: dict):
-    import numpy as np
-
-    cfg, program, images, labels = _program(model, batch, [], optim=optim)
-    state = program.init_state(cfg)
-    n = np.int32(STEPS_PER_CALL)
-    compiled = program.train_chunk.lower(state, images, labels, n, program.log_mask()).compile()
-    return {"fn": compiled, "state": state, "args": (images, labels, n, program.log_mask())}
-
-
-def _call(c) -> float:
-    import jax
-
-    t0 = time.perf_counter()
-    c["state"], m = c["fn"](c["state"], *c["args"])
-    jax.block_until_ready((c["state"], m))
-    return (time.perf_counter() - t0) * 1000 / STEPS_PER_CALL
-
-
 def measure(workload: str, rounds: int) -> dict:
     """ms/step of each optimizer and its ratio to SGD; prelu_prior against SGD on the PReLU model."""
     model, batch = WORKLOADS[workload]
     prelu = model | {"activation": "prelu"}
-    cases = {name: _compiled(prelu if name == "prelu_prior" else model, batch, optim)
+    cases = {name: normjax_call(prelu if name == "prelu_prior" else model, batch, [], optim)
              for name, optim in OPTIMIZERS.items()}
-    cases["sgd_prelu_model"] = _compiled(prelu, batch, OPTIMIZERS["sgd"])
-    for c in cases.values():  # warm-up call each
-        _call(c)
-    times = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, c in cases.items():
-            times[name].append(_call(c))
-    out = {}
-    for name, ts in times.items():
-        base = times["sgd_prelu_model" if name == "prelu_prior" else "sgd"]
-        out[name] = {"median_ms": statistics.median(ts), "min_ms": min(ts),
-                     "ratio_vs_sgd": statistics.median(t / b for t, b in zip(ts, base, strict=True)),
-                     "samples_ms": ts}
-    return out
+    cases["sgd_prelu_model"] = normjax_call(prelu, batch, [], OPTIMIZERS["sgd"])
+    return round_robin(cases, rounds, lambda name: "sgd_prelu_model" if name == "prelu_prior" else "sgd")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         results["workloads"][w] = res = measure(w, rounds)
         print(f"{w}:")
         for name, r in res.items():
-            print(f"  {name:18s} {r['median_ms']:8.1f} ms/step   x{r['ratio_vs_sgd']:.3f} vs sgd")
+            print(f"  {name:18s} {r['median_ms']:8.1f} ms/step   x{r['ratio']:.3f} vs {r['baseline']}")
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
     return 0

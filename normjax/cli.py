@@ -1,4 +1,5 @@
-"""`normjax` command line: train, eval, sweep, results, plot (and `python -m normjax`).
+"""`normjax` command line: train, eval, sweep, results, plot, and the studies' commands
+(`python -m normjax` too).
 
 Bad input ends with one line `error: ...` and exit code 2; a diverged run exits 3.
 """
@@ -45,10 +46,28 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--y", default="test_accuracy", help="final metric, e.g. test_accuracy")
     f.add_argument("--hue", help="varied key drawn as separate lines")
     f.add_argument("--log-x", action="store_true")
+    for name, (_, _, text) in STUDY_COMMANDS.items():  # their own parsers read the rest of the line
+        sub.add_parser(name, help=text, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
+# Study commands: (module, entry function, help). Each entry parses its own arguments.
+STUDY_COMMANDS = {
+    "elr-plot": ("normjax.studies.elr_figures", "elr_plot_main",
+                 "ELR figures of a run (per-layer heatmap, lines, spread) or a sweep (spread, accuracy vs spread)"),
+    "explode": ("normjax.studies.explosion", "explode_main",
+                "gradient explosion at init: per-layer gradient norms over depth, plain vs residual"),
+    "ode": ("normjax.studies.ode", "ode_main",
+            "the weight-dynamics model's prediction against a run's (or sweep's) measured ELRs, or alone"),
+}
+
+
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in STUDY_COMMANDS:
+        import importlib
+        module, fn, _ = STUDY_COMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), fn)(argv[1:])
     args = _parser().parse_args(argv)
     from normjax.config import load_config
     from normjax.parallel import maybe_initialize_distributed

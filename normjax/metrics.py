@@ -99,8 +99,19 @@ def _elr_summary(rows: list[dict], cfg: dict) -> dict[str, float]:
 
 
 def mean_log_spread(rows: Iterable[dict], before_step: int | None = None) -> float:
-    """Mean of log10(`elr_spread`) over logged rows (those with step < `before_step` if given);
-    non-finite values are skipped; NaN when none is left."""
+    """Run-level mean of log10 `elr_spread` over logged rows, skipping non-finite values.
+
+    Args:
+      rows: `metrics.jsonl` rows (dicts with `step` and `elr_spread`; values may be "nan"/"inf").
+      before_step: if given, only rows with `step < before_step` count (the early window).
+
+    Returns:
+      The mean of log10 spread, or NaN when no row has a finite positive spread.
+
+    Example:
+      >>> mean_log_spread([{"step": 0, "elr_spread": 100.0}, {"step": 1, "elr_spread": 10.0}])
+      1.5
+    """
     vals = []
     for r in rows:
         v = r.get("elr_spread")

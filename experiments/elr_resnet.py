@@ -1,0 +1,28 @@
+"""The ELR study's base run: a CIFAR ResNet v1 (with or without shortcuts) logging per-layer
+effective learning rates every step of early training (`log.metrics=["elr"]`).
+
+Constant LR, no warm-up and no weight decay, so the weight-dynamics model (`normjax ode RUNDIR`)
+applies as stated; sweeps set other values. smoke: ResNet-20 on the embedded digits data, 150
+steps; full: ResNet-56 on CIFAR-10, the first 2000 steps logged densely, then every epoch.
+
+    normjax train experiments/elr_resnet.py --set model.shortcut=false
+    normjax elr-plot runs/elr_resnet && normjax ode runs/elr_resnet
+"""
+
+
+def get_config(size: str) -> dict:
+    cfg = {
+        "model": {"name": "resnet", "depth": 20, "shortcut": True},
+        "data": {"name": "digits"},
+        "optim": {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0},
+        "train": {"batch_size": 128, "steps": 150, "steps_per_dispatch": 10},
+        "log": {"dense_steps": 150, "every": 10, "metrics": ["elr"]},
+        "checkpoint": {"every": 150},
+    }
+    if size == "full":
+        cfg["model"]["depth"] = 56
+        cfg["data"] = {"name": "cifar10", "crop_padding": 4, "flip": True}
+        cfg["train"].update(steps=0, epochs=160.0, steps_per_dispatch=50)
+        cfg["log"].update(dense_steps=2000, every=390)
+        cfg["checkpoint"] = {"every": 2000, "keep": 3}
+    return cfg

@@ -1,0 +1,24 @@
+"""Early-training ELR trajectories over LR x depth x momentum, plain vs residual (the ELR study).
+
+Every run logs per-layer ELRs each step of its dense window; `make sweep-elr_trajectories` then
+draws the spread over steps per setting (`normjax elr-plot`) and compares each run with the
+weight-dynamics model's prediction (`normjax ode`). smoke: ResNet-8/14 on digits, 100 steps;
+full: ResNet-20/56/110 on CIFAR-10, the first 2000 steps, weight decay 0 and 5e-4.
+"""
+
+
+def get_sweep(size: str) -> dict:
+    if size == "full":
+        return {
+            "base": "elr_resnet.py",
+            "grid": {"optim.lr": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "model.depth": [20, 56, 110],
+                     "optim.momentum": [0.0, 0.9], "model.shortcut": [True, False],
+                     "optim.weight_decay": [0.0, 5e-4]},
+            "set": {"train.epochs": 0.0, "train.steps": 2000, "log.every": 100},
+        }
+    return {
+        "base": "elr_resnet.py",
+        "grid": {"optim.lr": [0.03, 0.3, 3.0], "model.depth": [8, 14], "optim.momentum": [0.0, 0.9],
+                 "model.shortcut": [True, False]},
+        "set": {"train.steps": 100, "log.dense_steps": 100},
+    }

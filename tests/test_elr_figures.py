@@ -1,0 +1,165 @@
+"""ELR figures of a run and a sweep, on hand-written run directories (no training)."""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from normjax.errors import UserError
+from normjax.metrics import mean_log_spread
+from normjax.studies.elr_figures import elr_plot_main, read_run, run_figures, sweep_figures
+
+LAYERS = [{"name": "conv0", "depth": 0, "scale_invariant": True},
+          {"name": "conv1", "depth": 1, "scale_invariant": True},
+          {"name": "dense", "depth": 2, "scale_invariant": False}]
+DENSE = 20
+STEPS = list(range(DENSE)) + list(range(DENSE, DENSE + 50, 5))  # 30 logged rows: dense, then every 5
+
+
+def elr_rows(lr: float, shortcut: bool, seed: int, diverge_at: int | None = None) -> list[dict]:
+    """Rows whose ELRs relax like E_l(t) = (E_l(0)^-2 + 2t)^-1/2, the gradient-flow solution."""
+    e0 = [lr * (2.0 if shortcut else 30.0), lr, lr * 0.5 * (1 + seed / 10)]
+    rows = []
+    for t in STEPS:
+        if diverge_at is not None and t > diverge_at:
+            break
+        e = [(x ** -2 + 2 * t) ** -0.5 for x in e0]
+        spread = max(e[:2]) / min(e[:2])
+        row = {"step": t, "epoch": t / 50, "wall_time": 0.01 * t, "loss": 2.0 / (t + 1), "accuracy": 0.5,
+               "lr": lr, "w_norm": [1.0 + t / 10] * 3, "g_norm": [x / lr for x in e], "base_grad": [0.3] * 3,
+               "layer_lr": [lr] * 3, "elr": e, "elr_classic": [lr / 4] * 3, "rel_step": e,
+               "cos_gw": [0.0, 0.0, 0.2], "elr_spread": spread, "elr_log_std": abs(math.log10(e[0] / e[1])) / 2}
+        rows.append(row)
+    if diverge_at is not None:
+        rows[-1] |= {"loss": "nan", "elr": ["nan", "nan", "inf"], "elr_spread": "nan", "elr_log_std": "nan"}
+    rows[3]["elr"] = [rows[3]["elr"][0], "nan", rows[3]["elr"][2]]  # a non-finite value in the middle
+    return rows
+
+
+def write_run(d: Path, lr: float = 0.1, shortcut: bool = False, seed: int = 0, status: str = "done",
+              elr: bool = True, summary_spreads: bool = True) -> Path:
+    d.mkdir(parents=True)
+    cfg = {"model": {"name": "resnet", "depth": 8, "shortcut": shortcut}, "data": {"name": "digits"},
+           "optim": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 0.0},
+           "train": {"seed": seed}, "log": {"dense_steps": DENSE, "every": 5}}
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "layers.json").write_text(json.dumps(LAYERS))
+    rows = elr_rows(lr, shortcut, seed, diverge_at=12 if status == "diverged" else None)
+    if not elr:
+        rows = [{k: r[k] for k in ("step", "epoch", "wall_time", "loss", "accuracy", "lr")} for r in rows]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 99, "lo')  # torn line
+    summary = {"status": status, "step": rows[-1]["step"]}
+    if status == "done":
+        summary |= {"test_accuracy": 0.9 - 0.1 * (not shortcut) - 0.05 * lr + 0.01 * seed, "test_loss": 0.3}
+    if elr and summary_spreads:
+        summary |= {"elr_log_spread_early": mean_log_spread(rows, DENSE), "elr_log_spread": mean_log_spread(rows)}
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def run_name(lr, shortcut, seed):
+    return f"lr={lr:g}-shortcut={'true' if shortcut else 'false'}-seed={seed}"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """2 LRs x 2 shortcut x 2 seeds: one run diverged, one missing, one without spreads in its summary."""
+    root = tmp_path_factory.mktemp("elr_sweep")
+    runs = []
+    for lr, shortcut, seed in itertools.product([0.1, 1.0], [True, False], [0, 1]):
+        name = run_name(lr, shortcut, seed)
+        runs.append({"name": name, "overrides": {"optim.lr": lr, "model.shortcut": shortcut, "train.seed": seed}})
+        if (lr, shortcut, seed) == (0.1, True, 1):
+            continue  # missing: listed in sweep.json, never started
+        status = "diverged" if (lr, shortcut, seed) == (1.0, False, 1) else "done"
+        write_run(root / name, lr, shortcut, seed, status, summary_spreads=(lr, seed) != (1.0, 0))
+    (root / "sweep.json").write_text(json.dumps({"spec": "experiments/sweep_elr.py", "size": "smoke",
+                                                 "varied": ["optim.lr", "model.shortcut", "train.seed"],
+                                                 "runs": runs}))
+    return root
+
+
+def assert_written(paths, names):
+    assert [p.name for p in paths] == names
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 0
+
+
+def test_mean_log_spread_is_the_mean_of_finite_log10_spreads():
+    rows = [{"step": 0, "elr_spread": 10.0}, {"step": 1, "elr_spread": "100"}, {"step": 2, "elr_spread": "nan"},
+            {"step": 3, "elr_spread": "inf"}, {"step": 4}, {"step": 5, "elr_spread": 1000.0},
+            {"step": 6, "elr_spread": 0.0}]
+    assert mean_log_spread(rows) == (1.0 + 2.0 + 3.0) / 3
+    assert mean_log_spread(rows, before_step=2) == 1.5
+    assert math.isnan(mean_log_spread(rows, before_step=0))
+    assert math.isnan(mean_log_spread([{"step": 0, "elr_spread": "nan"}]))
+
+
+def test_mean_log_spread_of_a_run_matches_hand_computation(tmp_path):
+    run = read_run(write_run(tmp_path / "run", status="diverged"))
+    logs = [math.log10(r["elr_spread"]) for r in run.rows if r["elr_spread"] != "nan"]
+    assert len(logs) == 12  # steps 0..11 finite, step 12 diverged (nan)
+    assert mean_log_spread(run.rows) == pytest.approx(sum(logs) / len(logs), rel=1e-15)
+
+
+def test_read_run_orders_layers_by_depth_and_parses_nan(tmp_path):
+    d = write_run(tmp_path / "run")
+    # layers.json (and so each metric list) in reverse depth order: the figures sort by "depth".
+    (d / "layers.json").write_text(json.dumps(LAYERS[::-1]))
+    run = read_run(d)
+    assert run.names == ["conv0", "conv1", "dense"]
+    assert list(run.scale_invariant) == [True, True, False]
+    elr = run.layer_values("elr")
+    assert elr.shape == (len(STEPS), 3) and math.isnan(elr[3, 1])
+    assert elr[0, 0] == pytest.approx(0.05) and elr[0, 2] == pytest.approx(3.0)  # list entries 2 and 0
+
+
+def test_run_figures_write_png_and_pdf(tmp_path):
+    d = write_run(tmp_path / "run", status="diverged")
+    paths = run_figures(d)
+    assert_written(paths, ["elr_heatmap.png", "elr_heatmap.pdf", "elr_layers.png", "elr_layers.pdf",
+                           "elr_spread.png", "elr_spread.pdf"])
+    assert paths[0].parent == d / "figures"
+
+
+def test_sweep_figures_handle_diverged_and_missing_runs(sweep):
+    paths = sweep_figures(sweep)  # default hue: optim.lr, the first varied key other than the seed
+    assert_written(paths, ["elr_spread_by_lr.png", "elr_spread_by_lr.pdf",
+                           "accuracy_vs_spread_by_lr.png", "accuracy_vs_spread_by_lr.pdf"])
+    assert paths[0].parent == sweep / "figures"
+
+
+def test_elr_plot_main_prints_written_paths(sweep, tmp_path, capsys):
+    assert elr_plot_main([str(sweep), "--hue", "shortcut", "--out", str(tmp_path / "figs")]) == 0
+    printed = [Path(p) for p in capsys.readouterr().out.split()]
+    assert_written(printed, ["elr_spread_by_shortcut.png", "elr_spread_by_shortcut.pdf",
+                             "accuracy_vs_spread_by_shortcut.png", "accuracy_vs_spread_by_shortcut.pdf"])
+    assert all(p.parent == tmp_path / "figs" for p in printed)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("neither", "neither a run directory"),
+    ("no_elr", 'log.metrics=["elr"]'),
+    ("bad_key", "allowed: elr, elr_classic"),
+    ("hue_on_run", "applies to a sweep directory"),
+    ("bad_hue", "not a varied key"),
+    ("sweep_without_elr", 'log.metrics=["elr"]'),
+])
+def test_elr_plot_main_errors_are_one_line(tmp_path, sweep, case, needle):
+    run = write_run(tmp_path / "run")
+    argv = {
+        "neither": [str(tmp_path)],
+        "no_elr": [str(write_run(tmp_path / "plain", elr=False))],
+        "bad_key": [str(run), "--key", "cos_gw"],
+        "hue_on_run": [str(run), "--hue", "lr"],
+        "bad_hue": [str(sweep), "--hue", "depth"],
+        "sweep_without_elr": [str(tmp_path / "sw")],
+    }[case]
+    if case == "sweep_without_elr":
+        write_run(tmp_path / "sw" / "a", elr=False)
+        (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"varied": [], "runs": [{"name": "a", "overrides": {}}]}))
+    with pytest.raises(UserError) as e:
+        elr_plot_main(argv)
+    assert needle in str(e.value) and "\n" not in str(e.value)
