@@ -257,3 +257,19 @@ def test_ambiguous_short_name(tmp_path):
     (root / "sweep.json").write_text(json.dumps({"varied": ["model.width", "data.width", "train.seed"], "runs": runs}))
     msg = one_line_error(plot_sweep, root, x="width", y="test_accuracy")
     assert "ambiguous" in msg and "model.width" in msg and "data.width" in msg
+
+
+def test_hook_summaries_become_columns(sweep):
+    """Values a metric hook adds to summary.json (here the ELR hook's) are collected, averaged, shown."""
+    for d in sweep.iterdir():
+        f = d / "summary.json"
+        if f.exists() and json.loads(f.read_text())["status"] == "done":
+            s = json.loads(f.read_text())
+            s["elr_log_spread"] = s["train.seed"] if "train.seed" in s else float(d.name.split("seed=")[1][0])
+            f.write_text(json.dumps(s))
+    rows = collect(sweep)
+    assert sum(r.get("elr_log_spread") is not None for r in rows) == 8  # the done runs
+    g = next(g for g in aggregate(rows) if g["model.depth"] == 8 and g["model.shortcut"] is True)
+    assert g["n"] == 3 and g["elr_log_spread_mean"] == pytest.approx(1.0) and g["elr_log_spread_std"] == pytest.approx(1.0)
+    table = report(sweep)
+    assert "elr_log_spread" in table.splitlines()[1] and "1.0000 ± 1.0000" in table

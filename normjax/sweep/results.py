@@ -203,8 +203,20 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict]:
             if row["status"] == "diverged":
                 row["message"] = str(summary.get("message", ""))
             row["final_batch_loss"] = _last_logged_loss(rundir / "metrics.jsonl")
+            # Values the run's metric hooks summarized (normjax.metrics.register_metric(summary=...)).
+            row.update({k: _number(v) for k, v in summary.items()
+                        if k not in row and k not in _NOT_METRICS and _number(v) is not None})
         rows.append(row)
     return rows
+
+
+_NOT_METRICS = ("status", "total_steps", "epochs", "error", "message")
+
+
+def hook_metrics(rows: list[dict]) -> list[str]:
+    """The summary values of metric hooks that `collect` rows carry (e.g. `elr_log_spread`), sorted."""
+    known = {"name", "status", "error", "message", *METRICS}
+    return sorted({k for r in rows for k in r if "." not in k and k not in known})
 
 
 def varied_keys(rows: list[dict]) -> list[str]:
@@ -247,6 +259,7 @@ def aggregate(rows: list[dict], over: str | None = "train.seed") -> list[dict]:
     keys = varied_keys(rows)
     over = resolve_over(over, keys)
     by = [k for k in keys if k != over]
+    extra = hook_metrics(rows)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(group_id(row[k]) for k in by), []).append(row)
@@ -257,7 +270,7 @@ def aggregate(rows: list[dict], over: str | None = "train.seed") -> list[dict]:
         g["n"], g["runs"] = len(done), len(members)
         for s in STATUSES:
             g[s] = sum(r["status"] == s for r in members)
-        for m in METRICS:
+        for m in (*METRICS, *extra):
             g[f"{m}_mean"], g[f"{m}_std"] = _mean_std([r.get(m) for r in done if r.get(m) is not None])
         out.append(g)
     out.sort(key=lambda g: tuple(sort_key(g[k]) for k in by))
@@ -322,15 +335,16 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
     agg = aggregate(rows, over=over_key)
     by = [k for k in keys if k != over_key]
 
-    run_cols = ["name", "status", *keys, *SUMMARY_METRICS, "final_batch_loss", "error", "message"]
-    agg_cols = [*by, "n", "runs", *STATUSES] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    extra = hook_metrics(rows)
+    run_cols = ["name", "status", *keys, *SUMMARY_METRICS, "final_batch_loss", *extra, "error", "message"]
+    agg_cols = [*by, "n", "runs", *STATUSES] + [f"{m}_{s}" for m in (*METRICS, *extra) for s in ("mean", "std")]
     _write_csv(path / "results.csv", rows, run_cols)
     _write_csv(path / "results_agg.csv", agg, agg_cols)
 
     short = short_names(keys)
-    header = [short[k] for k in by] + ["test_accuracy", "test_loss", "train_accuracy", "runs"]
-    body = [[fmt_value(g[k]) for k in by]
-            + [_pm(g[f"{m}_mean"], g[f"{m}_std"], g["n"]) for m in ("test_accuracy", "test_loss", "train_accuracy")]
+    shown = ("test_accuracy", "test_loss", "train_accuracy", *extra)
+    header = [short[k] for k in by] + [*shown, "runs"]
+    body = [[fmt_value(g[k]) for k in by] + [_pm(g[f"{m}_mean"], g[f"{m}_std"], g["n"]) for m in shown]
             + [status_text(g)] for g in agg]
     # Numeric key columns read best right-aligned; metric columns stay left-aligned so the means line up.
     right = {i for i, k in enumerate(by) if all(sort_key(g[k])[0] == 0 for g in agg)}
