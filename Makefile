@@ -16,9 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the offline embedded data (scikit-learn digits): a deep BN ResNet.
+# The main job on the offline embedded data (scikit-learn digits): the ELR study in small. A deep
+# plain BN ResNet and its residual twin, per-layer ELR figures, and the weight-dynamics model's
+# prediction against the measurement (figures under $(WORKDIR)/demo/*/figures and .../demo/figures).
 demo: $(STAMP)
-	$(BIN)/normjax train experiments/resnet_digits.py --size $(SIZE) --workdir $(WORKDIR)/demo
+	$(BIN)/normjax sweep experiments/sweep_elr_demo.py --size $(SIZE) --workdir $(WORKDIR)/demo
+	$(BIN)/normjax results $(WORKDIR)/demo
+	$(BIN)/normjax elr-plot $(WORKDIR)/demo
+	$(BIN)/normjax ode $(WORKDIR)/demo
+	for r in $(WORKDIR)/demo/*/config.json; do $(BIN)/normjax elr-plot $$(dirname $$r) || exit 1; done
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x

@@ -62,3 +62,19 @@ def test_ode_needs_elr_metrics(tmp_path):
     train(small_config(train={"steps": 4}), tmp_path / "run", progress=False)  # default hooks: layer_norms
     with pytest.raises(UserError, match='log.metrics=\\["elr"\\]'):
         compare_run(tmp_path / "run")
+
+
+def test_ode_on_a_sweep_writes_errors_and_figures(sgd_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sgd_run, sweep / "lr=0.3")
+    (sweep / "sweep.json").write_text(json.dumps({"runs": [{"name": "lr=0.3", "overrides": {"optim.lr": 0.3}},
+                                                           {"name": "missing", "overrides": {"optim.lr": 1.0}}],
+                                                  "varied": ["optim.lr"]}))
+    assert cli(["ode", str(sweep)]) == 0
+    assert "lr=0.3: spread error" in capsys.readouterr().out
+    lines = (sweep / "figures" / "ode_discrete_errors.csv").read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("lr=0.3,0.3,16,")
+    assert (sweep / "figures" / "ode_discrete_spread.png").stat().st_size > 0

@@ -169,7 +169,7 @@ def compare_sweep(sweepdir: str | os.PathLike, model: str = "discrete", out: Pat
     path, meta = load_sweep(sweepdir)
     results, paths = [], []
     for row in collect(path):
-        rundir = path / row["run"]
+        rundir = path / row["name"]
         try:
             c = compare_run(rundir, model)
         except UserError:
@@ -187,7 +187,7 @@ def compare_sweep(sweepdir: str | os.PathLike, model: str = "discrete", out: Pat
                      "median_norm_err_model", "median_elr_err_model", "mean_log_spread_measured",
                      "mean_log_spread_model"])
         for row, c in results:
-            wr.writerow([row["run"], *[row.get(k, "") for k in meta["varied"]], len(c.steps),
+            wr.writerow([row["name"], *[row.get(k, "") for k in meta["varied"]], len(c.steps),
                          c.spread_error["model"], c.spread_error["replay"], float(np.median(c.norm_error["model"])),
                          float(np.median(c.elr_error["model"])), float(np.mean(np.log10(c.measured["spread"]))),
                          float(np.mean(np.log10(c.predicted["model"]["spread"])))])
@@ -284,7 +284,7 @@ def ode_main(argv: list[str]) -> int:
     if (d / "sweep.json").is_file():
         results, paths = compare_sweep(d, args.model, args.out)
         for row, c in results:
-            print(f"{row['run']}: spread error {c.spread_error['model']:.3f} dex (model), "
+            print(f"{row['name']}: spread error {c.spread_error['model']:.3f} dex (model), "
                   f"{c.spread_error['replay']:.1e} (measured-gradient replay)")
     else:
         c = compare_run(d, args.model, args.steps)

@@ -1,0 +1,13 @@
+"""`make demo`: the ELR study in minutes on 2 CPU cores. A deep plain BN ResNet and its residual
+twin on the embedded digits data, per-layer ELRs logged every step (constant LR, no momentum or
+weight decay, so the weight-dynamics model applies as stated); then their figures and the model's
+prediction next to the measurement. full: ResNet-110 on CIFAR-10, the first 2000 steps.
+"""
+
+
+def get_sweep(size: str) -> dict:
+    if size == "full":
+        return {"base": "elr_resnet.py", "grid": {"model.shortcut": [False, True]},
+                "set": {"model.depth": 110, "train.epochs": 0.0, "train.steps": 2000, "log.every": 100}}
+    return {"base": "elr_resnet.py", "grid": {"model.shortcut": [False, True]},
+            "set": {"model.depth": 32, "optim.lr": 0.3}}
