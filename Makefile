@@ -62,9 +62,10 @@ sweep-%: $(STAMP)
 	$(BIN)/normjax plot $(WORKDIR)/sweep-$*-$(SIZE) --y test_accuracy $(or $(SWEEP_PLOTS_$*),--x train.seed)
 	$(foreach c,$(SWEEP_AFTER_$*),$(BIN)/normjax $(c) $(WORKDIR)/sweep-$*-$(SIZE) &&) true
 
-# Gradient explosion at init over depth, plain vs residual (the ELR study).
+# Gradient explosion at init over depth: BN-ReLU MLPs, and ResNets plain vs residual (the ELR study).
 explode: $(STAMP)
-	$(BIN)/normjax explode experiments/explode_depth.py --size $(SIZE) --out $(WORKDIR)/explode-$(SIZE)
+	$(BIN)/normjax explode experiments/explode_depth.py --size $(SIZE) --out $(WORKDIR)/explode-mlp-$(SIZE)
+	$(BIN)/normjax explode experiments/explode_resnet.py --size $(SIZE) --out $(WORKDIR)/explode-resnet-$(SIZE)
 
 SHARD_ARG = $(if $(SHARD),--shard $(SHARD),)
 

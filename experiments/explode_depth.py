@@ -1,29 +1,18 @@
-"""Gradient explosion at init over depth (science.md §1): per-layer ||grad_{w_l} L||² of BN nets.
+"""Gradient explosion at init over depth, BN-ReLU MLPs (science.md §1): per-layer
+||grad_{w_l} L||² and its fitted growth per layer against the mean-field pi/(pi-1).
 
-Run:
-  normjax explode experiments/explode_depth.py                  # smoke: BN-ReLU MLPs on digits
-  normjax explode experiments/explode_depth.py --size full      # CIFAR-10 ResNets, plain vs residual
-  normjax explode experiments/explode_depth.py --depths 4,8,16,32 --set model.width=512 --out runs/explode
-(or, from Python, `normjax.studies.explosion.explode_main([...])`). Writes explosion.json and the
-figures explosion_layers / explosion_factor (PNG and PDF) to --out (default runs/explode_depth).
+  normjax explode experiments/explode_depth.py [--size full] [--depths 4,8,16,32] [--out DIR]
+  make explode     # this and experiments/explode_resnet.py (plain vs residual)
 
-smoke: a plain BN-ReLU MLP of width 256 on the offline digits data, batch 256, depths 4-32;
-full: CIFAR ResNet v1 with and without shortcuts on CIFAR-10 (prepare the data first, see
-README), batch 128, depths 20/32/56/110. Nothing is trained: only `model`, `data` and
-`train.batch_size` are read.
+smoke: width 256 on the offline digits data, batch 256, depths 4-32; full: width 1024 on CIFAR-10
+(prepare the data first, see README), batch 512, depths 10-100. Nothing is trained: only `model`,
+`data` and `train.batch_size` are read.
 """
 
 
 def get_config(size: str) -> dict:
-    cfg = {
-        "model": {"name": "mlp", "depth": 16, "width": 256},
-        "data": {"name": "digits"},
-        "train": {"batch_size": 256},
-    }
     if size == "full":
-        cfg = {
-            "model": {"name": "resnet", "depth": 56, "width": 16},
-            "data": {"name": "cifar10"},
-            "train": {"batch_size": 128},
-        }
-    return cfg
+        return {"model": {"name": "mlp", "depth": 20, "width": 1024}, "data": {"name": "cifar10"},
+                "train": {"batch_size": 512}}
+    return {"model": {"name": "mlp", "depth": 16, "width": 256}, "data": {"name": "digits"},
+            "train": {"batch_size": 256}}
