@@ -36,7 +36,7 @@ class MLP(nnx.Module):
         kw = dict(act=activation, prelu_init=prelu_init,
                   bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups), dtype=dtype, rngs=rngs)
         self.depth = depth
-        self.hidden = Stack(Hidden(in_features, width, **kw), lambda: Hidden(width, width, **kw), depth)
+        self.hidden = Stack(Hidden(in_features, width, **kw), lambda: Hidden(width, width, **kw), depth, unroll=True)
         self.head = nnx.Linear(width, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -207,11 +207,22 @@ class Program:
         x = self.preprocess(images[idx], jax.random.fold_in(jax.random.fold_in(key, 2), t))
         (loss, (stats, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             state.params, state.batch_stats, x, labels[idx])
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & ~state.diverged
-        new = state.replace(step=t + 1, params=params, batch_stats=stats, opt_state=opt_state)
-        new = jax.tree.map(lambda a, o: jnp.where(ok, a, o), new, state).replace(diverged=~ok)
+        keep_updates = bool(self.metric_names)  # only hooks read the updates: else none are kept
+
+        def apply(_):
+            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+            return optax.apply_updates(state.params, updates), opt_state, updates if keep_updates else None
+
+        def hold(_):  # a non-finite loss or gradient: the state stays as it was
+            zeros = jax.tree.map(jnp.zeros_like, state.params) if keep_updates else None
+            return state.params, state.opt_state, zeros
+
+        # A cond rather than a select over the whole state: an unvectorized step makes no extra
+        # pass over parameters and optimizer state (vmapped, it lowers to the select anyway).
+        params, opt_state, updates = jax.lax.cond(ok, apply, hold, None)
+        new = state.replace(step=jnp.where(ok, t + 1, t), params=params, opt_state=opt_state, diverged=~ok,
+                            batch_stats=jax.tree.map(lambda a, o: jnp.where(ok, a, o), stats, state.batch_stats))
         m = {"step": t, "loss": loss, "accuracy": acc}
         m.update(optimizer_metrics(opt_state, current_lr(state.opt_state, self.schedule, t) if self.has_lr else None))
         if self.metric_names:
