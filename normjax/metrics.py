@@ -24,7 +24,7 @@ import optax
 
 from normjax import transforms
 from normjax.errors import UserError
-from normjax.models.structure import LayerInfo, get_path, per_layer
+from normjax.models.structure import LayerInfo, get_path, per_layer, per_layer_sums
 
 
 class StepInfo(NamedTuple):
@@ -32,7 +32,7 @@ class StepInfo(NamedTuple):
 
     params: Any        # parameters the gradient was taken at (w_t)
     grads: Any         # gradient of the batch loss at w_t (no weight-decay term)
-    updates: Any       # the optimizer's update
+    updates: Any       # the step taken, w_{t+1} - w_t (zero where the step was held on divergence)
     opt_state: Any     # optimizer state after the update
     layers: list[LayerInfo]
     lr: jax.Array | None = None  # the global LR applied at this step (None: the optimizer has none)
@@ -63,9 +63,10 @@ def register_metric(name: str, summary: Summary | None = None):
 @register_metric("layer_norms")
 def layer_norms(info: StepInfo) -> dict[str, jax.Array]:
     """Per-layer ||w_l|| and ||g_l|| (kernels), and the global norms big_vision logs."""
+    w2, g2 = per_layer_sums((info.params, info.grads), info.layers, lambda w, g: (w * w, g * g))
     return {
-        "w_norm": jnp.sqrt(per_layer(info.params, info.layers)),
-        "g_norm": jnp.sqrt(per_layer(info.grads, info.layers)),
+        "w_norm": jnp.sqrt(w2),
+        "g_norm": jnp.sqrt(g2),
         "l2_params": optax.tree.norm(info.params),
         "l2_grads": optax.tree.norm(info.grads),
         "l2_updates": optax.tree.norm(info.updates),
@@ -144,11 +145,8 @@ def elr(info: StepInfo) -> dict[str, jax.Array]:
       (arXiv:1706.05350).
     """
     layers = info.layers
-    w2 = per_layer(info.params, layers)
-    g2 = per_layer(info.grads, layers)
-    d2 = per_layer(info.updates, layers)
-    gw = per_layer(jax.tree.map(lambda g, w: g.astype(jnp.float32) * w.astype(jnp.float32), info.grads, info.params),
-                   layers, reduce=jnp.sum)
+    w2, g2, gw, d2 = per_layer_sums((info.params, info.grads, info.updates), layers,
+                                    lambda w, g, d: (w * w, g * g, g * w, d * d))
     w, g, lr = jnp.sqrt(w2), jnp.sqrt(g2), layer_lr(info)
     e = lr * g / w
     si = np.array([l.scale_invariant for l in layers])

@@ -15,7 +15,7 @@ from normjax.models.layers import ACTIVATIONS, BatchNorm, ChannelPReLU
 from normjax.models.mlp import MLP
 from normjax.models.plain_cnn import PlainCNN
 from normjax.models.resnet import ResNet
-from normjax.models.structure import LayerInfo, layer_axes, per_layer, prelu_mask, scale_invariant_mask
+from normjax.models.structure import LayerInfo, layer_axes, per_layer, per_layer_sums, prelu_mask, scale_invariant_mask
 
 MODELS = ("mlp", "plain_cnn", "resnet")
 
@@ -54,4 +54,4 @@ def build_model(cfg: dict, *, num_classes: int, image_shape: tuple[int, int, int
 
 
 __all__ = ["MODELS", "BatchNorm", "ChannelPReLU", "LayerInfo", "MLP", "PlainCNN", "ResNet", "build_model",
-           "check_model_config", "layer_axes", "per_layer", "prelu_mask", "scale_invariant_mask"]
+           "check_model_config", "layer_axes", "per_layer", "per_layer_sums", "prelu_mask", "scale_invariant_mask"]

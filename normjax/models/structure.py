@@ -73,21 +73,37 @@ def layer_axes(params: PyTree) -> PyTree:
         is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
 
-def per_layer(tree: PyTree, layers: list[LayerInfo], reduce=lambda x, axes: jnp.sum(jnp.square(x), axes)) -> jax.Array:
-    """Vector `[len(layers)]` of `reduce` over each layer's kernel, in depth order.
+def per_layer_sums(trees: tuple, layers: list[LayerInfo], terms) -> tuple[jax.Array, ...]:
+    """Per-layer sums of elementwise terms of several trees, in depth order: one pass per leaf.
 
-    Each distinct leaf is reduced once (a stacked leaf over all but axis 0), then the entries are
-    gathered into layer order, so the cost does not grow with a Python loop over depth.
+    `terms(*leaves)` gets the float32 leaves of `trees` at one kernel path and returns a tuple of
+    elementwise arrays of that shape; the result holds, per term, a vector `[len(layers)]` of its
+    sums over each layer. All terms of a leaf are reduced together (an XLA variadic reduce over
+    the last axis, then a sum over the rest), so the leaf is read once however many terms there
+    are; a stacked leaf is reduced per layer along axis 0.
+
+    Example:
+      >>> w2, gw = per_layer_sums((params, grads), layers, lambda w, g: (w * w, g * w))
     """
     paths = sorted({l.path for l in layers})
-    pieces, offset, where = [], 0, {}
+    pieces: list[tuple[jax.Array, ...]] = []
+    offset, where = 0, {}
     for path in paths:
-        leaf = get_path(tree, path).astype(jnp.float32)
+        leaves = [get_path(t, path).astype(jnp.float32) for t in trees]
         stacked = any(l.index is not None for l in layers if l.path == path)
-        r = reduce(leaf, tuple(range(1, leaf.ndim))) if stacked else reduce(leaf, None)[None]
-        pieces.append(r.reshape(-1))
+        shape = leaves[0].shape
+        lead = shape[0] if stacked else 1
+        rows = [x.reshape(lead, -1, shape[-1] if len(shape) > int(stacked) else 1) for x in leaves]
+        out = terms(*rows)
+        zeros = tuple(jnp.zeros((), jnp.float32) for _ in out)
+        sums = jax.lax.reduce(tuple(out), zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), (2,))
+        pieces.append(tuple(jnp.sum(x, 1) for x in sums))  # [lead] per term
         where[path] = offset
-        offset += r.size
-    flat = jnp.concatenate(pieces)
+        offset += lead
     order = np.array([where[l.path] + (l.index or 0) for l in layers])
-    return flat[order]
+    return tuple(jnp.concatenate([p[i] for p in pieces])[order] for i in range(len(pieces[0])))
+
+
+def per_layer(tree: PyTree, layers: list[LayerInfo]) -> jax.Array:
+    """Vector `[len(layers)]` of each layer's squared kernel norm, in depth order (`per_layer_sums`)."""
+    return per_layer_sums((tree,), layers, lambda x: (x * x,))[0]

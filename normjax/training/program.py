@@ -208,26 +208,25 @@ class Program:
         (loss, (stats, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             state.params, state.batch_stats, x, labels[idx])
         ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & ~state.diverged
-        keep_updates = bool(self.metric_names)  # only hooks read the updates: else none are kept
 
         def apply(_):
             updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-            return optax.apply_updates(state.params, updates), opt_state, updates if keep_updates else None
-
-        def hold(_):  # a non-finite loss or gradient: the state stays as it was
-            zeros = jax.tree.map(jnp.zeros_like, state.params) if keep_updates else None
-            return state.params, state.opt_state, zeros
+            return optax.apply_updates(state.params, updates), opt_state
 
         # A cond rather than a select over the whole state: an unvectorized step makes no extra
         # pass over parameters and optimizer state (vmapped, it lowers to the select anyway).
-        params, opt_state, updates = jax.lax.cond(ok, apply, hold, None)
+        # On a non-finite loss or gradient the state stays as it was.
+        params, opt_state = jax.lax.cond(ok, apply, lambda _: (state.params, state.opt_state), None)
         new = state.replace(step=jnp.where(ok, t + 1, t), params=params, opt_state=opt_state, diverged=~ok,
                             batch_stats=jax.tree.map(lambda a, o: jnp.where(ok, a, o), stats, state.batch_stats))
         m = {"step": t, "loss": loss, "accuracy": acc}
         m.update(optimizer_metrics(opt_state, current_lr(state.opt_state, self.schedule, t) if self.has_lr else None))
         if self.metric_names:
-            info = metrics_lib.StepInfo(state.params, grads, updates, opt_state, self.layers, m.get("lr"))
-            hooks = lambda: metrics_lib.compute(self.metric_names, info)  # noqa: E731
+            def hooks():  # traced inside the cond: the step w_{t+1} - w_t is formed only on logged steps
+                step = jax.tree.map(jnp.subtract, params, state.params)
+                return metrics_lib.compute(self.metric_names, metrics_lib.StepInfo(
+                    state.params, grads, step, opt_state, self.layers, m.get("lr")))
+
             zeros = lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(hooks))  # noqa: E731
             m.update(jax.lax.cond(logged, hooks, zeros))
         return new, m
