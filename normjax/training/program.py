@@ -195,10 +195,11 @@ class Program:
         return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(base, e), n))(first + jnp.arange(k)), first
 
     def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array,
-                   orders: tuple[jax.Array, jax.Array], logged: jax.Array | bool = True) -> tuple[TrainState, dict]:
+                   orders: tuple[jax.Array, jax.Array], logged: bool = True) -> tuple[TrainState, dict]:
         """One SGD step on the batch the state's step selects from `orders` (`epoch_orders`);
-        stops updating on divergence. The metric hooks run only when `logged` (a `lax.cond`:
-        unlogged steps pay nothing for them; their slots hold zeros)."""
+        stops updating on divergence. The metric hooks run when `logged` (static: the chunk
+        switches between the two versions, so unlogged steps pay nothing for the hooks; their
+        metric slots hold zeros)."""
         b, t, spe = self.batch_size, state.step, self.steps_per_epoch
         key = jax.random.wrap_key_data(state.key)
         perms, first = orders
@@ -208,27 +209,30 @@ class Program:
         (loss, (stats, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             state.params, state.batch_stats, x, labels[idx])
         ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & ~state.diverged
+        lr = current_lr(state.opt_state, self.schedule, t) if self.has_lr else None
+
+        def hooks(opt_state, updates):
+            info = metrics_lib.StepInfo(state.params, grads, updates, opt_state, self.layers,
+                                        optimizer_metrics(opt_state, lr).get("lr"))
+            if logged:
+                return metrics_lib.compute(self.metric_names, info)
+            shapes = jax.eval_shape(lambda: metrics_lib.compute(self.metric_names, info))
+            return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
         def apply(_):
             updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-            return optax.apply_updates(state.params, updates), opt_state
+            # The hooks read w_t and the update before it is applied, so the update stays in place.
+            return optax.apply_updates(state.params, updates), opt_state, hooks(opt_state, updates)
+
+        def hold(_):  # a non-finite loss or gradient: the state stays as it was
+            return state.params, state.opt_state, hooks(state.opt_state, jax.tree.map(jnp.zeros_like, state.params))
 
         # A cond rather than a select over the whole state: an unvectorized step makes no extra
         # pass over parameters and optimizer state (vmapped, it lowers to the select anyway).
-        # On a non-finite loss or gradient the state stays as it was.
-        params, opt_state = jax.lax.cond(ok, apply, lambda _: (state.params, state.opt_state), None)
+        params, opt_state, hooked = jax.lax.cond(ok, apply, hold, None)
         new = state.replace(step=jnp.where(ok, t + 1, t), params=params, opt_state=opt_state, diverged=~ok,
                             batch_stats=jax.tree.map(lambda a, o: jnp.where(ok, a, o), stats, state.batch_stats))
-        m = {"step": t, "loss": loss, "accuracy": acc}
-        m.update(optimizer_metrics(opt_state, current_lr(state.opt_state, self.schedule, t) if self.has_lr else None))
-        if self.metric_names:
-            def hooks():  # traced inside the cond: the step w_{t+1} - w_t is formed only on logged steps
-                step = jax.tree.map(jnp.subtract, params, state.params)
-                return metrics_lib.compute(self.metric_names, metrics_lib.StepInfo(
-                    state.params, grads, step, opt_state, self.layers, m.get("lr")))
-
-            zeros = lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(hooks))  # noqa: E731
-            m.update(jax.lax.cond(logged, hooks, zeros))
+        m = {"step": t, "loss": loss, "accuracy": acc, **optimizer_metrics(opt_state, lr), **hooked}
         return new, m
 
     def _train_chunk(self, state: TrainState, images: jax.Array, labels: jax.Array,
@@ -238,11 +242,18 @@ class Program:
         orders = self.epoch_orders(state, images.shape[0])
         _, m_shape = jax.eval_shape(self.train_step, state, images, labels, orders)
 
+        def skip(s, *_):
+            return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m_shape)
+
+        # 0: past n_active; 1: a step without hooks; 2: a step with them (a whole step per branch:
+        # a cond around just the hooks made XLA copy its operands on every step).
+        branches = [skip, functools.partial(self.train_step, logged=False)]
+        if self.metric_names:
+            branches.append(functools.partial(self.train_step, logged=True))
+
         def body(s, i):
-            def skip(s):
-                return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m_shape)
-            s, m = jax.lax.cond(i < n_active, self.train_step, lambda s, *_: skip(s), s, images, labels, orders,
-                                log_mask[i])
+            which = jnp.where(i < n_active, 1 + (log_mask[i] & bool(self.metric_names)).astype(jnp.int32), 0)
+            s, m = jax.lax.switch(which, branches, s, images, labels, orders)
             return s, m | {"valid": i < n_active}
 
         return jax.lax.scan(body, state, jnp.arange(self.chunk))
