@@ -63,14 +63,17 @@ def register_metric(name: str, summary: Summary | None = None):
 @register_metric("layer_norms")
 def layer_norms(info: StepInfo) -> dict[str, jax.Array]:
     """Per-layer ||w_l|| and ||g_l|| (kernels), and the global norms big_vision logs."""
-    w2, g2 = per_layer_sums((info.params, info.grads), info.layers, lambda w, g: (w * w, g * g))
-    return {
-        "w_norm": jnp.sqrt(w2),
-        "g_norm": jnp.sqrt(g2),
-        "l2_params": optax.tree.norm(info.params),
-        "l2_grads": optax.tree.norm(info.grads),
-        "l2_updates": optax.tree.norm(info.updates),
-    }
+    w2, g2, u2 = per_layer_sums((info.params, info.grads, info.updates), info.layers,
+                                lambda w, g, u: (w * w, g * g, u * u))
+    kernels = {l.path for l in info.layers}  # the global norms add the small non-kernel leaves
+
+    def total(layer_sq: jax.Array, tree: Any) -> jax.Array:
+        rest = [x for p, x in jax.tree_util.tree_leaves_with_path(tree)
+                if tuple(str(getattr(k, "key", k)) for k in p) not in kernels]
+        return jnp.sqrt(jnp.sum(layer_sq) + sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in rest))
+
+    return {"w_norm": jnp.sqrt(w2), "g_norm": jnp.sqrt(g2), "l2_params": total(w2, info.params),
+            "l2_grads": total(g2, info.grads), "l2_updates": total(u2, info.updates)}
 
 
 def layer_lr(info: StepInfo) -> jax.Array:

@@ -86,3 +86,17 @@ def test_summaries_come_from_registered_hooks():
     assert metrics.summarize(["layer_norms", "elr"], rows, cfg) == {"elr_log_spread_early": 1.0,
                                                                     "elr_log_spread": 2.0}
     assert np.isnan(metrics.mean_log_spread([{"step": 0, "elr_spread": "nan"}]))
+
+
+def test_layer_norms_global_norms_equal_optax_tree_norm():
+    import optax
+
+    cfg = small_config(model={"name": "resnet", "depth": 8, "width": 8})
+    program = program_for(cfg, dataset_for(cfg))
+    p = program.init_state(cfg).params
+    g = jax.tree.map(lambda x: x * 0.5 + 1.0, p)
+    u = jax.tree.map(lambda x: x * 0.1, p)
+    out = metrics.layer_norms(metrics.StepInfo(p, g, u, None, program.layers))
+    for key, tree in (("l2_params", p), ("l2_grads", g), ("l2_updates", u)):
+        assert float(out[key]) == pytest.approx(float(optax.tree.norm(tree)), rel=1e-6), key
+    assert out["w_norm"].shape == (len(program.layers),)
