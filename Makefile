@@ -36,11 +36,18 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m benchmarks.bench --out benchmarks/results-cpu.json
 	$(BIN)/python -m benchmarks.transforms_overhead --out benchmarks/results-transforms-cpu.json
+	$(BIN)/python -m benchmarks.metrics_overhead --out benchmarks/results-metrics-cpu.json
 
-# On a GPU machine whose image already has jax[cuda] and torch: no venv, the system python.
+# On a GPU machine whose image already has jax[cuda] and torch: no venv, the system python. Each
+# part is time-limited (the device lease is short) and writes its JSON into GPU_OUT.
+GPU_OUT ?= benchmarks
+GPU_CASES := resnet20_torch_eager resnet20_torch_compile resnet20_flax_plain resnet20_normjax \
+	resnet20_normjax-nometrics resnet20_normjax-bf16 mlp_torch_eager mlp_torch_compile mlp_jax_plain \
+	mlp_normjax mlp_normjax-nometrics resnet56_normjax resnet110_normjax
 bench-gpu:
-	$(PY) -m benchmarks.bench --quick --out benchmarks/results-gpu.json
-	$(PY) -m benchmarks.transforms_overhead --quick --out benchmarks/results-transforms-gpu.json
+	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 250 $(PY) -m benchmarks.bench --warmup 5 --iters 50 --only $(GPU_CASES) --out $(GPU_OUT)/results-gpu.json
+	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 140 $(PY) -m benchmarks.metrics_overhead --out $(GPU_OUT)/results-metrics-gpu.json
+	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 110 $(PY) -m benchmarks.transforms_overhead --out $(GPU_OUT)/results-transforms-gpu.json
 
 # Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|full, WORKDIR=runs), then
 # prints its results table and draws its figure. Adding a sweep: add experiments/sweep_NAME.py and

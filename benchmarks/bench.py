@@ -180,8 +180,9 @@ def _failure(e: BaseException) -> str:
     return f"failed: {type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
-def run_cases(names: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Run the named cases in order; a failing case is recorded, never fatal."""
+def run_cases(names: list[str], args: argparse.Namespace, on_result=None) -> dict[str, dict[str, Any]]:
+    """Run the named cases in order; a failing case is recorded, never fatal. `on_result(results)`
+    is called after each case (the caller writes partial results: a time-limited run keeps them)."""
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -198,6 +199,8 @@ def run_cases(names: list[str], args: argparse.Namespace) -> dict[str, dict[str,
             f"[bench] {name}: {res['status']} in {res['wall_s']:.1f}s", file=sys.stderr, flush=True
         )
         results[name] = res
+        if on_result is not None:
+            on_result(results)
     return results
 
 
@@ -271,22 +274,16 @@ def main(argv: list[str] | None = None) -> int:
 
         jax.config.update("jax_platforms", "cpu")
     names = args.only or list(CASES)
-    results = run_cases(names, args)
-    print(format_table(results, args.baseline))
-    report = {
-        "machine": machine_info(),
-        "settings": {
-            "quick": args.quick,
-            "warmup": args.warmup,
-            "iters": args.iters,
-            "device": args.device,
-            "baseline": args.baseline,
-            "cases": names,
-        },
-        "results": results,
-    }
+    settings = {"quick": args.quick, "warmup": args.warmup, "iters": args.iters, "device": args.device,
+                "baseline": args.baseline, "cases": names}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    def write(results: dict[str, dict[str, Any]]) -> None:
+        report = {"machine": machine_info(), "settings": settings, "results": results}
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    results = run_cases(names, args, on_result=write)
+    print(format_table(results, args.baseline))
     print(f"wrote {args.out}")
     # Failed cases (e.g. torch.compile without a working compiler) show in the table and
     # the JSON but do not fail `make bench`: the remaining numbers are still valid.
