@@ -71,9 +71,14 @@ def test_hooks_run_only_on_logged_slots_and_do_not_change_training():
     mask[[1, 5]] = True
     s_all, m_all = program.run_chunk(stack(program.init_state(cfg)), images, labels, program.chunk)
     s_some, m_some = program.run_chunk(stack(program.init_state(cfg)), images, labels, program.chunk, mask)
-    for a, b in zip(jax.tree.leaves(s_all), jax.tree.leaves(s_some), strict=True):
-        np.testing.assert_array_equal(a, b)  # bitwise: the hooks never touch the state
-    np.testing.assert_array_equal(m_all["loss"], m_some["loss"])
+    leaves_all, leaves_some = jax.tree.leaves(s_all), jax.tree.leaves(s_some)
+    assert len(leaves_all) == len(leaves_some)
+    for a, b in zip(leaves_all, leaves_some, strict=True):
+        if jax.default_backend() == "cpu":
+            np.testing.assert_array_equal(a, b)  # bitwise: the hooks never touch the state
+        else:  # a GPU fuses the step with hooks differently: equal to rounding (2.6e-6 seen on an H200)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m_all["loss"], m_some["loss"], rtol=0 if jax.default_backend() == "cpu" else 1e-5)
     for k in ("elr", "w_norm", "elr_spread", "l2_grads"):
         on, off = np.asarray(m_some[k][0, mask]), np.asarray(m_some[k][0, ~mask])
         np.testing.assert_array_equal(on, np.asarray(m_all[k][0, mask]))
