@@ -58,6 +58,31 @@ def round_robin(cases: dict[str, Callable[[], float]], rounds: int,
             for name, ts in times.items()}
 
 
+def round_robin_main(argv: list[str] | None, description: str, workloads: list[str],
+                     measure: Callable[[str, int], dict], default_out: str) -> int:
+    """The command line of a round-robin benchmark: `--quick` (4 rounds, else 12), `--out`,
+    `--only`; runs `measure(workload, rounds)` per workload, prints ratios, writes the JSON."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="4 rounds instead of 12")
+    p.add_argument("--out", type=Path, default=Path(default_out), help="JSON output")
+    p.add_argument("--only", nargs="+", choices=sorted(workloads), default=sorted(workloads), help="workloads")
+    args = p.parse_args(argv)
+    rounds = 4 if args.quick else 12
+    results = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "rounds": rounds, "workloads": {}}
+    for w in args.only:
+        results["workloads"][w] = res = measure(w, rounds)
+        print(f"{w}:")
+        for name, r in res.items():
+            print(f"  {name:16s} {r['median_ms']:8.2f} ms/step   x{r['ratio']:.3f} vs {r['baseline']}")
+        args.out.write_text(json.dumps(results, indent=1))  # after each workload: a cut run keeps the rest
+    print(f"wrote {args.out}")
+    return 0
+
+
 def time_compile(fn: Callable[[], Any]) -> float:
     """Seconds taken by one call of `fn`; pass the first (compiling) call of a step.
 

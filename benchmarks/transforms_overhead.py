@@ -11,14 +11,10 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
 
 from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH
-from benchmarks.normjax_cases import STEPS_PER_CALL, normjax_call
-from benchmarks.timing import machine_info, round_robin
+from benchmarks.normjax_cases import normjax_call
+from benchmarks.timing import round_robin, round_robin_main
 
 OPTIMIZERS = {
     "sgd": {"name": "sgd"},
@@ -43,22 +39,7 @@ def measure(workload: str, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="3 rounds instead of 12")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results-transforms.json"), help="JSON output")
-    p.add_argument("--only", nargs="+", choices=sorted(WORKLOADS), default=sorted(WORKLOADS), help="workloads")
-    args = p.parse_args(argv)
-    rounds = 3 if args.quick else 12
-    results = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "steps_per_call": STEPS_PER_CALL,
-               "rounds": rounds, "workloads": {}}
-    for w in args.only:
-        results["workloads"][w] = res = measure(w, rounds)
-        print(f"{w}:")
-        for name, r in res.items():
-            print(f"  {name:18s} {r['median_ms']:8.1f} ms/step   x{r['ratio']:.3f} vs {r['baseline']}")
-    args.out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out}")
-    return 0
+    return round_robin_main(argv, __doc__.splitlines()[0], list(WORKLOADS), measure, "benchmarks/results-transforms.json")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training regimes against the ELR spread: no warm-up, linear warm-up, critical-LR warm-up and
 uniform ELR, plain vs residual; final accuracy against the run's mean log10 spread.
 
-smoke: ResNet-20 on digits, 200 steps, 2 seeds; full: ResNet-56/110 on CIFAR-10 with the standard
+smoke: ResNet-14 on digits, 150 steps, 2 seeds; full: ResNet-56/110 on CIFAR-10 with the standard
 160-epoch recipe, 3 seeds. `make sweep-elr_regimes` draws accuracy vs spread (`normjax elr-plot`).
 """
 
@@ -23,6 +23,6 @@ def get_sweep(size: str) -> dict:
         "base": "elr_resnet.py",
         "grid": {"model.shortcut": [True, False], "train.seed": [0, 1]},
         "zip": REGIMES,
-        "set": {"optim.lr": 0.3, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.schedule": "cosine",
-                "train.steps": 200, "log.dense_steps": 100},
+        "set": {"model.depth": 14, "optim.lr": 0.3, "optim.momentum": 0.9, "optim.weight_decay": 5e-4,
+                "optim.schedule": "cosine", "train.steps": 150, "log.dense_steps": 100},
     }

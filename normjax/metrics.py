@@ -9,7 +9,7 @@ Studies add hooks with `register_metric`.
 Example:
   >>> @register_metric("update_norms")
   ... def update_norms(info: StepInfo) -> dict:
-  ...     return {"u_norm": jnp.sqrt(per_layer(info.updates, info.layers))}
+  ...     return {"u_norm": jnp.sqrt(per_layer(info.updates, info.layers))}  # normjax.models.per_layer
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import optax
 
 from normjax import transforms
 from normjax.errors import UserError
-from normjax.models.structure import LayerInfo, get_path, per_layer, per_layer_sums
+from normjax.models.structure import LayerInfo, get_path, per_layer_sums
 
 
 class StepInfo(NamedTuple):

@@ -16,21 +16,6 @@ from normjax.analysis.dynamics import (classic_elr, critical_lr, discrete_norms,
                                        equilibrium_norm, gradient_flow_elr, gradient_flow_norms, log_spread_std,
                                        ode_norms, predict, random_walk, spread)
 
-__all__ = [
-    "classic_elr",
-    "critical_lr",
-    "discrete_norms",
-    "discrete_norms_from_grads",
-    "elr_from_norms",
-    "elr_map",
-    "equilibrium_angular_step",
-    "equilibrium_elr",
-    "equilibrium_norm",
-    "gradient_flow_elr",
-    "gradient_flow_norms",
-    "log_spread_std",
-    "ode_norms",
-    "predict",
-    "random_walk",
-    "spread",
-]
+from normjax.analysis import dynamics
+
+__all__ = list(dynamics.__all__)

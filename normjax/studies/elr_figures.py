@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 # The object-oriented API with an Agg canvas, as in normjax.sweep.plot: no display, no global backend change.
