@@ -195,11 +195,10 @@ class Program:
         return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(base, e), n))(first + jnp.arange(k)), first
 
     def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array,
-                   orders: tuple[jax.Array, jax.Array], logged: bool = True) -> tuple[TrainState, dict]:
+                   orders: tuple[jax.Array, jax.Array], logged: jax.Array | bool = True) -> tuple[TrainState, dict]:
         """One SGD step on the batch the state's step selects from `orders` (`epoch_orders`);
-        stops updating on divergence. The metric hooks run when `logged` (static: the chunk
-        switches between the two versions, so unlogged steps pay nothing for the hooks; their
-        metric slots hold zeros)."""
+        stops updating on divergence. The metric hooks run when `logged` (a `lax.cond` inside
+        the update: unlogged steps pay nothing for them; their metric slots hold zeros)."""
         b, t, spe = self.batch_size, state.step, self.steps_per_epoch
         key = jax.random.wrap_key_data(state.key)
         perms, first = orders
@@ -212,20 +211,21 @@ class Program:
         lr = current_lr(state.opt_state, self.schedule, t) if self.has_lr else None
 
         def hooks(opt_state, updates):
-            info = metrics_lib.StepInfo(state.params, grads, updates, opt_state, self.layers,
-                                        optimizer_metrics(opt_state, lr).get("lr"))
-            if logged:
-                return metrics_lib.compute(self.metric_names, info)
-            shapes = jax.eval_shape(lambda: metrics_lib.compute(self.metric_names, info))
-            return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+            return metrics_lib.compute(self.metric_names, metrics_lib.StepInfo(
+                state.params, grads, updates, opt_state, self.layers, optimizer_metrics(opt_state, lr).get("lr")))
+
+        shapes = jax.eval_shape(hooks, state.opt_state, grads)
+        no_hooks = lambda *_: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)  # noqa: E731
 
         def apply(_):
             updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-            # The hooks read w_t and the update before it is applied, so the update stays in place.
-            return optax.apply_updates(state.params, updates), opt_state, hooks(opt_state, updates)
+            # The hooks read w_t and the update before it is applied (so it stays in place), and
+            # only on logged steps: a cond, whose untaken branch costs nothing.
+            hooked = jax.lax.cond(logged, hooks, no_hooks, opt_state, updates) if self.metric_names else {}
+            return optax.apply_updates(state.params, updates), opt_state, hooked
 
         def hold(_):  # a non-finite loss or gradient: the state stays as it was
-            return state.params, state.opt_state, hooks(state.opt_state, jax.tree.map(jnp.zeros_like, state.params))
+            return state.params, state.opt_state, no_hooks()
 
         # A cond rather than a select over the whole state: an unvectorized step makes no extra
         # pass over parameters and optimizer state (vmapped, it lowers to the select anyway).
@@ -245,15 +245,8 @@ class Program:
         def skip(s, *_):
             return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m_shape)
 
-        # 0: past n_active; 1: a step without hooks; 2: a step with them (a whole step per branch:
-        # a cond around just the hooks made XLA copy its operands on every step).
-        branches = [skip, functools.partial(self.train_step, logged=False)]
-        if self.metric_names:
-            branches.append(functools.partial(self.train_step, logged=True))
-
         def body(s, i):
-            which = jnp.where(i < n_active, 1 + (log_mask[i] & bool(self.metric_names)).astype(jnp.int32), 0)
-            s, m = jax.lax.switch(which, branches, s, images, labels, orders)
+            s, m = jax.lax.cond(i < n_active, self.train_step, skip, s, images, labels, orders, log_mask[i])
             return s, m | {"valid": i < n_active}
 
         return jax.lax.scan(body, state, jnp.arange(self.chunk))
