@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 
 from normjax.errors import UserError
 from normjax.studies.elr_figures import _figure, _save, _step_axis, read_run
@@ -123,14 +124,17 @@ def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int |
         spread_error={k: float(np.nanmean(_log_err(p["spread"], measured["spread"]))) for k, p in predicted.items()})
 
 
+def _depth_colors(n: int) -> list:
+    """One colour per layer, input (dark) to output (light)."""
+    return [colormaps["viridis"](i / max(1, n - 1)) for i in range(n)]
+
+
 def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
     """Per-layer ELR measured (solid) vs the model (dashed), and the spread with the replay."""
     fig, axes = _figure(1, 2, size=(12.0, 4.4))
     ax, bx = axes[0]
     x = c.steps + 1
-    colors = [f"C{i % 10}" for i in range(len(c.names))] if len(c.names) <= 10 else \
-        [__import__("matplotlib").colormaps["viridis"](i / max(1, len(c.names) - 1)) for i in range(len(c.names))]
-    for i, color in enumerate(colors):
+    for i, color in enumerate(_depth_colors(len(c.names))):
         ax.plot(x, c.measured["elr"][:, i], color=color, lw=1.2)
         ax.plot(x, c.predicted["model"]["elr"][:, i], color=color, lw=1.0, ls="--")
     ax.set_yscale("log")
@@ -235,8 +239,7 @@ def simulate(c0: np.ndarray, w0: np.ndarray, lr: float, steps: int, momentum: fl
     fig, axes = _figure(1, 2, size=(12.0, 4.4))
     ax, bx = axes[0]
     x = np.arange(steps + 1) + 1
-    for i in range(len(c0)):
-        color = __import__("matplotlib").colormaps["viridis"](i / max(1, len(c0) - 1))
+    for i, color in enumerate(_depth_colors(len(c0))):
         ax.plot(x, disc["elr"][:, i], color=color, lw=1.2)
         ax.plot(x, flow["elr"][:, i], color=color, lw=0.8, ls="--")
     ax.set_yscale("log")
