@@ -57,6 +57,8 @@ STUDY_COMMANDS = {
                  "ELR figures of a run (per-layer heatmap, lines, spread) or a sweep (spread, accuracy vs spread)"),
     "explode": ("normjax.studies.explosion", "explode_main",
                 "gradient explosion at init: per-layer gradient norms over depth, plain vs residual"),
+    "apl": ("normjax.studies.apl", "apl_main",
+            "nonlinear units, average path length and core network of a run's (or sweep's) checkpoint"),
     "ode": ("normjax.studies.ode", "ode_main",
             "the weight-dynamics model's prediction against a run's (or sweep's) measured ELRs, or alone"),
 }

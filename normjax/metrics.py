@@ -23,6 +23,8 @@ import numpy as np
 import optax
 
 from normjax import transforms
+from normjax.analysis import apl as apl_lib
+from normjax.analysis import graph as graph_lib
 from normjax.errors import UserError
 from normjax.models.structure import LayerInfo, get_path, per_layer_sums
 
@@ -36,6 +38,7 @@ class StepInfo(NamedTuple):
     opt_state: Any     # optimizer state after the update
     layers: list[LayerInfo]
     lr: jax.Array | None = None  # the global LR applied at this step (None: the optimizer has none)
+    graph: Any = None  # the model's graph of nonlinearities (normjax.analysis.graph.Graph)
 
 
 Hook = Callable[[StepInfo], dict[str, jax.Array]]
@@ -159,6 +162,43 @@ def elr(info: StepInfo) -> dict[str, jax.Array]:
         e_si = e[np.nonzero(si)[0]]
         out |= {"elr_spread": jnp.max(e_si) / jnp.min(e_si), "elr_log_std": jnp.std(jnp.log10(e_si))}
     return out
+
+
+APL_TOLERANCE = 0.01  # a unit is nonlinear when |1 - slope| >= this, unless the optimizer has its own
+
+
+def _apl_summary(rows: list[dict], cfg: dict) -> dict[str, float]:
+    last = rows[-1] if rows else {}
+    keys = ("apl", "apl_unnormalized", "nonlinear_units", "nonlinear_fraction", "effective_width")
+    return {k: float(last[k]) if k in last else float("nan") for k in keys}
+
+
+@register_metric("apl", summary=_apl_summary)
+def apl(info: StepInfo) -> dict[str, jax.Array]:
+    """Nonlinear units and average path length of the slopes after this step (w_{t+1}).
+
+    Per hidden node of the model's graph (`graph.json` in the run directory names them):
+    `nl_count`, the number of nonlinear channels (`|1 - slope| >= tolerance`, the optimizer's
+    `prelu_tolerance` when it has one, else 0.01; ReLU channels always count), and `nl_fraction`.
+    Scalars: `nonlinear_units`, `nonlinear_fraction` (of all hidden channels), `apl` (normalized),
+    `apl_unnormalized` and `effective_width` (`normjax.analysis.apl`). The run's summary takes the
+    last logged values, so `normjax results` and `normjax plot` can use them as axes.
+
+    References:
+      Mehmeti-Göpel & Disselhoff, `Average Path Length: Sparsification of Nonlinearities Creates
+      Surprisingly Shallow Networks`, 2022 (arXiv:2211.17180).
+    """
+    g = info.graph
+    tol = optax.tree_utils.tree_get(info.opt_state, "prelu_tolerance", APL_TOLERANCE)
+    # Only the slopes of w_{t+1} are formed (a few vectors), not the whole parameter tree.
+    new = [None if a is None else a + u for a, u in zip(graph_lib.slopes(g, info.params),
+                                                          graph_lib.slopes(g, info.updates), strict=True)]
+    nl = graph_lib.nonlinear_from_slopes(g, new, tol)
+    counts = apl_lib.layer_counts(g, nl)
+    sizes = jnp.array([g.nodes[i].channels for i in g.hidden()], jnp.float32)
+    return {"nl_count": counts, "nl_fraction": counts / sizes, "nonlinear_units": jnp.sum(counts),
+            "nonlinear_fraction": jnp.sum(counts) / jnp.sum(sizes), "apl": apl_lib.normalized_apl(g, nl),
+            "apl_unnormalized": apl_lib.unnormalized_apl(g, nl), "effective_width": apl_lib.effective_width(g, nl)}
 
 
 def check_metrics(names: list[str]) -> None:

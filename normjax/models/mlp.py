@@ -8,6 +8,7 @@ from flax import nnx
 
 from normjax.models.layers import BatchNorm, Stack, he_normal
 from normjax.models.layers import activation as make_activation
+from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.structure import LayerInfo
 
 
@@ -35,7 +36,8 @@ class MLP(nnx.Module):
                  bn_eps: float = 1e-5, bn_groups: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(act=activation, prelu_init=prelu_init,
                   bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups), dtype=dtype, rngs=rngs)
-        self.depth = depth
+        self.depth, self.width, self.in_features, self.num_classes = depth, width, in_features, num_classes
+        self.act, self.bn_eps = activation, bn_eps
         self.hidden = Stack(Hidden(in_features, width, **kw), lambda: Hidden(width, width, **kw), depth, unroll=True)
         self.head = nnx.Linear(width, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
@@ -47,3 +49,14 @@ class MLP(nnx.Module):
         out += [LayerInfo(f"fc{i + 1}", i + 1, ("hidden", "rest", "dense", "kernel"), i, True) for i in range(self.depth - 1)]
         out.append(LayerInfo("head", self.depth, ("head", "kernel"), None, False))
         return out
+
+    def graph(self) -> Graph:
+        """Nonlinearities and the linear maps between them (`normjax.analysis.graph`)."""
+        nodes = [Node("input", self.in_features, "input", ())]
+        for i in range(self.depth):
+            prefix, idx = ("hidden", "first" if i == 0 else "rest"), None if i == 0 else i - 1
+            ops = (Op("dense", prefix + ("dense",), idx), Op("bn", prefix + ("bn",), idx, eps=self.bn_eps))
+            nodes.append(Node(f"fc{i}", self.width, self.act, (Edge(i, ((Op("flatten"),) if i == 0 else ()) + ops),),
+                              prefix + ("act",), idx))
+        nodes.append(Node("logits", self.num_classes, "output", (Edge(self.depth, (Op("dense", ("head",)),)),)))
+        return Graph(tuple(nodes))

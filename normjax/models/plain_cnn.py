@@ -11,6 +11,7 @@ from flax import nnx
 from normjax.models.layers import BatchNorm, Stack
 from normjax.models.layers import activation as make_activation
 from normjax.models.resnet import conv
+from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.structure import LayerInfo
 
 
@@ -40,7 +41,8 @@ class PlainCNN(nnx.Module):
                   bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups), dtype=dtype, rngs=rngs)
         w = [max(1, round(width * width_mult * m)) for m in (1, 2, 4)]
         counts = [depth // 3 + (1 if s < depth % 3 else 0) for s in range(3)]
-        self.counts = counts
+        self.counts, self.widths = counts, w
+        self.in_channels, self.num_classes, self.act, self.bn_eps = in_channels, num_classes, activation, bn_eps
         self.stage1 = Stack(ConvBN(in_channels, w[0], **kw), lambda: ConvBN(w[0], w[0], **kw), counts[0])
         self.stage2 = Stack(ConvBN(w[0], w[1], **kw), lambda: ConvBN(w[1], w[1], **kw), counts[1])
         self.stage3 = Stack(ConvBN(w[1], w[2], **kw), lambda: ConvBN(w[2], w[2], **kw), counts[2])
@@ -62,3 +64,17 @@ class PlainCNN(nnx.Module):
             depth += n
         out.append(LayerInfo("head", depth, ("head", "kernel"), None, False))
         return out
+
+    def graph(self) -> Graph:
+        """Nonlinearities and the linear maps between them (`normjax.analysis.graph`)."""
+        nodes = [Node("input", self.in_channels, "input", ())]
+        for s, n in enumerate(self.counts, start=1):
+            for i in range(n):
+                prefix, idx = (f"stage{s}", "first" if i == 0 else "rest"), None if i == 0 else i - 1
+                ops = (Op("conv", prefix + ("conv",), idx), Op("bn", prefix + ("bn",), idx, eps=self.bn_eps))
+                pool = (Op("maxpool"),) if s > 1 and i == 0 else ()
+                nodes.append(Node(f"s{s}.c{i}", self.widths[s - 1], self.act, (Edge(len(nodes) - 1, pool + ops),),
+                                  prefix + ("act",), idx))
+        head = (Op("avgpool"), Op("dense", ("head",)))
+        nodes.append(Node("logits", self.num_classes, "output", (Edge(len(nodes) - 1, head),)))
+        return Graph(tuple(nodes))

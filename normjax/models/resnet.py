@@ -13,6 +13,7 @@ from flax import nnx
 
 from normjax.models.layers import BatchNorm, Conv, Stack
 from normjax.models.layers import activation as make_activation
+from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.structure import LayerInfo
 
 
@@ -66,6 +67,7 @@ class ResNet(nnx.Module):
         self.n = n
         w = [max(1, round(width * width_mult * m)) for m in (1, 2, 4)]
         self.widths = w
+        self.in_channels, self.num_classes, self.act = in_channels, num_classes, activation
         self.shortcut = shortcut
         bn = dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups)
         kw = dict(shortcut=shortcut, act=activation, prelu_init=prelu_init, bn=bn, dtype=dtype, rngs=rngs)
@@ -98,4 +100,31 @@ class ResNet(nnx.Module):
                 depth += 2
         out.append(LayerInfo("head", depth, ("head", "kernel"), None, False))
         return out
+
+    def graph(self) -> Graph:
+        """Nonlinearities and the linear maps between them (`normjax.analysis.graph`)."""
+        eps, act = self.stem_bn.eps, self.act
+
+        def conv_bn(prefix, conv, bn, idx, stride):
+            return (Op("conv", prefix + (conv,), idx, stride), Op("bn", prefix + (bn,), idx, eps=eps))
+
+        nodes = [Node("input", self.in_channels, "input", ()),
+                 Node("stem", self.widths[0], act, (Edge(0, conv_bn((), "stem_conv", "stem_bn", None, 1)),),
+                      ("stem_act",))]
+        for s in (1, 2, 3):
+            first = getattr(self, f"stage{s}").first
+            for b in range(self.n):
+                prefix = (f"stage{s}", "first") if b == 0 else (f"stage{s}", "rest")
+                idx, stride = (None, first.conv1.stride) if b == 0 else (b - 1, 1)
+                prev, c = len(nodes) - 1, self.widths[s - 1]
+                nodes.append(Node(f"s{s}.b{b}.act1", c, act, (Edge(prev, conv_bn(prefix, "conv1", "bn1", idx, stride)),),
+                                  prefix + ("act1",), idx))
+                operands = [Edge(prev + 1, conv_bn(prefix, "conv2", "bn2", idx, 1))]
+                if self.shortcut:
+                    project = b == 0 and first.project
+                    operands.append(Edge(prev, conv_bn(prefix, "proj_conv", "proj_bn", idx, stride) if project else ()))
+                nodes.append(Node(f"s{s}.b{b}.act2", c, act, tuple(operands), prefix + ("act2",), idx))
+        head = (Op("avgpool"), Op("dense", ("head",)))
+        nodes.append(Node("logits", self.num_classes, "output", (Edge(len(nodes) - 1, head),)))
+        return Graph(tuple(nodes))
 

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from normjax import metrics as metrics_lib
+from normjax.analysis import apl as apl_lib
+from normjax.analysis import graph as graph_lib
 from normjax.config import validate
 from normjax.data import Dataset, load_dataset
 from normjax.errors import UserError
@@ -209,6 +211,7 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
         write_json(r.dir.config, r.cfg)
         write_json(r.dir.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant}
                                   for l in program.layers])
+        write_json(r.dir.graph, program.graph.to_json())
         r.ckpt = Checkpointer(r.dir.checkpoints, keep=r.cfg["checkpoint"]["keep"])
         restored = restore_state(r.ckpt, program)
         if restored:
@@ -288,6 +291,26 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
     return [r.summary for r in runs]
 
 
+def read_run(rundir: str | Path) -> tuple[dict, Dataset, Program, int, dict]:
+    """A finished or running run's config, dataset, program, and latest checkpoint's step and
+    `{"params", "batch_stats"}`, read-only (for the studies' commands).
+
+    Raises UserError (one line) when `rundir` is no run directory or holds no checkpoint.
+    """
+    run = RunDir(Path(rundir).expanduser().absolute())
+    if not run.config.exists():
+        raise UserError(f"{str(run.path)!r} is not a run directory (no config.json)")
+    cfg = read_json(run.config)
+    ds = dataset_for(cfg)
+    program = program_for(cfg, ds)
+    abstract = program.abstract_state()
+    restored = read_latest_items(run.checkpoints, {"params": abstract.params, "batch_stats": abstract.batch_stats})
+    if restored is None:
+        raise UserError(f"{str(run.path)!r} holds no checkpoint of this model")
+    step, items = restored
+    return cfg, ds, program, step, items
+
+
 def evaluate_run(rundir: str | Path) -> dict:
     """Evaluate a run directory's latest good checkpoint on its train subset and test split."""
     run = RunDir(Path(rundir).expanduser().absolute())
@@ -300,4 +323,13 @@ def evaluate_run(rundir: str | Path) -> dict:
     if restored is None:
         raise UserError(f"{str(run.path)!r} holds no checkpoint to evaluate")
     state, _ = restored
-    return {"step": int(state.step), **final_metrics(program, state, eval_splits(program, ds, cfg))}
+    splits = eval_splits(program, ds, cfg)
+    out = {"step": int(state.step), **final_metrics(program, state, splits)}
+    if cfg["model"]["activation"] == "prelu":
+        # Hard linearization: slopes within the tolerance set to exactly 1 (what folding assumes).
+        tol = cfg["optim"]["prelu_tolerance"]
+        hard = state.replace(params=graph_lib.linearize(program.graph, state.params, tol))
+        out["linearized"] = {"tolerance": tol, **final_metrics(program, hard, splits),
+                             **{k: v for k, v in apl_lib.summary(program.graph, jax.device_get(hard.params), tol).items()
+                                if k in ("apl", "nonlinear_units", "units")}}
+    return out

@@ -99,6 +99,7 @@ class Program:
             abstract, nnx.Param, nnx.BatchStat, ...)
         assert not jax.tree.leaves(rest), "models hold only Params and BatchStats"
         self.layers = abstract.layers()
+        self.graph = abstract.graph()
         abstract_params = nnx.to_pure_dict(self.params_template)
         self.context = OptimizerContext(scale_invariant_mask(abstract_params, self.layers),
                                         prelu_mask(abstract_params), self.layers, layer_axes(abstract_params))
@@ -212,7 +213,8 @@ class Program:
 
         def hooks(opt_state, updates):
             return metrics_lib.compute(self.metric_names, metrics_lib.StepInfo(
-                state.params, grads, updates, opt_state, self.layers, optimizer_metrics(opt_state, lr).get("lr")))
+                state.params, grads, updates, opt_state, self.layers, optimizer_metrics(opt_state, lr).get("lr"),
+                self.graph))
 
         shapes = jax.eval_shape(hooks, state.opt_state, grads)
         no_hooks = lambda *_: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)  # noqa: E731

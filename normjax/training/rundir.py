@@ -1,4 +1,4 @@
-"""A run directory: `config.json`, `layers.json`, `metrics.jsonl`, `summary.json`, `checkpoints/`.
+"""A run directory: `config.json`, `layers.json`, `graph.json`, `metrics.jsonl`, `summary.json`, `checkpoints/`.
 
 Whole files are written atomically (temp file + rename), so a killed run never leaves a
 half-written config or summary; `metrics.jsonl` is append-only and trimmed on resume to the
@@ -56,6 +56,7 @@ class RunDir:
         self.path = path
         self.config = path / "config.json"
         self.layers = path / "layers.json"
+        self.graph = path / "graph.json"
         self.metrics = path / "metrics.jsonl"
         self.summary = path / "summary.json"
         self.checkpoints = path / "checkpoints"

@@ -1,0 +1,24 @@
+"""The APL study's base run: a CIFAR ResNet-20 with channel-wise PReLU slopes and the L1 sparsity
+prior on them (`sgd_prelu_l1`), logging nonlinear units and APL (smoke: the embedded digits data;
+full: CIFAR-10).
+
+Vary the prior with `--set optim.prelu_l1=...`; `normjax apl RUNDIR` reports the reached APL.
+"""
+
+
+def get_config(size: str) -> dict:
+    cfg = {
+        "model": {"name": "resnet", "depth": 20, "activation": "prelu", "prelu_init": 0.0},
+        "data": {"name": "digits"},
+        "optim": {"name": "sgd_prelu_l1", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                  "schedule": "cosine", "warmup_steps": 20, "prelu_l1": 0.03},
+        "train": {"batch_size": 128, "epochs": 30.0, "steps_per_dispatch": 10},
+        "log": {"dense_steps": 0, "every": 10, "metrics": ["apl"]},
+        "checkpoint": {"every": 100},
+    }
+    if size == "full":
+        cfg["data"].update(name="cifar10", crop_padding=4, flip=True)
+        cfg["train"].update(epochs=160.0, steps_per_dispatch=50)
+        cfg["log"]["every"] = 100
+        cfg["checkpoint"]["every"] = 2000
+    return cfg

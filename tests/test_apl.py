@@ -1,0 +1,159 @@
+"""Average path length: the paper's values, brute-force path enumeration, the in-step hook."""
+
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from normjax.analysis import apl
+from normjax.analysis.graph import Edge, Graph, Node, Op, check, linearize, nonlinear
+from normjax.config import DEFAULTS
+from normjax.models import build_model
+
+DENSE = (Op("dense", ("w",)),)
+
+
+def model_graph(name: str, depth: int, shortcut: bool = True, width: int = 16):
+    cfg = dict(DEFAULTS["model"], name=name, depth=depth, shortcut=shortcut, activation="prelu", width=width)
+    model = nnx.eval_shape(lambda: build_model(cfg, num_classes=10, image_shape=(32, 32, 3), rngs=nnx.Rngs(0)))
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    return model.graph(), params
+
+
+@pytest.mark.parametrize("shortcut,expected", [(True, 14.5), (False, 19.0)])
+def test_resnet20_apl_nothing_linearized(shortcut, expected):
+    g, params = model_graph("resnet", 20, shortcut)
+    check(g)
+    s = apl.summary(g, params)
+    assert s["apl"] == expected  # stem 1 + 9 blocks x 1.5 (residual) or x 2 (plain)
+    assert s["units"] == 16 * 7 + 32 * 6 + 64 * 6 and s["nonlinear_units"] == s["units"]
+    assert s["nonlinear_layers"] == 19 and s["effective_width"] == pytest.approx(s["units"] / 19)
+    # Unnormalized: a plain net's every path meets one unit per layer; with shortcuts, more paths
+    # skip blocks than go through them, but the wide ones dominate the count.
+    assert s["apl_unnormalized"] == pytest.approx(19.0, rel=1e-12) if not shortcut else 14.5 < s["apl_unnormalized"] < 19
+
+
+def test_all_linear_is_zero_and_relu_ignores_slopes():
+    g, params = model_graph("resnet", 20)
+    ones = linearize(g, jax.tree.map(lambda x: x + 0.995, params))  # every slope within 0.01 of 1
+    s = apl.summary(g, ones)
+    assert s["apl"] == 0 and s["apl_unnormalized"] == 0 and s["nonlinear_units"] == 0
+    assert s["effective_width"] == 0 and s["profile"] == [0.0] * 19
+    # A ReLU model has no slopes: every unit is nonlinear.
+    cfg = dict(DEFAULTS["model"], depth=20)
+    relu = nnx.eval_shape(lambda: build_model(cfg, num_classes=10, image_shape=(32, 32, 3), rngs=nnx.Rngs(0)))
+    assert float(apl.normalized_apl(relu.graph(), nonlinear(relu.graph(), {}))) == 14.5
+
+
+def test_resnet110_is_fast_and_matches_the_recursion():
+    g, params = model_graph("resnet", 110)
+    apl.summary(g, params)
+    t = time.perf_counter()
+    s = apl.summary(g, params)
+    assert time.perf_counter() - t < 1.0
+    assert s["apl"] == 1 + 54 * 1.5 and np.isfinite(s["apl_unnormalized"])
+
+
+# ---- brute force: enumerate every channel path of small graphs -----------------------------------
+
+def enumerate_paths(g: Graph, nl: list[np.ndarray]):
+    """(probability under the backward random walk, nonlinear count) of every input→logit path."""
+    out = []
+    n_out = g.nodes[-1].channels
+
+    def walk(v, c, prob, count):
+        count += float(nl[v][c])
+        node = g.nodes[v]
+        if not node.operands:
+            out.append((prob, count))
+            return
+        for e in node.operands:
+            p = prob / len(node.operands)
+            if e.full:
+                for c2 in range(g.nodes[e.src].channels):
+                    walk(e.src, c2, p / g.nodes[e.src].channels, count)
+            else:
+                walk(e.src, c, p, count)
+
+    for c in range(n_out):
+        walk(len(g.nodes) - 1, c, 1.0 / n_out, 0.0)
+    return out
+
+
+def random_graph(rng: np.random.Generator, kind: str) -> Graph:
+    """A small random MLP, or a residual graph with identity and projection shortcuts."""
+    nodes = [Node("in", int(rng.integers(1, 4)), "input", ())]
+    for i in range(int(rng.integers(2, 5))):
+        prev = len(nodes) - 1
+        width = int(rng.integers(1, 4))
+        operands = [Edge(prev, DENSE)]
+        if kind == "residual" and prev > 0:
+            skip = int(rng.integers(0, prev))  # a long skip: a projection (full) edge
+            same = nodes[prev].channels == width
+            operands.append(Edge(prev, ()) if same and rng.random() < 0.7 else Edge(skip, DENSE))
+            if rng.random() < 0.5:
+                operands.append(Edge(int(rng.integers(0, prev + 1)), DENSE))
+        nodes.append(Node(f"h{i}", width, "prelu", tuple(operands), (f"h{i}",)))
+    nodes.append(Node("out", int(rng.integers(1, 3)), "output", (Edge(len(nodes) - 1, DENSE),)))
+    g = Graph(tuple(nodes))
+    check(g)
+    return g
+
+
+@pytest.mark.parametrize("kind", ["mlp", "residual"])
+def test_both_apls_equal_brute_force_enumeration(kind):
+    rng = np.random.default_rng(0 if kind == "mlp" else 1)
+    for _ in range(25):
+        g = random_graph(rng, kind)
+        params = {n.slope[0]: {"slope": rng.choice([0.0, 0.3, 1.0], n.channels)} for n in g.nodes if n.slope}
+        nl = nonlinear(g, params)
+        paths = enumerate_paths(g, nl)
+        assert len(paths) > 0 and sum(p for p, _ in paths) == pytest.approx(1.0)
+        normalized = sum(p * c for p, c in paths)
+        unnormalized = np.mean([c for _, c in paths])  # every logit has the same paths count
+        assert float(apl.normalized_apl(g, nl)) == pytest.approx(normalized, rel=1e-12, abs=1e-12)
+        assert float(apl.unnormalized_apl(g, nl)) == pytest.approx(unnormalized, rel=1e-12, abs=1e-12)
+        # The log path count of the logits is the number of enumerated paths per logit.
+        logn, _ = apl.path_counts(g, nl)
+        assert np.exp(logn[-1]) == pytest.approx(np.full(g.nodes[-1].channels, len(paths) / g.nodes[-1].channels))
+        # Traced (the hook's path) equals the host computation.
+        traced = jax.jit(lambda p: (apl.normalized_apl(g, nonlinear(g, p)), apl.unnormalized_apl(g, nonlinear(g, p))))(
+            jax.tree.map(jnp.asarray, params))
+        assert float(traced[0]) == pytest.approx(normalized, rel=1e-5)
+        assert float(traced[1]) == pytest.approx(unnormalized, rel=1e-5)
+
+
+def test_identity_shortcut_keeps_channels_apart():
+    """An identity edge links channel c to c only: a channel whose own chain is linear is shallower."""
+    g = Graph((Node("in", 2, "input", ()),
+               Node("a", 2, "prelu", (Edge(0, DENSE),), ("a",)),
+               Node("b", 2, "prelu", (Edge(1, ()),), ("b",)),
+               Node("out", 1, "output", (Edge(2, DENSE),))))
+    nl = nonlinear(g, {"a": {"slope": np.array([0.0, 1.0])}, "b": {"slope": np.array([0.0, 1.0])}})
+    assert float(apl.normalized_apl(g, nl)) == 1.0  # channel 0: 2 units, channel 1: 0; mean 1
+    assert [int(x) for x in apl.layer_counts(g, nl)] == [1, 1]
+    assert float(apl.effective_width(g, nl)) == 1.0
+
+
+def test_effective_width_skips_layers_without_nonlinear_units():
+    g = Graph((Node("in", 1, "input", ()),) + tuple(
+        Node(f"h{i}", 4, "prelu", (Edge(i, DENSE),), (f"h{i}",)) for i in range(3)) +
+        (Node("out", 1, "output", (Edge(3, DENSE),)),))
+    params = {"h0": {"slope": np.array([0, 0, 1, 1.0])}, "h1": {"slope": np.ones(4)},
+              "h2": {"slope": np.array([0, 1, 1, 1.0])}}
+    nl = nonlinear(g, params)
+    assert float(apl.effective_width(g, nl)) == 1.5
+    assert [float(x) for x in apl.core_profile(g, nl)] == [0.5, 0.0, 0.25]
+    assert float(apl.normalized_apl(g, nl)) == 0.75
+
+
+def test_graph_json_round_trip_and_check_rejects_bad_graphs():
+    g, _ = model_graph("resnet", 8)
+    assert Graph.from_json(g.to_json()) == g
+    bad = Graph((Node("in", 2, "input", ()), Node("a", 3, "relu", (Edge(0, ()),)), Node("out", 1, "output", (Edge(1, DENSE),))))
+    with pytest.raises(ValueError, match="identity operand"):
+        check(bad)
