@@ -59,6 +59,11 @@ STUDY_COMMANDS = {
                 "gradient explosion at init: per-layer gradient norms over depth, plain vs residual"),
     "apl": ("normjax.studies.apl", "apl_main",
             "nonlinear units, average path length and core network of a run's (or sweep's) checkpoint"),
+    "apl-plot": ("normjax.studies.apl_figures", "apl_plot_main",
+                 "APL study figures of a sparsity sweep: accuracy vs APL per regime and task, core network, "
+                 "advantage gap, baselines"),
+    "fold": ("normjax.studies.fold", "fold_main",
+             "fold a run's linear units away: BN into convs, linear stretches merged; depth, params, FLOPs"),
     "ode": ("normjax.studies.ode", "ode_main",
             "the weight-dynamics model's prediction against a run's (or sweep's) measured ELRs, or alone"),
 }

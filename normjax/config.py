@@ -45,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
                       "difficulty": 0.5, "seed": 0},
     },
     "optim": {
-        "name": "sgd",           # sgd | sgd_uniform_elr | sgd_critical_warmup | sgd_prelu_l1 (normjax.training.optim)
+        "name": "sgd",           # sgd | sgd_uniform_elr | sgd_critical_warmup | sgd_prelu_l1 | sgd_prelu_target
+                                 # (normjax.training.optim)
         "lr": 0.1,               # peak learning rate (traced: a sweep over it compiles once)
         "momentum": 0.9,         # traced
         "weight_decay": 5e-4,    # traced
@@ -64,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
         "prelu_tolerance": 0.01,  # traced: slopes this close to 1 are set to 1 and frozen
         "prelu_mode": "proximal",  # proximal | subgradient
         "prelu_power": 1.0,      # p: 1.0 (L1) | 0.5
+        "prelu_start": 0.0,      # traced: the prior starts after this fraction of the run's steps (from epoch k)
+        # sgd_prelu_target (normjax.transforms.prelu_sparsity_controller): prelu_l1 > 0 is the initial strength
+        "prelu_target": 1.0,     # traced: fraction of PReLU units to keep nonlinear (1.0 = all: the prior stays off)
+        "prelu_gain": 0.01,      # traced: the strength grows by up to e^gain per step until the target is met
     },
     "train": {
         "seed": 0,               # traced: parameter init, data order and augmentation

@@ -18,7 +18,7 @@ from normjax.errors import UserError
 from normjax.sweep.lock import RunLock
 from normjax.sweep.runner import parse_shard, run_sweep
 from normjax.sweep.spec import expand
-from normjax.training.loop import train, train_group
+from normjax.training.loop import read_run, train, train_group
 from normjax.training.rundir import RunDir
 
 SWEEP = """
@@ -166,3 +166,46 @@ def test_auto_group_size_by_backend(monkeypatch):
     # The accelerator branch: sized from the compiled step's memory analysis (CPU reports no limit).
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert 1 <= auto_group_size(p_mlp, 12) <= 12
+
+
+PRETRAIN_SWEEP = """
+def get_sweep(size):
+    return {"base": "%s",
+            "grid": {"data.task": [{"name": "a", "optim.momentum": 0.0}, {"name": "b", "optim.momentum": 0.5}],
+                     "train.regime": [{"name": "during", "train.init_from": ""},
+                                      {"name": "after", "train.init_from": "pretrain", "train.steps": 4}],
+                     "optim.lr": [0.05, 0.1]},
+            "set": {"train.steps": 8, "model.depth": 2, "model.width": 16, "train.steps_per_dispatch": 4,
+                    "checkpoint.every": 4},
+            "pretrain": {"optim.lr": 0.2, "train.steps": 8}}
+"""
+
+
+def test_bundles_and_pretrain_runs_train_each_base_once(tmp_path):
+    spec = tmp_path / "sweep_p.py"
+    spec.write_text(PRETRAIN_SWEEP % (ROOT / "experiments" / "mlp_digits.py"))
+    runs, varied = expand(spec)
+    assert varied == ["data.task", "train.regime", "optim.lr"] and len(runs) == 8
+    assert runs[0].name.startswith("task=a-regime=during-lr=0.05-") and runs[0].overrides["data.task"] == "a"
+    after = [r for r in runs if r.overrides["train.regime"] == "after"]
+    assert len(after) == 4 and all(r.config["train"]["steps"] == 4 for r in after)
+    # The base run: the run's config with the pretrain overrides; shared across the LRs of a task.
+    assert len({r.base.name for r in after}) == 2 and all(r.base is None for r in runs if r not in after)
+    assert {r.base.config["optim"]["lr"] for r in after} == {0.2} and after[0].base.config["train"]["init_from"] == ""
+    assert {r.base.config["optim"]["momentum"] for r in after} == {0.0, 0.5}
+    results = run_sweep(spec, workdir=tmp_path / "w")
+    assert len(results) == 8 and all(s["status"] == "done" for s in results.values())
+    bases = sorted(p.name for p in (tmp_path / "w" / "pretrain").iterdir())
+    assert bases == sorted({r.base.name for r in after})
+    for r in after:  # warm-started from its base: the run's first logged params are the base's last
+        cfg = json.loads((tmp_path / "w" / r.name / "config.json").read_text())
+        assert cfg["train"]["init_from"] == str(tmp_path / "w" / "pretrain" / r.base.name)
+        first = next(RunDir(tmp_path / "w" / r.name).read_metrics())
+        *_, step, items = read_run(tmp_path / "w" / "pretrain" / r.base.name)
+        kernel = np.asarray(items["params"]["hidden"]["first"]["dense"]["kernel"])
+        assert step == 8 and first["step"] == 0
+        assert first["w_norm"][0] == pytest.approx(float(np.linalg.norm(kernel)), rel=1e-6)
+    with pytest.raises(UserError, match="pretrain"):
+        spec.write_text(PRETRAIN_SWEEP.replace('"pretrain": {"optim.lr": 0.2, "train.steps": 8}', '')
+                        % (ROOT / "experiments" / "mlp_digits.py"))
+        expand(spec)

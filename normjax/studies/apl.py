@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from normjax.analysis import apl as apl_lib
 from normjax.analysis import graph as graph_lib
+from normjax.config import DEFAULTS
 from normjax.errors import UserError
 
 
@@ -38,6 +40,38 @@ def run_apl(rundir: str | Path, tolerance: float | None = None) -> dict:
     params = jax.device_get(items["params"])
     return {"run": str(rundir), "step": step, "tolerance": tol,
             **apl_lib.summary(program.graph, graph_lib.linearize(program.graph, params, tol), tol)}
+
+
+def count_params(model_cfg: dict, image_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10) -> int:
+    """Trainable parameters of the model a (partial) `model` config builds (no arrays allocated)."""
+    from flax import nnx
+
+    from normjax.models import build_model
+    cfg = dict(DEFAULTS["model"], **model_cfg)
+    model = nnx.eval_shape(lambda: build_model(cfg, num_classes=num_classes, image_shape=image_shape, rngs=nnx.Rngs(0)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def matched_width_mult(model_cfg: dict, target_cfg: dict, image_shape: tuple[int, int, int] = (32, 32, 3),
+                       num_classes: int = 10) -> float:
+    """The `width_mult` at which `model_cfg` has (about) the parameters of `target_cfg`: the
+    widened baselines of equal parameter count: the integer base width whose count is closest,
+    found by bisection (the count grows with width).
+
+    Example:
+      >>> m = matched_width_mult({"name": "plain_cnn", "depth": 6}, {"name": "resnet", "depth": 20})
+      >>> round(m, 2)   # a 6-layer plain CNN must be wider to match ResNet-20
+      1.94
+    """
+    target = count_params(target_cfg, image_shape, num_classes)
+    width = dict(DEFAULTS["model"], **model_cfg)["width"]
+    count = lambda w: count_params({**model_cfg, "width_mult": w / width}, image_shape, num_classes)  # noqa: E731
+    lo, hi = 1, 64 * width  # integer base widths: the models round width * width_mult anyway
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda w: abs(count(w) - target))
+    return best / width
 
 
 def format_report(r: dict) -> str:

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 # The object-oriented API with an Agg canvas, as in normjax.sweep.plot: no display, no global backend change.
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -34,6 +33,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from normjax.errors import UserError
 from normjax.metrics import mean_log_spread
+from normjax.studies.figures import figure, save
 from normjax.sweep.results import (
     STATUSES, collect, fmt_value, group_id, load_sweep, resolve_key, resolve_over, short_names, sort_key,
     sweep_name, varied_keys,
@@ -199,18 +199,7 @@ def run_title(config: dict, summary: dict | None = None) -> str:
 # Shared plotting helpers
 
 
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.2), **kw) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
-
-
-def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible PDF bytes across reruns
-    return paths
+_figure, _save = figure, save  # the studies' shared figure helpers (normjax.studies.figures)
 
 
 def _log10(a: np.ndarray) -> np.ndarray:

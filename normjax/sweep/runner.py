@@ -124,6 +124,29 @@ def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | Path | No
 
     i, n = shard
     mine = [r for k, r in enumerate(runs) if k % n == i]
+    bases = list({r.base.name: r.base for r in runs if r.base is not None}.values())
+    if bases:  # base runs first (this shard's share); then the runs that start from them
+        base_dir = workdir / "pretrain"
+        # A base another shard trains and has not finished yet: its dependents fail with the
+        # warm start's one-line error and train when the sweep is run again.
+        _train_runs([b for k, b in enumerate(bases) if k % n == i], base_dir, group_size, progress,
+                    f"{Path(spec).stem} (pretrain)")
+        mine = [_from_base(r, base_dir) for r in mine]
+    return _train_runs(mine, workdir, group_size, progress, Path(spec).stem, total=len(runs), shard=shard)
+
+
+def _from_base(r: RunSpec, base_dir: Path) -> RunSpec:
+    """`r` with `train.init_from` pointing at its base run's directory."""
+    if r.base is None:
+        return r
+    cfg = {**r.config, "train": {**r.config["train"], "init_from": str(base_dir / r.base.name)}}
+    return r._replace(config=cfg)
+
+
+def _train_runs(mine: list[RunSpec], workdir: Path, group_size: int, progress: bool | None, label: str,
+                total: int | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, dict]:
+    """Train the unfinished runs of `mine` in groups; {name: summary} of all of them."""
+    i, n = shard
     results: dict[str, dict] = {}
     todo = []
     for r in mine:
@@ -132,7 +155,7 @@ def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | Path | No
             results[r.name] = s
         else:
             todo.append(r)
-    print(f"sweep {Path(spec).stem}: {len(runs)} runs, shard {i}/{n}: {len(mine)}, "
+    print(f"sweep {label}: {total or len(mine)} runs, shard {i}/{n}: {len(mine)}, "
           f"{len(mine) - len(todo)} already finished", file=sys.stderr, flush=True)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="run", disable=not (
         sys.stderr.isatty() if progress is None else progress))

@@ -8,9 +8,18 @@ A sweep file under `experiments/` defines `get_sweep(size) -> dict`:
             "grid": {"model.depth": [8, 20], "train.seed": [0, 1, 2]},   # product
             "zip": {"optim.lr": [0.1, 0.3], "optim.warmup_steps": [0, 50]},  # lists of one length, zipped
             "set": {"train.epochs": 2.0},                 # fixed overrides
+            "pretrain": {"optim.prelu_l1": 0.0},          # base runs of `train.init_from="pretrain"` runs
         }
 
-The runs are product(grid) x zip. Each run gets a directory named by its varied values plus a
+A grid or zip value may be a *bundle*: a dict of settings varied together, labelled by its
+`name` (`"data.task": [{"name": "digits", "data.name": "digits"}, {"name": "hard", "data.name":
+"synthetic", "data.synthetic.difficulty": 0.8}]`); the label key is then a column, not a config key.
+
+The runs are product(grid) x zip. A run whose `train.init_from` is `"pretrain"` warm-starts from a
+*base run*: its own config with the `pretrain` overrides laid over it (and no warm start). Runs that
+share a base config share one base run, trained first into `<sweep>/pretrain/` (e.g. the APL
+study's after-training regime: each network trained once, sparsified with many prior strengths).
+Each run gets a directory named by its varied values plus a
 short hash of its whole config, so renaming nothing and changing any value gives a new run.
 """
 
@@ -26,13 +35,15 @@ from typing import Any, NamedTuple
 from normjax.config import call_file, load_config, merge, parse_override, validate
 from normjax.errors import UserError
 
-SPEC_KEYS = ("base", "grid", "zip", "set")
+SPEC_KEYS = ("base", "grid", "zip", "set", "pretrain")
+PRETRAIN = "pretrain"  # train.init_from value: warm-start from this run's base run
 
 
 class RunSpec(NamedTuple):
     name: str                   # directory name inside the sweep workdir
     overrides: dict[str, Any]   # dotted key -> value, the varied values of this run
     config: dict                # the full resolved config
+    base: "RunSpec | None" = None  # the base run (under pretrain/) of a train.init_from="pretrain" run
 
 
 def _nested(dotted: dict[str, Any]) -> dict:
@@ -75,6 +86,36 @@ def read_sweep(path: str | Path, size: str) -> dict:
     return sweep
 
 
+def _bundles(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the run's varied values as labels, the dotted config settings they stand for).
+
+    A bundle is a dict value: several settings varied together under one label key (e.g.
+    `"data.task": [{"name": "digits", "data.name": "digits"}, {"name": "hard", ...}]`);
+    its label is its `name`.
+    """
+    labels, settings = {}, {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            if "name" not in value:
+                raise UserError(f"sweep value {value!r} of {key!r} is a bundle without a 'name' label")
+            labels[key] = value["name"]
+            settings.update({k: v for k, v in value.items() if k != "name"})
+        else:
+            labels[key] = settings[key] = value
+    return labels, settings
+
+
+def _base_run(cfg: dict, sweep: dict, path: str | Path) -> RunSpec | None:
+    if cfg["train"]["init_from"] != PRETRAIN:
+        return None
+    if "pretrain" not in sweep:
+        raise UserError(f"sweep {str(path)!r}: train.init_from={PRETRAIN!r} needs a 'pretrain' entry "
+                        "(the overrides that make the base run, e.g. {'optim.prelu_l1': 0.0})")
+    base = merge(copy.deepcopy(cfg), _nested(sweep["pretrain"] | {"train.init_from": ""}))
+    validate(base)
+    return RunSpec(f"base-{config_hash(base)}", {}, base)
+
+
 def expand(path: str | Path, size: str = "smoke", overrides: list[str] | tuple[str, ...] = ()) -> tuple[list[RunSpec], list[str]]:
     """The runs of a sweep (in a fixed order) and the dotted keys that vary.
 
@@ -99,13 +140,15 @@ def expand(path: str | Path, size: str = "smoke", overrides: list[str] | tuple[s
     for z in range(n_zip):
         for combo in itertools.product(*grid.values()):
             values = dict(zip(grid, combo)) | {k: v[z] for k, v in zipped.items()}
-            cfg = merge(copy.deepcopy(base), _nested(values))
+            values, settings = _bundles(values)
+            cfg = merge(copy.deepcopy(base), _nested(settings))
             try:
                 validate(cfg)
             except UserError as e:
                 raise UserError(f"sweep run {values}: {e}") from None
             label = "-".join(f"{short[k]}={_fmt(v)}" for k, v in values.items())
-            runs.append(RunSpec(f"{label}-{config_hash(cfg)}" if label else config_hash(cfg), values, cfg))
+            runs.append(RunSpec(f"{label}-{config_hash(cfg)}" if label else config_hash(cfg), values, cfg,
+                                _base_run(cfg, sweep, path)))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise UserError(f"sweep {str(path)!r} lists the same run twice; make its grid values distinct")

@@ -37,6 +37,7 @@ class OptimizerContext(NamedTuple):
     prelu_mask: Any
     layers: list
     layer_axes: Any = 0
+    total_steps: int = 0  # the run's length (schedules that start a transform part-way)
 
 
 def schedule_shape(cfg: dict, total_steps: int) -> Callable[[jax.Array], jax.Array]:
@@ -104,12 +105,29 @@ def sgd_critical_warmup(lr, momentum, weight_decay, *, nesterov: bool, decoupled
                       context=context, scale_by_lr=warm)
 
 
-def sgd_prelu_l1(lr, momentum, weight_decay, prelu_l1, prelu_tolerance, *, nesterov: bool, decoupled_wd: bool,
-                 prelu_mode: str, prelu_power: float, schedule, context) -> optax.GradientTransformation:
+def sgd_prelu_l1(lr, momentum, weight_decay, prelu_l1, prelu_tolerance, prelu_start, *, nesterov: bool,
+                 decoupled_wd: bool, prelu_mode: str, prelu_power: float, schedule, context) -> optax.GradientTransformation:
     """SGD with the sparsity prior `prelu_l1 * Σ|1 − α|^p` on the PReLU slopes
-    (`prelu_sparsity_prior`, after the LR); no weight decay on the slopes."""
-    prior = transforms.prelu_sparsity_prior(prelu_l1, lambda t: lr * schedule(t), tolerance=prelu_tolerance,
+    (`prelu_sparsity_prior`, after the LR), switched on after the fraction `prelu_start` of the
+    run's steps (the during-training regime from epoch k); no weight decay on the slopes."""
+    start = prelu_start * context.total_steps
+    strength = lambda t: jnp.where(t >= start, prelu_l1, 0.0)  # noqa: E731
+    prior = transforms.prelu_sparsity_prior(strength, lambda t: lr * schedule(t), tolerance=prelu_tolerance,
                                             mode=prelu_mode, power=prelu_power)
+    not_prelu = jax.tree.map(lambda m: not m, context.prelu_mask)
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
+                      context=context, after_lr=(optax.masked(prior, context.prelu_mask),), decay_mask=not_prelu)
+
+
+def sgd_prelu_target(lr, momentum, weight_decay, prelu_l1, prelu_tolerance, prelu_target, prelu_gain, *,
+                     nesterov: bool, decoupled_wd: bool, prelu_mode: str, prelu_power: float, schedule,
+                     context) -> optax.GradientTransformation:
+    """`sgd_prelu_l1` with the prior's strength steered (from `prelu_l1`) until the fraction
+    `prelu_target` of the PReLU units is nonlinear (`prelu_sparsity_controller`); no weight decay
+    on the slopes."""
+    prior = transforms.prelu_sparsity_controller(prelu_target, lambda t: lr * schedule(t), init_strength=prelu_l1,
+                                                 gain=prelu_gain, tolerance=prelu_tolerance, mode=prelu_mode,
+                                                 power=prelu_power)
     not_prelu = jax.tree.map(lambda m: not m, context.prelu_mask)
     return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
                       context=context, after_lr=(optax.masked(prior, context.prelu_mask),), decay_mask=not_prelu)
@@ -135,8 +153,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd_uniform_elr": OptimizerSpec(sgd_uniform_elr, _SGD,
                                      _SGD_STATIC + ("elr_definition", "elr_reference", "elr_position")),
     "sgd_critical_warmup": OptimizerSpec(sgd_critical_warmup, _SGD, _SGD_STATIC),
-    "sgd_prelu_l1": OptimizerSpec(sgd_prelu_l1, _SGD + ("prelu_l1", "prelu_tolerance"),
+    "sgd_prelu_l1": OptimizerSpec(sgd_prelu_l1, _SGD + ("prelu_l1", "prelu_tolerance", "prelu_start"),
                                   _SGD_STATIC + ("prelu_mode", "prelu_power")),
+    "sgd_prelu_target": OptimizerSpec(sgd_prelu_target,
+                                      _SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain"),
+                                      _SGD_STATIC + ("prelu_mode", "prelu_power")),
 }
 # Keys of every `optim` config that shape the LR schedule (static for every optimizer).
 SCHEDULE_KEYS = ("schedule", "warmup_steps", "milestones", "step_factor")
@@ -192,7 +213,17 @@ def check_optim_config(cfg: dict, model_cfg: dict) -> None:
     if cfg["prelu_l1"] < 0 or not 0 <= cfg["prelu_tolerance"] < 1:
         raise UserError(f"optim.prelu_l1={cfg['prelu_l1']}, optim.prelu_tolerance={cfg['prelu_tolerance']}: "
                         "need prelu_l1 >= 0 and 0 <= prelu_tolerance < 1")
-    if spec.factory is sgd_prelu_l1 and model_cfg["activation"] != "prelu":
+    if not 0 <= cfg["prelu_target"] <= 1:
+        raise UserError(f"optim.prelu_target={cfg['prelu_target']} is not a fraction; allowed: 0 to 1 "
+                        "(the share of PReLU units kept nonlinear)")
+    if cfg["prelu_gain"] < 0:
+        raise UserError(f"optim.prelu_gain={cfg['prelu_gain']} is negative; allowed: >= 0")
+    if not 0 <= cfg["prelu_start"] < 1:
+        raise UserError(f"optim.prelu_start={cfg['prelu_start']} is not allowed; give a fraction of training in [0, 1)")
+    if spec.factory is sgd_prelu_target and not cfg["prelu_l1"] > 0:
+        raise UserError(f"optim.prelu_l1={cfg['prelu_l1']} is sgd_prelu_target's initial strength, which it "
+                        "multiplies; need prelu_l1 > 0 (e.g. 1e-3)")
+    if spec.factory in (sgd_prelu_l1, sgd_prelu_target) and model_cfg["activation"] != "prelu":
         raise UserError(f"optim.name={cfg['name']!r} acts on PReLU slopes; set model.activation=prelu "
                         f"(got {model_cfg['activation']!r})")
 
@@ -206,7 +237,8 @@ def optimizer_metrics(opt_state: Any, scheduled_lr: jax.Array | None) -> dict[st
 
     `lr`: the LR applied (the critical-LR warm-up's where there is one, else `scheduled_lr`);
     `critical_lr`; `elr_target`: the common effective LR of uniform-ELR layers; `prelu_frozen`:
-    the number of PReLU slopes made linear.
+    the number of PReLU slopes made linear; `prelu_strength`: the strength the sparsity controller
+    applied (0 once its target is met).
     """
     out = {} if scheduled_lr is None else {"lr": scheduled_lr}
     for s in _states(opt_state, transforms.ScaleByCriticalLRState):
@@ -216,4 +248,6 @@ def optimizer_metrics(opt_state: Any, scheduled_lr: jax.Array | None) -> dict[st
             out["elr_target"] = out["lr"] * s.common_elr
     for s in _states(opt_state, transforms.PReLUPriorState):
         out["prelu_frozen"] = s.num_frozen
+    for s in _states(opt_state, transforms.PReLUControllerState):
+        out |= {"prelu_frozen": s.num_frozen, "prelu_strength": s.strength}
     return out

@@ -102,7 +102,8 @@ class Program:
         self.graph = abstract.graph()
         abstract_params = nnx.to_pure_dict(self.params_template)
         self.context = OptimizerContext(scale_invariant_mask(abstract_params, self.layers),
-                                        prelu_mask(abstract_params), self.layers, layer_axes(abstract_params))
+                                        prelu_mask(abstract_params), self.layers, layer_axes(abstract_params),
+                                        self.total_steps)
         self.schedule = schedule_shape(cfg["optim"], self.total_steps)
         self.tx = make_optimizer(cfg["optim"] | {k: 0.0 for k in optimizer_spec(cfg["optim"]).hyperparams},
                                  total_steps=self.total_steps, context=self.context)

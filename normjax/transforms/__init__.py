@@ -1,5 +1,6 @@
 """Optax gradient transformations for normalized networks: uniform effective learning rates,
-critical-LR warm-up, and the sparsity prior on PReLU slopes.
+critical-LR warm-up, and the sparsity prior on PReLU slopes (fixed strength, or steered to a target
+count of nonlinear units).
 
 This package imports only jax, optax and chex, so other projects can compose the transforms into
 their own optax chains without normjax's training stack.
@@ -16,6 +17,7 @@ Example:
 """
 
 from normjax.transforms._layers import LayerAxes
+from normjax.transforms.controller import PReLUControllerState, prelu_sparsity_controller
 from normjax.transforms.elr import ScaleByUniformELRState, scale_by_uniform_elr
 from normjax.transforms.prelu import (PReLUPriorState, half_threshold, prelu_sparsity_prior,
                                       soft_threshold)
@@ -23,11 +25,13 @@ from normjax.transforms.warmup import ScaleByCriticalLRState, critical_lr, scale
 
 __all__ = [
     "LayerAxes",
+    "PReLUControllerState",
     "PReLUPriorState",
     "ScaleByCriticalLRState",
     "ScaleByUniformELRState",
     "critical_lr",
     "half_threshold",
+    "prelu_sparsity_controller",
     "prelu_sparsity_prior",
     "scale_by_critical_lr",
     "scale_by_uniform_elr",

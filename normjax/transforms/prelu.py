@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +87,51 @@ def _subgradient_step(d_old: jax.Array, d: jax.Array, t: jax.Array, power: float
     return jnp.where(jnp.sign(moved) * jnp.sign(d) < 0, 0.0, moved)
 
 
+def sparsity_step(updates: Any, params: Any, frozen: Any, t: jax.Array, tolerance: jax.Array, *, mode: str,
+                  power: float, admit: Callable[[Any, Any], Any] | None = None) -> tuple[Any, Any, jax.Array]:
+    r"""One step of the prior on the slopes (shared by `prelu_sparsity_prior` and the controller).
+
+    Args:
+      updates: the updates after the LR (MaskedNode leaves pass through).
+      params: the slopes :math:`\alpha`.
+      frozen: per slope, True where it is frozen at 1.0.
+      t: the prior's weight this step, :math:`\eta_t \lambda`.
+      tolerance: slopes ending within it of 1 freeze.
+      mode: `"proximal"` or `"subgradient"`.
+      power: 1.0 or 0.5.
+      admit: None (every slope that reaches the tolerance freezes), or a callable
+        `(d, newly) -> admitted` given the trees of :math:`d = \alpha' - 1` and of the slopes that
+        would freeze now, returning those allowed to; the others take the plain update this step.
+
+    Returns:
+      The new updates (frozen slopes land on exactly 1.0), the frozen mask and its count (int32).
+    """
+    def moved(u, p):  # d = alpha' - 1 after the gradient step and the prior
+        d_old = p.astype(jnp.float32) - 1.0
+        d = d_old + u.astype(jnp.float32)
+        if mode == "proximal":
+            return soft_threshold(d, t) if power == 1.0 else half_threshold(d, t)
+        return _subgradient_step(d_old, d, t, power)
+
+    def update(u, p, d, frozen):
+        new = jnp.where(frozen, 1.0, 1.0 + d).astype(p.dtype)
+        # 1 - p is exact for p within a factor 2 of 1 (Sterbenz), so p + update lands on 1.0.
+        return (new - p).astype(u.dtype)
+
+    d = _layers.tree_map(moved, updates, params)
+    if admit is None:
+        frozen = _layers.tree_map(lambda d, f: f | (jnp.abs(d) < tolerance), d, frozen)
+    else:
+        newly = _layers.tree_map(lambda d, f: ~f & (jnp.abs(d) < tolerance), d, frozen)
+        ok = admit(d, newly)
+        plain = lambda d, n, a, u, p: jnp.where(n & ~a, p.astype(jnp.float32) - 1.0 + u.astype(jnp.float32), d)
+        d = _layers.tree_map(plain, d, newly, ok, updates, params)
+        frozen = _layers.tree_map(lambda f, a: f | a, frozen, ok)
+    new_updates = _layers.tree_map(update, updates, params, d, frozen)
+    num = sum((jnp.sum(f, dtype=jnp.int32) for f in _layers.leaves(frozen)), jnp.zeros((), jnp.int32))
+    return new_updates, frozen, num
+
+
 def prelu_sparsity_prior(strength: optax.ScalarOrSchedule, learning_rate: optax.ScalarOrSchedule, *,
                          tolerance: optax.ScalarOrSchedule = 0.01, mode: str = "proximal",
                          power: float = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -155,24 +200,8 @@ def prelu_sparsity_prior(strength: optax.ScalarOrSchedule, learning_rate: optax.
             raise ValueError(optax._src.base.NO_PARAMS_MSG)
         c = state.count
         t = jnp.asarray(_layers.value(learning_rate, c), jnp.float32) * _layers.value(strength, c)
-        tol = _layers.value(tolerance, c)
-
-        def moved(u, p):  # d = alpha' - 1 after the gradient step and the prior
-            d_old = p.astype(jnp.float32) - 1.0
-            d = d_old + u.astype(jnp.float32)
-            if mode == "proximal":
-                return soft_threshold(d, t) if power == 1.0 else half_threshold(d, t)
-            return _subgradient_step(d_old, d, t, power)
-
-        def update(u, p, d, frozen):
-            new = jnp.where(frozen, 1.0, 1.0 + d).astype(p.dtype)
-            # 1 - p is exact for p within a factor 2 of 1 (Sterbenz), so p + update lands on 1.0.
-            return (new - p).astype(u.dtype)
-
-        d = _layers.tree_map(moved, updates, params)
-        frozen = _layers.tree_map(lambda d, f: f | (jnp.abs(d) < tol), d, state.frozen)
-        new_updates = _layers.tree_map(update, updates, params, d, frozen)
-        num = sum((jnp.sum(f, dtype=jnp.int32) for f in _layers.leaves(frozen)), jnp.zeros((), jnp.int32))
+        new_updates, frozen, num = sparsity_step(updates, params, state.frozen, t, _layers.value(tolerance, c),
+                                                 mode=mode, power=power)
         return new_updates, PReLUPriorState(count=optax.safe_increment(c), frozen=frozen, num_frozen=num)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

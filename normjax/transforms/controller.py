@@ -1,0 +1,197 @@
+"""A controller for the PReLU sparsity prior: adapt its strength until a target number of units is nonlinear."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from normjax.transforms import _layers
+from normjax.transforms.prelu import MODES, POWERS, sparsity_step
+
+
+class PReLUControllerState(NamedTuple):
+    r"""State of `prelu_sparsity_controller`.
+
+    Attributes:
+      count: updates so far (int32); schedules are evaluated at it.
+      strength: the prior's strength :math:`\lambda` applied at the last update (float32; 0 at
+        init and once the target is reached).
+      log_scale: the controller's integral, :math:`\log(\lambda / \lambda_0)` (float32; 0 at
+        init). Held, not reset, while the target is met.
+      frozen: per slope, True once it was made linear: it is exactly 1.0 and stays there.
+      num_frozen: the number of frozen slopes (int32), i.e. of units made linear.
+      num_units: the number of slopes the transform sees (int32, fixed by the params' shapes).
+    """
+
+    count: jax.Array
+    strength: jax.Array
+    log_scale: jax.Array
+    frozen: Any
+    num_frozen: jax.Array
+    num_units: jax.Array
+
+
+def _admit_smallest(budget: jax.Array):
+    """An `admit` for `sparsity_step`: of the slopes that would freeze, the `budget` closest to 1.
+
+    Ties (e.g. several slopes the proximal step put exactly on 1) go to the earlier leaf and index.
+    """
+
+    def admit(d, newly):
+        flat, treedef = jax.tree.flatten(newly, is_leaf=_layers.is_masked)
+        d_flat = jax.tree.leaves(d, is_leaf=_layers.is_masked)
+        real = [i for i, x in enumerate(flat) if not _layers.is_masked(x)]
+        if not real:
+            return newly
+        cand = jnp.concatenate([flat[i].ravel() for i in real])
+        keys = jnp.concatenate([jnp.where(flat[i], jnp.abs(d_flat[i]), jnp.inf).ravel() for i in real])
+        order = jnp.argsort(keys, stable=True)
+        ok = cand & jnp.zeros(cand.shape, bool).at[order].set(jnp.arange(cand.size) < budget)
+        out, start = list(flat), 0
+        for i in real:
+            out[i] = ok[start:start + flat[i].size].reshape(flat[i].shape)
+            start += flat[i].size
+        return jax.tree.unflatten(treedef, out)
+
+    return admit
+
+
+def prelu_sparsity_controller(target: optax.ScalarOrSchedule | None = None,
+                              learning_rate: optax.ScalarOrSchedule | None = None, *,
+                              target_count: optax.ScalarOrSchedule | None = None,
+                              init_strength: optax.ScalarOrSchedule = 1e-3, gain: optax.ScalarOrSchedule = 0.01,
+                              tolerance: optax.ScalarOrSchedule = 0.01, mode: str = "proximal", power: float = 1.0,
+                              max_strength: float = 1e3) -> optax.GradientTransformationExtraArgs:
+    r"""The PReLU sparsity prior with its strength :math:`\lambda` steered to a target count of nonlinear units.
+
+    The prior is `prelu_sparsity_prior`'s, step for step (same proximal or sub-gradient move of
+    :math:`d = \alpha' - 1` toward 0, same freezing at exactly 1.0 within `tolerance`); only its
+    strength is not given but adapted each update, so that of the :math:`n` slopes the transform
+    sees, :math:`m^* = \mathrm{round}(\text{target} \cdot n)` (or `target_count`; rounded to the
+    nearest integer, clipped to [0, n]) stay nonlinear.
+    Let :math:`k_t` be the number frozen, :math:`K = n - m^*` the number to freeze,
+    :math:`r_t = \max(K - k_t, 0)` the number still to freeze and
+    :math:`e_t = r_t / \max(K, 1) \in [0, 1]` the share of the work left. Each update:
+
+    1. applies :math:`\lambda_t = \min(\lambda_0 e^{s_t}, \lambda_{max})` while :math:`r_t > 0`,
+       else :math:`\lambda_t = 0` (`init_strength` is :math:`\lambda_0`);
+    2. freezes at most :math:`r_t` slopes: if more reach the tolerance in the same step, those
+       closest to 1 freeze and the others take the plain update (no prior) this step;
+    3. integrates in :math:`\log\lambda`: :math:`s_{t+1} = s_t + \text{gain}\cdot e_{t+1}` (only
+       while :math:`\lambda_t > 0`; capped so :math:`\lambda_0 e^{s} \le \lambda_{max}`).
+
+    Why this law. Frozen units never come back, so the count can only fall and the target must be
+    approached from above, without overshoot. The scale of a useful :math:`\lambda` is unknown
+    (it is set by the gradients holding the slopes away from 1, and spans decades), so the
+    controller acts on :math:`\log\lambda`: a multiplicative integral controller that raises
+    :math:`\lambda` geometrically while units remain to be linearized and slows down in proportion
+    to the share left, so units freeze one by one in the order the prior ranks them (weakest pull
+    away from linear first) rather than in a burst. It never lowers :math:`\lambda` to undo an
+    overshoot, since an overshoot cannot be undone; instead the budget of step 2 makes the target
+    a hard floor (at most :math:`r_t` freeze, so :math:`n - k_t \ge m^*` always), and once it is
+    reached :math:`\lambda` falls to 0: nothing pushes the remaining slopes toward 1 any more, and
+    none freezes, so training goes on with the architecture fixed. The integral is held while the
+    target is met (and while :math:`\lambda_0 = 0`, e.g. a schedule that starts the prior at epoch
+    k, so it does not wind up), so a lower target set later resumes from the same level.
+
+    The integral acts on the count after the step, which lags :math:`\lambda` by the time slopes
+    take to travel to 1; a smaller `gain` grows :math:`\lambda` more slowly and ranks the units
+    more faithfully, a larger one reaches the target sooner; near the target the integral slows
+    with the share left, so the last units take longest. With `gain=0` and a target that allows
+    every unit to freeze, this is `prelu_sparsity_prior` with strength :math:`\lambda_0`, bitwise
+    (jitted, the square-root form may differ by an ulp where XLA fuses it differently).
+
+    Nothing is read from the hyper-parameters at init: under `optax.inject_hyperparams`, values
+    set in the state after init (target, gain, :math:`\lambda_0`) act from the next update, and
+    changing them does not recompile. A higher target later does not unfreeze units.
+
+    Args:
+      target: the fraction in [0, 1] of the slopes to keep nonlinear (number or schedule);
+        give it or `target_count`, not both.
+      learning_rate: :math:`\eta_t`, the LR of the chain (number or schedule) that scales the prior.
+      target_count: the number of slopes to keep nonlinear, instead of `target`.
+      init_strength: :math:`\lambda_0 > 0`, the strength at the first step; a schedule multiplies
+        in (e.g. zero until epoch k). :math:`\lambda_0 = 0` never pushes.
+      gain: :math:`\ge 0`, the rate of the integral per update at :math:`e = 1`
+        (:math:`\lambda` grows by a factor :math:`e^{\text{gain}}` per update while no unit is
+        linear yet).
+      tolerance: a slope with :math:`|1 - \alpha| <` tolerance counts as linear and is frozen.
+      mode: `"proximal"` or `"subgradient"`, as in `prelu_sparsity_prior`.
+      power: :math:`p`, 1 (L1) or 0.5 (the square-root form).
+      max_strength: :math:`\lambda_{max}`, a cap on :math:`\lambda` (and on the integral's wind-up).
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs`; its state is a `PReLUControllerState` (read it
+      with `optax.tree_utils.tree_get(state, "num_frozen")` and `tree_get(state, "strength")`).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from normjax.transforms import prelu_sparsity_controller
+      >>> params = {"slope": jnp.linspace(-0.5, 0.5, 10), "w": jnp.ones(3)}
+      >>> tx = optax.chain(optax.sgd(0.1), optax.masked(
+      ...     prelu_sparsity_controller(0.3, 0.1, init_strength=0.1, gain=0.1), {"slope": True, "w": False}))
+      >>> state, update = tx.init(params), jax.jit(tx.update)
+      >>> for _ in range(100):
+      ...     updates, state = update({"slope": jnp.zeros(10), "w": jnp.zeros(3)}, state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> int(optax.tree_utils.tree_get(state, "num_frozen"))  # 7 of 10 linear, 3 = 0.3 * 10 kept
+      7
+      >>> float(optax.tree_utils.tree_get(state, "strength"))  # target met: the prior is off
+      0.0
+      >>> [round(float(a), 2) for a in params["slope"]]  # the 7 closest to 1 went first
+      [0.69, 0.8, 0.91, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+    References:
+      Mehmeti-Göpel & Disselhoff, `Average Path Length: Sparsification of Nonlinearities Creates
+      Surprisingly Shallow Networks`, 2022 (arXiv:2211.17180);
+      Åström & Murray, `Feedback Systems: An Introduction for Scientists and Engineers`, 2008
+      (Princeton University Press), ch. 10 (integral action and anti-windup).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
+    if power not in POWERS:
+        raise ValueError(f"power={power!r} is not supported; allowed: 1.0 (L1) or 0.5")
+    if (target is None) == (target_count is None):
+        raise ValueError("give exactly one of target (a fraction of the slopes) and target_count (a number)")
+    if learning_rate is None:
+        raise ValueError("learning_rate is required: the LR of the chain, which scales the prior")
+    if not max_strength > 0:
+        raise ValueError(f"max_strength={max_strength!r} must be > 0")
+
+    def init_fn(params):
+        frozen = _layers.tree_map(lambda p: jnp.zeros_like(p, dtype=bool), params)
+        n = sum(math.prod(p.shape) for p in _layers.leaves(params))
+        zero = jnp.zeros((), jnp.float32)
+        return PReLUControllerState(count=jnp.zeros((), jnp.int32), strength=zero, log_scale=zero, frozen=frozen,
+                                    num_frozen=jnp.zeros((), jnp.int32), num_units=jnp.asarray(n, jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(optax._src.base.NO_PARAMS_MSG)
+        c, n = state.count, state.num_units
+        nf = n.astype(jnp.float32)
+        keep = (_layers.value(target, c) * nf if target_count is None else _layers.value(target_count, c))
+        keep = jnp.clip(jnp.round(jnp.asarray(keep, jnp.float32)), 0.0, nf).astype(jnp.int32)
+        to_freeze = n - keep
+        left = jnp.maximum(to_freeze - state.num_frozen, 0)
+
+        base = jnp.asarray(_layers.value(init_strength, c), jnp.float32)
+        cap = jnp.float32(max_strength)
+        lam = jnp.where(left > 0, jnp.minimum(base * jnp.exp(state.log_scale), cap), 0.0)
+        t = jnp.asarray(_layers.value(learning_rate, c), jnp.float32) * lam
+        new_updates, frozen, num = sparsity_step(updates, params, state.frozen, t, _layers.value(tolerance, c),
+                                                 mode=mode, power=power, admit=_admit_smallest(left))
+
+        share_left = jnp.maximum(to_freeze - num, 0).astype(jnp.float32) / jnp.maximum(to_freeze, 1).astype(jnp.float32)
+        s = state.log_scale + jnp.asarray(_layers.value(gain, c), jnp.float32) * share_left
+        s = jnp.minimum(s, jnp.log(cap) - jnp.log(base))  # anti-windup: lambda_0 e^s <= lambda_max
+        s = jnp.where(lam > 0, s, state.log_scale).astype(jnp.float32)
+        return new_updates, PReLUControllerState(count=optax.safe_increment(c), strength=lam.astype(jnp.float32),
+                                                 log_scale=s, frozen=frozen, num_frozen=num, num_units=n)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,289 @@
+"""normjax.transforms.prelu_sparsity_controller: it reaches a target count of nonlinear units without
+overshoot, keeps the optax conventions, and is the fixed-strength prior when it does not adapt."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import normjax.transforms as njt
+from normjax.config import DEFAULTS, merge
+from normjax.errors import UserError
+from normjax.training.optim import OptimizerContext, make_optimizer, optimizer_metrics
+
+N, LR = 200, 0.1
+
+
+def _toy(seed=0):
+    """200 slopes, each held at its own optimum a_i < 1 by a quadratic loss whose pull at α = 1,
+    c_i |1 - a_i|, spans three decades: the weaker the pull, the smaller the λ that linearizes it."""
+    k = jax.random.split(jax.random.key(seed), 2)
+    pull = jnp.exp(jax.random.uniform(k[0], (N,), minval=np.log(1e-3), maxval=0.0))
+    a = jax.random.uniform(k[1], (N,), minval=-1.0, maxval=0.5)
+    return pull, a, pull / jnp.abs(1 - a)
+
+
+@functools.cache
+def _toy_run(key: str, steps=300, sigma=0.3):
+    """A jitted run of `steps` SGD steps on noisy gradients, the target (`key`: target or
+    target_count) its argument: per step the frozen count and the applied λ."""
+    pull, a, c = _toy()
+
+    def run(value):
+        tx = optax.chain(optax.sgd(LR), njt.prelu_sparsity_controller(
+            learning_rate=LR, init_strength=1e-3, gain=0.05, **{key: value}))
+
+        def step(carry, k):
+            p, s = carry
+            u, s = tx.update(c * (p - a) + sigma * jax.random.normal(k, (N,)), s, p)
+            return (optax.apply_updates(p, u), s), (s[1].num_frozen, s[1].strength)
+
+        p = jnp.zeros(N)
+        return jax.lax.scan(step, (p, tx.init(p)), jax.random.split(jax.random.key(1), steps))
+
+    return jax.jit(run)
+
+
+# ---- control -------------------------------------------------------------------------------
+@pytest.mark.parametrize("key, value, keep", [("target", 0.5, 100), ("target", 0.9, 180), ("target_count", 37, 37)])
+def test_reaches_the_target_from_above_and_stops(key, value, keep):
+    (p, state), (num_frozen, strength) = _toy_run(key)(jnp.float32(value))  # the targets share one compile
+    p, state, pull = np.asarray(p), state[1], np.asarray(_toy()[0])
+    num_frozen, strength = np.asarray(num_frozen), np.asarray(strength)
+    nonlinear = N - num_frozen
+    assert nonlinear[0] == N and np.all(np.diff(nonlinear) <= 0)  # approached from above
+    assert nonlinear.min() >= keep  # never overshoots: the target is a floor
+    assert nonlinear[-1] == keep  # and is reached
+    reached = int(np.argmax(nonlinear == keep))
+    assert reached < 250  # with time to spare: the integral did not stall
+    assert strength[0] > 0 and np.all(strength[reached + 1:] == 0)  # then the prior is off
+    assert float(state.strength) == 0 and int(state.num_frozen) == N - keep
+    assert strength[:reached].max() > 30 * 1e-3  # λ had to grow well beyond its start to get there
+    frozen = np.asarray(state.frozen)
+    assert np.all(p[frozen] == 1.0) and not np.any(np.abs(p[~frozen] - 1) < 1e-6)
+    assert int(state.num_units) == N and int(state.num_frozen) == frozen.sum() == N - keep
+    assert pull[frozen].mean() < 0.5 * pull[~frozen].mean()  # the prior's order: weakly held units first
+
+
+def test_a_burst_is_cut_to_the_budget_closest_to_one_first():
+    """10 slopes all within the tolerance at once, keep 4: exactly the 6 closest to 1 freeze; the
+    others take the plain update."""
+    alpha = jnp.array([0.995, 0.9991, 1.004, 0.993, 0.998, 1.0015, 0.996, 1.007, 0.9999, 1.003])
+    g = jnp.full(10, 1e-4)
+    tx = optax.chain(optax.sgd(LR), njt.prelu_sparsity_controller(0.4, LR, init_strength=1e-6, gain=0.0))
+    state, update = tx.init(alpha), jax.jit(tx.update)
+    updates, state = update(g, state, alpha)
+    new = np.asarray(optax.apply_updates(alpha, updates))
+    frozen = np.asarray(state[1].frozen)
+    closest = np.argsort(np.abs(np.asarray(alpha) - LR * 1e-4 - 1))[:6]
+    assert int(state[1].num_frozen) == 6 and set(np.flatnonzero(frozen)) == set(closest)
+    assert np.all(new[frozen] == 1.0)
+    np.testing.assert_allclose(new[~frozen], np.asarray(alpha)[~frozen] - LR * 1e-4, rtol=0, atol=1e-7)
+    updates, state = update(-g, state, optax.apply_updates(alpha, updates))
+    assert int(state[1].num_frozen) == 6 and float(state[1].strength) == 0.0
+
+
+def test_the_integral_law_in_log_strength():
+    """s grows by gain times the share of the freezing left; λ = λ0 e^s is applied the step after."""
+    alpha = jnp.array([0.995] + [-5.0] * 9)  # one slope freezes at once, the others are far from 1
+    lam0, gain = 0.01, 0.3
+    tx = njt.prelu_sparsity_controller(target_count=5, learning_rate=LR, init_strength=lam0, gain=gain)
+    state, update, s_expected = tx.init(alpha), jax.jit(tx.update), 0.0
+    for t in range(4):
+        u, state = update(jnp.zeros(10), state, alpha)
+        alpha = optax.apply_updates(alpha, u)
+        np.testing.assert_allclose(float(state.strength), lam0 * np.exp(s_expected), rtol=1e-6)
+        s_expected += gain * 4 / 5  # 1 of the 5 to freeze is done, 4 left
+        np.testing.assert_allclose(float(state.log_scale), s_expected, rtol=1e-6)
+    assert int(state.num_frozen) == 1 and int(state.count) == 4
+
+
+def test_target_one_freezes_nothing():
+    """Keep all: no push and no freezing, even for slopes already within the tolerance of 1."""
+    alpha = jnp.array([1.0, 0.995, 1.003, 0.5, -0.2, 1.4])
+    tx = optax.chain(optax.sgd(LR), njt.prelu_sparsity_controller(1.0, LR, init_strength=10.0, gain=1.0))
+    ref = optax.chain(optax.sgd(LR), njt.prelu_sparsity_prior(0.0, LR, tolerance=0.0))
+    p, q, s, r = alpha, alpha, tx.init(alpha), ref.init(alpha)
+    for t in range(20):
+        g = 0.01 * jnp.sin(jnp.arange(6.0) + t)
+        u, s = jax.jit(tx.update)(g, s, p)
+        v, r = jax.jit(ref.update)(g, r, q)
+        np.testing.assert_array_equal(u, v)  # exactly the prior-free step
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    assert int(s[1].num_frozen) == 0 and not np.any(np.asarray(s[1].frozen))
+    assert float(s[1].strength) == 0.0 and float(s[1].log_scale) == 0.0  # no wind-up either
+    assert float(p[0]) != 1.0  # the slope that sat on 1 moved with its gradient
+
+
+@pytest.mark.parametrize("mode, power", [("proximal", 1.0), ("proximal", 0.5), ("subgradient", 1.0)])
+def test_constant_strength_is_the_prior_bitwise(mode, power):
+    """gain 0 and a target that lets every unit freeze: `prelu_sparsity_prior(λ0)`, bit for bit.
+
+    Jitted, on the same inputs each step. There the square-root form's transcendental ops (arccos,
+    cos, powers) may be fused differently in the two programs (the controller's ranking reads d),
+    so it is equal to within an ulp jitted, and bit for bit eagerly."""
+    params = {"s1": jax.random.uniform(jax.random.key(0), (40,), minval=0.0, maxval=1.6),
+              "s2": jax.random.uniform(jax.random.key(1), (2, 5), minval=0.5, maxval=1.2)}
+    kw = dict(tolerance=0.02, mode=mode, power=power)
+    ctl = optax.chain(optax.sgd(LR, 0.9), njt.prelu_sparsity_controller(0.0, LR, init_strength=0.3, gain=0.0, **kw))
+    pri = lambda lam: optax.chain(optax.sgd(LR, 0.9), njt.prelu_sparsity_prior(lam, LR, **kw))  # noqa: E731
+    # jitted, the prior gets λ0 as an argument (a runtime value, as in the controller), not a constant
+    pri_jit = jax.jit(lambda lam, *a: pri(lam).update(*a))
+    exact = np.testing.assert_array_equal
+    close = exact if power == 1.0 else lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2.5e-7)
+    eager = [(ctl.update, pri(0.3).update, 1, exact)] if power != 1.0 else []  # (eager dispatch is slow)
+    for ctl_update, pri_update, steps, same in eager + [(jax.jit(ctl.update), functools.partial(pri_jit, 0.3), 12,
+                                                         close)]:
+        p, s, r = params, ctl.init(params), pri(0.3).init(params)
+        for t in range(steps):
+            g = jax.tree.map(lambda x: 0.2 * jnp.cos(3 * x + t), p)
+            (u, s), (v, r) = ctl_update(g, s, p), pri_update(g, r, p)
+            jax.tree.map(same, u, v)
+            p = optax.apply_updates(p, u)
+        jax.tree.map(exact, s[1].frozen, r[1].frozen)
+        assert int(s[1].num_frozen) == int(r[1].num_frozen) > (2 if steps > 1 else 0)
+        assert float(s[1].strength) == np.float32(0.3)
+
+
+# ---- optax conventions -----------------------------------------------------------------------
+PARAMS = {"w": jnp.ones((3, 4)), "slope": jnp.linspace(0.0, 1.2, 7), "stack": jnp.full((2, 3), 0.98)}
+MASK = {"w": False, "slope": True, "stack": True}
+
+
+def _injected(target=0.4, gain=0.2, init_strength=0.05):
+    return optax.inject_hyperparams(lambda target, gain, init_strength, lr: optax.chain(
+        optax.sgd(lr), optax.masked(njt.prelu_sparsity_controller(
+            target, lr, init_strength=init_strength, gain=gain), MASK)))(
+        target=target, gain=gain, init_strength=init_strength, lr=LR)
+
+
+def _grads(t):
+    return jax.tree.map(lambda x: 0.05 * jnp.sin(x + t), PARAMS)
+
+
+def test_chain_masked_inject_jit_and_abstract_init():
+    tx = _injected()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), PARAMS)
+    s_abstract = jax.eval_shape(tx.init, abstract)  # inject_hyperparams needs eval_shape for abstract params
+    plain = optax.chain(optax.sgd(LR), optax.masked(njt.prelu_sparsity_controller(0.4, LR), MASK))
+    s_plain = plain.init(abstract)  # without it, init takes ShapeDtypeStructs directly
+    assert all(jax.tree.leaves(jax.tree.map(
+        lambda a, b: (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b)),
+        s_plain, plain.init(PARAMS))))
+    s_init = tx.init(PARAMS)
+    p, s, update = PARAMS, s_init, jax.jit(tx.update)
+    for t in range(5):
+        u, s = update(_grads(t), s, p)
+        p = optax.apply_updates(p, u)
+    assert jax.tree.structure(s_abstract) == jax.tree.structure(s_init) == jax.tree.structure(s)
+    same = lambda a, b: (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
+    assert all(jax.tree.leaves(jax.tree.map(same, s_init, s)))
+    assert all(jax.tree.leaves(jax.tree.map(same, s_abstract, s_init)))
+    ctl = [x for x in jax.tree.leaves(s, is_leaf=lambda x: isinstance(x, njt.PReLUControllerState))
+           if isinstance(x, njt.PReLUControllerState)]
+    assert len(ctl) == 1
+    ctl = ctl[0]
+    assert [x.dtype for x in (ctl.count, ctl.strength, ctl.log_scale, ctl.num_frozen, ctl.num_units)] == [
+        jnp.int32, jnp.float32, jnp.float32, jnp.int32, jnp.int32]
+    assert int(ctl.num_units) == 13 and int(ctl.num_frozen) > 0  # the masked-out kernel is not counted
+    assert int(optax.tree_utils.tree_get(s, "num_frozen")) == int(ctl.num_frozen)
+    assert float(ctl.strength) > 0  # 13 * 0.4 -> 5 kept: not there yet after 5 steps
+    w = PARAMS["w"]  # the unmasked leaf: plain SGD
+    for t in range(5):
+        w = w - LR * 0.05 * jnp.sin(PARAMS["w"] + t)
+    np.testing.assert_allclose(p["w"], w, rtol=1e-6)
+
+
+def test_traced_target_gain_and_strength_do_not_recompile():
+    tx = _injected()
+
+    @jax.jit
+    def run(state):
+        def body(carry, t):
+            p, s = carry
+            u, s = tx.update(jax.tree.map(lambda x: 0.05 * jnp.sin(x + t), p), s, p)
+            return (optax.apply_updates(p, u), s), None
+        return jax.lax.scan(body, (PARAMS, state), jnp.arange(40.0))[0]
+
+    frozen, strength = [], []
+    for values in ({"target": 0.4}, {"target": 0.75}, {"target": 1.0}, {"gain": 0.0, "init_strength": 1e-4},
+                   {"gain": 0.0, "init_strength": 0.3}):
+        state = optax.tree_utils.tree_set(tx.init(PARAMS), **{k: jnp.float32(v) for k, v in values.items()})
+        out = run(state)[1]
+        frozen.append(int(optax.tree_utils.tree_get(out, "num_frozen")))
+        strength.append(float(optax.tree_utils.tree_get(out, "strength")))
+    assert run._cache_size() == 1
+    # vmapped over runs with different targets (a sweep's run group): each run as alone
+    states = [optax.tree_utils.tree_set(tx.init(PARAMS), target=jnp.float32(v)) for v in (0.4, 0.75, 1.0)]
+    group = jax.jit(jax.vmap(run))(jax.tree.map(lambda *x: jnp.stack(x), *states))
+    assert list(np.asarray(optax.tree_utils.tree_get(group[1], "num_frozen"))) == frozen[:3]
+    # round(0.4 * 13) = 5 and round(0.75 * 13) = 10 kept; at 1.0 all; without gain 1e-4 does too little
+    assert frozen[:4] == [13 - 5, 13 - 10, 0, 1]
+    assert strength[3] == pytest.approx(1e-4) and frozen[4] > frozen[3]  # (the 1 is the slope 0.98 + its step)
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="exactly one of target"):
+        njt.prelu_sparsity_controller(0.5, LR, target_count=3)
+    with pytest.raises(ValueError, match="exactly one of target"):
+        njt.prelu_sparsity_controller(learning_rate=LR)
+    with pytest.raises(ValueError, match="learning_rate is required"):
+        njt.prelu_sparsity_controller(0.5)
+    with pytest.raises(ValueError, match="mode='l0' is unknown"):
+        njt.prelu_sparsity_controller(0.5, LR, mode="l0")
+    tx = njt.prelu_sparsity_controller(0.5, LR)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(PARAMS, tx.init(PARAMS), None)
+
+
+# ---- the registered optimizer ----------------------------------------------------------------
+def _opt_params():
+    return {"a": jax.random.normal(jax.random.key(0), (4, 3)), "b": {"c": jnp.linspace(0.0, 0.8, 10)}}
+
+
+CTX = OptimizerContext({"a": True, "b": {"c": False}}, {"a": False, "b": {"c": True}}, [], 0)
+
+
+def _opt_run(cfg, steps=60):
+    tx = make_optimizer(merge(DEFAULTS["optim"], cfg), total_steps=steps, context=CTX)
+    params, state = _opt_params(), tx.init(_opt_params())
+    update = jax.jit(tx.update)
+    for i in range(steps):
+        grads = jax.tree.map(lambda p: 0.01 * jnp.sin(p * (i + 1)), params)
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def test_sgd_prelu_target_reaches_its_target_and_logs_it():
+    cfg = dict(name="sgd_prelu_target", lr=0.05, momentum=0.9, weight_decay=1e-2, schedule="constant",
+               prelu_l1=1e-2, prelu_target=0.3, prelu_gain=0.2)
+    params, state = _opt_run(cfg)
+    m = optimizer_metrics(state, None)
+    assert int(m["prelu_frozen"]) == 7 and float(m["prelu_strength"]) == 0.0  # 3 of 10 kept, then off
+    assert int(np.sum(np.asarray(params["b"]["c"]) == 1.0)) == 7
+    # keep all: SGD with weight decay on the kernel only, as sgd_prelu_l1 at zero strength
+    keep, s_keep = _opt_run(cfg | {"prelu_target": 1.0})
+    ref, _ = _opt_run(dict(cfg, name="sgd_prelu_l1", prelu_l1=0.0, prelu_tolerance=0.0))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), keep, ref)
+    assert int(optimizer_metrics(s_keep, None)["prelu_frozen"]) == 0
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["optim.prelu_target=1.5"], "optim.prelu_target=1.5 is not a fraction; allowed: 0 to 1"),
+    (["optim.prelu_target=-0.1"], "optim.prelu_target=-0.1 is not a fraction"),
+    (["optim.prelu_gain=-1.0"], "optim.prelu_gain=-1.0 is negative; allowed: >= 0"),
+    (["optim.prelu_l1=0.0"], "optim.prelu_l1=0.0 is sgd_prelu_target's initial strength"),
+    (["model.activation=relu"], "set model.activation=prelu"),
+])
+def test_bad_sgd_prelu_target_config_is_a_one_line_error(overrides, words):
+    from normjax.config import load_config
+
+    base = ["model.activation=prelu", "optim.name=sgd_prelu_target", "optim.prelu_l1=0.001", "optim.prelu_target=0.5"]
+    assert load_config(overrides=base)["optim"]["prelu_target"] == 0.5
+    with pytest.raises(UserError, match=words) as e:
+        load_config(overrides=base + overrides)
+    assert "\n" not in str(e.value)
