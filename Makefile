@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test test-slow bench bench-gpu install clean sweeps explode
+.PHONY: demo test test-slow bench bench-gpu install clean sweeps explode apl
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -16,15 +16,32 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the offline embedded data (scikit-learn digits): the ELR study in small. A deep
-# plain BN ResNet and its residual twin, per-layer ELR figures, and the weight-dynamics model's
-# prediction against the measurement (figures under $(WORKDIR)/demo/*/figures and .../demo/figures).
+# The main job on the offline embedded data (scikit-learn digits): both studies in small.
+# ELR: a deep plain BN ResNet and its residual twin, per-layer ELR figures, and the weight-dynamics
+# model's prediction against the measurement (figures under $(WORKDIR)/demo/*/figures and
+# .../demo/figures). APL: a PReLU ResNet sparsified during and after training to chosen fractions of
+# nonlinear units, accuracy vs APL and the core network ($(WORKDIR)/demo-apl/figures), one run's
+# APL report and its folded network.
+DEMO_APL_RUN = $$(ls -d $(WORKDIR)/demo-apl/regime=after-prelu_target=0.03-* | head -1)
 demo: $(STAMP)
 	$(BIN)/normjax sweep experiments/sweep_elr_demo.py --size $(SIZE) --workdir $(WORKDIR)/demo
 	$(BIN)/normjax results $(WORKDIR)/demo
 	$(BIN)/normjax elr-plot $(WORKDIR)/demo
 	$(BIN)/normjax ode $(WORKDIR)/demo
 	for r in $(WORKDIR)/demo/*/config.json; do $(BIN)/normjax elr-plot $$(dirname $$r) || exit 1; done
+	$(BIN)/normjax sweep experiments/sweep_apl_demo.py --size $(SIZE) --workdir $(WORKDIR)/demo-apl
+	$(BIN)/normjax results $(WORKDIR)/demo-apl
+	$(BIN)/normjax apl-plot $(WORKDIR)/demo-apl
+	$(BIN)/normjax apl $(DEMO_APL_RUN)
+	$(BIN)/normjax fold $(DEMO_APL_RUN)
+	$(BIN)/normjax fold $(DEMO_APL_RUN) --spatial --out $(DEMO_APL_RUN)/folded-spatial
+	@echo "ELR figures: $(WORKDIR)/demo/figures   APL figure: $(WORKDIR)/demo-apl/figures/accuracy_vs_apl.png"
+
+# The APL study: baselines, the λ sweep and the target sweep, figures with the baselines drawn in.
+apl: $(STAMP)
+	$(MAKE) sweep-apl_baselines sweep-apl_sparsity sweep-apl_targets
+	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_sparsity-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
+	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_targets-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x
@@ -56,9 +73,15 @@ SWEEP_PLOTS_depth := --x model.depth --hue model.shortcut
 SWEEP_PLOTS_lr := --x optim.lr --hue optim.momentum --log-x
 SWEEP_PLOTS_elr_trajectories := --x optim.lr --hue model.shortcut --log-x
 SWEEP_PLOTS_elr_regimes := --x optim.name --hue model.shortcut
+SWEEP_PLOTS_apl_sparsity := --x optim.prelu_l1 --hue train.regime --log-x
+SWEEP_PLOTS_apl_targets := --x optim.prelu_target --hue train.regime
+SWEEP_PLOTS_apl_baselines := --x model.depth --hue model.baseline
+SWEEP_PLOTS_apl_demo := --x optim.prelu_target --hue train.regime
 # Study commands run after a sweep's table and figure ("NAME_AFTER: commands on the sweep dir").
 SWEEP_AFTER_elr_trajectories := elr-plot ode
 SWEEP_AFTER_elr_regimes := elr-plot
+SWEEP_AFTER_apl_sparsity := apl-plot
+SWEEP_AFTER_apl_targets := apl-plot
 
 sweeps:
 	@ls experiments/sweep_*.py | sed 's|experiments/sweep_\(.*\)\.py|make sweep-\1|'

@@ -16,7 +16,7 @@ _spec.loader.exec_module(_sparsity)
 
 def get_sweep(size: str) -> dict:
     smoke = size == "smoke"
-    depths = [3, 4, 6, 8, 10, 13] if smoke else [3, 4, 6, 8, 11, 14, 19]
+    depths = [3, 5, 8, 12] if smoke else [3, 4, 6, 8, 11, 14, 19]
     # The sparsified network: ResNet-14 width 8 (smoke) or ResNet-20 width 16 (full).
     target = {"name": "resnet", "depth": 14 if smoke else 20, "width": 8 if smoke else 16}
     shape = (8, 8, 3) if smoke else (32, 32, 3)

@@ -1,6 +1,9 @@
 """The APL study's main sweep: the prior's strength λ against the reached APL and accuracy, in both
 regimes (during training: the prior from step 0; after training: a post-training phase with the
-prior, warm-started from a base network trained once per task), over tasks of graded difficulty.
+prior, warm-started from a base network trained once per task; full size also: from half-way
+through training), over tasks of graded difficulty. The prior moves every slope by lr*λ per step,
+so the reached APL falls steeply over a narrow λ range: `sweep_apl_targets.py` asks for APLs
+directly with the λ controller.
 
 smoke: ResNet-14 (width 8) on the embedded digits and synthetic easy/hard tasks at 8x8, minutes on
 2 CPU cores. full: ResNet-20 on CIFAR-10 and CIFAR-100 (and synthetic easy/hard at 32x32), 2 seeds.
@@ -18,23 +21,27 @@ def tasks(size: str) -> list[dict]:
     return synthetic + [{"name": n, "data.name": n, "data.crop_padding": 4, "data.flip": True} for n in ("cifar10", "cifar100")]
 
 
-def regimes(epochs: float, post_epochs: float) -> list[dict]:
-    return [{"name": "during", "train.init_from": "", "train.epochs": epochs},
-            {"name": "after", "train.init_from": "pretrain", "train.epochs": post_epochs}]
+def regimes(epochs: float, post_epochs: float, from_k: bool = False) -> list[dict]:
+    """during: the prior from step 0; after: a post-training phase warm-started from the base run;
+    from_half (from_k): the prior switched on half-way through training (`optim.prelu_start`)."""
+    out = [{"name": "during", "train.init_from": "", "train.epochs": epochs},
+           {"name": "after", "train.init_from": "pretrain", "train.epochs": post_epochs}]
+    return out + ([{"name": "from_half", "train.init_from": "", "train.epochs": epochs, "optim.prelu_start": 0.5}]
+                  if from_k else [])
 
 
 def get_sweep(size: str) -> dict:
     if size == "full":
         return {
             "base": "apl_resnet.py",
-            "grid": {"data.task": tasks(size), "train.regime": regimes(160.0, 40.0),
+            "grid": {"data.task": tasks(size), "train.regime": regimes(160.0, 40.0, from_k=True),
                      "optim.prelu_l1": [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2], "train.seed": [0, 1]},
             "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 160.0},
         }
     return {
         "base": "apl_resnet.py",
         "grid": {"data.task": tasks(size), "train.regime": regimes(20.0, 10.0),
-                 "optim.prelu_l1": [0.02, 0.04, 0.08, 0.16, 0.32]},
+                 "optim.prelu_l1": [0.04, 0.06, 0.09, 0.13, 0.2]},
         "set": {"model.depth": 14, "model.width": 8},
         "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 20.0},
     }

@@ -1,0 +1,35 @@
+"""The APL study by target: the λ controller (`optim.name=sgd_prelu_target`) steers the prior until
+a given fraction of the PReLU units is nonlinear, so accuracy is measured at chosen APLs, in both
+regimes and over the tasks of `sweep_apl_sparsity.py`.
+
+smoke: ResNet-14 (width 8), digits and synthetic hard at 8x8; full: ResNet-20 on CIFAR-10/100 and
+synthetic easy/hard, 2 seeds. `make sweep-apl_targets` draws the APL figures (`normjax apl-plot`).
+"""
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("sweep_apl_sparsity", Path(__file__).with_name("sweep_apl_sparsity.py"))
+_sparsity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_sparsity)
+
+CONTROLLER = {"optim.name": "sgd_prelu_target", "optim.prelu_gain": 0.05}
+
+
+def get_sweep(size: str) -> dict:
+    if size == "full":
+        return {
+            "base": "apl_resnet.py",
+            "grid": {"data.task": _sparsity.tasks(size), "train.regime": _sparsity.regimes(160.0, 40.0),
+                     "optim.prelu_target": [0.5, 0.25, 0.1, 0.05, 0.025, 0.01, 0.0], "train.seed": [0, 1]},
+            "set": CONTROLLER | {"optim.prelu_l1": 1e-4, "optim.prelu_gain": 0.005},
+            "pretrain": {"optim.prelu_target": 1.0, "train.epochs": 160.0},
+        }
+    return {
+        "base": "apl_resnet.py",
+        "grid": {"data.task": [t for t in _sparsity.tasks(size) if t["name"] != "easy"],
+                 "train.regime": _sparsity.regimes(20.0, 10.0),
+                 "optim.prelu_target": [0.3, 0.1, 0.03, 0.01, 0.0]},
+        "set": CONTROLLER | {"model.depth": 14, "model.width": 8, "optim.prelu_l1": 0.01},
+        "pretrain": {"optim.prelu_target": 1.0, "train.epochs": 20.0},
+    }

@@ -1,0 +1,125 @@
+"""The APL study end to end on a tiny sweep: the in-step hook against the checkpoint, regimes
+(during, after from a shared base, from half-way), `normjax apl`, `normjax eval` after hard
+linearization, and the figures."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normjax.cli import run as cli_run
+from normjax.errors import UserError
+from normjax.studies.apl import count_params, matched_width_mult, run_apl
+from normjax.studies.apl_figures import advantage_gap, apl_figures
+from normjax.sweep.runner import run_sweep
+from normjax.training.loop import evaluate_run
+from normjax.training.rundir import RunDir
+
+ROOT = Path(__file__).parents[1]
+SWEEP = """
+def get_sweep(size):
+    return {"base": "%s",
+            "grid": {"data.task": [{"name": "digits", "data.name": "digits"}],
+                     "train.regime": [{"name": "during", "train.init_from": ""},
+                                      {"name": "after", "train.init_from": "pretrain", "train.steps": 12},
+                                      {"name": "from_half", "train.init_from": "", "optim.prelu_start": 0.5}],
+                     "optim.prelu_l1": [0.5, 4.0]},
+            "set": {"model.depth": 3, "model.width": 16, "model.activation": "prelu", "optim.name": "sgd_prelu_l1",
+                    "optim.lr": 0.1, "train.steps": 24, "train.batch_size": 64, "train.steps_per_dispatch": 4,
+                    "log.metrics": ["apl"], "log.dense_steps": 4, "log.every": 4, "checkpoint.every": 12},
+            "pretrain": {"optim.prelu_l1": 0.0, "train.steps": 24}}
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    d = tmp_path_factory.mktemp("apl")
+    spec = d / "sweep_apl_t.py"
+    spec.write_text(SWEEP % (ROOT / "experiments" / "mlp_digits.py"))
+    results = run_sweep(spec, workdir=d / "w")
+    assert len(results) == 6 and all(s["status"] == "done" for s in results.values()), results
+    return d / "w", results
+
+
+def _runs(sweep_dir, regime):
+    return sorted(p for p in sweep_dir.iterdir() if p.name.startswith(f"task=digits-regime={regime}-"))
+
+
+def test_hook_matches_the_checkpoint_and_summary(sweep):
+    sweep_dir, results = sweep
+    for name, summary in results.items():
+        rows = list(RunDir(sweep_dir / name).read_metrics())
+        last = rows[-1]
+        report = run_apl(sweep_dir / name)  # from the checkpoint, read-only
+        # The hook measures w_{t+1} on the last step: the final parameters the checkpoint holds.
+        assert last["nl_count"] == report["counts"] and len(report["counts"]) == 3
+        assert summary["apl"] == last["apl"] == pytest.approx(report["apl"], abs=1e-6)
+        assert summary["nonlinear_units"] == report["nonlinear_units"] == sum(report["counts"])
+        assert summary["apl_unnormalized"] == pytest.approx(report["apl_unnormalized"], rel=1e-5)
+        assert summary["effective_width"] == pytest.approx(report["effective_width"])
+        assert last["prelu_frozen"] == report["units"] - report["nonlinear_units"]
+    graph = json.loads((sweep_dir / name / "graph.json").read_text())
+    assert [n["name"] for n in graph] == ["input", "fc0", "fc1", "fc2", "logits"]
+
+
+def test_regimes_order_the_sparsity(sweep):
+    sweep_dir, results = sweep
+    apl = {r: [results[p.name]["apl"] for p in _runs(sweep_dir, r)] for r in ("during", "after", "from_half")}
+    assert all(len(v) == 2 for v in apl.values())
+    for regime, (weak, strong) in apl.items():  # λ = 0.5, 4.0 in name order
+        assert strong < weak <= 3.0, regime
+    assert min(apl["during"]) < 3.0  # the prior linearized units
+    # From half-way: the first half logs every unit nonlinear (the prior is off), then units freeze.
+    rows = list(RunDir(_runs(sweep_dir, "from_half")[1]).read_metrics())
+    assert all(r["prelu_frozen"] == 0 for r in rows if r["step"] < 11)
+    assert rows[-1]["prelu_frozen"] > 0
+    # After: every "after" run started from the one base run (trained once).
+    bases = list((sweep_dir / "pretrain").iterdir())
+    assert len(bases) == 1
+    assert {json.loads((p / "config.json").read_text())["train"]["init_from"] for p in _runs(sweep_dir, "after")} \
+        == {str(bases[0])}
+
+
+def test_eval_shows_hard_linearization_and_apl_command(sweep, capsys):
+    sweep_dir, _ = sweep
+    run = _runs(sweep_dir, "during")[0]
+    res = evaluate_run(run)
+    lin = res["linearized"]
+    assert lin["tolerance"] == 0.01 and lin["units"] == 48
+    assert set(res) >= {"test_accuracy", "train_accuracy"} and 0 <= lin["test_accuracy"] <= 1
+    assert lin["apl"] == run_apl(run)["apl"]
+    assert cli_run(["apl", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "APL (normalized)" in out and "fc0" in out and f"/{16}" in out
+    assert cli_run(["apl", str(sweep_dir), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6 and all("apl_unnormalized" in json.loads(x) for x in lines)
+    with pytest.raises(UserError, match="tolerance"):
+        run_apl(run, tolerance=2.0)
+
+
+def test_figures_and_table(sweep, tmp_path):
+    sweep_dir, results = sweep
+    paths = apl_figures(sweep_dir, out=tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == sorted([f"{s}.{e}" for s in ("accuracy_vs_apl", "core_profile", "advantage_gap")
+                            for e in ("png", "pdf")] + ["apl_table.csv"])
+    table = (tmp_path / "apl_table.csv").read_text().strip().splitlines()
+    assert len(table) == 1 + len(results)
+    with pytest.raises(UserError, match="not a sweep"):
+        apl_figures(tmp_path)
+
+
+def test_advantage_gap_and_matched_width():
+    after = [{"apl": 0.0, "test_accuracy": 0.5}, {"apl": 2.0, "test_accuracy": 0.9}, {"apl": 2.0, "test_accuracy": 0.7}]
+    during = [{"apl": 1.0, "test_accuracy": 0.4}, {"apl": 3.0, "test_accuracy": 0.8}]
+    grid, gap = advantage_gap(after, during, points=3)  # shared range [1, 2]; seeds at apl 2 averaged
+    np.testing.assert_allclose(grid, [1.0, 1.5, 2.0])
+    np.testing.assert_allclose(gap, [0.65 - 0.4, 0.725 - 0.5, 0.8 - 0.6])
+    assert advantage_gap(after[:1], during)[0].size == 0
+    target = {"name": "resnet", "depth": 8, "width": 8}
+    m = matched_width_mult({"name": "plain_cnn", "depth": 4, "width": 8}, target)
+    n, t = count_params({"name": "plain_cnn", "depth": 4, "width": 8, "width_mult": m}), count_params(target)
+    for other in (m - 1 / 8, m + 1 / 8):  # the closest integer width
+        assert abs(n - t) <= abs(count_params({"name": "plain_cnn", "depth": 4, "width": 8, "width_mult": other}) - t)
