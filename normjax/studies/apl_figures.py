@@ -107,6 +107,22 @@ def _profile(rundir: Path) -> tuple[list[str], np.ndarray] | None:
     return names, np.asarray(json.loads(last)["nl_fraction"], float)
 
 
+def _baselines(ax, task: str, rows: list[dict], xlabel: str) -> None:
+    """Baseline curves (one line style per kind: equal width, equal parameters), title and axes."""
+    for (kind, brs), ls in zip(sorted(_groups(rows, BASELINE).items()), ("--", ":", "-.")):
+        xs, ys = curve(brs)
+        ax.plot(xs, ys, "s" + ls, color="k", label=f"baseline, {kind}", ms=3, alpha=0.7)
+    ax.set_title(f"task: {task}")
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+
+
+def _save_panels(fig, axes, out: Path, stem: str) -> list[Path]:
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=7)
+    return save(fig, out, stem)
+
+
 def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str | Path | None = None) -> list[Path]:
     """Write the APL study's figures and table for a sweep directory; returns their paths.
 
@@ -133,8 +149,6 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
     base_tasks = _groups(base_rows, TASK)
     regimes = sorted({str(r.get(REGIME) or "all") for r in rows})
     colors = {g: f"C{i}" for i, g in enumerate(regimes)}
-    kinds = sorted({str(r.get(BASELINE) or "baseline") for r in base_rows})
-    base_style = {k: ("k", ls) for k, ls in zip(kinds, ("--", ":", "-."))}
     paths: list[Path] = []
     n = len(tasks)
 
@@ -144,16 +158,8 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
         for regime, rrs in _groups(trs, REGIME).items():
             xs, ys = curve(rrs)
             ax.plot(xs, ys, "o-", color=colors[regime], label=f"sparsified, {regime}", ms=4)
-        for kind, brs in _groups(base_tasks.get(task, []), BASELINE).items():
-            xs, ys = curve(brs)
-            color, ls = base_style.get(kind, ("k", "--"))
-            ax.plot(xs, ys, "s" + ls, color=color, label=f"baseline, {kind}", ms=3, alpha=0.7)
-        ax.set_title(f"task: {task}")
-        ax.set_xlabel("APL (normalized)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=7)
-    paths += save(fig, out, "accuracy_vs_apl")
+        _baselines(ax, task, base_tasks.get(task, []), "APL (normalized)")
+    paths += _save_panels(fig, axes, out, "accuracy_vs_apl")
 
     # core-network profile per task
     fig, axes = figure(1, n, size=(4.2 * n, 3.6), sharey=True)
@@ -200,18 +206,9 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
     if base_rows:
         fig, axes = figure(1, n, size=(4.2 * n, 3.6), sharey=True)
         for ax, (task, trs) in zip(axes[0], tasks.items()):
-            xs, ys = curve(trs)
             ax.scatter([r["apl"] for r in trs], [r["test_accuracy"] for r in trs], s=12, color="C0", label="sparsified (all)")
-            for kind, brs in _groups(base_tasks.get(task, []), BASELINE).items():
-                bx, by_ = curve(brs)
-                color, ls = base_style.get(kind, ("k", "--"))
-                ax.plot(bx, by_, "s" + ls, color=color, label=f"baseline, {kind}", ms=3)
-            ax.set_title(f"task: {task}")
-            ax.set_xlabel("APL = depth for the baselines")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("test accuracy")
-        axes[0][-1].legend(fontsize=7)
-        paths += save(fig, out, "vs_baselines")
+            _baselines(ax, task, base_tasks.get(task, []), "APL = depth for the baselines")
+        paths += _save_panels(fig, axes, out, "vs_baselines")
 
     table = out / "apl_table.csv"
     fields = ["name", TASK, REGIME, "apl", "apl_unnormalized", "effective_width", "nonlinear_units",

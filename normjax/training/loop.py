@@ -121,11 +121,12 @@ def eval_splits(program: Program, ds: Dataset, cfg: dict) -> dict[str, tuple]:
             "test": eval_split(program, ds.test_images, ds.test_labels, t["eval_batch_size"])}
 
 
-def final_metrics(program: Program, state: TrainState, splits: dict[str, tuple]) -> dict[str, float]:
-    """Loss and accuracy (BN in inference mode) on each split: `train_loss`, `test_accuracy`, ..."""
+def final_metrics(program: Program, items: dict, splits: dict[str, tuple]) -> dict[str, float]:
+    """Loss and accuracy (BN in inference mode) of `{"params", "batch_stats"}` on each split:
+    `train_loss`, `test_accuracy`, ..."""
     out = {}
     for name, (x, y, batch) in splits.items():
-        res = jax.device_get(program.evaluate(state.params, state.batch_stats, x, y, batch))
+        res = jax.device_get(program.evaluate(items["params"], items["batch_stats"], x, y, batch))
         out |= {f"{name}_loss": float(res["loss"]), f"{name}_accuracy": float(res["accuracy"])}
     return out
 
@@ -283,7 +284,8 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
             key = r.cfg["train"]["eval_train_examples"]
             if key not in splits:
                 splits[key] = eval_splits(program, ds, r.cfg)
-            final = final_metrics(program, jax.tree.map(lambda x: x[i], state), splits[key])
+            final = final_metrics(program, {"params": jax.tree.map(lambda x: x[i], state.params),
+                                            "batch_stats": jax.tree.map(lambda x: x[i], state.batch_stats)}, splits[key])
             r.summary = {"status": "done", "step": total, "total_steps": total,
                          "epochs": total / program.steps_per_epoch, "wall_time": wall, **final}
         r.summary |= metrics_lib.summarize(program.metric_names, list(r.dir.read_metrics()), r.cfg)
@@ -312,24 +314,15 @@ def read_run(rundir: str | Path) -> tuple[dict, Dataset, Program, int, dict]:
 
 
 def evaluate_run(rundir: str | Path) -> dict:
-    """Evaluate a run directory's latest good checkpoint on its train subset and test split."""
-    run = RunDir(Path(rundir).expanduser().absolute())
-    if not run.config.exists():
-        raise UserError(f"{str(run.path)!r} is not a run directory (no config.json)")
-    cfg = read_json(run.config)
-    ds = dataset_for(cfg)
-    program = program_for(cfg, ds)
-    restored = restore_state(Checkpointer(run.checkpoints), program) if run.checkpoints.is_dir() else None
-    if restored is None:
-        raise UserError(f"{str(run.path)!r} holds no checkpoint to evaluate")
-    state, _ = restored
+    """Evaluate a run directory's latest checkpoint (read-only) on its train subset and test
+    split; a PReLU run also hard-linearized (`"linearized"`: slopes within the tolerance set to 1)."""
+    cfg, ds, program, step, items = read_run(rundir)
     splits = eval_splits(program, ds, cfg)
-    out = {"step": int(state.step), **final_metrics(program, state, splits)}
+    out = {"step": int(step), **final_metrics(program, items, splits)}
     if cfg["model"]["activation"] == "prelu":
-        # Hard linearization: slopes within the tolerance set to exactly 1 (what folding assumes).
         tol = cfg["optim"]["prelu_tolerance"]
-        hard = state.replace(params=graph_lib.linearize(program.graph, state.params, tol))
+        hard = items | {"params": graph_lib.linearize(program.graph, items["params"], tol)}
         out["linearized"] = {"tolerance": tol, **final_metrics(program, hard, splits),
-                             **{k: v for k, v in apl_lib.summary(program.graph, jax.device_get(hard.params), tol).items()
+                             **{k: v for k, v in apl_lib.summary(program.graph, jax.device_get(hard["params"]), tol).items()
                                 if k in ("apl", "nonlinear_units", "units")}}
     return out
