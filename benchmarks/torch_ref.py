@@ -7,6 +7,11 @@ literally rather than any library's variant:
   projection shortcuts where the shape changes ("option B"). ResNet-20 has 272,474 parameters.
 - `BnReluMlp`: flatten -> `depth` x (Linear without bias -> BatchNorm1d -> ReLU) -> Linear.
 
+`CifarResNet(activation="prelu")` puts a channel-wise `nn.PReLU` (slopes initialised to 0, i.e.
+ReLU at init) in place of every ReLU, and `make_train_step(prelu_l1=...)` adds the proximal L1
+step on those slopes toward 1 (the APL study's sparsity prior, `normjax.transforms.prelu`); both
+default to the plain ReLU network and SGD step.
+
 Run `python -m benchmarks.torch_ref` to print the parameter counts.
 """
 
@@ -28,10 +33,20 @@ RESNET_CHANNELS_LAST = True
 RESNET20_PARAMS = 272_474
 
 
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU."""
+def _activation(name: str, channels: int, prelu_init: float) -> nn.Module:
+    """`nn.ReLU()`, or a channel-wise `nn.PReLU` with slopes starting at `prelu_init`."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "prelu":
+        return nn.PReLU(num_parameters=channels, init=prelu_init)
+    raise ValueError(f"activation must be relu or prelu, got {name!r}")
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU (or channel-wise PReLU for both)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str = "relu",
+                 prelu_init: float = 0.0) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_ch)
@@ -46,30 +61,45 @@ class BasicBlock(nn.Module):
             )
         else:
             self.shortcut = nn.Identity()
+        # ReLU stays the functional F.relu (no modules), so the ReLU network is unchanged.
+        self.act1: nn.Module | None = None
+        self.act2: nn.Module | None = None
+        if activation != "relu":
+            self.act1 = _activation(activation, out_ch, prelu_init)
+            self.act2 = _activation(activation, out_ch, prelu_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        if self.act1 is None or self.act2 is None:
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return F.relu(out + self.shortcut(x))
+        out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act2(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet v1 of depth 6n+2 (16/32/64 channels, global average pool, linear head)."""
+    """CIFAR ResNet v1 of depth 6n+2 (16/32/64 channels, global average pool, linear head).
 
-    def __init__(self, depth: int = 20, num_classes: int = 10) -> None:
+    `activation="prelu"`: a channel-wise PReLU (slopes start at `prelu_init`) wherever v1 has a
+    ReLU (stem and both per block), 16*(1 + 2n) + 32*2n + 64*2n slopes in all.
+    """
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, activation: str = "relu",
+                 prelu_init: float = 0.0) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), _activation(activation, 16, prelu_init)
         )
         blocks: list[nn.Module] = []
         in_ch = 16
         for stage, out_ch in enumerate((16, 32, 64)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(in_ch, out_ch, stride))
+                blocks.append(BasicBlock(in_ch, out_ch, stride, activation, prelu_init))
                 in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
@@ -127,6 +157,8 @@ def make_train_step(
     *,
     use_compile: bool,
     channels_last: bool = False,
+    prelu_l1: float | None = None,
+    prelu_tolerance: float = 0.01,
 ) -> Callable[[], None]:
     """Return a closure running one SGD train step on (x, y) and blocking until it is done.
 
@@ -135,12 +167,38 @@ def make_train_step(
     first call. The optimizer step stays eager, as in the usual `torch.compile(model)` recipe:
     compiling it too cost a recompile once the momentum buffers appeared (~14 s more on 2
     cores), for an update that is a few foreach kernels and a small part of the step.
+
+    With `prelu_l1` (a number; None = plain SGD) the step is the APL study's `sgd_prelu_l1`: no
+    weight decay on the `nn.PReLU` slopes, and after the optimizer step the proximal step of
+    `lr * prelu_l1 * |a - 1|` on each slope (d = a - 1, d = sign(d) max(|d| - lr prelu_l1, 0));
+    a slope ending within `prelu_tolerance` of 1 is set to exactly 1 and stays frozen there.
     """
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    lr = 0.1
+    slopes: list[torch.Tensor] = []
+    if prelu_l1 is None:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    else:
+        slopes = [m.weight for m in model.modules() if isinstance(m, nn.PReLU)]
+        if not slopes:
+            raise ValueError("prelu_l1 needs a model with nn.PReLU layers")
+        ids = {id(p) for p in slopes}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        opt = torch.optim.SGD([{"params": rest}, {"params": slopes, "weight_decay": 0.0}],
+                              lr=lr, momentum=0.9, weight_decay=5e-4)
+    frozen = [torch.zeros_like(a, dtype=torch.bool) for a in slopes]
+    threshold = lr * (prelu_l1 or 0.0)
+
+    @torch.no_grad()
+    def prox() -> None:
+        for a, f in zip(slopes, frozen, strict=True):
+            d = a - 1.0
+            d = torch.sign(d) * torch.clamp(d.abs() - threshold, min=0.0)
+            f |= d.abs() < prelu_tolerance
+            a.copy_(torch.where(f, torch.ones_like(d), d + 1.0))
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if use_compile:
         forward = torch.compile(model)
@@ -151,6 +209,8 @@ def make_train_step(
         loss = F.cross_entropy(forward(x), y)
         loss.backward()
         opt.step()
+        if slopes:
+            prox()
         # CUDA kernels are asynchronous; CPU ops have already finished when they return.
         if on_cuda:
             torch.cuda.synchronize(x.device)

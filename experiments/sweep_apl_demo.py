@@ -11,7 +11,7 @@ def get_sweep(size: str) -> dict:
         "grid": {"train.regime": [{"name": "during", "train.init_from": "", "train.epochs": epochs},
                                   {"name": "after", "train.init_from": "pretrain", "train.epochs": epochs / 2}],
                  "optim.prelu_target": [0.3, 0.1, 0.03, 0.0]},
-        "set": {"optim.name": "sgd_prelu_target", "optim.prelu_l1": 0.01, "optim.prelu_gain": 0.05}
+        "set": {"optim.name": "sgd_prelu_target", "optim.prelu_l1": 0.01, "optim.prelu_gain": 0.1}
         | ({"model.depth": 14, "model.width": 8} if size == "smoke" else {"data.name": "cifar10"}),
         "pretrain": {"optim.prelu_target": 1.0, "train.epochs": epochs},
     }

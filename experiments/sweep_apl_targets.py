@@ -13,7 +13,7 @@ _spec = importlib.util.spec_from_file_location("sweep_apl_sparsity", Path(__file
 _sparsity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_sparsity)
 
-CONTROLLER = {"optim.name": "sgd_prelu_target", "optim.prelu_gain": 0.05}
+CONTROLLER = {"optim.name": "sgd_prelu_target", "optim.prelu_gain": 0.1}
 
 
 def get_sweep(size: str) -> dict:

@@ -157,3 +157,13 @@ def test_graph_json_round_trip_and_check_rejects_bad_graphs():
     bad = Graph((Node("in", 2, "input", ()), Node("a", 3, "relu", (Edge(0, ()),)), Node("out", 1, "output", (Edge(1, DENSE),))))
     with pytest.raises(ValueError, match="identity operand"):
         check(bad)
+
+
+def test_import_analysis_loads_no_training_stack():
+    import subprocess
+    import sys
+    code = ("import sys, normjax.analysis; print(' '.join(m for m in ('flax', 'optax', 'orbax', 'tensorflow_datasets', "
+            "'matplotlib', 'normjax.training', 'normjax.models', 'normjax.metrics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

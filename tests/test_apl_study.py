@@ -103,7 +103,7 @@ def test_figures_and_table(sweep, tmp_path):
     sweep_dir, results = sweep
     paths = apl_figures(sweep_dir, out=tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == sorted([f"{s}.{e}" for s in ("accuracy_vs_apl", "core_profile", "advantage_gap")
+    assert names == sorted([f"{s}.{e}" for s in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap")
                             for e in ("png", "pdf")] + ["apl_table.csv"])
     table = (tmp_path / "apl_table.csv").read_text().strip().splitlines()
     assert len(table) == 1 + len(results)

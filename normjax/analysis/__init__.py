@@ -1,7 +1,8 @@
-"""Analysis of training dynamics without a network: the weight-dynamics (ODE) model of the norms
-and effective learning rates of scale-invariant layers during early training.
+"""Analysis without training: the weight-dynamics (ODE) model of the ELR study (`dynamics`), the
+model graph of nonlinearities (`graph`), average path length and core networks (`apl`), and
+folding linear units away (`fold`).
 
-This package imports only jax and numpy.
+This package imports only jax and numpy (nothing from training).
 
 Example:
   >>> import jax.numpy as jnp
@@ -11,11 +12,15 @@ Example:
   100.0
 """
 
+from normjax.analysis import apl, dynamics, fold, graph
+from normjax.analysis.apl import core_profile, effective_width, normalized_apl, path_counts, unnormalized_apl
 from normjax.analysis.dynamics import (classic_elr, critical_lr, discrete_norms, discrete_norms_from_grads,
                                        elr_from_norms, elr_map, equilibrium_angular_step, equilibrium_elr,
                                        equilibrium_norm, gradient_flow_elr, gradient_flow_norms, log_spread_std,
                                        ode_norms, predict, random_walk, spread)
+from normjax.analysis.fold import apply_folded, fold as fold_network, load_folded, save_folded
+from normjax.analysis.graph import Edge, Graph, Node, Op, linearize, nonlinear
 
-from normjax.analysis import dynamics
-
-__all__ = list(dynamics.__all__)
+__all__ = list(dynamics.__all__) + [
+    "Edge", "Graph", "Node", "Op", "apply_folded", "core_profile", "effective_width", "fold_network", "linearize",
+    "load_folded", "nonlinear", "normalized_apl", "path_counts", "save_folded", "unnormalized_apl"]

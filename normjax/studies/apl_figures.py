@@ -8,6 +8,7 @@ From a sparsity sweep (runs logging the `apl` hook; tasks as a `data.task` bundl
   and equal parameters apart. Slow decay, then collapse: where a regime's curve falls.
 - `core_profile`: per task, the fraction of nonlinear channels per layer of each sparsified run
   (colour = its APL): the core network the prior leaves.
+- `core_size`: effective width against effective depth (APL) of every run, colour = task.
 - `advantage_gap`: per task, accuracy of the after-training regime minus the during-training
   regime at matched APL (linear interpolation over the APL range both cover), against APL.
 - `vs_baselines`: per task, sparsified networks against the baselines of matching depth.
@@ -152,8 +153,8 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
     paths: list[Path] = []
     n = len(tasks)
 
-    # accuracy vs APL, one panel per task
-    fig, axes = figure(1, n, size=(4.2 * n, 3.6), sharey=True)
+    # accuracy vs APL, one panel per task (own accuracy range each: tasks differ in difficulty)
+    fig, axes = figure(1, n, size=(4.2 * n, 3.6))
     for ax, (task, trs) in zip(axes[0], tasks.items()):
         for regime, rrs in _groups(trs, REGIME).items():
             xs, ys = curve(rrs)
@@ -180,6 +181,19 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
     fig.colorbar(ScalarMappable(norm, cmap), ax=axes[0].tolist(), label="APL")
     paths += save(fig, out, "core_profile")
 
+    # effective depth and width of the core network, per task
+    fig, axes = figure(1, 1, size=(5.0, 3.6))
+    ax = axes[0][0]
+    for i, (task, trs) in enumerate(tasks.items()):
+        for regime, rrs in _groups(trs, REGIME).items():
+            ax.scatter([r["apl"] for r in rrs], [r.get("effective_width") or 0.0 for r in rrs], s=14, color=f"C{i}",
+                       marker="o" if regime != "during" else "^", label=f"{task}, {regime}")
+    ax.set_xlabel("effective depth (APL)")
+    ax.set_ylabel("effective width (nonlinear channels per kept layer)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncols=2)
+    paths += save(fig, out, "core_size")
+
     # advantage gap per task
     if {"after", "during"} <= set(regimes):
         fig, axes = figure(1, 2, size=(9.0, 3.6))
@@ -204,7 +218,7 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
 
     # sparsified vs baselines
     if base_rows:
-        fig, axes = figure(1, n, size=(4.2 * n, 3.6), sharey=True)
+        fig, axes = figure(1, n, size=(4.2 * n, 3.6))
         for ax, (task, trs) in zip(axes[0], tasks.items()):
             ax.scatter([r["apl"] for r in trs], [r["test_accuracy"] for r in trs], s=12, color="C0", label="sparsified (all)")
             _baselines(ax, task, base_tasks.get(task, []), "APL = depth for the baselines")
