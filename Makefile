@@ -75,10 +75,10 @@ SWEEP_PLOTS_depth := --x model.depth --hue model.shortcut
 SWEEP_PLOTS_lr := --x optim.lr --hue optim.momentum --log-x
 SWEEP_PLOTS_elr_trajectories := --x optim.lr --hue model.shortcut --log-x
 SWEEP_PLOTS_elr_regimes := --x optim.name --hue model.shortcut
-SWEEP_PLOTS_apl_sparsity := --x optim.prelu_l1 --hue train.regime --log-x
-SWEEP_PLOTS_apl_targets := --x optim.prelu_target --hue train.regime
+SWEEP_PLOTS_apl_sparsity := --x apl --hue train.regime --panel data.task
+SWEEP_PLOTS_apl_targets := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_baselines := --x model.depth --hue model.baseline
-SWEEP_PLOTS_apl_demo := --x optim.prelu_target --hue train.regime
+SWEEP_PLOTS_apl_demo := --x apl --hue train.regime
 # Study commands run after a sweep's table and figure ("NAME_AFTER: commands on the sweep dir").
 SWEEP_AFTER_elr_trajectories := elr-plot ode
 SWEEP_AFTER_elr_regimes := elr-plot

@@ -42,9 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--over", default="train.seed", help="key averaged over (default train.seed)")
     f = sub.add_parser("plot", help="figures (PNG and PDF) of a sweep, seeds averaged with error bands")
     f.add_argument("sweepdir")
-    f.add_argument("--x", required=True, help="varied key on the x axis, e.g. model.depth")
-    f.add_argument("--y", default="test_accuracy", help="final metric, e.g. test_accuracy")
+    f.add_argument("--x", required=True, help="varied key on the x axis, e.g. model.depth, or a final metric, e.g. apl")
+    f.add_argument("--y", default="test_accuracy", help="final metric, e.g. test_accuracy or a hook's (apl)")
     f.add_argument("--hue", help="varied key drawn as separate lines")
+    f.add_argument("--panel", help="with a metric on x: the varied key whose values get their own panels")
     f.add_argument("--log-x", action="store_true")
     for name, (_, _, text) in STUDY_COMMANDS.items():  # their own parsers read the rest of the line
         sub.add_parser(name, help=text, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
@@ -111,7 +112,7 @@ def run(argv: list[str] | None = None) -> int:
         print(report(args.sweepdir, over=args.over))
         return 0
     from normjax.sweep.plot import plot_sweep
-    for path in plot_sweep(args.sweepdir, x=args.x, y=args.y, hue=args.hue, log_x=args.log_x):
+    for path in plot_sweep(args.sweepdir, x=args.x, y=args.y, hue=args.hue, log_x=args.log_x, panel=args.panel):
         print(path)
     return 0
 

@@ -12,6 +12,7 @@ from normjax.cli import run as cli_run
 from normjax.errors import UserError
 from normjax.studies.apl import count_params, matched_width_mult, run_apl
 from normjax.studies.apl_figures import advantage_gap, apl_figures
+from normjax.sweep.plot import plot_sweep
 from normjax.sweep.runner import run_sweep
 from normjax.training.loop import evaluate_run
 from normjax.training.rundir import RunDir
@@ -109,6 +110,12 @@ def test_figures_and_table(sweep, tmp_path):
     assert len(table) == 1 + len(results)
     with pytest.raises(UserError, match="not a sweep"):
         apl_figures(tmp_path)
+    # The generic sweep plot takes the hook's summary values as axes: x = reached APL.
+    shown = plot_sweep(sweep_dir, x="apl", y="test_accuracy", hue="train.regime")
+    assert [p.name for p in shown] == ["test_accuracy_vs_apl_by_regime.png", "test_accuracy_vs_apl_by_regime.pdf"]
+    assert plot_sweep(sweep_dir, x="optim.prelu_l1", y="apl", hue="regime")[0].name == "apl_vs_prelu_l1_by_regime.png"
+    with pytest.raises(UserError, match="panel"):
+        plot_sweep(sweep_dir, x="optim.prelu_l1", y="apl", panel="regime")
 
 
 def test_advantage_gap_and_matched_width():

@@ -25,7 +25,7 @@ from matplotlib.ticker import NullLocator
 
 from normjax.errors import UserError
 from normjax.sweep.results import (
-    STATUSES, group_id, resolve_over, collect, fmt_value, load_sweep, resolve_key, short_names,
+    STATUSES, group_id, hook_metrics, resolve_over, collect, fmt_value, load_sweep, resolve_key, short_names,
     sort_key, sweep_name, varied_keys,
 )
 
@@ -42,12 +42,15 @@ def _is_number(v: Any) -> bool:
 
 
 def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None = None,
-               log_x: bool = False, over: str | None = "train.seed") -> list[Path]:
+               log_x: bool = False, over: str | None = "train.seed", panel: str | None = None) -> list[Path]:
     """Save `DIR/plots/<y>_vs_<x>[_by_<hue>].png` and `.pdf`; return their paths.
 
     `x` and `hue` are varied keys, dotted or by their last component when unambiguous
-    (`depth` for `model.depth`); `y` is one of `Y_METRICS`. Non-numeric x values (booleans,
-    strings) are placed at evenly spaced categorical positions.
+    (`depth` for `model.depth`); `y` is one of `Y_METRICS` or a value the runs' metric hooks
+    summarized (e.g. `apl`, `elr_log_spread`). Non-numeric x values (booleans, strings) are
+    placed at evenly spaced categorical positions. `x` may also be a final metric (e.g. `apl`,
+    the reached APL): then every run is a point at its own value, lines join the runs of one
+    `hue` value, and panels are only by `panel` (a varied key) if given.
 
     Example:
       >>> plot_sweep("runs/sweep_depth", x="depth", y="test_loss", log_x=True)
@@ -56,18 +59,26 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
     path, meta = load_sweep(sweep_dir)
     rows = collect(path)
     keys = varied_keys(rows) or list(meta["varied"])
-    if y not in Y_METRICS:
-        raise UserError(f"y {y!r} is not a sweep metric; allowed: {', '.join(Y_METRICS)}")
-    x_key = resolve_key(x, keys, "x")
+    metrics = list(Y_METRICS) + hook_metrics(rows)
+    if y not in metrics:
+        raise UserError(f"y {y!r} is not a sweep metric; allowed: {', '.join(metrics)}")
+    metric_x = x in metrics and x not in keys
+    x_key = x if metric_x else resolve_key(x, keys, "x")
     hue_key = resolve_key(hue, keys, "hue") if hue is not None else None
     if hue_key == x_key:
         raise UserError(f"hue {hue!r} is the same key as x; allowed: {', '.join(k for k in keys if k != x_key)}")
-    over_key = resolve_over(over, keys)
+    over_key = None if metric_x else resolve_over(over, keys)
     if over_key in (x_key, hue_key):
         over_key = None  # plotting against the seed itself: every run is its own point
-    panel_keys = [k for k in keys if k not in (x_key, hue_key, over_key)]
+    if metric_x:
+        panel_keys = [resolve_key(panel, keys, "panel")] if panel else []
+    elif panel:
+        raise UserError(f"panel {panel!r} applies when x is a metric; with a varied x every other key is a panel")
+    else:
+        panel_keys = [k for k in keys if k not in (x_key, hue_key, over_key)]
 
-    plotted = [r for r in rows if r["status"] == "done" and r[y] is not None and math.isfinite(r[y])]
+    plotted = [r for r in rows if r["status"] == "done" and all(
+        r.get(k) is not None and math.isfinite(r[k]) for k in ((y, x_key) if metric_x else (y,)))]
     if not plotted:
         counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES
                            if any(r["status"] == s for r in rows)) or "no runs"
@@ -93,7 +104,7 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
     panel_list = sorted(panels.values(), key=lambda p: tuple(sort_key(v) for v in p[0]))
     hues = values_of(hue_key)
 
-    short = short_names(keys)
+    short = short_names(keys) | ({x_key: x_key} if metric_x else {})
     ncols = min(len(panel_list), 3)
     nrows = math.ceil(len(panel_list) / ncols)
     fig = Figure(figsize=(5.0 * ncols + (1.6 if hue_key else 0.0), 3.8 * nrows), layout="constrained")
@@ -127,7 +138,7 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
         if not numeric_x:
             ax.set_xticks(list(range(len(x_values))), [fmt_value(v) for v in x_values])
             ax.set_xlim(-0.5, len(x_values) - 0.5)
-        elif len(x_values) <= 12:
+        elif len(x_values) <= 12 and not metric_x:
             # Sweeps use few x values: tick exactly those (log axes would show 2x10^1 otherwise).
             ax.set_xticks([float(v) for v in x_values], [fmt_value(v) for v in x_values])
             ax.xaxis.set_minor_locator(NullLocator())
