@@ -193,8 +193,13 @@ def test_bundles_and_pretrain_runs_train_each_base_once(tmp_path):
     assert len({r.base.name for r in after}) == 2 and all(r.base is None for r in runs if r not in after)
     assert {r.base.config["optim"]["lr"] for r in after} == {0.2} and after[0].base.config["train"]["init_from"] == ""
     assert {r.base.config["optim"]["momentum"] for r in after} == {0.0, 0.5}
+    # Trained: one task (2 LRs x 2 regimes, one base) keeps the test short.
+    spec.write_text(PRETRAIN_SWEEP.replace(', {"name": "b", "optim.momentum": 0.5}', '')
+                    % (ROOT / "experiments" / "mlp_digits.py"))
+    runs, _ = expand(spec)
+    after = [r for r in runs if r.overrides["train.regime"] == "after"]
     results = run_sweep(spec, workdir=tmp_path / "w")
-    assert len(results) == 8 and all(s["status"] == "done" for s in results.values())
+    assert len(results) == 4 and all(s["status"] == "done" for s in results.values())
     bases = sorted(p.name for p in (tmp_path / "w" / "pretrain").iterdir())
     assert bases == sorted({r.base.name for r in after})
     for r in after:  # warm-started from its base: the run's first logged params are the base's last
