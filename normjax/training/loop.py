@@ -87,6 +87,9 @@ def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, flo
 
 def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
     """Take params and BN statistics from another run's latest checkpoint; keep the new optimizer."""
+    if source == "pretrain":  # normjax.sweep.spec.PRETRAIN, resolved by the sweep runner
+        raise UserError("train.init_from='pretrain' names a sweep's base run: it works inside `normjax sweep` "
+                        "with a 'pretrain' entry; give a run directory here")
     src = Path(source).expanduser()
     abstract = program.abstract_state()
     templates = {"params": abstract.params, "batch_stats": abstract.batch_stats}
