@@ -43,8 +43,9 @@ apl: $(STAMP)
 	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_sparsity-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
 	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_targets-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
 
+# Two workers, one test file each (module-scoped fixtures stay in one process).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -x
+	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
