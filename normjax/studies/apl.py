@@ -89,8 +89,9 @@ def format_report(r: dict) -> str:
 def run_dirs(path: Path) -> list[Path]:
     """A run directory itself, or the run directories of a sweep directory (sweep.json order)."""
     if (path / "sweep.json").is_file():
-        names = [r["name"] for r in json.loads((path / "sweep.json").read_text())["runs"]]
-        return [path / n for n in names if (path / n / "checkpoints").is_dir()]
+        from normjax.sweep.results import load_sweep
+        _, meta = load_sweep(path)
+        return [path / r["name"] for r in meta["runs"] if (path / r["name"] / "checkpoints").is_dir()]
     return [path]
 
 
