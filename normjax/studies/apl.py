@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -19,6 +20,14 @@ from normjax.analysis import apl as apl_lib
 from normjax.analysis import graph as graph_lib
 from normjax.config import DEFAULTS
 from normjax.errors import UserError
+
+
+def check_tolerance(tolerance: float | None) -> float | None:
+    """A `--tolerance` value checked (None: use the run's `optim.prelu_tolerance`), as the config
+    checks `optim.prelu_tolerance`: a unit is linear when `|1 - slope| < tolerance`."""
+    if tolerance is not None and not (math.isfinite(tolerance) and 0 <= tolerance < 1):
+        raise UserError(f"--tolerance {tolerance} is not allowed; give 0 <= tolerance < 1")
+    return tolerance
 
 
 def run_apl(rundir: str | Path, tolerance: float | None = None) -> dict:
@@ -33,10 +42,9 @@ def run_apl(rundir: str | Path, tolerance: float | None = None) -> dict:
       `normjax.analysis.apl.summary` plus `step`, `tolerance` and `run`.
     """
     from normjax.training.loop import read_run
+    check_tolerance(tolerance)
     cfg, _, program, step, items = read_run(rundir)
     tol = cfg["optim"]["prelu_tolerance"] if tolerance is None else tolerance
-    if not 0 <= tol < 1:
-        raise UserError(f"--tolerance {tol} is not allowed; give 0 <= tolerance < 1")
     params = jax.device_get(items["params"])
     return {"run": str(rundir), "step": step, "tolerance": tol,
             **apl_lib.summary(program.graph, graph_lib.linearize(program.graph, params, tol), tol)}

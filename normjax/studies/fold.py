@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 
@@ -74,11 +73,11 @@ def fold_run(rundir: str | os.PathLike, *, tolerance: float | None = None, spati
 
     from normjax.analysis.fold import apply_folded, fold, save_folded, stats
     from normjax.analysis.graph import linearize
+    from normjax.studies.apl import check_tolerance
     from normjax.data import preprocess
     from normjax.training.rundir import write_json
 
-    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
-        raise UserError(f"--tolerance {tolerance} is invalid; allowed: a number >= 0")
+    check_tolerance(tolerance)
     rundir = Path(rundir).expanduser().absolute()
     cfg, ds, program, step, params, batch_stats, graph = _load(rundir)
     tol = float(cfg["optim"]["prelu_tolerance"] if tolerance is None else tolerance)
