@@ -67,7 +67,7 @@ bench-gpu:
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 250 $(PY) -m benchmarks.bench --warmup 5 --iters 50 --only $(GPU_CASES) --out $(GPU_OUT)/results-gpu.json
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 140 $(PY) -m benchmarks.metrics_overhead --out $(GPU_OUT)/results-metrics-gpu.json
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 110 $(PY) -m benchmarks.transforms_overhead --out $(GPU_OUT)/results-transforms-gpu.json
-	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 120 $(PY) -m benchmarks.apl_overhead --out $(GPU_OUT)/results-apl-gpu.json
+	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 300 $(PY) -m benchmarks.apl_overhead --rounds 8 --out $(GPU_OUT)/results-apl-gpu.json
 
 # Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|full, WORKDIR=runs), then
 # prints its results table and draws its figure. Adding a sweep: add experiments/sweep_NAME.py and
