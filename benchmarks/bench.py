@@ -53,7 +53,7 @@ MLP_WIDTH = 1024
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 
-# (warmup, iters): quick keeps the whole default run under ~3 minutes on 2 CPU cores.
+# (warmup, iters): quick is a smoke run of every case (its time: benchmarks/RESULTS.md, end).
 QUICK_ITERS = (1, 5)
 FULL_ITERS = (5, 30)
 
@@ -235,7 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.bench", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--quick", action="store_true", help="few iterations (smoke run, < 3 min)")
+    p.add_argument("--quick", action="store_true", help="few iterations: a smoke run of every case")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these cases")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results.json"), help="JSON output")
     p.add_argument(

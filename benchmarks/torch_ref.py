@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# channels_last is faster on the 2-core AMD EPYC dev box (torch 2.13.0+cpu, batch 128, eager
-# train step, 30 interleaved step pairs, other jobs loading the CPU): best step 118 ms vs 173 ms
-# for contiguous NCHW, and contiguous/channels_last per-pair median ratios of 1.1x and 1.7x in
-# two runs. oneDNN's CPU convolutions prefer NHWC, so NCHW pays layout reorders around each conv.
+# channels_last was faster than contiguous NCHW for the ResNet train step on CPU (measured:
+# benchmarks/RESULTS.md, "Numbers moved out of the code"). oneDNN's CPU convolutions prefer
+# NHWC, so NCHW pays layout reorders around each conv.
 RESNET_CHANNELS_LAST = True
 
 RESNET20_PARAMS = 272_474
@@ -165,8 +164,9 @@ def make_train_step(
     The model and batch must already be on the target device. With `use_compile` the model is
     wrapped in `torch.compile` (forward plus its AOT-autograd backward), compiled lazily on the
     first call. The optimizer step stays eager, as in the usual `torch.compile(model)` recipe:
-    compiling it too cost a recompile once the momentum buffers appeared (~14 s more on 2
-    cores), for an update that is a few foreach kernels and a small part of the step.
+    compiling it too cost a recompile once the momentum buffers appeared (its cost:
+    benchmarks/RESULTS.md, "Numbers moved out of the code"), for an update that is a few foreach
+    kernels and a small part of the step.
 
     With `prelu_l1` (a number; None = plain SGD) the step is the APL study's `sgd_prelu_l1`: no
     weight decay on the `nn.PReLU` slopes, and after the optimizer step the proximal step of

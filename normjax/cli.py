@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,8 +17,13 @@ from normjax.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from normjax import __version__
+
     p = argparse.ArgumentParser(prog="normjax", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print normjax's version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="what to do; `normjax COMMAND -h` describes its arguments")
     t = sub.add_parser("train", help="train (or resume) one run")
     t.add_argument("config", help="experiment file, e.g. experiments/resnet_digits.py")
     t.add_argument("--size", default="smoke", help="smoke (seconds on CPU) or full (paper scale)")
@@ -25,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
     t.add_argument("--workdir", help="run directory (default runs/<config name>)")
     t.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
-    e = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint")
-    e.add_argument("rundir")
+    t.add_argument("--json", action="store_true",
+                   help="print the run's summary as one JSON object (for scripts) instead of a readable summary")
+    e = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint (prints one JSON object)")
+    e.add_argument("rundir", help="run directory of `normjax train` or of a sweep run (config.json and checkpoints/)")
     w = sub.add_parser("sweep", help="run (this shard of) a sweep; complete runs are skipped, interrupted ones resume")
     w.add_argument("spec", help="sweep file, e.g. experiments/sweep_depth.py")
     w.add_argument("--size", default="smoke", help="smoke or full")
@@ -38,17 +46,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="runs vectorized together (0: automatic, by backend and memory)")
     w.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     r = sub.add_parser("results", help="table of a sweep's runs (CSV + terminal), mean ± std over seeds")
-    r.add_argument("sweepdir")
+    r.add_argument("sweepdir", help="sweep directory (the --workdir of `normjax sweep`; holds sweep.json)")
     r.add_argument("--over", default="train.seed", help="key averaged over (default train.seed)")
     f = sub.add_parser("plot", help="figures (PNG and PDF) of a sweep, seeds averaged with error bands")
-    f.add_argument("sweepdir")
+    f.add_argument("sweepdir", help="sweep directory (the --workdir of `normjax sweep`; holds sweep.json)")
     f.add_argument("--x", required=True, help="varied key on the x axis, e.g. model.depth, or a final metric, e.g. apl")
     f.add_argument("--y", default="test_accuracy", help="final metric, e.g. test_accuracy or a hook's (apl)")
     f.add_argument("--hue", help="varied key drawn as separate lines")
     f.add_argument("--panel", help="with a metric on x: the varied key whose values get their own panels")
-    f.add_argument("--log-x", action="store_true")
+    f.add_argument("--log-x", action="store_true", help="logarithmic x axis (positive numeric x values)")
     for name, (_, _, text) in STUDY_COMMANDS.items():  # their own parsers read the rest of the line
-        sub.add_parser(name, help=text, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
+        sub.add_parser(name, help=text, add_help=False).add_argument(
+            "args", nargs=argparse.REMAINDER, help=f"the arguments of {name}; see `normjax {name} -h`")
     return p
 
 
@@ -89,12 +98,10 @@ def run(argv: list[str] | None = None) -> int:
         if summary["status"] == "diverged":
             print(f"diverged: {summary['message']} ({workdir})", file=sys.stderr)
             return EXIT_DIVERGED
-        print(json.dumps({k: summary[k] for k in ("status", "step", "train_accuracy", "test_accuracy", "wall_time")
-                          if k in summary}))
-        print(f"run directory: {Path(workdir).absolute()}")
+        print(json.dumps(_plain(summary)) if args.json else format_summary(summary, workdir))
         return 0
     if args.command == "eval":
-        print(json.dumps(evaluate_run(args.rundir)))
+        print(json.dumps(_plain(evaluate_run(args.rundir))))
         return 0
     if args.command == "sweep":
         from normjax.sweep.runner import parse_shard, run_sweep
@@ -115,6 +122,88 @@ def run(argv: list[str] | None = None) -> int:
     for path in plot_sweep(args.sweepdir, x=args.x, y=args.y, hue=args.hue, log_x=args.log_x, panel=args.panel):
         print(path)
     return 0
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as people read it: `8.3 s`, `1 min 23 s`, `2 h 05 min`.
+
+    Example:
+      >>> format_duration(83.2274763584137)
+      '1 min 23 s'
+    """
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    seconds = round(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _plain(v: object) -> object:
+    """`v` as strict JSON values: non-finite floats as 'nan'/'inf' strings, as summary.json stores them."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def _number(v: object) -> float | None:
+    """A summary value as a finite float, else None (summary.json stores non-finite ones as 'nan'/'inf')."""
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def format_summary(summary: dict, rundir: str | os.PathLike) -> str:
+    """A few readable lines on a finished run: status, accuracies and losses, steps, time, where it is.
+
+    The whole summary stays in `RUNDIR/summary.json` (`normjax train --json` prints it).
+
+    Args:
+      summary: what `normjax.training.loop.train` returns (the run's summary.json).
+      rundir: the run directory.
+
+    Returns:
+      The text, without a trailing newline.
+
+    Example:
+      >>> print(format_summary({"status": "done", "step": 600, "total_steps": 600, "epochs": 12.0,
+      ...                       "test_accuracy": 0.96, "test_loss": 0.13, "train_accuracy": 0.99,
+      ...                       "train_loss": 0.03, "wall_time": 83.2}, "/tmp/r20"))
+      done: test accuracy 96.00% (loss 0.1300), train accuracy 99.00% (loss 0.0300)
+      600/600 steps (12 epochs) in 1 min 23 s
+      run directory: /tmp/r20 (summary.json, metrics.jsonl, checkpoints/)
+    """
+    path = Path(rundir).absolute()
+    status = str(summary.get("status", "unknown"))
+    if summary.get("already"):
+        status += " (finished before; nothing trained)"
+    parts = []
+    for split in ("test", "train"):
+        acc, loss = _number(summary.get(f"{split}_accuracy")), _number(summary.get(f"{split}_loss"))
+        if acc is not None:
+            parts.append(f"{split} accuracy {100 * acc:.2f}%" + (f" (loss {loss:.4f})" if loss is not None else ""))
+    lines = [f"{status}: {', '.join(parts)}" if parts else status]
+    step, total = summary.get("step"), summary.get("total_steps")
+    if step is not None:
+        progress = f"{step}/{total} steps" if total is not None else f"{step} steps"
+        epochs = _number(summary.get("epochs"))
+        if epochs is not None:
+            progress += f" ({epochs:.3g} epochs)"
+        wall = _number(summary.get("wall_time"))
+        lines.append(progress + (f" in {format_duration(wall)}" if wall is not None else ""))
+    lines.append(f"run directory: {path} (summary.json, metrics.jsonl, checkpoints/)")
+    figures = path / "figures"
+    if figures.is_dir() and any(figures.iterdir()):
+        lines.append(f"figures: {figures}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ import copy
 import importlib.util
 import json
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 5e-4,    # traced
         "nesterov": False,
         "decoupled_wd": False,   # False: g += wd*w before momentum (PyTorch SGD); True: w -= lr_t*wd*w
+        "weight_decay_on": "all_but_prelu",  # kernels (conv/dense) | all_but_prelu | all: the leaves that decay;
+                                 # decay pulls PReLU slopes toward 0 (ReLU), against the sparsity study
         "schedule": "cosine",    # constant | step | cosine
         "warmup_steps": 0,       # linear warm-up from 0 to the schedule, in steps
         "milestones": [0.5, 0.75],  # step schedule: fractions of training where lr *= step_factor
@@ -136,7 +139,26 @@ def parse_override(text: str) -> dict:
 
 
 def call_file(path: str | os.PathLike, fn: str, size: str, kind: str, example: str) -> Any:
-    """`fn(size)` from the Python file at `path` (an experiment or sweep file), with one-line errors."""
+    """`fn(size)` from the Python file at `path` (an experiment or sweep file), with one-line errors.
+
+    A syntax error in the file, or an exception raised while importing it or inside `fn`, becomes a
+    `UserError` `<file>:<line>: <ExcType>: <message>` naming the innermost line of that file (for a
+    syntax error: the file and line Python reports). A `UserError` raised by the file passes as it is.
+
+    Args:
+      path: the Python file.
+      fn: the function it must define, called with `size`.
+      size: one of `SIZES`.
+      kind: what the file is (`config`, `sweep`), for messages.
+      example: a file to suggest when `path` does not exist.
+
+    Returns:
+      What `fn(size)` returns.
+
+    Example:
+      >>> call_file("experiments/resnet_digits.py", "get_config", "smoke", "config", "")["model"]["name"]
+      'resnet'
+    """
     if size not in SIZES:
         raise UserError(f"size {size!r} is unknown; allowed: {', '.join(SIZES)}")
     path = Path(path)
@@ -144,10 +166,34 @@ def call_file(path: str | os.PathLike, fn: str, size: str, kind: str, example: s
         raise UserError(f"{kind} file {str(path)!r} does not exist; give a file such as {example}")
     spec = importlib.util.spec_from_file_location(f"normjax_{kind}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, fn):
+    try:
+        spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any error in a user's file is reported as one line
+        raise UserError(_file_error(path, e)) from None
+    if not callable(getattr(module, fn, None)):
         raise UserError(f"{kind} file {str(path)!r} defines no {fn}(size)")
-    return getattr(module, fn)(size)
+    try:
+        return getattr(module, fn)(size)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise UserError(_file_error(path, e)) from None
+
+
+def _file_error(path: Path, e: Exception) -> str:
+    """`<file>:<line>: <ExcType>: <first line of the message>` for an exception raised by a user's file."""
+    if isinstance(e, SyntaxError):  # Python knows the file and line (maybe a file the user's file imports)
+        where, line, text = e.filename or str(path), e.lineno, e.msg
+    else:
+        # The innermost frame in the user's file: where its code raised, or called what raised.
+        target = os.path.realpath(path)
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.realpath(f.filename) == target]
+        where, line, text = str(path), frames[-1].lineno if frames else None, str(e)
+    first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    location = f"{where}:{line}" if line else where
+    return f"{location}: {type(e).__name__}" + (f": {first}" if first else "")
 
 
 def read_experiment(path: str | os.PathLike, size: str) -> dict:

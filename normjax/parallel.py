@@ -6,7 +6,9 @@ parameters are replicated; XLA inserts the gradient all-reduce.
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -24,6 +26,62 @@ def maybe_initialize_distributed(flag: bool = False) -> None:
     """
     if (flag or os.environ.get("NORMJAX_DISTRIBUTED") == "1") and not jax.distributed.is_initialized():
         jax.distributed.initialize()
+
+
+def is_writer() -> bool:
+    """Whether this process writes run files (process 0; every process computes)."""
+    return jax.process_index() == 0
+
+
+def broadcast_json(obj: Any) -> Any:
+    """Process 0's JSON-able `obj` on every process (itself on one process).
+
+    Host-side decisions (which runs to train, from which step) are made once, by process 0, and
+    shared: processes that decided separately could disagree (a file written in between) and
+    then wait forever on each other's collectives.
+
+    Example:
+      >>> broadcast_json({"resume": 8})
+      {'resume': 8}
+    """
+    if jax.process_count() == 1:
+        return obj
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if is_writer() else np.zeros(0, np.uint8)
+    n = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+    buf = np.zeros(n, np.uint8)
+    buf[:data.size] = data
+    return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
+
+
+def decide(fn: Callable[[], Any]) -> Any:
+    """`fn()` run on process 0 alone and its result (or its UserError) shared with every process.
+
+    Example:
+      >>> decide(lambda: 1 + 1)
+      2
+    """
+    if jax.process_count() == 1:
+        return fn()
+    out = None
+    if is_writer():
+        try:
+            out = {"ok": fn()}
+        except UserError as e:
+            out = {"error": str(e)}
+    out = broadcast_json(out)
+    if "error" in out:
+        raise UserError(out["error"])
+    return out["ok"]
+
+
+def check_same(name: str, value: Any) -> None:
+    """Raise on every process unless all processes hold the same `value` (numbers or arrays)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.assert_equal(np.asarray(value), f"processes disagree on {name}")
 
 
 def data_mesh() -> jax.sharding.Mesh:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
-from normjax.training.checkpoint import Checkpointer, read_latest_items
+from normjax.errors import UserError
+from normjax.paths import as_path, is_remote
+from normjax.training import checkpoint as checkpoint_lib
+from normjax.training.checkpoint import (
+    CheckpointMismatch,
+    Checkpointer,
+    CorruptCheckpoint,
+    read_latest_items,
+)
 
 LOGGER = 'normjax.training.checkpoint'
 
@@ -126,18 +142,57 @@ def test_relative_directory_is_made_absolute(
     monkeypatch.chdir(tmp_path)
     with Checkpointer('rel/ckpt') as ckpt:
         ckpt.save(1, {'params': {'w': jnp.ones(2)}})
-        assert ckpt.directory == str(tmp_path / 'rel' / 'ckpt')
+        assert isinstance(ckpt.directory, epath.Path)
+        assert str(ckpt.directory) == str(tmp_path / 'rel' / 'ckpt')
     assert (tmp_path / 'rel' / 'ckpt' / '1').is_dir()
 
 
-def test_keeps_last_k_and_resave_is_noop(tmp_path: Path) -> None:
+def test_url_directory_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    class FakeManager:  # no bucket offline: check what Orbax would be handed
+        def __init__(self, directory: Any, options: Any) -> None:
+            seen.append(directory)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(ocp, 'CheckpointManager', FakeManager)
+    with Checkpointer('gs://bucket/run/checkpoints') as ckpt:
+        assert str(ckpt.directory) == 'gs://bucket/run/checkpoints'
+        assert str(ckpt.directory / '20') == 'gs://bucket/run/checkpoints/20'
+    assert [str(d) for d in seen] == ['gs://bucket/run/checkpoints']
+    assert isinstance(seen[0], epath.Path)
+
+
+def test_as_path_keeps_urls_and_makes_local_paths_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert str(as_path('gs://bucket/run')) == 'gs://bucket/run'
+    assert str(as_path('s3://bucket/a/b') / 'c') == 's3://bucket/a/b/c'
+    assert str(as_path(epath.Path('gs://bucket/run') / 'checkpoints')) == 'gs://bucket/run/checkpoints'
+    assert str(as_path('rel/run')) == str(tmp_path / 'rel' / 'run')
+    assert str(as_path(Path('rel'))) == str(tmp_path / 'rel')
+    assert str(as_path('~/runs')) == str(tmp_path / 'home' / 'runs')
+    assert str(as_path('/abs/../run')) == '/run'
+    assert isinstance(as_path('rel'), epath.Path) and isinstance(as_path('gs://b'), epath.Path)
+    assert is_remote('gs://bucket/run') and is_remote(as_path('az://c/run'))
+    assert not is_remote('runs/gs://x') and not is_remote(tmp_path) and not is_remote('gs:/b/run')
+    with pytest.raises(UserError, match=r"^path 'http://host/run': URL scheme 'http' is not supported;"):
+        as_path('http://host/run')
+
+
+def test_keeps_last_k_and_never_overwrites(tmp_path: Path) -> None:
     directory = tmp_path / 'ckpt'
     with Checkpointer(directory, keep=2) as ckpt:
         for step in range(1, 6):
             ckpt.save(step, {'params': {'w': jnp.full((2,), step, jnp.float32)}})
         assert ckpt.steps() == [4, 5]
         assert ckpt.latest_step() == 5
-        ckpt.save(5, {'params': {'w': jnp.full((2,), -1.0, jnp.float32)}})
+        with pytest.raises(FileExistsError, match=f'^checkpoint step 5 exists already in {directory}$'):
+            ckpt.save(5, {'params': {'w': jnp.full((2,), -1.0, jnp.float32)}})
         _, items = ckpt.restore({'params': {'w': jnp.zeros(2)}})
         np.testing.assert_array_equal(items['params']['w'], [5.0, 5.0])
         step, items = ckpt.restore({'params': {'w': jnp.zeros(2)}}, step=4)
@@ -165,15 +220,36 @@ def test_partial_restore_ignores_other_items(tmp_path: Path) -> None:
 
 
 def test_mismatched_template_raises_for_explicit_step(tmp_path: Path) -> None:
-    with Checkpointer(tmp_path / 'ckpt') as ckpt:
+    directory = tmp_path / 'ckpt'
+    with Checkpointer(directory) as ckpt:
         ckpt.save(1, {'meta': {'hist': np.arange(3)}})
-        with pytest.raises(ValueError, match='shape'):
+        with pytest.raises(CheckpointMismatch, match=(
+            rf"^checkpoint step 1 in {directory}, item 'meta', leaf 'hist': "
+            r"checkpoint has shape \(3,\), template has \(4,\)$")):
             ckpt.restore({'meta': {'hist': np.zeros(4, np.int64)}}, step=1)
-        with pytest.raises(ValueError):
+        with pytest.raises(CheckpointMismatch, match=(
+            r"item 'meta': keys only in the checkpoint \['hist'\], only in the template \['other'\]$")):
             ckpt.restore({'meta': {'other': np.zeros(3, np.int64)}}, step=1)
+        with pytest.raises(CheckpointMismatch, match=r"has no item 'params'; it has \['meta'\]$"):
+            ckpt.restore({'params': {'w': np.zeros(3)}}, step=1)
+
+
+CORRUPTIONS = ['truncate', 'garbage', 'delete', 'item_metadata', 'item_dir', 'empty']
 
 
 def _corrupt(step_dir: Path, how: str) -> None:
+    """Breaks a step the ways a disk or a person can: its data files, metadata or directories."""
+    if how == 'item_metadata':
+        for p in step_dir.glob('*/_METADATA'):
+            p.write_bytes(b'{"tree_metadata": \xff')
+        return
+    if how == 'item_dir':
+        shutil.rmtree(step_dir / 'params')
+        return
+    if how == 'empty':
+        for p in step_dir.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        return
     data = [p for p in step_dir.rglob('*') if p.is_file() and p.parent.name == 'd']
     assert data, f'no data files under {step_dir}'
     for p in data:
@@ -187,7 +263,13 @@ def _corrupt(step_dir: Path, how: str) -> None:
             p.unlink()
 
 
-@pytest.mark.parametrize('how', ['truncate', 'garbage', 'delete'])
+def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under `directory` with its size and mtime."""
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob('*'))}
+
+
+@pytest.mark.parametrize('how', CORRUPTIONS)
 def test_corrupt_latest_falls_back_to_previous(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
@@ -197,13 +279,161 @@ def test_corrupt_latest_falls_back_to_previous(
         ckpt.save(10, old)
         ckpt.save(20, new)
     _corrupt(directory / '20', how)
+    before = snapshot(directory)
     with caplog.at_level(logging.WARNING, logger=LOGGER), Checkpointer(directory) as ckpt:
         step, items = ckpt.restore(zeros_like(old))
+        with pytest.raises(CorruptCheckpoint, match=f'^checkpoint step 20 in {directory} is corrupt: '):
+            ckpt.restore(zeros_like(old), step=20)
     assert step == 10
     assert_bitwise_equal(items, old)
     warnings = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and 'step 20' in warnings[0].getMessage()
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith(f'checkpoint step 20 in {directory} is corrupt (')
     assert '\n' not in warnings[0].getMessage()
+    assert snapshot(directory) == before  # restore never moves or deletes
+
+
+@pytest.mark.parametrize('how', CORRUPTIONS)
+def test_resume_moves_only_the_corrupt_newer_steps_aside(tmp_path: Path, how: str) -> None:
+    directory = tmp_path / 'ckpt'
+    states = {s: {'params': {'w': jnp.full((3,), s, jnp.float32)}, 'meta': {'step': np.int64(s)}}
+              for s in (10, 20, 30)}
+    with Checkpointer(directory) as ckpt:
+        for s, state in states.items():
+            ckpt.save(s, state)
+    _corrupt(directory / '20', how)
+    _corrupt(directory / '30', 'truncate')
+    kept = snapshot(directory / '10')
+    with Checkpointer(directory) as ckpt:
+        resumed = ckpt.resume(zeros_like(states[10]))
+        assert resumed.step == 10 and resumed.corrupt == (20, 30)
+        assert_bitwise_equal(resumed.items, states[10])
+        assert resumed.moved_to == epath.Path(tmp_path / 'ckpt.corrupt')
+        assert resumed.message == (f'checkpoints 20, 30 in {directory} are corrupt; moved to '
+                                   f'{directory}.corrupt; resuming from step 10')
+        assert ckpt.steps() == [10]
+        ckpt.save(20, states[30])  # the run writes the moved steps anew
+        assert ckpt.steps() == [10, 20]
+        _, items = ckpt.restore(zeros_like(states[10]), step=20)
+        assert_bitwise_equal(items, states[30])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt', 'ckpt.corrupt']
+    assert sorted(p.name for p in directory.iterdir()) == ['10', '20']
+    assert sorted(p.name for p in (tmp_path / 'ckpt.corrupt').iterdir()) == ['20', '30']
+    assert snapshot(directory / '10') == kept
+
+
+def test_resume_without_corruption(tmp_path: Path) -> None:
+    state = {'params': {'w': jnp.arange(3.0)}}
+    with Checkpointer(tmp_path / 'ckpt') as ckpt:
+        fresh = ckpt.resume(state)
+        assert (fresh.step, fresh.items, fresh.corrupt, fresh.moved_to, fresh.message) == (
+            None, None, (), None, None)
+        ckpt.save(4, state)
+        resumed = ckpt.resume(zeros_like(state))
+    assert (resumed.step, resumed.corrupt, resumed.message) == (4, (), None)
+    assert_bitwise_equal(resumed.items, state)
+    assert sorted(p.name for p in (tmp_path / 'ckpt').iterdir()) == ['4']
+
+
+@pytest.mark.parametrize('template', [
+    {'params': {'w': jnp.zeros(4)}},  # other shape
+    {'params': {'w': jnp.zeros(3), 'b': jnp.zeros(1)}},  # other keys
+    {'params': {'w': jnp.zeros(3)}, 'ema': {'w': jnp.zeros(3)}},  # an item never saved
+])
+def test_template_mismatch_raises_and_moves_nothing(tmp_path: Path, template: Any) -> None:
+    directory = tmp_path / 'ckpt'
+    with Checkpointer(directory) as ckpt:
+        ckpt.save(10, {'params': {'w': jnp.arange(3.0)}})
+        ckpt.save(20, {'params': {'w': jnp.arange(3.0)}})
+    _corrupt(directory / '20', 'delete')  # even next to a corrupt step nothing moves
+    before = snapshot(directory)
+    with Checkpointer(directory) as ckpt:
+        with pytest.raises(CheckpointMismatch, match=f'^checkpoint step (10|20) in {directory}') as e:
+            ckpt.resume(template)
+        assert '\n' not in str(e.value) and isinstance(e.value, UserError)
+        assert ckpt.steps() == [10, 20]
+    with pytest.raises(CheckpointMismatch):
+        read_latest_items(directory, template)
+    assert snapshot(directory) == before
+
+
+def _raise_eio() -> None:
+    raise OSError(errno.EIO, 'Input/output error')
+
+
+def _raise_wrapped_memory_error() -> None:
+    # How Orbax reports any failure reading a shard: a plain Exception from the original.
+    try:
+        raise MemoryError()
+    except BaseException as e:
+        raise Exception('Encountered error while reading array index') from e
+
+
+def _raise_eio_while_handling_a_missing_file() -> None:
+    try:
+        raise FileNotFoundError('cache entry')
+    except FileNotFoundError:
+        raise OSError(errno.EIO, 'Input/output error')  # noqa: B904 - its own error
+
+
+@pytest.mark.parametrize('fail, expected', [
+    (_raise_eio, OSError),
+    (_raise_eio_while_handling_a_missing_file, OSError),
+    (lambda: (_ for _ in ()).throw(MemoryError()), MemoryError),
+    (lambda: (_ for _ in ()).throw(PermissionError(errno.EACCES, 'denied')), PermissionError),
+    (lambda: (_ for _ in ()).throw(ValueError('UNAVAILABLE: connection reset')), ValueError),
+    (_raise_wrapped_memory_error, Exception),
+])
+def test_other_errors_raise_and_move_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: Any, expected: type
+) -> None:
+    directory = tmp_path / 'ckpt'
+    state = {'params': {'w': jnp.arange(3.0)}}
+    with Checkpointer(directory) as ckpt:
+        ckpt.save(10, state)
+        ckpt.save(20, state)
+    _corrupt(directory / '20', 'garbage')
+    before = snapshot(directory)
+    calls = []
+
+    def restore(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        fail()
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, 'restore', restore)
+    with Checkpointer(directory) as ckpt:
+        # Step 20 is corrupt and skipped; the error restoring 10 is not corruption.
+        with pytest.raises(expected) as e:
+            ckpt.resume(state)
+        assert type(e.value) is expected
+        assert [epath.Path(c).parent.name for c in calls] == ['10']
+        with pytest.raises(expected):
+            ckpt.restore(state)
+        assert ckpt.steps() == [10, 20]
+    assert snapshot(directory) == before
+
+
+def test_all_corrupt_are_moved_aside_and_their_steps_reused(tmp_path: Path) -> None:
+    directory = tmp_path / 'ckpt'
+    state = {'params': {'w': jnp.arange(4.0)}}
+    for round_ in (1, 2):
+        with Checkpointer(directory) as ckpt:
+            ckpt.save(1, state)
+            ckpt.save(2, state)
+        for step in ('1', '2'):
+            _corrupt(directory / step, 'garbage')
+        with Checkpointer(directory) as ckpt:
+            resumed = ckpt.resume(state)
+            assert (resumed.step, resumed.items, resumed.corrupt) == (None, None, (1, 2))
+            assert resumed.message == (f'checkpoints 1, 2 in {directory} are corrupt; moved to '
+                                       f'{directory}.corrupt; none is left, starting from step 0')
+            assert ckpt.steps() == []
+        assert list(directory.iterdir()) == []
+    # A second time the same step numbers get a suffix; nothing set aside is overwritten.
+    assert sorted(p.name for p in (tmp_path / 'ckpt.corrupt').iterdir()) == ['1', '1.2', '2', '2.2']
+    with Checkpointer(directory) as ckpt:
+        ckpt.save(1, state)
+        assert ckpt.restore(zeros_like(state))[0] == 1
 
 
 def test_nothing_restorable_returns_none(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -214,9 +444,53 @@ def test_nothing_restorable_returns_none(tmp_path: Path, caplog: pytest.LogCaptu
         ckpt.save(2, state)
     for step in ('1', '2'):
         _corrupt(directory / step, 'delete')
+    before = snapshot(directory)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert read_latest_items(directory, state) is None
     assert sum(r.name == LOGGER for r in caplog.records) == 3  # one per step, one summary
+    with Checkpointer(directory, read_only=True) as reader:
+        assert reader.restore(state) is None
+        with pytest.raises(RuntimeError, match='read-only'):
+            reader.resume(state)
+    assert snapshot(directory) == before  # readers never move or delete
+
+
+def test_step_removed_while_reading_is_skipped_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / 'ckpt'
+    with Checkpointer(directory) as ckpt:
+        ckpt.save(1, {'params': {'w': jnp.arange(2.0)}})
+        ckpt.save(2, {'params': {'w': jnp.arange(2.0) + 2}})
+    real = ocp.StandardCheckpointHandler.restore
+
+    def restore(self: Any, directory_: Any, *args: Any, **kwargs: Any) -> Any:
+        if epath.Path(directory_).parent.name == '2':  # its writer moves it away meanwhile
+            shutil.rmtree(directory / '2')
+            raise FileNotFoundError(directory_)
+        return real(self, directory_, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, 'restore', restore)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        step, items = read_latest_items(directory, {'params': {'w': jnp.zeros(2)}})
+    assert step == 1
+    np.testing.assert_array_equal(items['params']['w'], [0.0, 1.0])
+    assert [r for r in caplog.records if r.name == LOGGER] == []
+
+
+@pytest.mark.parametrize('copy', [False, True])
+def test_move_tree(tmp_path: Path, copy: bool) -> None:
+    src = tmp_path / 'src'
+    (src / 'a' / 'b').mkdir(parents=True)
+    (src / 'top').write_bytes(b'1')
+    (src / 'a' / 'b' / 'deep').write_bytes(b'22')
+    (src / 'empty').mkdir()
+    # copy=True is what object stores get; epath's copy and rmtree behave alike there.
+    checkpoint_lib._move_tree(epath.Path(src), epath.Path(tmp_path / 'dst'), copy=copy)
+    assert not src.exists()
+    assert (tmp_path / 'dst' / 'top').read_bytes() == b'1'
+    assert (tmp_path / 'dst' / 'a' / 'b' / 'deep').read_bytes() == b'22'
+    assert (tmp_path / 'dst' / 'empty').is_dir()
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path: Path) -> None:
@@ -291,3 +565,116 @@ def test_rejects_bad_item_names_and_leaves(tmp_path: Path) -> None:
         with pytest.raises(TypeError, match='name'):
             ckpt.save(1, {'meta': {'name': 'resnet'}})
         assert ckpt.steps() == []
+
+
+# Two JAX processes on CPU (gloo collectives), two devices each, as `jax.distributed` runs them.
+TWO_PROCESSES = textwrap.dedent('''
+    import errno, json, pathlib, sys
+
+    import jax
+
+    pid, port, root = int(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(f'localhost:{port}', num_processes=2, process_id=pid)
+
+    import jax.numpy as jnp
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from normjax.training.checkpoint import Checkpointer
+
+    mesh = jax.make_mesh((4,), ('data',))
+    rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+    rows = np.arange(16.0, dtype=np.float32).reshape(8, 2)
+
+
+    def state(v):
+        w = jax.make_array_from_callback((8, 2), split, lambda i: rows[i] * v)
+        b = jax.make_array_from_callback((3,), rep, lambda i: np.full(3, v, np.float32)[i])
+        return {'params': {'w': w, 'b': b}, 'meta': {'step': np.int64(v)}}
+
+
+    tmpl = {'params': {'w': jax.ShapeDtypeStruct((8, 2), jnp.float32, sharding=split),
+                       'b': jax.ShapeDtypeStruct((3,), jnp.float32, sharding=rep)},
+            'meta': {'step': np.int64(0)}}
+    real_restore = ocp.StandardCheckpointHandler.restore
+
+
+    def fail_on(step, exc):
+        def restore(self, directory, *args, **kwargs):
+            if directory.parent.name == str(step):
+                raise exc
+            return real_restore(self, directory, *args, **kwargs)
+        return restore
+
+
+    d, out = root / 'ckpt', {}
+    with Checkpointer(d) as ckpt:
+        for s in (1, 2, 3):
+            ckpt.save(s, state(float(s)))
+        multihost_utils.sync_global_devices('saved')
+        if pid == 0:  # step 3 is corrupt for every process
+            for p in (d / '3' / 'params' / 'd').iterdir():
+                p.write_bytes(bytes(7))
+        if pid == 1:  # step 2 is corrupt only where process 1 reads (a shard of its own)
+            ocp.StandardCheckpointHandler.restore = fail_on(2, ValueError('DATA_LOSS: shard'))
+        multihost_utils.sync_global_devices('corrupted')
+        r = ckpt.resume(tmpl)
+        ocp.StandardCheckpointHandler.restore = real_restore
+        out['resume'] = [r.step, list(r.corrupt), r.message]
+        shards = r.items['params']['w'].addressable_shards
+        out['w_local'] = sorted(float(np.asarray(s.data).sum()) for s in shards)
+        out['steps'] = ckpt.steps()
+        ckpt.save(2, state(20.0))
+        ckpt.save(3, state(30.0))
+        out['steps2'] = ckpt.steps()
+    with Checkpointer(d, read_only=True) as reader:
+        if pid == 1:  # as if it listed the directory before step 3 was complete
+            reader.steps = lambda: [1, 2]
+        step, items = reader.restore(tmpl)
+        out['reread'] = [step, float(np.asarray(items['params']['b'].addressable_shards[0].data)[0])]
+        if pid == 1:  # a transient error on one process only
+            ocp.StandardCheckpointHandler.restore = fail_on(3, OSError(errno.EIO, 'I/O error'))
+        try:
+            reader.restore(tmpl)
+        except Exception as e:
+            out['transient'] = type(e).__name__
+    multihost_utils.sync_global_devices('done')
+    out['listing'] = [sorted(p.name for p in folder.iterdir()) for folder in (d, root / 'ckpt.corrupt')]
+    print('RESULT', json.dumps(out), flush=True)
+''')
+
+
+def test_two_processes_agree_and_only_process_0_moves(tmp_path: Path) -> None:
+    script = tmp_path / 'two_processes.py'
+    script.write_text(TWO_PROCESSES)
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        port = str(s.getsockname()[1])
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    results = []
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        results.append(json.loads(out.split('RESULT ', 1)[1].splitlines()[0]))
+    directory = tmp_path / 'ckpt'
+    for r in results:
+        # Step 3 is corrupt on disk, step 2 only where process 1 reads: both fall back to 1.
+        assert r['resume'] == [1, [2, 3], f'checkpoints 2, 3 in {directory} are corrupt; moved to '
+                                          f'{directory}.corrupt; resuming from step 1']
+        assert (r['steps'], r['steps2'], r['reread']) == ([1], [1, 2, 3], [3, 30.0])
+        assert r['listing'] == [['1', '2', '3'], ['2', '3']]
+    # Each process holds its own rows of the split array: rows 0-3 on process 0, 4-7 on 1.
+    assert [r['w_local'] for r in results] == [[6.0, 22.0], [38.0, 54.0]]
+    # Both read the step process 0 listed; an error on one process only is raised on both
+    # rather than leaving one waiting.
+    assert [r['transient'] for r in results] == ['RuntimeError', 'OSError']

@@ -51,3 +51,41 @@ def test_missing_config_file():
 def test_merge_keeps_defaults_intact():
     merged = merge(DEFAULTS, {"optim": {"lr": 1.0}})
     assert DEFAULTS["optim"]["lr"] == 0.1 and merged["optim"]["lr"] == 1.0
+
+
+@pytest.mark.parametrize("command,source,where,words", [
+    # A syntax error: the line Python reports.
+    ("train", "def get_config(size):\n    return {'optim': {'lr': 0.1}\n", 2, ["SyntaxError"]),
+    # An exception while importing the file.
+    ("train", "import math\nX = 1 / 0\n\ndef get_config(size):\n    return {}\n", 2,
+     ["ZeroDivisionError: division by zero"]),
+    # An exception inside get_config: the innermost line of the file, not of the helper it called.
+    ("train", "def helper(d):\n    return d['missing']\n\ndef get_config(size):\n    return helper({})\n", 2,
+     ["KeyError: 'missing'"]),
+    # Raised in the standard library: the file's line that called it.
+    ("train", "import json\n\ndef get_config(size):\n    return json.loads('{')\n", 4, ["JSONDecodeError"]),
+    ("sweep", "def get_sweep(size):\n    raise ValueError('no such size\\nsecond line')\n", 2,
+     ["ValueError: no such size"]),
+    ("sweep", "def get_sweep(size)\n    return {}\n", 1, ["SyntaxError"]),
+])
+def test_errors_in_experiment_and_sweep_files_are_one_line(tmp_path, capsys, command, source, where, words):
+    from normjax.cli import main
+
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    with pytest.raises(SystemExit) as e:
+        main([command, str(path), "--workdir", str(tmp_path / "run")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}:{where}: "), err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_user_error_raised_by_a_file_passes_unchanged(tmp_path):
+    path = tmp_path / "strict.py"
+    path.write_text("from normjax.errors import UserError\n\n"
+                    "def get_config(size):\n    raise UserError('size smoke only')\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert str(e.value) == "size smoke only"

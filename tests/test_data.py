@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import pathlib
 
 import jax
@@ -259,6 +260,31 @@ def test_tfds_unprepared_data_dir(tmp_path) -> None:
     with pytest.raises(UserError) as exc:
         load_dataset('mnist', data_dir=str(tmp_path / 'missing'))
     _assert_one_line_user_error(exc, "'mnist'", str(tmp_path / 'missing'))
+
+
+def test_tfds_unprepared_is_quiet_and_the_readme_gives_the_same_recipe(tmp_path, caplog, capfd) -> None:
+    pytest.importorskip('tensorflow_datasets')
+    from normjax.data.sources import PREPARE_COMMAND
+
+    absl = logging.getLogger('absl')
+    level = absl.level
+    # A version folder without dataset_info.json: tfds warns about it through absl.
+    (tmp_path / 'cifar10' / '3.0.2').mkdir(parents=True)
+    with caplog.at_level(logging.DEBUG), pytest.raises(UserError) as exc:
+        load_dataset('cifar10', data_dir=str(tmp_path))
+    _assert_one_line_user_error(exc, PREPARE_COMMAND.format(name='cifar10'))
+    assert [r.getMessage() for r in caplog.records if r.name == 'absl'] == []
+    assert capfd.readouterr().err == '' and absl.level == level
+    # An absl error still gets through inside the quiet block.
+    from normjax.data.sources import _quiet_absl
+
+    with caplog.at_level(logging.DEBUG), _quiet_absl():
+        absl.error('kept')
+        absl.warning('dropped')
+    assert [r.getMessage() for r in caplog.records if r.name == 'absl'] == ['kept']
+    readme = (pathlib.Path(__file__).parents[1] / 'README.md').read_text()
+    assert PREPARE_COMMAND.format(name='cifar10') in readme
+    assert 'copy NEW_DIR/cifar10 to' in readme and 'tfds.data_source(' not in readme
 
 
 def test_tfds_tfrecord_only_copy(tmp_path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from normjax.errors import UserError
 from normjax.sweep.plot import plot_sweep
 from normjax.sweep.results import aggregate, collect, report
+from normjax.sweep.spec import merge_manifest
 
 VARIED = ["model.depth", "model.shortcut", "train.seed"]
 # Runs that did not finish; every other run of the 2 x 2 x 3 grid is done.
@@ -273,3 +274,104 @@ def test_hook_summaries_become_columns(sweep):
     assert g["n"] == 3 and g["elr_log_spread_mean"] == pytest.approx(1.0) and g["elr_log_spread_std"] == pytest.approx(1.0)
     table = report(sweep)
     assert "elr_log_spread" in table.splitlines()[1] and "1.0000 ± 1.0000" in table
+
+
+def write_done(root: Path, name: str, config: dict, acc: float) -> None:
+    d = root / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "summary.json").write_text(json.dumps({"status": "done", "step": 10, "test_accuracy": acc,
+                                                "test_loss": 1.0 - acc, "train_accuracy": acc}))
+
+
+def lr_invocation(root: Path, epochs: float, seeds: list[int], tag: str, done: bool = True) -> dict:
+    """This invocation's manifest (as run_sweep builds it); its runs written as done (or not at all)."""
+    overrides = [] if epochs == 1.0 else [f"train.epochs={epochs:g}"]
+    runs = []
+    for seed in seeds:
+        name = f"lr=0.1-seed={seed}-{tag}"  # the label repeats, the config hash differs
+        runs.append({"name": name, "overrides": {"optim.lr": 0.1, "train.seed": seed}})
+        if done:
+            write_done(root, name, {"optim": {"lr": 0.1}, "train": {"seed": seed, "epochs": epochs}},
+                       0.5 + epochs / 10 + seed / 100)
+    return {"spec": "experiments/sweep_lr.py", "size": "smoke", "overrides": overrides,
+            "varied": ["optim.lr", "train.seed"], "runs": runs}
+
+
+def test_rerun_with_another_set_groups_apart_and_keeps_both_invocations(tmp_path):
+    root = tmp_path / "lr"
+    root.mkdir()
+    manifest = merge_manifest(None, lr_invocation(root, 1.0, [0, 1], "aaaa1111"))
+    manifest = merge_manifest(manifest, lr_invocation(root, 5.0, [0, 1], "bbbb2222"))
+    (root / "sweep.json").write_text(json.dumps(manifest))
+    assert [i["overrides"] for i in manifest["invocations"]] == [[], ["train.epochs=5"]]
+    assert [r["set"] for r in manifest["runs"]] == [[], [], ["train.epochs=5"], ["train.epochs=5"]]
+
+    agg = aggregate(collect(root))
+    assert [(g["optim.lr"], g["train.epochs"], g["runs"], g["done"]) for g in agg] == [(0.1, 1.0, 2, 2), (0.1, 5.0, 2, 2)]
+    assert agg[0]["test_accuracy_mean"] == pytest.approx(0.6 + 0.005)
+    assert agg[0]["test_accuracy_std"] == pytest.approx(np.std([0.6, 0.61], ddof=1))
+    lines = report(root).splitlines()
+    assert "train.epochs" in lines[1] and lines[2].split()[:3] == ["lr", "epochs", "test_accuracy"]
+    assert [l.split()[:2] for l in lines[4:6]] == [["0.1", "1"], ["0.1", "5"]]
+    assert "2/2 done" in lines[4] and "4/4" not in "\n".join(lines)
+
+
+def test_legacy_manifest_is_grouped_by_config_files(tmp_path):
+    # A sweep.json from before `invocations`: only config.json tells the runs apart; the later
+    # run used other seeds, so the seed would pool them if it were not excluded from the test.
+    root = tmp_path / "lr"
+    root.mkdir()
+    old, new = lr_invocation(root, 1.0, [0, 1], "aaaa1111"), lr_invocation(root, 5.0, [2, 3], "bbbb2222")
+    (root / "sweep.json").write_text(json.dumps({**new, "runs": old["runs"] + new["runs"]}))
+    agg = aggregate(collect(root))
+    assert [(g["train.epochs"], g["runs"]) for g in agg] == [(1.0, 2), (5.0, 2)]
+    # Averaging over nothing, the seeds tell every run apart: no column is needed.
+    rows = collect(root, over=None)
+    assert "train.epochs" not in rows[0] and len(aggregate(rows, over=None)) == 4
+
+
+def test_missing_runs_take_their_set_values(tmp_path):
+    root = tmp_path / "lr"
+    root.mkdir()
+    manifest = merge_manifest(None, lr_invocation(root, 1.0, [0, 1], "aaaa1111"))
+    manifest = merge_manifest(manifest, lr_invocation(root, 5.0, [0, 1], "bbbb2222", done=False))
+    (root / "sweep.json").write_text(json.dumps(manifest))
+    agg = aggregate(collect(root))
+    assert [(g["train.epochs"], g["done"], g["missing"]) for g in agg] == [(1.0, 2, 0), (5.0, 0, 2)]
+
+
+def test_settings_a_varied_key_determines_are_no_columns(tmp_path):
+    # A bundle label (data.task) stands for data.name; `pretrain` runs start from a base run per
+    # seed. Neither separates anything the varied keys do not: no extra column.
+    root = tmp_path / "apl"
+    root.mkdir()
+    runs = []
+    for task, seed in itertools.product(["digits", "hard"], [0, 1]):
+        name = f"task={task}-seed={seed}"
+        runs.append({"name": name, "overrides": {"data.task": task, "train.seed": seed}})
+        write_done(root, name, {"data": {"name": "digits" if task == "digits" else "synthetic"},
+                                "train": {"seed": seed, "init_from": str(root / "pretrain" / f"base-{task}{seed}")}},
+                   0.9)
+    (root / "sweep.json").write_text(json.dumps({"varied": ["data.task", "train.seed"], "runs": runs}))
+    rows = collect(root)
+    assert [k for k in rows[0] if "." in k] == ["data.task", "train.seed"]
+    assert [(g["data.task"], g["runs"]) for g in aggregate(rows)] == [("digits", 2), ("hard", 2)]
+
+
+def test_merge_manifest_keeps_runs_once_and_reads_old_manifests():
+    legacy = {"spec": "a.py", "size": "smoke", "overrides": ["x.y=1"], "varied": ["optim.lr"],
+              "runs": [{"name": "r1", "overrides": {"optim.lr": 0.1}}]}
+    new = {"spec": "b.py", "size": "full", "overrides": [], "varied": ["model.depth"],
+           "runs": [{"name": "r1", "overrides": {"optim.lr": 0.1}}, {"name": "r2", "overrides": {"model.depth": 8}}]}
+    before = json.dumps([legacy, new])
+    m = merge_manifest(legacy, new)
+    assert json.dumps([legacy, new]) == before  # the arguments are left as they were
+    assert m["invocations"] == [{"spec": "a.py", "size": "smoke", "overrides": ["x.y=1"]},
+                                {"spec": "b.py", "size": "full", "overrides": []}]
+    assert m["runs"] == [{"name": "r1", "overrides": {"optim.lr": 0.1}, "set": []},
+                         {"name": "r2", "overrides": {"model.depth": 8}, "set": []}]
+    assert m["varied"] == ["optim.lr", "model.depth"] and (m["spec"], m["size"], m["overrides"]) == ("b.py", "full", [])
+    again = merge_manifest(m, new)  # the same invocation again adds nothing
+    assert again["invocations"] == m["invocations"] and again["runs"] == m["runs"]
+    assert merge_manifest(None, new)["invocations"] == [{"spec": "b.py", "size": "full", "overrides": []}]

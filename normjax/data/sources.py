@@ -9,11 +9,13 @@ Three kinds of source:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 import os
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -38,6 +40,14 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     'difficulty': 0.5,
     'seed': 0,
 }
+
+# The one way to prepare a TFDS dataset for normjax: the unprepared-dataset error prints it and
+# the README's Data section shows it for cifar10 (tests/test_data.py checks that they agree).
+PREPARE_COMMAND = 'tfds build {name} --file_format array_record --data_dir NEW_DIR'
+PREPARE_RECIPE = (
+    'on a machine with internet and tensorflow run: ' + PREPARE_COMMAND
+    + ', then copy NEW_DIR/{name} to {target}'
+)
 
 # Records fetched per `__getitems__` call: big enough to amortize the
 # array_record lookups, small enough that one chunk's decoded dicts stay small.
@@ -268,9 +278,9 @@ def _synthetic_arrays(
     frequencies as the signal, so no filter removes it: at d = 1 the labels
     carry no information (chance), at d = 0 the classes are separable.
     g = sqrt(dims / 48) grows with the number of low-frequency dimensions, so a
-    given d is about as hard for 8x8x1 as for 32x32x3 images. Test accuracy of
-    a 128-unit MLP (2048 train, 10 classes; 32x32x3, 28x28x1 and 8x8x1 alike)
-    is about d=0: 1.0, 0.5: 0.98, 0.75: 0.75-0.85, 0.9: 0.35-0.45, 1: 0.1.
+    given d is about as hard for 8x8x1 as for 32x32x3 images. A small MLP's test
+    accuracy against d (measured once, for all three shapes) is in
+    benchmarks/RESULTS.md, "Numbers moved out of the code".
 
     Prototypes, train and test use separate seeded streams, so changing
     num_train does not change the test set. Samples are built in chunks to
@@ -334,9 +344,10 @@ def _load_tfds(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
         # download=False: never fetch here. With download=True and an explicit
         # data_dir, tfds would also prepare tfrecord files, which
         # data_source cannot read.
-        train_src, test_src = tfds.data_source(
-            name, split=['train', 'test'], data_dir=data_dir, download=False
-        )
+        with _quiet_absl():
+            train_src, test_src = tfds.data_source(
+                name, split=['train', 'test'], data_dir=data_dir, download=False
+            )
     # tfds reports an unprepared or TFRecord-only dataset with a RuntimeError subclass (its
     # random-access check), a missing one with the others; the message below tells them apart.
     except (
@@ -349,9 +360,26 @@ def _load_tfds(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
         raise UserError(_not_prepared_message(name, data_dir, err)) from err
     features = train_src.dataset_info.features
     num_classes = features['label'].num_classes
-    train = _read_all(train_src)
-    test = _read_all(test_src)
+    with _quiet_absl():
+        train = _read_all(train_src)
+        test = _read_all(test_src)
     return _make_dataset(name, train, test, num_classes)
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """Drops absl's INFO and WARNING records (tfds logs through absl) inside the block; errors stay.
+
+    tfds warns, for instance, about every version folder without dataset_info.json; the
+    one-line UserError already says what is wrong and how to fix it.
+    """
+    logger = logging.getLogger('absl')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _read_all(source: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -373,11 +401,7 @@ def _read_all(source: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _not_prepared_message(name: str, data_dir: str, err: BaseException) -> str:
     """One line saying why `name` cannot be read from data_dir and how to fix it."""
-    build = (
-        f'on a machine with internet and tensorflow run: tfds build {name} '
-        f'--file_format array_record --data_dir NEW_DIR, then copy NEW_DIR/{name} '
-        f'to {os.path.join(data_dir, name)}'
-    )
+    build = PREPARE_RECIPE.format(name=name, target=os.path.join(data_dir, name))
     dataset_dir = pathlib.Path(data_dir) / name
     versions = sorted(p.parent for p in dataset_dir.glob('*/dataset_info.json'))
     if not versions:

@@ -164,12 +164,25 @@ def _last_logged_loss(path: Path) -> float | None:
         return None
 
 
-def collect(sweep_dir: str | os.PathLike) -> list[dict]:
+def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> list[dict]:
     """One row per run listed in sweep.json, in the sweep's order.
 
     A row has `name`, `status` (done, diverged, failed, running, or missing when the run has no
     summary yet), each varied key's value, the summary's final metrics (`None` when absent),
     `final_batch_loss` (the last logged batch loss), and `error`/`message` for failed/diverged runs.
+
+    Runs of one directory may differ in more than the sweep's varied keys (the sweep run again
+    with another `--set`, or another sweep into the same directory): every config key that
+    separates runs the varied keys (all but `over`) do not tell apart, and every `--set` key whose
+    value differs between runs, becomes a column too (see `separating_keys`), so that such runs
+    are never averaged together.
+
+    Args:
+      sweep_dir: the sweep directory (holds sweep.json).
+      over: the key results are averaged over (dotted or short); it never counts as separating.
+
+    Returns:
+      The rows; their dotted keys (`varied_keys`) are the varied keys, then the separating keys.
 
     Example:
       >>> rows = collect("runs/sweep_depth")
@@ -178,7 +191,7 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict]:
     """
     path, meta = load_sweep(sweep_dir)
     varied = list(meta["varied"])
-    rows = []
+    rows, configs = [], []
     for run in meta["runs"]:
         name = str(run.get("name", ""))
         overrides = run.get("overrides") or {}
@@ -207,7 +220,115 @@ def collect(sweep_dir: str | os.PathLike) -> list[dict]:
             row.update({k: _number(v) for k, v in summary.items()
                         if k not in row and k not in _NOT_METRICS and _number(v) is not None})
         rows.append(row)
+        configs.append(_run_config(rundir) if name else None)
+    # A run not started has no config.json yet; its own --set values are known from sweep.json.
+    sets = [_set_values(run) for run in meta["runs"]]
+    extra = separating_keys(rows, configs, varied, over, _set_keys(meta), sets)
+    for row, cfg, part in zip(rows, configs, sets):
+        row.update({k: (cfg if cfg is not None else part).get(k) for k in extra})
     return rows
+
+
+def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted key: value}.
+
+    Example:
+      >>> flat_config({"optim": {"lr": 0.1}, "data": {"synthetic": {"seed": 0}}})
+      {'optim.lr': 0.1, 'data.synthetic.seed': 0}
+    """
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _run_config(rundir: Path) -> dict[str, Any] | None:
+    """The run's config.json, flat; a warm start from the sweep's own base run reads `pretrain`."""
+    try:
+        cfg = json.loads((rundir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    flat = flat_config(cfg)
+    start = flat.get("train.init_from")
+    # The runner points `pretrain` runs at <sweep>/pretrain/base-<hash>, which differs per seed.
+    if isinstance(start, str) and start and Path(start).parent.name == "pretrain" and Path(start).name.startswith("base-"):
+        flat["train.init_from"] = "pretrain"
+    return flat
+
+
+def _set_keys(meta: dict) -> set[str]:
+    """The dotted keys any recorded invocation of the sweep gave with --set."""
+    texts = [t for inv in meta.get("invocations") or [] if isinstance(inv, dict) for t in inv.get("overrides") or []]
+    texts += [t for run in meta["runs"] if isinstance(run, dict) for t in run.get("set") or []]
+    return {str(t).split("=", 1)[0].strip() for t in texts if "=" in str(t)}
+
+
+def _set_values(run: Any) -> dict[str, Any]:
+    """{dotted key: value} of the --set overrides sweep.json records for a run (empty if none)."""
+    from normjax.config import parse_override
+
+    out: dict[str, Any] = {}
+    for text in (run.get("set") or []) if isinstance(run, dict) else []:
+        try:
+            out.update(flat_config(parse_override(str(text))))
+        except UserError:
+            continue
+    return out
+
+
+def separating_keys(rows: list[dict], configs: list[dict | None], varied: list[str], over: str | None,
+                    set_keys: Iterable[str] = (), set_values: list[dict] | None = None) -> list[str]:
+    """The config keys beyond `varied` by which runs must be grouped apart, sorted.
+
+    A config key whose value differs between runs is one when runs with equal values of the
+    varied keys other than `over` differ in it (so averaging over `over` would pool different
+    settings), when it was given with --set (`set_keys`), or when it is `over` itself. A key that
+    the varied keys determine (e.g. a setting of a bundle label such as `data.task`) adds nothing
+    and is left out. A run's values are its config (a key it lacks reads None), else, before it
+    has one, the --set values recorded for it (only the keys they give).
+
+    Args:
+      rows: `collect` rows (their varied values), one per run.
+      configs: each run's flat config, or None when it has none yet.
+      varied: the sweep's varied keys.
+      over: the key averaged over (dotted or short), or None.
+      set_keys: dotted keys that --set overrides gave.
+      set_values: per run, the flat --set values sweep.json records for it (used without a config).
+
+    Returns:
+      The separating keys.
+
+    Example:
+      >>> rows = [{"optim.lr": 0.1}, {"optim.lr": 0.1}]
+      >>> separating_keys(rows, [{"optim.lr": 0.1, "train.epochs": 1.0},
+      ...                        {"optim.lr": 0.1, "train.epochs": 5.0}], ["optim.lr"], None)
+      ['train.epochs']
+    """
+    set_values = set_values or [{} for _ in rows]
+    known = [(row, cfg, True) if cfg is not None else (row, part, False)
+             for row, cfg, part in zip(rows, configs, set_values)]
+
+    def values(k: str) -> list[tuple[dict, Any]]:
+        return [(row, cfg.get(k)) for row, cfg, full in known if full or k in cfg]
+
+    all_keys = sorted({k for _, cfg, _ in known for k in cfg})
+    differing = [k for k in all_keys if k not in varied and len({group_id(v) for _, v in values(k)}) > 1]
+    over_key = resolve_over(over, list(varied) + differing)
+    by = [k for k in varied if k != over_key]
+    set_keys = set(set_keys)
+    out = []
+    for k in differing:
+        seen: dict[str, set[str]] = {}
+        for row, v in values(k):
+            seen.setdefault(group_id([row.get(b) for b in by]), set()).add(group_id(v))
+        if k == over_key or k in set_keys or any(len(vs) > 1 for vs in seen.values()):
+            out.append(k)
+    return out
 
 
 _NOT_METRICS = ("status", "total_steps", "epochs", "error", "message")
@@ -317,9 +438,10 @@ def _table(header: list[str], body: list[list[str]], right: set[int]) -> list[st
 def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_errors: int = 10) -> str:
     """Write `results.csv` (one row per run) and `results_agg.csv` into the sweep directory; return a table.
 
-    The table has one line per group of runs differing only in `over`: the varied keys, then
-    test accuracy / test loss / train accuracy as `mean ± std` (sample std over done runs), then
-    the status counts; the errors of failed runs follow (at most `max_errors`).
+    The table has one line per group of runs differing only in `over`: the varied keys (and the
+    config keys that separate runs beyond them, see `collect`), then test accuracy / test loss /
+    train accuracy as `mean ± std` (sample std over done runs), then the status counts; the
+    errors of failed runs follow (at most `max_errors`).
 
     Example:
       >>> print(report("runs/sweep_depth"))
@@ -329,7 +451,7 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
           8  false     0.9312 ± 0.0040  ...  3/3 done
     """
     path, meta = load_sweep(sweep_dir)
-    rows = collect(path)
+    rows = collect(path, over=over)
     keys = varied_keys(rows) or list(meta["varied"])
     over_key = resolve_over(over, keys)
     agg = aggregate(rows, over=over_key)
@@ -349,7 +471,12 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
     # Numeric key columns read best right-aligned; metric columns stay left-aligned so the means line up.
     right = {i for i, k in enumerate(by) if all(sort_key(g[k])[0] == 0 for g in agg)}
     averaged = f", mean ± std over {over_key}" if over_key else ""
-    lines = [f"{sweep_name(path, meta)}: {len(rows)} runs{averaged}"] + _table(header, body, right)
+    lines = [f"{sweep_name(path, meta)}: {len(rows)} runs{averaged}"]
+    separate = [k for k in keys if k not in meta["varied"] and k != over_key]
+    if separate:  # e.g. the sweep run again into this directory with another --set
+        lines.append(f"runs differ beyond the sweep's varied keys in {', '.join(separate)} "
+                     "(their config.json): grouped apart")
+    lines += _table(header, body, right)
 
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:

@@ -3,14 +3,23 @@
 Runs that share a compiled program (same shapes and structure; they differ only in traced
 values such as seed, LR, momentum, weight decay) are trained together in groups by
 `train_group` (vmap over a run axis). Complete runs are skipped, interrupted ones resume from
-their checkpoints, a run that raises is recorded as `failed` and the sweep goes on.
+their checkpoints, a run that raises is recorded as `failed` and the sweep goes on. Every
+dataset the sweep needs is loaded before any run starts, so a missing one is one line and
+nothing is created.
+
+Multi-host (`--distributed`): every process runs the same sweep; process 0 plans it (which
+runs are finished, the groups, the locks) and shares the plan, so all processes train the same
+group at the same time; only process 0 writes files.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import sys
 import time
 import traceback
+import os
 from pathlib import Path
 
 import jax
@@ -18,13 +27,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from normjax.errors import UserError
-from normjax.sweep.lock import Heartbeat, RunLock
-from normjax.sweep.spec import RunSpec, expand
+from normjax.parallel import decide, is_writer, maybe_initialize_distributed
+from normjax.paths import as_path
+from normjax.sweep.spec import RunSpec, expand, merge_manifest
 from normjax.training.checkpoint import Checkpointer
-from normjax.training.loop import dataset_for, program_for, train_group
+from normjax.training.lock import Heartbeat, RunLock
+from normjax.training.loop import FINISHED, config_diff, dataset_for, program_for, train_group
 from normjax.training.rundir import RunDir, read_json, write_json
 
-FINISHED = ("done", "diverged")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -42,10 +52,10 @@ def auto_group_size(program, n_runs: int, cap: int = 64) -> int:
     """How many runs to vectorize together.
 
     On CPU, conv nets go one run at a time: with one conv per run under vmap (`vmap_per_slice`),
-    8 vmapped ResNet-20 runs are exactly as fast as 8 in turn (1.00x, benchmarks/RESULTS.md: the
-    convs already keep the cores busy, and 8 runs' activations spill the cache) but compile
-    longer; small MLPs gain a little (1.05x) and are grouped by 8. On GPU/TPU: as many as fit in
-    60% of device memory, by the compiled single-run step's memory analysis.
+    a vmapped group of ResNet-20 runs is no faster than its runs in turn (benchmarks/RESULTS.md,
+    "Vectorized runs": the convs already keep the cores busy, and the runs' activations spill the
+    cache) but compiles longer; small MLPs gain a little and are grouped by 8. On GPU/TPU: as many
+    as fit in 60% of device memory, by the compiled single-run step's memory analysis.
     """
     if jax.default_backend() == "cpu":
         return 1 if program.cfg["model"]["name"] != "mlp" else min(n_runs, 8)
@@ -63,42 +73,63 @@ def auto_group_size(program, n_runs: int, cap: int = 64) -> int:
         return min(n_runs, 8)
 
 
-def _groups(runs: list[RunSpec], workdir: Path, group_size: int
-            ) -> tuple[list[list[RunSpec]], dict[str, Exception]]:
-    """Runs keyed by (compiled program, resume step), cut into groups of at most group_size;
-    and the runs that cannot even be set up (bad data, say), with their errors."""
+def _groups(runs: list[RunSpec], workdir, group_size: int) -> tuple[list[list[str]], dict[str, str], list[str]]:
+    """Run names keyed by (compiled program, resume step), cut into groups of at most group_size;
+    the runs that cannot even be set up, with their errors; and notes for the user (groups
+    smaller than asked for). Runs on process 0."""
     keyed: dict[tuple, list[RunSpec]] = {}
     programs, failed = {}, {}
     for r in runs:
         try:
             program = program_for(r.config, dataset_for(r.config))
         except Exception as e:  # noqa: BLE001 - recorded as a failed run
-            failed[r.name] = e
+            failed[r.name] = _error_text(e)
             continue
         programs[id(program)] = program
         ckpt_dir = workdir / r.name / "checkpoints"
         step = Checkpointer(ckpt_dir, read_only=True).latest_step() if ckpt_dir.is_dir() else None
         keyed.setdefault((id(program), step or 0), []).append(r)
-    out = []
+    out, notes = [], []
     for (pid, _), members in keyed.items():
         size = group_size or auto_group_size(programs[pid], len(members))
         # Balanced groups (12 runs by 8 -> 6 + 6): equal group shapes compile once.
         k = -(-len(members) // size)
         bounds = [round(j * len(members) / k) for j in range(k + 1)]
-        out += [members[a:b] for a, b in zip(bounds, bounds[1:])]
-    return out, failed
+        parts = [members[a:b] for a, b in zip(bounds, bounds[1:])]
+        if group_size and len(members) > 1 and max(len(g) for g in parts) < min(group_size, len(members)):
+            notes.append(f"--group-size {group_size}: {len(members)} runs of one program go in {k} balanced "
+                         f"groups of {', '.join(str(len(g)) for g in parts)} (equal shapes compile once)")
+        out += [[r.name for r in g] for g in parts]
+    return out, failed, notes
 
 
-def _fail(run_dir: RunDir, e: BaseException) -> dict:
-    first = (str(e).strip().splitlines() or [""])[0][:500]
-    summary = {"status": "failed", "error": f"{type(e).__name__}: {first}"}
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    (run_dir.path / "error.txt").write_text("".join(traceback.format_exception(e)))
-    run_dir.write_summary(summary)
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:500]}"
+
+
+def _fail(run_dir: RunDir, e: BaseException | str) -> dict:
+    """Record a run as failed (process 0 writes `summary.json` and `error.txt`)."""
+    summary = {"status": "failed", "error": e if isinstance(e, str) else _error_text(e)}
+    if is_writer():
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        (run_dir.path / "error.txt").write_text(
+            e if isinstance(e, str) else "".join(traceback.format_exception(e)))
+        run_dir.write_summary(summary)
     return summary
 
 
-def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | Path | None = None,
+def check_datasets(runs: list[RunSpec]) -> None:
+    """Load every distinct dataset the runs name (cached for training), so a missing or
+    unprepared one stops the sweep with its one-line error before any run starts."""
+    seen = set()
+    for r in runs:
+        key = json.dumps(r.config["data"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            dataset_for(r.config)
+
+
+def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | os.PathLike | None = None,
               shard: tuple[int, int] = (0, 1), overrides: list[str] | tuple[str, ...] = (),
               group_size: int = 0, progress: bool | None = None) -> dict[str, dict]:
     """Run this shard's share of a sweep; returns {run name: summary}.
@@ -106,25 +137,25 @@ def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | Path | No
     Example:
       >>> results = run_sweep("experiments/sweep_lr.py", size="smoke", workdir="runs/sweep-lr")
     """
+    maybe_initialize_distributed()
     runs, varied = expand(spec, size, overrides)
-    workdir = Path(workdir or Path("runs") / Path(spec).stem).expanduser().absolute()
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"workdir {str(workdir)!r} is not writable ({e.strerror}); give a writable --workdir") from None
-    manifest = {"spec": str(spec), "size": size, "overrides": list(overrides), "varied": varied,
-                "runs": [{"name": r.name, "overrides": r.overrides} for r in runs]}
-    if (workdir / "sweep.json").exists():
-        old = read_json(workdir / "sweep.json")
-        if {r["name"] for r in old["runs"]} - {r.name for r in runs}:
-            # Another sweep, or this one with other values: keep both run sets listed.
-            manifest["runs"] = old["runs"] + [m for m in manifest["runs"] if m["name"] not in {r["name"] for r in old["runs"]}]
-            manifest["varied"] = list(dict.fromkeys(old["varied"] + varied))
-    write_json(workdir / "sweep.json", manifest)
-
     i, n = shard
     mine = [r for k, r in enumerate(runs) if k % n == i]
     bases = list({r.base.name: r.base for r in runs if r.base is not None}.values())
+    check_datasets(mine + bases)
+    workdir = as_path(workdir or Path("runs") / Path(spec).stem)
+    new = {"spec": str(spec), "size": size, "overrides": list(overrides), "varied": varied,
+           "runs": [{"name": r.name, "overrides": r.overrides} for r in runs]}
+
+    def write_manifest() -> None:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"workdir {str(workdir)!r} is not writable ({e.strerror}); give a writable --workdir") from None
+        old = read_json(workdir / "sweep.json") if (workdir / "sweep.json").exists() else None
+        write_json(workdir / "sweep.json", merge_manifest(old, new))
+
+    decide(write_manifest)
     if bases:  # base runs first (this shard's share); then the runs that start from them
         base_dir = workdir / "pretrain"
         # A base another shard trains and has not finished yet: its dependents fail with the
@@ -135,7 +166,7 @@ def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | Path | No
     return _train_runs(mine, workdir, group_size, progress, Path(spec).stem, total=len(runs), shard=shard)
 
 
-def _from_base(r: RunSpec, base_dir: Path) -> RunSpec:
+def _from_base(r: RunSpec, base_dir) -> RunSpec:
     """`r` with `train.init_from` pointing at its base run's directory."""
     if r.base is None:
         return r
@@ -143,54 +174,77 @@ def _from_base(r: RunSpec, base_dir: Path) -> RunSpec:
     return r._replace(config=cfg)
 
 
-def _train_runs(mine: list[RunSpec], workdir: Path, group_size: int, progress: bool | None, label: str,
+def _plan(mine: list[RunSpec], workdir, group_size: int) -> dict:
+    """What this shard does (process 0 decides, every process follows): the finished runs'
+    summaries, the groups to train, the runs that failed to set up, and notes. A finished or
+    started run whose directory holds another config stops the sweep (one line, naming the key)."""
+    finished, todo, resuming = {}, [], 0
+    for r in mine:
+        d = RunDir(workdir / r.name)
+        if d.config.exists():
+            diff = config_diff(read_json(d.config), r.config)
+            if diff:
+                raise UserError(f"run {r.name!r} in {str(workdir)!r} was trained with another config ({diff}); "
+                                "give a new --workdir")
+        s = d.read_summary()
+        if s and s.get("status") in FINISHED:
+            finished[r.name] = s
+        else:
+            todo.append(r)
+            resuming += (d.checkpoints / "").exists() and bool(Checkpointer(d.checkpoints, read_only=True).steps())
+    groups, failed, notes = _groups(todo, workdir, group_size)
+    return {"finished": finished, "groups": groups, "failed": failed, "notes": notes, "resuming": resuming}
+
+
+def _train_runs(mine: list[RunSpec], workdir, group_size: int, progress: bool | None, label: str,
                 total: int | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, dict]:
     """Train the unfinished runs of `mine` in groups; {name: summary} of all of them."""
     i, n = shard
-    results: dict[str, dict] = {}
-    todo = []
-    for r in mine:
-        s = RunDir(workdir / r.name).read_summary() if (workdir / r.name / "summary.json").exists() else None
-        if s and s.get("status") in FINISHED:
-            results[r.name] = s
-        else:
-            todo.append(r)
-    print(f"sweep {label}: {total or len(mine)} runs, shard {i}/{n}: {len(mine)}, "
-          f"{len(mine) - len(todo)} already finished", file=sys.stderr, flush=True)
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="run", disable=not (
+    by_name = {r.name: r for r in mine}
+    plan = decide(lambda: _plan(mine, workdir, group_size))
+    results: dict[str, dict] = dict(plan["finished"])
+    say = functools.partial(print, file=sys.stderr, flush=True) if is_writer() else (lambda *a, **k: None)
+    say(f"sweep {label}: {total or len(mine)} runs, shard {i}/{n}: {len(mine)}, "
+        f"{len(plan['finished'])} already finished, {plan['resuming']} resuming from checkpoints")
+    for note in plan["notes"]:
+        say(note)
+    bar = tqdm(total=len(mine), initial=len(results), unit="run", disable=not is_writer() or not (
         sys.stderr.isatty() if progress is None else progress))
-    done_count = len(mine) - len(todo)
-    groups, failed = _groups(todo, workdir, group_size)
-    for name, e in failed.items():
-        results[name] = _fail(RunDir(workdir / name), e)
+    done_count = len(results)
+    for name, err in plan["failed"].items():
+        results[name] = _fail(RunDir(workdir / name), err)
         done_count += 1
-        print(f"[{done_count}/{len(mine)}] {name}: failed ({results[name]['error']})", file=sys.stderr, flush=True)
+        say(f"[{done_count}/{len(mine)}] {name}: failed ({err})")
         bar.update(1)
-    for group in groups:
-        locks = {r.name: RunLock(workdir / r.name) for r in group}
-        mine_now = [r for r in group if locks[r.name].acquire()]
+    for names in plan["groups"]:
+        group = [by_name[x] for x in names]
+        locks = {r.name: RunLock(workdir / r.name) for r in group} if is_writer() else {}
+        taken = decide(lambda: [r.name for r in group if locks[r.name].acquire()])
         for r in group:
-            if r not in mine_now:
-                print(f"  {r.name}: locked by another process, skipped", file=sys.stderr, flush=True)
-        if not mine_now:
+            if r.name not in taken:
+                say(f"  {r.name}: locked by another process ({locks[r.name].owner_text()}), skipped")
+        now = [r for r in group if r.name in taken]
+        if not now:
             continue
         t0 = time.time()
         try:
-            with Heartbeat([locks[r.name] for r in mine_now]):
-                summaries = train_group([r.config for r in mine_now], [workdir / r.name for r in mine_now],
-                                        progress=False)
+            with Heartbeat([locks[r.name] for r in now] if is_writer() else []):
+                summaries = train_group([r.config for r in now], [workdir / r.name for r in now], progress=False)
         except Exception as e:  # noqa: BLE001 - a failing run must not stop the sweep
-            summaries = [_fail(RunDir(workdir / r.name), e) for r in mine_now]
+            summaries = [_fail(RunDir(workdir / r.name), e) for r in now]
         finally:
-            for r in mine_now:
-                locks[r.name].release()
-        for r, s in zip(mine_now, summaries):
+            for r in now:
+                if is_writer():
+                    locks[r.name].release()
+        if len(summaries) != len(now):
+            raise RuntimeError(f"{len(summaries)} summaries for {len(now)} runs")
+        for r, s in zip(now, summaries):
             results[r.name] = s
             done_count += 1
             acc = f" test_acc {s['test_accuracy']:.4f}" if "test_accuracy" in s else ""
             why = f" ({s.get('error') or s.get('message')})" if s["status"] not in ("done",) else ""
-            print(f"[{done_count}/{len(mine)}] {r.name}: {s['status']}{acc}{why} "
-                  f"[group of {len(mine_now)}, {time.time() - t0:.1f}s]", file=sys.stderr, flush=True)
+            say(f"[{done_count}/{len(mine)}] {r.name}: {s['status']}{acc}{why} "
+                f"[group of {len(now)}, {time.time() - t0:.1f}s]")
             bar.update(1)
     bar.close()
     return results

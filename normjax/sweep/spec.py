@@ -153,3 +153,51 @@ def expand(path: str | Path, size: str = "smoke", overrides: list[str] | tuple[s
     if len(set(names)) != len(names):
         raise UserError(f"sweep {str(path)!r} lists the same run twice; make its grid values distinct")
     return runs, varied
+
+
+def merge_manifest(old: dict | None, new: dict) -> dict:
+    """The sweep.json of a sweep directory after another `normjax sweep` into it, losing nothing.
+
+    `new` is this invocation's manifest (`spec`, `size`, `overrides`: its `--set` list, `varied`,
+    `runs`: `{"name", "overrides"}` per run). The result lists every invocation so far under
+    `invocations` (`{"spec", "size", "overrides"}`, each once, in order), every run once (the
+    earlier ones first; each run records under `set` the `--set` list of the invocation that
+    first listed it, unknown for runs of a manifest written before `set` existed), and the union
+    of the varied keys; `spec`, `size` and `overrides` are the latest invocation's. A run name
+    carries the hash of the run's whole config, `--set` values included, so a repeated name is
+    the same run: it is listed once.
+
+    Args:
+      old: the directory's sweep.json, or None when there is none.
+      new: this invocation's manifest.
+
+    Returns:
+      The merged manifest (a new dict; neither argument is changed).
+
+    Example:
+      >>> old = {"spec": "s.py", "size": "smoke", "overrides": [], "varied": ["optim.lr"],
+      ...        "runs": [{"name": "lr=0.1-1a2b3c4d", "overrides": {"optim.lr": 0.1}}]}
+      >>> new = dict(old, overrides=["train.epochs=5"], runs=[{"name": "lr=0.1-5e6f7a8b", "overrides": {"optim.lr": 0.1}}])
+      >>> m = merge_manifest(old, new)
+      >>> [r["name"] for r in m["runs"]], [i["overrides"] for i in m["invocations"]]
+      (['lr=0.1-1a2b3c4d', 'lr=0.1-5e6f7a8b'], [[], ['train.epochs=5']])
+    """
+    invocation = {"spec": new.get("spec"), "size": new.get("size"), "overrides": list(new.get("overrides") or [])}
+    new_runs = [dict(r, set=list(invocation["overrides"])) for r in new.get("runs") or []]
+    if not isinstance(old, dict) or not isinstance(old.get("runs"), list):
+        return {**copy.deepcopy(new), "invocations": [invocation], "runs": new_runs}
+    invocations = copy.deepcopy(old.get("invocations")) or [
+        {"spec": old.get("spec"), "size": old.get("size"), "overrides": list(old.get("overrides") or [])}]
+    if invocation not in invocations:
+        invocations.append(invocation)
+    runs = [copy.deepcopy(r) for r in old["runs"] if isinstance(r, dict)]
+    index = {r.get("name"): r for r in runs}
+    for r in new_runs:
+        if r["name"] in index:
+            # The same name is the same config; an old manifest's run learns its --set list.
+            index[r["name"]].setdefault("set", r["set"])
+        else:
+            runs.append(r)
+            index[r["name"]] = r
+    varied = list(dict.fromkeys(list(old.get("varied") or []) + list(new.get("varied") or [])))
+    return {**copy.deepcopy(new), "varied": varied, "invocations": invocations, "runs": runs}

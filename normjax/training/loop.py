@@ -8,11 +8,15 @@ final evaluation → summary.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import math
+import os
+import sys
 import time
-from pathlib import Path
+
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +28,17 @@ from normjax.analysis import graph as graph_lib
 from normjax.config import validate
 from normjax.data import Dataset, load_dataset
 from normjax.errors import UserError
-from normjax.parallel import check_batch, data_mesh, maybe_initialize_distributed, put_replicated, replicated
+from normjax.parallel import (check_batch, check_same, data_mesh, decide, is_writer, maybe_initialize_distributed,
+                              put_replicated, replicated)
+from normjax.paths import as_path
 from normjax.training.checkpoint import Checkpointer, read_latest_items
+from normjax.training.lock import Heartbeat, RunLock
 from normjax.training.program import DataSpec, Program, TrainState, get_program, static_key
 from normjax.training.progress import Progress
 from normjax.training.rundir import RunDir, read_json, write_json
 
 EXIT_DIVERGED = 3
+FINISHED = ("done", "diverged")
 
 
 def dataset_for(cfg: dict) -> Dataset:
@@ -72,13 +80,16 @@ def state_items(state: TrainState, elapsed: float) -> dict:
 
 
 def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, float] | None:
+    """The newest checkpoint of a run as `(state, elapsed wall time)`, or None to start afresh."""
     abstract = program.abstract_state()
     templates = state_items(abstract, 0.0)
     templates["meta"]["elapsed"] = jax.ShapeDtypeStruct((), np.float64)
-    restored = ckpt.restore(templates, drop_broken=True)  # templates fit: same config
-    if restored is None:
+    resumed = ckpt.resume(templates)  # corrupt steps are moved aside, other errors raised
+    if resumed.message and is_writer():
+        print(resumed.message, file=sys.stderr, flush=True)
+    if resumed.step is None:
         return None
-    _, it = restored
+    it = resumed.items
     meta = it["meta"]
     state = TrainState(step=meta["step"], params=it["params"], batch_stats=it["batch_stats"],
                        opt_state=it["opt_state"], key=meta["key"], diverged=meta["diverged"])
@@ -90,7 +101,7 @@ def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
     if source == "pretrain":  # normjax.sweep.spec.PRETRAIN, resolved by the sweep runner
         raise UserError("train.init_from='pretrain' names a sweep's base run: it works inside `normjax sweep` "
                         "with a 'pretrain' entry; give a run directory here")
-    src = Path(source).expanduser()
+    src = as_path(source)
     abstract = program.abstract_state()
     templates = {"params": abstract.params, "batch_stats": abstract.batch_stats}
     restored = read_latest_items(src / "checkpoints", templates)  # read-only: the source may still train
@@ -140,34 +151,144 @@ def logs_step(step: int, cfg: dict, total: int) -> bool:
     return step < log["dense_steps"] or (step + 1) % log["every"] == 0 or step == total - 1
 
 
-def _log_rows(m: dict, cfg: dict, steps_per_epoch: int, total: int, wall: float) -> list[dict]:
-    """Rows of one run's fetched chunk that the cadence keeps (`logs_step`)."""
-    rows = []
-    for i in np.nonzero(m["valid"])[0]:
-        step = int(m["step"][i])
-        if logs_step(step, cfg, total):
-            row = {"step": step, "epoch": step / steps_per_epoch, "wall_time": wall}
-            row.update({k: v[i] for k, v in m.items() if k not in ("valid", "step")})
-            rows.append(row)
-    return rows
+# Per-slot flags of a fetched chunk that are bookkeeping, not metrics.
+_FLAGS = ("valid", "step", "ok", "grad_finite")
 
 
+@dataclasses.dataclass
 class _Run:
     """Host-side bookkeeping of one run inside a (possibly vectorized) group."""
 
-    def __init__(self, cfg: dict, workdir: str | Path):
-        self.cfg = cfg
-        self.dir = RunDir(Path(workdir).expanduser().absolute())
-        self.diverged_at: int | None = None
-        self.summary: dict | None = None
+    cfg: dict
+    dir: RunDir
+    summary: dict | None = None      # set once the run is finished (before this call or during it)
+    ckpt: Checkpointer | None = None
+    start: int = 0                   # the step this call starts from (restored or 0)
+    elapsed: float = 0.0             # wall time of the earlier sessions of this run
+    saved: int | None = None         # the newest checkpoint's step
+    diverged_at: int | None = None   # the step whose loss or gradient was non-finite
+    reason: str = ""
+
+    @property
+    def training(self) -> bool:
+        return self.summary is None and self.diverged_at is None
+
+
+def train(cfg: dict, workdir: str | os.PathLike, *, progress: bool | None = None) -> dict:
+    """Train (or resume) the run `cfg` describes in `workdir`; returns its summary.
+
+    A finished run (done or diverged) with the same config is returned as is (its summary gets
+    `"already": True`); one with another config is refused. A non-finite loss or gradient norm
+    ends the run with status `diverged` (the last good checkpoint is kept). The run directory is
+    locked while it trains (`lock`), so a second process cannot train it at the same time.
+
+    Example:
+      >>> summary = train(load_config("experiments/resnet_digits.py"), "runs/demo")
+      >>> summary["status"], summary["test_accuracy"]
+    """
+    return train_group([cfg], [workdir], progress=progress, announce=True, lock=True)[0]
+
+
+def train_group(cfgs: list[dict], workdirs: list[str | os.PathLike], *, progress: bool | None = None,
+                announce: bool = False, lock: bool = False) -> list[dict]:
+    """Train runs that share one compiled program together, vmapped over a run axis.
+
+    The runs may differ only in traced values (seed, LR, momentum, weight decay, transform
+    strengths); each keeps its own run directory, metrics and checkpoints, and its result equals
+    training it alone. A run that diverges stops updating (its state is frozen in the step) while
+    the others go on. Returns one summary per run, in order.
+
+    Multi-host: every process calls this with the same arguments. Process 0 makes the host-side
+    decisions (which runs are finished, from which step to resume) and shares them; only it writes
+    run files; every process saves and restores checkpoints (Orbax coordinates them) and checks
+    that all restored the same step. `announce` prints one line per run on resuming; `lock`
+    takes each run's lock (refusing a run another process trains) once the runs are validated
+    (the sweep runner takes its locks itself).
+    """
+    maybe_initialize_distributed()
+    if len(cfgs) != len(workdirs):
+        raise ValueError(f"{len(cfgs)} configs for {len(workdirs)} workdirs")
+    runs = [_Run(c, RunDir(as_path(w))) for c, w in zip(cfgs, workdirs)]
+    for r, s in zip(runs, decide(lambda: [_finished(r) for r in runs])):
+        r.summary = s
+    active = [r for r in runs if r.summary is None]
+    if active:
+        ds, program = _prepare(active)
+        with _locks(active if lock else []):
+            _train_active(active, ds, program, progress, announce)
+    return [r.summary for r in runs]
+
+
+def _train_active(active: list[_Run], ds: Dataset, program: Program, progress: bool | None, announce: bool) -> None:
+    """Open, train and finish the runs that are not finished yet."""
+    state = _open_runs(active, program, announce)
+    images = put_replicated(ds.train_images, program.mesh)
+    labels = put_replicated(ds.train_labels.astype(np.int32), program.mesh)
+    t_start = time.time()
+    try:
+        state = _train_chunks(active, program, state, images, labels, t_start, progress)
+    except BaseException:
+        _interrupted(active, program.total_steps)
+        raise
+    del images, labels
+    _finish(active, program, ds, state, t_start)
+
+
+@contextlib.contextmanager
+def _locks(runs: list[_Run]) -> Iterator[None]:
+    """Hold the runs' locks (process 0; heartbeats included) while the block trains them."""
+    locks = [RunLock(r.dir.path) for r in runs] if is_writer() else []
+    held = decide(lambda: [RunDir.create(lk.path.parent) is not None and lk.acquire() for lk in locks])
+    try:
+        for r, ok, lk in zip(runs, held, locks or [None] * len(runs)):
+            if not ok:
+                raise UserError(f"workdir {str(r.dir.path)!r} is being trained by another process "
+                                f"({lk.owner_text() if lk else 'unknown'}); wait for it or give another --workdir")
+        with Heartbeat(locks):
+            yield
+    finally:
+        for lk, ok in zip(locks, held):
+            if ok:
+                lk.release()
+
+
+def _finished(r: _Run) -> dict | None:
+    """The summary of a finished run with this config (marked `already`), None to train it; a
+    finished or unfinished run with another config is refused. Runs on process 0."""
+    old = r.dir.read_summary() if r.dir.summary.exists() else None
+    if r.dir.config.exists():
+        diff = config_diff(read_json(r.dir.config), r.cfg)
+        if diff:
+            state = old.get("status", "unfinished") if old else "unfinished"
+            raise UserError(f"workdir {str(r.dir.path)!r} holds a {state} run with another config ({diff}); "
+                            "give a new --workdir")
+    if old and old.get("status") in FINISHED:
+        return old | {"already": True}  # a diverged run would diverge again, deterministically
+    return None
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> str:
+    """The first differing key of two configs, as `key: old -> new`; "" when they are equal.
+
+    Example:
+      >>> config_diff({"optim": {"lr": 0.1}}, {"optim": {"lr": 0.05}})
+      'optim.lr: 0.1 -> 0.05'
+    """
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            d = config_diff(a, b, f"{prefix}{key}.")
+            if d:
+                return d
+        elif a != b and not (isinstance(a, list) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            return f"{prefix}{key}: {a!r} -> {b!r}"
+    return ""
 
 
 def _prepare(runs: list[_Run]) -> tuple[Dataset, Program]:
     """Validate every run against the data and devices before any run directory is touched."""
     for r in runs:
         validate(r.cfg)
-        if r.dir.config.exists() and read_json(r.dir.config) != r.cfg:
-            raise UserError(f"workdir {str(r.dir.path)!r} holds a run with another config; give a new --workdir")
     ds = dataset_for(runs[0].cfg)
     program = program_for(runs[0].cfg, ds)
     for r in runs[1:]:
@@ -176,113 +297,135 @@ def _prepare(runs: list[_Run]) -> tuple[Dataset, Program]:
     return ds, program
 
 
-def train(cfg: dict, workdir: str | Path, *, progress: bool | None = None) -> dict:
-    """Train (or resume) the run `cfg` describes in `workdir`; returns its summary.
-
-    A finished run (done or diverged) is returned as is. A non-finite loss ends the run with
-    status `diverged` (the last good checkpoint is kept).
-
-    Example:
-      >>> summary = train(load_config("experiments/resnet_digits.py"), "runs/demo")
-      >>> summary["status"], summary["test_accuracy"]
-    """
-    return train_group([cfg], [workdir], progress=progress)[0]
-
-
-def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool | None = None) -> list[dict]:
-    """Train runs that share one compiled program together, vmapped over a run axis.
-
-    The runs may differ only in traced values (seed, LR, momentum, weight decay, transform
-    strengths); each keeps its own run directory, metrics and checkpoints, and its result equals
-    training it alone. A run that diverges stops updating (its state is frozen in the step) while
-    the others go on. Returns one summary per run, in order.
-    """
-    maybe_initialize_distributed()
-    runs = [_Run(c, w) for c, w in zip(cfgs, workdirs)]
-    for r in runs:
-        old = r.dir.read_summary() if r.dir.summary.exists() else None
-        if old and old.get("status") in ("done", "diverged"):
-            r.summary = old  # finished: a diverged run would diverge again, deterministically
-    active = [r for r in runs if r.summary is None]
-    if not active:
-        return [r.summary for r in runs]
-    ds, program = _prepare(active)
-    total = program.total_steps
-
-    states, starts = [], []
+def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainState:
+    """Create the run directories (process 0), restore each run or initialize it, and stack the
+    states on a leading run axis, replicated."""
+    total, states = program.total_steps, []
     for r in active:
-        r.dir = RunDir.create(r.dir.path)
-        write_json(r.dir.config, r.cfg)
-        write_json(r.dir.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant}
-                                  for l in program.layers])
-        write_json(r.dir.graph, program.graph.to_json())
+        if is_writer():
+            r.dir = RunDir.create(r.dir.path)
+            write_json(r.dir.config, r.cfg)
+            write_json(r.dir.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant}
+                                      for l in program.layers])
+            write_json(r.dir.graph, program.graph.to_json())
         r.ckpt = Checkpointer(r.dir.checkpoints, keep=r.cfg["checkpoint"]["keep"])
         restored = restore_state(r.ckpt, program)
         if restored:
             state, r.elapsed = restored
+            r.saved = int(state.step)
         else:
-            state, r.elapsed = program.init_state(r.cfg), 0.0
+            state = program.init_state(r.cfg)
             if r.cfg["train"]["init_from"]:
                 state = warm_start(state, program, r.cfg["train"]["init_from"])
-        r.dir.trim_metrics(int(state.step))
-        r.dir.write_summary({"status": "running", "step": int(state.step), "total_steps": total})
+        r.start = int(state.step)
+        check_same(f"the step {str(r.dir.path)!r} resumes from", r.start)
+        if is_writer():
+            r.dir.trim_metrics(r.start)
+            r.dir.write_summary({"status": "running", "step": r.start, "total_steps": total})
+            if announce and r.start:
+                print(f"resuming {str(r.dir.path)!r} from step {r.start} of {total}", file=sys.stderr, flush=True)
         states.append(state)
-        starts.append(int(state.step))
+    starts = [r.start for r in active]
     if len(set(starts)) > 1:
         raise ValueError(f"runs of a vectorized group must resume from the same step, got {starts}")
-    state = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), replicated(program.mesh))
-    del states
+    return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), replicated(program.mesh))
 
-    images = put_replicated(ds.train_images, program.mesh)
-    labels = put_replicated(ds.train_labels.astype(np.int32), program.mesh)
-    step, every = starts[0], min(r.cfg["checkpoint"]["every"] for r in active)
-    t_start = time.time()
-    bar = Progress(total, initial=step, batch_size=program.batch_size * len(active), enabled=progress)
 
-    def drain(chunk_metrics):
-        m = jax.device_get(chunk_metrics)
-        losses = []
-        for i, r in enumerate(active):
-            mi = {k: v[i] for k, v in m.items()}
-            if r.diverged_at is None:
-                r.dir.append_metrics(_log_rows(mi, r.cfg, program.steps_per_epoch, total,
-                                               r.elapsed + time.time() - t_start))
-                bad = mi["valid"] & ~np.isfinite(mi["loss"])
-                if bad.any():
-                    r.diverged_at = int(mi["step"][np.argmax(bad)])
-            good = mi["valid"] & np.isfinite(mi["loss"])
-            if good.any():
-                losses.append((float(mi["loss"][good][-1]), float(mi["accuracy"][good][-1])))
-        if losses:
-            bar.update(int(m["valid"][0].sum()), loss=float(np.mean([l for l, _ in losses])),
-                       acc=float(np.mean([a for _, a in losses])))
-
+def _train_chunks(active: list[_Run], program: Program, state: TrainState, images: jax.Array,
+                  labels: jax.Array, t_start: float, progress: bool | None) -> TrainState:
+    """Fused chunks of steps up to the end (or until every run has diverged). The metrics of
+    chunk k are fetched and written while chunk k+1 runs; every run is checkpointed at its
+    `checkpoint.every` and at the end, unless it has diverged (a frozen state is never saved)."""
+    total, step = program.total_steps, active[0].start
+    every = min(r.cfg["checkpoint"]["every"] for r in active)
+    bar = Progress(total, initial=step, batch_size=program.batch_size * len(active),
+                   enabled=progress if is_writer() else False)
+    if is_writer() and not program.compiled(len(active)):
+        print("compiling the training step (once per model shape) ...", file=sys.stderr, flush=True)
     pending = None
-    while step < total and any(r.diverged_at is None for r in active):
+    while step < total and any(r.training for r in active):
         n = min(program.chunk, total - step, every - step % every)
         mask = [any(logs_step(step + i, r.cfg, total) for r in active) for i in range(program.chunk)]
         state, chunk_metrics = program.run_chunk(state, images, labels, n, mask)
         if pending is not None:
-            drain(pending)  # runs while the chunk just dispatched computes
+            _drain(active, program, pending, bar, t_start)  # runs while the chunk just dispatched computes
         pending, step = chunk_metrics, step + n
         if step % every == 0 or step == total:
-            drain(pending)
+            _drain(active, program, pending, bar, t_start)
             pending = None
             for i, r in enumerate(active):
-                if r.diverged_at is None and (step % r.cfg["checkpoint"]["every"] == 0 or step == total):
+                if r.training and (step % r.cfg["checkpoint"]["every"] == 0 or step == total):
                     r.ckpt.save(step, state_items(jax.tree.map(lambda x: x[i], state),
                                                   r.elapsed + time.time() - t_start))
+                    r.saved = step
     if pending is not None:
-        drain(pending)
+        _drain(active, program, pending, bar, t_start)
     bar.close()
+    return state
 
+
+def _drain(active: list[_Run], program: Program, chunk_metrics: dict, bar: Progress, t_start: float) -> None:
+    """Fetch one chunk's metrics: log each run's rows up to its divergence, note the divergence
+    (the device's flags: the one rule), and advance the progress bar."""
+    m = jax.device_get(chunk_metrics)
+    total, losses = program.total_steps, []
+    for i, r in enumerate(active):
+        mi = {k: v[i] for k, v in m.items()}
+        if not r.training:
+            continue
+        applied = mi["valid"] & mi["ok"]  # slots whose update was applied (a frozen state repeats its step)
+        rows = _log_rows(mi, applied, r.cfg, program.steps_per_epoch, total, r.elapsed + time.time() - t_start)
+        if is_writer():
+            r.dir.append_metrics(rows)
+        bad = mi["valid"] & ~mi["ok"]
+        if bad.any():
+            j = int(np.argmax(bad))
+            r.diverged_at = int(mi["step"][j])
+            what = "loss" if not np.isfinite(mi["loss"][j]) else "gradient norm"
+            r.reason = f"non-finite {what} at step {r.diverged_at}"
+        if applied.any():
+            losses.append((float(mi["loss"][applied][-1]), float(mi["accuracy"][applied][-1])))
+    if losses:
+        bar.update(int(m["valid"][0].sum()), loss=float(np.mean([l for l, _ in losses])),
+                   acc=float(np.mean([a for _, a in losses])))
+
+
+def _log_rows(m: dict, applied: np.ndarray, cfg: dict, steps_per_epoch: int, total: int, wall: float) -> list[dict]:
+    """Rows of one run's fetched chunk: the applied steps the cadence keeps (`logs_step`)."""
+    rows = []
+    for i in np.nonzero(applied)[0]:
+        step = int(m["step"][i])
+        if logs_step(step, cfg, total):
+            row = {"step": step, "epoch": step / steps_per_epoch, "wall_time": wall}
+            row.update({k: v[i] for k, v in m.items() if k not in _FLAGS})
+            rows.append(row)
+    return rows
+
+
+def _interrupted(active: list[_Run], total: int) -> None:
+    """On an interrupt (or any error) mid-training: each unfinished run's summary says
+    `interrupted` and the step it resumes from, so no dead run reads `running`."""
+    for r in active:
+        if r.ckpt is not None:
+            r.ckpt.close()
+        if is_writer() and r.summary is None:
+            step = r.saved or 0
+            r.dir.write_summary({"status": "interrupted", "step": step, "total_steps": total,
+                                 "message": f"interrupted; resumes from step {step} when started again"})
+
+
+def _finish(active: list[_Run], program: Program, ds: Dataset, state: TrainState, t_start: float) -> None:
+    """Close the checkpointers, evaluate the runs that finished (BN in inference mode), and write
+    each run's summary (diverged runs: the step and the reason)."""
+    total = program.total_steps
     splits: dict[int, dict] = {}  # by eval_train_examples: each split goes to the device once per group
     for i, r in enumerate(active):
         r.ckpt.close()
         wall = r.elapsed + time.time() - t_start
         if r.diverged_at is not None:
+            kept = f"checkpoint of step {r.saved} kept" if r.saved is not None else "no checkpoint was written"
             r.summary = {"status": "diverged", "step": r.diverged_at, "total_steps": total, "wall_time": wall,
-                         "message": f"non-finite loss at step {r.diverged_at}; last good checkpoint kept"}
+                         "reason": r.reason, "message": f"{r.reason}; {kept}"}
         else:
             key = r.cfg["train"]["eval_train_examples"]
             if key not in splits:
@@ -291,18 +434,19 @@ def train_group(cfgs: list[dict], workdirs: list[str | Path], *, progress: bool 
                                             "batch_stats": jax.tree.map(lambda x: x[i], state.batch_stats)}, splits[key])
             r.summary = {"status": "done", "step": total, "total_steps": total,
                          "epochs": total / program.steps_per_epoch, "wall_time": wall, **final}
-        r.summary |= metrics_lib.summarize(program.metric_names, list(r.dir.read_metrics()), r.cfg)
-        r.dir.write_summary(r.summary)
-    return [r.summary for r in runs]
+        if is_writer():
+            r.summary |= metrics_lib.summarize(program.metric_names, list(r.dir.read_metrics()), r.cfg)
+            r.dir.write_summary(r.summary)
+        r.summary = decide(lambda r=r: r.summary)  # every process returns what process 0 wrote
 
 
-def read_run(rundir: str | Path) -> tuple[dict, Dataset, Program, int, dict]:
+def read_run(rundir: str | os.PathLike) -> tuple[dict, Dataset, Program, int, dict]:
     """A finished or running run's config, dataset, program, and latest checkpoint's step and
     `{"params", "batch_stats"}`, read-only (for the studies' commands).
 
     Raises UserError (one line) when `rundir` is no run directory or holds no checkpoint.
     """
-    run = RunDir(Path(rundir).expanduser().absolute())
+    run = RunDir(rundir)
     if not run.config.exists():
         raise UserError(f"{str(run.path)!r} is not a run directory (no config.json)")
     cfg = read_json(run.config)
@@ -316,7 +460,7 @@ def read_run(rundir: str | Path) -> tuple[dict, Dataset, Program, int, dict]:
     return cfg, ds, program, step, items
 
 
-def evaluate_run(rundir: str | Path) -> dict:
+def evaluate_run(rundir: str | os.PathLike) -> dict:
     """Evaluate a run directory's latest checkpoint (read-only) on its train subset and test
     split; a PReLU run also hard-linearized (`"linearized"`: slopes within the tolerance set to 1)."""
     cfg, ds, program, step, items = read_run(rundir)

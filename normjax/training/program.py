@@ -110,6 +110,7 @@ class Program:
         self.has_lr = "lr" in optimizer_spec(cfg["optim"]).hyperparams
 
         rep = replicated(self.mesh)
+        self._compiled: set[int] = set()
         self.init = jax.jit(self._init, out_shardings=rep)
         self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0, out_shardings=rep)
         self.evaluate = jax.jit(self._evaluate, static_argnums=4, out_shardings=rep)
@@ -125,9 +126,14 @@ class Program:
                   n_active: int, log_mask: np.ndarray | None = None) -> tuple[TrainState, dict]:
         """`n_active` steps of every run in `states` (leading run axis R; R == 1 runs unvectorized);
         the metric hooks run on the chunk's slots where `log_mask` is True (default: all)."""
-        single = jax.tree.leaves(states)[0].shape[0] == 1
-        return (self.train_chunk_one if single else self.train_chunk_group)(
+        n_runs = jax.tree.leaves(states)[0].shape[0]
+        self._compiled.add(n_runs)
+        return (self.train_chunk_one if n_runs == 1 else self.train_chunk_group)(
             states, images, labels, np.int32(n_active), self.log_mask(log_mask))
+
+    def compiled(self, n_runs: int) -> bool:
+        """Whether the chunk for `n_runs` vectorized runs has been called (so is compiled)."""
+        return n_runs in self._compiled
 
     def log_mask(self, mask: np.ndarray | None = None) -> np.ndarray:
         """A chunk's `[steps_per_dispatch]` bool mask of the steps whose metric hooks run."""
@@ -209,7 +215,10 @@ class Program:
         x = self.preprocess(images[idx], jax.random.fold_in(jax.random.fold_in(key, 2), t))
         (loss, (stats, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             state.params, state.batch_stats, x, labels[idx])
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)) & ~state.diverged
+        # The one divergence rule (the host reads `ok` and `grad_finite` from the metrics, so it
+        # records what froze the state): a non-finite loss or gradient norm stops the updates.
+        grad_finite = jnp.isfinite(optax.tree.norm(grads))
+        ok = jnp.isfinite(loss) & grad_finite & ~state.diverged
         lr = current_lr(state.opt_state, self.schedule, t) if self.has_lr else None
 
         def hooks(opt_state, updates):
@@ -235,7 +244,8 @@ class Program:
         params, opt_state, hooked = jax.lax.cond(ok, apply, hold, None)
         new = state.replace(step=jnp.where(ok, t + 1, t), params=params, opt_state=opt_state, diverged=~ok,
                             batch_stats=jax.tree.map(lambda a, o: jnp.where(ok, a, o), stats, state.batch_stats))
-        m = {"step": t, "loss": loss, "accuracy": acc, **optimizer_metrics(opt_state, lr), **hooked}
+        m = {"step": t, "loss": loss, "accuracy": acc, **optimizer_metrics(opt_state, lr), **hooked,
+             "ok": ok, "grad_finite": grad_finite}
         return new, m
 
     def _train_chunk(self, state: TrainState, images: jax.Array, labels: jax.Array,

@@ -3,6 +3,11 @@
 Whole files are written atomically (temp file + rename), so a killed run never leaves a
 half-written config or summary; `metrics.jsonl` is append-only and trimmed on resume to the
 steps the restored checkpoint had reached.
+
+Paths are `etils.epath` paths (`normjax.paths.as_path`), so a run directory may live in a bucket
+(`gs://...`). What a remote store changes: a rename there is a copy and a delete (a reader
+can see the old file or the new one, never a torn one), and an object cannot be appended to, so
+each write of metrics rewrites `metrics.jsonl` (rows are written once per fetched chunk).
 """
 
 from __future__ import annotations
@@ -10,14 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from normjax.errors import UserError
+from normjax.paths import as_path, is_remote
 
-STATUSES = ("running", "done", "diverged", "failed")
+STATUSES = ("running", "done", "diverged", "failed", "interrupted")
 
 
 def _jsonable(x: Any) -> Any:
@@ -34,14 +39,16 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as JSON to `path` atomically (a temp file, then a rename)."""
+    path = as_path(path)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")  # per process: no two writers share a temp
     tmp.write_text(json.dumps(_jsonable(obj), indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(as_path(path).read_text())
 
 
 class RunDir:
@@ -52,8 +59,8 @@ class RunDir:
       >>> run.append_metrics([{"step": 0, "loss": 2.3}])
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: str | os.PathLike):
+        self.path = path = as_path(path)
         self.config = path / "config.json"
         self.layers = path / "layers.json"
         self.graph = path / "graph.json"
@@ -63,7 +70,7 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | os.PathLike) -> "RunDir":
-        path = Path(path).expanduser().absolute()
+        path = as_path(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".write_probe"
@@ -80,9 +87,15 @@ class RunDir:
         write_json(self.summary, summary)
 
     def append_metrics(self, rows: list[dict]) -> None:
-        if rows:
+        if not rows:
+            return
+        text = "".join(json.dumps(_jsonable(r)) + "\n" for r in rows)
+        if is_remote(self.metrics):  # objects cannot be appended to
+            old = self.metrics.read_text() if self.metrics.exists() else ""
+            self.metrics.write_text(old + text)
+        else:
             with self.metrics.open("a") as f:
-                f.writelines(json.dumps(_jsonable(r)) + "\n" for r in rows)
+                f.write(text)
 
     def read_metrics(self) -> Iterator[dict]:
         if self.metrics.exists():
@@ -96,9 +109,9 @@ class RunDir:
             return
         kept = [line for line in self.metrics.read_text().splitlines()
                 if line.strip() and _row_step(line) < before_step]
-        tmp = self.metrics.with_suffix(".jsonl.tmp")
+        tmp = self.metrics.with_name(f"metrics.jsonl.{os.getpid()}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics)
+        tmp.replace(self.metrics)
 
 
 def _row_step(line: str) -> int:

@@ -1,9 +1,14 @@
-"""One lock file per run, so two processes (two shards, a re-launched job) never run one run.
+"""One lock file per run, so two processes (two shards, a re-launched job) never train one run,
+and so readers (`normjax results`) tell a live run from a dead one.
 
 The lock is created with O_EXCL and names its owner (host, pid). It is *stale* when its owner
 is a dead process on this host, or when its heartbeat (the file's mtime, touched every
 `HEARTBEAT_S` while the run trains) is older than `STALE_S` (an owner on another host that
 died). A stale lock is taken over by an atomic rename, so only one process can win it.
+
+On a remote store (`gs://...`) there is no atomic create: the lock is written if absent (or
+stale) and read back, which two processes starting within the same moment can both pass. Give
+the processes of a sweep disjoint `--shard`s there; the heartbeat still tells live from dead.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import socket
 import threading
 import time
 from pathlib import Path
+
+from normjax.paths import as_path, is_remote
 
 HEARTBEAT_S = 30.0
 STALE_S = 600.0
@@ -37,14 +44,26 @@ class RunLock:
       ...     finally: lock.release()
     """
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "lock"
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = as_path(run_dir) / "lock"
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def owner_text(self) -> str:
+        """`host:pid` of the lock's current owner ("unknown" when unreadable)."""
+        try:
+            info = json.loads(self.path.read_text())
+            return f"{info['host']}:{info['pid']}"
+        except (OSError, ValueError, KeyError):
+            return "unknown"
+
+    def live(self) -> bool:
+        """Whether a live process holds this lock (the run is training now)."""
+        return self.path.exists() and not self._stale()
 
     def _stale(self) -> bool:
         try:
             info = json.loads(self.path.read_text())
-            age = time.time() - self.path.stat().st_mtime
+            age = time.time() - self.path.stat().mtime
         except (OSError, ValueError):
             return True  # vanished or torn: a writer died between create and write
         if info.get("host") == self.owner["host"]:
@@ -52,7 +71,10 @@ class RunLock:
         return age > STALE_S
 
     def acquire(self) -> bool:
+        """Take the lock (True), or False when a live process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if is_remote(self.path):
+            return self._acquire_remote()
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -70,10 +92,19 @@ class RunLock:
             return True
         return False
 
+    def _acquire_remote(self) -> bool:
+        if self.path.exists() and not self._stale():
+            return False
+        self.path.write_text(json.dumps(self.owner | {"time": time.time()}))
+        return json.loads(self.path.read_text()).get("pid") == self.owner["pid"]
+
     def touch(self) -> None:
         try:
-            os.utime(self.path)
-        except FileNotFoundError:
+            if is_remote(self.path):  # no utime on object stores: rewriting renews the mtime
+                self.path.write_text(self.path.read_text())
+            else:
+                os.utime(self.path)
+        except (FileNotFoundError, OSError):
             pass
 
     def release(self) -> None:

@@ -1,0 +1,98 @@
+"""The command line: help on every argument, --version, the readable train summary (no training)."""
+
+import argparse
+import importlib
+import json
+
+import pytest
+
+import normjax
+from normjax import cli
+
+
+class _Captured(Exception):
+    """Raised in place of parsing, carrying the parser a study command built."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+
+def study_parser(name: str, monkeypatch) -> argparse.ArgumentParser:
+    """The argparse parser a study command builds inside its entry function."""
+    module, fn, _ = cli.STUDY_COMMANDS[name]
+
+    def capture(self, *args, **kwargs):
+        raise _Captured(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", capture)
+        with pytest.raises(_Captured) as e:
+            getattr(importlib.import_module(module), fn)([])
+    return e.value.parser
+
+
+def all_parsers(monkeypatch) -> dict[str, argparse.ArgumentParser]:
+    main = cli._parser()
+    out = {"normjax": main}
+    for action in main._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            out |= {f"normjax {name}": p for name, p in action.choices.items()}
+    out |= {f"normjax {name} (own parser)": study_parser(name, monkeypatch) for name in cli.STUDY_COMMANDS}
+    return out
+
+
+def test_every_argument_of_every_command_has_help(monkeypatch):
+    parsers = all_parsers(monkeypatch)
+    assert len(parsers) == 1 + 5 + 2 * len(cli.STUDY_COMMANDS)
+    missing = []
+    for name, parser in parsers.items():
+        actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+        assert actions, name
+        missing += [f"{name}: {a.option_strings or a.dest}" for a in actions if not (a.help or "").strip()]
+        for a in actions:  # the subcommands' one-line descriptions
+            if isinstance(a, argparse._SubParsersAction):
+                missing += [f"{name}: {c.dest}" for c in a._choices_actions if not (c.help or "").strip()]
+    assert missing == []
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"normjax {normjax.__version__}\n"
+
+
+SUMMARY = {"status": "done", "step": 600, "total_steps": 600, "epochs": 12.0, "wall_time": 83.2274763584137,
+           "train_loss": 0.031, "train_accuracy": 0.99, "test_loss": 0.1357, "test_accuracy": 0.9611,
+           "elr_log_spread": float("nan")}
+
+
+def test_format_summary(tmp_path):
+    text = cli.format_summary(SUMMARY, tmp_path)
+    assert text.splitlines() == [
+        "done: test accuracy 96.11% (loss 0.1357), train accuracy 99.00% (loss 0.0310)",
+        "600/600 steps (12 epochs) in 1 min 23 s",
+        f"run directory: {tmp_path} (summary.json, metrics.jsonl, checkpoints/)",
+    ]
+    (tmp_path / "figures").mkdir()
+    assert "figures" not in cli.format_summary(SUMMARY, tmp_path)  # an empty folder is no figure
+    (tmp_path / "figures" / "elr_heatmap.png").write_bytes(b"")
+    assert cli.format_summary(SUMMARY, tmp_path).splitlines()[-1] == f"figures: {tmp_path / 'figures'}"
+    again = cli.format_summary(SUMMARY | {"already": True, "wall_time": "nan"}, tmp_path).splitlines()
+    assert again[0].startswith("done (finished before; nothing trained): test accuracy 96.11%")
+    assert again[1] == "600/600 steps (12 epochs)"
+    assert [cli.format_duration(s) for s in (8.26, 60.0, 3599.6, 7322.0)] == ["8.3 s", "1 min 0 s", "1 h 00 min",
+                                                                               "2 h 02 min"]
+
+
+@pytest.mark.parametrize("flag", [[], ["--json"]])
+def test_train_prints_a_readable_summary_or_json(tmp_path, monkeypatch, capsys, flag):
+    import normjax.training.loop as loop
+
+    monkeypatch.setattr(loop, "train", lambda cfg, workdir: dict(SUMMARY))
+    workdir = tmp_path / "run"
+    assert cli.run(["train", "experiments/mlp_digits.py", "--workdir", str(workdir), *flag]) == 0
+    out = capsys.readouterr().out
+    if flag:
+        assert json.loads(out) == SUMMARY | {"elr_log_spread": "nan"}
+    else:
+        assert out == cli.format_summary(SUMMARY, workdir) + "\n" and "wall_time" not in out
