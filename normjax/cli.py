@@ -184,7 +184,7 @@ def format_summary(summary: dict, rundir: str | os.PathLike) -> str:
     path = Path(rundir).absolute()
     status = str(summary.get("status", "unknown"))
     if summary.get("already"):
-        status += " (finished before; nothing trained)"
+        status = f"already {status} (nothing trained; a new config needs a new --workdir)"
     parts = []
     for split in ("test", "train"):
         acc, loss = _number(summary.get(f"{split}_accuracy")), _number(summary.get(f"{split}_loss"))

@@ -22,10 +22,26 @@ DATA = "data"
 def maybe_initialize_distributed(flag: bool = False) -> None:
     """`jax.distributed.initialize()` when asked (flag or NORMJAX_DISTRIBUTED=1) and not done yet.
 
-    On TPU VMs and SLURM/Open MPI clusters JAX discovers the coordinator by itself.
+    On TPU VMs and SLURM/Open MPI clusters JAX discovers the coordinator by itself. Elsewhere
+    (several processes on one machine, a hand-made cluster) set `JAX_COORDINATOR_ADDRESS`
+    (host:port of process 0), `NORMJAX_NUM_PROCESSES` and `NORMJAX_PROCESS_ID`. CPU collectives
+    across processes go through gloo (XLA's default CPU client has none).
+
+    Example:
+      >>> maybe_initialize_distributed()  # nothing asked: nothing done
     """
     if (flag or os.environ.get("NORMJAX_DISTRIBUTED") == "1") and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        kwargs = {}
+        if "NORMJAX_NUM_PROCESSES" in os.environ:
+            try:
+                kwargs = {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
+                          "num_processes": int(os.environ["NORMJAX_NUM_PROCESSES"]),
+                          "process_id": int(os.environ["NORMJAX_PROCESS_ID"])}
+            except (KeyError, ValueError) as e:
+                raise UserError("NORMJAX_NUM_PROCESSES needs JAX_COORDINATOR_ADDRESS=host:port and an integer "
+                                f"NORMJAX_PROCESS_ID ({type(e).__name__}: {e})") from None
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(**kwargs)
 
 
 def is_writer() -> bool:

@@ -78,7 +78,7 @@ def test_format_summary(tmp_path):
     (tmp_path / "figures" / "elr_heatmap.png").write_bytes(b"")
     assert cli.format_summary(SUMMARY, tmp_path).splitlines()[-1] == f"figures: {tmp_path / 'figures'}"
     again = cli.format_summary(SUMMARY | {"already": True, "wall_time": "nan"}, tmp_path).splitlines()
-    assert again[0].startswith("done (finished before; nothing trained): test accuracy 96.11%")
+    assert again[0].startswith("already done (nothing trained; a new config needs a new --workdir): test accuracy 96.11%")
     assert again[1] == "600/600 steps (12 epochs)"
     assert [cli.format_duration(s) for s in (8.26, 60.0, 3599.6, 7322.0)] == ["8.3 s", "1 min 0 s", "1 h 00 min",
                                                                                "2 h 02 min"]

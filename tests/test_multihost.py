@@ -1,0 +1,143 @@
+"""Multi-host for real: two processes (two CPU devices each) started with jax.distributed and
+gloo collectives, as on a TPU VM slice. One run, killed and resumed, and a small sweep end
+where the same work ends in one process over four devices."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--set", "model.depth=3", "--set", "model.width=512", "--set", "train.steps=48",
+        "--set", "train.batch_size=64", "--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=8",
+        "--set", "log.every=4", "--set", "log.dense_steps=8", "--set", "train.eval_train_examples=256"]
+
+
+def _env(devices: int, **extra) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONUNBUFFERED="1")
+    env.pop("NORMJAX_DISTRIBUTED", None)
+    return env | extra
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], processes: int) -> list[subprocess.Popen]:
+    """`normjax <cmd>` in `processes` processes of 2 devices each (one process of 4 when 1)."""
+    argv = [sys.executable, "-m", "normjax"] + cmd
+    if processes == 1:
+        return [subprocess.Popen(argv, env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    port = _free_port()
+    return [subprocess.Popen(argv + ["--distributed"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                                                 NORMJAX_NUM_PROCESSES=str(processes), NORMJAX_PROCESS_ID=str(i)))
+            for i in range(processes)]
+
+
+def _wait(procs: list[subprocess.Popen]) -> list[str]:
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(err)
+    return outs
+
+
+def _rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _params(run: Path) -> dict:
+    from normjax.training.loop import read_run
+    _, _, _, step, items = read_run(run)
+    import jax
+    return {"step": step, **{"/".join(map(str, k)): np.asarray(v)
+                             for k, v in jax.tree_util.tree_flatten_with_path(jax.device_get(items))[0]}}
+
+
+def _same(a: Path, b: Path) -> None:
+    ra, rb = _rows(a), _rows(b)
+    assert len(ra) == len(rb) > 0
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == sorted({r["step"] for r in ra})
+    for x, y in zip(ra, rb):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_allclose(y[k], x[k], rtol=1e-5, atol=1e-7, err_msg=f"step {x['step']} {k}")
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_allclose(pb[k], pa[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sa["status"] == sb["status"] == "done"
+    for k in ("test_accuracy", "train_accuracy", "step"):
+        assert sa[k] == sb[k], k
+
+
+SMALL = ["--set", "model.depth=2", "--set", "model.width=64", "--set", "train.steps=16", "--set", "train.batch_size=64",
+         "--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=8", "--set", "train.eval_train_examples=256"]
+
+
+def test_two_processes_train_one_run_as_one_process_does(tmp_path):
+    """The fast case (`make test`): one small run in two processes equals it in this process,
+    only process 0 writes, and a rerun of the finished run is "already done" on both."""
+    from normjax.config import load_config
+    from normjax.training.loop import train
+    train(load_config("experiments/mlp_digits.py", overrides=SMALL[1::2]), tmp_path / "ref", progress=False)
+    errs = _wait(_start(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "multi")] + SMALL, 2))
+    assert "compiling" in errs[0] and "compiling" not in errs[1], errs
+    _same(tmp_path / "ref", tmp_path / "multi")
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    procs = _start(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "multi")] + SMALL, 2)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert "already done" in outs[0]
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
+    ref, multi = tmp_path / "ref", tmp_path / "multi"
+    _wait(_start(["train", "experiments/mlp_digits.py", "--workdir", str(ref)] + ARGS, 1))
+    procs = _start(["train", "experiments/mlp_digits.py", "--workdir", str(multi)] + ARGS, 2)
+    ckpt, deadline = multi / "checkpoints", time.time() + 240
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        steps = [int(d.name) for d in ckpt.glob("*") if d.name.isdigit()] if ckpt.exists() else []
+        if steps and max(steps) >= 16:
+            break
+        time.sleep(0.02)
+    assert all(p.poll() is None for p in procs), "the run ended before it could be killed"
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    errs = _wait(_start(["train", "experiments/mlp_digits.py", "--workdir", str(multi)] + ARGS, 2))
+    assert "resuming" in errs[0] and "resuming" not in errs[1]  # process 0 speaks
+    assert not list(multi.glob("*.tmp"))
+    _same(ref, multi)
+
+
+@pytest.mark.slow
+def test_two_process_sweep_equals_one_process(tmp_path):
+    spec = tmp_path / "sweep_mh.py"
+    spec.write_text(f"""
+def get_sweep(size):
+    return {{"base": "{ROOT / 'experiments' / 'mlp_digits.py'}", "grid": {{"optim.lr": [0.05, 0.2]}},
+            "set": {{"model.depth": 2, "model.width": 64, "train.steps": 24, "train.batch_size": 64,
+                     "train.steps_per_dispatch": 4, "checkpoint.every": 8, "train.eval_train_examples": 256}}}}
+""")
+    _wait(_start(["sweep", str(spec), "--workdir", str(tmp_path / "one"), "--group-size", "2"], 1))
+    _wait(_start(["sweep", str(spec), "--workdir", str(tmp_path / "two"), "--group-size", "2"], 2))
+    names = sorted(d.name for d in (tmp_path / "one").iterdir() if d.is_dir())
+    assert len(names) == 2 and names == sorted(d.name for d in (tmp_path / "two").iterdir() if d.is_dir())
+    for n in names:
+        _same(tmp_path / "one" / n, tmp_path / "two" / n)
