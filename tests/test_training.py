@@ -5,12 +5,14 @@ import shutil
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from conftest import small_config
 from normjax.cli import main
 from normjax.training.checkpoint import Checkpointer
-from normjax.training.loop import dataset_for, program_for, restore_state, train
+from normjax.models import per_layer
+from normjax.training.loop import dataset_for, program_for, restore_state, state_items, train, warm_start
 from normjax.training.rundir import RunDir
 
 
@@ -72,18 +74,51 @@ def test_sweep_values_compile_nothing_new(tmp_path):
     assert _rows(tmp_path / "a")[0]["lr"] != _rows(tmp_path / "b")[0]["lr"]
 
 
+def _checkpoint_steps(run) -> dict[int, int]:
+    """{checkpoint name: the step its state holds}."""
+    cfg = json.loads((run / "config.json").read_text())
+    meta = state_items(program_for(cfg, dataset_for(cfg)).abstract_state(), 0.0)["meta"]
+    meta["elapsed"] = jax.ShapeDtypeStruct((), np.float64)
+    ckpt = Checkpointer(run / "checkpoints", read_only=True)
+    return {s: int(ckpt.restore({"meta": meta}, step=s)[1]["meta"]["step"]) for s in ckpt.steps()}
+
+
 def test_divergence_stops_cleanly(tmp_path, capsys):
-    cfg = small_config(optim={"lr": 1e30, "momentum": 0.0}, train={"steps": 64})
+    cfg = small_config(optim={"lr": 1e3, "momentum": 0.9}, train={"steps": 64}, checkpoint={"every": 2})
     summary = train(cfg, tmp_path / "run")
-    assert summary["status"] == "diverged" and "non-finite" in summary["message"]
-    assert summary["step"] < 64
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+    at = summary["step"]
+    assert summary["status"] == "diverged" and 2 < at < 64  # a few good steps first, so checkpoints exist
+    assert summary["reason"] in (f"non-finite loss at step {at}", f"non-finite gradient norm at step {at}")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    steps = [r["step"] for r in _rows(tmp_path / "run")]
+    assert steps == list(range(at))  # every applied step once (dense logging), none after the divergence
+    saved = _checkpoint_steps(tmp_path / "run")
+    assert saved and all(name == held <= at for name, held in saved.items())  # no frozen state saved
+    assert summary["message"].endswith(f"checkpoint of step {max(saved)} kept")
     with pytest.raises(SystemExit) as e:  # the CLI says so in one line and exits non-zero
         main(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "cli"), "--set", "optim.lr=1e30",
               "--set", "optim.momentum=0.0"])
     assert e.value.code == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("diverged:")
+
+
+def test_an_infinite_gradient_with_a_finite_loss_diverges_on_host_and_device_alike(tmp_path):
+    """One rule: the device freezes on a non-finite loss or gradient norm, and the records say so."""
+    cfg = small_config(train={"steps": 16}, checkpoint={"every": 8})
+    program = program_for(cfg, dataset_for(cfg))
+    state = program.init_state(cfg)
+    params = jax.tree.map(np.array, jax.device_get(state.params))
+    params["hidden"]["rest"]["bn"]["scale"][1] *= 1e30  # logits ~1e30: finite loss, gradient norm overflows
+    with Checkpointer(tmp_path / "src" / "checkpoints") as ckpt:
+        ckpt.save(0, {"params": params, "batch_stats": jax.device_get(state.batch_stats)})
+    summary = train(small_config(train={"steps": 16, "init_from": str(tmp_path / "src")}, checkpoint={"every": 8}),
+                    tmp_path / "run")
+    assert summary["status"] == "diverged" and summary["step"] == 0
+    assert summary["reason"] == "non-finite gradient norm at step 0"
+    assert summary["message"].endswith("no checkpoint was written")
+    assert _rows(tmp_path / "run") == []
+    assert _checkpoint_steps(tmp_path / "run") == {}
 
 
 def test_resume_after_corrupt_checkpoint_matches_uninterrupted(tmp_path):
@@ -105,13 +140,31 @@ def test_resume_after_corrupt_checkpoint_matches_uninterrupted(tmp_path):
 
 
 def test_warm_start_takes_params_with_a_new_optimizer(tmp_path):
-    train(small_config(train={"steps": 24}), tmp_path / "a")
-    params_a = _final_params(tmp_path / "a", small_config(train={"steps": 24}))
+    """Params and BN statistics from the source's last checkpoint; the optimizer state, step and
+    key fresh from the new config."""
+    cfg_a = small_config(train={"steps": 24})
+    train(cfg_a, tmp_path / "a")
+    src, _ = restore_state(Checkpointer(tmp_path / "a" / "checkpoints"), program_for(cfg_a, dataset_for(cfg_a)))
+    assert int(src.step) == 24
     cfg_b = small_config(optim={"lr": 0.01, "momentum": 0.0}, train={"steps": 8, "init_from": str(tmp_path / "a")})
+    program = program_for(cfg_b, dataset_for(cfg_b))
+    fresh = program.init_state(cfg_b)
+    warm = warm_start(program.init_state(cfg_b), program, cfg_b["train"]["init_from"])  # as train() does
+    jax.tree.map(np.testing.assert_array_equal, warm.params, src.params)
+    jax.tree.map(np.testing.assert_array_equal, warm.batch_stats, src.batch_stats)
+    jax.tree.map(np.testing.assert_array_equal, (warm.opt_state, warm.step, warm.key, warm.diverged),
+                 (fresh.opt_state, fresh.step, fresh.key, fresh.diverged))
+    # b's hyper-parameters, and no trace of the source's (nonzero) momentum buffer
+    get = optax.tree_utils.tree_get
+    assert (float(get(warm.opt_state, "lr")), float(get(warm.opt_state, "momentum"))) == (float(np.float32(0.01)), 0.0)
+    assert not any(np.any(x) for x in jax.tree.leaves(get(warm.opt_state, "trace")))
+    assert any(np.any(x) for x in jax.tree.leaves(get(src.opt_state, "trace")))
+    # End to end: b's first logged step measures the source's layers (measured 8.3e-8 apart: the
+    # norms summed in another order).
     train(cfg_b, tmp_path / "b")
     first = _rows(tmp_path / "b")[0]
-    fc0 = float(np.linalg.norm(params_a["hidden"]["first"]["dense"]["kernel"]))
-    np.testing.assert_allclose(first["w_norm"][0], fc0, rtol=1e-6)
+    assert first["step"] == 0
+    np.testing.assert_allclose(first["w_norm"], np.sqrt(per_layer(src.params, program.layers)), rtol=2e-7, atol=0)
 
 
 def test_bfloat16_run(tmp_path):
