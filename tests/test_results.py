@@ -3,6 +3,10 @@
 import csv
 import itertools
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +54,8 @@ def write_run(root: Path, depth: int, shortcut: bool, seed: int, status: str, wi
         summary |= {"step": 12, "message": "non-finite loss at step 12; last good checkpoint kept"}
     elif status == "running":
         summary = {"status": "running", "step": 20, "total_steps": 40}
+        # Held by a live process (this one), as a training run holds its lock.
+        (d / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     (d / "summary.json").write_text(json.dumps(summary))
     # Long per-layer lists make each row several KB, so the tail read must grow past one chunk.
     width = 2000 if wide_rows else 3
@@ -104,6 +110,17 @@ def test_collect_statuses_and_values(sweep):
     assert running["step"] == 20 and running["wall_time"] is None and running["test_accuracy"] is None
 
 
+def test_a_running_run_without_a_live_lock_reads_interrupted(sweep):
+    lock = sweep / run_name(14, True, 2) / "lock"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))  # its trainer was killed
+    assert by_name(collect(sweep))[run_name(14, True, 2)]["status"] == "interrupted"
+    lock.unlink()
+    assert by_name(collect(sweep))[run_name(14, True, 2)]["status"] == "interrupted"
+    assert "1 interrupted" in report(sweep)
+
+
 def test_aggregate_means_and_stds_match_numpy(sweep):
     rows = collect(sweep)
     agg = aggregate(rows, over="train.seed")
@@ -147,8 +164,8 @@ def test_report_writes_csvs_and_table(sweep):
     with open(sweep / "results_agg.csv", newline="") as f:
         agg_rows = list(csv.reader(f))
     header = agg_rows[0]
-    assert header[:10] == ["model.depth", "model.shortcut", "n", "runs", "done", "diverged", "failed",
-                           "missing", "running", "test_accuracy_mean"]
+    assert header[:11] == ["model.depth", "model.shortcut", "n", "runs", "done", "diverged", "failed",
+                           "missing", "running", "interrupted", "test_accuracy_mean"]
     assert len(agg_rows) == 5 and agg_rows[1][:3] == ["8", "false", "2"]
     mean = float(agg_rows[2][header.index("test_accuracy_mean")])
     assert mean == pytest.approx(np.mean([acc_of(8, True, s) for s in range(3)]), abs=1e-15)

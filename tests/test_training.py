@@ -27,11 +27,13 @@ def _final_params(workdir, cfg):
 
 
 def test_mlp_learns_digits(tmp_path):
-    cfg = small_config(train={"steps": 120})
+    cfg = small_config(train={"steps": 122})
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "done"
     assert summary["test_accuracy"] >= 0.90, summary
     rows = _rows(tmp_path / "run")
+    # The cadence: every step of the first 10, then every 5th, and always the last one.
+    assert [r["step"] for r in rows] == list(range(10)) + list(range(14, 122, 5)) + [121]
     assert rows[-1]["loss"] < rows[0]["loss"] / 4
     assert len(rows[0]["w_norm"]) == 4  # 3 hidden layers + classifier, in depth order
     layers = json.loads((tmp_path / "run" / "layers.json").read_text())
@@ -284,3 +286,27 @@ def test_prelu_prior_makes_units_exactly_linear_and_compiles_once(tmp_path):
     assert max(frozen[0.0]) == 0
     assert frozen[3.0] == sorted(frozen[3.0]) and frozen[3.0][-1] > 0  # frozen units stay frozen
     assert int(np.sum(slopes[3.0] == 1.0)) == frozen[3.0][-1]  # and sit exactly at 1
+
+
+def test_an_interrupted_run_says_so_and_resumes_with_a_line(tmp_path, monkeypatch, capsys):
+    import normjax.training.loop as loop
+    drain, calls = loop._drain, []
+
+    def interrupt_on_the_fourth(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return drain(*args)
+
+    cfg = small_config(train={"steps": 40}, checkpoint={"every": 16})
+    monkeypatch.setattr(loop, "_drain", interrupt_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    saved = Checkpointer(tmp_path / "run" / "checkpoints", read_only=True).steps()
+    assert saved == [16] and summary["status"] == "interrupted" and summary["step"] == 16
+    assert not (tmp_path / "run" / "lock").exists()  # released: a dead run is told from a live one
+    monkeypatch.setattr(loop, "_drain", drain)
+    capsys.readouterr()
+    assert train(cfg, tmp_path / "run")["status"] == "done"
+    assert f"resuming {str(tmp_path / 'run')!r} from step 16 of 40" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import numpy as np
 
 from normjax.errors import UserError
 
-STATUSES = ("done", "diverged", "failed", "missing", "running")
+STATUSES = ("done", "diverged", "failed", "missing", "running", "interrupted")
 # Final metrics a run row carries (from summary.json, plus `final_batch_loss` from metrics.jsonl).
 SUMMARY_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "step", "wall_time")
 METRICS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "final_batch_loss", "wall_time", "step")
@@ -164,10 +164,18 @@ def _last_logged_loss(path: Path) -> float | None:
         return None
 
 
+def _live(rundir: os.PathLike) -> bool:
+    """Whether a live process holds the run's lock (it is training now)."""
+    from normjax.training.lock import RunLock  # only for running runs: results stay light
+
+    return RunLock(rundir).live()
+
+
 def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> list[dict]:
     """One row per run listed in sweep.json, in the sweep's order.
 
-    A row has `name`, `status` (done, diverged, failed, running, or missing when the run has no
+    A row has `name`, `status` (done, diverged, failed, running, interrupted (stopped, or its
+    summary says running but no live process holds its lock), or missing when the run has no
     summary yet), each varied key's value, the summary's final metrics (`None` when absent),
     `final_batch_loss` (the last logged batch loss), and `error`/`message` for failed/diverged runs.
 
@@ -207,13 +215,15 @@ def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> li
         if isinstance(summary, dict):
             status = summary.get("status")
             row["status"] = status if status in STATUSES else "failed"
+            if row["status"] == "running" and not _live(rundir):
+                row["status"] = "interrupted"  # killed: its summary never got to say so
             for m in SUMMARY_METRICS:
                 if m in FINAL_ONLY and row["status"] != "done":
                     continue
                 row[m] = _number(summary.get(m))
             if row["status"] == "failed":
                 row["error"] = str(summary.get("error") or f"unknown status {status!r} in summary.json")
-            if row["status"] == "diverged":
+            if row["status"] in ("diverged", "interrupted"):
                 row["message"] = str(summary.get("message", ""))
             row["final_batch_loss"] = _last_logged_loss(rundir / "metrics.jsonl")
             # Values the run's metric hooks summarized (normjax.metrics.register_metric(summary=...)).
