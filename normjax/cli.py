@@ -206,7 +206,22 @@ def format_summary(summary: dict, rundir: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def _interrupt_on_sigterm() -> None:
+    """A job killed with SIGTERM (a preempted TPU VM, `scancel`, `kill`) stops as on Ctrl-C: the
+    run's summary says `interrupted` with the step it resumes from."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
+    _interrupt_on_sigterm()
     try:
         code = run(argv)
     except UserError as e:

@@ -57,3 +57,22 @@ def test_sigkill_and_restart_matches_uninterrupted(tmp_path):
     assert int(a.step) == int(b.step) == 600
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert _rows(tmp_path / "ref") == _rows(tmp_path / "killed")
+
+
+def test_sigterm_stops_the_run_as_interrupted(tmp_path):
+    """A preempted job (SIGTERM) records `interrupted` with the step it resumes from, exit 130."""
+    p = _train(tmp_path / "run", wait=False)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if ckpt_dir.exists() and any(d.name.isdigit() for d in ckpt_dir.glob("*")):
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be stopped"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["step"] == Checkpointer(ckpt_dir, read_only=True).latest_step() > 0
+    assert not (tmp_path / "run" / "lock").exists()

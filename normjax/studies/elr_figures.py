@@ -378,7 +378,7 @@ def _distinct(rows: list[dict], key: str | None) -> list[Any]:
 
 def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | None) -> _SweepRuns:
     path, meta = load_sweep(sweepdir)
-    rows = collect(path)
+    rows = collect(path, over=over) if over else collect(path)
     keys = varied_keys(rows) or list(meta["varied"])
     over_key = resolve_over(over, keys)
     hue_key = resolve_key(hue, keys, "hue") if hue is not None else next((k for k in keys if k != over_key), None)

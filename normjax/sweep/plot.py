@@ -57,7 +57,7 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
       [PosixPath('.../plots/test_loss_vs_depth.png'), PosixPath('.../plots/test_loss_vs_depth.pdf')]
     """
     path, meta = load_sweep(sweep_dir)
-    rows = collect(path)
+    rows = collect(path, over=over)
     keys = varied_keys(rows) or list(meta["varied"])
     metrics = list(Y_METRICS) + hook_metrics(rows)
     if y not in metrics:
