@@ -7,7 +7,9 @@ static *shape* in [0, 1] multiplied by the traced peak `lr`.
 
 Weight decay: coupled (default, as PyTorch SGD) adds `wd * w` to the gradient before momentum;
 decoupled applies `w -= lr_t * wd * w` outside the momentum buffer (AdamW-style, scaled by the
-scheduled LR `lr_t`).
+scheduled LR `lr_t`). `weight_decay_on` picks the leaves it acts on (`decay_mask`): `kernels` (conv
+and dense kernels only), `all_but_prelu` (default: everything but PReLU slopes, which decay would
+pull toward 0, i.e. ReLU, biasing the sparsity study) or `all`.
 
 Example:
   >>> tx = make_optimizer(DEFAULTS["optim"], total_steps=1000, context=ctx)
@@ -27,6 +29,7 @@ import optax
 
 from normjax import transforms
 from normjax.errors import UserError
+from normjax.models.structure import leaf_mask
 
 
 class OptimizerContext(NamedTuple):
@@ -61,14 +64,42 @@ def schedule_shape(cfg: dict, total_steps: int) -> Callable[[jax.Array], jax.Arr
     return shape
 
 
-def _sgd_chain(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, schedule, context,
-               before_momentum=(), after_momentum=(), scale_by_lr=None, after_lr=(), decay_mask=None):
+WEIGHT_DECAY_ON = ("kernels", "all_but_prelu", "all")
+
+
+def decay_mask(weight_decay_on: str, context: OptimizerContext) -> Any:
+    """The leaves weight decay acts on, as a bool tree over the params (None: every leaf).
+
+    Args:
+      weight_decay_on: `kernels` (the conv/dense kernels of `context.layers`, not BN scale/bias,
+        biases or PReLU slopes), `all_but_prelu` (every leaf but the PReLU slopes) or `all`.
+      context: the model's masks and layers.
+
+    Returns:
+      A pytree of bools shaped like the params (for `optax.add_decayed_weights(mask=)`), or None.
+
+    Example:
+      >>> decay_mask("all_but_prelu", OptimizerContext({"w": True, "a": False}, {"w": False, "a": True}, []))
+      {'a': False, 'w': True}
+    """
+    if weight_decay_on == "all":
+        return None
+    if weight_decay_on == "kernels":
+        paths = {l.path for l in context.layers}
+        return leaf_mask(context.prelu_mask, lambda p, _: p in paths)  # prelu_mask: any tree shaped like the params
+    if weight_decay_on == "all_but_prelu":
+        return jax.tree.map(lambda m: not m, context.prelu_mask)
+    raise ValueError(f"weight_decay_on={weight_decay_on!r}; allowed: {', '.join(WEIGHT_DECAY_ON)}")
+
+
+def _sgd_chain(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str, schedule,
+               context, before_momentum=(), after_momentum=(), scale_by_lr=None, after_lr=()):
     """decay (coupled) → before_momentum → momentum → after_momentum → decay (decoupled) → LR → after_lr.
 
-    `scale_by_lr` replaces the default LR scaling (`-lr * schedule(t)`); `decay_mask` limits
-    weight decay to some leaves.
+    `scale_by_lr` replaces the default LR scaling (`-lr * schedule(t)`); `weight_decay_on` picks
+    the leaves that decay (`decay_mask`).
     """
-    decay = optax.add_decayed_weights(weight_decay, mask=decay_mask)
+    decay = optax.add_decayed_weights(weight_decay, mask=decay_mask(weight_decay_on, context))
     return optax.chain(
         *(() if decoupled_wd else (decay,)),
         *before_momentum,
@@ -80,57 +111,62 @@ def _sgd_chain(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool
     )
 
 
-def sgd(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, schedule, context) -> optax.GradientTransformation:
-    """SGD with (Nesterov) momentum and coupled or decoupled weight decay (see module doc)."""
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
-                      context=context)
+def sgd(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str, schedule,
+        context) -> optax.GradientTransformation:
+    """SGD with (Nesterov) momentum and coupled or decoupled weight decay on the leaves
+    `weight_decay_on` names (see module doc)."""
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
+                      weight_decay_on=weight_decay_on, schedule=schedule, context=context)
 
 
-def sgd_uniform_elr(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, elr_definition: str,
-                    elr_reference: str, elr_position: str, schedule, context) -> optax.GradientTransformation:
+def sgd_uniform_elr(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str,
+                    elr_definition: str, elr_reference: str, elr_position: str, schedule,
+                    context) -> optax.GradientTransformation:
     """SGD whose scale-invariant kernels all take the same relative step (`scale_by_uniform_elr`,
     before or after momentum per `elr_position`); other parameters keep the global LR."""
     elr = optax.masked(transforms.scale_by_uniform_elr(elr_definition, elr_reference, layer_axes=context.layer_axes),
                        context.scale_invariant_mask)
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
-                      context=context, **{elr_position: (elr,)})
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
+                      weight_decay_on=weight_decay_on, schedule=schedule, context=context, **{elr_position: (elr,)})
 
 
-def sgd_critical_warmup(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, schedule,
-                        context) -> optax.GradientTransformation:
+def sgd_critical_warmup(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str,
+                        schedule, context) -> optax.GradientTransformation:
     """SGD whose LR each step is `min(lr * schedule(t), η_crit,t)` (`scale_by_critical_lr`)."""
     warm = transforms.scale_by_critical_lr(lambda t: lr * schedule(t), context.scale_invariant_mask,
                                            layer_axes=context.layer_axes)
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
-                      context=context, scale_by_lr=warm)
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
+                      weight_decay_on=weight_decay_on, schedule=schedule, context=context, scale_by_lr=warm)
 
 
 def sgd_prelu_l1(lr, momentum, weight_decay, prelu_l1, prelu_tolerance, prelu_start, *, nesterov: bool,
-                 decoupled_wd: bool, prelu_mode: str, prelu_power: float, schedule, context) -> optax.GradientTransformation:
+                 decoupled_wd: bool, weight_decay_on: str, prelu_mode: str, prelu_power: float, schedule,
+                 context) -> optax.GradientTransformation:
     """SGD with the sparsity prior `prelu_l1 * Σ|1 − α|^p` on the PReLU slopes
     (`prelu_sparsity_prior`, after the LR), switched on after the fraction `prelu_start` of the
-    run's steps (the during-training regime from epoch k); no weight decay on the slopes."""
+    run's steps (the during-training regime from epoch k); no weight decay on the slopes unless
+    `weight_decay_on=all`."""
     start = prelu_start * context.total_steps
     strength = lambda t: jnp.where(t >= start, prelu_l1, 0.0)  # noqa: E731
     prior = transforms.prelu_sparsity_prior(strength, lambda t: lr * schedule(t), tolerance=prelu_tolerance,
                                             mode=prelu_mode, power=prelu_power)
-    not_prelu = jax.tree.map(lambda m: not m, context.prelu_mask)
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
-                      context=context, after_lr=(optax.masked(prior, context.prelu_mask),), decay_mask=not_prelu)
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
+                      weight_decay_on=weight_decay_on, schedule=schedule, context=context,
+                      after_lr=(optax.masked(prior, context.prelu_mask),))
 
 
 def sgd_prelu_target(lr, momentum, weight_decay, prelu_l1, prelu_tolerance, prelu_target, prelu_gain, *,
-                     nesterov: bool, decoupled_wd: bool, prelu_mode: str, prelu_power: float, schedule,
-                     context) -> optax.GradientTransformation:
+                     nesterov: bool, decoupled_wd: bool, weight_decay_on: str, prelu_mode: str, prelu_power: float,
+                     schedule, context) -> optax.GradientTransformation:
     """`sgd_prelu_l1` with the prior's strength steered (from `prelu_l1`) until the fraction
     `prelu_target` of the PReLU units is nonlinear (`prelu_sparsity_controller`); no weight decay
-    on the slopes."""
+    on the slopes unless `weight_decay_on=all`."""
     prior = transforms.prelu_sparsity_controller(prelu_target, lambda t: lr * schedule(t), init_strength=prelu_l1,
                                                  gain=prelu_gain, tolerance=prelu_tolerance, mode=prelu_mode,
                                                  power=prelu_power)
-    not_prelu = jax.tree.map(lambda m: not m, context.prelu_mask)
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd, schedule=schedule,
-                      context=context, after_lr=(optax.masked(prior, context.prelu_mask),), decay_mask=not_prelu)
+    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
+                      weight_decay_on=weight_decay_on, schedule=schedule, context=context,
+                      after_lr=(optax.masked(prior, context.prelu_mask),))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +183,7 @@ class OptimizerSpec:
 
 
 _SGD = ("lr", "momentum", "weight_decay")
-_SGD_STATIC = ("nesterov", "decoupled_wd")
+_SGD_STATIC = ("nesterov", "decoupled_wd", "weight_decay_on")  # weight_decay_on: the decay mask's shape
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec(sgd, _SGD, _SGD_STATIC),
     "sgd_uniform_elr": OptimizerSpec(sgd_uniform_elr, _SGD,
@@ -203,8 +239,9 @@ def current_lr(opt_state: Any, schedule: Callable, step: jax.Array) -> jax.Array
 def check_optim_config(cfg: dict, model_cfg: dict) -> None:
     """One-line UserError for `optim` values no optimizer accepts."""
     spec = optimizer_spec(cfg)
-    choices = {"elr_definition": transforms.elr.DEFINITIONS, "elr_reference": transforms.elr.REFERENCES,
-               "elr_position": ELR_POSITIONS, "prelu_mode": transforms.prelu.MODES}
+    choices = {"weight_decay_on": WEIGHT_DECAY_ON, "elr_definition": transforms.elr.DEFINITIONS,
+               "elr_reference": transforms.elr.REFERENCES, "elr_position": ELR_POSITIONS,
+               "prelu_mode": transforms.prelu.MODES}
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
             raise UserError(f"optim.{key}={cfg[key]!r} is unknown; allowed: {', '.join(allowed)}")
