@@ -25,7 +25,7 @@ import numpy as np
 from normjax import metrics as metrics_lib
 from normjax.analysis import apl as apl_lib
 from normjax.analysis import graph as graph_lib
-from normjax.config import validate
+from normjax.config import DEFAULTS, validate
 from normjax.data import Dataset, load_dataset
 from normjax.errors import UserError
 from normjax.parallel import (check_batch, check_same, data_mesh, decide, is_writer, maybe_initialize_distributed,
@@ -440,6 +440,24 @@ def _finish(active: list[_Run], program: Program, ds: Dataset, state: TrainState
         r.summary = decide(lambda r=r: r.summary)  # every process returns what process 0 wrote
 
 
+def with_defaults(cfg: dict, defaults: dict | None = None) -> dict:
+    """A stored config with the keys added to `DEFAULTS` since it was written filled in (their
+    defaults), so readers of older run directories keep working.
+
+    Example:
+      >>> with_defaults({"optim": {"lr": 0.3}}, {"optim": {"lr": 0.1, "weight_decay_on": "all_but_prelu"}})
+      {'optim': {'lr': 0.3, 'weight_decay_on': 'all_but_prelu'}}
+    """
+    defaults = DEFAULTS if defaults is None else defaults
+    out = dict(cfg)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
 def read_run(rundir: str | os.PathLike) -> tuple[dict, Dataset, Program, int, dict]:
     """A finished or running run's config, dataset, program, and latest checkpoint's step and
     `{"params", "batch_stats"}`, read-only (for the studies' commands).
@@ -449,7 +467,7 @@ def read_run(rundir: str | os.PathLike) -> tuple[dict, Dataset, Program, int, di
     run = RunDir(rundir)
     if not run.config.exists():
         raise UserError(f"{str(run.path)!r} is not a run directory (no config.json)")
-    cfg = read_json(run.config)
+    cfg = with_defaults(read_json(run.config))
     ds = dataset_for(cfg)
     program = program_for(cfg, ds)
     abstract = program.abstract_state()
