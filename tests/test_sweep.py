@@ -248,3 +248,18 @@ def test_bundles_and_pretrain_runs_train_each_base_once(tmp_path):
         spec.write_text(PRETRAIN_SWEEP.replace('"pretrain": {"optim.lr": 0.2, "train.steps": 8}', '')
                         % (ROOT / "experiments" / "mlp_digits.py"))
         expand(spec)
+
+
+def test_group_size_that_cannot_be_met_says_so(tmp_path):
+    from normjax.sweep.runner import _groups
+    path = tmp_path / "sweep_g.py"
+    path.write_text(f"""
+def get_sweep(size):
+    return {{"base": "{ROOT / 'experiments' / 'mlp_digits.py'}", "grid": {{"train.seed": list(range(12))}},
+            "set": {{"train.steps": 8}}}}
+""")
+    runs, _ = expand(path, "smoke", ())
+    groups, failed, notes = _groups(runs, tmp_path / "w", 8)
+    assert [len(g) for g in groups] == [6, 6] and not failed
+    assert notes == ["--group-size 8: 12 runs of one program go in 2 balanced groups of 6, 6 (equal shapes compile once)"]
+    assert _groups(runs, tmp_path / "w", 6)[2] == [] and _groups(runs, tmp_path / "w", 12)[2] == []

@@ -310,3 +310,22 @@ def test_an_interrupted_run_says_so_and_resumes_with_a_line(tmp_path, monkeypatc
     capsys.readouterr()
     assert train(cfg, tmp_path / "run")["status"] == "done"
     assert f"resuming {str(tmp_path / 'run')!r} from step 16 of 40" in capsys.readouterr().err
+
+
+def test_a_run_directory_keeps_its_config(tmp_path, capsys):
+    """A finished run with the same config is "already done"; another config is refused, finished or not."""
+    argv = ["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "run"), "--set", "train.steps=8"]
+    for _ in range(2):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.count("already done") == 1 and out.index("already done") > out.index("run directory")
+    for extra in (["--set", "optim.lr=0.05"], ["--set", "train.steps=16"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv + extra)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds a done run with another config" in err[0], err
+    assert "optim.lr: 0.1 -> 0.05" in err[0] or "train.steps: 8 -> 16" in err[0]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "done"
