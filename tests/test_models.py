@@ -67,7 +67,7 @@ def test_scanned_blocks_equal_the_unrolled_network(model_cfg, train):
 
 @pytest.mark.parametrize("name,depth", [("resnet", 8), ("resnet", 20), ("mlp", 4), ("plain_cnn", 5)])
 def test_scale_invariance_orthogonal_gradients(model_cfg, name, depth):
-    """science.md §1: L(c w) = L(w), <grad, w> = 0 and ||grad L(c w)|| = ||grad L(w)|| / c."""
+    """docs/science.md#scale-invariance: L(c w) = L(w), <grad, w> = 0 and ||grad L(c w)|| = ||grad L(w)|| / c."""
     model = _build(model_cfg(name=name, depth=depth, width=16, bn_eps=1e-12), shape=(8, 8, 3))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     pure = nnx.to_pure_dict(params)

@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -31,8 +30,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
 from normjax.errors import UserError
-from normjax.studies.figures import figure, save
-from normjax.sweep.results import collect
+from normjax.figures import figure, save
+from normjax.sweep.results import collect, write_csv
 
 TASK, REGIME, BASELINE = "data.task", "train.regime", "model.baseline"
 
@@ -227,11 +226,7 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
     table = out / "apl_table.csv"
     fields = ["name", TASK, REGIME, "apl", "apl_unnormalized", "effective_width", "nonlinear_units",
               "nonlinear_fraction", "test_accuracy", "train_accuracy"]
-    with table.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in sorted(rows, key=lambda r: (str(r.get(TASK)), str(r.get(REGIME)), r["apl"])):
-            w.writerow(r)
+    write_csv(table, sorted(rows, key=lambda r: (str(r.get(TASK)), str(r.get(REGIME)), r["apl"])), fields)
     return paths + [table]
 
 

@@ -33,7 +33,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from normjax.errors import UserError
 from normjax.metrics import mean_log_spread
-from normjax.studies.figures import figure, save
+from normjax.figures import figure, save
 from normjax.sweep.results import (
     STATUSES, collect, fmt_value, group_id, load_sweep, resolve_key, resolve_over, short_names, sort_key,
     sweep_name, varied_keys,
@@ -199,7 +199,7 @@ def run_title(config: dict, summary: dict | None = None) -> str:
 # Shared plotting helpers
 
 
-_figure, _save = figure, save  # the studies' shared figure helpers (normjax.studies.figures)
+_figure, _save = figure, save  # the studies' shared figure helpers (normjax.figures)
 
 
 def _log10(a: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 In a plain (no skip) BN-ReLU stack at initialization the squared weight-gradient norm grows by a
 constant factor per layer going from the output toward the input; mean-field theory gives
 `π/(π−1) ≈ 1.467` for wide layers and large batches, slightly less at finite width and batch
-(science.md §1). Skip connections tame the growth. This module measures
+(docs/science.md#gradient-explosion). Skip connections tame the growth. This module measures
 
   `G_l = ||∇_{w_l} L||²`
 

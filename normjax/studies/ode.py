@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from matplotlib import colormaps
 
 from normjax.errors import UserError
 from normjax.studies.elr_figures import _figure, _save, _step_axis, read_run
+from normjax.sweep.results import write_csv
 
 MODELS = ("discrete", "ode")
 
@@ -185,16 +185,13 @@ def compare_sweep(sweepdir: str | os.PathLike, model: str = "discrete", out: Pat
                         'run the sweep with --set log.metrics=["elr"]')
     out = out or path / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    with (out / f"ode_{model}_errors.csv").open("w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(["run", *meta["varied"], "steps", "spread_err_model", "spread_err_replay",
-                     "median_norm_err_model", "median_elr_err_model", "mean_log_spread_measured",
-                     "mean_log_spread_model"])
-        for row, c in results:
-            wr.writerow([row["name"], *[row.get(k, "") for k in meta["varied"]], len(c.steps),
-                         c.spread_error["model"], c.spread_error["replay"], float(np.median(c.norm_error["model"])),
-                         float(np.median(c.elr_error["model"])), float(np.mean(np.log10(c.measured["spread"]))),
-                         float(np.mean(np.log10(c.predicted["model"]["spread"])))])
+    columns = ["run", *meta["varied"], "steps", "spread_err_model", "spread_err_replay", "median_norm_err_model",
+               "median_elr_err_model", "mean_log_spread_measured", "mean_log_spread_model"]
+    write_csv(out / f"ode_{model}_errors.csv", [dict(zip(columns, [
+        row["name"], *[row.get(k, "") for k in meta["varied"]], len(c.steps),
+        c.spread_error["model"], c.spread_error["replay"], float(np.median(c.norm_error["model"])),
+        float(np.median(c.elr_error["model"])), float(np.mean(np.log10(c.measured["spread"]))),
+        float(np.mean(np.log10(c.predicted["model"]["spread"])))])) for row, c in results], columns)
     paths.append(out / f"ode_{model}_errors.csv")
     fig, axes = _figure(1, 1, size=(5.6, 5.0))
     ax = axes[0, 0]

@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 # The object-oriented API with an Agg canvas: no display, and no change to pyplot's global backend.
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from normjax.errors import UserError
+from normjax.figures import figure, save
 from normjax.sweep.results import (
     STATUSES, group_id, hook_metrics, resolve_over, collect, fmt_value, load_sweep, resolve_key, short_names,
     sort_key, sweep_name, varied_keys,
@@ -107,9 +106,7 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
     short = short_names(keys) | ({x_key: x_key} if metric_x else {})
     ncols = min(len(panel_list), 3)
     nrows = math.ceil(len(panel_list) / ncols)
-    fig = Figure(figsize=(5.0 * ncols + (1.6 if hue_key else 0.0), 3.8 * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    fig, axes = figure(nrows, ncols, size=(5.0 * ncols + (1.6 if hue_key else 0.0), 3.8 * nrows), sharey=True)
     colors = [f"C{i % 10}" for i in range(len(hues))]
     spread = f"mean ± 1 std over {short[over_key]}" if over_key else "one run per point"
 
@@ -158,10 +155,5 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
         fig.legend([legend[k] for k in ordered], ordered, title=hue_key, loc="outside right upper")
     fig.suptitle(sweep_name(path, meta))
 
-    out = path / "plots"
-    out.mkdir(exist_ok=True)
     stem = f"{y}_vs_{short[x_key]}" + (f"_by_{short[hue_key]}" if hue_key else "")
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible PDF bytes across reruns
-    return paths
+    return save(fig, path / "plots", stem)

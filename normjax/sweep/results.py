@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from normjax.errors import UserError
+from normjax.paths import as_path
 
 STATUSES = ("done", "diverged", "failed", "missing", "running", "interrupted")
 # Final metrics a run row carries (from summary.json, plus `final_batch_loss` from metrics.jsonl).
@@ -39,7 +41,7 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[Path, dict]:
       >>> meta["varied"]
       ['model.depth', 'model.shortcut', 'train.seed']
     """
-    path = Path(sweep_dir).expanduser()
+    path = as_path(sweep_dir)
     manifest = path / "sweep.json"
     if not manifest.is_file():
         raise UserError(f"{str(sweep_dir)!r} is not a sweep directory (no sweep.json); give the --workdir of a normjax sweep")
@@ -50,7 +52,7 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[Path, dict]:
     if not isinstance(meta, dict) or not isinstance(meta.get("runs"), list):
         raise UserError(f"{str(manifest)!r} has no 'runs' list; give the --workdir of a normjax sweep")
     meta.setdefault("varied", [])
-    return path.absolute(), meta
+    return path, meta
 
 
 def sweep_name(sweep_dir: Path, meta: dict) -> str:
@@ -414,13 +416,21 @@ def _csv_cell(v: Any) -> str:
     return fmt_value(v)
 
 
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        w.writerows([_csv_cell(r.get(c)) for c in columns] for r in rows)
-    os.replace(tmp, path)  # a reader never sees half a CSV
+def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    """Write `rows` (dicts; keys outside `columns` ignored) as a CSV with a header, atomically,
+    floats at full precision, to a local path or a URL.
+
+    Example:
+      >>> write_csv("/tmp/t.csv", [{"a": 1, "b": 0.5}], ["a", "b"])
+    """
+    path = as_path(path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(columns)
+    w.writerows([_csv_cell(r.get(c)) for c in columns] for r in rows)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue())
+    tmp.replace(path)  # a reader never sees half a CSV
 
 
 def _pm(mean: float | None, std: float | None, n: int) -> str:
@@ -470,8 +480,8 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
     extra = hook_metrics(rows)
     run_cols = ["name", "status", *keys, *SUMMARY_METRICS, "final_batch_loss", *extra, "error", "message"]
     agg_cols = [*by, "n", "runs", *STATUSES] + [f"{m}_{s}" for m in (*METRICS, *extra) for s in ("mean", "std")]
-    _write_csv(path / "results.csv", rows, run_cols)
-    _write_csv(path / "results_agg.csv", agg, agg_cols)
+    write_csv(path / "results.csv", rows, run_cols)
+    write_csv(path / "results_agg.csv", agg, agg_cols)
 
     short = short_names(keys)
     shown = ("test_accuracy", "test_loss", "train_accuracy", *extra)
