@@ -1,4 +1,4 @@
-"""Gradient explosion at init over depth, BN-ReLU MLPs (science.md §1): per-layer
+"""Gradient explosion at init over depth, BN-ReLU MLPs (docs/science.md#gradient-explosion): per-layer
 ||grad_{w_l} L||² and its fitted growth per layer against the mean-field pi/(pi-1).
 
   normjax explode experiments/explode_depth.py [--size full] [--depths 4,8,16,32] [--out DIR]

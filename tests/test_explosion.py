@@ -1,4 +1,5 @@
-"""Gradient explosion at init (science.md §1): the measured growth per layer of ||∇_{w_l} L||²."""
+"""Gradient explosion at init (docs/science.md#gradient-explosion): the measured growth per layer
+of ||∇_{w_l} L||²."""
 
 import json
 import math

@@ -43,7 +43,8 @@ def test_mlp_learns_digits(tmp_path):
 
 
 def test_norm_growth_identity_for_plain_sgd(tmp_path):
-    """science.md §1: without momentum or weight decay, ||w_{t+1}||² = ||w_t||² + η²||g_t||² exactly."""
+    """docs/science.md#norm-growth: without momentum or weight decay,
+    ||w_{t+1}||² = ||w_t||² + η²||g_t||² exactly."""
     lr = 0.5
     cfg = small_config(model={"bn_eps": 1e-10}, optim={"lr": lr, "momentum": 0.0, "weight_decay": 0.0},
                        train={"steps": 12}, log={"dense_steps": 12})

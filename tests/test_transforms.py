@@ -120,7 +120,7 @@ def test_critical_lr_is_one_over_sqrt_of_extreme_rates():
 
 
 def test_critical_lr_post_step_spread_is_smallest_there():
-    """The science behind it: the spread of E/(1+E²) over layers is minimal at η_crit."""
+    """docs/science.md#critical-lr: the spread of E/(1+E²) over layers is minimal at η_crit."""
     a = np.array([_norm(g) / _norm(w) for g, w in zip(_layers(_grads()), _layers(_params()))])
     etas = np.geomspace(1e-6, 1e6, 2001)
     e = etas[:, None] * a[None]

@@ -21,7 +21,7 @@ class LayerInfo(NamedTuple):
     """One weight layer (conv or dense kernel) in the model's depth order.
 
     `scale_invariant` is True when the kernel feeds straight into a BatchNorm, so that
-    `L(c w) = L(w)` (science.md §1); `depth` is the layer's index along the longest path
+    `L(c w) = L(w)` (docs/science.md#scale-invariance); `depth` is the layer's index along the longest path
     (a projection shortcut shares the depth of the conv it runs beside).
     """
 
