@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normjax.errors import UserError
-from normjax.models.layers import ACTIVATIONS, BatchNorm, ChannelPReLU
+from normjax.models.layers import ACTIVATIONS, BatchNorm, ChannelPReLU, plain_autodiff
 from normjax.models.mlp import MLP
 from normjax.models.plain_cnn import PlainCNN
 from normjax.models.resnet import ResNet
@@ -54,4 +54,5 @@ def build_model(cfg: dict, *, num_classes: int, image_shape: tuple[int, int, int
 
 
 __all__ = ["MODELS", "BatchNorm", "ChannelPReLU", "LayerInfo", "MLP", "PlainCNN", "ResNet", "build_model",
-           "check_model_config", "layer_axes", "per_layer", "per_layer_sums", "prelu_mask", "scale_invariant_mask"]
+           "check_model_config", "layer_axes", "per_layer", "per_layer_sums", "plain_autodiff", "prelu_mask",
+           "scale_invariant_mask"]

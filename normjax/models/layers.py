@@ -1,22 +1,76 @@
 """Building blocks shared by every model: BatchNorm with an explicit `train` flag, channel PReLU.
 
 Every normalized layer's kernel is created without bias: its output goes straight into BatchNorm,
-which makes the kernel scale-invariant (science.md §1).
+which makes the kernel scale-invariant (docs/science.md#scale-invariance).
+
+`conv` and `normalize` have hand-written backward passes (`custom_vjp`, for XLA:CPU speed):
+reverse mode (`jax.grad`) and forward-over-reverse (`jax.jvp` of a gradient: Hessian-vector
+products, `jax.hessian`) work as they are; forward mode through the forward pass (`jax.jvp`,
+`jax.jacfwd`, reverse-over-forward) and reverse-over-reverse need the plain ops, traced under
+`plain_autodiff()`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
 
 from normjax.errors import UserError
 
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 _DN = ("NHWC", "HWIO", "NHWC")
+
+# Part of jit's cache key: a function traced with the fast ops is retraced, not reused, under the switch.
+_PLAIN_AUTODIFF = jax.make_user_context(False)
+
+
+@contextlib.contextmanager
+def plain_autodiff(enabled: bool = True) -> Iterator[None]:
+    """Trace `conv`, `normalize` (and so every model) with plain JAX ops, differentiable in every mode.
+
+    A `custom_vjp` cannot be differentiated in forward mode, and a `custom_jvp` rule would lose
+    the fast backward passes (JAX transposes it into XLA's own backward convs, the slow ones), so
+    the switch is explicit. Inside it, `jax.jvp`, `jax.jacfwd`, reverse-over-forward, a gradient's
+    gradient and higher orders work; forward values are the fast path's, derivatives equal to
+    float rounding. Training keeps the default. Also for many tangents at once (`jax.jacfwd`,
+    `jax.hessian`): there the fast path runs one conv per tangent (`vmap_per_slice`), XLA's conv
+    one conv for all. Read when a program is traced; `jax.jit` retraces for it, so jitted
+    functions may be reused.
+
+    Args:
+      enabled: the switch's value inside the block (False restores the fast ops within an outer block).
+
+    Returns:
+      A context manager.
+
+    Example:
+      >>> x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+      >>> with plain_autodiff():
+      ...     y, dy = jax.jvp(lambda x: conv(x, w, 1), (x,), (x,))   # outside: TypeError
+    """
+    with _PLAIN_AUTODIFF(enabled):
+        yield
+
+
+def plain_autodiff_enabled() -> bool:
+    """Whether programs traced now use the plain ops.
+
+    Returns:
+      True inside `plain_autodiff()`.
+
+    Example:
+      >>> with plain_autodiff():
+      ...     plain_autodiff_enabled()
+      True
+    """
+    return bool(_PLAIN_AUTODIFF.value)
 
 
 def _conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
@@ -47,16 +101,70 @@ def vmap_per_slice(f):
     return f
 
 
+def bilinear_jvp(f: Callable) -> Callable:
+    """`f`, bilinear in its two arguments, with the JVP `f(dx, w) + f(x, dw)` written in `f` itself.
+
+    For a `vmap_per_slice` function: the tangents then stay one op per run under vmap, also when
+    they are batched unlike the primals (one Hessian-vector direction for all runs), where
+    custom_vmap's own JVP rule fails. Zero tangents (e.g. of the input images) cost nothing.
+
+    Args:
+      f: a function of two arrays, linear in each.
+
+    Returns:
+      `f` with that JVP rule (`jax.custom_jvp`); reverse mode through it is not supported.
+
+    Example:
+      >>> mul = bilinear_jvp(vmap_per_slice(lambda a, b: a @ b))
+      >>> jax.jvp(mul, (jnp.ones((2, 2)), jnp.eye(2)), (jnp.eye(2), jnp.zeros((2, 2))))[1]
+      Array([[1., 0.],
+             [0., 1.]], dtype=float32)
+    """
+    f = jax.custom_jvp(f)
+
+    def _jvp(primals, tangents):
+        (x, w), (dx, dw) = primals, tangents
+        terms = [f(t, w) for t in (dx,) if not isinstance(t, SymbolicZero)]
+        terms += [f(x, t) for t in (dw,) if not isinstance(t, SymbolicZero)]
+        return f(x, w), functools.reduce(jnp.add, terms)  # both zero: JAX skips the rule
+
+    f.defjvp(_jvp, symbolic_zeros=True)
+    return f
+
+
 @functools.cache
 def _run_conv(strides: tuple, padding: tuple, lhs_dilation: tuple = (1, 1), rhs_dilation: tuple = (1, 1)):
-    """A canonical NHWC/HWIO conv that stays one conv per run under vmap (`vmap_per_slice`)."""
-    return vmap_per_slice(lambda lhs, rhs: jax.lax.conv_general_dilated(
-        lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers=_DN))
+    """A canonical NHWC/HWIO conv that stays one conv per run under vmap (`vmap_per_slice`),
+    its tangents too (`bilinear_jvp`: forward-over-reverse through `conv`'s backward pass)."""
+    return bilinear_jvp(vmap_per_slice(lambda lhs, rhs: jax.lax.conv_general_dilated(
+        lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers=_DN)))
+
+
+def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """Square conv, NHWC/HWIO, padding (k-1)/2, whose backward pass stays fast inside loops on XLA:CPU.
+
+    Under `plain_autodiff()`, XLA's own conv (`jax.lax.conv_general_dilated`), differentiable in
+    every mode; otherwise `_fast_conv` (see there).
+
+    Args:
+      x: input, [B, H, W, Cin].
+      w: kernel, [k, k, Cin, Cout], k odd.
+      stride: the same in both spatial dimensions.
+
+    Returns:
+      [B, Ho, Wo, Cout], Ho = ceil(H / stride).
+
+    Example:
+      >>> y = conv(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), 2)   # [2, 4, 4, 4]
+    """
+    if plain_autodiff_enabled():
+        return _conv(x, w, stride, (w.shape[0] - 1) // 2)
+    return _fast_conv(x, w, stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """Square conv, padding (k-1)/2, whose backward pass stays fast inside loops on XLA:CPU.
+def _fast_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """`conv` with a backward pass that stays fast inside loops on XLA:CPU.
 
     XLA:CPU folds the transposes of a conv's backward pass into non-canonical dimension orders;
     inside a while loop or conditional (the layer scan, the fused steps) they are not
@@ -65,14 +173,17 @@ def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     convs in canonical NHWC/HWIO form, with the transposed operands behind
     `optimization_barrier`, keeps them on the fast path. Under vmap (runs of a sweep) all three
     convs stay one conv per run (`vmap_per_slice`). Gradients equal XLA's own rule, alone and
-    vmapped (tests/test_models.py).
+    vmapped (tests/test_models.py). Forward-over-reverse differentiates `_conv_fwd` and `_conv_bwd`
+    as plain JAX code (tests/test_autodiff.py).
     """
-    p = (w.shape[0] - 1) // 2
-    return _run_conv((stride, stride), ((p, p), (p, p)))(x, w)
+    return _conv_fwd(x, w, stride)[0]
 
 
 def _conv_fwd(x, w, stride):
-    return conv(x, w, stride), (x, w)
+    # The ops themselves, not `_fast_conv`: an outer jvp (a Hessian-vector product) traces this
+    # function, and a custom_vjp call here would refuse it.
+    p = (w.shape[0] - 1) // 2
+    return _run_conv((stride, stride), ((p, p), (p, p)))(x, w), (x, w)
 
 
 def _conv_bwd(stride, res, g):
@@ -91,23 +202,25 @@ def _conv_bwd(stride, res, g):
     return dx, dw.transpose(1, 2, 0, 3)
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
+_fast_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 CONV_IMPLS = ("auto", "custom", "xla")
 
 
 def use_custom_conv() -> bool:
-    """Whether `Conv` uses `conv` (canonical backward convs, one conv per run under vmap) or
-    XLA's own rule (vmapped: grouped convs, which cuDNN runs natively).
+    """Whether `Conv` uses `conv`'s fast path (canonical backward convs, one conv per run under
+    vmap) or XLA's own rule (vmapped: grouped convs, which cuDNN runs natively).
 
     `NORMJAX_CONV=auto` (default): `conv` on CPU, where it is needed, XLA's rule on GPU/TPU.
-    `custom` or `xla` force one, e.g. to compare both on a GPU (`benchmarks/`). Read when a
-    program is traced.
+    `custom` or `xla` force one, e.g. to compare both on a GPU (`benchmarks/`). Always XLA's
+    rule under `plain_autodiff()`. Read when a program is traced.
     """
     impl = os.environ.get("NORMJAX_CONV", "auto")
     if impl not in CONV_IMPLS:
         raise UserError(f"NORMJAX_CONV={impl!r} is not one of {', '.join(CONV_IMPLS)}")
+    if plain_autodiff_enabled():
+        return False
     return impl == "custom" or (impl == "auto" and jax.default_backend() == "cpu")
 
 
@@ -131,14 +244,37 @@ class Conv(nnx.Module):
         return _conv(x, w, self.stride, (w.shape[0] - 1) // 2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def normalize(x: jax.Array, axes: tuple[int, ...], eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`(x - mean) / sqrt(var + eps)` over `axes`, and the batch mean and variance.
 
+    The statistics carry no gradient: they feed the running averages only. The backward pass is
+    `_fast_normalize`'s closed form, or, under `plain_autodiff()`, JAX's autodiff of the same
+    forward ops (differentiable in every mode).
+
+    Args:
+      x: the activations.
+      axes: the axes reduced over (all but the channel axis, and the group axis if any).
+      eps: added to the variance.
+
+    Returns:
+      `(xhat, mean, var)`, the statistics with `axes` kept as size-1 dimensions.
+
+    Example:
+      >>> xhat, mean, var = normalize(jnp.ones((4, 8)), (0,), 1e-5)
+    """
+    if plain_autodiff_enabled():
+        xhat, mean, var = _normalize_fwd(x, axes, eps)[0]
+        return xhat, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+    return _fast_normalize(x, axes, eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _fast_normalize(x: jax.Array, axes: tuple[int, ...], eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`normalize` with a closed-form backward pass.
+
     The backward pass is the closed form `dx = (dy - mean(dy) - x̂ mean(dy x̂)) / sqrt(var + eps)`:
     two reductions instead of the several that autodiff of the forward pass emits, which
-    XLA:CPU runs slowly over the batch axis (the closed form is faster; benchmarks/RESULTS.md). The returned
-    statistics carry no gradient: they feed the running averages only.
+    XLA:CPU runs slowly over the batch axis (the closed form is faster; benchmarks/RESULTS.md).
     """
     return _normalize_fwd(x, axes, eps)[0]
 
@@ -157,7 +293,7 @@ def _normalize_bwd(axes, eps, res, cotangents):
     return ((dy - dy.mean(axes, keepdims=True) - xhat * (dy * xhat).mean(axes, keepdims=True)) * rstd,)
 
 
-normalize.defvjp(_normalize_fwd, _normalize_bwd)
+_fast_normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 class BatchNorm(nnx.Module):
@@ -202,7 +338,7 @@ class BatchNorm(nnx.Module):
 class ChannelPReLU(nnx.Module):
     """PReLU with one slope per channel: `max(0, x) + slope_c * min(0, x)`.
 
-    slope 0 is a ReLU, slope 1 the identity (a linear unit, science.md §5).
+    slope 0 is a ReLU, slope 1 the identity (a linear unit, docs/science.md#channel-wise-prelu).
 
     Example:
       >>> act = ChannelPReLU(8, init=0.0)
