@@ -79,6 +79,56 @@ STUDY_COMMANDS = {
 }
 
 
+class _Captured(Exception):
+    """Raised in place of parsing: carries the parser a study command built."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        super().__init__(parser.prog)
+        self.parser = parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of `normjax NAME`: a subcommand's, or the one a study command builds inside its
+    entry function (caught before it parses), for the CLI reference and its tests.
+
+    Example:
+      >>> command_parser("fold").prog
+      'normjax fold'
+    """
+    if name not in STUDY_COMMANDS:
+        subs = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+        if name not in subs.choices:
+            raise UserError(f"command {name!r} is unknown; allowed: {', '.join([*subs.choices])}")
+        return subs.choices[name]
+    import importlib
+
+    module, fn, _ = STUDY_COMMANDS[name]
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, *args, **kwargs):
+        raise _Captured(self)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        getattr(importlib.import_module(module), fn)([])
+    except _Captured as e:
+        return e.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    raise RuntimeError(f"normjax {name} returned without parsing its arguments")
+
+
+def parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every parser of the CLI: `"normjax"` and `"normjax CMD"` for each command.
+
+    Example:
+      >>> sorted(parsers())[:3]
+      ['normjax', 'normjax apl', 'normjax apl-plot']
+    """
+    subs = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {"normjax": _parser(), **{f"normjax {name}": command_parser(name) for name in subs.choices}}
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in STUDY_COMMANDS:

@@ -1,6 +1,5 @@
 """Average path length: the paper's values, brute-force path enumeration, the in-step hook."""
 
-import itertools
 import time
 
 import jax

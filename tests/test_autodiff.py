@@ -5,7 +5,6 @@ References are the plain ops: `lax.conv_general_dilated` and the batch-norm form
 `jnp.var`, differentiated by JAX itself. Inputs come from NumPy: no JAX compile per random shape.
 """
 
-import re
 
 import jax
 import jax.numpy as jnp

@@ -178,7 +178,7 @@ def test_bad_transform_options_are_one_line_errors(key, value, words):
     from normjax.errors import UserError
 
     with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
-        load_config(overrides=[f"optim.name=sgd_uniform_elr", f"optim.{key}={json.dumps(value)}"])
+        load_config(overrides=["optim.name=sgd_uniform_elr", f"optim.{key}={json.dumps(value)}"])
     assert "\n" not in str(e.value)
 
 

@@ -2,12 +2,10 @@
 that run as written without an activated venv. Nothing here trains."""
 
 import argparse
-import importlib
 import re
 import shlex
 from pathlib import Path
 
-import pytest
 
 from normjax import cli
 from normjax.config import load_config
@@ -78,24 +76,10 @@ def make_targets() -> set[str]:
     return set(re.findall(r"^([A-Za-z][\w-]*)\s*:(?!=)", makefile, flags=re.M))
 
 
-class _Captured(Exception):
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-
-
-def parse(argv: list[str], monkeypatch) -> argparse.Namespace:
+def parse(argv: list[str], monkeypatch=None) -> argparse.Namespace:
     """`normjax ARGV` parsed as the CLI would (a study command by its own parser)."""
     if argv[0] in cli.STUDY_COMMANDS:
-        module, fn, _ = cli.STUDY_COMMANDS[argv[0]]
-
-        def capture(self, *args, **kwargs):
-            raise _Captured(self)
-
-        with monkeypatch.context() as m:
-            m.setattr(argparse.ArgumentParser, "parse_args", capture)
-            with pytest.raises(_Captured) as e:
-                getattr(importlib.import_module(module), fn)([])
-        return e.value.parser.parse_args(argv[1:])
+        return cli.command_parser(argv[0]).parse_args(argv[1:])
     return cli._parser().parse_args(argv)
 
 

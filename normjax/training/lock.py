@@ -18,7 +18,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 from normjax.paths import as_path, is_remote
 

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
