@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test test-slow bench bench-gpu install clean sweeps explode apl
+.PHONY: demo test test-slow bench bench-gpu install clean sweeps explode apl docs docs-figures
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -43,9 +43,22 @@ apl: $(STAMP)
 	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_sparsity-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
 	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_targets-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
 
-# Two workers, one test file each (module-scoped fixtures stay in one process).
-test: $(STAMP)
+# The docs build first (warnings fail it), then the tests on two workers, one test file each
+# (module-scoped fixtures stay in one process).
+test: $(STAMP) docs
 	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile
+
+# HTML documentation in docs/_build/html: the pages of docs/, the CLI and config references
+# generated from the code, the API reference from the docstrings. -E: a fresh environment, so
+# every docstring is read again and every warning shows (-W: and fails the build).
+docs: $(STAMP)
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
+# The figures of docs/figures.md (docs/figures/*.png, committed): `make demo`'s, copied and
+# checked by docs/copy_figures.py.
+docs-figures: demo
+	$(BIN)/python docs/copy_figures.py $(WORKDIR)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

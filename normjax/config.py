@@ -33,8 +33,8 @@ DEFAULTS: dict[str, Any] = {
         "shortcut": True,        # resnet only; False gives the plain net of the ELR study
         "activation": "relu",    # relu | prelu (channel-wise slopes)
         "prelu_init": 0.0,       # initial slope: 0 = ReLU at init, 1 = linear
-        "bn_momentum": 0.9,
-        "bn_eps": 1e-5,
+        "bn_momentum": 0.9,      # BN running statistics: stat = m * stat + (1 - m) * batch statistic
+        "bn_eps": 1e-5,          # added to the variance before the square root
         "per_device_bn": False,  # True: BN statistics per device instead of over the global batch
     },
     "data": {
@@ -42,23 +42,29 @@ DEFAULTS: dict[str, Any] = {
         "data_dir": "",          # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
         "crop_padding": 0,       # random-crop padding (0 = off)
         "flip": False,           # random horizontal flip
-        "synthetic": {"num_train": 2048, "num_test": 512, "image_shape": [32, 32, 3], "num_classes": 10,
-                      "difficulty": 0.5, "seed": 0},
+        "synthetic": {           # data.name=synthetic (normjax.data.sources: smooth class prototypes plus distractors)
+            "num_train": 2048,   # training examples
+            "num_test": 512,     # test examples
+            "image_shape": [32, 32, 3],  # [H, W, C]: H, W >= 4, 1 <= C <= 4
+            "num_classes": 10,   # classes (>= 2), balanced
+            "difficulty": 0.5,   # 0: classes separable ... 1: labels carry no information
+            "seed": 0,           # the generator's seed (prototypes, train and test streams)
+        },
     },
     "optim": {
         "name": "sgd",           # sgd | sgd_uniform_elr | sgd_critical_warmup | sgd_prelu_l1 | sgd_prelu_target
                                  # (normjax.training.optim)
         "lr": 0.1,               # peak learning rate (traced: a sweep over it compiles once)
-        "momentum": 0.9,         # traced
-        "weight_decay": 5e-4,    # traced
-        "nesterov": False,
+        "momentum": 0.9,         # traced: momentum coefficient (optax.trace decay; 0 = plain SGD)
+        "weight_decay": 5e-4,    # traced: L2 coefficient on the leaves weight_decay_on names
+        "nesterov": False,       # Nesterov momentum
         "decoupled_wd": False,   # False: g += wd*w before momentum (PyTorch SGD); True: w -= lr_t*wd*w
         "weight_decay_on": "all_but_prelu",  # kernels (conv/dense) | all_but_prelu | all: the leaves that decay;
                                  # decay pulls PReLU slopes toward 0 (ReLU), against the sparsity study
         "schedule": "cosine",    # constant | step | cosine
         "warmup_steps": 0,       # linear warm-up from 0 to the schedule, in steps
         "milestones": [0.5, 0.75],  # step schedule: fractions of training where lr *= step_factor
-        "step_factor": 0.1,
+        "step_factor": 0.1,      # step schedule: the LR factor at each milestone
         # sgd_uniform_elr (normjax.transforms.scale_by_uniform_elr)
         "elr_definition": "relative",  # relative: lr*||g||/||w|| | classic: lr/||w||^2
         "elr_reference": "lr",   # lr: the LR is the common ELR | geometric_mean: the layers' mean ELR
@@ -75,12 +81,12 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "seed": 0,               # traced: parameter init, data order and augmentation
-        "batch_size": 128,
+        "batch_size": 128,       # global batch (over all devices; divisible by the device count)
         "epochs": 1.0,           # used when steps == 0
-        "steps": 0,
+        "steps": 0,              # training steps; 0 = from epochs
         "steps_per_dispatch": 20,  # steps fused into one compiled call (lax.scan)
         "dtype": "float32",      # float32 | bfloat16 (activations; parameters stay float32)
-        "eval_batch_size": 500,
+        "eval_batch_size": 500,  # batch of the final evaluation (BN in inference mode: memory, not results)
         "eval_train_examples": 10000,  # train-set examples evaluated at the end (0 = all)
         "init_from": "",         # warm start: run dir whose params and BN statistics to start from
     },
@@ -89,7 +95,10 @@ DEFAULTS: dict[str, Any] = {
         "every": 20,             # ... then every `every` steps
         "metrics": ["layer_norms"],  # in-step metric hooks, see normjax.metrics.METRICS
     },
-    "checkpoint": {"every": 500, "keep": 3},
+    "checkpoint": {
+        "every": 500,            # save an Orbax checkpoint every this many steps (and at the end)
+        "keep": 3,               # the newest checkpoints kept
+    },
 }
 
 

@@ -6,6 +6,9 @@ class UserError(Exception):
 
     Example:
       >>> raise UserError("model 'foo' is unknown; allowed: mlp, plain_cnn, resnet")
+      Traceback (most recent call last):
+      ...
+      normjax.errors.UserError: model 'foo' is unknown; allowed: mlp, plain_cnn, resnet
     """
 
     exit_code = 2

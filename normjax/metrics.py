@@ -7,9 +7,14 @@ function of the run's logged rows whose values go into `summary.json` at the end
 Studies add hooks with `register_metric`.
 
 Example:
+  >>> from normjax.models.structure import LayerInfo, per_layer
   >>> @register_metric("update_norms")
   ... def update_norms(info: StepInfo) -> dict:
-  ...     return {"u_norm": jnp.sqrt(per_layer(info.updates, info.layers))}  # normjax.models.per_layer
+  ...     return {"u_norm": jnp.sqrt(per_layer(info.updates, info.layers))}
+  >>> layers = [LayerInfo("fc0", 0, ("fc0", "kernel"), None, True)]
+  >>> tree = {"fc0": {"kernel": jnp.full((2, 2), 0.5)}}
+  >>> compute(("update_norms",), StepInfo(tree, tree, tree, None, layers))
+  {'u_norm': Array([1.], dtype=float32)}
 """
 
 from __future__ import annotations
@@ -30,15 +35,25 @@ from normjax.models.structure import LayerInfo, get_path, per_layer_sums
 
 
 class StepInfo(NamedTuple):
-    """What a hook sees of one step (w_{t+1} = w_t + updates)."""
+    """What a hook sees of one step (w_{t+1} = w_t + updates).
 
-    params: Any        # parameters the gradient was taken at (w_t)
-    grads: Any         # gradient of the batch loss at w_t (no weight-decay term)
-    updates: Any       # the step taken, w_{t+1} - w_t (zero where the step was held on divergence)
-    opt_state: Any     # optimizer state after the update
+    Attributes:
+      params: the parameters the gradient was taken at (w_t), a nested dict.
+      grads: the gradient of the batch loss at w_t (no weight-decay term).
+      updates: the step taken, w_{t+1} - w_t (zero where the step was held on divergence).
+      opt_state: the optimizer state after the update.
+      layers: the model's weight layers in depth order (`normjax.models.structure.LayerInfo`).
+      lr: the global LR applied at this step (None: the optimizer has none).
+      graph: the model's graph of nonlinearities (`normjax.analysis.graph.Graph`).
+    """
+
+    params: Any
+    grads: Any
+    updates: Any
+    opt_state: Any
     layers: list[LayerInfo]
-    lr: jax.Array | None = None  # the global LR applied at this step (None: the optimizer has none)
-    graph: Any = None  # the model's graph of nonlinearities (normjax.analysis.graph.Graph)
+    lr: jax.Array | None = None
+    graph: Any = None
 
 
 Hook = Callable[[StepInfo], dict[str, jax.Array]]

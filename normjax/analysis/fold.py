@@ -27,6 +27,7 @@ Rules, in the order they are applied, and why:
    be eliminated stays as a **linear pass-through node** (no activation; BN still folded).
 4. **Composition of two edges A then B** (each: an optional pooling, then one identity, conv or
    dense map):
+
    - with the identity, or dense∘dense (`K = K_A K_B`): always, exact;
    - conv∘conv: exact when either kernel is 1x1 (the composed conv has kernel
      `k_A + s_A (k_B - 1)`, stride `s_A s_B`, padding (K-1)/2; the taps of B land dilated by

@@ -1,8 +1,12 @@
 """Models registered by name; `build_model` validates the model config and builds one.
 
 Example:
-  >>> model = build_model({"name": "resnet", "depth": 20}, num_classes=10, image_shape=(32, 32, 3),
+  >>> from flax import nnx
+  >>> from normjax.config import DEFAULTS
+  >>> model = build_model(DEFAULTS["model"] | {"depth": 8, "width": 4}, num_classes=10, image_shape=(8, 8, 1),
   ...                     rngs=nnx.Rngs(0))
+  >>> [layer.name for layer in model.layers()][:3]
+  ['stem', 's1.b0.conv1', 's1.b0.conv2']
 """
 
 from __future__ import annotations

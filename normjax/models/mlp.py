@@ -28,7 +28,8 @@ class MLP(nnx.Module):
 
     Example:
       >>> model = MLP(depth=4, width=64, in_features=64, num_classes=10, rngs=nnx.Rngs(0))
-      >>> logits = model(jnp.zeros((2, 8, 8, 1)), train=False)
+      >>> model(jnp.zeros((2, 8, 8, 1)), train=False).shape
+      (2, 10)
     """
 
     def __init__(self, *, depth: int, width: int, in_features: int, num_classes: int,

@@ -29,8 +29,11 @@ class PlainCNN(nnx.Module):
     """Plain conv stack of `depth` conv layers (depth >= 3).
 
     Example:
-      >>> model = PlainCNN(depth=6, num_classes=10, in_channels=3, rngs=nnx.Rngs(0))
-      >>> logits = model(jnp.zeros((2, 32, 32, 3)), train=False)
+      >>> model = PlainCNN(depth=4, num_classes=10, in_channels=1, width=4, rngs=nnx.Rngs(0))
+      >>> model(jnp.zeros((2, 8, 8, 1)), train=False).shape   # digits-sized images
+      (2, 10)
+      >>> model.counts, model.widths   # conv layers and channels per stage
+      ([2, 1, 1], [4, 8, 16])
     """
 
     def __init__(self, *, depth: int, num_classes: int, in_channels: int = 3, width: int = 16,

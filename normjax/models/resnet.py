@@ -55,8 +55,12 @@ class ResNet(nnx.Module):
     """CIFAR ResNet v1 of depth 6n+2 (20, 32, 44, 56, 110, ...).
 
     Example:
-      >>> model = ResNet(depth=20, num_classes=10, rngs=nnx.Rngs(0))
-      >>> logits = model(jnp.zeros((2, 32, 32, 3)), train=False)
+      >>> model = ResNet(depth=8, num_classes=10, in_channels=1, width=4, rngs=nnx.Rngs(0))
+      >>> model(jnp.zeros((2, 8, 8, 1)), train=False).shape   # digits-sized images
+      (2, 10)
+      >>> deep = nnx.eval_shape(lambda: ResNet(depth=110, num_classes=10, rngs=nnx.Rngs(0)))  # shapes only
+      >>> len(deep.layers()), deep.layers()[0].name, deep.layers()[-1].name
+      (112, 'stem', 'head')
     """
 
     def __init__(self, *, depth: int, num_classes: int, in_channels: int = 3, width: int = 16,

@@ -83,7 +83,14 @@ def per_layer_sums(trees: tuple, layers: list[LayerInfo], terms) -> tuple[jax.Ar
     are; a stacked leaf is reduced per layer along axis 0.
 
     Example:
+      >>> layers = [LayerInfo("fc0", 0, ("fc0", "kernel"), None, True),   # one layer in a leaf
+      ...           LayerInfo("fc1", 1, ("rest", "kernel"), 0, True),     # two stacked in one leaf
+      ...           LayerInfo("fc2", 2, ("rest", "kernel"), 1, True)]
+      >>> params = {"fc0": {"kernel": jnp.ones((4, 3))}, "rest": {"kernel": jnp.ones((2, 3, 3))}}
+      >>> grads = jax.tree.map(lambda w: 2 * w, params)
       >>> w2, gw = per_layer_sums((params, grads), layers, lambda w, g: (w * w, g * w))
+      >>> w2.tolist(), gw.tolist()
+      ([12.0, 9.0, 9.0], [24.0, 18.0, 18.0])
     """
     paths = sorted({l.path for l in layers})
     pieces: list[tuple[jax.Array, ...]] = []
