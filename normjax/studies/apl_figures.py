@@ -188,7 +188,7 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
             ax.scatter([r["apl"] for r in rrs], [r.get("effective_width") or 0.0 for r in rrs], s=14, color=f"C{i}",
                        marker="o" if regime != "during" else "^", label=f"{task}, {regime}")
     ax.set_xlabel("effective depth (APL)")
-    ax.set_ylabel("effective width (nonlinear channels per kept layer)")
+    ax.set_ylabel("effective width\n(nonlinear channels per kept layer)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncols=2)
     paths += save(fig, out, "core_size")

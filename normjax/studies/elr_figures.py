@@ -483,7 +483,7 @@ def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
         ax.set_ylabel(f"{SPREAD_LABEL}\n({band})", fontsize=8)
     handles = {fmt_value(hv) if s.hue else "spread": Line2D([], [], color=colors[group_id(hv)]) for hv in hues}
     handles["run diverged"] = Line2D([], [], color="0.3", marker="x", ls="none")
-    fig.legend(list(handles.values()), list(handles), title=s.short.get(s.hue, None), loc="outside right upper",
+    fig.legend(list(handles.values()), list(handles), title=s.short.get(s.hue, None), loc="outside right center",
                fontsize=8)
     fig.suptitle(f"{s.title}: ELR spread over training (scale-invariant layers)", fontsize=10)
     return _save(fig, out, f"elr_spread{suffix}")
@@ -579,7 +579,7 @@ def _scatter_legend(fig: Figure, s: _SweepRuns, rows: list[dict], colors: dict, 
     if not_shown:
         handles.append(Line2D([], [], ls="none"))
         labels.append(f"not shown: {not_shown} run(s) missing, running,\nfailed or without ELR logs")
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
 
 
 # ---------------------------------------------------------------------------------------------
