@@ -406,10 +406,13 @@ def _interrupted(active: list[_Run], total: int) -> None:
     """On an interrupt (or any error) mid-training: each unfinished run's summary says
     `interrupted` and the step it resumes from, so no dead run reads `running`."""
     for r in active:
+        step = r.saved or 0
         if r.ckpt is not None:
-            r.ckpt.close()
+            try:  # what is on disk: a save may have finished just before the interrupt
+                step = r.ckpt.latest_step() or 0
+            finally:
+                r.ckpt.close()
         if is_writer() and r.summary is None:
-            step = r.saved or 0
             r.dir.write_summary({"status": "interrupted", "step": step, "total_steps": total,
                                  "message": f"interrupted; resumes from step {step} when started again"})
 
