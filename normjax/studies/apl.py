@@ -2,8 +2,8 @@
 run's latest checkpoint (read-only), from the model's graph (`normjax.analysis.apl`).
 
 Example:
-  >>> report = run_apl("runs/apl_resnet")
-  >>> report["apl"], report["nonlinear_units"], report["profile"][:3]
+  >>> report = run_apl("runs/apl_resnet")  # doctest: +SKIP
+  >>> report["apl"], report["nonlinear_units"], report["profile"][:3]  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ From a sparsity sweep (runs logging the `apl` hook; tasks as a `data.task` bundl
 - `apl_table.csv`: per run: task, regime, APL, effective width, nonlinear units, accuracy.
 
 Example:
-  >>> paths = apl_figures("runs/sweep-apl_sparsity-smoke", baselines="runs/sweep-apl_baselines-smoke")
+  >>> paths = apl_figures("runs/sweep-apl_sparsity-smoke", baselines="runs/sweep-apl_baselines-smoke")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Step axes are logarithmic in `step + 1`: the early steps are where spreads form 
 Each figure is saved as PNG and PDF.
 
 Example:
-  >>> run_figures("runs/resnet56_plain")          # <run>/figures/elr_heatmap.png, ...
-  >>> sweep_figures("runs/sweep_elr", hue="lr")   # <sweep>/figures/elr_spread_by_lr.png, ...
+  >>> run_figures("runs/resnet56_plain")          # <run>/figures/elr_heatmap.png, ...  # doctest: +SKIP
+  >>> sweep_figures("runs/sweep_elr", hue="lr")   # <sweep>/figures/elr_spread_by_lr.png, ...  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ def read_run(rundir: str | os.PathLike) -> ElrRun:
       layers.json, the per-layer lists' positions name the layers, all taken as scale-invariant.
 
     Example:
-      >>> run = read_run("runs/resnet56_plain")
-      >>> run.layer_values("elr").shape   # (logged steps, layers)
+      >>> run = read_run("runs/resnet56_plain")  # doctest: +SKIP
+      >>> run.layer_values("elr").shape   # (logged steps, layers)  # doctest: +SKIP
       (420, 55)
     """
     path = Path(rundir).expanduser().absolute()
@@ -250,7 +250,7 @@ def run_figures(rundir: str | os.PathLike, out: str | os.PathLike | None = None,
       The written paths: `<key>_heatmap`, `<key>_layers` and `elr_spread`, each `.png` and `.pdf`.
 
     Example:
-      >>> [p.name for p in run_figures("runs/resnet56_plain")][::2]
+      >>> [p.name for p in run_figures("runs/resnet56_plain")][::2]  # doctest: +SKIP
       ['elr_heatmap.png', 'elr_layers.png', 'elr_spread.png']
     """
     if key not in LAYER_KEYS:
@@ -420,7 +420,7 @@ def sweep_figures(sweepdir: str | os.PathLike, out: str | os.PathLike | None = N
       The written paths: `elr_spread_by_<hue>` and `accuracy_vs_spread_by_<hue>`, `.png` and `.pdf`.
 
     Example:
-      >>> [p.name for p in sweep_figures("runs/sweep_elr", hue="lr")][::2]
+      >>> [p.name for p in sweep_figures("runs/sweep_elr", hue="lr")][::2]  # doctest: +SKIP
       ['elr_spread_by_lr.png', 'accuracy_vs_spread_by_lr.png']
     """
     s = _load_sweep_runs(sweepdir, hue, over)
@@ -596,7 +596,7 @@ def elr_plot_main(argv: list[str]) -> int:
       0; the written paths are printed one per line. Bad input raises `UserError`.
 
     Example:
-      >>> elr_plot_main(["runs/sweep_elr", "--hue", "lr"])
+      >>> elr_plot_main(["runs/sweep_elr", "--hue", "lr"])  # doctest: +SKIP
       /.../runs/sweep_elr/figures/elr_spread_by_lr.png
       ...
       0

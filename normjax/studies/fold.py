@@ -14,7 +14,7 @@ Writes into DIR (default RUNDIR/folded): `fold.json` (the report), `folded.json`
 
 Example:
   >>> record = fold_run("runs/mlp_prelu")            # doctest: +SKIP
-  >>> record["original"]["depth"], record["folded"]["depth"], record["deviation"]["max_abs"]
+  >>> record["original"]["depth"], record["folded"]["depth"], record["deviation"]["max_abs"]  # doctest: +SKIP
 """
 
 from __future__ import annotations

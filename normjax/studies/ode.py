@@ -15,8 +15,8 @@ Errors: per layer the relative error of :math:`\\|w_l\\|` at the window's end an
 log10 error of :math:`E_l`; for the spread the mean absolute log10 error over the window.
 
 Example:
-  >>> result = compare_run("runs/elr_resnet")
-  >>> result.spread_error["model"]       # mean |log10 spread_pred - log10 spread_measured|
+  >>> result = compare_run("runs/elr_resnet")  # doctest: +SKIP
+  >>> result.spread_error["model"]       # mean |log10 spread_pred - log10 spread_measured|  # doctest: +SKIP
 """
 
 from __future__ import annotations

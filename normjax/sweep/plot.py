@@ -5,8 +5,8 @@ shaded ±1 sample-std band. When the sweep varies further keys, each of their co
 its own panel, so runs that differ in more than x/hue/seed are never silently averaged together.
 
 Example:
-  >>> paths = plot_sweep("runs/sweep_depth", x="depth", y="test_accuracy", hue="shortcut")
-  >>> [p.name for p in paths]
+  >>> paths = plot_sweep("runs/sweep_depth", x="depth", y="test_accuracy", hue="shortcut")  # doctest: +SKIP
+  >>> [p.name for p in paths]  # doctest: +SKIP
   ['test_accuracy_vs_depth_by_shortcut.png', 'test_accuracy_vs_depth_by_shortcut.pdf']
 """
 
@@ -52,7 +52,7 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
     `hue` value, and panels are only by `panel` (a varied key) if given.
 
     Example:
-      >>> plot_sweep("runs/sweep_depth", x="depth", y="test_loss", log_x=True)
+      >>> plot_sweep("runs/sweep_depth", x="depth", y="test_loss", log_x=True)  # doctest: +SKIP
       [PosixPath('.../plots/test_loss_vs_depth.png'), PosixPath('.../plots/test_loss_vs_depth.pdf')]
     """
     path, meta = load_sweep(sweep_dir)

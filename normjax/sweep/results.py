@@ -5,9 +5,9 @@ directory per run (`summary.json`, `metrics.jsonl`, ...). Only the standard libr
 used, so reading results needs no extra dependency.
 
 Example:
-  >>> rows = collect("runs/sweep_depth")
-  >>> agg = aggregate(rows, over="train.seed")
-  >>> print(report("runs/sweep_depth"))
+  >>> rows = collect("runs/sweep_depth")  # doctest: +SKIP
+  >>> agg = aggregate(rows, over="train.seed")  # doctest: +SKIP
+  >>> print(report("runs/sweep_depth"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[Path, dict]:
     """The sweep directory's absolute path and its parsed `sweep.json`.
 
     Example:
-      >>> path, meta = load_sweep("runs/sweep_depth")
-      >>> meta["varied"]
+      >>> path, meta = load_sweep("runs/sweep_depth")  # doctest: +SKIP
+      >>> meta["varied"]  # doctest: +SKIP
       ['model.depth', 'model.shortcut', 'train.seed']
     """
     path = as_path(sweep_dir)
@@ -195,8 +195,8 @@ def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> li
       The rows; their dotted keys (`varied_keys`) are the varied keys, then the separating keys.
 
     Example:
-      >>> rows = collect("runs/sweep_depth")
-      >>> rows[0]["status"], rows[0]["model.depth"], rows[0]["test_accuracy"]
+      >>> rows = collect("runs/sweep_depth")  # doctest: +SKIP
+      >>> rows[0]["status"], rows[0]["model.depth"], rows[0]["test_accuracy"]  # doctest: +SKIP
       ('done', 8, 0.93)
     """
     path, meta = load_sweep(sweep_dir)
@@ -385,8 +385,8 @@ def aggregate(rows: list[dict], over: str | None = "train.seed") -> list[dict]:
     one count per status. `over=None` keeps every run its own group.
 
     Example:
-      >>> agg = aggregate(collect("runs/sweep_depth"), over="seed")
-      >>> agg[0]["test_accuracy_mean"], agg[0]["n"], agg[0]["diverged"]
+      >>> agg = aggregate(collect("runs/sweep_depth"), over="seed")  # doctest: +SKIP
+      >>> agg[0]["test_accuracy_mean"], agg[0]["n"], agg[0]["diverged"]  # doctest: +SKIP
       (0.91, 3, 0)
     """
     keys = varied_keys(rows)
@@ -421,7 +421,7 @@ def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> 
     floats at full precision, to a local path or a URL.
 
     Example:
-      >>> write_csv("/tmp/t.csv", [{"a": 1, "b": 0.5}], ["a", "b"])
+      >>> write_csv("/tmp/t.csv", [{"a": 1, "b": 0.5}], ["a", "b"])  # doctest: +SKIP
     """
     path = as_path(path)
     buf = io.StringIO()
@@ -464,7 +464,7 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
     errors of failed runs follow (at most `max_errors`).
 
     Example:
-      >>> print(report("runs/sweep_depth"))
+      >>> print(report("runs/sweep_depth"))  # doctest: +SKIP
       sweep_depth (smoke): 12 runs, mean ± std over train.seed
       depth  shortcut  test_accuracy    ...  runs
       -----  --------  ---------------  ...  --------

@@ -135,7 +135,7 @@ def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | os.PathLi
     """Run this shard's share of a sweep; returns {run name: summary}.
 
     Example:
-      >>> results = run_sweep("experiments/sweep_lr.py", size="smoke", workdir="runs/sweep-lr")
+      >>> results = run_sweep("experiments/sweep_lr.py", size="smoke", workdir="runs/sweep-lr")  # doctest: +SKIP
     """
     maybe_initialize_distributed()
     runs, varied = expand(spec, size, overrides)

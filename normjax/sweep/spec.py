@@ -123,8 +123,10 @@ def expand(path: str | Path, size: str = "smoke", overrides: list[str] | tuple[s
 
     Example:
       >>> runs, varied = expand("experiments/sweep_depth.py", "smoke")
-      >>> runs[0].name
-      'depth=8-shortcut=true-seed=0-3f2a9c1e'
+      >>> len(runs), varied
+      (12, ['model.depth', 'model.shortcut', 'train.seed'])
+      >>> runs[0].name  # doctest: +ELLIPSIS
+      'depth=8-shortcut=true-seed=0-...'
     """
     sweep = read_sweep(path, size)
     base = load_config(sweep["base"], size=size)

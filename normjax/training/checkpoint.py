@@ -74,6 +74,9 @@ class CheckpointMismatch(UserError, ValueError):
 
     Example:
       >>> raise CheckpointMismatch("checkpoint step 20 in /r/ckpt has no item 'ema'")
+      Traceback (most recent call last):
+      ...
+      normjax.training.checkpoint.CheckpointMismatch: checkpoint step 20 in /r/ckpt has no item 'ema'
     """
 
 
@@ -82,6 +85,9 @@ class CorruptCheckpoint(UserError):
 
     Example:
       >>> raise CorruptCheckpoint('checkpoint step 20 in /r/ckpt is corrupt: DATA_LOSS: ...')
+      Traceback (most recent call last):
+      ...
+      normjax.training.checkpoint.CorruptCheckpoint: checkpoint step 20 in /r/ckpt is corrupt: DATA_LOSS: ...
     """
 
 
@@ -210,7 +216,7 @@ class Checkpointer:
     constructs it and makes the same calls.
 
     Example:
-      >>> with Checkpointer('/tmp/run/ckpt', keep=2) as ckpt:
+      >>> with Checkpointer('/tmp/run/ckpt', keep=2) as ckpt:  # doctest: +SKIP
       ...     resumed = ckpt.resume({'params': params, 'opt_state': opt_state})
       ...     ckpt.save(100, {'params': params, 'opt_state': opt_state})
     """
@@ -261,7 +267,7 @@ class Checkpointer:
           FileExistsError: `step` exists already.
 
         Example:
-          >>> ckpt.save(10, {'params': params, 'meta': {'step': np.int64(10), 'rng': key_data}})
+          >>> ckpt.save(10, {'params': params, 'meta': {'step': np.int64(10), 'rng': key_data}})  # doctest: +SKIP
         """
         if self.read_only:
             raise RuntimeError(f'checkpointer for {self.directory} is read-only')
@@ -288,7 +294,7 @@ class Checkpointer:
           The step numbers; a read-only checkpointer lists the directory anew each time.
 
         Example:
-          >>> ckpt.steps()
+          >>> ckpt.steps()  # doctest: +SKIP
           [200, 300, 400]
         """
         if self.read_only:
@@ -302,7 +308,7 @@ class Checkpointer:
           The step number or None.
 
         Example:
-          >>> ckpt.latest_step()
+          >>> ckpt.latest_step()  # doctest: +SKIP
           400
         """
         steps = self.steps()
@@ -332,8 +338,8 @@ class Checkpointer:
           CheckpointMismatch: the templates do not fit the checkpoint.
 
         Example:
-          >>> sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
-          >>> step, items = ckpt.restore({'params': jax.tree.map(sds, params)})
+          >>> sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)  # doctest: +SKIP
+          >>> step, items = ckpt.restore({'params': jax.tree.map(sds, params)})  # doctest: +SKIP
         """
         if not templates:
             raise ValueError('templates must name at least one item to restore')
@@ -375,10 +381,10 @@ class Checkpointer:
           Any other error restoring a step (I/O, memory) as is; nothing is moved.
 
         Example:
-          >>> resumed = ckpt.resume(templates)
-          >>> if resumed.message:
+          >>> resumed = ckpt.resume(templates)  # doctest: +SKIP
+          >>> if resumed.message:  # doctest: +SKIP
           ...     print(resumed.message, file=sys.stderr)
-          >>> state = init() if resumed.step is None else from_items(resumed.items)
+          >>> state = init() if resumed.step is None else from_items(resumed.items)  # doctest: +SKIP
         """
         if self.read_only:
             raise RuntimeError(f'checkpointer for {self.directory} is read-only; resume moves corrupt steps')
@@ -523,7 +529,7 @@ class Checkpointer:
         """Releases Orbax's resources; idempotent.
 
         Example:
-          >>> ckpt.close()
+          >>> ckpt.close()  # doctest: +SKIP
         """
         if not self._closed:
             self._closed = True
@@ -643,7 +649,7 @@ def read_latest_items(
       CheckpointMismatch: the templates do not fit the newest checkpoint.
 
     Example:
-      >>> step, items = read_latest_items('/runs/a/ckpt', {'params': params, 'batch_stats': stats})
+      >>> step, items = read_latest_items('/runs/a/ckpt', {'params': params, 'batch_stats': stats})  # doctest: +SKIP
     """
     if not as_path(directory).is_dir():
         return None

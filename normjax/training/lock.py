@@ -37,8 +37,8 @@ def _alive(pid: int) -> bool:
 
 class RunLock:
     """Example:
-      >>> lock = RunLock(Path("runs/sweep/a"))
-      >>> if lock.acquire():
+      >>> lock = RunLock(Path("runs/sweep/a"))  # doctest: +SKIP
+      >>> if lock.acquire():  # doctest: +SKIP
       ...     try: ...
       ...     finally: lock.release()
     """

@@ -183,8 +183,8 @@ def train(cfg: dict, workdir: str | os.PathLike, *, progress: bool | None = None
     locked while it trains (`lock`), so a second process cannot train it at the same time.
 
     Example:
-      >>> summary = train(load_config("experiments/resnet_digits.py"), "runs/demo")
-      >>> summary["status"], summary["test_accuracy"]
+      >>> summary = train(load_config("experiments/resnet_digits.py"), "runs/demo")  # doctest: +SKIP
+      >>> summary["status"], summary["test_accuracy"]  # doctest: +SKIP
     """
     return train_group([cfg], [workdir], progress=progress, announce=True, lock=True)[0]
 

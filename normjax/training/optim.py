@@ -12,8 +12,8 @@ and dense kernels only), `all_but_prelu` (default: everything but PReLU slopes, 
 pull toward 0, i.e. ReLU, biasing the sparsity study) or `all`.
 
 Example:
-  >>> tx = make_optimizer(DEFAULTS["optim"], total_steps=1000, context=ctx)
-  >>> opt_state = tx.init(params)
+  >>> tx = make_optimizer(DEFAULTS["optim"], total_steps=1000, context=ctx)  # doctest: +SKIP
+  >>> opt_state = tx.init(params)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ class RunDir:
     """Paths and I/O of one run directory.
 
     Example:
-      >>> run = RunDir.create("runs/demo")
-      >>> run.append_metrics([{"step": 0, "loss": 2.3}])
+      >>> run = RunDir.create("runs/demo")  # doctest: +SKIP
+      >>> run.append_metrics([{"step": 0, "loss": 2.3}])  # doctest: +SKIP
     """
 
     def __init__(self, path: str | os.PathLike):
