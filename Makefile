@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.transforms_overhead --out benchmarks/results-transforms-cpu.json
 	$(BIN)/python -m benchmarks.metrics_overhead --out benchmarks/results-metrics-cpu.json
 	$(BIN)/python -m benchmarks.apl_overhead --out benchmarks/results-apl-cpu.json
+	$(BIN)/python -m benchmarks.input_throughput --out benchmarks/results-input-cpu.json
 
 # On a GPU machine whose image already has jax[cuda] and torch: no venv, the system python. Each
 # part is time-limited (the device lease is short) and writes its JSON into GPU_OUT.

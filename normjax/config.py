@@ -27,8 +27,14 @@ SIZES = ("smoke", "full")
 DEFAULTS: dict[str, Any] = {
     "model": {
         "name": "resnet",        # mlp | plain_cnn | resnet
-        "depth": 20,             # resnet: 6n+2; plain_cnn: conv layers; mlp: hidden layers
-        "width": 16,             # resnet/plain_cnn: base width; mlp: hidden width
+        "depth": 20,             # resnet: 6n+2 (basic blocks) | 50, 101, 152 (bottleneck); plain_cnn: conv layers;
+                                 # mlp: hidden layers
+        "block": "basic",        # resnet only: basic (CIFAR ResNet, 3 stages) | bottleneck (ImageNet ResNet v1.5,
+                                 # 4 stages of conv1x1-conv3x3-conv1x1; normjax.models.resnet.BottleneckResNet)
+        "stem": "auto",          # resnet only: cifar (conv3x3) | imagenet (conv7x7 stride 2 + 3x3 stride-2 max-pool;
+                                 # bottleneck only) | auto (basic: cifar, bottleneck: imagenet)
+        "width": 16,             # resnet/plain_cnn: base width (bottleneck: stage 1's inner width, 64 in ResNet-50);
+                                 # mlp: hidden width
         "width_mult": 1.0,       # widened baselines
         "shortcut": True,        # resnet only; False gives the plain net of the ELR study
         "activation": "relu",    # relu | prelu (channel-wise slopes)

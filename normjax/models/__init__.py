@@ -18,21 +18,42 @@ from normjax.errors import UserError
 from normjax.models.layers import ACTIVATIONS, BatchNorm, ChannelPReLU, plain_autodiff
 from normjax.models.mlp import MLP
 from normjax.models.plain_cnn import PlainCNN
-from normjax.models.resnet import ResNet
+from normjax.models.resnet import BLOCKS, BOTTLENECK_STAGES, STEMS, BottleneckResNet, ResNet, resolve_stem
 from normjax.models.structure import LayerInfo, layer_axes, per_layer, per_layer_sums, prelu_mask, scale_invariant_mask
 
 MODELS = ("mlp", "plain_cnn", "resnet")
 
 
 def check_model_config(cfg: dict) -> None:
-    """Raise UserError (one line) for a model config no model can build."""
+    """Raise UserError (one line) for a model config no model can build.
+
+    Args:
+      cfg: the `model` section of a config (`normjax.config.DEFAULTS["model"]` and overrides).
+
+    Example:
+      >>> from normjax.config import DEFAULTS
+      >>> check_model_config(DEFAULTS["model"] | {"block": "bottleneck", "depth": 20})
+      Traceback (most recent call last):
+      ...
+      normjax.errors.UserError: model.depth=20 is not valid for resnet with model.block='bottleneck'; allowed: 50, 101, 152
+    """
     name, depth = cfg["name"], cfg["depth"]
     if name not in MODELS:
         raise UserError(f"model.name={name!r} is unknown; allowed: {', '.join(MODELS)}")
     if cfg["activation"] not in ACTIVATIONS:
         raise UserError(f"model.activation={cfg['activation']!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
-    if name == "resnet" and (depth < 8 or (depth - 2) % 6):
+    if cfg["block"] not in BLOCKS:
+        raise UserError(f"model.block={cfg['block']!r} is unknown; allowed: {', '.join(BLOCKS)}")
+    if cfg["stem"] not in STEMS:
+        raise UserError(f"model.stem={cfg['stem']!r} is unknown; allowed: {', '.join(STEMS)}")
+    bottleneck = name == "resnet" and cfg["block"] == "bottleneck"
+    if name == "resnet" and not bottleneck and (depth < 8 or (depth - 2) % 6):
         raise UserError(f"model.depth={depth} is not valid for resnet; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
+    if bottleneck and depth not in BOTTLENECK_STAGES:
+        raise UserError(f"model.depth={depth} is not valid for resnet with model.block='bottleneck'; "
+                        f"allowed: {', '.join(map(str, BOTTLENECK_STAGES))}")
+    if name == "resnet" and not bottleneck and cfg["stem"] == "imagenet":
+        raise UserError("model.stem='imagenet' needs model.block='bottleneck'; the basic-block resnet has the cifar stem")
     if name == "plain_cnn" and depth < 3:
         raise UserError(f"model.depth={depth} is too small for plain_cnn; allowed: >= 3")
     if name == "mlp" and depth < 1:
@@ -51,12 +72,15 @@ def build_model(cfg: dict, *, num_classes: int, image_shape: tuple[int, int, int
     h, w, c = image_shape
     if cfg["name"] == "mlp":
         return MLP(depth=cfg["depth"], width=cfg["width"], in_features=h * w * c, **common)
+    if cfg["name"] == "resnet" and cfg["block"] == "bottleneck":
+        return BottleneckResNet(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"],
+                                shortcut=cfg["shortcut"], stem=resolve_stem(cfg["block"], cfg["stem"]), **common)
     if cfg["name"] == "resnet":
         return ResNet(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"],
                       shortcut=cfg["shortcut"], **common)
     return PlainCNN(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"], **common)
 
 
-__all__ = ["MODELS", "BatchNorm", "ChannelPReLU", "LayerInfo", "MLP", "PlainCNN", "ResNet", "build_model",
+__all__ = ["MODELS", "BatchNorm", "BottleneckResNet", "ChannelPReLU", "LayerInfo", "MLP", "PlainCNN", "ResNet", "build_model",
            "check_model_config", "layer_axes", "per_layer", "per_layer_sums", "plain_autodiff", "prelu_mask",
            "scale_invariant_mask"]
