@@ -31,25 +31,7 @@ def conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype) -> Con
     return Conv(cin, cout, k, stride=stride, dtype=dtype, rngs=rngs)
 
 
-class _Shortcut:
-    """The shortcut both block types share: the identity, or a 1x1 conv + BN projection where the
-    shape changes ("option B"); none in the plain twin."""
-
-    def _init_shortcut(self, cin: int, cout: int, stride: int, shortcut: bool, bn: dict, rngs: nnx.Rngs,
-                       dtype) -> None:
-        self.shortcut = shortcut
-        self.project = shortcut and (stride != 1 or cin != cout)
-        if self.project:
-            self.proj_conv = conv(cin, cout, 1, stride, rngs, dtype)
-            self.proj_bn = BatchNorm(cout, **bn)
-
-    def _add_shortcut(self, y: jax.Array, x: jax.Array, train: bool) -> jax.Array:
-        if not self.shortcut:
-            return y
-        return y + (self.proj_bn(self.proj_conv(x), train=train) if self.project else x)
-
-
-class BasicBlock(_Shortcut, nnx.Module):
+class BasicBlock(nnx.Module):
     """conv3x3-BN-act-conv3x3-BN, (+ shortcut), act."""
 
     def __init__(self, cin: int, cout: int, stride: int, *, shortcut: bool, act: str, prelu_init: float,
@@ -60,12 +42,18 @@ class BasicBlock(_Shortcut, nnx.Module):
         self.conv2 = conv(cout, cout, 3, 1, rngs, dtype)
         self.bn2 = BatchNorm(cout, **bn)
         self.act2 = make_activation(act, cout, prelu_init)
-        self._init_shortcut(cin, cout, stride, shortcut, bn, rngs, dtype)
+        self.shortcut = shortcut
+        self.project = shortcut and (stride != 1 or cin != cout)
+        if self.project:
+            self.proj_conv = conv(cin, cout, 1, stride, rngs, dtype)
+            self.proj_bn = BatchNorm(cout, **bn)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = self.act1(self.bn1(self.conv1(x), train=train))
         y = self.bn2(self.conv2(y), train=train)
-        return self.act2(self._add_shortcut(y, x, train))
+        if self.shortcut:
+            y = y + (self.proj_bn(self.proj_conv(x), train=train) if self.project else x)
+        return self.act2(y)
 
 
 def stage(cin: int, cout: int, stride: int, n: int, **kw) -> Stack:
@@ -180,7 +168,7 @@ def resolve_stem(block: str, stem: str) -> str:
     return ("imagenet" if block == "bottleneck" else "cifar") if stem == "auto" else stem
 
 
-class Bottleneck(_Shortcut, nnx.Module):
+class Bottleneck(nnx.Module):
     """conv1x1-BN-act, conv3x3 (the block's stride)-BN-act, conv1x1-BN, (+ shortcut), act.
 
     The stride sits on the 3x3 conv ("ResNet v1.5", as torchvision's `resnet50`); the paper puts
@@ -205,13 +193,19 @@ class Bottleneck(_Shortcut, nnx.Module):
         self.conv3 = conv(mid, cout, 1, 1, rngs, dtype)
         self.bn3 = BatchNorm(cout, **bn)
         self.act3 = make_activation(act, cout, prelu_init)
-        self._init_shortcut(cin, cout, stride, shortcut, bn, rngs, dtype)
+        self.shortcut = shortcut
+        self.project = shortcut and (stride != 1 or cin != cout)
+        if self.project:
+            self.proj_conv = conv(cin, cout, 1, stride, rngs, dtype)
+            self.proj_bn = BatchNorm(cout, **bn)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = self.act1(self.bn1(self.conv1(x), train=train))
         y = self.act2(self.bn2(self.conv2(y), train=train))
         y = self.bn3(self.conv3(y), train=train)
-        return self.act3(self._add_shortcut(y, x, train))
+        if self.shortcut:
+            y = y + (self.proj_bn(self.proj_conv(x), train=train) if self.project else x)
+        return self.act3(y)
 
 
 class BottleneckResNet(nnx.Module):
