@@ -64,7 +64,7 @@ def tfds_source(jpegs: list[bytes], data_dir: str) -> Any:
 
     import tensorflow_datasets as tfds
 
-    from normjax.data.streaming import open_tfds
+    from normjax.data.catalog import open_tfds
 
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds's "downloaded and prepared" lines

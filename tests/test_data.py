@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normjax.data import DATASETS, Dataset, load_dataset, preprocess
+from normjax.data import BUILT_IN, Dataset, load_dataset, preprocess
 from normjax.errors import UserError
 
 
@@ -65,10 +65,11 @@ def test_digits_layout_and_fixed_split() -> None:
     assert set(ds.test_labels.tolist()) == set(range(10))
 
 
-def test_unknown_dataset() -> None:
+def test_unknown_dataset(tmp_path) -> None:
+    pytest.importorskip('tensorflow_datasets')
     with pytest.raises(UserError) as exc:
-        load_dataset('imagenet')
-    _assert_one_line_user_error(exc, "'imagenet'", 'allowed', *DATASETS)
+        load_dataset('imagenet', data_dir=str(tmp_path))  # the TFDS name is imagenet2012
+    _assert_one_line_user_error(exc, "'imagenet' is unknown", *BUILT_IN, 'TFDS catalog')
 
 
 def test_synthetic_options_ignored_for_other_datasets() -> None:
@@ -264,7 +265,7 @@ def test_tfds_unprepared_data_dir(tmp_path) -> None:
 
 def test_tfds_unprepared_is_quiet_and_the_readme_gives_the_same_recipe(tmp_path, caplog, capfd) -> None:
     pytest.importorskip('tensorflow_datasets')
-    from normjax.data.sources import PREPARE_COMMAND
+    from normjax.data.catalog import PREPARE_COMMAND
 
     absl = logging.getLogger('absl')
     level = absl.level
@@ -276,9 +277,9 @@ def test_tfds_unprepared_is_quiet_and_the_readme_gives_the_same_recipe(tmp_path,
     assert [r.getMessage() for r in caplog.records if r.name == 'absl'] == []
     assert capfd.readouterr().err == '' and absl.level == level
     # An absl error still gets through inside the quiet block.
-    from normjax.data.sources import _quiet_absl
+    from normjax.data.catalog import quiet_absl
 
-    with caplog.at_level(logging.DEBUG), _quiet_absl():
+    with caplog.at_level(logging.DEBUG), quiet_absl():
         absl.error('kept')
         absl.warning('dropped')
     assert [r.getMessage() for r in caplog.records if r.name == 'absl'] == ['kept']

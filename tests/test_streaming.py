@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip('grain')
 tfds = pytest.importorskip('tensorflow_datasets')
 
+from normjax.data import catalog  # noqa: E402
 from normjax.data import streaming as st  # noqa: E402
 from normjax.errors import UserError  # noqa: E402
 
@@ -114,7 +115,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='module')
 def train_source(data_dir):
-    return st.open_tfds('nj_images', 'train', data_dir)
+    return catalog.open_tfds('nj_images', 'train', data_dir)
 
 
 def _stream(source, seed=0, global_batch=8, index=0, count=1, start=0, **kw) -> st.TrainStream:
@@ -146,23 +147,28 @@ def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> None:
 
 
 def test_info_of_any_image_dataset(data_dir) -> None:
-    info = st.tfds_image_info('nj_images', data_dir)
+    info = catalog.tfds_image_info('nj_images', data_dir)
     assert (info.num_train, info.num_test, info.image_shape, info.channels, info.num_classes) == (
         NUM_TRAIN, NUM_TEST, None, 3, NUM_CLASSES)
     assert info.splits == {'train': NUM_TRAIN, 'test': NUM_TEST} and info.eval_split == 'test'
-    grey = st.tfds_image_info('nj_grey', data_dir)
+    grey = catalog.tfds_image_info('nj_grey', data_dir)
     assert (grey.image_shape, grey.channels, grey.num_classes, grey.eval_split) == ((16, 16, 1), 1, 3, 'validation')
 
 
 def test_bad_names_and_unprepared_data_are_one_line(data_dir, tmp_path) -> None:
     with pytest.raises(UserError) as exc:
-        st.tfds_image_info('nj_no_such_dataset', data_dir)
-    _one_line(exc, "'nj_no_such_dataset'", 'not prepared', 'tfds build nj_no_such_dataset --file_format array_record')
+        catalog.tfds_image_info('nj_no_such_dataset', data_dir)
+    _one_line(exc, "'nj_no_such_dataset' is unknown", 'digits, synthetic', 'TFDS catalog')
+    # A registered name with a folder but no prepared copy: the recipe.
+    (tmp_path / 'nj_images').mkdir()
+    with pytest.raises(UserError) as exc:
+        catalog.tfds_image_info('nj_images', tmp_path)
+    _one_line(exc, "'nj_images'", 'not prepared', 'tfds build nj_images --file_format array_record')
     with pytest.raises(UserError) as exc:
         st.StreamingSource('cifar10', data_dir=tmp_path)
     _one_line(exc, "'cifar10'", str(tmp_path), 'not prepared', 'tfds build cifar10')
     with pytest.raises(UserError) as exc:
-        st.tfds_image_info('nj_unlabelled', data_dir)
+        catalog.tfds_image_info('nj_unlabelled', data_dir)
     _one_line(exc, "'nj_unlabelled'", 'image, target', "'label'")
 
 
@@ -219,7 +225,7 @@ def test_shards_are_disjoint_cover_the_epoch_and_make_the_same_global_batch(trai
 
 
 def test_eval_batches_are_ordered_padded_and_sharded(data_dir) -> None:
-    src = st.open_tfds('nj_images', 'test', data_dir)
+    src = catalog.open_tfds('nj_images', 'test', data_dir)
     one = list(st.eval_batches(src, 4, size=SIZE, channels=3))
     assert len(one) == 3  # 11 records
     index = np.concatenate([b['index'] for b in one])

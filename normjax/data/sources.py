@@ -3,34 +3,23 @@
 Three kinds of source:
   * `digits`: scikit-learn's bundled 8x8 digits (no download), a fixed split.
   * `synthetic`: a deterministic generated task with a difficulty knob.
-  * TFDS datasets (`cifar10`, ...): read offline with `tfds.data_source` from an
-    array_record copy prepared in a data dir; TensorFlow is not needed to read.
+  * any TFDS image-classification dataset of fixed image size (`cifar10`, `emnist/balanced`,
+    `stl10`, ...): read offline with `tfds.data_source` from an array_record copy prepared in
+    a data dir (`normjax.data.catalog`); TensorFlow is not needed to read. Datasets too large
+    for memory, or of varying image size, stream instead (`normjax.data.streaming`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
 import os
-import pathlib
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from normjax.data.catalog import channel_stats, open_tfds, quiet_absl, tfds_image_info
 from normjax.errors import UserError
-
-DATASETS: tuple[str, ...] = (
-    'digits',
-    'synthetic',
-    'cifar10',
-    'cifar100',
-    'mnist',
-    'fashion_mnist',
-    'svhn_cropped',
-)
-TFDS_DATASETS: tuple[str, ...] = DATASETS[2:]
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
     'num_train': 2048,
@@ -40,14 +29,6 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     'difficulty': 0.5,
     'seed': 0,
 }
-
-# The one way to prepare a TFDS dataset for normjax: the unprepared-dataset error prints it and
-# the README's Data section shows it for cifar10 (tests/test_data.py checks that they agree).
-PREPARE_COMMAND = 'tfds build {name} --file_format array_record --data_dir NEW_DIR'
-PREPARE_RECIPE = (
-    'on a machine with internet and tensorflow run: ' + PREPARE_COMMAND
-    + ', then copy NEW_DIR/{name} to {target}'
-)
 
 # Records fetched per `__getitems__` call: big enough to amortize the
 # array_record lookups, small enough that one chunk's decoded dicts stay small.
@@ -99,7 +80,7 @@ def load_dataset(
     data_dir: str | os.PathLike[str] | None = None,
     synthetic: dict[str, Any] | None = None,
 ) -> Dataset:
-    """Loads dataset `name` (one of `DATASETS`) fully into memory.
+    """Loads dataset `name` (built in, or a prepared TFDS dataset) fully into memory.
 
     `data_dir` is only used by the TFDS datasets; it defaults to $TFDS_DATA_DIR,
     else ~/tensorflow_datasets. `synthetic` holds options for 'synthetic' (see
@@ -111,8 +92,6 @@ def load_dataset(
       >>> ds.train_images.shape, ds.train_images.dtype
       ((64, 32, 32, 3), dtype('uint8'))
     """
-    if name not in DATASETS:
-        raise UserError(f"dataset {name!r} is unknown; allowed: {', '.join(DATASETS)}")
     if name == 'digits':
         return _load_digits()
     if name == 'synthetic':
@@ -129,7 +108,7 @@ def _make_dataset(
     """Packs arrays into a `Dataset`, computing the train-set channel statistics."""
     train_images, train_labels = train
     test_images, test_labels = test
-    mean, std = _channel_stats(train_images)
+    mean, std = channel_stats(train_images)
     return Dataset(
         name=name,
         train_images=np.ascontiguousarray(train_images, dtype=np.uint8),
@@ -140,24 +119,6 @@ def _make_dataset(
         mean=mean,
         std=std,
     )
-
-
-def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units.
-
-    Works from a 256-bin histogram per channel: exact, faster than
-    float64 moments and without a float64 copy of the set (1.2 GB for CIFAR-10).
-    """
-    values = np.arange(256, dtype=np.float64)
-    means, stds = [], []
-    for c in range(images.shape[-1]):
-        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
-        p = hist / hist.sum()
-        mean = float(p @ values)
-        var = float(p @ (values - mean) ** 2)
-        means.append(mean / 255.0)
-        stds.append(math.sqrt(var) / 255.0)
-    return tuple(means), tuple(stds)
 
 
 # ----------------------------------------------------------------- digits
@@ -325,61 +286,18 @@ def _synthetic_arrays(
 # ------------------------------------------------------------------- TFDS
 
 
-def default_data_dir() -> str:
-    """$TFDS_DATA_DIR if set, else ~/tensorflow_datasets (the tfds default).
-
-    Example:
-      >>> isinstance(default_data_dir(), str)
-      True
-    """
-    return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
-
-
 def _load_tfds(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
-    """Reads every train and test record of TFDS dataset `name` from data_dir."""
-    import tensorflow_datasets as tfds  # Lazy: keeps `import normjax` light.
-
-    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
-    try:
-        # download=False: never fetch here. With download=True and an explicit
-        # data_dir, tfds would also prepare tfrecord files, which
-        # data_source cannot read.
-        with _quiet_absl():
-            train_src, test_src = tfds.data_source(
-                name, split=['train', 'test'], data_dir=data_dir, download=False
-            )
-    # tfds reports an unprepared or TFRecord-only dataset with a RuntimeError subclass (its
-    # random-access check), a missing one with the others; the message below tells them apart.
-    except (
-        AssertionError,
-        FileNotFoundError,
-        RuntimeError,
-        ValueError,
-        tfds.core.registered.DatasetNotFoundError,
-    ) as err:
-        raise UserError(_not_prepared_message(name, data_dir, err)) from err
-    features = train_src.dataset_info.features
-    num_classes = features['label'].num_classes
-    with _quiet_absl():
-        train = _read_all(train_src)
-        test = _read_all(test_src)
-    return _make_dataset(name, train, test, num_classes)
-
-
-@contextlib.contextmanager
-def _quiet_absl() -> Iterator[None]:
-    """Drops absl's INFO and WARNING records (tfds logs through absl) inside the block; errors stay.
-
-    tfds warns, for instance, about every version folder without dataset_info.json; the
-    one-line UserError already says what is wrong and how to fix it.
-    """
-    logger = logging.getLogger('absl')
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    """Reads every train and evaluation record of TFDS dataset `name` from data_dir."""
+    info = tfds_image_info(name, data_dir)  # one-line errors: unknown, unprepared, no image/label
+    if info.image_shape is None:
+        raise UserError(
+            f"dataset {name!r} has images of varying size; it can only stream: "
+            "data.pipeline=stream with data.input_size (e.g. 224)"
+        )
+    with quiet_absl():
+        train = _read_all(open_tfds(name, 'train', data_dir, decode=True))
+        test = _read_all(open_tfds(name, info.eval_split, data_dir, decode=True))
+    return _make_dataset(name, train, test, info.num_classes)
 
 
 def _read_all(source: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -397,19 +315,3 @@ def _read_all(source: Any) -> tuple[np.ndarray, np.ndarray]:
             images[i] = record['image']
             labels[i] = record['label']
     return images, labels
-
-
-def _not_prepared_message(name: str, data_dir: str, err: BaseException) -> str:
-    """One line saying why `name` cannot be read from data_dir and how to fix it."""
-    build = PREPARE_RECIPE.format(name=name, target=os.path.join(data_dir, name))
-    dataset_dir = pathlib.Path(data_dir) / name
-    versions = sorted(p.parent for p in dataset_dir.glob('*/dataset_info.json'))
-    if not versions:
-        return f'dataset {name!r} is not prepared in {data_dir}; {build}'
-    if not any(any(v.glob('*.array_record*')) for v in versions):
-        return (
-            f'dataset {name!r} in {dataset_dir} has no array_record files '
-            f'(tfds reads random-access formats only); {build}'
-        )
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f'dataset {name!r} in {dataset_dir} could not be read ({reason}); {build}'

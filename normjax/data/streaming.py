@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from normjax.data.sources import _channel_stats, _not_prepared_message, _quiet_absl, default_data_dir
+from normjax.data.catalog import channel_stats, default_data_dir, open_tfds, tfds_image_info
 from normjax.errors import UserError
 
 # Inception-style random-resized crop: area fraction and aspect-ratio (w / h) ranges, tries.
@@ -78,157 +78,6 @@ _ORDER_STREAM = 0x6F72
 _AUGMENT_STREAM = 0x6175
 # The stop of the endless training range (grain never materializes a range).
 _ENDLESS = 2**62
-
-
-# ------------------------------------------------------------------ metadata
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageInfo:
-    """What normjax needs to know about a prepared TFDS image-classification dataset.
-
-    Attributes:
-      name: the TFDS name (with config and version if given, e.g. 'imagenette/320px-v2').
-      num_train: records in the train split.
-      num_test: records in the evaluation split (`eval_split`).
-      image_shape: (H, W, C) when every image has that shape, None when heights or widths vary.
-      channels: C (1 or 3).
-      num_classes: classes of the `label` feature.
-      splits: every split's name and record count.
-      eval_split: 'test' when the dataset has one, else 'validation' (ImageNet, Imagenette).
-
-    Example:
-      >>> info = ImageInfo('cifar10', 50000, 10000, (32, 32, 3), 3, 10, {'train': 50000, 'test': 10000}, 'test')
-      >>> info.num_train, info.image_shape
-      (50000, (32, 32, 3))
-    """
-
-    name: str
-    num_train: int
-    num_test: int
-    image_shape: tuple[int, int, int] | None
-    channels: int
-    num_classes: int
-    splits: dict[str, int]
-    eval_split: str
-
-
-def tfds_image_info(name: str, data_dir: str | os.PathLike[str] | None = None) -> ImageInfo:
-    """Reads the metadata of prepared TFDS dataset `name`; never downloads.
-
-    Any dataset prepared in `data_dir` as array_record with an `image` feature (an image of 1 or
-    3 channels, any size) and a `label` class feature qualifies: `imagenet2012`, `imagenette`,
-    `stl10`, `emnist/balanced`, `cifar10`, ... It needs a `train` split and a `test` or
-    `validation` one.
-
-    Args:
-      name: the TFDS name, optionally with config and version ('emnist/balanced:3.1.0').
-      data_dir: the TFDS data dir; None for $TFDS_DATA_DIR, else ~/tensorflow_datasets.
-
-    Returns:
-      An `ImageInfo`.
-
-    Raises:
-      UserError: (one line) the dataset is unknown, unprepared, prepared without array_record
-        files, lacks the features or splits, or its label is not a class label; an unprepared
-        one's message carries the preparation recipe.
-
-    Example:
-      >>> tfds_image_info('cifar10', '/nonexistent')  # doctest: +ELLIPSIS
-      Traceback (most recent call last):
-      ...
-      normjax.errors.UserError: dataset 'cifar10' is not prepared in /nonexistent; ... tfds build cifar10 ...
-    """
-    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
-    sources = _open_tfds(name, None, data_dir)
-    info = next(iter(sources.values())).dataset_info
-    features = info.features
-    found = sorted(features.keys()) if hasattr(features, 'keys') else []
-    if 'image' not in found or 'label' not in found:
-        raise UserError(
-            f"dataset {name!r} has features {', '.join(found) or 'none'}; "
-            "normjax needs an 'image' and a 'label' feature"
-        )
-    label = features['label']
-    num_classes = getattr(label, 'num_classes', None)
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise UserError(
-            f"dataset {name!r} has a label feature of type {type(label).__name__}; "
-            'normjax needs a class label (tfds.features.ClassLabel) with at least 2 classes'
-        )
-    shape = tuple(features['image'].shape)
-    if len(shape) != 3 or shape[-1] not in (1, 3):
-        raise UserError(
-            f"dataset {name!r} has images of shape {shape}; normjax needs (H, W, C) with C 1 or 3"
-        )
-    splits = {str(k): len(v) for k, v in sources.items()}
-    eval_split = next((s for s in ('test', 'validation') if s in splits), None)
-    if 'train' not in splits or eval_split is None:
-        raise UserError(
-            f"dataset {name!r} has splits {', '.join(sorted(splits))}; "
-            "normjax needs 'train' and 'test' or 'validation'"
-        )
-    fixed = None if None in shape else (int(shape[0]), int(shape[1]), int(shape[2]))
-    return ImageInfo(
-        name=name,
-        num_train=splits['train'],
-        num_test=splits[eval_split],
-        image_shape=fixed,
-        channels=int(shape[-1]),
-        num_classes=int(num_classes),
-        splits=splits,
-        eval_split=eval_split,
-    )
-
-
-def open_tfds(name: str, split: str, data_dir: str | os.PathLike[str] | None = None) -> Sequence[dict]:
-    """The random-access records of one split of prepared TFDS dataset `name`.
-
-    Records are dicts with the dataset's features; the `image` of an image feature is left
-    encoded (PNG or JPEG bytes), for `train_dataset`/`eval_dataset` to decode in the workers.
-
-    Args:
-      name: the TFDS name, as for `tfds_image_info`.
-      split: the split name ('train', 'test', 'validation').
-      data_dir: the TFDS data dir; None for $TFDS_DATA_DIR, else ~/tensorflow_datasets.
-
-    Returns:
-      A `tfds.data_source` (`len`, `[i]` and `__getitems__`), picklable into worker processes.
-
-    Raises:
-      UserError: (one line, with the preparation recipe) the dataset or split cannot be read.
-
-    Example:
-      >>> open_tfds('cifar10', 'train', '/nonexistent')  # doctest: +ELLIPSIS
-      Traceback (most recent call last):
-      ...
-      normjax.errors.UserError: dataset 'cifar10' is not prepared in /nonexistent; ...
-    """
-    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
-    return _open_tfds(name, split, data_dir)
-
-
-def _open_tfds(name: str, split: str | None, data_dir: str) -> Any:
-    """`tfds.data_source` without downloading, images left encoded; errors as one-line UserErrors."""
-    import tensorflow_datasets as tfds  # Lazy: keeps `import normjax` light.
-
-    try:
-        with _quiet_absl():
-            builder = tfds.builder(name, data_dir=data_dir)
-            image = builder.info.features['image'] if 'image' in builder.info.features else None
-            decoders = {'image': tfds.decode.SkipDecoding()} if isinstance(image, tfds.features.Image) else None
-            return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
-    # The exceptions sources._load_tfds maps to its not-prepared message (same message here);
-    # KeyError: a split the dataset does not have.
-    except (
-        AssertionError,
-        FileNotFoundError,
-        RuntimeError,
-        ValueError,
-        KeyError,
-        tfds.core.registered.DatasetNotFoundError,
-    ) as err:
-        raise UserError(_not_prepared_message(name, data_dir, err)) from err
 
 
 # -------------------------------------------------------------- image ops
@@ -1058,7 +907,7 @@ class StreamingSource:
     def source(self, split: str) -> Sequence[dict]:
         """The records of `split` (opened once)."""
         if split not in self._sources:
-            self._sources[split] = _open_tfds(self.name, split, self.data_dir)
+            self._sources[split] = open_tfds(self.name, split, self.data_dir)
         return self._sources[split]
 
     def train(
@@ -1113,7 +962,7 @@ class StreamingSource:
         box = functools.partial(center_crop_box, fraction=self.eval_crop)
         images = np.stack([decode_crop_resize(r['image'], box, self.size, self.info.channels)
                            for r in _read(src, picks)])
-        return _channel_stats(images)
+        return channel_stats(images)
 
 
 def _process(index: int | None, count: int | None) -> tuple[int, int]:
