@@ -26,6 +26,7 @@ def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32"
 
     from normjax.config import DEFAULTS, merge
     from normjax.parallel import put_replicated
+    from normjax.training.inputs import input_for
     from normjax.training.loop import dataset_for, program_for
 
     cfg = merge(DEFAULTS, {
@@ -37,7 +38,7 @@ def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32"
         "log": {"metrics": metrics},
     })
     ds = dataset_for(cfg)
-    program = program_for(cfg, ds)
+    program = program_for(cfg, input_for(cfg))
     images = put_replicated(ds.train_images, program.mesh)
     labels = put_replicated(ds.train_labels.astype(np.int32), program.mesh)
     return cfg, program, images, labels

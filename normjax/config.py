@@ -23,6 +23,7 @@ from typing import Any
 from normjax.errors import UserError
 
 SIZES = ("smoke", "full")
+PIPELINES = ("auto", "memory", "stream")
 
 DEFAULTS: dict[str, Any] = {
     "model": {
@@ -44,10 +45,20 @@ DEFAULTS: dict[str, Any] = {
         "per_device_bn": False,  # True: BN statistics per device instead of over the global batch
     },
     "data": {
-        "name": "digits",        # digits | synthetic | cifar10 | cifar100 | mnist | fashion_mnist | svhn_cropped
+        "name": "digits",        # digits | synthetic (built in) | any prepared TFDS image dataset: cifar10, mnist,
+                                 # svhn_cropped, emnist/balanced, stl10, imagenette, imagenet2012, ...
         "data_dir": "",          # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-        "crop_padding": 0,       # random-crop padding (0 = off)
-        "flip": False,           # random horizontal flip
+        "pipeline": "auto",      # memory (uint8 arrays on device) | stream (grain reads, decodes and augments on host
+                                 # workers) | auto (memory when it fits in memory_limit_mb at the native size, else stream)
+        "input_size": 0,         # side of the square input the model sees; 0 = the dataset's own size (stream: needs
+                                 # fixed-size images); stream: random-resized crop (train), centre crop (eval)
+        "eval_crop": 0.875,      # stream eval: centre crop's side over the shorter side (256 -> 224); 1.0 keeps all
+        "memory_limit_mb": 4096,  # auto: the largest uint8 train + eval arrays held in memory
+        "workers": -1,           # stream: grain worker processes; -1 = CPU count - 1, 0 = in this process
+        "worker_threads": 2,     # stream: reader threads per worker process
+        "prefetch": 2,           # stream: chunks of batches placed on device ahead of the step
+        "crop_padding": 0,       # in memory: random-crop padding (0 = off)
+        "flip": False,           # random horizontal flip (in memory: on device; stream: on host)
         "synthetic": {           # data.name=synthetic (normjax.data.sources: smooth class prototypes plus distractors)
             "num_train": 2048,   # training examples
             "num_test": 512,     # test examples
@@ -247,5 +258,17 @@ def validate(cfg: dict) -> None:
     if o["lr"] < 0 or o["weight_decay"] < 0 or not 0 <= o["momentum"] < 1:
         raise UserError(f"optim.lr={o['lr']}, optim.momentum={o['momentum']}, optim.weight_decay={o['weight_decay']}: "
                         "need lr >= 0, 0 <= momentum < 1, weight_decay >= 0")
+    d = cfg["data"]
+    if d["pipeline"] not in PIPELINES:
+        raise UserError(f"data.pipeline={d['pipeline']!r} is unknown; allowed: {', '.join(PIPELINES)}")
+    for key, low in (("input_size", 0), ("memory_limit_mb", 0), ("workers", -1), ("worker_threads", 0),
+                     ("prefetch", 1)):
+        if d[key] < low:
+            raise UserError(f"data.{key}={d[key]} is invalid; allowed: an integer >= {low}")
+    if not 0 < d["eval_crop"] <= 1:
+        raise UserError(f"data.eval_crop={d['eval_crop']} is invalid; allowed: a number in (0, 1]")
+    if d["pipeline"] == "stream" and d["crop_padding"]:
+        raise UserError(f"data.crop_padding={d['crop_padding']} is the in-memory augmentation; streamed data is "
+                        "augmented with random-resized crops: set data.crop_padding=0")
     if cfg["log"]["every"] < 1 or cfg["checkpoint"]["every"] < 1 or cfg["checkpoint"]["keep"] < 1:
         raise UserError("log.every, checkpoint.every and checkpoint.keep must be >= 1")

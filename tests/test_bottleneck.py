@@ -5,6 +5,7 @@ Small nets use `stages=(1, ...)` and widths of 2-4; the full-size nets are only 
 (`nnx.eval_shape`, `jax.eval_shape`)."""
 
 import functools
+import json
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from flax import nnx
 
 from normjax.analysis import apl
 from normjax.analysis.fold import apply_graph, stats
-from normjax.analysis.graph import check, nonlinear
+from normjax.analysis.graph import Edge, Graph, Node, Op, check, nonlinear
 from normjax.config import DEFAULTS, load_config, merge
 from normjax.errors import UserError
 from normjax.models import BottleneckResNet, build_model, prelu_mask, scale_invariant_mask
@@ -184,7 +185,8 @@ def test_layers_masks_and_graph_agree(stem):
     assert all(g.nodes[i].act == "prelu" for i in g.hidden())
     s = stats(g, input_shape=(32, 32, 3), params=params)
     assert s["depth"] == layers[-1].depth + 1 == model.depth == 20 and s["params"] == _count(model)
-    pools = [(n.name, e.src) for n in g.nodes for e in n.operands if e.ops and e.ops[0].kind == "maxpool"]
+    pools = [(n.name, e.src) for n in g.nodes for e in n.operands if e.ops and "maxpool" in e.ops[0].kind]
+    assert all(e.ops[0].kind == "maxpool3" for n in g.nodes for e in n.operands if e.ops and "maxpool" in e.ops[0].kind)
     stem_conv = g.nodes[1].operands[0].ops[0]
     if stem == "imagenet":  # both edges out of the stem node (conv1 and the projection) open with the pool
         assert pools == [("s1.b0.act1", 1), ("s1.b0.act3", 1)]
@@ -193,10 +195,13 @@ def test_layers_masks_and_graph_agree(stem):
         assert pools == [] and stem_conv.stride == 1 and model.stem_conv.kernel.shape[0] == 3
 
 
-def test_graph_evaluates_to_the_model():
-    """`apply_graph` (op by op from the graph) equals the model in eval mode (cifar stem; see the
-    class docstring for the imagenet stem's pool). Slopes differ per channel, BN is not the identity."""
-    model = _small(activation="prelu")
+@pytest.mark.parametrize("stem,size", [("cifar", 16), ("imagenet", 16), ("imagenet", 18)])
+def test_graph_evaluates_to_the_model(stem, size):
+    """`apply_graph` (op by op from the graph) equals the model in eval mode, with either stem (the
+    imagenet stem's 3x3 stride-2 padded max-pool is the graph's `maxpool3`; at 18x18 the stem's 9x9
+    map pools to 5x5, where a 2x2 pool would give 4x4). Slopes differ per channel, BN is not the identity."""
+    model = _small(activation="prelu", stem=stem)
+    x = X if size == 16 else np.random.default_rng(3).normal(size=(4, size, size, 3)).astype(np.float32)
     params = jax.tree_util.tree_map_with_path(
         lambda p, v: np.random.default_rng(len(v)).uniform(-0.5, 1.5, v.shape).astype(np.float32)
         if p[-1].key == "slope" else v, _params(model))
@@ -204,10 +209,35 @@ def test_graph_evaluates_to_the_model():
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
     batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    got = jax.jit(functools.partial(apply_graph, model.graph()))(params, batch_stats, X)
+    got = jax.jit(functools.partial(apply_graph, model.graph()))(params, batch_stats, x)
     graphdef, state = nnx.split(model)
-    want = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False))(state, X)
+    want = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False))(state, x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_graph_json_round_trip_and_old_files():
+    """The imagenet stem's graph survives `graph.json` (as a run directory stores it); a file written
+    before `maxpool3` existed (its 2x2 `maxpool` ops, 5 fields per op) still loads, as 2x2 pools."""
+    g = _small(stem="imagenet").graph()
+    assert Graph.from_json(json.loads(json.dumps(g.to_json()))) == g
+    old = json.loads('''[{"name": "input", "channels": 3, "act": "input", "operands": [], "slope": null, "index": null},
+        {"name": "c0", "channels": 4, "act": "relu", "slope": null, "index": null,
+         "operands": [{"src": 0, "ops": [["conv", ["c0"], null, 1, 0.0], ["bn", ["n0"], null, 1, 1e-05]]}]},
+        {"name": "c1", "channels": 4, "act": "prelu", "slope": ["a1"], "index": 0,
+         "operands": [{"src": 1, "ops": [["maxpool", [], null, 1, 0.0], ["conv", ["c1"], 0, 2, 0.0]]}]},
+        {"name": "logits", "channels": 2, "act": "output", "slope": null, "index": null,
+         "operands": [{"src": 2, "ops": [["avgpool", [], null, 1, 0.0], ["dense", ["head"], null, 1, 0.0]]}]}]''')
+    g = Graph.from_json(old)
+    check(g)
+    assert g.nodes[2] == Node("c1", 4, "prelu", (Edge(1, (Op("maxpool"), Op("conv", ("c1",), 0, 2))),), ("a1",), 0)
+    assert json.loads(json.dumps(g.to_json())) == old  # written back unchanged
+    x = jnp.arange(2 * 5 * 5 * 4, dtype=jnp.float32).reshape(2, 5, 5, 4)
+    params = {"c0": {"kernel": np.eye(3, 4)[None, None]}, "n0": {"scale": np.ones(4), "bias": np.zeros(4)},
+              "c1": {"kernel": np.eye(4)[None, None, None]}, "a1": {"slope": np.ones((1, 4))},
+              "head": {"kernel": np.eye(4, 2), "bias": np.zeros(2)}}
+    values = apply_graph(g, params, {"n0": {"mean": np.zeros(4), "var": np.ones(4)}}, x[..., :3], all_nodes=True)
+    assert values["c1"].shape == (2, 1, 1, 4)  # 5x5 → 2x2 max-pool → 2x2 → stride-2 1x1 conv → 1x1
+    np.testing.assert_allclose(values["c1"][:, 0, 0], values["c0"][:, :2, :2].max(axis=(1, 2)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("train", [False, True])

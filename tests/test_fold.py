@@ -20,7 +20,7 @@ from normjax.analysis.fold import (FEdge, FNode, Folded, apply_folded, apply_gra
 from normjax.analysis.graph import Edge, Graph, Node, Op, subtree
 from normjax.config import DEFAULTS
 from normjax.errors import UserError
-from normjax.models import build_model
+from normjax.models import BottleneckResNet, build_model
 
 RTOL = 1e-5
 SHAPE = (8, 8, 2)
@@ -34,7 +34,18 @@ def _model(name: str, depth: int, shortcut: bool = True, activation: str = "prel
            shape: tuple = SHAPE, classes: int = 3):
     """Graph, templates and a jitted eval-mode forward of a tiny model (built abstractly: fast)."""
     cfg = dict(DEFAULTS["model"], name=name, depth=depth, activation=activation, width=width, shortcut=shortcut)
-    abstract = nnx.eval_shape(lambda: build_model(cfg, num_classes=classes, image_shape=shape, rngs=nnx.Rngs(0)))
+    return _wrap(nnx.eval_shape(lambda: build_model(cfg, num_classes=classes, image_shape=shape, rngs=nnx.Rngs(0))))
+
+
+@functools.cache
+def _bottleneck(stem: str = "imagenet"):
+    """`_model` of a tiny bottleneck ResNet (one block per stage, widths 2-16, PReLU)."""
+    return _wrap(nnx.eval_shape(lambda: BottleneckResNet(num_classes=3, width=2, stem=stem, stages=(1, 1, 1, 1),
+                                                         activation="prelu", rngs=nnx.Rngs(0))))
+
+
+def _wrap(abstract):
+    """Graph, parameter and statistics templates, and a jitted eval-mode forward of an abstract model."""
     gdef, p, s = nnx.split(abstract, nnx.Param, nnx.BatchStat)
 
     @jax.jit
@@ -211,6 +222,43 @@ def test_spatial_mode_keeps_maxpool_as_a_barrier():
     assert [e.pre for n in folded.nodes for e in n.operands] == [None, "maxpool", "maxpool", "avgpool"]
 
 
+def test_bottleneck_imagenet_stem_folds_exactly():
+    """The imagenet stem's 3x3 stride-2 max-pool with padding 1 (`maxpool3`): the graph and the
+    folded net evaluate it as the model does, and size the maps after it as it does. At 18x18 the
+    stem's 9x9 map pools to 5x5 (a 2x2 pool would give 4x4 and other values)."""
+    shape = (18, 18, 3)
+    graph, p0, s0, forward = _bottleneck()
+    base, stats_ = _randomize(p0, s0, seed=11)
+    x = _x(shape, n=2)
+    ref = forward(base, stats_, x)
+    values = jax.jit(functools.partial(apply_graph, graph, all_nodes=True))(base, stats_, x)
+    _close(values["logits"], ref)
+    assert values["stem"].shape[1:3] == (9, 9) and values["s1.b0.act1"].shape[1:3] == (5, 5)
+    # nothing linear: BN folds away; the graph and the folded net count the same convs at the same sizes
+    bn_flops = sum(2 * values[n.name].shape[1] * values[n.name].shape[2] * n.channels
+                   for n in graph.nodes for e in n.operands for op in e.ops if op.kind == "bn")
+    folded = fold(graph, base, stats_)
+    _close(apply_jit(folded, x), ref)
+    assert (stats(graph, input_shape=shape, params=base)["flops"] - bn_flops
+            == stats(folded, input_shape=shape)["flops"])
+    # the stem linear: the pool is a barrier, the stem node stays (a pass-through); s1.b0.act1
+    # linear: its pooled 1x1 conv composes with the 3x3 conv after it, its bias becomes a 5x5 map
+    params = _linear(base, graph, ["stem", "s1.b0.act1"])
+    ref = forward(params, stats_, x)
+    folded = fold(graph, params, stats_, input_shape=shape)
+    _close(apply_jit(folded, x), ref)
+    assert list(folded.eliminated) == ["s1.b0.act1"] and folded.nodes[1].act == "linear"
+    act2 = folded.nodes[folded.names().index("s1.b0.act2")]
+    assert [(e.src, e.pre, e.kernel.shape[0]) for e in act2.operands] == [(1, "maxpool3", 3)]
+    assert act2.bias.shape == (5, 5, 2)
+    # everything linear, spatial mode: every out-edge of the stem node pools, so it stays; the
+    # blocks collapse into one strided conv, which stays before the pooled head
+    folded = fold(graph, _linear(base, graph, graph.names()), stats_, spatial=True, input_shape=shape)
+    assert folded.names() == ["input", "stem", "s4.b0.act3", "logits"]
+    assert [e.pre for n in folded.nodes for e in n.operands] == [None, "maxpool3", "avgpool"]
+    assert stats(folded, input_shape=shape)["depth"] == 3
+
+
 def _chain(k1: int, stride1: int, k2: int, act2: str = "relu"):
     """input(2) → a: conv k1 (stride1) + BN, linear PReLU → b: conv k2 + BN, `act2` → logits (pool, dense)."""
     g = Graph((Node("in", 2, "input", ()),
@@ -375,11 +423,12 @@ def trained_run(tmp_path_factory):
 def _slope_deviation(rundir) -> dict:
     """Per hidden node of the run's checkpoint, max |1 - slope| (read independently of fold)."""
     from normjax.training.checkpoint import read_latest_items
-    from normjax.training.loop import dataset_for, program_for
+    from normjax.training.inputs import input_for
+    from normjax.training.loop import program_for
     from normjax.training.rundir import read_json
 
     cfg = read_json(rundir / "config.json")
-    a = program_for(cfg, dataset_for(cfg)).abstract_state()
+    a = program_for(cfg, input_for(cfg)).abstract_state()
     _, items = read_latest_items(rundir / "checkpoints", {"params": a.params})
     h = jax.device_get(items["params"])["hidden"]
     slopes = [h["first"]["act"]["slope"], *h["rest"]["act"]["slope"]]

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import small_config
 from normjax import metrics
+from normjax.training.inputs import input_for
 from normjax.training.loop import dataset_for, program_for, train
 from normjax.training.rundir import RunDir
 
@@ -64,7 +65,7 @@ def test_uniform_elr_run_has_spread_one_and_per_layer_lr(tmp_path):
 def test_hooks_run_only_on_logged_slots_and_do_not_change_training():
     cfg = small_config(log={"metrics": ["elr", "layer_norms"]})
     ds = dataset_for(cfg)
-    program = program_for(cfg, ds)
+    program = program_for(cfg, input_for(cfg))
     images, labels = jax.numpy.asarray(ds.train_images), jax.numpy.asarray(ds.train_labels.astype(np.int32))
     stack = lambda s: jax.tree.map(lambda x: x[None], s)  # noqa: E731
     mask = np.zeros(program.chunk, bool)
@@ -97,7 +98,7 @@ def test_layer_norms_global_norms_equal_optax_tree_norm():
     import optax
 
     cfg = small_config(model={"name": "resnet", "depth": 8, "width": 8})
-    program = program_for(cfg, dataset_for(cfg))
+    program = program_for(cfg, input_for(cfg))
     p = program.init_state(cfg).params
     g = jax.tree.map(lambda x: x * 0.5 + 1.0, p)
     u = jax.tree.map(lambda x: x * 0.1, p)

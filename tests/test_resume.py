@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 from normjax.training.checkpoint import Checkpointer
-from normjax.training.loop import dataset_for, program_for, restore_state
+from normjax.training.inputs import input_for
+from normjax.training.loop import program_for, restore_state
 
 ARGS = ["--set", "model.depth=4", "--set", "model.width=1024", "--set", "train.steps=600",
         "--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=8", "--set", "log.every=4"]
@@ -28,7 +29,7 @@ def _train(workdir, wait=True):
 def _state(workdir):
     from normjax.config import load_config
     cfg = load_config("experiments/mlp_digits.py", overrides=[a for a in ARGS if a != "--set"])
-    state, _ = restore_state(Checkpointer(workdir / "checkpoints"), program_for(cfg, dataset_for(cfg)))
+    state, *_ = restore_state(Checkpointer(workdir / "checkpoints"), program_for(cfg, input_for(cfg)))
     return jax.device_get(state)
 
 

@@ -192,10 +192,11 @@ def test_smoke_sweep_interrupted_and_resumed(tmp_path):
 
 def test_auto_group_size_by_backend(monkeypatch):
     from normjax.sweep.runner import auto_group_size
-    from normjax.training.loop import dataset_for, program_for
+    from normjax.training.inputs import input_for
+    from normjax.training.loop import program_for
     mlp = small_config()
     conv = small_config(model={"name": "resnet", "depth": 8})
-    p_mlp, p_conv = program_for(mlp, dataset_for(mlp)), program_for(conv, dataset_for(conv))
+    p_mlp, p_conv = program_for(mlp, input_for(mlp)), program_for(conv, input_for(conv))
     assert auto_group_size(p_conv, 12) == 1 and auto_group_size(p_mlp, 12) == 8 and auto_group_size(p_mlp, 3) == 3
     # The accelerator branch: sized from the compiled step's memory analysis (CPU reports no limit).
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")

@@ -12,7 +12,8 @@ from conftest import small_config
 from normjax.cli import main
 from normjax.training.checkpoint import Checkpointer
 from normjax.models import per_layer
-from normjax.training.loop import dataset_for, program_for, restore_state, state_items, train, warm_start
+from normjax.training.inputs import input_for
+from normjax.training.loop import program_for, restore_state, state_items, train, warm_start
 from normjax.training.rundir import RunDir
 
 
@@ -21,8 +22,8 @@ def _rows(workdir):
 
 
 def _final_params(workdir, cfg):
-    program = program_for(cfg, dataset_for(cfg))
-    state, _ = restore_state(Checkpointer(workdir / "checkpoints"), program)
+    program = program_for(cfg, input_for(cfg))
+    state, *_ = restore_state(Checkpointer(workdir / "checkpoints"), program)
     return jax.device_get(state.params)
 
 
@@ -80,7 +81,7 @@ def test_sweep_values_compile_nothing_new(tmp_path):
 def _checkpoint_steps(run) -> dict[int, int]:
     """{checkpoint name: the step its state holds}."""
     cfg = json.loads((run / "config.json").read_text())
-    meta = state_items(program_for(cfg, dataset_for(cfg)).abstract_state(), 0.0)["meta"]
+    meta = state_items(program_for(cfg, input_for(cfg)).abstract_state(), 0.0)["meta"]
     meta["elapsed"] = jax.ShapeDtypeStruct((), np.float64)
     ckpt = Checkpointer(run / "checkpoints", read_only=True)
     return {s: int(ckpt.restore({"meta": meta}, step=s)[1]["meta"]["step"]) for s in ckpt.steps()}
@@ -109,7 +110,7 @@ def test_divergence_stops_cleanly(tmp_path, capsys):
 def test_an_infinite_gradient_with_a_finite_loss_diverges_on_host_and_device_alike(tmp_path):
     """One rule: the device freezes on a non-finite loss or gradient norm, and the records say so."""
     cfg = small_config(train={"steps": 16}, checkpoint={"every": 8})
-    program = program_for(cfg, dataset_for(cfg))
+    program = program_for(cfg, input_for(cfg))
     state = program.init_state(cfg)
     params = jax.tree.map(np.array, jax.device_get(state.params))
     params["hidden"]["rest"]["bn"]["scale"][1] *= 1e30  # logits ~1e30: finite loss, gradient norm overflows
@@ -147,10 +148,10 @@ def test_warm_start_takes_params_with_a_new_optimizer(tmp_path):
     key fresh from the new config."""
     cfg_a = small_config(train={"steps": 24})
     train(cfg_a, tmp_path / "a")
-    src, _ = restore_state(Checkpointer(tmp_path / "a" / "checkpoints"), program_for(cfg_a, dataset_for(cfg_a)))
+    src, *_ = restore_state(Checkpointer(tmp_path / "a" / "checkpoints"), program_for(cfg_a, input_for(cfg_a)))
     assert int(src.step) == 24
     cfg_b = small_config(optim={"lr": 0.01, "momentum": 0.0}, train={"steps": 8, "init_from": str(tmp_path / "a")})
-    program = program_for(cfg_b, dataset_for(cfg_b))
+    program = program_for(cfg_b, input_for(cfg_b))
     fresh = program.init_state(cfg_b)
     warm = warm_start(program.init_state(cfg_b), program, cfg_b["train"]["init_from"])  # as train() does
     jax.tree.map(np.testing.assert_array_equal, warm.params, src.params)
@@ -219,7 +220,7 @@ def test_data_order_is_each_epochs_permutation_whatever_the_chunking(chunk):
     """Batches come from the permutation of (seed, epoch) alone: the orders drawn once per chunk
     cover every epoch the chunk reaches, from any starting offset within an epoch."""
     cfg = small_config(train={"steps_per_dispatch": chunk})
-    program = program_for(cfg, dataset_for(cfg))
+    program = program_for(cfg, input_for(cfg))
     spe, b, n = program.steps_per_epoch, program.batch_size, 1437
     assert spe == 22
     base = jax.random.fold_in(jax.random.key(np.uint32(cfg["train"]["seed"])), 1)

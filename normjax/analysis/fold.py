@@ -38,8 +38,8 @@ Rules, in the order they are applied, and why:
      (the deviation is confined to a border ring of width `(k_B - 1)/2` per composition, in B's
      output). The default (exact) mode never composes them; `spatial=True` does, the same formula,
      exact in the interior only (`normjax fold --spatial` reports the measured deviation);
-   - **maxpool is a barrier**: it is not linear, so nothing composes across it (a node whose
-     out-edge max-pools is never eliminated);
+   - **max-pooling is a barrier** (`maxpool`, `maxpool3`): it is not linear, so nothing composes
+     across it (a node whose out-edge max-pools is never eliminated);
    - global average pooling then dense (the head): composes only with an identity or a 1x1
      stride-1 conv before it (which commute with the spatial mean); after a spatial or strided
      conv it stays as is, in both modes (a mean over a zero-padded map is not a mean of a
@@ -86,13 +86,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from normjax.analysis.graph import Graph, subtree
+from normjax.analysis.graph import MAXPOOLS, Graph, subtree
 
 __all__ = ["FEdge", "FNode", "Folded", "apply_folded", "apply_graph", "compose_conv", "fold", "load_folded",
            "save_folded", "stats"]
 
 PyTree = Any
-PRES = (None, "maxpool", "avgpool", "flatten")
+PRES = (None, "maxpool", "maxpool3", "avgpool", "flatten")
 KINDS = ("identity", "conv", "dense")
 FOLDED_ACTS = ("input", "linear", "relu", "prelu", "output")
 LINEAR_ACTS = ("linear", "identity")  # acts of a graph node that are linear by definition
@@ -103,7 +103,8 @@ _HI = jax.lax.Precision.HIGHEST
 class FEdge(NamedTuple):
     """An operand of a folded node: node `src`'s value through `pre`, then one linear map.
 
-    `pre`: None, `maxpool` (2x2, stride 2, skipped on maps smaller than 2), `avgpool` (global
+    `pre`: None, `maxpool` (2x2, stride 2, skipped on maps smaller than 2), `maxpool3` (3x3,
+    stride 2, padding 1), as the graph's ops (`normjax.analysis.graph.Op`), `avgpool` (global
     mean over space) or `flatten`. `kind`: `identity` (`kernel` None), `conv` (`kernel`
     `[k, k, cin, cout]` HWIO, odd k, zero padding (k-1)/2, `stride`) or `dense` (`kernel`
     `[cin, cout]`). No bias: biases live on nodes.
@@ -234,12 +235,21 @@ def _spatial_kernel(e: FEdge) -> bool:
     return e.kind == "conv" and e.kernel.shape[0] > 1
 
 
+def _pooled_hw(hw: tuple[int, int], pre: str | None) -> tuple[int, int]:
+    """Spatial size after max-pool `pre` (unchanged for None and for a map the pool skips)."""
+    if pre not in MAXPOOLS:
+        return hw
+    k, s, p = MAXPOOLS[pre]
+    if min(hw) + 2 * p < k:  # the 2x2 pool skips maps smaller than 2
+        return hw
+    return ((hw[0] + 2 * p - k) // s + 1, (hw[1] + 2 * p - k) // s + 1)
+
+
 def _out_hw(hw: tuple[int, int] | None, e: FEdge) -> tuple[int, int] | None:
     """Spatial size after edge `e` (None: a vector, or unknown)."""
     if hw is None or e.pre in ("avgpool", "flatten") or e.kind == "dense":
         return None
-    if e.pre == "maxpool" and min(hw) >= 2:
-        hw = (hw[0] // 2, hw[1] // 2)
+    hw = _pooled_hw(hw, e.pre)
     if e.kind == "conv":
         k, s = e.kernel.shape[0], e.stride
         p = (k - 1) // 2
@@ -255,11 +265,11 @@ def _read_edge(graph: Graph, node_index: int, edge, params: PyTree, stats_: PyTr
     name = graph.nodes[node_index].name
     pre, kind, kernel, stride, bias, vector = None, "identity", None, 1, None, vector_in
     for op in edge.ops:
-        if op.kind in ("maxpool", "avgpool", "flatten"):
+        if op.kind in MAXPOOLS or op.kind in ("avgpool", "flatten"):
             if kind != "identity" or pre is not None or bias is not None or vector:
                 raise ValueError(f"node {name!r}: {op.kind} after a weight layer, a pooling or on a vector "
                                  "is not supported by fold")
-            pre, vector = op.kind, op.kind != "maxpool"
+            pre, vector = op.kind, op.kind not in MAXPOOLS
         elif op.kind in ("conv", "dense"):
             if kind != "identity" or bias is not None:
                 raise ValueError(f"node {name!r}: more than one weight layer on an edge is not supported by fold")
@@ -347,7 +357,7 @@ class _Work:
 
     def compose(self, a: FEdge, b: FEdge) -> FEdge | None:
         """One edge computing b(a(x)) (module docstring, rule 4), or None."""
-        if b.pre == "maxpool":
+        if b.pre in MAXPOOLS:
             return None
         if b.pre in ("avgpool", "flatten"):
             if a.kind == "identity" and a.pre is None:
@@ -505,10 +515,12 @@ def fold(graph: Graph, params: PyTree, batch_stats: PyTree, *, spatial: bool = F
 # ---- running --------------------------------------------------------------------------------
 
 def _pool(h: jax.Array, pre: str | None) -> jax.Array:
-    if pre == "maxpool":
-        if min(h.shape[1:3]) >= 2:
-            return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-        return h
+    if pre in MAXPOOLS:
+        k, s, p = MAXPOOLS[pre]
+        if min(h.shape[1:3]) + 2 * p < k:  # the 2x2 pool skips maps smaller than 2
+            return h
+        return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1),
+                                     ((0, 0), (p, p), (p, p), (0, 0)))
     if pre == "avgpool":
         return h.mean(axis=(1, 2))
     if pre == "flatten":
@@ -586,7 +598,7 @@ def apply_graph(graph: Graph, params: PyTree, batch_stats: PyTree, x: jax.Array,
         for e in node.operands:
             y = values[e.src]
             for op in e.ops:
-                if op.kind in ("maxpool", "avgpool", "flatten"):
+                if op.kind in MAXPOOLS or op.kind in ("avgpool", "flatten"):
                     y = _pool(y, op.kind)
                     continue
                 p = subtree(params, op.path, op.index)
@@ -646,8 +658,8 @@ def _graph_stats(graph: Graph, params: PyTree, input_shape: tuple) -> dict:
         for e in node.operands:
             hw, n_w = hws[e.src], 0
             for op in e.ops:
-                if op.kind == "maxpool":
-                    hw = (hw[0] // 2, hw[1] // 2) if min(hw) >= 2 else hw
+                if op.kind in MAXPOOLS:
+                    hw = _pooled_hw(hw, op.kind)
                 elif op.kind in ("avgpool", "flatten"):
                     hw = None
                 elif op.kind in ("conv", "dense"):

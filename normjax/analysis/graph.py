@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
-OP_KINDS = ("conv", "dense", "bn", "maxpool", "avgpool", "flatten")
+OP_KINDS = ("conv", "dense", "bn", "maxpool", "maxpool3", "avgpool", "flatten")
+# (window, stride, padding) of each max-pool kind; padded positions hold -inf (never the maximum)
+MAXPOOLS = {"maxpool": (2, 2, 0), "maxpool3": (3, 2, 1)}
 ACTS = ("input", "relu", "prelu", "output")
 
 
@@ -34,9 +36,12 @@ class Op(NamedTuple):
 
     `kind`: `conv` (params[path]['kernel'], square, padding (k-1)/2, `stride`), `dense`
     (params[path]['kernel'] and 'bias' if present), `bn` (params[path]['scale'|'bias'],
-    batch_stats[path]['mean'|'var'], `eps`), `maxpool` (2x2, stride 2, skipped on maps smaller
-    than 2), `avgpool` (global mean over space), `flatten`. `index` selects a stacked layer's
-    slice along axis 0.
+    batch_stats[path]['mean'|'var'], `eps`), `maxpool` (2x2, stride 2, no padding, skipped on maps
+    smaller than 2), `maxpool3` (3x3, stride 2, padding 1 with -inf: torchvision's
+    `MaxPool2d(3, 2, 1)`, the ImageNet ResNet stem's; an `[H, W]` map becomes
+    `[ceil(H/2), ceil(W/2)]`), `avgpool` (global mean over space), `flatten`. `index` selects a
+    stacked layer's slice along axis 0. `MAXPOOLS` holds each max-pool's window, stride and
+    padding; a max-pool's `stride` field is unused.
     """
 
     kind: str
@@ -80,6 +85,7 @@ class Graph(NamedTuple):
         return [i for i, n in enumerate(self.nodes) if n.act in ("relu", "prelu")]
 
     def names(self) -> list[str]:
+        """Names of the nonlinearity nodes, in the order of `hidden`."""
         return [self.nodes[i].name for i in self.hidden()]
 
     def to_json(self) -> list[dict]:
@@ -90,6 +96,14 @@ class Graph(NamedTuple):
 
     @classmethod
     def from_json(cls, data: list[dict]) -> "Graph":
+        """The graph `to_json` wrote; files written before the `maxpool3` op existed load unchanged.
+
+        Args:
+          data: the list `to_json` returned, e.g. read back from a run directory's `graph.json`.
+
+        Returns:
+          The `Graph`, equal to the one written.
+        """
         def op(x):
             kind, path, index, stride, eps = x
             return Op(kind, tuple(path), index, stride, eps)

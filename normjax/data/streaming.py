@@ -53,9 +53,10 @@ import io
 import json
 import math
 import os
+import itertools
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -728,7 +729,9 @@ class DevicePrefetcher:
     Each host batch (this process's share) becomes a global `jax.Array` with
     `jax.make_array_from_process_local_data(sharding, ...)`; with `stack=k`, k consecutive host
     batches are stacked first ([k, L, ...], for a chunk of k fused steps: pass a sharding that
-    shards axis 1). When the wrapped iterator has `get_state`, this one's `get_state` is the
+    shards axis 1). `stack` may also be an iterable of sizes, one per item (chunks cut at
+    checkpoints), and `pad_to` pads each stack to a fixed length by repeating its last batch,
+    so a compiled chunk sees one shape; the iteration ends with the sizes. When the wrapped iterator has `get_state`, this one's `get_state` is the
     wrapped state after the last batch handed out, not after the ones prefetched, so it is what
     a checkpoint taken now must hold.
 
@@ -738,7 +741,9 @@ class DevicePrefetcher:
         key -> sharding.
       size: batches kept on device ahead of the consumer.
       keys: the keys placed; the others (e.g. 'index') are dropped.
-      stack: k > 0 stacks k host batches per item; 0 places them one by one.
+      stack: k > 0 stacks k host batches per item; 0 places them one by one; or an iterable
+        of per-item sizes.
+      pad_to: stacks shorter than this are padded with copies of their last batch.
 
     Example:
       >>> import jax
@@ -759,10 +764,15 @@ class DevicePrefetcher:
         *,
         size: int = 2,
         keys: Sequence[str] = ('image', 'label'),
-        stack: int = 0,
+        stack: int | Iterable[int] = 0,
+        pad_to: int = 0,
     ) -> None:
         _check_int('prefetch size', size, 1)
-        self._stack = _check_int('stack', stack, 0)
+        if isinstance(stack, (int, np.integer)):
+            self._sizes = itertools.repeat(_check_int('stack', stack, 0)) if stack else None
+        else:
+            self._sizes = iter(stack)
+        self._pad_to = _check_int('pad_to', pad_to, 0)
         self._source, self._sharding, self._keys = batches, sharding, tuple(keys)
         get_state = getattr(batches, 'get_state', None)
         self._get_state = get_state if callable(get_state) else None
@@ -785,8 +795,10 @@ class DevicePrefetcher:
     def _fill(self) -> None:
         try:
             while not self._stop.is_set():
-                if self._stack:
-                    parts = [next(self._source) for _ in range(self._stack)]
+                if self._sizes is not None:
+                    n = _check_int('stack size', next(self._sizes), 1)
+                    parts = [next(self._source) for _ in range(n)]
+                    parts += parts[-1:] * (self._pad_to - n)
                     host = {k: np.stack([p[k] for p in parts]) for k in self._keys}
                 else:
                     host = next(self._source)
@@ -934,12 +946,17 @@ class StreamingSource:
         global_batch: int,
         *,
         split: str | None = None,
+        limit: int | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """One ordered pass over `split` (default `info.eval_split`) in padded batches (see `eval_batches`)."""
+        """One ordered pass over `split` (default `info.eval_split`), or its first `limit` records,
+        in padded batches (see `eval_batches`)."""
         index, count = _process(process_index, process_count)
-        return eval_batches(self.source(split or self.info.eval_split), global_batch, size=self.size,
+        records = self.source(split or self.info.eval_split)
+        if limit is not None and limit < len(records):
+            records = _Head(records, _check_int('limit', limit, 1))
+        return eval_batches(records, global_batch, size=self.size,
                             channels=self.info.channels, crop=self.eval_crop, process_index=index,
                             process_count=count, workers=self.workers)
 
@@ -963,6 +980,26 @@ class StreamingSource:
         images = np.stack([decode_crop_resize(r['image'], box, self.size, self.info.channels)
                            for r in _read(src, picks)])
         return channel_stats(images)
+
+
+class _Head(Sequence):
+    """The first `n` records of a random-access source (picklable, for grain workers)."""
+
+    def __init__(self, source: Sequence[dict], n: int) -> None:
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:  # type: ignore[override]
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.source[i]
+
+    def __getitems__(self, keys: Sequence[int]) -> list[dict]:
+        if any(not 0 <= k < self.n for k in keys):
+            raise IndexError(keys)
+        return _read(self.source, np.asarray(keys, np.int64))
 
 
 def _process(index: int | None, count: int | None) -> tuple[int, int]:

@@ -221,10 +221,9 @@ class BottleneckResNet(nnx.Module):
     and bias, a dense head with bias). Initialization is normjax's (He-normal fan-in convs, BN
     scale 1 everywhere, as `ResNet`); torchvision draws conv kernels fan-out.
 
-    `graph()` places the stem's max-pool as an `Op("maxpool")` at the start of the edges out of
-    the stem node: APL and depth counts are exact, but `normjax.analysis.fold` evaluates that op
-    as a 2x2 stride-2 max-pool, so `apply_graph` and `fold` reproduce the model only with the
-    `cifar` stem.
+    `graph()` places the stem's max-pool as an `Op("maxpool3")` (3x3, stride 2, padding 1) at the
+    start of the edges out of the stem node, so `normjax.analysis.fold` evaluates the model with
+    either stem.
 
     Args:
       depth: 50, 101 or 152 (ignored when `stages` is given).
@@ -331,8 +330,8 @@ class BottleneckResNet(nnx.Module):
         """Nonlinearities and the linear maps between them (`normjax.analysis.graph`).
 
         Three nodes per block (`act1`, `act2`, `act3`; `act3` sums the residual branch and the
-        shortcut); the `imagenet` stem's max-pool opens every edge out of the stem node (see the
-        class docstring).
+        shortcut); the `imagenet` stem's max-pool (`Op("maxpool3")`) opens every edge out of the
+        stem node.
         """
         eps, act = self.bn_eps, self.act
 
@@ -344,7 +343,7 @@ class BottleneckResNet(nnx.Module):
                  Node("stem", self.widths[0], act, (Edge(0, conv_bn((), "stem_conv", "stem_bn", None, stem_stride)),),
                       ("stem_act",))]
         for s, b, prefix, idx, stride in self._blocks():
-            pool = (Op("maxpool"),) if self.stem == "imagenet" and s == 1 and b == 0 else ()
+            pool = (Op("maxpool3"),) if self.stem == "imagenet" and s == 1 and b == 0 else ()
             prev, mid = len(nodes) - 1, self.widths[s - 1]
             name = f"s{s}.b{b}"
             nodes.append(Node(f"{name}.act1", mid, act, (Edge(prev, pool + conv_bn(prefix, "conv1", "bn1", idx, 1)),),

@@ -33,8 +33,8 @@ JSON_NAME = "fold.json"
 def _load(rundir: Path):
     """Config, dataset, program, step, params, batch stats and graph of a run's latest checkpoint."""
     from normjax.training.loop import read_run
-    cfg, ds, program, step, items = read_run(rundir)
-    return cfg, ds, program, step, items["params"], items["batch_stats"], program.graph
+    cfg, inp, program, step, items = read_run(rundir)
+    return cfg, inp, program, step, items["params"], items["batch_stats"], program.graph
 
 
 def _batched(fn, images: np.ndarray, batch: int) -> np.ndarray:
@@ -79,12 +79,12 @@ def fold_run(rundir: str | os.PathLike, *, tolerance: float | None = None, spati
 
     check_tolerance(tolerance)
     rundir = Path(rundir).expanduser().absolute()
-    cfg, ds, program, step, params, batch_stats, graph = _load(rundir)
+    cfg, inp, program, step, params, batch_stats, graph = _load(rundir)
     tol = float(cfg["optim"]["prelu_tolerance"] if tolerance is None else tolerance)
     params = jax.device_get(params)
     batch_stats = jax.device_get(batch_stats)
     linear_params = linearize(graph, params, tol)
-    shape = tuple(int(s) for s in ds.image_shape)
+    shape = tuple(int(s) for s in program.data.image_shape)
     try:
         folded = fold(graph, linear_params, batch_stats, spatial=spatial, input_shape=shape)
     except ValueError as e:
@@ -93,7 +93,8 @@ def fold_run(rundir: str | os.PathLike, *, tolerance: float | None = None, spati
     original = jax.jit(lambda p, s, x: program.apply(p, s, program.preprocess(x, None), train=False)[0])
     folded_fn = jax.jit(lambda f, x: apply_folded(f, preprocess(x, None, mean=program.data.mean,
                                                                  std=program.data.std)))
-    images, labels = ds.test_images, np.asarray(ds.test_labels)
+    images, labels = inp.sample("test")  # streamed: the first SAMPLE_LIMIT records
+    labels = np.asarray(labels)
     batch = max(1, min(int(cfg["train"]["eval_batch_size"]), images.shape[0]))
     trained = _batched(lambda x: original(params, batch_stats, x), images, batch)
     linear = _batched(lambda x: original(linear_params, batch_stats, x), images, batch)

@@ -32,7 +32,8 @@ from normjax.paths import as_path
 from normjax.sweep.spec import RunSpec, expand, merge_manifest
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.lock import Heartbeat, RunLock
-from normjax.training.loop import FINISHED, config_diff, dataset_for, program_for, train_group
+from normjax.training.inputs import input_for
+from normjax.training.loop import FINISHED, config_diff, program_for, train_group
 from normjax.training.rundir import RunDir, read_json, write_json
 
 
@@ -81,7 +82,7 @@ def _groups(runs: list[RunSpec], workdir, group_size: int) -> tuple[list[list[st
     programs, failed = {}, {}
     for r in runs:
         try:
-            program = program_for(r.config, dataset_for(r.config))
+            program = program_for(r.config, input_for(r.config))
         except Exception as e:  # noqa: BLE001 - recorded as a failed run
             failed[r.name] = _error_text(e)
             continue
@@ -91,7 +92,8 @@ def _groups(runs: list[RunSpec], workdir, group_size: int) -> tuple[list[list[st
         keyed.setdefault((id(program), step or 0), []).append(r)
     out, notes = [], []
     for (pid, _), members in keyed.items():
-        size = group_size or auto_group_size(programs[pid], len(members))
+        # Streamed runs train one at a time: each reads its own batches.
+        size = 1 if programs[pid].data.streaming else group_size or auto_group_size(programs[pid], len(members))
         # Balanced groups (12 runs by 8 -> 6 + 6): equal group shapes compile once.
         k = -(-len(members) // size)
         bounds = [round(j * len(members) / k) for j in range(k + 1)]
@@ -126,7 +128,7 @@ def check_datasets(runs: list[RunSpec]) -> None:
         key = json.dumps(r.config["data"], sort_keys=True)
         if key not in seen:
             seen.add(key)
-            dataset_for(r.config)
+            input_for(r.config)
 
 
 def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | os.PathLike | None = None,

@@ -1,22 +1,22 @@
 """The one training loop every experiment uses. It knows nothing about either study: they plug
 in optimizers (`register_optimizer`) and in-step metrics (`register_metric`).
 
-Reads top to bottom: config → devices → data → compiled program → run dir → restore or init →
-chunks of fused steps (metrics of chunk k are fetched while chunk k+1 runs) → checkpoints →
-final evaluation → summary.
+Reads top to bottom: config → devices → data (held on device or streamed,
+`normjax.training.inputs`) → compiled program → run dir → restore or init → chunks of fused
+steps (metrics of chunk k are fetched while chunk k+1 runs) → checkpoints → final evaluation →
+summary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import json
 import math
 import os
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,14 +26,15 @@ from normjax import metrics as metrics_lib
 from normjax.analysis import apl as apl_lib
 from normjax.analysis import graph as graph_lib
 from normjax.config import DEFAULTS, validate
-from normjax.data import Dataset, load_dataset
+from normjax.data import Dataset
 from normjax.errors import UserError
 from normjax.parallel import (check_batch, check_same, data_mesh, decide, is_writer, maybe_initialize_distributed,
-                              put_replicated, replicated)
+                              replicated)
 from normjax.paths import as_path
 from normjax.training.checkpoint import Checkpointer, read_latest_items
+from normjax.training.inputs import MemoryInput, StreamInput, chunk_sizes, input_for, state_array, state_template
 from normjax.training.lock import Heartbeat, RunLock
-from normjax.training.program import DataSpec, Program, TrainState, get_program, static_key
+from normjax.training.program import Program, TrainState, get_program, static_key
 from normjax.training.progress import Progress
 from normjax.training.rundir import RunDir, read_json, write_json
 
@@ -41,20 +42,16 @@ EXIT_DIVERGED = 3
 FINISHED = ("done", "diverged")
 
 
+Input = MemoryInput | StreamInput
+
+
 def dataset_for(cfg: dict) -> Dataset:
-    """The dataset a config names (cached: a sweep asks for the same data once per run)."""
-    return _dataset(json.dumps(cfg["data"], sort_keys=True))
-
-
-@functools.lru_cache(maxsize=4)
-def _dataset(data_json: str) -> Dataset:
-    d = json.loads(data_json)
-    return load_dataset(d["name"], data_dir=d["data_dir"] or None, synthetic=d["synthetic"])
-
-
-def data_spec(ds: Dataset) -> DataSpec:
-    return DataSpec(num_train=int(ds.train_images.shape[0]), image_shape=tuple(ds.image_shape),
-                    num_classes=int(ds.num_classes), mean=tuple(ds.mean), std=tuple(ds.std))
+    """The in-memory dataset a config names (cached); a one-line error for a streamed one."""
+    inp = input_for(cfg)
+    if inp.streaming:
+        raise UserError(f"dataset {inp.name!r} streams (data.pipeline resolves to stream): this command needs it in "
+                        "memory; set data.pipeline=memory for a dataset that fits")
+    return inp.ds
 
 
 def total_steps(cfg: dict, num_train: int) -> int:
@@ -62,27 +59,30 @@ def total_steps(cfg: dict, num_train: int) -> int:
     return t["steps"] or max(1, math.ceil(t["epochs"] * max(1, num_train // t["batch_size"])))
 
 
-def program_for(cfg: dict, ds: Dataset) -> Program:
+def program_for(cfg: dict, inp: Input) -> Program:
     """Validate against the data and devices, then the (cached) compiled program."""
     mesh = data_mesh()
     check_batch(cfg["train"]["batch_size"], mesh)
-    if cfg["train"]["batch_size"] > ds.train_images.shape[0]:
-        raise UserError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {ds.train_images.shape[0]} "
-                        f"training examples of {ds.name!r}")
-    spec = data_spec(ds)
+    spec = inp.spec
+    if cfg["train"]["batch_size"] > spec.num_train:
+        raise UserError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {spec.num_train} "
+                        f"training examples of {inp.name!r}")
     return get_program(static_key(cfg, spec, total_steps(cfg, spec.num_train), mesh.devices.size))
 
 
-def state_items(state: TrainState, elapsed: float) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state,
-            "meta": {"step": state.step, "key": state.key, "diverged": state.diverged,
-                     "elapsed": np.float64(elapsed)}}
+def state_items(state: TrainState, elapsed: float, data: Any = None) -> dict:
+    """A checkpoint's items: the train state, and the input pipeline's state (`data`, streamed only)."""
+    items = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state,
+             "meta": {"step": state.step, "key": state.key, "diverged": state.diverged,
+                      "elapsed": np.float64(elapsed)}}
+    return items if data is None else items | {"data": {"state": data}}
 
 
-def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, float] | None:
-    """The newest checkpoint of a run as `(state, elapsed wall time)`, or None to start afresh."""
+def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, float, np.ndarray | None] | None:
+    """The newest checkpoint of a run as `(state, elapsed wall time, input-pipeline state or
+    None)`, or None to start afresh."""
     abstract = program.abstract_state()
-    templates = state_items(abstract, 0.0)
+    templates = state_items(abstract, 0.0, state_template() if program.data.streaming else None)
     templates["meta"]["elapsed"] = jax.ShapeDtypeStruct((), np.float64)
     resumed = ckpt.resume(templates)  # corrupt steps are moved aside, other errors raised
     if resumed.message and is_writer():
@@ -93,7 +93,8 @@ def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, flo
     meta = it["meta"]
     state = TrainState(step=meta["step"], params=it["params"], batch_stats=it["batch_stats"],
                        opt_state=it["opt_state"], key=meta["key"], diverged=meta["diverged"])
-    return state, float(meta["elapsed"])
+    data = np.asarray(jax.device_get(it["data"]["state"])) if "data" in it else None
+    return state, float(meta["elapsed"]), data
 
 
 def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
@@ -112,36 +113,13 @@ def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
     return state.replace(params=it["params"], batch_stats=it["batch_stats"])
 
 
-def _pad_eval(images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    n = images.shape[0]
-    pad = (-n) % batch
-    return (np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]),
-            np.concatenate([labels.astype(np.int32), -np.ones(pad, np.int32)]))
-
-
-def eval_split(program: Program, images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple:
-    """A dataset split on device, padded to whole eval batches (labels -1 = padding), and its batch."""
-    n_dev = program.mesh.devices.size
-    batch = max(n_dev, min(batch_size, images.shape[0]) // n_dev * n_dev)
-    x, y = _pad_eval(images, labels, batch)
-    return put_replicated(x, program.mesh), put_replicated(y, program.mesh), batch
-
-
-def eval_splits(program: Program, ds: Dataset, cfg: dict) -> dict[str, tuple]:
-    """The train subset and test split a run's final evaluation uses (put on device once)."""
-    t = cfg["train"]
-    n = t["eval_train_examples"] or ds.train_images.shape[0]
-    return {"train": eval_split(program, ds.train_images[:n], ds.train_labels[:n], t["eval_batch_size"]),
-            "test": eval_split(program, ds.test_images, ds.test_labels, t["eval_batch_size"])}
-
-
-def final_metrics(program: Program, items: dict, splits: dict[str, tuple]) -> dict[str, float]:
-    """Loss and accuracy (BN in inference mode) of `{"params", "batch_stats"}` on each split:
-    `train_loss`, `test_accuracy`, ..."""
+def final_metrics(items: dict, evals: dict) -> dict[str, float]:
+    """Loss and accuracy (BN in inference mode) of `{"params", "batch_stats"}` on each split of
+    `evals` (`Input.eval_sets`): `train_loss`, `test_accuracy`, ..."""
     out = {}
-    for name, (x, y, batch) in splits.items():
-        res = jax.device_get(program.evaluate(items["params"], items["batch_stats"], x, y, batch))
-        out |= {f"{name}_loss": float(res["loss"]), f"{name}_accuracy": float(res["accuracy"])}
+    for name, run in evals.items():
+        res = run(items)
+        out |= {f"{name}_loss": res["loss"], f"{name}_accuracy": res["accuracy"]}
     return out
 
 
@@ -166,6 +144,7 @@ class _Run:
     start: int = 0                   # the step this call starts from (restored or 0)
     elapsed: float = 0.0             # wall time of the earlier sessions of this run
     saved: int | None = None         # the newest checkpoint's step
+    data: np.ndarray | None = None   # the restored input-pipeline state (streamed data)
     diverged_at: int | None = None   # the step whose loss or gradient was non-finite
     reason: str = ""
 
@@ -213,25 +192,26 @@ def train_group(cfgs: list[dict], workdirs: list[str | os.PathLike], *, progress
         r.summary = s
     active = [r for r in runs if r.summary is None]
     if active:
-        ds, program = _prepare(active)
+        inp, program = _prepare(active)
         with _locks(active if lock else []):
-            _train_active(active, ds, program, progress, announce)
+            _train_active(active, inp, program, progress, announce)
     return [r.summary for r in runs]
 
 
-def _train_active(active: list[_Run], ds: Dataset, program: Program, progress: bool | None, announce: bool) -> None:
+def _train_active(active: list[_Run], inp: Input, program: Program, progress: bool | None, announce: bool) -> None:
     """Open, train and finish the runs that are not finished yet."""
     state = _open_runs(active, program, announce)
-    images = put_replicated(ds.train_images, program.mesh)
-    labels = put_replicated(ds.train_labels.astype(np.int32), program.mesh)
     t_start = time.time()
     try:
-        state = _train_chunks(active, program, state, images, labels, t_start, progress)
+        feed = inp.feed(program, active[0].cfg, active[0].start, active[0].data)
+        try:
+            state = _train_chunks(active, program, state, feed, t_start, progress)
+        finally:
+            feed.close()
     except BaseException:
         _interrupted(active, program.total_steps)
         raise
-    del images, labels
-    _finish(active, program, ds, state, t_start)
+    _finish(active, program, inp, state, t_start)
 
 
 @contextlib.contextmanager
@@ -285,16 +265,18 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
     return ""
 
 
-def _prepare(runs: list[_Run]) -> tuple[Dataset, Program]:
+def _prepare(runs: list[_Run]) -> tuple[Input, Program]:
     """Validate every run against the data and devices before any run directory is touched."""
     for r in runs:
         validate(r.cfg)
-    ds = dataset_for(runs[0].cfg)
-    program = program_for(runs[0].cfg, ds)
+    inp = input_for(runs[0].cfg)
+    program = program_for(runs[0].cfg, inp)
     for r in runs[1:]:
-        if program_for(r.cfg, ds) is not program:
+        if program_for(r.cfg, inp) is not program:
             raise ValueError("a vectorized group needs runs that differ only in traced values")
-    return ds, program
+    if inp.streaming and len(runs) > 1:
+        raise ValueError("streamed runs train one at a time (each reads its own batches)")
+    return inp, program
 
 
 def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainState:
@@ -311,7 +293,7 @@ def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainSta
         r.ckpt = Checkpointer(r.dir.checkpoints, keep=r.cfg["checkpoint"]["keep"])
         restored = restore_state(r.ckpt, program)
         if restored:
-            state, r.elapsed = restored
+            state, r.elapsed, r.data = restored
             r.saved = int(state.step)
         else:
             state = program.init_state(r.cfg)
@@ -331,11 +313,12 @@ def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainSta
     return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), replicated(program.mesh))
 
 
-def _train_chunks(active: list[_Run], program: Program, state: TrainState, images: jax.Array,
-                  labels: jax.Array, t_start: float, progress: bool | None) -> TrainState:
-    """Fused chunks of steps up to the end (or until every run has diverged). The metrics of
-    chunk k are fetched and written while chunk k+1 runs; every run is checkpointed at its
-    `checkpoint.every` and at the end, unless it has diverged (a frozen state is never saved)."""
+def _train_chunks(active: list[_Run], program: Program, state: TrainState, feed: Iterator[dict],
+                  t_start: float, progress: bool | None) -> TrainState:
+    """Fused chunks of steps (sizes: `chunk_sizes`) up to the end, or until every run has
+    diverged; `feed` gives each chunk's data. The metrics of chunk k are fetched and written
+    while chunk k+1 runs; every run is checkpointed at its `checkpoint.every` and at the end,
+    unless it has diverged (a frozen state is never saved), with the feed's pipeline state."""
     total, step = program.total_steps, active[0].start
     every = min(r.cfg["checkpoint"]["every"] for r in active)
     bar = Progress(total, initial=step, batch_size=program.batch_size * len(active),
@@ -343,10 +326,12 @@ def _train_chunks(active: list[_Run], program: Program, state: TrainState, image
     if is_writer() and not program.compiled(len(active)):
         print("compiling the training step (once per model shape) ...", file=sys.stderr, flush=True)
     pending = None
-    while step < total and any(r.training for r in active):
-        n = min(program.chunk, total - step, every - step % every)
+    for n in chunk_sizes(step, total, program.chunk, every):
+        if not any(r.training for r in active):
+            break
         mask = [any(logs_step(step + i, r.cfg, total) for r in active) for i in range(program.chunk)]
-        state, chunk_metrics = program.run_chunk(state, images, labels, n, mask)
+        batch = next(feed)
+        state, chunk_metrics = program.run_chunk(state, batch["image"], batch["label"], n, mask)
         if pending is not None:
             _drain(active, program, pending, bar, t_start)  # runs while the chunk just dispatched computes
         pending, step = chunk_metrics, step + n
@@ -356,7 +341,7 @@ def _train_chunks(active: list[_Run], program: Program, state: TrainState, image
             for i, r in enumerate(active):
                 if r.training and (step % r.cfg["checkpoint"]["every"] == 0 or step == total):
                     r.ckpt.save(step, state_items(jax.tree.map(lambda x: x[i], state),
-                                                  r.elapsed + time.time() - t_start))
+                                                  r.elapsed + time.time() - t_start, state_array(feed)))
                     r.saved = step
     if pending is not None:
         _drain(active, program, pending, bar, t_start)
@@ -417,7 +402,7 @@ def _interrupted(active: list[_Run], total: int) -> None:
                                  "message": f"interrupted; resumes from step {step} when started again"})
 
 
-def _finish(active: list[_Run], program: Program, ds: Dataset, state: TrainState, t_start: float) -> None:
+def _finish(active: list[_Run], program: Program, inp: Input, state: TrainState, t_start: float) -> None:
     """Close the checkpointers, evaluate the runs that finished (BN in inference mode), and write
     each run's summary (diverged runs: the step and the reason)."""
     total = program.total_steps
@@ -432,9 +417,9 @@ def _finish(active: list[_Run], program: Program, ds: Dataset, state: TrainState
         else:
             key = r.cfg["train"]["eval_train_examples"]
             if key not in splits:
-                splits[key] = eval_splits(program, ds, r.cfg)
-            final = final_metrics(program, {"params": jax.tree.map(lambda x: x[i], state.params),
-                                            "batch_stats": jax.tree.map(lambda x: x[i], state.batch_stats)}, splits[key])
+                splits[key] = inp.eval_sets(program, r.cfg)
+            final = final_metrics({"params": jax.tree.map(lambda x: x[i], state.params),
+                                   "batch_stats": jax.tree.map(lambda x: x[i], state.batch_stats)}, splits[key])
             r.summary = {"status": "done", "step": total, "total_steps": total,
                          "epochs": total / program.steps_per_epoch, "wall_time": wall, **final}
         if is_writer():
@@ -461,9 +446,9 @@ def with_defaults(cfg: dict, defaults: dict | None = None) -> dict:
     return out
 
 
-def read_run(rundir: str | os.PathLike) -> tuple[dict, Dataset, Program, int, dict]:
-    """A finished or running run's config, dataset, program, and latest checkpoint's step and
-    `{"params", "batch_stats"}`, read-only (for the studies' commands).
+def read_run(rundir: str | os.PathLike) -> tuple[dict, Input, Program, int, dict]:
+    """A finished or running run's config, input (`normjax.training.inputs`), program, and
+    latest checkpoint's step and `{"params", "batch_stats"}`, read-only (for the studies' commands).
 
     Raises UserError (one line) when `rundir` is no run directory or holds no checkpoint.
     """
@@ -471,26 +456,26 @@ def read_run(rundir: str | os.PathLike) -> tuple[dict, Dataset, Program, int, di
     if not run.config.exists():
         raise UserError(f"{str(run.path)!r} is not a run directory (no config.json)")
     cfg = with_defaults(read_json(run.config))
-    ds = dataset_for(cfg)
-    program = program_for(cfg, ds)
+    inp = input_for(cfg)
+    program = program_for(cfg, inp)
     abstract = program.abstract_state()
     restored = read_latest_items(run.checkpoints, {"params": abstract.params, "batch_stats": abstract.batch_stats})
     if restored is None:
         raise UserError(f"{str(run.path)!r} holds no checkpoint of this model")
     step, items = restored
-    return cfg, ds, program, step, items
+    return cfg, inp, program, step, items
 
 
 def evaluate_run(rundir: str | os.PathLike) -> dict:
     """Evaluate a run directory's latest checkpoint (read-only) on its train subset and test
     split; a PReLU run also hard-linearized (`"linearized"`: slopes within the tolerance set to 1)."""
-    cfg, ds, program, step, items = read_run(rundir)
-    splits = eval_splits(program, ds, cfg)
-    out = {"step": int(step), **final_metrics(program, items, splits)}
+    cfg, inp, program, step, items = read_run(rundir)
+    evals = inp.eval_sets(program, cfg)
+    out = {"step": int(step), **final_metrics(items, evals)}
     if cfg["model"]["activation"] == "prelu":
         tol = cfg["optim"]["prelu_tolerance"]
         hard = items | {"params": graph_lib.linearize(program.graph, items["params"], tol)}
-        out["linearized"] = {"tolerance": tol, **final_metrics(program, hard, splits),
+        out["linearized"] = {"tolerance": tol, **final_metrics(hard, evals),
                              **{k: v for k, v in apl_lib.summary(program.graph, jax.device_get(hard["params"]), tol).items()
                                 if k in ("apl", "nonlinear_units", "units")}}
     return out

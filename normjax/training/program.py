@@ -5,8 +5,11 @@ cached on it, so runs that differ in traced values (LR, momentum, weight decay, 
 strengths, all held in the state) reuse one compiled program. Everything inside is pure: NNX
 modules are rebuilt from plain parameter dicts with `nnx.merge` inside the traced functions.
 
-The train function fuses `steps_per_dispatch` steps into one call (`lax.scan`); data order
-(a per-epoch permutation from the seed), normalization and augmentation all run on device.
+The train function fuses `steps_per_dispatch` steps into one call (`lax.scan`). In-memory data
+(`DataSpec.streaming` False): the whole uint8 dataset is an argument, and data order (a
+per-epoch permutation from the seed), normalization and augmentation all run on device.
+Streamed data: the chunk's batches are the argument ([steps_per_dispatch, B, H, W, C] uint8,
+decoded and augmented on the host), and the step only normalizes them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from normjax.training.optim import (SCHEDULE_KEYS, OptimizerContext, current_lr,
 
 # Keys that never shape the compiled program: they do not enter the compile-cache key.
 HOST_ONLY = {"log": ("dense_steps", "every"), "checkpoint": ("every", "keep"),
-             "train": ("seed", "init_from", "eval_train_examples"), "data": ("data_dir",)}
+             "train": ("seed", "init_from", "eval_train_examples"),
+             "data": ("data_dir", "memory_limit_mb", "workers", "worker_threads", "prefetch")}
 
 
 @chex.dataclass(frozen=True)
@@ -52,10 +56,11 @@ class DataSpec:
     """The static facts about a dataset that shape a compiled program."""
 
     num_train: int
-    image_shape: tuple
+    image_shape: tuple      # (H, W, C) the model sees
     num_classes: int
     mean: tuple
     std: tuple
+    streaming: bool = False  # batches arrive per chunk (normjax.training.inputs.StreamInput)
 
 
 def static_key(cfg: dict, data: DataSpec, total_steps: int, num_devices: int) -> str:
@@ -114,6 +119,7 @@ class Program:
         self.init = jax.jit(self._init, out_shardings=rep)
         self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0, out_shardings=rep)
         self.evaluate = jax.jit(self._evaluate, static_argnums=4, out_shardings=rep)
+        self.evaluate_batch = jax.jit(self.eval_sums, out_shardings=rep)
         # Runs carry a leading run axis R. R > 1: the step vmapped over it (vectorized runs);
         # R == 1: the plain step, the axis dropped and restored inside the jit (free reshapes).
         self.train_chunk_group = jax.jit(jax.vmap(self._train_chunk, in_axes=(0, None, None, None, None)),
@@ -125,7 +131,10 @@ class Program:
     def run_chunk(self, states: TrainState, images: jax.Array, labels: jax.Array,
                   n_active: int, log_mask: np.ndarray | None = None) -> tuple[TrainState, dict]:
         """`n_active` steps of every run in `states` (leading run axis R; R == 1 runs unvectorized);
-        the metric hooks run on the chunk's slots where `log_mask` is True (default: all)."""
+        the metric hooks run on the chunk's slots where `log_mask` is True (default: all).
+
+        `images`/`labels`: the whole training set (in memory), or the chunk's batches
+        ([steps_per_dispatch, B, ...], streamed; slots past `n_active` are ignored)."""
         n_runs = jax.tree.leaves(states)[0].shape[0]
         self._compiled.add(n_runs)
         return (self.train_chunk_one if n_runs == 1 else self.train_chunk_group)(
@@ -202,19 +211,25 @@ class Program:
         k = (spe + self.chunk - 2) // spe + 1
         return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(base, e), n))(first + jnp.arange(k)), first
 
-    def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array,
-                   orders: tuple[jax.Array, jax.Array], logged: jax.Array | bool = True) -> tuple[TrainState, dict]:
-        """One SGD step on the batch the state's step selects from `orders` (`epoch_orders`);
-        stops updating on divergence. The metric hooks run when `logged` (a `lax.cond` inside
-        the update: unlogged steps pay nothing for them; their metric slots hold zeros)."""
+    def select_batch(self, state: TrainState, images: jax.Array, labels: jax.Array,
+                     orders: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """The in-memory path's batch at `state.step`: its examples from `orders` (`epoch_orders`),
+        normalized and augmented (key from the seed and the step)."""
         b, t, spe = self.batch_size, state.step, self.steps_per_epoch
-        key = jax.random.wrap_key_data(state.key)
         perms, first = orders
         idx = jax.lax.dynamic_slice_in_dim(perms[t // spe - first], (t % spe) * b, b)
         idx = jax.lax.with_sharding_constraint(idx, batch_sharded(self.mesh))
-        x = self.preprocess(images[idx], jax.random.fold_in(jax.random.fold_in(key, 2), t))
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.key), 2), t)
+        return self.preprocess(images[idx], key), labels[idx]
+
+    def train_step(self, state: TrainState, x: jax.Array, y: jax.Array,
+                   logged: jax.Array | bool = True) -> tuple[TrainState, dict]:
+        """One SGD step on the preprocessed batch `x` (float [B, H, W, C]) with labels `y`; stops
+        updating on divergence. The metric hooks run when `logged` (a `lax.cond` inside the
+        update: unlogged steps pay nothing for them; their metric slots hold zeros)."""
+        t = state.step
         (loss, (stats, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state.params, state.batch_stats, x, labels[idx])
+            state.params, state.batch_stats, x, y)
         # The one divergence rule (the host reads `ok` and `grad_finite` from the metrics, so it
         # records what froze the state): a non-finite loss or gradient norm stops the updates.
         grad_finite = jnp.isfinite(optax.tree.norm(grads))
@@ -251,20 +266,38 @@ class Program:
     def _train_chunk(self, state: TrainState, images: jax.Array, labels: jax.Array,
                      n_active: jax.Array, log_mask: jax.Array) -> tuple[TrainState, dict]:
         """`n_active` (<= steps_per_dispatch) steps; metrics stacked with a `valid` flag per slot.
-        `log_mask` (`[steps_per_dispatch]` bool, never vmapped) says on which slots hooks run."""
-        orders = self.epoch_orders(state, images.shape[0])
-        _, m_shape = jax.eval_shape(self.train_step, state, images, labels, orders)
+        `log_mask` (`[steps_per_dispatch]` bool, never vmapped) says on which slots hooks run.
+        `images`/`labels` as in `run_chunk`."""
+        if self.data.streaming:  # slot i trains on the chunk's batch i
+            batch = lambda s, i: (self.preprocess(images[i], None), labels[i])  # noqa: E731
+        else:
+            orders = self.epoch_orders(state, images.shape[0])
+            batch = lambda s, i: self.select_batch(s, images, labels, orders)  # noqa: E731
 
-        def skip(s, *_):
+        def step(s, i):
+            return self.train_step(s, *batch(s, i), log_mask[i])
+
+        _, m_shape = jax.eval_shape(step, state, 0)
+
+        def skip(s, _):
             return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m_shape)
 
         def body(s, i):
-            s, m = jax.lax.cond(i < n_active, self.train_step, skip, s, images, labels, orders, log_mask[i])
+            s, m = jax.lax.cond(i < n_active, step, skip, s, i)
             return s, m | {"valid": i < n_active}
 
         return jax.lax.scan(body, state, jnp.arange(self.chunk))
 
     # ---- evaluation ----------------------------------------------------------------------------
+    def eval_sums(self, params: Any, batch_stats: Any, x: jax.Array, y: jax.Array) -> tuple:
+        """Summed loss, correct count and count of one uint8 batch (BN in inference mode; labels
+        -1 = padding, not counted)."""
+        x = jax.lax.with_sharding_constraint(x, batch_sharded(self.mesh))
+        logits, _ = self.apply(params, batch_stats, self.preprocess(x, None), train=False)
+        valid = y >= 0
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
+        return (jnp.sum(jnp.where(valid, loss, 0)), jnp.sum(valid & (logits.argmax(-1) == y)), jnp.sum(valid))
+
     def _evaluate(self, params, batch_stats, images, labels, batch_size: int) -> dict:
         """Mean loss and accuracy over `images` (count padded to a multiple of batch_size; labels -1 = pad)."""
         nb = images.shape[0] // batch_size
@@ -272,13 +305,7 @@ class Program:
         ys = labels.reshape(nb, batch_size)
 
         def body(acc, xy):
-            x, y = xy
-            x = jax.lax.with_sharding_constraint(x, batch_sharded(self.mesh))
-            logits, _ = self.apply(params, batch_stats, self.preprocess(x, None), train=False)
-            valid = y >= 0
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
-            return (acc[0] + jnp.sum(jnp.where(valid, loss, 0)), acc[1] + jnp.sum(valid & (logits.argmax(-1) == y)),
-                    acc[2] + jnp.sum(valid)), None
+            return jax.tree.map(jnp.add, acc, self.eval_sums(params, batch_stats, *xy)), None
 
         (loss, correct, count), _ = jax.lax.scan(body, (0.0, 0, 0), (xs, ys))
         return {"loss": loss / count, "accuracy": correct / count}
