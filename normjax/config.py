@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "input_size": 0,         # side of the square input the model sees; 0 = the dataset's own size (stream: needs
                                  # fixed-size images); stream: random-resized crop (train), centre crop (eval)
         "eval_crop": 0.875,      # stream eval: centre crop's side over the shorter side (256 -> 224); 1.0 keeps all
+        "crop_scale_min": 0.08,  # stream train: smallest area fraction of the random-resized crop (1.0: whole image)
         "memory_limit_mb": 4096,  # auto: the largest uint8 train + eval arrays held in memory
         "workers": -1,           # stream: grain worker processes; -1 = CPU count - 1, 0 = in this process
         "worker_threads": 2,     # stream: reader threads per worker process
@@ -265,8 +266,9 @@ def validate(cfg: dict) -> None:
                      ("prefetch", 1)):
         if d[key] < low:
             raise UserError(f"data.{key}={d[key]} is invalid; allowed: an integer >= {low}")
-    if not 0 < d["eval_crop"] <= 1:
-        raise UserError(f"data.eval_crop={d['eval_crop']} is invalid; allowed: a number in (0, 1]")
+    for key in ("eval_crop", "crop_scale_min"):
+        if not 0 < d[key] <= 1:
+            raise UserError(f"data.{key}={d[key]} is invalid; allowed: a number in (0, 1]")
     if d["pipeline"] == "stream" and d["crop_padding"]:
         raise UserError(f"data.crop_padding={d['crop_padding']} is the in-memory augmentation; streamed data is "
                         "augmented with random-resized crops: set data.crop_padding=0")

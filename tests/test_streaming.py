@@ -7,7 +7,6 @@ here (variable-size JPEG images, fixed-size grey PNG images, one without a label
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -22,58 +21,13 @@ pytest.importorskip('grain')
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from normjax.data import catalog  # noqa: E402
+from tfds_fake import builder as _builder, jpeg as _jpeg, png as _png, smooth as _smooth  # noqa: E402
 from normjax.data import streaming as st  # noqa: E402
 from normjax.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST, NUM_CLASSES = 40, 11, 5
 SIZE = 16
-
-
-def _jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format='JPEG', quality=quality)
-    return buf.getvalue()
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, format='PNG')
-    return buf.getvalue()
-
-
-def _smooth(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A smooth random RGB image (gradients plus a blob), so crops and resizes are comparable."""
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    c = rng.uniform(0.2, 0.8, (3, 3))
-    img = np.stack([c[k, 0] * x + c[k, 1] * y + c[k, 2] * np.sin(6 * x * (k + 1)) * np.cos(5 * y) for k in range(3)], -1)
-    return np.clip(255 * (img - img.min()) / (np.ptp(img) + 1e-9), 0, 255).astype(np.uint8)
-
-
-def _builder(name: str, features: dict, examples: dict) -> type:
-    """A GeneratorBasedBuilder class (unregistered) writing `examples[split]` lists."""
-
-    dataset_name = name
-
-    class Fake(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        name = dataset_name
-        VERSION = tfds.core.Version('1.0.0')
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
-
-        def _split_generators(self, dl_manager):
-            return {split: self._generate_examples(split) for split in examples}
-
-        def _generate_examples(self, split):
-            for i, ex in enumerate(examples[split]):
-                yield i, ex
-
-    return Fake
 
 
 @pytest.fixture(scope='module')

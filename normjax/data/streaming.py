@@ -931,6 +931,7 @@ class StreamingSource:
         process_index: int | None = None,
         process_count: int | None = None,
         flip: bool = True,
+        scale: tuple[float, float] = CROP_SCALE,
     ) -> TrainStream:
         """This process's endless training stream from step `start` (see `TrainStream`).
 
@@ -939,7 +940,7 @@ class StreamingSource:
         index, count = _process(process_index, process_count)
         layout = Layout(self.info.num_train, global_batch, seed=seed, process_index=index, process_count=count)
         return TrainStream(self.source('train'), layout, size=self.size, channels=self.info.channels,
-                           start=start, workers=self.workers, flip=flip)
+                           start=start, workers=self.workers, flip=flip, scale=scale)
 
     def eval(
         self,

@@ -211,7 +211,9 @@ class StreamInput:
         """This process's batches from step `start`, one stacked chunk per `next()` (chunk sizes
         as `chunk_sizes`, padded to `steps_per_dispatch` slots), checked against the pipeline
         state `saved` in the checkpoint (`state_array`)."""
-        stream = self.source.train(program.batch_size, cfg["train"]["seed"], start=start, flip=cfg["data"]["flip"])
+        d = cfg["data"]
+        stream = self.source.train(program.batch_size, cfg["train"]["seed"], start=start, flip=d["flip"],
+                                   scale=(d["crop_scale_min"], 1.0))
         if saved is not None:
             state = state_from_array(saved)
             stream.set_state(state)  # one line when the pipeline's settings changed since the save
