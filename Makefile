@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test test-slow bench bench-gpu install clean sweeps explode apl docs docs-figures
+.PHONY: demo test test-slow bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.metrics_overhead --out benchmarks/results-metrics-cpu.json
 	$(BIN)/python -m benchmarks.apl_overhead --out benchmarks/results-apl-cpu.json
 	$(BIN)/python -m benchmarks.input_throughput --out benchmarks/results-input-cpu.json
+	$(BIN)/python -m benchmarks.stream_step --out benchmarks/results-stream-cpu.json
 
 # On a GPU machine whose image already has jax[cuda] and torch: no venv, the system python. Each
 # part is time-limited (the device lease is short) and writes its JSON into GPU_OUT.
@@ -82,6 +83,14 @@ bench-gpu:
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 140 $(PY) -m benchmarks.metrics_overhead --out $(GPU_OUT)/results-metrics-gpu.json
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 110 $(PY) -m benchmarks.transforms_overhead --out $(GPU_OUT)/results-transforms-gpu.json
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 300 $(PY) -m benchmarks.apl_overhead --rounds 8 --out $(GPU_OUT)/results-apl-gpu.json
+
+# The streamed step against the in-memory one on a GPU node: ResNet-50 at 224x224 (bfloat16),
+# JPEGs read from a Python list (the device image lacks tensorflow-datasets) by 12 grain worker
+# processes. Needs grain (with array-record and cloudpickle) importable by $(PY).
+bench-gpu-stream:
+	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 420 $(PY) -m benchmarks.stream_step --source list --model resnet50 \
+		--size 224 --image 400 --batch 128 --epoch-batches 8 --workers 12 --threads 2 --dispatch 5 --warmup 2 \
+		--chunks 8 --rounds 3 --dtype bfloat16 --out $(GPU_OUT)/results-stream-gpu.json
 
 # Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|full, WORKDIR=runs), then
 # prints its results table and draws its figure. Adding a sweep: add experiments/sweep_NAME.py and

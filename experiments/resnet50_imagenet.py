@@ -5,10 +5,12 @@ full: `imagenet2012`, batch 256, 90 epochs, SGD with momentum 0.9, LR 0.1 x batc
 decay 1e-4 on every parameter (`all_but_prelu`: all of them in a ReLU net, as torchvision's
 reference recipe), step schedule: LR x 0.1 at epochs 30, 60 and 80 (Goyal et al. 2017), no
 warm-up (the batch is the reference 256); bfloat16 activations (parameters and BN statistics stay
-float32). The ImageNet input pipeline (streaming, random-resized crops to 224x224 for training,
-resize and center crop for evaluation) is being written separately: until `imagenet2012` is a
-dataset of `normjax.data` this size loads as a config but does not run. `--set
-model.shortcut=false` gives the plain ResNet-50.
+float32). The data streams (`data.pipeline=stream`: grain workers decode JPEGs, random-resized
+crops to 224x224 and flips for training; the centre 87.5% resized to 224x224 for evaluation);
+prepare it once with `tfds build imagenet2012 --file_format array_record` (the manual download
+of ILSVRC-2012 is needed) and set `data.data_dir` or $TFDS_DATA_DIR. `--set model.shortcut=false`
+gives the plain ResNet-50. `imagenet` is the same as `full` (the size the ELR study's sweep
+files use for ImageNet).
 
 smoke: the same ResNet-50 (stages 3, 4, 6, 3, imagenet stem) at width 4 on `synthetic` 64x64
 images, a few steps on CPU to check the model end to end.
@@ -19,12 +21,16 @@ References:
 """
 
 
+SIZES = ("smoke", "full", "imagenet")
+
+
 def get_config(size: str) -> dict:
-    if size == "full":
+    if size in ("full", "imagenet"):
         batch = 256
         return {
             "model": {"name": "resnet", "block": "bottleneck", "depth": 50, "width": 64, "stem": "imagenet"},
-            "data": {"name": "imagenet2012", "flip": True},
+            "data": {"name": "imagenet2012", "pipeline": "stream", "input_size": 224, "eval_crop": 0.875,
+                     "flip": True},
             "optim": {"name": "sgd", "lr": 0.1 * batch / 256, "momentum": 0.9, "weight_decay": 1e-4,
                       "weight_decay_on": "all_but_prelu", "schedule": "step",
                       "milestones": [30 / 90, 60 / 90, 80 / 90], "step_factor": 0.1, "warmup_steps": 0},

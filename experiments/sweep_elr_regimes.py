@@ -2,8 +2,14 @@
 uniform ELR, plain vs residual; final accuracy against the run's mean log10 spread.
 
 smoke: ResNet-14 on digits, 150 steps, 2 seeds; full: ResNet-56/110 on CIFAR-10 and CIFAR-100 with
-the standard 160-epoch recipe, 3 seeds. `make sweep-elr_regimes` draws accuracy vs spread (`normjax elr-plot`).
+the standard 160-epoch recipe, 3 seeds; imagenet: ResNet-50 with and without shortcuts on
+ImageNet, streamed (`resnet50_imagenet.py`: 90 epochs, batch 256, step schedule), warm-up of 5
+epochs, one seed, per-layer ELRs logged densely for the first 2000 steps (a GPU node or TPU VM).
+`make sweep-elr_regimes` draws accuracy vs spread (`normjax elr-plot`).
 """
+
+SIZES = ("smoke", "full", "imagenet")
+IMAGENET_STEPS_PER_EPOCH = 1281167 // 256
 
 REGIMES = {  # zipped: one entry per regime
     "optim.name": ["sgd", "sgd", "sgd_critical_warmup", "sgd_uniform_elr"],
@@ -12,6 +18,13 @@ REGIMES = {  # zipped: one entry per regime
 
 
 def get_sweep(size: str) -> dict:
+    if size == "imagenet":
+        return {
+            "base": "resnet50_imagenet.py",
+            "grid": {"model.shortcut": [True, False]},
+            "zip": REGIMES | {"optim.warmup_steps": [0, 5 * IMAGENET_STEPS_PER_EPOCH, 0, 0]},
+            "set": {"log.metrics": ["elr"], "log.dense_steps": 2000, "log.every": 500},
+        }
     if size == "full":
         return {
             "base": "elr_resnet.py",

@@ -3,11 +3,22 @@
 Every run logs per-layer ELRs each step of its dense window; `make sweep-elr_trajectories` then
 draws the spread over steps per setting (`normjax elr-plot`) and compares each run with the
 weight-dynamics model's prediction (`normjax ode`). smoke: ResNet-8/14 on digits, 100 steps;
-full: ResNet-20/56/110 on CIFAR-10, the first 2000 steps, weight decay 0 and 5e-4.
+full: ResNet-20/56/110 on CIFAR-10, the first 2000 steps, weight decay 0 and 5e-4; imagenet:
+ResNet-50 with and without shortcuts on ImageNet, streamed (`resnet50_imagenet.py`), the first
+2000 steps at constant LRs 0.1 to 1.6, momentum 0 and 0.9, weight decay 1e-4 (a GPU node or TPU VM).
 """
+
+SIZES = ("smoke", "full", "imagenet")
 
 
 def get_sweep(size: str) -> dict:
+    if size == "imagenet":
+        return {
+            "base": "resnet50_imagenet.py",
+            "grid": {"optim.lr": [0.1, 0.4, 1.6], "optim.momentum": [0.0, 0.9], "model.shortcut": [True, False]},
+            "set": {"train.epochs": 0.0, "train.steps": 2000, "optim.schedule": "constant", "train.dtype": "float32",
+                    "log.metrics": ["elr"], "log.dense_steps": 2000, "checkpoint.every": 1000},
+        }
     if size == "full":
         return {
             "base": "elr_resnet.py",

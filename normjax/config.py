@@ -1,7 +1,8 @@
 """Configs: nested dicts of defaults, experiment files that override them, `--set key=value`.
 
 An experiment file under `experiments/` defines `get_config(size: str) -> dict` returning the
-keys it changes; `size` is `smoke` (seconds on CPU) or `full` (paper scale, GPU/TPU). Every key a
+keys it changes; `size` is `smoke` (seconds on CPU) or `full` (paper scale, GPU/TPU), and for the
+files that list it in their `SIZES`, `imagenet` (ResNet-50 on ImageNet, streamed). Every key a
 config names must exist in `DEFAULTS` and keep its type, so typos fail with one line.
 
 Example:
@@ -22,7 +23,10 @@ from typing import Any
 
 from normjax.errors import UserError
 
-SIZES = ("smoke", "full")
+SIZES = ("smoke", "full", "imagenet")
+# The sizes a file has unless it lists its own in a module-level `SIZES` (the ELR study's
+# files add `imagenet`: ResNet-50 on ImageNet, streamed).
+FILE_SIZES = ("smoke", "full")
 PIPELINES = ("auto", "memory", "stream")
 
 DEFAULTS: dict[str, Any] = {
@@ -175,7 +179,7 @@ def call_file(path: str | os.PathLike, fn: str, size: str, kind: str, example: s
     Args:
       path: the Python file.
       fn: the function it must define, called with `size`.
-      size: one of `SIZES`.
+      size: one of `SIZES`, and of the file's own `SIZES` (default `FILE_SIZES`).
       kind: what the file is (`config`, `sweep`), for messages.
       example: a file to suggest when `path` does not exist.
 
@@ -201,6 +205,9 @@ def call_file(path: str | os.PathLike, fn: str, size: str, kind: str, example: s
         raise UserError(_file_error(path, e)) from None
     if not callable(getattr(module, fn, None)):
         raise UserError(f"{kind} file {str(path)!r} defines no {fn}(size)")
+    sizes = tuple(getattr(module, "SIZES", FILE_SIZES))
+    if size not in sizes:
+        raise UserError(f"{kind} file {str(path)!r} has no size {size!r}; it has: {', '.join(sizes)}")
     try:
         return getattr(module, fn)(size)
     except UserError:

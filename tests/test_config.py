@@ -2,17 +2,46 @@ from pathlib import Path
 
 import pytest
 
-from normjax.config import DEFAULTS, load_config, merge, parse_override
+from normjax.config import DEFAULTS, FILE_SIZES, SIZES, load_config, merge, parse_override
 from normjax.errors import UserError
+from normjax.sweep.spec import expand
 
 EXPERIMENTS = sorted(p for p in Path(__file__).parents[1].joinpath("experiments").glob("*.py") if not p.stem.startswith("sweep_"))
+SWEEPS = sorted(p for p in Path(__file__).parents[1].joinpath("experiments").glob("sweep_*.py"))
+
+
+def _sizes(path: Path) -> tuple:
+    """The sizes a file declares (module-level SIZES), read without running it."""
+    import ast
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SIZES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return FILE_SIZES
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-@pytest.mark.parametrize("size", ["smoke", "full"])
-def test_every_experiment_loads_in_both_sizes(path, size):
+@pytest.mark.parametrize("size", SIZES)
+def test_every_experiment_loads_in_its_sizes(path, size):
+    if size not in _sizes(path):
+        with pytest.raises(UserError) as e:
+            load_config(path, size=size)
+        assert str(e.value) == f"config file {str(path)!r} has no size {size!r}; it has: {', '.join(_sizes(path))}"
+        return
     cfg = load_config(path, size=size)
     assert set(cfg) == set(DEFAULTS)
+
+
+def test_the_elr_study_has_an_imagenet_size():
+    """ResNet-50 with and without shortcuts on ImageNet, streamed, per-layer ELRs logged."""
+    for name in ("sweep_elr_regimes", "sweep_elr_trajectories"):
+        runs, varied = expand(Path(__file__).parents[1] / "experiments" / f"{name}.py", "imagenet")
+        assert "model.shortcut" in varied and {r.config["model"]["shortcut"] for r in runs} == {True, False}
+        for r in runs:
+            m, d = r.config["model"], r.config["data"]
+            assert (m["block"], m["depth"], d["name"], d["pipeline"], d["input_size"]) == (
+                "bottleneck", 50, "imagenet2012", "stream", 224)
+            assert "elr" in r.config["log"]["metrics"]
+    assert [p.stem for p in SWEEPS if "imagenet" in _sizes(p)] == ["sweep_elr_regimes", "sweep_elr_trajectories"]
 
 
 def test_overrides_are_typed():

@@ -106,6 +106,25 @@ def test_two_processes_train_one_run_as_one_process_does(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_streamed_run_in_two_processes_equals_it_in_one(tmp_path):
+    """Streamed data (grain over a prepared TFDS dataset): each of two processes reads only its
+    half of every batch; the run equals the same run in this process reading whole batches."""
+    pytest.importorskip("grain")
+    pytest.importorskip("tensorflow_datasets")
+    from tfds_fake import prepare_digits
+
+    from normjax.config import load_config
+    from normjax.training.loop import train
+    prepare_digits(tmp_path / "tfds")
+    stream = SMALL + ["--set", "data.name=nj_digits", "--set", f"data.data_dir={tmp_path / 'tfds'}",
+                      "--set", "data.pipeline=stream", "--set", "data.workers=0", "--set", "data.flip=true"]
+    ref = train(load_config("experiments/mlp_digits.py", overrides=stream[1::2]), tmp_path / "ref", progress=False)
+    assert ref["status"] == "done"
+    _wait(_start(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "multi")] + stream, 2))
+    _same(tmp_path / "ref", tmp_path / "multi")
+
+
+@pytest.mark.slow
 def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
     ref, multi = tmp_path / "ref", tmp_path / "multi"
     _wait(_start(["train", "experiments/mlp_digits.py", "--workdir", str(ref)] + ARGS, 1))

@@ -55,6 +55,12 @@ def data_dir(tmp_path_factory) -> Path:
             {'train': [{'image': _png(np.full((16, 16, 1), 10 * i, np.uint8)), 'label': i % 3} for i in range(6)],
              'validation': [{'image': _png(np.zeros((16, 16, 1), np.uint8)), 'label': 0}] * 2},
         ),
+        'nj_like_imagenet': (  # a test split without labels (-1), as ImageNet's
+            {'image': tfds.features.Image(shape=(8, 8, 3)), 'label': tfds.features.ClassLabel(num_classes=2)},
+            {'train': [{'image': _png(np.zeros((8, 8, 3), np.uint8)), 'label': i % 2} for i in range(4)],
+             'validation': [{'image': _png(np.zeros((8, 8, 3), np.uint8)), 'label': 1}] * 3,
+             'test': [{'image': _png(np.zeros((8, 8, 3), np.uint8)), 'label': -1}] * 2},
+        ),
         'nj_unlabelled': (
             {'image': tfds.features.Image(shape=(8, 8, 3)), 'target': tfds.features.ClassLabel(num_classes=2)},
             {'train': [{'image': _png(np.zeros((8, 8, 3), np.uint8)), 'target': 0}],
@@ -107,6 +113,8 @@ def test_info_of_any_image_dataset(data_dir) -> None:
     assert info.splits == {'train': NUM_TRAIN, 'test': NUM_TEST} and info.eval_split == 'test'
     grey = catalog.tfds_image_info('nj_grey', data_dir)
     assert (grey.image_shape, grey.channels, grey.num_classes, grey.eval_split) == ((16, 16, 1), 1, 3, 'validation')
+    like_imagenet = catalog.tfds_image_info('nj_like_imagenet', data_dir)
+    assert (like_imagenet.eval_split, like_imagenet.num_test) == ('validation', 3)
 
 
 def test_bad_names_and_unprepared_data_are_one_line(data_dir, tmp_path) -> None:

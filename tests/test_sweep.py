@@ -264,3 +264,22 @@ def get_sweep(size):
     assert [len(g) for g in groups] == [6, 6] and not failed
     assert notes == ["--group-size 8: 12 runs of one program go in 2 balanced groups of 6, 6 (equal shapes compile once)"]
     assert _groups(runs, tmp_path / "w", 6)[2] == [] and _groups(runs, tmp_path / "w", 12)[2] == []
+
+
+def test_a_key_added_to_the_defaults_renames_no_run(monkeypatch):
+    """Run names hash only the values that differ from the defaults: a new key (defaulting to the
+    old behaviour) keeps every existing run directory's name; a changed value changes it."""
+    import copy
+
+    from normjax import config
+    from normjax.sweep.spec import expand
+
+    before = [r.name for r in expand("experiments/sweep_lr.py", "smoke")[0]]
+    grown = copy.deepcopy(config.DEFAULTS)
+    grown["train"]["new_knob"] = 0
+    monkeypatch.setattr(config, "DEFAULTS", grown)
+    monkeypatch.setattr("normjax.sweep.spec.DEFAULTS", grown)
+    after = expand("experiments/sweep_lr.py", "smoke")[0]
+    assert [r.name for r in after] == before and all(r.config["train"]["new_knob"] == 0 for r in after)
+    changed = expand("experiments/sweep_lr.py", "smoke", overrides=["train.new_knob=1"])[0]
+    assert len(changed) == len(before) and all(a.name != b for a, b in zip(changed, before))

@@ -148,8 +148,8 @@ def tfds_image_info(name: str, data_dir: str | os.PathLike[str] | None = None) -
 
     Any dataset prepared in `data_dir` as array_record with an `image` feature (an image of 1 or
     3 channels, any size) and a `label` class feature qualifies: `imagenet2012`, `imagenette`,
-    `stl10`, `emnist/balanced`, `cifar10`, ... It needs a `train` split and a `test` or
-    `validation` one.
+    `stl10`, `emnist/balanced`, `cifar10`, ... It needs a `train` split and a labelled `test`
+    or `validation` one (`test` first; an unlabelled `test`, as ImageNet's, is skipped).
 
     Args:
       name: the TFDS name, optionally with config and version ('emnist/balanced:3.1.0').
@@ -192,11 +192,14 @@ def tfds_image_info(name: str, data_dir: str | os.PathLike[str] | None = None) -
             f"dataset {name!r} has images of shape {shape}; normjax needs (H, W, C) with C 1 or 3"
         )
     splits = {str(k): len(v) for k, v in sources.items()}
-    eval_split = next((s for s in ('test', 'validation') if s in splits), None)
+    # A test split without labels (ImageNet's, when its tar was downloaded: every label is -1)
+    # cannot be evaluated: its first record tells.
+    labelled = [s for s in ('test', 'validation') if splits.get(s) and int(sources[s][0]['label']) >= 0]
+    eval_split = labelled[0] if labelled else None
     if 'train' not in splits or eval_split is None:
         raise UserError(
             f"dataset {name!r} has splits {', '.join(sorted(splits))}; "
-            "normjax needs 'train' and 'test' or 'validation'"
+            "normjax needs 'train' and a labelled 'test' or 'validation'"
         )
     fixed = None if None in shape else (int(shape[0]), int(shape[1]), int(shape[2]))
     return ImageInfo(

@@ -20,7 +20,8 @@ The runs are product(grid) x zip. A run whose `train.init_from` is `"pretrain"` 
 share a base config share one base run, trained first into `<sweep>/pretrain/` (e.g. the APL
 study's after-training regime: each network trained once, sparsified with many prior strengths).
 Each run gets a directory named by its varied values plus a
-short hash of its whole config, so renaming nothing and changing any value gives a new run.
+short hash of its config (its values that differ from the defaults), so changing any value gives
+a new run, and a key added to the defaults later renames nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from normjax.config import call_file, load_config, merge, parse_override, validate
+from normjax.config import DEFAULTS, call_file, load_config, merge, parse_override, validate
 from normjax.errors import UserError
 
 SPEC_KEYS = ("base", "grid", "zip", "set", "pretrain")
@@ -66,7 +67,30 @@ def _fmt(v: Any) -> str:
 
 
 def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
+    """A short hash of a config's values that differ from `DEFAULTS`: a key added to the defaults
+    later (with the old behaviour as its default) leaves the names of existing runs as they were.
+
+    Example:
+      >>> config_hash(DEFAULTS) == config_hash({})
+      True
+    """
+    return hashlib.sha256(json.dumps(_non_default(cfg, DEFAULTS), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _non_default(cfg: dict, defaults: dict) -> dict:
+    out = {}
+    for key, value in cfg.items():
+        default = defaults.get(key, _ABSENT) if isinstance(defaults, dict) else _ABSENT
+        if isinstance(value, dict) and isinstance(default, dict):
+            sub = _non_default(value, default)
+            if sub:
+                out[key] = sub
+        elif value != default or type(value) is not type(default):
+            out[key] = value
+    return out
+
+
+_ABSENT = object()
 
 
 def read_sweep(path: str | Path, size: str) -> dict:
