@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_crop": 0.875,      # stream eval: centre crop's side over the shorter side (256 -> 224); 1.0 keeps all
         "crop_scale_min": 0.08,  # stream train: smallest area fraction of the random-resized crop (1.0: whole image)
         "memory_limit_mb": 4096,  # auto: the largest uint8 train + eval arrays held in memory
-        "workers": -1,           # stream: grain worker processes; -1 = CPU count - 1, 0 = in this process
+        "workers": -1,           # stream: grain worker processes; -1 = usable CPUs - 1, 0 = in this process
         "worker_threads": 2,     # stream: reader threads per worker process
         "prefetch": 2,           # stream: chunks of batches placed on device ahead of the step
         "crop_padding": 0,       # in memory: random-crop padding (0 = off)

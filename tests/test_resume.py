@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
@@ -17,8 +18,8 @@ ARGS = ["--set", "model.depth=4", "--set", "model.width=1024", "--set", "train.s
         "--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=8", "--set", "log.every=4"]
 
 
-def _train(workdir, wait=True):
-    cmd = [sys.executable, "-m", "normjax", "train", "experiments/mlp_digits.py", "--workdir", str(workdir)] + ARGS
+def _train(workdir, wait=True, args=ARGS):
+    cmd = [sys.executable, "-m", "normjax", "train", "experiments/mlp_digits.py", "--workdir", str(workdir)] + args
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
         out, err = p.communicate(timeout=600)
@@ -26,9 +27,9 @@ def _train(workdir, wait=True):
     return p
 
 
-def _state(workdir):
+def _state(workdir, args=ARGS):
     from normjax.config import load_config
-    cfg = load_config("experiments/mlp_digits.py", overrides=[a for a in ARGS if a != "--set"])
+    cfg = load_config("experiments/mlp_digits.py", overrides=[a for a in args if a != "--set"])
     state, *_ = restore_state(Checkpointer(workdir / "checkpoints"), program_for(cfg, input_for(cfg)))
     return jax.device_get(state)
 
@@ -39,8 +40,26 @@ def _rows(workdir):
 
 
 def test_sigkill_and_restart_matches_uninterrupted(tmp_path):
-    _train(tmp_path / "ref")
-    p = _train(tmp_path / "killed", wait=False)
+    _kill_and_restart(tmp_path, ARGS)
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_and_restarted_matches_uninterrupted(tmp_path):
+    """Streamed data (grain over a prepared TFDS dataset, random-resized crops and flips, one
+    worker process): the restarted run reads the batches the uninterrupted one read."""
+    pytest.importorskip("grain")
+    pytest.importorskip("tensorflow_datasets")
+    from tfds_fake import prepare_digits
+    prepare_digits(tmp_path / "tfds")
+    args = ARGS + ["--set", "data.name=nj_digits", "--set", f"data.data_dir={tmp_path / 'tfds'}",
+                   "--set", "data.pipeline=stream", "--set", "data.workers=1", "--set", "data.flip=true",
+                   "--set", "data.crop_scale_min=0.5", "--set", "train.eval_train_examples=256"]
+    _kill_and_restart(tmp_path, args)
+
+
+def _kill_and_restart(tmp_path, args):
+    _train(tmp_path / "ref", args=args)
+    p = _train(tmp_path / "killed", wait=False, args=args)
     ckpt_dir = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
@@ -53,8 +72,8 @@ def test_sigkill_and_restart_matches_uninterrupted(tmp_path):
     p.wait()
     killed_at = Checkpointer(ckpt_dir, read_only=True).latest_step()
     assert killed_at is not None and killed_at < 600
-    _train(tmp_path / "killed")
-    a, b = _state(tmp_path / "ref"), _state(tmp_path / "killed")
+    _train(tmp_path / "killed", args=args)
+    a, b = _state(tmp_path / "ref", args), _state(tmp_path / "killed", args)
     assert int(a.step) == int(b.step) == 600
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert _rows(tmp_path / "ref") == _rows(tmp_path / "killed")

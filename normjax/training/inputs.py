@@ -84,10 +84,15 @@ def _input(data_json: str) -> MemoryInput | StreamInput:
             raise UserError(f"dataset {name!r} has {shape} images: streaming it needs data.input_size, the side of "
                             "the square input (e.g. 224)")
         size = native[0]
-    workers = d["workers"] if d["workers"] >= 0 else max(0, (os.cpu_count() or 1) - 1)
+    workers = d["workers"] if d["workers"] >= 0 else max(0, _usable_cpus() - 1)
     return StreamInput(StreamingSource(name, data_dir=data_dir, size=size, eval_crop=d["eval_crop"],
                                        workers=Workers(processes=workers, threads=d["worker_threads"])),
                        prefetch=d["prefetch"])
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a container's limit, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def chunk_sizes(start: int, total: int, chunk: int, every: int) -> Iterator[int]:
