@@ -193,9 +193,13 @@ def tfds_image_info(name: str, data_dir: str | os.PathLike[str] | None = None) -
         )
     splits = {str(k): len(v) for k, v in sources.items()}
     # A test split without labels (ImageNet's, when its tar was downloaded: every label is -1)
-    # cannot be evaluated: its first record tells.
-    labelled = [s for s in ('test', 'validation') if splits.get(s) and int(sources[s][0]['label']) >= 0]
-    eval_split = labelled[0] if labelled else None
+    # cannot be evaluated: where there is a validation split to fall back on, the test split's
+    # first record tells (read decoded: tfds.testing.mock_data cannot serve encoded images).
+    eval_split = next((s for s in ('test', 'validation') if splits.get(s)), None)
+    if eval_split == 'test' and splits.get('validation'):
+        first = _open_tfds(name, 'test', data_dir, decode=True)[0]
+        if int(first['label']) < 0:
+            eval_split = 'validation'
     if 'train' not in splits or eval_split is None:
         raise UserError(
             f"dataset {name!r} has splits {', '.join(sorted(splits))}; "
