@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -54,10 +55,22 @@ def test_a_streamed_run_killed_and_restarted_matches_uninterrupted(tmp_path):
     args = ARGS + ["--set", "data.name=nj_digits", "--set", f"data.data_dir={tmp_path / 'tfds'}",
                    "--set", "data.pipeline=stream", "--set", "data.workers=1", "--set", "data.flip=true",
                    "--set", "data.crop_scale_min=0.5", "--set", "train.eval_train_examples=256"]
-    _kill_and_restart(tmp_path, args)
+    _kill_and_restart(tmp_path, args, streamed=True)
 
 
-def _kill_and_restart(tmp_path, args):
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"PPid:\t{pid}\n" in status.read_text():
+                out.append(int(status.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+def _kill_and_restart(tmp_path, args, streamed=False):
     _train(tmp_path / "ref", args=args)
     p = _train(tmp_path / "killed", wait=False, args=args)
     ckpt_dir = tmp_path / "killed" / "checkpoints"
@@ -68,8 +81,14 @@ def _kill_and_restart(tmp_path, args):
             break
         time.sleep(0.02)
     assert p.poll() is None, "the run ended before it could be killed"
+    children = _children(p.pid)  # grain's worker processes, when the run streams
+    assert not streamed or children, "a streamed run with data.workers=1 has a worker process"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    deadline = time.time() + 30  # they die with the run (PR_SET_PDEATHSIG), none is left behind
+    while time.time() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.1)
+    assert not [c for c in children if Path(f"/proc/{c}").exists()], "orphaned worker processes"
     killed_at = Checkpointer(ckpt_dir, read_only=True).latest_step()
     assert killed_at is not None and killed_at < 600
     _train(tmp_path / "killed", args=args)

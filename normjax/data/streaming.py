@@ -55,6 +55,7 @@ import math
 import os
 import itertools
 import queue
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -477,9 +478,23 @@ def _grain_iterator(batches: Any, count: tuple[int, int], workers: Workers) -> I
     )
     if workers.processes > 0:
         it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers.processes, per_worker_buffer_size=workers.buffer)
+            grain.MultiprocessingOptions(num_workers=workers.processes, per_worker_buffer_size=workers.buffer),
+            worker_init_fn=_exit_with_parent,
         )
     return iter(it)
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker start-up: the worker dies with the training process, even when that is
+    killed with SIGKILL (a preempted or `kill -9`-ed run leaves no orphaned workers; Linux)."""
+    del worker_index, worker_count
+    if sys.platform.startswith('linux'):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the line above ran
+            os._exit(0)
 
 
 class TrainStream:
