@@ -4,6 +4,7 @@ settings are one line."""
 
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,7 +31,7 @@ def data_dir(tmp_path_factory):
 
 
 def _cfg(data_dir, *overrides):
-    sets = [f'data.name=nj_digits', f'data.data_dir={data_dir}', 'data.workers=0', 'data.eval_crop=1.0',
+    sets = ['data.name=nj_digits', f'data.data_dir={data_dir}', 'data.workers=0', 'data.eval_crop=1.0',
             'data.crop_scale_min=1.0', 'log.metrics=[]', *overrides]
     return load_config('experiments/mlp_digits.py', overrides=sets)
 
@@ -109,3 +110,28 @@ def test_bad_pipeline_settings_are_one_line(data_dir, tmp_path, overrides, needl
     msg = str(exc.value)
     assert '\n' not in msg and all(n in msg for n in needles), msg
     assert not (tmp_path / 'run').exists()
+
+
+def test_a_sweep_of_streamed_runs_trains_them_one_at_a_time_and_eval_reads_them(data_dir, tmp_path, capsys):
+    """Streamed runs differ only in traced values yet train alone (each reads its own batches);
+    each equals the same run trained by `train`; `normjax eval` reads a streamed run back."""
+    from normjax.sweep.runner import run_sweep
+    from normjax.training.loop import evaluate_run
+
+    spec = tmp_path / 'sweep_stream.py'
+    spec.write_text(
+        'def get_sweep(size):\n'
+        '    return {"base": %r, "grid": {"train.seed": [0, 1]},\n'
+        '            "set": {"data.name": "nj_digits", "data.data_dir": %r, "data.pipeline": "stream",\n'
+        '                    "data.workers": 0, "log.metrics": [], "train.steps": 8, "train.steps_per_dispatch": 4}}\n'
+        % (str(Path('experiments/mlp_digits.py').resolve()), str(data_dir)))
+    summaries = run_sweep(spec, workdir=tmp_path / 'sweep', progress=False)
+    assert len(summaries) == 2 and all(s['status'] == 'done' for s in summaries.values())
+    err = capsys.readouterr().err
+    assert err.count('[group of 1,') == 2 and '[group of 2' not in err, err
+    for name, summary in summaries.items():
+        cfg = json.loads((tmp_path / 'sweep' / name / 'config.json').read_text())
+        alone = train(cfg, tmp_path / f'alone-{name}', progress=False)
+        assert (alone['test_accuracy'], alone['train_loss']) == (summary['test_accuracy'], summary['train_loss'])
+        again = evaluate_run(tmp_path / 'sweep' / name)
+        assert again['step'] == 8 and again['test_accuracy'] == pytest.approx(summary['test_accuracy'], abs=1e-7)
