@@ -22,7 +22,9 @@ install: $(STAMP)
 # .../demo/figures). APL: a PReLU ResNet sparsified during and after training to chosen fractions of
 # nonlinear units, accuracy vs APL and the core network ($(WORKDIR)/demo-apl/figures), one run's
 # APL report and its folded network.
-DEMO_APL_RUN = $$(ls -d $(WORKDIR)/demo-apl/regime=after-prelu_target=0.03-* | head -1)
+# The run of this sweep (the newest config.json: a runs/ folder from an older version can hold
+# runs of the same regime under other names).
+DEMO_APL_RUN = $$(dirname $$(ls -t $(WORKDIR)/demo-apl/regime=after-prelu_target=0.03-*/config.json | head -1))
 demo: $(STAMP)
 	$(BIN)/normjax sweep experiments/sweep_elr_demo.py --size $(SIZE) --workdir $(WORKDIR)/demo
 	$(BIN)/normjax results $(WORKDIR)/demo
