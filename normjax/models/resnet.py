@@ -31,6 +31,25 @@ def conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype) -> Con
     return Conv(cin, cout, k, stride=stride, dtype=dtype, rngs=rngs)
 
 
+def add_shortcut(block: nnx.Module, cin: int, cout: int, stride: int, *, shortcut: bool, bn: dict, dtype,
+                 rngs: nnx.Rngs) -> None:
+    """Gives a residual block its shortcut: `block.shortcut`, `block.project` (the shape changes)
+    and then its projection, a 1x1 conv of the block's stride and a BN ("option B")."""
+    block.shortcut = shortcut
+    block.project = shortcut and (stride != 1 or cin != cout)
+    if block.project:
+        block.proj_conv = conv(cin, cout, 1, stride, rngs, dtype)
+        block.proj_bn = BatchNorm(cout, **bn)
+
+
+def with_shortcut(block: nnx.Module, y: jax.Array, x: jax.Array, train: bool) -> jax.Array:
+    """The residual branch `y` plus the block's shortcut of its input `x` (identity or the
+    projection `add_shortcut` made); `y` alone in a block without shortcuts."""
+    if not block.shortcut:
+        return y
+    return y + (block.proj_bn(block.proj_conv(x), train=train) if block.project else x)
+
+
 class BasicBlock(nnx.Module):
     """conv3x3-BN-act-conv3x3-BN, (+ shortcut), act."""
 
@@ -42,17 +61,12 @@ class BasicBlock(nnx.Module):
         self.conv2 = conv(cout, cout, 3, 1, rngs, dtype)
         self.bn2 = BatchNorm(cout, **bn)
         self.act2 = make_activation(act, cout, prelu_init)
-        self.shortcut = shortcut
-        self.project = shortcut and (stride != 1 or cin != cout)
-        if self.project:
-            self.proj_conv = conv(cin, cout, 1, stride, rngs, dtype)
-            self.proj_bn = BatchNorm(cout, **bn)
+        add_shortcut(self, cin, cout, stride, shortcut=shortcut, bn=bn, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = self.act1(self.bn1(self.conv1(x), train=train))
         y = self.bn2(self.conv2(y), train=train)
-        if self.shortcut:
-            y = y + (self.proj_bn(self.proj_conv(x), train=train) if self.project else x)
+        y = with_shortcut(self, y, x, train)
         return self.act2(y)
 
 
@@ -193,18 +207,13 @@ class Bottleneck(nnx.Module):
         self.conv3 = conv(mid, cout, 1, 1, rngs, dtype)
         self.bn3 = BatchNorm(cout, **bn)
         self.act3 = make_activation(act, cout, prelu_init)
-        self.shortcut = shortcut
-        self.project = shortcut and (stride != 1 or cin != cout)
-        if self.project:
-            self.proj_conv = conv(cin, cout, 1, stride, rngs, dtype)
-            self.proj_bn = BatchNorm(cout, **bn)
+        add_shortcut(self, cin, cout, stride, shortcut=shortcut, bn=bn, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = self.act1(self.bn1(self.conv1(x), train=train))
         y = self.act2(self.bn2(self.conv2(y), train=train))
         y = self.bn3(self.conv3(y), train=train)
-        if self.shortcut:
-            y = y + (self.proj_bn(self.proj_conv(x), train=train) if self.project else x)
+        y = with_shortcut(self, y, x, train)
         return self.act3(y)
 
 
