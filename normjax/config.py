@@ -71,6 +71,9 @@ DEFAULTS: dict[str, Any] = {
             "num_classes": 10,   # classes (>= 2), balanced
             "difficulty": 0.5,   # 0: classes separable ... 1: labels carry no information
             "seed": 0,           # the generator's seed (prototypes, train and test streams)
+            "task": "prototypes",  # prototypes: the class is a prototype | parity: the class is the sum mod num_classes
+                                 # of two prototype features (2 classes: their XOR); equal class means: linear
+                                 # classifiers fitted by least squares or cross-entropy stay at chance
         },
     },
     "optim": {

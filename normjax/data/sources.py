@@ -2,7 +2,9 @@
 
 Three kinds of source:
   * `digits`: scikit-learn's bundled 8x8 digits (no download), a fixed split.
-  * `synthetic`: a deterministic generated task with a difficulty knob.
+  * `synthetic`: a deterministic generated task with a difficulty knob: class prototypes
+    (`task='prototypes'`), or a parity (XOR) of two prototype features that no least-squares or
+    logistic linear classifier learns (`task='parity'`).
   * any TFDS image-classification dataset of fixed image size (`cifar10`, `emnist/balanced`,
     `stl10`, ...): read offline with `tfds.data_source` from an array_record copy prepared in
     a data dir (`normjax.data.catalog`); TensorFlow is not needed to read. Datasets too large
@@ -28,7 +30,10 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     'num_classes': 10,
     'difficulty': 0.5,
     'seed': 0,
+    'task': 'prototypes',
 }
+# What the labels of the synthetic task are a function of (`_synthetic_arrays`).
+SYNTHETIC_TASKS: tuple[str, ...] = ('prototypes', 'parity')
 
 # Records fetched per `__getitems__` call: big enough to amortize the
 # array_record lookups, small enough that one chunk's decoded dicts stay small.
@@ -171,8 +176,13 @@ def _load_synthetic(options: dict[str, Any]) -> Dataset:
         raise UserError(
             f'synthetic difficulty {difficulty!r} is invalid; allowed: a number in [0, 1]'
         )
+    task = opts['task']
+    if not isinstance(task, str) or task not in SYNTHETIC_TASKS:
+        raise UserError(
+            f"synthetic task {task!r} is unknown; allowed: {', '.join(SYNTHETIC_TASKS)}"
+        )
     train, test = _synthetic_arrays(
-        num_train, num_test, shape, num_classes, float(difficulty), seed
+        num_train, num_test, shape, num_classes, float(difficulty), seed, task
     )
     return _make_dataset('synthetic', train, test, num_classes)
 
@@ -219,6 +229,29 @@ def _smooth_fields(
     return fields
 
 
+def _balanced_within(rng: np.random.Generator, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per sample a value in 0..k-1, uniform and balanced within each label (counts differ by <= 1).
+
+    Args:
+      rng: the random stream (one permutation per label is drawn from it).
+      labels: int labels [N], >= 0.
+      k: the number of values.
+
+    Returns:
+      int64 [N]: within each label, a random permutation of 0, 1, ..., k-1, 0, 1, ...
+
+    Example:
+      >>> a = _balanced_within(np.random.default_rng(0), np.array([0, 0, 1, 1, 1, 1]), 2)
+      >>> sorted(a[:2].tolist()), sorted(a[2:].tolist())
+      ([0, 1], [0, 0, 1, 1])
+    """
+    out = np.empty(len(labels), np.int64)
+    for label in range(int(labels.max(initial=-1)) + 1):
+        where = np.flatnonzero(labels == label)
+        out[where] = rng.permutation(np.arange(len(where)) % k)
+    return out
+
+
 def _synthetic_arrays(
     num_train: int,
     num_test: int,
@@ -226,22 +259,60 @@ def _synthetic_arrays(
     num_classes: int,
     difficulty: float,
     seed: int,
+    task: str = 'prototypes',
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Generates the synthetic train and test splits.
+    """Generates the synthetic train and test splits of `task` ('prototypes' or 'parity').
 
-    Each class has a smooth random prototype P (a periodic low-frequency
-    field). With d = difficulty, a sample of class y is
-      (sqrt(1-d) P_y + 0.5 d u P_z + sqrt(d) g R) / sqrt(1 - d + d g^2)
+    Args:
+      num_train: train examples.
+      num_test: test examples.
+      shape: (H, W, C) of an image.
+      num_classes: K, the number of (balanced) classes.
+      difficulty: d in [0, 1] (below).
+      seed: the generator's seed.
+      task: 'prototypes' (the class is a prototype) or 'parity' (the class is
+        the sum mod K of two prototype features).
+
+    Returns:
+      ((train images, train labels), (test images, test labels)): uint8
+      [N, H, W, C] and int32 [N].
+
+    Example:
+      >>> (x, y), _ = _synthetic_arrays(8, 4, (8, 8, 1), 2, 0.0, 0, 'parity')
+      >>> x.shape, x.dtype, sorted(y.tolist())
+      ((8, 8, 8, 1), dtype('uint8'), [0, 0, 0, 0, 1, 1, 1, 1])
+
+    'prototypes': each class has a smooth random prototype P (a periodic
+    low-frequency field), S_y = P_y. 'parity': there are two sets of K
+    prototypes, A_0..A_{K-1} and B_0..B_{K-1}, and a sample of class y shows
+    S_y = (A_a + B_b) / sqrt(2) with a uniform in 0..K-1 (balanced within each
+    class) and b = (y - a) mod K: the label is (a + b) mod K, for K = 2 the XOR
+    (parity) of two binary features. Given y, a and b are each uniform, so every
+    class has the same mean image (mixture and distractors below included, up to
+    the clipping of < 1% of the pixels): least-squares and
+    logistic (softmax) regression on the pixels are then at chance in the
+    population (their optimum is a constant; a finite train set lets them fit
+    noise a little), and so is an all-linear network trained with cross-entropy.
+    That is not a bound on every linear classifier: a hand-built one can beat
+    chance (on noiseless K = 2, a half-space around one of the four clusters
+    scores 3/4). A linear read-out sees a and b, not their sum mod K; a small
+    ReLU network learns it.
+
+    With d = difficulty, a sample of class y is
+      (sqrt(1-d) S_y + 0.5 d u S'_z + sqrt(d) g R) / sqrt(1 - d + d g^2)
       + (0.1 + 0.5 d) * white pixel noise,
-    with z another random class, u ~ U(0, 1), and R a fresh smooth random
+    with z another random class (S'_z: a fresh draw of its a for 'parity'),
+    u ~ U(0, 1), and R a fresh smooth random
     field drawn like the prototypes, then circularly shifted by up to
     min(H, W) // 16 pixels per axis (so convolutions help). R lives in the same
     frequencies as the signal, so no filter removes it: at d = 1 the labels
     carry no information (chance), at d = 0 the classes are separable.
     g = sqrt(dims / 48) grows with the number of low-frequency dimensions, so a
     given d is about as hard for 8x8x1 as for 32x32x3 images. A small MLP's test
-    accuracy against d (measured once, for all three shapes) is in
-    benchmarks/RESULTS.md, "Numbers moved out of the code".
+    accuracy against d (measured once, for all three shapes, on 'prototypes')
+    is in benchmarks/RESULTS.md, "Numbers moved out of the code". On an
+    8x8x1 image the low frequencies hold 8 dimensions (24 on 16x16, 144 on
+    32x32x3): the 2K prototypes of 'parity' need larger images for many classes.
 
     Prototypes, train and test use separate seeded streams, so changing
     num_train does not change the test set. Samples are built in chunks to
@@ -255,7 +326,17 @@ def _synthetic_arrays(
     norm = math.sqrt(signal_w**2 + distractor_w**2)
     noise_std = 0.1 + 0.5 * difficulty
     shift = min(h, w) // 16
-    prototypes = _smooth_fields(np.random.default_rng([seed, 0]), num_classes, shape, max_freq)
+    parity = task == 'parity'
+    prototypes = _smooth_fields(
+        np.random.default_rng([seed, 0]), num_classes * (2 if parity else 1), shape, max_freq
+    )
+
+    def signal(labels: np.ndarray, first: np.ndarray | None, part: slice) -> np.ndarray:
+        """S_y of `labels[part]`: the prototypes, or (A_a + B_(y - a)) / sqrt(2), a = first[part]."""
+        if first is None:
+            return prototypes[labels[part]]
+        a = first[part]
+        return (prototypes[a] + prototypes[num_classes + (labels[part] - a) % num_classes]) / math.sqrt(2.0)
 
     def split(n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([seed, stream])
@@ -264,12 +345,15 @@ def _synthetic_arrays(
         mix = 0.5 * difficulty * rng.uniform(0.0, 1.0, (n, 1, 1, 1))
         dy = rng.integers(-shift, shift + 1, n)
         dx = rng.integers(-shift, shift + 1, n)
+        # 'parity': a of each sample and of its mixed-in class (drawn last: 'prototypes' keeps its stream).
+        first = _balanced_within(rng, labels, num_classes) if parity else None
+        other_first = _balanced_within(rng, others, num_classes) if parity else None
         images = np.empty((n, h, w, c), np.uint8)
         for chunk, start in enumerate(range(0, n, _SYNTHETIC_CHUNK)):
             part = slice(start, start + _SYNTHETIC_CHUNK)
             chunk_rng = np.random.default_rng([seed, stream, chunk])
             m = len(labels[part])
-            x = signal_w * prototypes[labels[part]] + mix[part] * prototypes[others[part]]
+            x = signal_w * signal(labels, first, part) + mix[part] * signal(others, other_first, part)
             x += distractor_w * _smooth_fields(chunk_rng, m, shape, max_freq)
             x /= norm
             x += noise_std * chunk_rng.standard_normal(x.shape)
