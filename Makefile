@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test test-slow bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures
+.PHONY: demo test test-slow bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -38,6 +38,21 @@ demo: $(STAMP)
 	$(BIN)/normjax fold $(DEMO_APL_RUN)
 	$(BIN)/normjax fold $(DEMO_APL_RUN) --spatial --out $(DEMO_APL_RUN)/folded-spatial
 	@echo "ELR figures: $(WORKDIR)/demo/figures   APL figure: $(WORKDIR)/demo-apl/figures/accuracy_vs_apl.png"
+
+# Fashion-MNIST as the TFDS dataset fashion_mnist in the TFDS data dir ($TFDS_DATA_DIR, else
+# ~/tensorflow_datasets), offline: Debian's dataset-fashion-mnist holds the four IDX files (installed
+# here when run as root with apt-get; `apt-get update` only when the install fails), then `normjax
+# prepare` writes them as array_record (kept if already prepared).
+DATA_PKG := dataset-fashion-mnist
+data: $(STAMP)
+	@if dpkg -s $(DATA_PKG) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $(DATA_PKG)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq $(DATA_PKG) >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq $(DATA_PKG) >/dev/null; } || true; \
+	else echo "make data: $(DATA_PKG) is not installed; as root run: apt-get install $(DATA_PKG)"; fi
+	$(BIN)/normjax prepare fashion_mnist
 
 # The APL study: baselines, the λ sweep and the target sweep, figures with the baselines drawn in.
 apl: $(STAMP)

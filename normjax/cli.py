@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--hue", help="varied key drawn as separate lines")
     f.add_argument("--panel", help="with a metric on x: the varied key whose values get their own panels")
     f.add_argument("--log-x", action="store_true", help="logarithmic x axis (positive numeric x values)")
+    d = sub.add_parser("prepare", help="write a TFDS dataset from local files, offline and without TensorFlow "
+                       "(fashion_mnist from Debian's dataset-fashion-mnist)")
+    d.add_argument("name", help="the TFDS name; allowed: fashion_mnist")
+    d.add_argument("--from", dest="source_dir", metavar="DIR",
+                   help="folder holding the four IDX .gz files (default: where `dpkg -L dataset-fashion-mnist` "
+                   "puts them)")
+    d.add_argument("--data-dir", metavar="DIR",
+                   help="TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets, as data.data_dir)")
     for name, (_, _, text) in STUDY_COMMANDS.items():  # their own parsers read the rest of the line
         sub.add_parser(name, help=text, add_help=False).add_argument(
             "args", nargs=argparse.REMAINDER, help=f"the arguments of {name}; see `normjax {name} -h`")
@@ -137,6 +145,10 @@ def run(argv: list[str] | None = None) -> int:
         module, fn, _ = STUDY_COMMANDS[argv[0]]
         return getattr(importlib.import_module(module), fn)(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "prepare":  # before the training imports: needs neither jax nor a config
+        from normjax.data.prepare import prepare
+        print(prepare(args.name, source_dir=args.source_dir, data_dir=args.data_dir).message)
+        return 0
     from normjax.config import load_config
     from normjax.parallel import maybe_initialize_distributed
     from normjax.training.loop import EXIT_DIVERGED, evaluate_run, train
