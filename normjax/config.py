@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
                                  # mlp: hidden width
         "width_mult": 1.0,       # widened baselines
         "shortcut": True,        # resnet only; False gives the plain net of the ELR study
+        "mlp_shortcut": False,   # mlp only (its opt-in twin of shortcut): True groups the hidden layers after the first
+                                 # in residual blocks dense-BN-act-dense-BN, + identity, act; depth odd
         "activation": "relu",    # relu | prelu (channel-wise slopes)
         "prelu_init": 0.0,       # initial slope: 0 = ReLU at init, 1 = linear
         "bn_momentum": 0.9,      # BN running statistics: stat = m * stat + (1 - m) * batch statistic

@@ -58,6 +58,9 @@ def check_model_config(cfg: dict) -> None:
         raise UserError(f"model.depth={depth} is too small for plain_cnn; allowed: >= 3")
     if name == "mlp" and depth < 1:
         raise UserError(f"model.depth={depth} is too small for mlp; allowed: >= 1")
+    if name == "mlp" and cfg.get("mlp_shortcut", False) and depth % 2 == 0:
+        raise UserError(f"model.depth={depth} is not valid for mlp with model.mlp_shortcut=true; allowed: odd "
+                        "(a first layer, then residual blocks of two: 1, 3, 5, ...)")
     if cfg["width"] < 1 or cfg["width_mult"] <= 0:
         raise UserError(f"model.width={cfg['width']}, model.width_mult={cfg['width_mult']}: both must be positive")
 
@@ -71,7 +74,8 @@ def build_model(cfg: dict, *, num_classes: int, image_shape: tuple[int, int, int
                   rngs=rngs)
     h, w, c = image_shape
     if cfg["name"] == "mlp":
-        return MLP(depth=cfg["depth"], width=cfg["width"], in_features=h * w * c, **common)
+        return MLP(depth=cfg["depth"], width=cfg["width"], in_features=h * w * c,
+                   shortcut=cfg.get("mlp_shortcut", False), **common)
     if cfg["name"] == "resnet" and cfg["block"] == "bottleneck":
         return BottleneckResNet(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"],
                                 shortcut=cfg["shortcut"], stem=resolve_stem(cfg["block"], cfg["stem"]), **common)
