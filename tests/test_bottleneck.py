@@ -24,6 +24,8 @@ from normjax.models import BottleneckResNet, build_model, prelu_mask, scale_inva
 from normjax.models.resnet import BOTTLENECK_STAGES
 from normjax.models.structure import get_path
 
+from helpers import assert_close
+
 ROOT = Path(__file__).parents[1]
 # torchvision.models.resnet{50,101,152}(num_classes=1000): convs without bias, BN scale and bias, fc with bias.
 TORCHVISION = {50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
@@ -240,11 +242,12 @@ def test_graph_json_round_trip_and_old_files():
     np.testing.assert_allclose(values["c1"][:, 0, 0], values["c0"][:, :2, :2].max(axis=(1, 2)), rtol=1e-6)
 
 
+@pytest.mark.cross_program
 @pytest.mark.parametrize("train", [False, True])
 def test_scanned_blocks_equal_the_unrolled_network(train):
     """A stage of first + two stacked blocks computes exactly what its blocks applied one by one
-    compute, and in training updates the same BN statistics: bitwise, both compiled (an eager
-    op-by-op reference differs from any compiled program by float rounding)."""
+    compute, and in training updates the same BN statistics, both compiled: to a few ulps (two
+    programs, whose reductions XLA may order differently on another CPU)."""
     model = _small()
     h = jnp.asarray(np.random.default_rng(2).normal(size=(4, 16, 16, 8)), jnp.float32)  # stage 1's output: 4 x 2 channels
     graphdef, state = nnx.split(model.stage2)
@@ -267,9 +270,10 @@ def test_scanned_blocks_equal_the_unrolled_network(train):
     before = nnx.to_pure_dict(nnx.state(model.stage2, nnx.BatchStat))
     out, got = jax.jit(scanned)(state, h)
     ref, want = jax.jit(unrolled)(state, h)
-    np.testing.assert_array_equal(out, ref)
+    # Equal up to rounding: scanned and unrolled are two programs (tests/helpers.py).
+    assert_close(out, ref, 4, "scanned vs unrolled output")
     assert len(jax.tree.leaves(got)) == 14  # mean and var: first's bn1-3 and proj_bn; the stacked bn1-3
-    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert_close(got, want, 4, "scanned vs unrolled BN statistics")
     changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), got, before)
     assert all(jax.tree.leaves(changed)) if train else not any(jax.tree.leaves(changed))
 

@@ -11,7 +11,7 @@ from normjax import cli
 
 def test_every_argument_of_every_command_has_help():
     parsers = cli.parsers()
-    assert len(parsers) == 1 + 5 + len(cli.STUDY_COMMANDS)
+    assert len(parsers) == 1 + 6 + len(cli.STUDY_COMMANDS)
     missing = []
     for name, parser in parsers.items():
         actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
@@ -64,3 +64,30 @@ def test_train_prints_a_readable_summary_or_json(tmp_path, monkeypatch, capsys, 
         assert json.loads(out) == SUMMARY | {"elr_log_spread": "nan"}
     else:
         assert out == cli.format_summary(SUMMARY, workdir) + "\n" and "wall_time" not in out
+
+
+@pytest.mark.parametrize("sets,words", [
+    (["train.epochs=1e9"], ["train.epochs", "1073741824"]),
+    (["train.steps=99999999999"], ["train.steps=99999999999", "1073741824"]),
+    (["optim.prelu_l1=0.1"], ["optim.prelu_l1=0.1", "'sgd'", "sgd_prelu_l1, sgd_prelu_target"]),
+    (["optim.elr_reference=geometric_mean"], ["optim.elr_reference", "sgd_uniform_elr"]),
+    (["optim.name=sgd_uniform_elr", "optim.prelu_gain=0.1"], ["optim.prelu_gain", "sgd_prelu_target"]),
+])
+def test_a_run_nothing_can_train_as_asked_is_one_line_and_creates_nothing(tmp_path, capsys, sets, words):
+    """A step count int32 cannot hold; an optim key the chosen optimizer does not read (the run
+    would train without it, silently)."""
+    args = ["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as e:
+        cli.main(args + [a for s in sets for a in ("--set", s)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_keys_every_optimizer_reads_are_never_refused():
+    from normjax.config import DEFAULTS, merge, validate
+
+    for name in ("sgd", "sgd_uniform_elr", "sgd_critical_warmup"):  # the schedule's keys, the APL tolerance
+        validate(merge(DEFAULTS, {"optim": {"name": name, "schedule": "step", "warmup_steps": 5,
+                                            "prelu_tolerance": 0.05}}))

@@ -13,6 +13,7 @@ import normjax.transforms as njt
 from normjax.config import DEFAULTS, merge
 from normjax.errors import UserError
 from normjax.training.optim import OptimizerContext, make_optimizer, optimizer_metrics
+from helpers import assert_close
 
 N, LR = 200, 0.1
 
@@ -111,15 +112,16 @@ def test_target_one_freezes_nothing():
         g = 0.01 * jnp.sin(jnp.arange(6.0) + t)
         u, s = jax.jit(tx.update)(g, s, p)
         v, r = jax.jit(ref.update)(g, r, q)
-        np.testing.assert_array_equal(u, v)  # exactly the prior-free step
+        np.testing.assert_array_equal(u, v)  # bitwise: no push passes the SGD update through untouched
         p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
     assert int(s[1].num_frozen) == 0 and not np.any(np.asarray(s[1].frozen))
     assert float(s[1].strength) == 0.0 and float(s[1].log_scale) == 0.0  # no wind-up either
     assert float(p[0]) != 1.0  # the slope that sat on 1 moved with its gradient
 
 
+@pytest.mark.cross_program
 @pytest.mark.parametrize("mode, power", [("proximal", 1.0), ("proximal", 0.5), ("subgradient", 1.0)])
-def test_constant_strength_is_the_prior_bitwise(mode, power):
+def test_constant_strength_is_the_prior(mode, power):
     """gain 0 and a target that lets every unit freeze: `prelu_sparsity_prior(λ0)`, bit for bit.
 
     Jitted, on the same inputs each step. There the square-root form's transcendental ops (arccos,
@@ -133,7 +135,11 @@ def test_constant_strength_is_the_prior_bitwise(mode, power):
     # jitted, the prior gets λ0 as an argument (a runtime value, as in the controller), not a constant
     pri_jit = jax.jit(lambda lam, *a: pri(lam).update(*a))
     exact = np.testing.assert_array_equal
-    close = exact if power == 1.0 else lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2.5e-7)
+    # p = 1: the same correctly rounded elementwise ops in the same order, no reductions: bitwise
+    # on any CPU. p = 0.5: a chain of transcendental ops (arccos, cos, powers; each within an ulp
+    # or two, and XLA may fuse or approximate them per program), compounded over 12 steps of the
+    # prox: 16 ulps of the update's scale (6.5 seen on an AMD EPYC, 2026-12).
+    close = exact if power == 1.0 else lambda a, b: assert_close(a, b, 16, "update")
     eager = [(ctl.update, pri(0.3).update, 1, exact)] if power != 1.0 else []  # (eager dispatch is slow)
     for ctl_update, pri_update, steps, same in eager + [(jax.jit(ctl.update), functools.partial(pri_jit, 0.3), 12,
                                                          close)]:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
+from helpers import assert_close
 from normjax import metrics
 from normjax.training.inputs import input_for
 from normjax.training.loop import dataset_for, program_for, train
@@ -62,6 +63,7 @@ def test_uniform_elr_run_has_spread_one_and_per_layer_lr(tmp_path):
     assert np.ptp(np.array(rows[0]["layer_lr"])[si]) > 0  # layers got different LRs
 
 
+@pytest.mark.cross_program
 def test_hooks_run_only_on_logged_slots_and_do_not_change_training():
     cfg = small_config(log={"metrics": ["elr", "layer_norms"]})
     ds = dataset_for(cfg)
@@ -70,19 +72,20 @@ def test_hooks_run_only_on_logged_slots_and_do_not_change_training():
     stack = lambda s: jax.tree.map(lambda x: x[None], s)  # noqa: E731
     mask = np.zeros(program.chunk, bool)
     mask[[1, 5]] = True
+    ULPS_HOOKS = 8 if jax.default_backend() == "cpu" else 64  # noqa: N806
     s_all, m_all = program.run_chunk(stack(program.init_state(cfg)), images, labels, program.chunk)
     s_some, m_some = program.run_chunk(stack(program.init_state(cfg)), images, labels, program.chunk, mask)
     leaves_all, leaves_some = jax.tree.leaves(s_all), jax.tree.leaves(s_some)
     assert len(leaves_all) == len(leaves_some)
     for a, b in zip(leaves_all, leaves_some, strict=True):
-        if jax.default_backend() == "cpu":
-            np.testing.assert_array_equal(a, b)  # bitwise: the hooks never touch the state
-        else:  # a GPU fuses the step with hooks differently: equal to rounding (2.6e-6 seen on an H200)
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(m_all["loss"], m_some["loss"], rtol=0 if jax.default_backend() == "cpu" else 1e-5)
+        # Equal up to rounding: the step with hooks on every slot and on some are two programs
+        # that XLA fuses differently (a GPU more so: 2.6e-6 relative seen on an H200). A hook
+        # that wrote into the state would be far outside.
+        assert_close(a, b, ULPS_HOOKS, "state")
+    assert_close(m_all["loss"], m_some["loss"], ULPS_HOOKS, "loss")
     for k in ("elr", "w_norm", "elr_spread", "l2_grads"):
         on, off = np.asarray(m_some[k][0, mask]), np.asarray(m_some[k][0, ~mask])
-        np.testing.assert_array_equal(on, np.asarray(m_all[k][0, mask]))
+        assert_close(on, np.asarray(m_all[k][0, mask]), ULPS_HOOKS, k)
         assert np.all(off == 0) and np.all(on != 0), k
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import assert_bitwise
 from conftest import small_config
 from normjax.cli import main
 from normjax.training.checkpoint import Checkpointer
@@ -140,7 +141,7 @@ def test_resume_after_corrupt_checkpoint_matches_uninterrupted(tmp_path):
     assert summary["status"] == "done"
     assert _rows(run) == _rows(tmp_path / "ref")
     a, b = _final_params(run, cfg), _final_params(tmp_path / "ref", cfg)
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert_bitwise(a, b, "final parameters")  # bitwise by construction: the same program, resumed
 
 
 def test_warm_start_takes_params_with_a_new_optimizer(tmp_path):
@@ -154,8 +155,8 @@ def test_warm_start_takes_params_with_a_new_optimizer(tmp_path):
     program = program_for(cfg_b, input_for(cfg_b))
     fresh = program.init_state(cfg_b)
     warm = warm_start(program.init_state(cfg_b), program, cfg_b["train"]["init_from"])  # as train() does
-    jax.tree.map(np.testing.assert_array_equal, warm.params, src.params)
-    jax.tree.map(np.testing.assert_array_equal, warm.batch_stats, src.batch_stats)
+    # Bitwise by construction: copied arrays.
+    assert_bitwise((warm.params, warm.batch_stats), (src.params, src.batch_stats), "warm-started")
     jax.tree.map(np.testing.assert_array_equal, (warm.opt_state, warm.step, warm.key, warm.diverged),
                  (fresh.opt_state, fresh.step, fresh.key, fresh.diverged))
     # b's hyper-parameters, and no trace of the source's (nonzero) momentum buffer

@@ -19,6 +19,11 @@ The runs are product(grid) x zip. A run whose `train.init_from` is `"pretrain"` 
 *base run*: its own config with the `pretrain` overrides laid over it (and no warm start). Runs that
 share a base config share one base run, trained first into `<sweep>/pretrain/` (e.g. the APL
 study's after-training regime: each network trained once, sparsified with many prior strengths).
+Every run is validated as `normjax train` validates one, before any run starts: a run whose
+optimizer does not read an `optim` key the sweep sets (`optim.prelu_l1` for plain `sgd`) stops
+the sweep with one line naming the run. A grid that sets a key for some optimizers only pairs it
+with `optim.name` in a bundle (`{"name": "l1", "optim.name": "sgd_prelu_l1", "optim.prelu_l1": 0.1}`).
+
 Each run gets a directory named by its varied values plus a
 short hash of its config (its values that differ from the defaults), so changing any value gives
 a new run, and a key added to the defaults later renames nothing.

@@ -54,9 +54,24 @@ def dataset_for(cfg: dict) -> Dataset:
     return inp.ds
 
 
+# Steps are counted in int32 on device (the state's step, schedule bounds, per-chunk indices);
+# 2^30 leaves room for the chunk and checkpoint arithmetic past the last step.
+MAX_STEPS = 2**30
+
+
 def total_steps(cfg: dict, num_train: int) -> int:
+    """The run's length in steps: `train.steps`, else `train.epochs` of the training set."""
     t = cfg["train"]
-    return t["steps"] or max(1, math.ceil(t["epochs"] * max(1, num_train // t["batch_size"])))
+    steps = t["steps"]
+    if not steps:
+        epochs = t["epochs"]
+        if not math.isfinite(epochs) or epochs * max(1, num_train // t["batch_size"]) > MAX_STEPS:
+            raise UserError(f"train.epochs={epochs} is {max(1, num_train // t['batch_size'])} steps per epoch of "
+                            f"{num_train} examples: too many steps; allowed: at most {MAX_STEPS} steps in all")
+        steps = max(1, math.ceil(epochs * max(1, num_train // t["batch_size"])))
+    if steps > MAX_STEPS:
+        raise UserError(f"train.steps={steps} is too many; allowed: at most {MAX_STEPS} (steps count in int32)")
+    return steps
 
 
 def program_for(cfg: dict, inp: Input) -> Program:

@@ -236,9 +236,33 @@ def current_lr(opt_state: Any, schedule: Callable, step: jax.Array) -> jax.Array
     return optax.tree_utils.tree_get(opt_state, "lr") * schedule(step)
 
 
+# Keys every run reads whatever its optimizer: the name, the schedule's, and the tolerance within
+# which a PReLU slope counts as linear (the APL hook and `normjax apl` read it).
+READ_BY_ALL = ("name", "prelu_tolerance") + SCHEDULE_KEYS
+
+
+def readers(key: str) -> list[str]:
+    """The registered optimizers that read `optim.<key>` (every one for `READ_BY_ALL`)."""
+    return sorted(n for n, s in OPTIMIZERS.items() if key in READ_BY_ALL + s.hyperparams + s.static)
+
+
+def check_unread_keys(cfg: dict) -> None:
+    """One-line UserError when `cfg` sets an `optim` key (a value other than the default) that
+    its optimizer does not read: `prelu_l1` with plain `sgd` would train unsparsified, silently."""
+    from normjax.config import DEFAULTS
+
+    name = cfg["name"]
+    for key, value in cfg.items():
+        if key in DEFAULTS["optim"] and value != DEFAULTS["optim"][key] and name not in readers(key):
+            raise UserError(f"optim.{key}={value!r} is not read by optim.name={name!r}; the optimizers that read it: "
+                            f"{', '.join(readers(key))} (or leave optim.{key} at its default, "
+                            f"{DEFAULTS['optim'][key]!r})")
+
+
 def check_optim_config(cfg: dict, model_cfg: dict) -> None:
-    """One-line UserError for `optim` values no optimizer accepts."""
+    """One-line UserError for `optim` values no optimizer accepts, or that its optimizer ignores."""
     spec = optimizer_spec(cfg)
+    check_unread_keys(cfg)
     choices = {"weight_decay_on": WEIGHT_DECAY_ON, "elr_definition": transforms.elr.DEFINITIONS,
                "elr_reference": transforms.elr.REFERENCES, "elr_position": ELR_POSITIONS,
                "prelu_mode": transforms.prelu.MODES}
