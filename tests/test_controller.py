@@ -136,10 +136,11 @@ def test_constant_strength_is_the_prior(mode, power):
     pri_jit = jax.jit(lambda lam, *a: pri(lam).update(*a))
     exact = np.testing.assert_array_equal
     # p = 1: the same correctly rounded elementwise ops in the same order, no reductions: bitwise
-    # on any CPU. p = 0.5: a chain of transcendental ops (arccos, cos, powers; each within an ulp
-    # or two, and XLA may fuse or approximate them per program), compounded over 12 steps of the
-    # prox: 16 ulps of the update's scale (6.5 seen on an AMD EPYC, 2026-12).
-    close = exact if power == 1.0 else lambda a, b: assert_close(a, b, 16, "update")
+    # on any CPU. p = 0.5: a chain of transcendental ops (arccos, cos, powers), which XLA:CPU
+    # approximates with code that differs by instruction set and fusion, compounded over 12 steps
+    # of the prox: 64 ulps of the update's scale (seen, AMD EPYC, 2026-12: 6.5 natively, 0 under
+    # SSE4_2, 28 under AVX2); a strength off by 0.1% is thousands of ulps away.
+    close = exact if power == 1.0 else lambda a, b: assert_close(a, b, 64, "update")
     eager = [(ctl.update, pri(0.3).update, 1, exact)] if power != 1.0 else []  # (eager dispatch is slow)
     for ctl_update, pri_update, steps, same in eager + [(jax.jit(ctl.update), functools.partial(pri_jit, 0.3), 12,
                                                          close)]:
