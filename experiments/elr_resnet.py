@@ -4,10 +4,17 @@ effective learning rates every step of early training (`log.metrics=["elr"]`).
 Constant LR, no warm-up and no weight decay, so the weight-dynamics model (`normjax ode RUNDIR`)
 applies as stated; sweeps set other values. smoke: ResNet-20 on the embedded digits data, 150
 steps; full: ResNet-56 on CIFAR-10, the first 2000 steps logged densely, then every epoch.
+medium (2 CPU cores): a BN-ReLU MLP, depth 31 width 256, with identity shortcuts (residual blocks
+of two BN-ReLU layers; `model.shortcut=false` gives the plain net) on Fashion-MNIST, the first
+1000 steps (~2 epochs) logged densely: at depth 21-41 the plain net's per-layer ELRs spread over
+orders of magnitude while the residual net's stay close, and a run costs about a minute.
 
     normjax train experiments/elr_resnet.py --set model.shortcut=false
     normjax elr-plot runs/elr_resnet && normjax ode runs/elr_resnet
 """
+
+
+SIZES = ("smoke", "medium", "full")
 
 
 def get_config(size: str) -> dict:
@@ -19,6 +26,12 @@ def get_config(size: str) -> dict:
         "log": {"dense_steps": 150, "every": 10, "metrics": ["elr"]},
         "checkpoint": {"every": 150},
     }
+    if size == "medium":
+        cfg["model"] = {"name": "mlp", "depth": 31, "width": 256, "shortcut": True}
+        cfg["data"] = {"name": "fashion_mnist"}
+        cfg["train"].update(steps=1000, steps_per_dispatch=50)
+        cfg["log"].update(dense_steps=1000, every=50)
+        cfg["checkpoint"] = {"every": 1000}
     if size == "full":
         cfg["model"]["depth"] = 56
         cfg["data"] = {"name": "cifar10", "crop_padding": 4, "flip": True}

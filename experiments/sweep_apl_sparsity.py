@@ -7,12 +7,26 @@ directly with the λ controller.
 
 smoke: ResNet-14 (width 8) on the embedded digits and synthetic easy/hard tasks at 8x8, minutes on
 2 CPU cores. full: ResNet-20 on CIFAR-10 and CIFAR-100 (and synthetic easy/hard at 32x32), 2 seeds.
+medium: the residual PReLU MLP of `apl_resnet.py --size medium` (depth 21, width 128) on three
+tasks of graded difficulty: digits (8x8x1, batch 16 so its 1.4k examples give as many steps as
+the others' epochs need), Fashion-MNIST, and the synthetic `parity` task (8x8x1, 4 classes, 16k
+examples; no linear classifier solves it, so the net keeps nonlinear units); 6 epochs during / 3
+after, λ from 1e-3 to 1e-1, 3 seeds: 90 runs + 9 base runs, about 60 min on 2 CPU cores.
 `make sweep-apl_sparsity` draws accuracy vs APL per regime and task, the core network and the
 advantage gap (`normjax apl-plot`).
 """
 
 
+SIZES = ("smoke", "medium", "full")
+PARITY = {"data.synthetic.task": "parity", "data.synthetic.num_classes": 4, "data.synthetic.difficulty": 0.5,
+          "data.synthetic.image_shape": [8, 8, 1], "data.synthetic.num_train": 16384, "data.synthetic.num_test": 4096}
+
+
 def tasks(size: str) -> list[dict]:
+    if size == "medium":
+        return [{"name": "digits", "data.name": "digits", "train.batch_size": 16},
+                {"name": "fashion_mnist", "data.name": "fashion_mnist"},
+                {"name": "parity", "data.name": "synthetic"} | PARITY]
     shape = [8, 8, 3] if size == "smoke" else [32, 32, 3]
     synthetic = [{"name": name, "data.name": "synthetic", "data.synthetic.difficulty": d,
                   "data.synthetic.image_shape": shape} for name, d in (("easy", 0.3), ("hard", 0.8))]
@@ -31,6 +45,13 @@ def regimes(epochs: float, post_epochs: float, from_k: bool = False) -> list[dic
 
 
 def get_sweep(size: str) -> dict:
+    if size == "medium":
+        return {
+            "base": "apl_resnet.py",
+            "grid": {"data.task": tasks(size), "train.regime": regimes(6.0, 3.0),
+                     "optim.prelu_l1": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "train.seed": [0, 1, 2]},
+            "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 6.0},
+        }
     if size == "full":
         return {
             "base": "apl_resnet.py",

@@ -3,7 +3,10 @@ a given fraction of the PReLU units is nonlinear, so accuracy is measured at cho
 regimes and over the tasks of `sweep_apl_sparsity.py`.
 
 smoke: ResNet-14 (width 8), digits and synthetic hard at 8x8; full: ResNet-20 on CIFAR-10/100 and
-synthetic easy/hard, 2 seeds. `make sweep-apl_targets` draws the APL figures (`normjax apl-plot`).
+synthetic easy/hard, 2 seeds. medium: the residual PReLU MLP of `apl_resnet.py --size medium` on digits, Fashion-MNIST and
+parity (`sweep_apl_sparsity.tasks`), 6 epochs during / 3 after, targets 0.3 to 0 (the APL range
+from a mostly linear net to its linear limit), 3 seeds: 90 runs + 9 base runs, about 60 min on 2
+CPU cores. `make sweep-apl_targets` draws the APL figures (`normjax apl-plot`).
 """
 
 import importlib.util
@@ -13,10 +16,19 @@ _spec = importlib.util.spec_from_file_location("sweep_apl_sparsity", Path(__file
 _sparsity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_sparsity)
 
+SIZES = ("smoke", "medium", "full")
 CONTROLLER = {"optim.name": "sgd_prelu_target", "optim.prelu_gain": 0.1}
 
 
 def get_sweep(size: str) -> dict:
+    if size == "medium":
+        return {
+            "base": "apl_resnet.py",
+            "grid": {"data.task": _sparsity.tasks(size), "train.regime": _sparsity.regimes(6.0, 3.0),
+                     "optim.prelu_target": [0.3, 0.1, 0.03, 0.01, 0.0], "train.seed": [0, 1, 2]},
+            "set": CONTROLLER | {"optim.prelu_l1": 0.01},
+            "pretrain": {"optim.prelu_target": 1.0, "train.epochs": 6.0},
+        }
     if size == "full":
         return {
             "base": "apl_resnet.py",
