@@ -41,9 +41,9 @@ DEFAULTS: dict[str, Any] = {
         "width": 16,             # resnet/plain_cnn: base width (bottleneck: stage 1's inner width, 64 in ResNet-50);
                                  # mlp: hidden width
         "width_mult": 1.0,       # widened baselines
-        "shortcut": True,        # resnet only; False gives the plain net of the ELR study
-        "mlp_shortcut": False,   # mlp only (its opt-in twin of shortcut): True groups the hidden layers after the first
-                                 # in residual blocks dense-BN-act-dense-BN, + identity, act; depth odd
+        "shortcut": "auto",      # auto | true | false: auto is true for resnet (False gives the plain net of the ELR
+                                 # study), false for mlp (true groups the hidden layers after the first in residual
+                                 # blocks dense-BN-act-dense-BN, + identity, act; depth odd); plain_cnn ignores it
         "activation": "relu",    # relu | prelu (channel-wise slopes)
         "prelu_init": 0.0,       # initial slope: 0 = ReLU at init, 1 = linear
         "bn_momentum": 0.9,      # BN running statistics: stat = m * stat + (1 - m) * batch statistic
@@ -145,7 +145,16 @@ def merge(base: dict, update: dict, prefix: str = "") -> dict:
     return out
 
 
+# Keys that take a bool besides their string default "auto" (the value is checked by `validate`),
+# by their last part: a section merged on its own (`merge(DEFAULTS["model"], ...)`) names them so.
+AUTO_OR_BOOL = ("shortcut",)  # model.shortcut
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
+    if name.rsplit(".", 1)[-1] in AUTO_OR_BOOL:
+        if not isinstance(value, (bool, str)):
+            raise UserError(f"config key {name!r} got {value!r} ({type(value).__name__}); allowed: auto, true, false")
+        return value
     kind = type(default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -248,6 +257,28 @@ def load_config(path: str | os.PathLike | None = None, *, size: str = "smoke",
         cfg = merge(cfg, parse_override(text))
     validate(cfg)
     return cfg
+
+
+def canonical(cfg: dict) -> dict:
+    """`cfg` with `model.shortcut` written `"auto"` where it equals what `auto` resolves to for its
+    model (`normjax.models.resolve_shortcut`): configs that build the same model compare and hash
+    alike, so the runs that wrote `shortcut: true` for a resnet (the default before `auto`) keep
+    their names (`normjax.sweep.spec.config_hash`) and their run directories (`config_diff`).
+
+    Example:
+      >>> canonical({"model": {"name": "resnet", "shortcut": True}})["model"]["shortcut"]
+      'auto'
+      >>> canonical({"model": {"name": "mlp", "shortcut": True}})["model"]["shortcut"]
+      True
+    """
+    from normjax.models import resolve_shortcut
+
+    m = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(m, dict) or not isinstance(m.get("shortcut"), bool) or not isinstance(m.get("name"), str):
+        return cfg
+    if m["shortcut"] != resolve_shortcut(m["name"], "auto"):
+        return cfg
+    return {**cfg, "model": {**m, "shortcut": "auto"}}
 
 
 def validate(cfg: dict) -> None:

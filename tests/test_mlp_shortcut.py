@@ -1,9 +1,10 @@
-"""The residual BN MLP (`model.mlp_shortcut=true`): blocks dense-BN-act-dense-BN, + identity, act.
+"""The residual BN MLP (`model.shortcut=true` on mlp): blocks dense-BN-act-dense-BN, + identity, act.
 
-Its plain twin (the default) is today's MLP; the residual one's layers, masks, graph, APL and
-folding follow its blocks. Folded and graph-evaluated logits are compared with the model's own
-eval-mode forward pass on random parameters and BN statistics (two different programs: float32
-rounding apart, relative deviation max |Δ| / max(1, max |logit|) <= 1e-5).
+Its plain twin (the default: `auto` is false for mlp, true for resnet) is today's MLP; the
+residual one's layers, masks, graph, APL and folding follow its blocks. Folded and graph-evaluated
+logits are compared with the model's own eval-mode forward pass on random parameters and BN
+statistics (two different programs: float32 rounding apart, relative deviation
+max |Δ| / max(1, max |logit|) <= 1e-5).
 """
 
 import copy
@@ -19,11 +20,13 @@ from conftest import small_config
 from normjax.analysis import apl
 from normjax.analysis.fold import apply_folded, apply_graph, fold, stats
 from normjax.analysis.graph import check, nonlinear, subtree
-from normjax.config import DEFAULTS, load_config
+from normjax.config import DEFAULTS, load_config, merge
 from normjax.errors import UserError
-from normjax.models import MLP, build_model, layer_axes, per_layer, prelu_mask, scale_invariant_mask
+from normjax.models import MLP, build_model, has_shortcuts, layer_axes, per_layer, prelu_mask, scale_invariant_mask
 from normjax.models.structure import get_path
-from normjax.training.loop import train
+from normjax.sweep.spec import config_hash
+from normjax.training.loop import config_diff, read_run, train
+from normjax.training.rundir import RunDir
 
 SHAPE = (2, 2, 2)  # 8 input features
 WIDTH = 4
@@ -31,7 +34,7 @@ WIDTH = 4
 
 def _build(depth=5, shortcut=True, activation="prelu", width=WIDTH, seed=0, **kw):
     cfg = dict(DEFAULTS["model"], name="mlp", depth=depth, width=width, activation=activation,
-               mlp_shortcut=shortcut, **kw)
+               shortcut=shortcut, **kw)
     return build_model(cfg, num_classes=3, image_shape=SHAPE, rngs=nnx.Rngs(seed))
 
 
@@ -89,8 +92,8 @@ def _x(n=6, seed=1):
 # ---- the plain default and the config --------------------------------------------------------
 
 def test_plain_is_the_default_and_unchanged():
-    """mlp_shortcut=false (the default) builds today's MLP: its parameter tree, layers and graph."""
-    assert DEFAULTS["model"]["mlp_shortcut"] is False
+    """shortcut=auto (the default) and false build today's MLP: its parameter tree, layers and graph."""
+    assert DEFAULTS["model"]["shortcut"] == "auto"
     default = build_model(dict(DEFAULTS["model"], name="mlp", depth=4, width=WIDTH, activation="prelu"),
                           num_classes=3, image_shape=SHAPE, rngs=nnx.Rngs(0))
     plain = _build(depth=4, shortcut=False)
@@ -109,14 +112,82 @@ def test_plain_is_the_default_and_unchanged():
 
 
 def test_config_opt_in_and_odd_depth():
-    cfg = load_config("experiments/mlp_digits.py", overrides=["model.depth=5", "model.mlp_shortcut=true"])
-    assert cfg["model"]["mlp_shortcut"] is True
+    cfg = load_config("experiments/mlp_digits.py", overrides=["model.depth=5", "model.shortcut=true"])
+    assert cfg["model"]["shortcut"] is True
     with pytest.raises(UserError) as e:
-        load_config("experiments/mlp_digits.py", overrides=["model.mlp_shortcut=true"])  # depth 6
+        load_config("experiments/mlp_digits.py", overrides=["model.shortcut=true"])  # depth 6
     msg = str(e.value)
-    assert "\n" not in msg and "model.depth=6" in msg and "mlp_shortcut" in msg and "odd" in msg, msg
+    assert "\n" not in msg and "model.depth=6" in msg and "model.shortcut=true" in msg and "odd" in msg, msg
+    load_config("experiments/mlp_digits.py", overrides=["model.shortcut=auto"])  # plain: depth 6 is fine
     with pytest.raises(ValueError, match="odd"):  # the model itself, built without the config
         MLP(depth=4, width=WIDTH, in_features=8, num_classes=3, shortcut=True, rngs=nnx.Rngs(0))
+
+
+def _from_config(*overrides, path="experiments/mlp_digits.py"):
+    cfg = load_config(path, overrides=list(overrides))
+    return build_model(cfg["model"], num_classes=3, image_shape=SHAPE, rngs=nnx.Rngs(0))
+
+
+def test_the_key_is_model_shortcut():
+    """`model.shortcut=true` on an mlp builds the residual MLP; `auto` (the default) the plain one,
+    its parameters bit for bit those of `false`; a resnet's `auto` keeps its shortcuts."""
+    residual = _from_config("model.depth=5", "model.shortcut=true")
+    assert isinstance(residual, MLP) and residual.shortcut and residual.blocks == 2
+    assert has_shortcuts(load_config("experiments/mlp_digits.py",
+                                     overrides=["model.depth=5", "model.shortcut=true"])["model"])
+    auto, false = _from_config("model.depth=5"), _from_config("model.depth=5", "model.shortcut=false")
+    assert not auto.shortcut and not false.shortcut and not has_shortcuts(DEFAULTS["model"] | {"name": "mlp"})
+    (pa, sa), (pf, sf) = _trees(auto), _trees(false)
+    assert jax.tree.structure(pa) == jax.tree.structure(pf) and jax.tree.structure(sa) == jax.tree.structure(sf)
+    jax.tree.map(np.testing.assert_array_equal, pa, pf)
+    resnet = load_config("experiments/resnet_digits.py")["model"]
+    assert resnet["shortcut"] == "auto" and has_shortcuts(resnet)
+    for m in (resnet, dict(resnet, block="bottleneck", depth=50)):
+        build = lambda m: nnx.eval_shape(lambda: build_model(m, num_classes=3, image_shape=(32, 32, 3),  # noqa: E731
+                                                             rngs=nnx.Rngs(0)))
+        assert build(m).shortcut is True and build(dict(m, shortcut=False)).shortcut is False
+        assert any(not e.ops for n in build(m).graph().nodes for e in n.operands)  # identity edges
+
+
+@pytest.mark.parametrize("text, shown", [("maybe", "'maybe'"), ("1", "1"), ("[true]", "[True]"), ("null", "None")])
+def test_a_bad_shortcut_is_one_line(text, shown):
+    with pytest.raises(UserError) as e:
+        load_config("experiments/mlp_digits.py", overrides=[f"model.shortcut={text}"])
+    msg = str(e.value)
+    assert "\n" not in msg and "model.shortcut" in msg and shown in msg and "allowed: auto, true, false" in msg, msg
+
+
+def test_run_names_and_stored_configs_keep_their_meaning():
+    """Run names hash a resnet's `shortcut: true` (the default every resnet config stored before
+    `auto`) as the default, and a stored true compares equal to `auto`; an mlp's true is the
+    residual MLP: another name and another config."""
+    resnet = load_config("experiments/resnet_digits.py")
+    for value, same in ((True, True), (False, False), ("auto", True)):
+        cfg = merge(resnet, {"model": {"shortcut": value}})
+        assert (config_hash(cfg) == config_hash(resnet)) is same and (config_diff(cfg, resnet) == "") is same
+    mlp = load_config("experiments/mlp_digits.py", overrides=["model.depth=5"])
+    for value, same in ((False, True), (True, False)):
+        cfg = merge(mlp, {"model": {"shortcut": value}})
+        assert (config_hash(cfg) == config_hash(mlp)) is same and (config_diff(cfg, mlp) == "") is same
+
+
+def test_an_old_mlp_run_dir_reads_as_the_plain_mlp_it_trained(tmp_path):
+    """An mlp run written while model.shortcut was resnet only stored `shortcut: true` (and, for a
+    while, `mlp_shortcut: false`): its graph.json has no identity edge, so it reads as the plain MLP,
+    which its checkpoint holds; it is the same run as today's config."""
+    cfg = small_config(train={"steps": 8})
+    assert train(cfg, tmp_path / "run")["status"] == "done"
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["model"]["shortcut"] == "auto"
+    stored["model"] |= {"shortcut": True, "mlp_shortcut": False}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+    assert RunDir(tmp_path / "run").read_config()["model"] == dict(cfg["model"], shortcut=False)
+    read, _, program, step, _ = read_run(tmp_path / "run")
+    assert step == 8 and read["model"]["shortcut"] is False and not program.graph.nodes[-2].operands[1:]
+    assert train(cfg, tmp_path / "run").get("already") is True
+    residual = small_config(model={"depth": 3, "shortcut": True}, train={"steps": 8})
+    assert train(residual, tmp_path / "residual")["status"] == "done"
+    assert RunDir(tmp_path / "residual").read_config()["model"]["shortcut"] is True
 
 
 # ---- structure: parameters, layers, masks ------------------------------------------------------
@@ -243,7 +314,7 @@ def test_residual_mlp_folds_exactly(pattern):
 # ---- training through the loop -------------------------------------------------------------------
 
 def test_residual_mlp_trains_with_elr_metrics(tmp_path):
-    cfg = small_config(model={"depth": 5, "width": 32, "mlp_shortcut": True},
+    cfg = small_config(model={"depth": 5, "width": 32, "shortcut": True},
                        train={"steps": 16}, log={"metrics": ["layer_norms", "elr"]})
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "done" and summary["test_accuracy"] > 0.3, summary

@@ -24,6 +24,26 @@ from normjax.models.structure import LayerInfo, layer_axes, per_layer, per_layer
 MODELS = ("mlp", "plain_cnn", "resnet")
 
 
+def resolve_shortcut(name: str, shortcut: bool | str) -> bool:
+    """The `model.shortcut` of a model named `name`: `auto` is True for resnet (basic and bottleneck
+    blocks) and False for mlp (the plain MLP); plain_cnn has no shortcuts and ignores it (its `auto`
+    reads True, the value its configs stored before `auto`).
+
+    Example:
+      >>> resolve_shortcut("resnet", "auto"), resolve_shortcut("mlp", "auto"), resolve_shortcut("mlp", True)
+      (True, False, True)
+    """
+    return name != "mlp" if shortcut == "auto" else bool(shortcut)
+
+
+def has_shortcuts(cfg: dict) -> bool:
+    """Whether the model a model config builds has shortcuts (a resnet, or an mlp with
+    `model.shortcut` true); `cfg` may lack keys (a stored config): the name defaults to resnet,
+    the shortcut to `auto`."""
+    name = cfg.get("name", "resnet")
+    return name in ("mlp", "resnet") and resolve_shortcut(name, cfg.get("shortcut", "auto"))
+
+
 def check_model_config(cfg: dict) -> None:
     """Raise UserError (one line) for a model config no model can build.
 
@@ -44,6 +64,8 @@ def check_model_config(cfg: dict) -> None:
         raise UserError(f"model.activation={cfg['activation']!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
     if cfg["block"] not in BLOCKS:
         raise UserError(f"model.block={cfg['block']!r} is unknown; allowed: {', '.join(BLOCKS)}")
+    if not (isinstance(cfg["shortcut"], bool) or cfg["shortcut"] == "auto"):
+        raise UserError(f"model.shortcut={cfg['shortcut']!r} is unknown; allowed: auto, true, false")
     if cfg["stem"] not in STEMS:
         raise UserError(f"model.stem={cfg['stem']!r} is unknown; allowed: {', '.join(STEMS)}")
     bottleneck = name == "resnet" and cfg["block"] == "bottleneck"
@@ -58,8 +80,8 @@ def check_model_config(cfg: dict) -> None:
         raise UserError(f"model.depth={depth} is too small for plain_cnn; allowed: >= 3")
     if name == "mlp" and depth < 1:
         raise UserError(f"model.depth={depth} is too small for mlp; allowed: >= 1")
-    if name == "mlp" and cfg.get("mlp_shortcut", False) and depth % 2 == 0:
-        raise UserError(f"model.depth={depth} is not valid for mlp with model.mlp_shortcut=true; allowed: odd "
+    if name == "mlp" and resolve_shortcut(name, cfg["shortcut"]) and depth % 2 == 0:
+        raise UserError(f"model.depth={depth} is not valid for mlp with model.shortcut=true; allowed: odd "
                         "(a first layer, then residual blocks of two: 1, 3, 5, ...)")
     if cfg["width"] < 1 or cfg["width_mult"] <= 0:
         raise UserError(f"model.width={cfg['width']}, model.width_mult={cfg['width_mult']}: both must be positive")
@@ -75,16 +97,17 @@ def build_model(cfg: dict, *, num_classes: int, image_shape: tuple[int, int, int
     h, w, c = image_shape
     if cfg["name"] == "mlp":
         return MLP(depth=cfg["depth"], width=cfg["width"], in_features=h * w * c,
-                   shortcut=cfg.get("mlp_shortcut", False), **common)
+                   shortcut=resolve_shortcut("mlp", cfg["shortcut"]), **common)
     if cfg["name"] == "resnet" and cfg["block"] == "bottleneck":
         return BottleneckResNet(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"],
-                                shortcut=cfg["shortcut"], stem=resolve_stem(cfg["block"], cfg["stem"]), **common)
+                                shortcut=resolve_shortcut("resnet", cfg["shortcut"]),
+                                stem=resolve_stem(cfg["block"], cfg["stem"]), **common)
     if cfg["name"] == "resnet":
         return ResNet(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"],
-                      shortcut=cfg["shortcut"], **common)
+                      shortcut=resolve_shortcut("resnet", cfg["shortcut"]), **common)
     return PlainCNN(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"], **common)
 
 
 __all__ = ["MODELS", "BatchNorm", "BottleneckResNet", "ChannelPReLU", "LayerInfo", "MLP", "PlainCNN", "ResNet", "build_model",
-           "check_model_config", "layer_axes", "per_layer", "per_layer_sums", "plain_autodiff", "prelu_mask",
-           "scale_invariant_mask"]
+           "check_model_config", "has_shortcuts", "layer_axes", "per_layer", "per_layer_sums", "plain_autodiff",
+           "prelu_mask", "resolve_shortcut", "scale_invariant_mask"]

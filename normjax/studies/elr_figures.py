@@ -33,6 +33,8 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from normjax.errors import UserError
 from normjax.metrics import mean_log_spread
+from normjax.models import has_shortcuts
+from normjax.training.rundir import RunDir
 from normjax.figures import figure, save
 from normjax.sweep.results import (
     STATUSES, collect, fmt_value, group_id, load_sweep, resolve_key, resolve_over, short_names, sort_key,
@@ -164,8 +166,11 @@ def read_run(rundir: str | os.PathLike) -> ElrRun:
         width = next((len(v) for r in rows for v in [r.get("elr")] if isinstance(v, list)), 0)
         layers = [{"name": f"layer {i}", "depth": i, "scale_invariant": True} for i in range(width)]
     order = sorted(range(len(layers)), key=lambda i: (_float(layers[i].get("depth", i)), i))
-    return ElrRun(path, _read_json(path / "config.json", {}), _read_json(path / "summary.json", {}) or {},
-                  layers, rows, order)
+    try:
+        config = RunDir(path).read_config()
+    except (OSError, ValueError):
+        config = {}
+    return ElrRun(path, config, _read_json(path / "summary.json", {}) or {}, layers, rows, order)
 
 
 def run_title(config: dict, summary: dict | None = None) -> str:
@@ -174,11 +179,14 @@ def run_title(config: dict, summary: dict | None = None) -> str:
     Example:
       >>> run_title({"model": {"name": "resnet", "depth": 56, "shortcut": False}, "optim": {"lr": 0.1}})
       'resnet-56, no shortcut, LR 0.1'
+      >>> run_title({"model": {"name": "mlp", "depth": 5, "shortcut": True}})
+      'mlp-5, shortcut'
     """
     m, o = config.get("model", {}), config.get("optim", {})
     parts = [f"{m.get('name', 'model')}-{fmt_value(m['depth'])}" if "depth" in m else str(m.get("name", "run"))]
-    if "shortcut" in m and m.get("name", "resnet") == "resnet":
-        parts.append("shortcut" if m["shortcut"] else "no shortcut")
+    name = m.get("name", "resnet")
+    if name == "resnet" and "shortcut" in m or name == "mlp" and has_shortcuts(m):  # the plain MLP: nothing
+        parts.append("shortcut" if has_shortcuts(m) else "no shortcut")
     if config.get("data", {}).get("name"):
         parts.append(str(config["data"]["name"]))
     if o.get("name", "sgd") != "sgd":

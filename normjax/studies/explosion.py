@@ -231,8 +231,9 @@ def measure_init_gradients(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), batch
       `fit_mask` `[L]` (`fit_mask`), `factor` (`fit_growth` over all seeds and batches),
       `factor_per_seed` `[seeds]`, `ratios` (per-layer ratios of `fit_growth`), `factor_base`
       (the same fit of the squared base gradient `c_l² = ||g_l||² ||w_l||²`, which does not
-      change with a layer's width through `||w_l||`), and `model`, `depth`, `shortcut` (`None` for
-      models without shortcuts), `seeds`, `batches`, `batch_size`, `dataset`.
+      change with a layer's width through `||w_l||`), and `model`, `depth`, `shortcut` (resnet:
+      whether it has shortcuts; mlp: True for the residual MLP, `None` for the plain one; plain_cnn:
+      `None`), `seeds`, `batches`, `batch_size`, `dataset`.
 
     Example:
       >>> from normjax.config import load_config  # doctest: +SKIP
@@ -244,6 +245,7 @@ def measure_init_gradients(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), batch
     References:
       Yang et al., "A Mean Field Theory of Batch Normalization", 2019 (arXiv:1902.08129).
     """
+    from normjax.models import has_shortcuts
     from normjax.training.loop import dataset_for
 
     seeds = tuple(seeds)
@@ -269,10 +271,10 @@ def measure_init_gradients(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), batch
     depths = np.array([l.depth for l in layers])
     mask = fit_mask(layers)
     factor, ratios = fit_growth(grad_sq, depths, mask)
-    name = cfg["model"]["name"]
+    name, residual = cfg["model"]["name"], has_shortcuts(cfg["model"])
     return {
         "model": name, "depth": int(cfg["model"]["depth"]),
-        "shortcut": bool(cfg["model"]["shortcut"]) if name == "resnet" else None,
+        "shortcut": residual if name == "resnet" or residual else None,  # the plain MLP: None, family "mlp"
         "dataset": ds.name, "seeds": list(seeds), "batches": batches, "batch_size": b,
         "layers": [l.name for l in layers], "depths": depths,
         "scale_invariant": np.array([l.scale_invariant for l in layers]),
@@ -293,7 +295,8 @@ def _family(model: str, shortcut: bool | None) -> str:
     return f"{model} {'residual' if shortcut else 'plain'}"
 
 
-_TITLES = {"mlp": "BN-ReLU MLP (plain)", "plain_cnn": "plain BN-ReLU CNN",
+_TITLES = {"mlp": "BN-ReLU MLP (plain)", "mlp residual": "BN-ReLU MLP with shortcuts (residual)",
+           "plain_cnn": "plain BN-ReLU CNN",
            "resnet plain": "ResNet without shortcuts (plain)", "resnet residual": "ResNet with shortcuts (residual)"}
 
 
@@ -356,11 +359,11 @@ def explode(configs: str | os.PathLike | dict | Sequence[dict], *, depths: Seque
     """Measure the gradient explosion at init over a depth grid, plain against residual.
 
     Each config is measured (`measure_init_gradients`) at every depth of the grid and, for
-    `resnet`, with `model.shortcut` set to each of `shortcuts`; models without shortcuts are
-    measured once per depth. Writes `OUT/explosion.json` and two figures, each as PNG and PDF:
-    `explosion_layers` (`||∇_{w_l} L||²` against layer depth, log scale, one panel per family)
-    and `explosion_factor` (the fitted growth factor against network depth, with the mean-field
-    value `π/(π−1)`).
+    `resnet`, with `model.shortcut` set to each of `shortcuts`; other models are measured once
+    per depth, an mlp with the config's own `model.shortcut` (true: the residual MLP). Writes
+    `OUT/explosion.json` and two figures, each as PNG and PDF: `explosion_layers` (`||∇_{w_l} L||²`
+    against layer depth, log scale, one panel per family) and `explosion_factor` (the fitted
+    growth factor against network depth, with the mean-field value `π/(π−1)`).
 
     Args:
       configs: an experiment file (loaded with `size` and `overrides`), a config, or a list of

@@ -184,7 +184,7 @@ def _plan(mine: list[RunSpec], workdir, group_size: int) -> dict:
     for r in mine:
         d = RunDir(workdir / r.name)
         if d.config.exists():
-            diff = config_diff(read_json(d.config), r.config)
+            diff = config_diff(d.read_config(), r.config)
             if diff:
                 raise UserError(f"run {r.name!r} in {str(workdir)!r} was trained with another config ({diff}); "
                                 "give a new --workdir")

@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from normjax.config import DEFAULTS, call_file, load_config, merge, parse_override, validate
+from normjax.config import DEFAULTS, call_file, canonical, load_config, merge, parse_override, validate
 from normjax.errors import UserError
 
 SPEC_KEYS = ("base", "grid", "zip", "set", "pretrain")
@@ -73,13 +73,15 @@ def _fmt(v: Any) -> str:
 
 def config_hash(cfg: dict) -> str:
     """A short hash of a config's values that differ from `DEFAULTS`: a key added to the defaults
-    later (with the old behaviour as its default) leaves the names of existing runs as they were.
+    later (with the old behaviour as its default) leaves the names of existing runs as they were,
+    and so does a default that became `auto` (`normjax.config.canonical`: a value equal to what
+    `auto` resolves to counts as the default).
 
     Example:
       >>> config_hash(DEFAULTS) == config_hash({})
       True
     """
-    return hashlib.sha256(json.dumps(_non_default(cfg, DEFAULTS), sort_keys=True).encode()).hexdigest()[:8]
+    return hashlib.sha256(json.dumps(_non_default(canonical(cfg), DEFAULTS), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _non_default(cfg: dict, defaults: dict) -> dict:

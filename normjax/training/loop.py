@@ -25,7 +25,7 @@ import numpy as np
 from normjax import metrics as metrics_lib
 from normjax.analysis import apl as apl_lib
 from normjax.analysis import graph as graph_lib
-from normjax.config import DEFAULTS, validate
+from normjax.config import DEFAULTS, canonical, validate
 from normjax.data import Dataset
 from normjax.errors import UserError
 from normjax.parallel import (check_batch, check_same, data_mesh, decide, is_writer, maybe_initialize_distributed,
@@ -36,7 +36,7 @@ from normjax.training.inputs import MemoryInput, StreamInput, chunk_sizes, input
 from normjax.training.lock import Heartbeat, RunLock
 from normjax.training.program import Program, TrainState, get_program, static_key
 from normjax.training.progress import Progress
-from normjax.training.rundir import RunDir, read_json, write_json
+from normjax.training.rundir import RunDir, write_json
 
 EXIT_DIVERGED = 3
 FINISHED = ("done", "diverged")
@@ -252,7 +252,7 @@ def _finished(r: _Run) -> dict | None:
     finished or unfinished run with another config is refused. Runs on process 0."""
     old = r.dir.read_summary() if r.dir.summary.exists() else None
     if r.dir.config.exists():
-        diff = config_diff(read_json(r.dir.config), r.cfg)
+        diff = config_diff(r.dir.read_config(), r.cfg)
         if diff:
             state = old.get("status", "unfinished") if old else "unfinished"
             raise UserError(f"workdir {str(r.dir.path)!r} holds a {state} run with another config ({diff}); "
@@ -268,7 +268,12 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
     Example:
       >>> config_diff({"optim": {"lr": 0.1}}, {"optim": {"lr": 0.05}})
       'optim.lr: 0.1 -> 0.05'
+      >>> resnet = {"name": "resnet", "shortcut": True}
+      >>> config_diff({"model": resnet}, {"model": resnet | {"shortcut": "auto"}})  # the same model
+      ''
     """
+    if not prefix:  # values that build the same model are the same (normjax.config.canonical)
+        old, new = canonical(old), canonical(new)
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
@@ -470,7 +475,7 @@ def read_run(rundir: str | os.PathLike) -> tuple[dict, Input, Program, int, dict
     run = RunDir(rundir)
     if not run.config.exists():
         raise UserError(f"{str(run.path)!r} is not a run directory (no config.json)")
-    cfg = with_defaults(read_json(run.config))
+    cfg = with_defaults(run.read_config())
     inp = input_for(cfg)
     program = program_for(cfg, inp)
     abstract = program.abstract_state()

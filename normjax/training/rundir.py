@@ -80,6 +80,26 @@ class RunDir:
             raise UserError(f"workdir {str(path)!r} is not writable ({e.strerror or e}); give a writable --workdir") from None
         return cls(path)
 
+    def read_config(self) -> Any:
+        """config.json, read with today's meaning of its keys: an mlp run written while
+        `model.shortcut` was resnet only (it stored the resnet default, true) trained the plain MLP,
+        which its graph.json shows (no identity shortcut), so it reads `shortcut: false`; the
+        `model.mlp_shortcut` key of the runs written before it became `model.shortcut` is dropped."""
+        cfg = read_json(self.config)
+        m = cfg.get("model") if isinstance(cfg, dict) else None
+        if not isinstance(m, dict) or m.get("name") != "mlp":
+            return cfg
+        m = {k: v for k, v in m.items() if k != "mlp_shortcut"}
+        if m.get("shortcut") is True:
+            try:
+                graph = read_json(self.graph)
+                plain = all(e["ops"] for n in graph for e in n["operands"])  # an identity edge has no ops
+            except (OSError, ValueError, KeyError, TypeError):
+                plain = False  # no readable graph.json: as written
+            if plain:
+                m["shortcut"] = False
+        return {**cfg, "model": m}
+
     def read_summary(self) -> dict | None:
         return read_json(self.summary) if self.summary.exists() else None
 
