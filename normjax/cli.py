@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="what to do; `normjax COMMAND -h` describes its arguments")
     t = sub.add_parser("train", help="train (or resume) one run")
     t.add_argument("config", help="experiment file, e.g. experiments/resnet_digits.py")
-    t.add_argument("--size", default="smoke", help="smoke (seconds on CPU), full (paper scale) or imagenet "
+    t.add_argument("--size", default="smoke", help="smoke (seconds on CPU), medium (Fashion-MNIST, minutes), full (paper scale) or imagenet "
                    "(the files that have it: ResNet-50 on ImageNet)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("rundir", help="run directory of `normjax train` or of a sweep run (config.json and checkpoints/)")
     w = sub.add_parser("sweep", help="run (this shard of) a sweep; complete runs are skipped, interrupted ones resume")
     w.add_argument("spec", help="sweep file, e.g. experiments/sweep_depth.py")
-    w.add_argument("--size", default="smoke", help="smoke, full or imagenet (the sweep files that have it)")
+    w.add_argument("--size", default="smoke", help="smoke, medium, full or imagenet (the sweep files that have it)")
     w.add_argument("--workdir", help="sweep directory (default runs/<sweep name>)")
     w.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (job arrays, TPU workers)")
     w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

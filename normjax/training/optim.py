@@ -262,7 +262,6 @@ def check_unread_keys(cfg: dict) -> None:
 def check_optim_config(cfg: dict, model_cfg: dict) -> None:
     """One-line UserError for `optim` values no optimizer accepts, or that its optimizer ignores."""
     spec = optimizer_spec(cfg)
-    check_unread_keys(cfg)
     choices = {"weight_decay_on": WEIGHT_DECAY_ON, "elr_definition": transforms.elr.DEFINITIONS,
                "elr_reference": transforms.elr.REFERENCES, "elr_position": ELR_POSITIONS,
                "prelu_mode": transforms.prelu.MODES}
@@ -287,6 +286,7 @@ def check_optim_config(cfg: dict, model_cfg: dict) -> None:
     if spec.factory in (sgd_prelu_l1, sgd_prelu_target) and model_cfg["activation"] != "prelu":
         raise UserError(f"optim.name={cfg['name']!r} acts on PReLU slopes; set model.activation=prelu "
                         f"(got {model_cfg['activation']!r})")
+    check_unread_keys(cfg)  # after the values' own checks: a bad value is named as such first
 
 
 def _states(tree: Any, kind: type) -> list:
