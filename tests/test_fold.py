@@ -30,7 +30,7 @@ apply_jit = jax.jit(apply_folded)
 # ---- helpers --------------------------------------------------------------------------------
 
 @functools.cache
-def _model(name: str, depth: int, shortcut: bool = True, activation: str = "prelu", width: int = 4,
+def _model(name: str, depth: int, shortcut: bool | str = "auto", activation: str = "prelu", width: int = 4,
            shape: tuple = SHAPE, classes: int = 3):
     """Graph, templates and a jitted eval-mode forward of a tiny model (built abstractly: fast)."""
     cfg = dict(DEFAULTS["model"], name=name, depth=depth, activation=activation, width=width, shortcut=shortcut)
