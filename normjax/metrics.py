@@ -31,7 +31,7 @@ from normjax import transforms
 from normjax.analysis import apl as apl_lib
 from normjax.analysis import graph as graph_lib
 from normjax.errors import UserError
-from normjax.models.structure import LayerInfo, get_path, per_layer_sums
+from normjax.models.structure import LayerInfo, get_path, main_path, per_layer_sums
 
 
 class StepInfo(NamedTuple):
@@ -117,15 +117,33 @@ def layer_lr(info: StepInfo) -> jax.Array:
 
 def _elr_summary(rows: list[dict], cfg: dict) -> dict[str, float]:
     early = cfg["log"]["dense_steps"]
-    return {"elr_log_spread_early": mean_log_spread(rows, early), "elr_log_spread": mean_log_spread(rows)}
+    out = {}
+    for layers in SPREAD_LAYERS:
+        key, suffix = spread_key(layers), "" if layers == "all" else f"_{layers}"
+        out |= {f"elr_log_spread{suffix}_early": mean_log_spread(rows, early, key),
+                f"elr_log_spread{suffix}": mean_log_spread(rows, key=key)}
+    return out
 
 
-def mean_log_spread(rows: Iterable[dict], before_step: int | None = None) -> float:
-    """Run-level mean of log10 `elr_spread` over logged rows, skipping non-finite values.
+# Which layers a spread is taken over: every scale-invariant layer (the default everywhere), or the
+# main path only (shortcut projections left out, which sit beside it with gradients of their own).
+SPREAD_LAYERS = ("all", "main")
+
+
+def spread_key(layers: str) -> str:
+    """The `metrics.jsonl` key of the spread over `layers` ("all": `elr_spread`, "main": `elr_spread_main`)."""
+    if layers not in SPREAD_LAYERS:
+        raise UserError(f"spread layers {layers!r} is unknown; allowed: {', '.join(SPREAD_LAYERS)}")
+    return "elr_spread" if layers == "all" else f"elr_spread_{layers}"
+
+
+def mean_log_spread(rows: Iterable[dict], before_step: int | None = None, key: str = "elr_spread") -> float:
+    """Run-level mean of log10 spread over logged rows, skipping non-finite values.
 
     Args:
-      rows: `metrics.jsonl` rows (dicts with `step` and `elr_spread`; values may be "nan"/"inf").
+      rows: `metrics.jsonl` rows (dicts with `step` and `key`; values may be "nan"/"inf").
       before_step: if given, only rows with `step < before_step` count (the early window).
+      key: the spread's key, `elr_spread` (all scale-invariant layers) or `elr_spread_main`.
 
     Returns:
       The mean of log10 spread, or NaN when no row has a finite positive spread.
@@ -136,7 +154,7 @@ def mean_log_spread(rows: Iterable[dict], before_step: int | None = None) -> flo
     """
     vals = []
     for r in rows:
-        v = r.get("elr_spread")
+        v = r.get(key)
         if v is None or (before_step is not None and r["step"] >= before_step):
             continue
         v = float(v)
@@ -155,9 +173,12 @@ def elr(info: StepInfo) -> dict[str, jax.Array]:
     `elr_classic` :math:`\eta_l/\|w_l\|^2`, `rel_step` :math:`\|\Delta w_l\|/\|w_l\|` (the actual
     step, momentum and weight decay included), `cos_gw` :math:`\cos(g_l, w_l)` (0 for a
     scale-invariant layer). Over the scale-invariant layers: `elr_spread` :math:`\max_l E_l/\min_l E_l`
-    and `elr_log_std` :math:`\mathrm{std}_l \log_{10} E_l`. The run's summary gets the mean of
-    :math:`\log_{10}` spread over the dense early window (`elr_log_spread_early`) and the whole run
-    (`elr_log_spread`).
+    and `elr_log_std` :math:`\mathrm{std}_l \log_{10} E_l`; the same over the main path only (shortcut
+    projections left out): `elr_spread_main`, `elr_log_std_main` (equal to the first two in a model
+    without projections). The run's summary gets the mean of :math:`\log_{10}` spread over the dense
+    early window (`elr_log_spread_early`, `elr_log_spread_main_early`) and the whole run
+    (`elr_log_spread`, `elr_log_spread_main`). Figures and the model comparison use all layers
+    unless told `--layers main`.
 
     References:
       Mehmeti-Göpel & Wand, `Spreads in Effective Learning Rates: The Perils of Batch
@@ -173,9 +194,10 @@ def elr(info: StepInfo) -> dict[str, jax.Array]:
     si = np.array([l.scale_invariant for l in layers])
     out = {"w_norm": w, "g_norm": g, "base_grad": g * w, "layer_lr": lr, "elr": e, "elr_classic": lr / w2,
            "rel_step": jnp.sqrt(d2) / w, "cos_gw": gw / (g * w)}
-    if si.any():
-        e_si = e[np.nonzero(si)[0]]
-        out |= {"elr_spread": jnp.max(e_si) / jnp.min(e_si), "elr_log_std": jnp.std(jnp.log10(e_si))}
+    for suffix, mask in (("", si), ("_main", main_path(layers))):
+        if mask.any():
+            e_m = e[np.nonzero(mask)[0]]
+            out |= {f"elr_spread{suffix}": jnp.max(e_m) / jnp.min(e_m), f"elr_log_std{suffix}": jnp.std(jnp.log10(e_m))}
     return out
 
 

@@ -124,6 +124,16 @@ def test_run_figures_write_png_and_pdf(tmp_path):
     assert paths[0].parent == d / "figures"
 
 
+def test_main_path_spread_figure_reads_its_own_key(tmp_path):
+    d = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()[:-1]]
+    for r in rows:  # a main path of one layer: spread 1
+        r |= {"elr_spread_main": 1.0, "elr_log_std_main": 0.0}
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = run_figures(d, layers="main")
+    assert [p.name for p in paths][-2:] == ["elr_spread_main.png", "elr_spread_main.pdf"]
+
+
 def test_sweep_figures_handle_diverged_and_missing_runs(sweep):
     paths = sweep_figures(sweep)  # default hue: optim.lr, the first varied key other than the seed
     assert_written(paths, ["elr_spread_by_lr.png", "elr_spread_by_lr.pdf",
@@ -146,6 +156,9 @@ def test_elr_plot_main_prints_written_paths(sweep, tmp_path, capsys):
     ("hue_on_run", "applies to a sweep directory"),
     ("bad_hue", "not a varied key"),
     ("sweep_without_elr", 'log.metrics=["elr"]'),
+    ("bad_layers", "spread layers 'proj' is unknown; allowed: all, main"),
+    ("main_on_old_run", "logged no 'elr_spread_main'"),
+    ("main_on_old_sweep", "logged no 'elr_spread_main'"),
 ])
 def test_elr_plot_main_errors_are_one_line(tmp_path, sweep, case, needle):
     run = write_run(tmp_path / "run")
@@ -156,6 +169,9 @@ def test_elr_plot_main_errors_are_one_line(tmp_path, sweep, case, needle):
         "hue_on_run": [str(run), "--hue", "lr"],
         "bad_hue": [str(sweep), "--hue", "depth"],
         "sweep_without_elr": [str(tmp_path / "sw")],
+        "bad_layers": [str(run), "--layers", "proj"],
+        "main_on_old_run": [str(run), "--layers", "main"],
+        "main_on_old_sweep": [str(sweep), "--layers", "main"],
     }[case]
     if case == "sweep_without_elr":
         write_run(tmp_path / "sw" / "a", elr=False)

@@ -9,6 +9,7 @@ import pytest
 from conftest import small_config
 from helpers import assert_close
 from normjax import metrics
+from normjax.errors import UserError
 from normjax.training.inputs import input_for
 from normjax.training.loop import dataset_for, program_for, train
 from normjax.training.rundir import RunDir
@@ -90,11 +91,35 @@ def test_hooks_run_only_on_logged_slots_and_do_not_change_training():
 
 
 def test_summaries_come_from_registered_hooks():
-    rows = [{"step": 0, "elr_spread": 10.0}, {"step": 1, "elr_spread": "inf"}, {"step": 5, "elr_spread": 1000.0}]
+    rows = [{"step": 0, "elr_spread": 10.0, "elr_spread_main": 100.0}, {"step": 1, "elr_spread": "inf"},
+            {"step": 5, "elr_spread": 1000.0, "elr_spread_main": 1e4}]
     cfg = {"log": {"dense_steps": 2}}
-    assert metrics.summarize(["layer_norms", "elr"], rows, cfg) == {"elr_log_spread_early": 1.0,
-                                                                    "elr_log_spread": 2.0}
+    assert metrics.summarize(["layer_norms", "elr"], rows, cfg) == {
+        "elr_log_spread_early": 1.0, "elr_log_spread": 2.0, "elr_log_spread_main_early": 2.0,
+        "elr_log_spread_main": 3.0}
     assert np.isnan(metrics.mean_log_spread([{"step": 0, "elr_spread": "nan"}]))
+    with pytest.raises(UserError, match="spread layers 'proj' is unknown; allowed: all, main"):
+        metrics.spread_key("proj")
+
+
+def test_main_path_spread_leaves_out_the_shortcut_projections(tmp_path):
+    # A ResNet-8 has two projection convs (stages 2 and 3): the main-path spread is max/min over the
+    # other scale-invariant layers, and the all-layers one over all of them, from the logged ELRs.
+    cfg = small_config(model={"name": "resnet", "depth": 8, "width": 8}, optim={"momentum": 0.0},
+                       train={"steps": 4}, log={"metrics": ["elr"], "dense_steps": 4})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    rows = list(RunDir(tmp_path / "run").read_metrics())
+    layers = json.loads((tmp_path / "run" / "layers.json").read_text())
+    proj = np.array([l["projection"] for l in layers])
+    si = np.array([l["scale_invariant"] for l in layers])
+    assert [l["name"] for l in layers if l["projection"]] == ["s2.b0.proj", "s3.b0.proj"]
+    e = np.array([r["elr"] for r in rows], np.float64)
+    main = e[:, si & ~proj]
+    np.testing.assert_allclose([r["elr_spread_main"] for r in rows], main.max(1) / main.min(1), rtol=1e-6)
+    np.testing.assert_allclose([r["elr_spread"] for r in rows], e[:, si].max(1) / e[:, si].min(1), rtol=1e-6)
+    np.testing.assert_allclose([r["elr_log_std_main"] for r in rows], np.log10(main).std(1), rtol=1e-4, atol=1e-7)
+    assert not np.allclose([r["elr_spread_main"] for r in rows], [r["elr_spread"] for r in rows])
+    assert summary["elr_log_spread_main"] == pytest.approx(np.mean(np.log10(main.max(1) / main.min(1))), rel=1e-5)
 
 
 def test_layer_norms_global_norms_equal_optax_tree_norm():

@@ -30,6 +30,37 @@ def test_sgd_map_on_measured_gradients_reproduces_every_scale_invariant_norm(sgd
     assert 0 < c.spread_error["model"] < 1
 
 
+def test_base_gradient_drift_is_the_median_layer_change_from_step_0(sgd_run):
+    c = compare_run(sgd_run)
+    base = c.measured["base_grad"]
+    np.testing.assert_allclose(base, c.measured["elr"] * c.measured["w_norm"] ** 2 / 0.3, rtol=1e-5)  # c = E u^2 / lr
+    expected = np.median(np.abs(np.log10(base / base[0])), axis=1)
+    np.testing.assert_allclose(c.base_drift, expected, rtol=1e-12)
+    assert c.base_drift[0] == 0 and c.base_drift[-1] > 0
+    hit = np.nonzero(expected >= np.log10(2))[0]
+    assert c.break_step == (int(hit[0]) if hit.size else None)
+    c.base_drift = np.array([0.0, 0.1, 0.31, 0.2] + [0.0] * 12)
+    assert c.break_step == 2  # the first step at a factor 2 (0.301 dex), even if it comes back
+
+
+def test_main_path_comparison_leaves_out_projections(tmp_path):
+    cfg = small_config(model={"name": "resnet", "depth": 8, "width": 8}, optim={"momentum": 0.0, "lr": 0.3},
+                       train={"steps": 4}, log={"metrics": ["elr"], "dense_steps": 4})
+    train(cfg, tmp_path / "run", progress=False)
+    every, main = compare_run(tmp_path / "run"), compare_run(tmp_path / "run", layers="main")
+    assert [n for n in every.names if n not in main.names] == ["s2.b0.proj", "s3.b0.proj"]
+    np.testing.assert_allclose(main.measured["spread"], [r for r in _logged(tmp_path / "run", "elr_spread_main")],
+                               rtol=1e-5)
+    with pytest.raises(UserError, match="spread layers 'proj' is unknown"):
+        compare_run(tmp_path / "run", layers="proj")
+
+
+def _logged(rundir, key):
+    from normjax.training.rundir import RunDir
+
+    return [r[key] for r in RunDir(rundir).read_metrics()]
+
+
 def test_replay_is_not_exact_with_momentum(tmp_path):
     cfg = small_config(optim={"momentum": 0.9, "weight_decay": 0.0, "lr": 0.3},
                        train={"steps": 8}, log={"metrics": ["elr"], "dense_steps": 8})
@@ -77,4 +108,5 @@ def test_ode_on_a_sweep_writes_errors_and_figures(sgd_run, tmp_path, capsys):
     assert "lr=0.3: spread error" in capsys.readouterr().out
     lines = (sweep / "figures" / "ode_discrete_errors.csv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith("lr=0.3,0.3,16,")
+    assert lines[0].endswith(",base_drift_end,base_drift_break_step")
     assert (sweep / "figures" / "ode_discrete_spread.png").stat().st_size > 0

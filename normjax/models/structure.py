@@ -32,6 +32,28 @@ class LayerInfo(NamedTuple):
     scale_invariant: bool
 
 
+def is_projection(layer: LayerInfo) -> bool:
+    """Whether `layer` is a shortcut projection (a 1x1 conv beside a residual block's main path).
+
+    Example:
+      >>> is_projection(LayerInfo("s2.b0.proj", 7, ("stage2", "first", "proj_conv", "kernel"), None, True))
+      True
+    """
+    return "proj_conv" in layer.path
+
+
+def main_path(layers: list[LayerInfo]) -> np.ndarray:
+    """Bool `[len(layers)]`: the scale-invariant layers on the main path (shortcut projections left out).
+
+    Example:
+      >>> main_path([LayerInfo("c", 0, ("c", "kernel"), None, True),
+      ...            LayerInfo("p", 0, ("proj_conv", "kernel"), None, True),
+      ...            LayerInfo("head", 1, ("head", "kernel"), None, False)])
+      array([ True, False, False])
+    """
+    return np.array([l.scale_invariant and not is_projection(l) for l in layers], bool)
+
+
 def get_path(tree: PyTree, path: tuple[str, ...]) -> Any:
     for key in path:
         tree = tree[key]

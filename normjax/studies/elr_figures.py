@@ -32,7 +32,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from normjax.errors import UserError
-from normjax.metrics import mean_log_spread
+from normjax.metrics import SPREAD_LAYERS, mean_log_spread, spread_key
 from normjax.models import has_shortcuts
 from normjax.training.rundir import RunDir
 from normjax.figures import figure, save
@@ -91,6 +91,17 @@ class ElrRun:
     @property
     def scale_invariant(self) -> np.ndarray:
         return np.array([bool(self.layers[i].get("scale_invariant", True)) for i in self.order])
+
+    def spread_layers(self, layers: str = "all") -> np.ndarray:
+        """Bool `[layers]` in depth order: the layers a spread over `layers` ("all" | "main") takes."""
+        spread_key(layers)
+        if layers == "all":
+            return self.scale_invariant
+        proj = [self.layers[i].get("projection") for i in self.order]
+        if any(p is None for p in proj):
+            raise UserError(f"{str(self.path)!r}: layers.json does not mark shortcut projections (the run predates "
+                            "the main-path spread); allowed here: --layers all")
+        return self.scale_invariant & ~np.array(proj, bool)
 
     @property
     def names(self) -> list[str]:
@@ -246,16 +257,20 @@ def _mark_divergence(ax, run: "ElrRun") -> None:
 # One run
 
 
-def run_figures(rundir: str | os.PathLike, out: str | os.PathLike | None = None, key: str = "elr") -> list[Path]:
+def run_figures(rundir: str | os.PathLike, out: str | os.PathLike | None = None, key: str = "elr",
+                layers: str = "all") -> list[Path]:
     """Save a run's ELR figures (PNG and PDF): a layer × step heatmap, per-layer lines, the spread.
 
     Args:
       rundir: a run directory that logged the ELR hook (`log.metrics=["elr"]`).
       out: output directory (default `<rundir>/figures/`).
       key: the per-layer metric of the heatmap and lines, one of `LAYER_KEYS` (default `elr`).
+      layers: the spread's layers, `"all"` scale-invariant ones (default) or `"main"` (shortcut
+        projections left out; `normjax.metrics.SPREAD_LAYERS`).
 
     Returns:
-      The written paths: `<key>_heatmap`, `<key>_layers` and `elr_spread`, each `.png` and `.pdf`.
+      The written paths: `<key>_heatmap`, `<key>_layers` and `elr_spread` (`elr_spread_main` for
+      `layers="main"`), each `.png` and `.pdf`.
 
     Example:
       >>> [p.name for p in run_figures("runs/resnet56_plain")][::2]  # doctest: +SKIP
@@ -263,6 +278,7 @@ def run_figures(rundir: str | os.PathLike, out: str | os.PathLike | None = None,
     """
     if key not in LAYER_KEYS:
         raise UserError(f"key {key!r} is not a per-layer ELR metric; allowed: {', '.join(LAYER_KEYS)}")
+    spread_key(layers)
     run = read_run(rundir)
     if not run.has_elr:
         raise UserError(f"run {str(run.path)!r} logged no ELR metrics (no 'elr' in metrics.jsonl); {NO_ELR}")
@@ -273,7 +289,7 @@ def run_figures(rundir: str | os.PathLike, out: str | os.PathLike | None = None,
                         f"{', '.join(logged) or 'none'}")
     out_dir = Path(out).expanduser() if out is not None else run.path / "figures"
     return (_heatmap_figure(run, values, key, out_dir) + _layer_lines_figure(run, values, key, out_dir)
-            + _spread_figure(run, out_dir))
+            + _spread_figure(run, out_dir, layers))
 
 
 def _heatmap_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) -> list[Path]:
@@ -329,18 +345,19 @@ def _layer_lines_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) ->
     return _save(fig, out, f"{key}_layers")
 
 
-def _spread_figure(run: ElrRun, out: Path) -> list[Path]:
+def _spread_figure(run: ElrRun, out: Path, layers: str = "all") -> list[Path]:
     """Spread (log y) over steps, and std of log10 ELR in a second panel."""
-    x, spread, log_std = run.steps() + 1, run.scalar("elr_spread"), run.scalar("elr_log_std")
+    key = _checked_spread_key(run, layers)
+    x, spread, log_std = run.steps() + 1, run.scalar(key), run.scalar(key.replace("spread", "log_std"))
     fig, axes = _figure(2, 1, size=(6.4, 5.6), sharex=True)
     top, bottom = axes[0, 0], axes[1, 0]
     top.plot(x, spread, color="C0", lw=1.2)
     top.axhline(1.0, color="0.4", ls=":", lw=1, label="equal ELRs (spread 1)")
     if _positive(spread):
         top.set_yscale("log")
-    early_mean, all_mean = _run_spreads(run)
+    early_mean, all_mean = _run_spreads(run, layers)
     top.set_title(f"{run.title()}\nmean log10 spread: early window {early_mean:.2f}, whole run {all_mean:.2f}", fontsize=8)
-    top.set_ylabel(SPREAD_LABEL + "\n(scale-invariant layers)")
+    top.set_ylabel(SPREAD_LABEL + f"\n({LAYERS_LABEL[layers]})")
     bottom.plot(x, log_std, color="C1", lw=1.2)
     bottom.set_ylabel(LOG_STD_LABEL)
     for ax in (top, bottom):
@@ -348,7 +365,19 @@ def _spread_figure(run: ElrRun, out: Path) -> list[Path]:
         _mark_divergence(ax, run)
     top.legend(fontsize=8)
     top.set_xlabel("")
-    return _save(fig, out, "elr_spread")
+    return _save(fig, out, "elr_spread" + ("" if layers == "all" else f"_{layers}"))
+
+
+LAYERS_LABEL = {"all": "scale-invariant layers", "main": "main-path layers"}
+
+
+def _checked_spread_key(run: ElrRun, layers: str) -> str:
+    """`spread_key(layers)`, after checking the run logged it (runs before the main-path spread did not)."""
+    key = spread_key(layers)
+    if not any(key in r for r in run.rows):
+        raise UserError(f"run {str(run.path)!r} logged no {key!r} (it predates the main-path spread); "
+                        "allowed here: --layers all")
+    return key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +397,7 @@ class _SweepRuns:
     marker: str | None
     panels: list[str]
     short: dict[str, str]
+    layers: str = "all"
 
 
 def _hue_colors(values: list[Any]) -> dict[str, Any]:
@@ -384,7 +414,7 @@ def _distinct(rows: list[dict], key: str | None) -> list[Any]:
     return sorted({group_id(r[key]): r[key] for r in rows}.values(), key=sort_key)
 
 
-def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | None) -> _SweepRuns:
+def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | None, layers: str = "all") -> _SweepRuns:
     path, meta = load_sweep(sweepdir)
     rows = collect(path, over=over) if over else collect(path)
     keys = varied_keys(rows) or list(meta["varied"])
@@ -398,6 +428,7 @@ def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | N
         if r["name"] and (path / r["name"] / "config.json").is_file():
             run = read_run(path / r["name"])
             if run.has_elr:
+                _checked_spread_key(run, layers)
                 runs[r["name"]] = run
     if not runs:
         counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES
@@ -405,11 +436,11 @@ def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | N
         raise UserError(f"no run of {str(path)!r} logged ELR metrics ({counts}); {NO_ELR}")
     panels = [k for k in keys if k not in (over_key, hue_key)]
     return _SweepRuns(path, sweep_name(path, meta), rows, runs, over_key, hue_key, marker_key, panels,
-                      short_names(keys))
+                      short_names(keys), layers)
 
 
 def sweep_figures(sweepdir: str | os.PathLike, out: str | os.PathLike | None = None, hue: str | None = None,
-                  over: str | None = "train.seed") -> list[Path]:
+                  over: str | None = "train.seed", layers: str = "all") -> list[Path]:
     """Save a sweep's ELR figures (PNG and PDF): spread over steps per setting, accuracy vs mean spread.
 
     Spread curves are geometric means over `over` (seeds) with a ×/÷ one-std band, one line per
@@ -423,26 +454,29 @@ def sweep_figures(sweepdir: str | os.PathLike, out: str | os.PathLike | None = N
       hue: varied key for colours, dotted or by its last component (default: the first varied
         key other than `over`).
       over: key averaged over (default `train.seed`; absent is fine).
+      layers: the spread's layers, `"all"` (default) or `"main"` (see `run_figures`).
 
     Returns:
-      The written paths: `elr_spread_by_<hue>` and `accuracy_vs_spread_by_<hue>`, `.png` and `.pdf`.
+      The written paths: `elr_spread_by_<hue>` and `accuracy_vs_spread_by_<hue>`, `.png` and `.pdf`
+      (with `_main` before `_by` for `layers="main"`).
 
     Example:
       >>> [p.name for p in sweep_figures("runs/sweep_elr", hue="lr")][::2]  # doctest: +SKIP
       ['elr_spread_by_lr.png', 'accuracy_vs_spread_by_lr.png']
     """
-    s = _load_sweep_runs(sweepdir, hue, over)
+    spread_key(layers)
+    s = _load_sweep_runs(sweepdir, hue, over, layers)
     out_dir = Path(out).expanduser() if out is not None else s.path / "figures"
-    suffix = f"_by_{s.short[s.hue]}" if s.hue else ""
+    suffix = ("" if layers == "all" else f"_{layers}") + (f"_by_{s.short[s.hue]}" if s.hue else "")
     return _sweep_spread_figure(s, out_dir, suffix) + _accuracy_figure(s, out_dir, suffix)
 
 
-def _geo_mean_curve(runs: list[ElrRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(step+1, geometric mean, lower, upper band) of `elr_spread` over runs, on the union of their steps."""
+def _geo_mean_curve(runs: list[ElrRun], key: str = "elr_spread") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(step+1, geometric mean, lower, upper band) of the spread `key` over runs, on the union of their steps."""
     steps = np.unique(np.concatenate([r.steps() for r in runs]))
     logs = np.full((len(runs), len(steps)), np.nan)
     for i, r in enumerate(runs):
-        logs[i, np.searchsorted(steps, r.steps())] = _log10(r.scalar("elr_spread"))
+        logs[i, np.searchsorted(steps, r.steps())] = _log10(r.scalar(key))
     n = np.isfinite(logs).sum(axis=0)
     keep = n > 0
     logs, n, steps = logs[:, keep], n[keep], steps[keep]
@@ -478,7 +512,7 @@ def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
             group = [r for r in members if s.hue is None or group_id(r[s.hue]) == group_id(hv)]
             if group:
                 _plot_spread_group(ax, [s.runs[r["name"]] for r in group], colors[group_id(hv)],
-                                   fmt_value(hv) if s.hue else "spread")
+                                   fmt_value(hv) if s.hue else "spread", spread_key(s.layers))
         ax.axhline(1.0, color="0.4", ls=":", lw=1)
         _step_axis(ax)
         ax.set_yscale("log")
@@ -493,33 +527,34 @@ def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
     handles["run diverged"] = Line2D([], [], color="0.3", marker="x", ls="none")
     fig.legend(list(handles.values()), list(handles), title=s.short.get(s.hue, None), loc="outside right center",
                fontsize=8)
-    fig.suptitle(f"{s.title}: ELR spread over training (scale-invariant layers)", fontsize=10)
+    fig.suptitle(f"{s.title}: ELR spread over training ({LAYERS_LABEL[s.layers]})", fontsize=10)
     return _save(fig, out, f"elr_spread{suffix}")
 
 
-def _plot_spread_group(ax, runs: list[ElrRun], color: Any, label: str) -> None:
-    x, mean, lo, hi = _geo_mean_curve(runs)
+def _plot_spread_group(ax, runs: list[ElrRun], color: Any, label: str, key: str = "elr_spread") -> None:
+    x, mean, lo, hi = _geo_mean_curve(runs, key)
     ax.plot(x, mean, color=color, lw=1.3, label=label)
     if len(runs) > 1:
         ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
     for r in runs:
         if r.summary.get("status") == "diverged":
-            spread = r.scalar("elr_spread")
+            spread = r.scalar(key)
             ok = np.isfinite(spread) & (spread > 0)
             if ok.any():
                 last = np.nonzero(ok)[0][-1]
                 ax.plot(r.steps()[last] + 1, spread[last], marker="x", color=color, ms=7, ls="none")
 
 
-def _run_spreads(run: ElrRun) -> tuple[float, float]:
+def _run_spreads(run: ElrRun, layers: str = "all") -> tuple[float, float]:
     """(early-window, whole-run) mean log10 spread: from summary.json, else from metrics.jsonl."""
     early = run.config.get("log", {}).get("dense_steps")
-    e = _float(run.summary.get("elr_log_spread_early", math.nan))
-    a = _float(run.summary.get("elr_log_spread", math.nan))
+    key, suffix = spread_key(layers), "" if layers == "all" else f"_{layers}"
+    e = _float(run.summary.get(f"elr_log_spread{suffix}_early", math.nan))
+    a = _float(run.summary.get(f"elr_log_spread{suffix}", math.nan))
     if not math.isfinite(e):
-        e = mean_log_spread(run.rows, early)
+        e = mean_log_spread(run.rows, early, key)
     if not math.isfinite(a):
-        a = mean_log_spread(run.rows)
+        a = mean_log_spread(run.rows, key=key)
     return e, a
 
 
@@ -533,7 +568,7 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
     accs = [r["test_accuracy"] for r in done]
     lo, hi = (min(accs), max(accs)) if accs else (0.0, 1.0)
     floor = lo - 0.12 * max(hi - lo, 0.02)
-    spreads = {r["name"]: _run_spreads(s.runs[r["name"]]) for r in done + diverged}
+    spreads = {r["name"]: _run_spreads(s.runs[r["name"]], s.layers) for r in done + diverged}
     windows = sorted({str(run.config.get("log", {}).get("dense_steps", "?")) for run in s.runs.values()})
     shown = sum(any(math.isfinite(m) for m in spreads[r["name"]]) for r in done + diverged)
     fig, axes = _figure(1, 2, size=(11.0, 4.4), sharey=True)
@@ -616,16 +651,19 @@ def elr_plot_main(argv: list[str]) -> int:
     p.add_argument("--hue", help="sweep only: varied key for colours (default: the first varied key but the seed)")
     p.add_argument("--over", default="train.seed", help="sweep only: key averaged over (default train.seed)")
     p.add_argument("--key", help=f"run only: per-layer metric to show (default elr); one of {', '.join(LAYER_KEYS)}")
+    p.add_argument("--layers", default="all",
+                   help=f"the spread's layers, one of {', '.join(SPREAD_LAYERS)}: all scale-invariant ones (default) "
+                        "or the main path (shortcut projections left out)")
     args = p.parse_args(argv)
     d = Path(args.dir).expanduser()
     if (d / "sweep.json").is_file():
         if args.key is not None:
             raise UserError(f"--key {args.key!r} applies to a run directory; {args.dir!r} is a sweep directory")
-        paths = sweep_figures(d, out=args.out, hue=args.hue, over=args.over)
+        paths = sweep_figures(d, out=args.out, hue=args.hue, over=args.over, layers=args.layers)
     elif (d / "config.json").is_file():
         if args.hue is not None:
             raise UserError(f"--hue {args.hue!r} applies to a sweep directory; {args.dir!r} is a run directory")
-        paths = run_figures(d, out=args.out, key=args.key or "elr")
+        paths = run_figures(d, out=args.out, key=args.key or "elr", layers=args.layers)
     else:
         raise UserError(f"{args.dir!r} is neither a run directory (config.json) nor a sweep directory (sweep.json); "
                         "give one of those")

@@ -52,7 +52,7 @@ import optax
 from flax import nnx
 
 from normjax.errors import UserError
-from normjax.models.structure import LayerInfo
+from normjax.models.structure import LayerInfo, is_projection, main_path
 
 MEAN_FIELD_FACTOR = math.pi / (math.pi - 1.0)
 """Mean-field growth per layer of the squared weight-gradient norm of a plain BN-ReLU net."""
@@ -69,11 +69,6 @@ FIGURE_STEMS = ("explosion_layers", "explosion_factor")
 
 
 # ---- the fit ---------------------------------------------------------------------------------
-
-def _is_projection(layer: LayerInfo) -> bool:
-    """Whether `layer` is a shortcut projection (a 1x1 conv beside a block's main path)."""
-    return "proj_conv" in layer.path
-
 
 def fit_mask(layers: Sequence[LayerInfo]) -> np.ndarray:
     """Which layers `fit_growth` fits by default: the scale-invariant hidden layers minus the boundary.
@@ -93,7 +88,7 @@ def fit_mask(layers: Sequence[LayerInfo]) -> np.ndarray:
       >>> fit_mask(MLP(depth=4, width=8, in_features=4, num_classes=2, rngs=nnx.Rngs(0)).layers())
       array([False,  True,  True, False, False])
     """
-    main = np.array([l.scale_invariant and not _is_projection(l) for l in layers], bool)
+    main = main_path(layers)
     depths = np.array([l.depth for l in layers])
     if not main.any():
         return main
@@ -278,7 +273,7 @@ def measure_init_gradients(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), batch
         "dataset": ds.name, "seeds": list(seeds), "batches": batches, "batch_size": b,
         "layers": [l.name for l in layers], "depths": depths,
         "scale_invariant": np.array([l.scale_invariant for l in layers]),
-        "projection": np.array([_is_projection(l) for l in layers]), "fit_mask": mask,
+        "projection": np.array([is_projection(l) for l in layers]), "fit_mask": mask,
         "grad_sq": grad_sq, "w_sq": w_sq,
         "factor": factor, "ratios": ratios,
         "factor_per_seed": np.array([fit_growth(g, depths, mask)[0] for g in grad_sq]),

@@ -12,7 +12,9 @@ relative ELR :math:`E_l = \\eta c_l/\\|w_l\\|^2` and the spread over the run's d
   its error measures how scale-invariant the layers really are (float precision for BN nets).
 
 Errors: per layer the relative error of :math:`\\|w_l\\|` at the window's end and the mean absolute
-log10 error of :math:`E_l`; for the spread the mean absolute log10 error over the window.
+log10 error of :math:`E_l`; for the spread the mean absolute log10 error over the window. How far the
+assumption holds: the base gradients' drift :math:`\\mathrm{median}_l |\\log_{10} c_l(t)/c_l(0)|` per
+step, and the first step where it reaches a factor 2 (`BREAK_DEX`).
 
 Example:
   >>> result = compare_run("runs/elr_resnet")  # doctest: +SKIP
@@ -31,10 +33,12 @@ import numpy as np
 from matplotlib import colormaps
 
 from normjax.errors import UserError
+from normjax.metrics import spread_key
 from normjax.studies.elr_figures import _figure, _save, _step_axis, read_run
 from normjax.sweep.results import write_csv
 
 MODELS = ("discrete", "ode")
+BREAK_DEX = math.log10(2.0)  # the constant-base-gradient assumption "breaks" once the median c_l is off by 2x
 
 
 @dataclass
@@ -50,6 +54,13 @@ class Comparison:
     norm_error: dict[str, np.ndarray]  # per layer: |w_pred - w| / w at the window's end
     elr_error: dict[str, np.ndarray]   # per layer: mean |log10 E_pred - log10 E|
     spread_error: dict[str, float]     # mean |log10 spread_pred - log10 spread|
+    base_drift: np.ndarray             # [T]: median over layers of |log10 c_l(t) / c_l(0)|
+
+    @property
+    def break_step(self) -> int | None:
+        """The first step whose base-gradient drift reaches `BREAK_DEX` (None: not in the window)."""
+        hit = np.nonzero(self.base_drift >= BREAK_DEX)[0]
+        return int(self.steps[hit[0]]) if hit.size else None
 
 
 def _dense_window(steps: np.ndarray, limit: int | None) -> int:
@@ -69,13 +80,16 @@ def _log_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.abs(np.log10(a) - np.log10(b))
 
 
-def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int | None = None) -> Comparison:
+def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int | None = None,
+                layers: str = "all") -> Comparison:
     """The model's prediction and the measured-gradient replay against one run's measurement.
 
     Args:
       rundir: a run directory that logged the `elr` hook from step 0.
       model: `"discrete"` (the SGD map) or `"ode"` (gradient flow), see `normjax.analysis.predict`.
       steps: compare over at most this many steps (default: the whole dense window).
+      layers: the layers compared, `"all"` scale-invariant ones (default) or `"main"` (shortcut
+        projections left out).
 
     Returns:
       A `Comparison`.
@@ -97,7 +111,7 @@ def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int |
     n = _dense_window(run.steps(), steps)
     if n < 2:
         raise UserError(f"{str(run.path)!r} has {n} densely logged steps from step 0; need >= 2 (raise log.dense_steps)")
-    si = run.scale_invariant
+    si = run.spread_layers(layers)
     if not si.any():
         raise UserError(f"{str(run.path)!r} has no scale-invariant layer (no BatchNorm after a weight layer)")
     w = run.layer_values("w_norm")[:n, si]
@@ -106,7 +120,7 @@ def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int |
     o = run.config["optim"]
     beta, lam = float(o["momentum"]), float(o["weight_decay"])
     e = lr_l * g / w
-    measured = {"w_norm": w, "elr": e, "spread": _spread(e)}
+    measured = {"w_norm": w, "elr": e, "spread": _spread(e), "base_grad": g * w}
 
     pred = analysis.predict(jnp.asarray(g[0] * w[0]), jnp.asarray(w[0]), jnp.asarray(lr_l[0]), n - 1,
                             momentum=beta, weight_decay=lam, model=model)
@@ -121,7 +135,8 @@ def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int |
         measured=measured, predicted=predicted,
         norm_error={k: np.abs(p["w_norm"][-1] - w[-1]) / w[-1] for k, p in predicted.items()},
         elr_error={k: np.nanmean(_log_err(p["elr"], e), axis=0) for k, p in predicted.items()},
-        spread_error={k: float(np.nanmean(_log_err(p["spread"], measured["spread"]))) for k, p in predicted.items()})
+        spread_error={k: float(np.nanmean(_log_err(p["spread"], measured["spread"]))) for k, p in predicted.items()},
+        base_drift=np.nanmedian(_log_err(g * w, g[:1] * w[:1]), axis=1))
 
 
 def _depth_colors(n: int) -> list:
@@ -130,9 +145,10 @@ def _depth_colors(n: int) -> list:
 
 
 def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
-    """Per-layer ELR measured (solid) vs the model (dashed), and the spread with the replay."""
-    fig, axes = _figure(1, 2, size=(12.0, 4.4))
-    ax, bx = axes[0]
+    """Per-layer ELR measured (solid) vs the model (dashed), the spread with the replay, and how far
+    the base gradients drift from their step-0 values (the model's assumption)."""
+    fig, axes = _figure(1, 3, size=(17.0, 4.4))
+    ax, bx, cx = axes[0]
     x = c.steps + 1
     for i, color in enumerate(_depth_colors(len(c.names))):
         ax.plot(x, c.measured["elr"][:, i], color=color, lw=1.2)
@@ -148,7 +164,18 @@ def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
     bx.set_yscale("log")
     bx.set_ylabel("spread  max_l E_l / min_l E_l")
     bx.legend(fontsize=8)
-    for a in (ax, bx):
+    c_rel = c.measured["base_grad"] / c.measured["base_grad"][:1]
+    for i, color in enumerate(_depth_colors(len(c.names))):
+        cx.plot(x, c_rel[:, i], color=color, lw=0.9)
+    cx.plot(x, 10 ** c.base_drift, color="k", lw=1.5, label="10^(median_l |log10 c_l(t)/c_l(0)|)")
+    for v in (2.0, 0.5):
+        cx.axhline(v, color="C3", ls=":", lw=1)
+    brk = c.break_step
+    cx.set_title("base gradient c_l(t)/c_l(0) (model: 1); dotted: factor 2, "
+                 + (f"median reaches it at step {brk}" if brk is not None else "median stays inside"), fontsize=8)
+    cx.set_yscale("log")
+    cx.legend(fontsize=8)
+    for a in (ax, bx, cx):
         _step_axis(a)
     fig.suptitle(f"weight-dynamics model vs measurement — {c.title}", fontsize=10)
     return _save(fig, out, f"ode_{model}")
@@ -162,36 +189,43 @@ def _report_run(c: Comparison) -> str:
                      f"{c.elr_error['model'][i]:20.3f}")
     lines.append(f"  spread error (mean |Δlog10|): model {c.spread_error['model']:.3f}, "
                  f"replay {c.spread_error['replay']:.2e}")
+    brk = c.break_step
+    lines.append(f"  base-gradient drift (median |Δlog10 c_l|): {c.base_drift[-1]:.3f} dex at the window's end; "
+                 + (f"reaches a factor 2 at step {brk}" if brk is not None else "under a factor 2 throughout"))
     return "\n".join(lines)
 
 
-def compare_sweep(sweepdir: str | os.PathLike, model: str = "discrete", out: Path | None = None) -> tuple[list, list[Path]]:
+def compare_sweep(sweepdir: str | os.PathLike, model: str = "discrete", out: Path | None = None,
+                  layers: str = "all") -> tuple[list, list[Path]]:
     """`compare_run` on every run of a sweep that logged the ELR hook: a CSV of the errors, one
     figure per run (in its `figures/`), and predicted vs measured mean log10 spread over runs."""
     from normjax.sweep.results import collect, load_sweep, sweep_name
 
+    spread_key(layers)
     path, meta = load_sweep(sweepdir)
-    results, paths = [], []
+    results, paths, skipped = [], [], []
     for row in collect(path):
         rundir = path / row["name"]
         try:
-            c = compare_run(rundir, model)
-        except UserError:
-            continue  # missing, failed, or no ELR log: the sweep's other runs still count
+            c = compare_run(rundir, model, layers=layers)
+        except UserError as e:
+            skipped.append(str(e))  # missing, failed, or no ELR log: the sweep's other runs still count
+            continue
         paths += comparison_figure(c, rundir / "figures", model)
         results.append((row, c))
     if not results:
-        raise UserError(f"no run of {str(sweepdir)!r} logged ELR metrics from step 0; "
-                        'run the sweep with --set log.metrics=["elr"]')
+        raise UserError(f"no run of {str(sweepdir)!r} can be compared" + (f" (first: {skipped[0]})" if skipped else ""))
     out = out or path / "figures"
     out.mkdir(parents=True, exist_ok=True)
     columns = ["run", *meta["varied"], "steps", "spread_err_model", "spread_err_replay", "median_norm_err_model",
-               "median_elr_err_model", "mean_log_spread_measured", "mean_log_spread_model"]
+               "median_elr_err_model", "mean_log_spread_measured", "mean_log_spread_model", "base_drift_end",
+               "base_drift_break_step"]
     write_csv(out / f"ode_{model}_errors.csv", [dict(zip(columns, [
         row["name"], *[row.get(k, "") for k in meta["varied"]], len(c.steps),
         c.spread_error["model"], c.spread_error["replay"], float(np.median(c.norm_error["model"])),
         float(np.median(c.elr_error["model"])), float(np.mean(np.log10(c.measured["spread"]))),
-        float(np.mean(np.log10(c.predicted["model"]["spread"])))])) for row, c in results], columns)
+        float(np.mean(np.log10(c.predicted["model"]["spread"]))), float(c.base_drift[-1]),
+        "" if c.break_step is None else c.break_step])) for row, c in results], columns)
     paths.append(out / f"ode_{model}_errors.csv")
     fig, axes = _figure(1, 1, size=(5.6, 5.0))
     ax = axes[0, 0]
@@ -262,6 +296,8 @@ def ode_main(argv: list[str]) -> int:
     p.add_argument("--model", default="discrete", help="discrete (SGD map) or ode (gradient flow)")
     p.add_argument("--steps", type=int, help="compare at most this many steps (default: the dense window)")
     p.add_argument("--out", type=Path, help="figure directory (default: DIR/figures)")
+    p.add_argument("--layers", default="all", help="layers compared: all (scale-invariant, default) or main "
+                                                  "(shortcut projections left out)")
     s = p.add_argument_group("--simulate: the model alone")
     s.add_argument("--simulate", action="store_true", help="run the model alone, on the base gradients below")
     s.add_argument("--depth", type=int, default=20, help="layers, when --c0 is not given")
@@ -282,12 +318,12 @@ def ode_main(argv: list[str]) -> int:
         raise UserError("give a run or sweep directory, or --simulate")
     d = Path(args.dir).expanduser()
     if (d / "sweep.json").is_file():
-        results, paths = compare_sweep(d, args.model, args.out)
+        results, paths = compare_sweep(d, args.model, args.out, args.layers)
         for row, c in results:
             print(f"{row['name']}: spread error {c.spread_error['model']:.3f} dex (model), "
                   f"{c.spread_error['replay']:.1e} (measured-gradient replay)")
     else:
-        c = compare_run(d, args.model, args.steps)
+        c = compare_run(d, args.model, args.steps, args.layers)
         print(_report_run(c))
         paths = comparison_figure(c, args.out or c.path / "figures", args.model)
     print("\n".join(str(x) for x in paths))

@@ -28,6 +28,7 @@ from normjax.analysis import graph as graph_lib
 from normjax.config import DEFAULTS, canonical, validate
 from normjax.data import Dataset
 from normjax.errors import UserError
+from normjax.models.structure import is_projection
 from normjax.parallel import (check_batch, check_same, data_mesh, decide, is_writer, maybe_initialize_distributed,
                               replicated)
 from normjax.paths import as_path
@@ -307,8 +308,8 @@ def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainSta
         if is_writer():
             r.dir = RunDir.create(r.dir.path)
             write_json(r.dir.config, r.cfg)
-            write_json(r.dir.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant}
-                                      for l in program.layers])
+            write_json(r.dir.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant,
+                                       "projection": is_projection(l)} for l in program.layers])
             write_json(r.dir.graph, program.graph.to_json())
         r.ckpt = Checkpointer(r.dir.checkpoints, keep=r.cfg["checkpoint"]["keep"])
         restored = restore_state(r.ckpt, program)
