@@ -168,29 +168,35 @@ class _Measurement:
         _, params, rest = nnx.split(model, nnx.Param, ...)
         return nnx.to_pure_dict(params), nnx.to_pure_dict(rest), np.asarray(key_data)
 
-    def _one_seed(self, params, rest, key_data, images, labels):
+    def order(self, key_data, n: int) -> jax.Array:
+        """`[batches, batch_size]` example indices: the first batches of the run with this seed, as
+        `Program.epoch_orders` draws them from `n` training examples."""
+        key = jax.random.wrap_key_data(key_data)
+        order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), 0), n)
+        return order[:self.batches * self.batch_size].reshape(self.batches, self.batch_size)
+
+    def inputs(self, images, idx) -> jax.Array:
         from normjax.data import preprocess
+
+        return preprocess(images[idx], None, mean=self.mean, std=self.std)
+
+    def loss(self, p, rest, x, y) -> jax.Array:
+        """Mean cross-entropy of params `p` on `(x, y)`, BatchNorm in train mode (batch statistics)."""
+        # Fresh variables at this trace level (BN writes its running statistics), as `Program.apply`.
+        pv = jax.tree.map(lambda v: v, self.params_template)
+        rv = jax.tree.map(lambda v: v, self.rest_template)
+        nnx.replace_by_pure_dict(pv, p)
+        nnx.replace_by_pure_dict(rv, rest)
+        logits = nnx.merge(self.graphdef, pv, rv)(x, train=True).astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def _one_seed(self, params, rest, key_data, images, labels):
         from normjax.models import per_layer
 
-        key = jax.random.wrap_key_data(key_data)
-        # As `Program.epoch_orders`: the first batches of the run with this seed.
-        order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), 0), images.shape[0])
-        order = order[:self.batches * self.batch_size].reshape(self.batches, self.batch_size)
-
-        def loss(p, x, y):
-            # Fresh variables at this trace level (BN writes its running statistics), as `Program.apply`.
-            pv = jax.tree.map(lambda v: v, self.params_template)
-            rv = jax.tree.map(lambda v: v, self.rest_template)
-            nnx.replace_by_pure_dict(pv, p)
-            nnx.replace_by_pure_dict(rv, rest)
-            logits = nnx.merge(self.graphdef, pv, rv)(x, train=True).astype(jnp.float32)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
         def one_batch(idx):
-            x = preprocess(images[idx], None, mean=self.mean, std=self.std)
-            return per_layer(jax.grad(loss)(params, x, labels[idx]), self.layers)
+            return per_layer(jax.grad(self.loss)(params, rest, self.inputs(images, idx), labels[idx]), self.layers)
 
-        return jax.lax.map(one_batch, order), per_layer(params, self.layers)
+        return jax.lax.map(one_batch, self.order(key_data, images.shape[0])), per_layer(params, self.layers)
 
 
 @functools.lru_cache(maxsize=8)
