@@ -85,6 +85,8 @@ STUDY_COMMANDS = {
              "fold a run's linear units away: BN into convs, linear stretches merged; depth, params, FLOPs"),
     "ode": ("normjax.studies.ode", "ode_main",
             "the weight-dynamics model's prediction against a run's (or sweep's) measured ELRs, or alone"),
+    "elr-report": ("normjax.studies.elr_report", "elr_report_main",
+                   "the ELR study's numbers claim by claim from its sweeps (explosion, trajectories, critical LR, regimes)"),
     "critical-lr": ("normjax.studies.critical_lr", "critical_lr_main",
                     "the critical LR measured on a real network (post-step spread against LR) vs 1/sqrt(a_max a_min)"),
 }

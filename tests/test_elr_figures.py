@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from normjax.errors import UserError
@@ -179,3 +180,77 @@ def test_elr_plot_main_errors_are_one_line(tmp_path, sweep, case, needle):
     with pytest.raises(UserError) as e:
         elr_plot_main(argv)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- normjax elr-report ----------------------------------------------------------------------
+
+def test_rank_correlation_is_spearman_with_ties():
+    from normjax.studies.elr_report import rank_correlation
+
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties share their mean rank: ranks (0, 1.5, 1.5, 3) against (0, 1, 2, 3)
+    x, y = [0.0, 1.0, 1.0, 2.0], [0, 1, 2, 3]
+    rx = np.array([0, 1.5, 1.5, 3])
+    assert rank_correlation(x, y) == pytest.approx(np.corrcoef(rx, np.arange(4))[0, 1])
+    assert math.isnan(rank_correlation([1, 2], [1, 2]))
+    assert math.isnan(rank_correlation([1, 2, math.nan], [1, 2, 3]))  # two finite pairs
+
+
+def test_elr_report_trajectories_from_a_sweep(sweep, tmp_path):
+    from normjax.studies.elr_report import rank_correlation, report
+
+    res = report(trajectories=str(sweep), out=tmp_path)
+    t = res["trajectories"]
+    runs = {r["name"]: r for r in t["runs"]}
+    assert len(runs) == 7  # one of 8 is missing
+    for name, r in runs.items():
+        rows = elr_rows(r["optim.lr"], r["model.shortcut"], r["train.seed"],
+                        diverge_at=12 if r["status"] == "diverged" else None)
+        spreads = [row["elr_spread"] for row in rows if row["step"] < DENSE and row["elr_spread"] != "nan"]
+        assert r["mean_log_spread_early"] == pytest.approx(np.mean(np.log10(spreads)), rel=1e-9), name
+        assert r["log_spread_first"] == pytest.approx(math.log10(spreads[0]))
+        assert math.isnan(r["order_correlation"])  # two scale-invariant layers: too few to rank
+        a0 = np.array(rows[0]["elr"][:2]) / r["optim.lr"]
+        assert r["critical_lr_step0"] == pytest.approx(1 / math.sqrt(a0.max() * a0.min()), rel=1e-6)
+    done = [r for r in runs.values() if r["status"] == "done"]
+    assert t["spread_accuracy_runs"] == len(done) == 6
+    assert t["spread_accuracy_rank_correlation"] == pytest.approx(
+        rank_correlation([r["mean_log_spread_early"] for r in done], [r["test_accuracy"] for r in done]))
+    assert [p.name for p in res["figures"]] == ["elr_order_flip.png", "elr_order_flip.pdf", "base_drift.png",
+                                                "base_drift.pdf"]
+    saved = json.loads((tmp_path / "elr_report.json").read_text())
+    assert saved["trajectories"]["spread_accuracy_runs"] == 6
+
+
+def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
+    from normjax.studies.elr_report import report
+
+    root = tmp_path / "regimes"
+    runs = []
+    for name, seed in itertools.product(["sgd", "sgd_uniform_elr"], [0, 1, 2]):
+        d = write_run(root / f"{name}-{seed}", seed=seed)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["optim"] |= {"name": name, "warmup_steps": 0}
+        (d / "config.json").write_text(json.dumps(cfg))
+        summary = json.loads((d / "summary.json").read_text())
+        summary["test_accuracy"] = 0.8 + 0.01 * seed + (0.05 if name != "sgd" else 0.0)
+        (d / "summary.json").write_text(json.dumps(summary))
+        runs.append({"name": d.name, "overrides": {"optim.name": name, "train.seed": seed}})
+    (root / "sweep.json").write_text(json.dumps({"varied": ["optim.name", "train.seed"], "runs": runs}))
+    rows = {r["regime"]: r for r in report(regimes=str(root), out=tmp_path / "out")["regimes"]["rows"]}
+    acc = rows["sgd_uniform_elr"]["test_accuracy"]
+    assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.86) and acc["std"] == pytest.approx(0.01)
+    diff = rows["sgd_uniform_elr"]["accuracy_minus_sgd"]
+    assert diff["diff"] == pytest.approx(0.05) and diff["se"] == pytest.approx(math.sqrt(2 * 0.01 ** 2 / 3))
+
+
+def test_elr_report_errors_are_one_line(tmp_path):
+    from normjax.studies.elr_report import elr_report_main
+
+    for argv, needle in ((["--out", str(tmp_path)], "give at least one of"),
+                         (["--out", str(tmp_path), "--explode", str(tmp_path)], "cannot read"),
+                         (["--out", str(tmp_path), "--critical", str(tmp_path / "nope")], "cannot read")):
+        with pytest.raises(UserError) as e:
+            elr_report_main(argv)
+        assert needle in str(e.value) and "\n" not in str(e.value)

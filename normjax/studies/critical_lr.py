@@ -34,7 +34,8 @@ import numpy as np
 
 from normjax.errors import UserError
 from normjax.models.structure import main_path
-from normjax.studies.explosion import _int_list, _measurement, _new_figure, _save
+from normjax.figures import figure, save
+from normjax.studies.explosion import _int_list, _measurement
 
 JSON_NAME = "critical_lr.json"
 FIGURE_STEM = "critical_lr"
@@ -149,8 +150,8 @@ def plot(results: list[dict], out: Path) -> list[Path]:
     setting, one colour per state; the predicted critical LR dotted, the measured one as a marker."""
     from matplotlib import colormaps
 
-    fig = _new_figure(len(results), width=4.6, height=4.0)
-    axes = fig.subplots(1, len(results), squeeze=False, sharey=True)[0]
+    fig, axes = figure(1, len(results), size=(4.6 * len(results), 4.0), sharey=True)
+    axes = axes[0]
     for ax, r in zip(axes, results):
         lrs = np.asarray(r["lrs"])
         for j, t in enumerate(r["at"]):
@@ -173,7 +174,7 @@ def plot(results: list[dict], out: Path) -> list[Path]:
     axes[0].set_ylabel("post-step spread max_l a'_l / min_l a'_l\n(main-path layers; geometric mean over seeds)")
     fig.suptitle("Critical LR: solid measured, dashed model (constant base gradient)\n"
                  "dotted: predicted 1/sqrt(a_max a_min); ▼: measured minimum", fontsize=9)
-    return _save(fig, out, FIGURE_STEM)
+    return save(fig, out, FIGURE_STEM)
 
 
 def critical_lr_main(argv: list[str]) -> int:

@@ -72,7 +72,8 @@ def _dense_window(steps: np.ndarray, limit: int | None) -> int:
 
 
 def _spread(e: np.ndarray) -> np.ndarray:
-    return e.max(-1) / e.min(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a diverged run's zero or NaN ELRs: inf/NaN spreads
+        return e.max(-1) / e.min(-1)
 
 
 def _log_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:

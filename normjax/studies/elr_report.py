@@ -1,0 +1,381 @@
+"""The ELR study's numbers, claim by claim, from its sweeps: `normjax elr-report`.
+
+Reads what the study's commands wrote and computes the quantities `docs/reproduction.md` rests
+its verdicts on, into one `elr_report.json` and two figures of its own:
+
+- explosion (`normjax explode` JSON): the fitted growth per layer against π/(π−1);
+- trajectories sweep (`sweep_elr_trajectories.py`, `log.metrics=["elr"]` from step 0): per run the
+  spread at the first and last dense step and its model prediction (equalization), the rank
+  correlation of the layers' ELRs before and after the first step (overshoot flips the order:
+  negative) and whether the LR exceeded the critical LR at step 0, the model's spread error and the
+  base gradients' drift (`normjax.studies.ode`), the mean early spread, and over all runs the rank
+  correlation of mean early spread with test accuracy;
+- critical-LR measurements (`normjax critical-lr` JSON): measured against predicted critical LR;
+- regimes sweep (`sweep_elr_regimes.py`): test accuracy and mean early spread per regime and
+  shortcut, mean ± std over seeds, and each regime's difference from plain SGD.
+
+Spreads are over `--layers` (default `all` scale-invariant layers; `main` leaves out shortcut
+projections). Figures: `elr_order_flip` (per-layer ELR at step 0 and 1 per LR), `base_drift`
+(median base-gradient drift over steps per LR and momentum).
+
+Example:
+  >>> report(trajectories="runs/sweep-elr_trajectories-medium", out="runs/elr-report")  # doctest: +SKIP
+
+References:
+  Mehmeti-Göpel & Wand, `Spreads in Effective Learning Rates: The Perils of Batch Normalization
+  During Early Training`, 2023 (arXiv:2306.00700).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from normjax.errors import UserError
+from normjax.figures import figure, save
+from normjax.metrics import spread_key
+from normjax.sweep.results import collect, group_id, load_sweep
+
+JSON_NAME = "elr_report.json"
+REGIME_KEYS = ("optim.name", "optim.warmup_steps")
+
+
+def rank_correlation(x: Any, y: Any) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN with fewer than 3 finite pairs.
+
+    Example:
+      >>> rank_correlation([1, 2, 3, 4], [10, 20, 15, 40])
+      0.8
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return float("nan")
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for u in np.unique(v):  # ties share their mean rank
+            r[v == u] = r[v == u].mean()
+        return r
+
+    rx, ry = ranks(x[ok]), ranks(y[ok])
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _mean_std(values: list[float]) -> dict:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+    return {"mean": float(v.mean()) if v.size else None, "std": float(v.std(ddof=1)) if v.size > 1 else None,
+            "n": int(v.size), "values": [float(x) for x in v]}
+
+
+def explosion_section(path: str | os.PathLike) -> dict:
+    """Growth factor per family and depth from `normjax explode`'s JSON (a file or its directory)."""
+    from normjax.studies.explosion import JSON_NAME as EXPLODE_JSON, MEAN_FIELD_FACTOR
+
+    p = Path(path)
+    p = p / EXPLODE_JSON if p.is_dir() else p
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--explode {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
+                        "directory of `normjax explode`") from None
+    rows = [{"family": r["family"], "depth": r["depth"], "factor": r["factor"], "factor_seed_std": r["factor_seed_std"],
+             "factor_base": r.get("factor_base"), "dataset": r["dataset"]} for r in data["records"]]
+    return {"mean_field_factor": MEAN_FIELD_FACTOR, "rows": rows, "config": data.get("config"),
+            "overrides": data.get("overrides")}
+
+
+def _sweep_runs(sweep: str | os.PathLike) -> tuple[Path, list[dict]]:
+    path, _ = load_sweep(sweep)
+    return path, collect(path)
+
+
+def _first_steps(run) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-layer ELRs at steps 0 and 1 of a run (None when the run did not log both)."""
+    steps = run.steps()
+    if len(steps) < 2 or steps[0] != 0 or steps[1] != 1:
+        return None
+    e = run.layer_values("elr")[:2]
+    return e[0], e[1]
+
+
+def trajectories_section(sweep: str | os.PathLike, layers: str = "all") -> tuple[dict, list]:
+    """Per-run quantities of the trajectories sweep and the spread-accuracy rank correlation."""
+    from normjax import analysis
+    from normjax.studies.elr_figures import read_run
+    from normjax.studies.ode import compare_run
+
+    import jax.numpy as jnp
+
+    key = spread_key(layers)
+    path, rows = _sweep_runs(sweep)
+    runs, comparisons = [], []
+    for row in rows:
+        if row["status"] not in ("done", "diverged"):
+            continue
+        run = read_run(path / row["name"])
+        m = run.spread_layers(layers)
+        rec = {k: row[k] for k in row if k.startswith(("optim.", "model.", "train."))}
+        rec |= {"name": row["name"], "status": row["status"], "test_accuracy": row["test_accuracy"]}
+        spread = run.scalar(key)
+        dense = run.config.get("log", {}).get("dense_steps")
+        ok = np.isfinite(spread) & (spread > 0) & (run.steps() < (dense or np.inf))
+        rec["log_spread_first"] = float(np.log10(spread[0])) if ok.size and ok[0] else None
+        rec["log_spread_last_dense"] = float(np.log10(spread[ok][-1])) if ok.any() else None
+        rec["mean_log_spread_early"] = float(np.mean(np.log10(spread[ok]))) if ok.any() else None
+        first = _first_steps(run)
+        if first is not None and np.isfinite(first[0][m]).all() and np.isfinite(first[1][m]).all():
+            e0, e1 = first[0][m], first[1][m]
+            a0 = e0 / run.layer_values("layer_lr")[0][m]
+            rec["order_correlation"] = rank_correlation(e0, e1)
+            rec["critical_lr_step0"] = float(analysis.critical_lr(jnp.asarray(a0)))
+        try:
+            c = compare_run(path / row["name"], layers=layers)
+        except UserError:
+            c = None
+        if c is not None:
+            comparisons.append((rec, c))
+            rec |= {"spread_error_model": c.spread_error["model"], "spread_error_replay": c.spread_error["replay"],
+                    "log_spread_model_last": float(np.log10(c.predicted["model"]["spread"][-1])),
+                    "base_drift_end": float(c.base_drift[-1]), "base_drift_break_step": c.break_step,
+                    "base_drift_at": {str(t): float(c.base_drift[t]) for t in (1, 10, 100) if t < len(c.base_drift)}}
+        runs.append(rec)
+    done = [r for r in runs if r["status"] == "done" and r.get("mean_log_spread_early") is not None]
+    section = {
+        "sweep": str(path), "layers": layers, "runs": runs,
+        "spread_accuracy_rank_correlation": rank_correlation([r["mean_log_spread_early"] for r in done],
+                                                             [r["test_accuracy"] for r in done]),
+        "spread_accuracy_runs": len(done),
+    }
+    return section, comparisons
+
+
+def critical_section(paths: list[str]) -> dict:
+    """Measured vs predicted critical LR from `normjax critical-lr` JSONs (files or their directories)."""
+    from normjax.studies.critical_lr import JSON_NAME as CRIT_JSON
+
+    rows = []
+    for path in paths:
+        p = Path(path)
+        p = p / CRIT_JSON if p.is_dir() else p
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"--critical {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
+                            "directory of `normjax critical-lr`") from None
+        for r in data["results"]:
+            pred, meas = np.asarray(r["crit_predicted"]), np.asarray(r["crit_measured"])
+            ratio = np.log10(meas / pred)
+            for j, t in enumerate(r["at"]):
+                rows.append({"model": r["model"], "depth": r["depth"], "shortcut": r["shortcut"],
+                             "dataset": r["dataset"], "after_steps": t, "warm_lr": r["warm_lr"],
+                             "crit_predicted": _mean_std(list(pred[:, j])), "crit_measured": _mean_std(list(meas[:, j])),
+                             "log10_ratio": _mean_std(list(ratio[:, j])),
+                             "spread_now": _mean_std(list(np.asarray(r["spread_now"])[:, j]))})
+    return {"rows": rows}
+
+
+def regimes_section(sweep: str | os.PathLike, layers: str = "all") -> dict:
+    """Accuracy and mean early spread per (regime, shortcut), over seeds; differences from plain SGD."""
+    from normjax.studies.elr_figures import _run_spreads, read_run
+
+    path, rows = _sweep_runs(sweep)
+    groups: dict[str, dict] = {}
+    for row in rows:
+        cfg = read_run(path / row["name"]).config if (path / row["name"] / "config.json").is_file() else None
+        if cfg is None:
+            continue
+        o = cfg.get("optim", {})
+        regime = o.get("name", "sgd") + (f"+warmup{o['warmup_steps']}" if o.get("warmup_steps") else "")
+        shortcut = bool(cfg["model"].get("shortcut"))
+        g = groups.setdefault(group_id((regime, shortcut)), {"regime": regime, "shortcut": shortcut, "acc": [],
+                                                              "spread": [], "statuses": []})
+        g["statuses"].append(row["status"])
+        if row["status"] == "done":
+            g["acc"].append(row["test_accuracy"])
+            g["spread"].append(_run_spreads(read_run(path / row["name"]), layers)[0])
+        elif row["status"] == "diverged":
+            g["acc"].append(None)
+    out = []
+    for g in groups.values():
+        out.append({"regime": g["regime"], "shortcut": g["shortcut"], "test_accuracy": _mean_std(g["acc"]),
+                    "mean_log_spread_early": _mean_std(g["spread"]), "statuses": g["statuses"]})
+    for r in out:
+        base = next((b for b in out if b["regime"] == "sgd" and b["shortcut"] == r["shortcut"]), None)
+        if base is not None and r["test_accuracy"]["n"] and base["test_accuracy"]["n"]:
+            a, b = r["test_accuracy"], base["test_accuracy"]
+            se = math.sqrt(sum((x["std"] or 0.0) ** 2 / x["n"] for x in (a, b)))
+            r["accuracy_minus_sgd"] = {"diff": a["mean"] - b["mean"], "se": se}
+    return {"sweep": str(path), "layers": layers, "rows": sorted(out, key=lambda r: (not r["shortcut"], r["regime"]))}
+
+
+def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all") -> list[Path]:
+    """`elr_order_flip`: per-layer ELR at step 0 (dashed) and step 1 (solid) against depth, one colour
+    per LR, one panel per (depth, shortcut), momentum 0 runs."""
+    from matplotlib import colormaps
+
+    from normjax.studies.elr_figures import read_run
+
+    path, rows = _sweep_runs(sweep)
+    picked = [r for r in rows if r["status"] in ("done", "diverged") and not r.get("optim.momentum")]
+    panels = sorted({(r.get("model.depth"), bool(r.get("model.shortcut"))) for r in picked}, key=str)
+    if not panels:
+        raise UserError(f"{str(path)!r} has no finished run without momentum; the order-flip figure needs one")
+    lrs = sorted({r["optim.lr"] for r in picked})
+    fig, axes = figure(1, len(panels), size=(4.4 * len(panels), 3.8), sharey=True)
+    for ax, (depth, shortcut) in zip(axes[0], panels):
+        for i, lr in enumerate(lrs):
+            r = next((r for r in picked if (r.get("model.depth"), bool(r.get("model.shortcut")), r["optim.lr"])
+                      == (depth, shortcut, lr)), None)
+            run = read_run(path / r["name"]) if r else None
+            first = _first_steps(run) if run else None
+            if first is None:
+                continue
+            m = run.spread_layers(layers)
+            d = np.array([run.layers[j].get("depth", j) for j in run.order], float)[m]
+            c = colormaps["plasma"](0.85 * i / max(1, len(lrs) - 1))
+            ax.plot(d, first[0][m], ls="--", color=c, lw=1)
+            ax.plot(d, first[1][m], color=c, lw=1.4, label=f"LR {lr:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer depth (input → output)")
+        ax.set_title(f"depth {depth}, {'residual' if shortcut else 'plain'}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("ELR E_l  (dashed: step 0, solid: step 1)")
+    fig.suptitle("Overshoot: one large step flips the ELR order (lower layers end with the smallest)", fontsize=10)
+    return save(fig, out, "elr_order_flip")
+
+
+def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
+    """`base_drift`: the median base-gradient drift over the dense window, one line per run, one panel
+    per momentum; colour by LR, dashed for residual."""
+    from matplotlib import colormaps
+
+    moms = sorted({float(rec.get("optim.momentum") or 0.0) for rec, _ in comparisons})
+    lrs = sorted({rec["optim.lr"] for rec, _ in comparisons})
+    fig, axes = figure(1, len(moms), size=(5.2 * len(moms), 4.0), sharey=True)
+    for ax, mom in zip(axes[0], moms):
+        for rec, c in comparisons:
+            if float(rec.get("optim.momentum") or 0.0) != mom:
+                continue
+            color = colormaps["plasma"](0.85 * lrs.index(rec["optim.lr"]) / max(1, len(lrs) - 1))
+            ax.plot(c.steps + 1, 10 ** c.base_drift, color=color, ls="--" if rec.get("model.shortcut") else "-",
+                    lw=1.1, label=f"LR {rec['optim.lr']:g}, depth {rec.get('model.depth')}, "
+                                  f"{'residual' if rec.get('model.shortcut') else 'plain'}")
+        ax.axhline(2.0, color="k", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("step + 1")
+        ax.set_title(f"momentum {mom:g}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("10^(median_l |log10 c_l(t)/c_l(0)|)\n(dotted: factor 2)")
+    fig.suptitle("How far the base gradients move from step 0 (the model holds them constant)", fontsize=10)
+    return save(fig, out, "base_drift")
+
+
+def report(*, out: str | os.PathLike, trajectories: str | None = None, regimes: str | None = None,
+           explode: str | None = None, critical: list[str] | None = None, layers: str = "all") -> dict:
+    """Compute every section whose input is given; write `elr_report.json` and the figures into `out`.
+
+    Args:
+      out: the output directory.
+      trajectories: the trajectories sweep directory.
+      regimes: the regimes sweep directory.
+      explode: `normjax explode`'s output directory (or its JSON).
+      critical: `normjax critical-lr` output directories (or JSONs).
+      layers: the spreads' layers, `"all"` or `"main"`.
+
+    Returns:
+      The report (as written to JSON), with `figures`: the written paths.
+    """
+    spread_key(layers)
+    if not any((trajectories, regimes, explode, critical)):
+        raise UserError("give at least one of --trajectories, --regimes, --explode, --critical")
+    out = Path(out)
+    res: dict[str, Any] = {"layers": layers}
+    figures: list[Path] = []
+    if explode:
+        res["explosion"] = explosion_section(explode)
+    if trajectories:
+        res["trajectories"], comparisons = trajectories_section(trajectories, layers)
+        figures += order_flip_figure(trajectories, out, layers)
+        if comparisons:
+            figures += base_drift_figure(comparisons, out)
+    if critical:
+        res["critical_lr"] = critical_section(critical)
+    if regimes:
+        res["regimes"] = regimes_section(regimes, layers)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / JSON_NAME).write_text(json.dumps(_finite(res), indent=1))
+    res["figures"] = figures
+    return res
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe: numpy scalars as floats, non-finite floats as None (strict JSON has no NaN/Infinity)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _fmt(ms: dict, digits: int = 3) -> str:
+    if ms["mean"] is None:
+        return "-"
+    return f"{ms['mean']:.{digits}f}" + (f" ± {ms['std']:.{digits}f}" if ms["std"] is not None else "") + f" (n={ms['n']})"
+
+
+def elr_report_main(argv: list[str]) -> int:
+    """`normjax elr-report --out DIR [--trajectories D] [--regimes D] [--explode D] [--critical D ...]`.
+
+    Args:
+      argv: the arguments after `elr-report`.
+
+    Returns:
+      The exit code (0); the report's headline numbers are printed. Bad input raises `UserError`.
+    """
+    p = argparse.ArgumentParser(prog="normjax elr-report", description=elr_report_main.__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output directory for elr_report.json and the figures")
+    p.add_argument("--trajectories", help="the trajectories sweep directory (sweep_elr_trajectories.py)")
+    p.add_argument("--regimes", help="the regimes sweep directory (sweep_elr_regimes.py)")
+    p.add_argument("--explode", help="the output directory of `normjax explode`")
+    p.add_argument("--critical", action="append", default=[], help="an output directory of `normjax critical-lr` "
+                                                                    "(repeatable)")
+    p.add_argument("--layers", default="all", help="spreads over all scale-invariant layers (default) or main")
+    args = p.parse_args(argv)
+    res = report(out=args.out, trajectories=args.trajectories, regimes=args.regimes, explode=args.explode,
+                 critical=args.critical or None, layers=args.layers)
+    if "explosion" in res:
+        for r in res["explosion"]["rows"]:
+            print(f"explosion {r['family']} depth {r['depth']}: {r['factor']:.3f} ± {r['factor_seed_std']:.3f} per layer "
+                  f"(mean field {res['explosion']['mean_field_factor']:.3f})")
+    if "trajectories" in res:
+        t = res["trajectories"]
+        print(f"trajectories: rank correlation of mean early log spread with test accuracy "
+              f"{t['spread_accuracy_rank_correlation']:+.2f} over {t['spread_accuracy_runs']} runs")
+    for r in res.get("critical_lr", {}).get("rows", []):
+        print(f"critical LR {r['model']} {'residual' if r['shortcut'] else 'plain'} depth {r['depth']} after "
+              f"{r['after_steps']} steps: log10(measured/predicted) {_fmt(r['log10_ratio'], 2)}")
+    for r in res.get("regimes", {}).get("rows", []):
+        print(f"regime {r['regime']:<28} {'residual' if r['shortcut'] else 'plain':<8} accuracy "
+              f"{_fmt(r['test_accuracy'])}, mean early log10 spread {_fmt(r['mean_log_spread_early'], 2)}")
+    print(f"json: {(Path(args.out) / JSON_NAME).absolute()}")
+    for path in res["figures"]:
+        print(f"figure: {path}")
+    return 0
