@@ -117,7 +117,7 @@ bench-gpu-stream:
 		--size 224 --image 400 --batch 128 --epoch-batches 8 --workers 12 --threads 2 --dispatch 5 --warmup 2 \
 		--chunks 8 --rounds 3 --dtype bfloat16 --out $(GPU_OUT)/results-stream-gpu.json
 
-# Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|medium|full, WORKDIR=runs), then
+# Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|medium|gpu|full, WORKDIR=runs), then
 # prints its results table and draws its figure. Adding a sweep: add experiments/sweep_NAME.py and
 # one line "NAME: x=KEY hue=KEY" to SWEEP_PLOTS below.
 SWEEP_PLOTS_depth := --x model.depth --hue model.shortcut

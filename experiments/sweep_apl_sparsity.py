@@ -12,17 +12,21 @@ tasks of graded difficulty: digits (8x8x1, batch 16 so its 1.4k examples give as
 the others' epochs need), Fashion-MNIST, and the synthetic `parity` task (8x8x1, 4 classes, 16k
 examples; no linear classifier solves it, so the net keeps nonlinear units); 6 epochs during / 3
 after, λ from 1e-3 to 1e-1, 3 seeds: 90 runs + 9 base runs, about 60 min on 2 CPU cores.
+gpu (one H100/H200): the PReLU ResNet-20 of `apl_resnet.py --size gpu` on Fashion-MNIST and
+parity, the same λ grid and regimes, 3 seeds: 60 runs + 6 base runs.
 `make sweep-apl_sparsity` draws accuracy vs APL per regime and task, the core network and the
 advantage gap (`normjax apl-plot`).
 """
 
 
-SIZES = ("smoke", "medium", "full")
+SIZES = ("smoke", "medium", "gpu", "full")
 PARITY = {"data.synthetic.task": "parity", "data.synthetic.num_classes": 4, "data.synthetic.difficulty": 0.5,
           "data.synthetic.image_shape": [8, 8, 1], "data.synthetic.num_train": 16384, "data.synthetic.num_test": 4096}
 
 
 def tasks(size: str) -> list[dict]:
+    if size == "gpu":
+        return [{"name": "fashion_mnist", "data.name": "fashion_mnist"}, {"name": "parity", "data.name": "synthetic"} | PARITY]
     if size == "medium":
         return [{"name": "digits", "data.name": "digits", "train.batch_size": 16},
                 {"name": "fashion_mnist", "data.name": "fashion_mnist"},
@@ -45,7 +49,7 @@ def regimes(epochs: float, post_epochs: float, from_k: bool = False) -> list[dic
 
 
 def get_sweep(size: str) -> dict:
-    if size == "medium":
+    if size in ("medium", "gpu"):
         return {
             "base": "apl_resnet.py",
             "grid": {"data.task": tasks(size), "train.regime": regimes(6.0, 3.0),

@@ -8,11 +8,12 @@ epochs, one seed, per-layer ELRs logged densely for the first 2000 steps (a GPU 
 medium: the BN MLP of `elr_resnet.py --size medium` (depth 31, width 256) plain vs residual on
 Fashion-MNIST, 4 epochs with momentum 0.9, weight decay 5e-4 and a cosine schedule, 3 seeds (the
 accuracy differences between regimes are a few tenths of a percent, so seeds matter), ELRs logged
-densely for the first 500 steps: 24 runs, about 30 min on 2 CPU cores.
+densely for the first 500 steps: 24 runs, about 30 min on 2 CPU cores. gpu (one H100/H200): the
+same on ResNet-56 plain vs residual (the paper's network) on Fashion-MNIST.
 `make sweep-elr_regimes` draws accuracy vs spread (`normjax elr-plot`).
 """
 
-SIZES = ("smoke", "medium", "full", "imagenet")
+SIZES = ("smoke", "medium", "gpu", "full", "imagenet")
 IMAGENET_STEPS_PER_EPOCH = 1281167 // 256
 
 REGIMES = {  # zipped: one entry per regime
@@ -29,14 +30,14 @@ def get_sweep(size: str) -> dict:
             "zip": REGIMES | {"optim.warmup_steps": [0, 5 * IMAGENET_STEPS_PER_EPOCH, 0, 0]},
             "set": {"log.metrics": ["elr"], "log.dense_steps": 2000, "log.every": 500},
         }
-    if size == "medium":
+    if size in ("medium", "gpu"):
         return {
             "base": "elr_resnet.py",
             "grid": {"model.shortcut": [True, False], "train.seed": [0, 1, 2]},
             "zip": REGIMES | {"optim.warmup_steps": [0, 500, 0, 0]},
             "set": {"optim.lr": 0.3, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.schedule": "cosine",
                     "train.steps": 0, "train.epochs": 4.0, "log.dense_steps": 500, "log.every": 100,
-                    "checkpoint.every": 1000},
+                    "checkpoint.every": 1000} | ({"model.depth": 56} if size == "gpu" else {}),
         }
     if size == "full":
         return {

@@ -9,9 +9,11 @@ ResNet-50 with and without shortcuts on ImageNet, streamed (`resnet50_imagenet.p
 medium: BN-ReLU MLPs (width 256) of depth 21 and 41, plain vs residual, on Fashion-MNIST, the first
 1000 steps logged densely, LR 0.03/0.3/3 x momentum 0/0.9: 24 runs in 4 shape groups of 6, the
 depths where the plain net's ELR spread grows by orders of magnitude; about 30 min on 2 CPU cores.
+gpu (one H100/H200): ResNet-20/56/110 plain vs residual on Fashion-MNIST, the first 1000 steps,
+the same LR x momentum grid: 36 runs, the paper's networks on the medium data.
 """
 
-SIZES = ("smoke", "medium", "full", "imagenet")
+SIZES = ("smoke", "medium", "gpu", "full", "imagenet")
 
 
 def get_sweep(size: str) -> dict:
@@ -28,6 +30,12 @@ def get_sweep(size: str) -> dict:
             "grid": {"optim.lr": [0.03, 0.3, 3.0], "model.depth": [21, 41], "optim.momentum": [0.0, 0.9],
                      "model.shortcut": [True, False]},
             "set": {"train.steps": 1000, "log.dense_steps": 1000},
+        }
+    if size == "gpu":
+        return {
+            "base": "elr_resnet.py",
+            "grid": {"optim.lr": [0.03, 0.3, 3.0], "model.depth": [20, 56, 110], "optim.momentum": [0.0, 0.9],
+                     "model.shortcut": [True, False]},
         }
     if size == "full":
         return {

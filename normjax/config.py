@@ -2,7 +2,8 @@
 
 An experiment file under `experiments/` defines `get_config(size: str) -> dict` returning the
 keys it changes; `size` is `smoke` (seconds on CPU), `medium` (the study files: Fashion-MNIST,
-at most about an hour a sweep on 2 CPU cores) or `full` (paper scale, GPU/TPU), and for the
+at most about an hour a sweep on 2 CPU cores), `gpu` (the study files: CIFAR ResNets on
+Fashion-MNIST, minutes on one H100/H200) or `full` (paper scale, GPU/TPU), and for the
 files that list it in their `SIZES`, `imagenet` (ResNet-50 on ImageNet, streamed). Every key a
 config names must exist in `DEFAULTS` and keep its type, so typos fail with one line.
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from normjax.errors import UserError
 
-SIZES = ("smoke", "medium", "full", "imagenet")
+SIZES = ("smoke", "medium", "gpu", "full", "imagenet")
 # The sizes a file has unless it lists its own in a module-level `SIZES` (the ELR study's
 # files add `imagenet`: ResNet-50 on ImageNet, streamed).
 FILE_SIZES = ("smoke", "full")

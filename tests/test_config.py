@@ -44,6 +44,19 @@ def test_the_elr_study_has_an_imagenet_size():
     assert [p.stem for p in SWEEPS if "imagenet" in _sizes(p)] == ["sweep_elr_regimes", "sweep_elr_trajectories"]
 
 
+def test_the_gpu_size_is_cifar_resnets_on_fashion_mnist():
+    """The studies' gpu size: the paper's ResNets (20/56/110) on the medium data, no other dataset."""
+    depths = {}
+    for name in ("sweep_elr_trajectories", "sweep_elr_regimes", "sweep_apl_sparsity"):
+        runs, _ = expand(Path(__file__).parents[1] / "experiments" / f"{name}.py", "gpu")
+        assert {r.config["model"]["name"] for r in runs} == {"resnet"}
+        assert {r.config["data"]["name"] for r in runs} <= {"fashion_mnist", "synthetic"}
+        depths[name] = sorted({r.config["model"]["depth"] for r in runs})
+    assert depths == {"sweep_elr_trajectories": [20, 56, 110], "sweep_elr_regimes": [56], "sweep_apl_sparsity": [20]}
+    assert [p.stem for p in SWEEPS if "gpu" in _sizes(p)] == ["sweep_apl_sparsity", "sweep_elr_regimes",
+                                                               "sweep_elr_trajectories"]
+
+
 def test_overrides_are_typed():
     cfg = load_config(None, overrides=["optim.lr=0.05", "model.shortcut=false", "train.steps=7",
                                        "data.name=synthetic", "optim.momentum=0"])
