@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test test-slow test-isa bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data
+.PHONY: demo test test-slow test-isa bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -53,6 +53,20 @@ data: $(STAMP)
 		{ apt-get update -qq && apt-get install -y -qq $(DATA_PKG) >/dev/null; } || true; \
 	else echo "make data: $(DATA_PKG) is not installed; as root run: apt-get install $(DATA_PKG)"; fi
 	$(BIN)/normjax prepare fashion_mnist
+
+# The ELR study reproduced on Fashion-MNIST (docs/reproduction.md): the medium sweeps, the explosion,
+# the critical LR measured at init and after 10/100 SGD steps (plain and residual, depth 21/41), the
+# report of every claim's numbers, and its figures copied into docs/reproduction/.
+CRIT_DIRS = $(WORKDIR)/critical_lr-medium-shortcut=false $(WORKDIR)/critical_lr-medium-shortcut=true
+reproduce-elr: $(STAMP)
+	$(MAKE) sweep-elr_trajectories sweep-elr_regimes explode SIZE=medium
+	for sc in false true; do $(BIN)/normjax critical-lr experiments/elr_resnet.py --size medium --set model.shortcut=$$sc \
+		--depths 21,41 --seeds 3 --at 0,10,100 --out $(WORKDIR)/critical_lr-medium-shortcut=$$sc || exit 1; done
+	$(BIN)/normjax elr-report --out $(WORKDIR)/elr-report-medium --trajectories $(WORKDIR)/sweep-elr_trajectories-medium \
+		--regimes $(WORKDIR)/sweep-elr_regimes-medium --explode $(WORKDIR)/explode-mlp-medium \
+		--explode $(WORKDIR)/explode-resnet-medium $(foreach d,$(CRIT_DIRS),--critical $(d))
+	$(BIN)/normjax elr-plot $(WORKDIR)/sweep-elr_regimes-medium --hue optim.name
+	$(BIN)/python docs/copy_figures.py --reproduction $(WORKDIR)
 
 # The APL study: baselines, the λ sweep and the target sweep, figures with the baselines drawn in.
 apl: $(STAMP)

@@ -1,6 +1,8 @@
-"""Copy the figures `make demo` drew into docs/figures/ (`make docs-figures` runs the demo first).
+"""Copy the figures `make demo` drew into docs/figures/ (`make docs-figures` runs the demo first), or
+those of the ELR reproduction into docs/reproduction/ (`make reproduce-elr` runs its sweeps first).
 
-    python docs/copy_figures.py [WORKDIR]      # WORKDIR: the demo's --workdir root (default runs)
+    python docs/copy_figures.py [WORKDIR]                  # WORKDIR: the --workdir root (default runs)
+    python docs/copy_figures.py --reproduction [WORKDIR]   # also copies elr_report.json
 
 Each figure of docs/figures.md is listed below with the run or sweep directory it is read from,
 relative to WORKDIR (a glob that must match exactly one directory: run directories end in the
@@ -38,28 +40,55 @@ FIGURES = {
 }
 
 
+# docs/reproduction/<name>: (directory under WORKDIR, file in it or its figures/)
+ELR_REPORT = "elr-report-medium"
+REPRODUCTION = {
+    "explosion_factor_mlp.png": ("explode-mlp-medium", "explosion_factor.png"),
+    "explosion_layers_mlp.png": ("explode-mlp-medium", "explosion_layers.png"),
+    "explosion_factor_resnet.png": ("explode-resnet-medium", "explosion_factor.png"),
+    "elr_spread_trajectories.png": ("sweep-elr_trajectories-medium", "elr_spread_by_lr.png"),
+    "accuracy_vs_spread_trajectories.png": ("sweep-elr_trajectories-medium", "accuracy_vs_spread_by_lr.png"),
+    "ode_spread_trajectories.png": ("sweep-elr_trajectories-medium", "ode_discrete_spread.png"),
+    "ode_plain_depth41_lr0.03.png": ("sweep-elr_trajectories-medium/lr=0.03-depth=41-momentum=0-shortcut=false-*",
+                                     "ode_discrete.png"),
+    "elr_order_flip.png": (ELR_REPORT, "elr_order_flip.png"),
+    "base_drift.png": (ELR_REPORT, "base_drift.png"),
+    "critical_lr_plain.png": ("critical_lr-medium-shortcut=false", "critical_lr.png"),
+    "critical_lr_residual.png": ("critical_lr-medium-shortcut=true", "critical_lr.png"),
+    "accuracy_vs_spread_regimes.png": ("sweep-elr_regimes-medium", "accuracy_vs_spread_by_name.png"),
+    "elr_spread_regimes.png": ("sweep-elr_regimes-medium", "elr_spread_by_name.png"),
+    "elr_report.json": (ELR_REPORT, "elr_report.json"),
+}
+
+
 def source(workdir: Path, pattern: str, name: str) -> Path:
     dirs = sorted(p for p in workdir.glob(pattern) if p.is_dir())
     if len(dirs) != 1:
         sys.exit(f"error: {workdir / pattern} matches {len(dirs)} directories, need one; run `make demo` "
                  "into a fresh WORKDIR")
-    path = dirs[0] / "figures" / name
-    if not path.is_file():
-        sys.exit(f"error: {path} does not exist; run `make demo` first")
+    path = next((p for p in (dirs[0] / name, dirs[0] / "figures" / name) if p.is_file()), None)
+    if path is None:
+        sys.exit(f"error: {dirs[0] / 'figures' / name} does not exist; run `make demo` (or `make reproduce-elr`) first")
     return path
 
 
 def main(argv: list[str]) -> None:
+    reproduction = "--reproduction" in argv
+    argv = [a for a in argv if a != "--reproduction"]
     workdir = Path(argv[0] if argv else "runs")
-    out = DOCS / "figures"
+    files, out = (REPRODUCTION, DOCS / "reproduction") if reproduction else (FIGURES, DOCS / "figures")
     out.mkdir(exist_ok=True)
     total = 0
-    for name, (pattern, file) in FIGURES.items():
-        image = Image.open(source(workdir, pattern, file)).convert("RGB")
-        image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
-            out / name, optimize=True)
+    for name, (pattern, file) in files.items():
+        path = source(workdir, pattern, file)
+        if name.endswith(".json"):
+            (out / name).write_bytes(path.read_bytes())
+        else:
+            image = Image.open(path).convert("RGB")
+            image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+                out / name, optimize=True)
         total += (out / name).stat().st_size
-    print(f"{len(FIGURES)} figures in {out} ({total / 1e6:.2f} MB)")
+    print(f"{len(files)} files in {out} ({total / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":

@@ -254,3 +254,23 @@ def test_elr_report_errors_are_one_line(tmp_path):
         with pytest.raises(UserError) as e:
             elr_report_main(argv)
         assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_elr_report_reads_explosion_and_critical_lr_outputs(tmp_path):
+    from normjax.studies.elr_report import report
+
+    rec = {"family": "mlp", "depth": 10, "factor": 1.41, "factor_seed_std": 0.02, "factor_base": 1.40,
+           "dataset": "fashion_mnist", "seeds": [0, 1, 2]}
+    (tmp_path / "explode").mkdir()
+    (tmp_path / "explode" / "explosion.json").write_text(json.dumps({"config": "e.py", "records": [rec]}))
+    crit = {"model": "mlp", "depth": 21, "shortcut": False, "dataset": "fashion_mnist", "warm_lr": 0.1, "at": [0, 10],
+            "crit_predicted": [[1.0, 2.0], [1.0, 4.0]], "crit_measured": [[0.1, 2.0], [1.0, 4.0]],
+            "spread_now": [[10.0, 5.0], [10.0, 5.0]]}
+    (tmp_path / "crit.json").write_text(json.dumps({"results": [crit]}))
+    res = report(explode=[str(tmp_path / "explode")], critical=[str(tmp_path / "crit.json")], out=tmp_path / "out")
+    assert res["explosion"]["rows"][0] | {"seeds": 3} == res["explosion"]["rows"][0]
+    assert res["explosion"]["rows"][0]["factor"] == 1.41
+    first, second = res["critical_lr"]["rows"]
+    assert (first["after_steps"], second["after_steps"]) == (0, 10)
+    assert first["log10_ratio"]["mean"] == pytest.approx(-0.5) and first["log10_ratio"]["n"] == 2
+    assert second["log10_ratio"]["mean"] == 0.0 and second["crit_predicted"]["mean"] == 3.0

@@ -78,21 +78,24 @@ def _mean_std(values: list[float]) -> dict:
             "n": int(v.size), "values": [float(x) for x in v]}
 
 
-def explosion_section(path: str | os.PathLike) -> dict:
-    """Growth factor per family and depth from `normjax explode`'s JSON (a file or its directory)."""
+def explosion_section(paths: list[str]) -> dict:
+    """Growth factor per family and depth from `normjax explode` JSONs (files or their directories)."""
     from normjax.studies.explosion import JSON_NAME as EXPLODE_JSON, MEAN_FIELD_FACTOR
 
-    p = Path(path)
-    p = p / EXPLODE_JSON if p.is_dir() else p
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"--explode {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
-                        "directory of `normjax explode`") from None
-    rows = [{"family": r["family"], "depth": r["depth"], "factor": r["factor"], "factor_seed_std": r["factor_seed_std"],
-             "factor_base": r.get("factor_base"), "dataset": r["dataset"]} for r in data["records"]]
-    return {"mean_field_factor": MEAN_FIELD_FACTOR, "rows": rows, "config": data.get("config"),
-            "overrides": data.get("overrides")}
+    rows, sources = [], []
+    for path in paths:
+        p = Path(path)
+        p = p / EXPLODE_JSON if p.is_dir() else p
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"--explode {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
+                            "directory of `normjax explode`") from None
+        rows += [{"family": r["family"], "depth": r["depth"], "factor": r["factor"],
+                  "factor_seed_std": r["factor_seed_std"], "factor_base": r.get("factor_base"), "dataset": r["dataset"],
+                  "seeds": len(r.get("seeds", []))} for r in data["records"]]
+        sources.append({"config": data.get("config"), "size": data.get("size"), "overrides": data.get("overrides")})
+    return {"mean_field_factor": MEAN_FIELD_FACTOR, "rows": rows, "sources": sources}
 
 
 def _sweep_runs(sweep: str | os.PathLike) -> tuple[Path, list[dict]]:
@@ -285,14 +288,14 @@ def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
 
 
 def report(*, out: str | os.PathLike, trajectories: str | None = None, regimes: str | None = None,
-           explode: str | None = None, critical: list[str] | None = None, layers: str = "all") -> dict:
+           explode: list[str] | None = None, critical: list[str] | None = None, layers: str = "all") -> dict:
     """Compute every section whose input is given; write `elr_report.json` and the figures into `out`.
 
     Args:
       out: the output directory.
       trajectories: the trajectories sweep directory.
       regimes: the regimes sweep directory.
-      explode: `normjax explode`'s output directory (or its JSON).
+      explode: `normjax explode` output directories (or JSONs).
       critical: `normjax critical-lr` output directories (or JSONs).
       layers: the spreads' layers, `"all"` or `"main"`.
 
@@ -354,12 +357,13 @@ def elr_report_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="output directory for elr_report.json and the figures")
     p.add_argument("--trajectories", help="the trajectories sweep directory (sweep_elr_trajectories.py)")
     p.add_argument("--regimes", help="the regimes sweep directory (sweep_elr_regimes.py)")
-    p.add_argument("--explode", help="the output directory of `normjax explode`")
+    p.add_argument("--explode", action="append", default=[], help="an output directory of `normjax explode` "
+                                                                  "(repeatable)")
     p.add_argument("--critical", action="append", default=[], help="an output directory of `normjax critical-lr` "
                                                                     "(repeatable)")
     p.add_argument("--layers", default="all", help="spreads over all scale-invariant layers (default) or main")
     args = p.parse_args(argv)
-    res = report(out=args.out, trajectories=args.trajectories, regimes=args.regimes, explode=args.explode,
+    res = report(out=args.out, trajectories=args.trajectories, regimes=args.regimes, explode=args.explode or None,
                  critical=args.critical or None, layers=args.layers)
     if "explosion" in res:
         for r in res["explosion"]["rows"]:
