@@ -43,6 +43,7 @@ from normjax.metrics import spread_key
 from normjax.sweep.results import collect, group_id, load_sweep
 
 JSON_NAME = "elr_report.json"
+DRIFT_YMAX = 3.0  # dex: the base-drift figure's y range
 REGIME_KEYS = ("optim.name", "optim.warmup_steps")
 
 
@@ -78,19 +79,24 @@ def _mean_std(values: list[float]) -> dict:
             "n": int(v.size), "values": [float(x) for x in v]}
 
 
+def _read_output(path: str, flag: str, json_name: str, command: str) -> dict:
+    """The JSON a study command wrote: `path` is the file or the command's output directory."""
+    p = Path(path)
+    p = p / json_name if p.is_dir() else p
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
+                        f"directory of `normjax {command}`") from None
+
+
 def explosion_section(paths: list[str]) -> dict:
     """Growth factor per family and depth from `normjax explode` JSONs (files or their directories)."""
     from normjax.studies.explosion import JSON_NAME as EXPLODE_JSON, MEAN_FIELD_FACTOR
 
     rows, sources = [], []
     for path in paths:
-        p = Path(path)
-        p = p / EXPLODE_JSON if p.is_dir() else p
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"--explode {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
-                            "directory of `normjax explode`") from None
+        data = _read_output(path, "--explode", EXPLODE_JSON, "explode")
         rows += [{"family": r["family"], "depth": r["depth"], "factor": r["factor"],
                   "factor_seed_std": r["factor_seed_std"], "factor_base": r.get("factor_base"), "dataset": r["dataset"],
                   "seeds": len(r.get("seeds", []))} for r in data["records"]]
@@ -169,14 +175,7 @@ def critical_section(paths: list[str]) -> dict:
 
     rows = []
     for path in paths:
-        p = Path(path)
-        p = p / CRIT_JSON if p.is_dir() else p
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"--critical {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
-                            "directory of `normjax critical-lr`") from None
-        for r in data["results"]:
+        for r in _read_output(path, "--critical", CRIT_JSON, "critical-lr")["results"]:
             pred, meas = np.asarray(r["crit_predicted"]), np.asarray(r["crit_measured"])
             ratio = np.log10(meas / pred)
             for j, t in enumerate(r["at"]):
@@ -264,6 +263,8 @@ def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
     per momentum; colour by LR, dashed for residual."""
     from matplotlib import colormaps
 
+    from normjax.studies.ode import BREAK_DEX
+
     moms = sorted({float(rec.get("optim.momentum") or 0.0) for rec, _ in comparisons})
     lrs = sorted({rec["optim.lr"] for rec, _ in comparisons})
     fig, axes = figure(1, len(moms), size=(5.2 * len(moms), 4.0), sharey=True)
@@ -272,17 +273,17 @@ def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
             if float(rec.get("optim.momentum") or 0.0) != mom:
                 continue
             color = colormaps["plasma"](0.85 * lrs.index(rec["optim.lr"]) / max(1, len(lrs) - 1))
-            ax.plot(c.steps + 1, 10 ** c.base_drift, color=color, ls="--" if rec.get("model.shortcut") else "-",
-                    lw=1.1, label=f"LR {rec['optim.lr']:g}, depth {rec.get('model.depth')}, "
+            ax.plot(c.steps + 1, c.base_drift, color=color, ls="--" if rec.get("model.shortcut") else "-",
+                    lw=0.8 + 0.02 * float(rec.get("model.depth") or 0), label=f"LR {rec['optim.lr']:g}, depth {rec.get('model.depth')}, "
                                   f"{'residual' if rec.get('model.shortcut') else 'plain'}")
-        ax.axhline(2.0, color="k", ls=":", lw=1)
+        ax.axhline(BREAK_DEX, color="k", ls=":", lw=1)
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_ylim(0, DRIFT_YMAX)  # diverging runs leave the axis: their drift is not the point here
         ax.set_xlabel("step + 1")
         ax.set_title(f"momentum {mom:g}", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
-    axes[0, 0].set_ylabel("10^(median_l |log10 c_l(t)/c_l(0)|)\n(dotted: factor 2)")
+    axes[0, 0].set_ylabel("median_l |log10 c_l(t)/c_l(0)|  (dex)\n(dotted: a factor 2; thicker: deeper)")
     fig.suptitle("How far the base gradients move from step 0 (the model holds them constant)", fontsize=10)
     return save(fig, out, "base_drift")
 
