@@ -8,10 +8,11 @@ WORKDIR ?= runs
 
 .PHONY: demo test test-slow test-isa bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr
 
+# The training stack (the `train` extra) and the test tools; `pip install .` alone is the base install.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[train,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,7 +2,9 @@
 
 The public API, loaded lazily (PEP 562): `import normjax.transforms` (or `normjax.<name>` of a
 transform) does not import flax, orbax, tensorflow-datasets or matplotlib; the training stack is
-imported on first use of a name that needs it.
+imported on first use of a name that needs it. With the base install only (`pip install normjax`,
+no `train` extra), such a name raises `normjax.errors.MissingExtraError`: one line naming
+`pip install 'normjax[train]'`.
 
 Example:
   >>> import normjax
@@ -37,7 +39,16 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        try:
+            module = importlib.import_module(_EXPORTS[name])
+        except ImportError as e:  # a base install: a name that needs the training stack says which extra
+            from normjax.errors import missing_extra
+
+            error = missing_extra(e, f"normjax.{name}")
+            if error is e:
+                raise
+            raise error from None
+        value = getattr(module, name)
         globals()[name] = value  # later lookups skip __getattr__
         return value
     raise AttributeError(f"module 'normjax' has no attribute {name!r}")

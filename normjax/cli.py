@@ -1,7 +1,9 @@
 """`normjax` command line: train, eval, sweep, results, plot, and the studies' commands
 (`python -m normjax` too).
 
-Bad input ends with one line `error: ...` and exit code 2; a diverged run exits 3.
+Bad input ends with one line `error: ...` and exit code 2, as does a command that needs the
+training stack where only the base install is (`pip install 'normjax[train]'`); a diverged run
+exits 3.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -291,8 +293,14 @@ def main(argv: list[str] | None = None) -> None:
     _interrupt_on_sigterm()
     try:
         code = run(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, ModuleNotFoundError) as e:
+        error = e
+        if isinstance(e, ImportError):  # the training stack missing (a base install): one line naming the extra
+            command = next((w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")), "")
+            error = missing_extra(e, f"normjax {command}".strip())
+            if not isinstance(error, UserError):
+                raise
+        print(f"error: {error}", file=sys.stderr)
         code = UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted: the run resumes from its last checkpoint when started again", file=sys.stderr)

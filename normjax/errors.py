@@ -1,4 +1,6 @@
-"""The one error type users see: a one-line message naming the bad value and what is allowed."""
+"""The error types users see: one line naming the bad value and what is allowed, or the extra to install."""
+
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -12,3 +14,50 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+# The import names of the `train` extra's packages (pyproject.toml): the training stack. A base
+# install (`normjax.transforms` and `normjax.analysis`: jax, optax, numpy) has none of them.
+TRAIN_STACK = ("chex", "etils", "flax", "grain", "matplotlib", "orbax", "sklearn", "tensorflow_datasets", "tqdm")
+TRAIN_INSTALL = "pip install 'normjax[train]'"
+
+
+class MissingExtraError(UserError, ImportError):
+    """A part of normjax that needs the training stack, imported or run with the base install only.
+
+    An `ImportError` (`except ImportError` still catches it) and a `UserError` (the CLI prints
+    `error: <msg>` and exits 2): one line naming the missing package and the extra that brings it.
+
+    Example:
+      >>> raise MissingExtraError("flax", "normjax.models")
+      Traceback (most recent call last):
+      ...
+      normjax.errors.MissingExtraError: normjax.models needs the training stack (flax is not installed): pip install 'normjax[train]'
+    """
+
+    def __init__(self, module: str, needed_by: str):
+        super().__init__(f"{needed_by} needs the training stack ({module} is not installed): {TRAIN_INSTALL}",
+                         name=module)
+
+
+def missing_extra(error: ImportError, needed_by: str) -> ImportError:
+    """`error` as a `MissingExtraError` of `needed_by` where the module it failed to import is the
+    training stack's (or it is one already), else `error` itself. The training-side modules import
+    the stack as
+
+        try:
+            from flax import nnx
+        except ModuleNotFoundError as e:
+            raise missing_extra(e, __name__) from None
+
+    Example:
+      >>> e = ModuleNotFoundError("No module named 'orbax.checkpoint'", name="orbax.checkpoint")
+      >>> print(missing_extra(e, "normjax.training.checkpoint"))
+      normjax.training.checkpoint needs the training stack (orbax is not installed): pip install 'normjax[train]'
+      >>> missing_extra(ModuleNotFoundError("No module named 'yaml'", name="yaml"), "normjax.models").name
+      'yaml'
+    """
+    root = (error.name or "").partition(".")[0]
+    if isinstance(error, MissingExtraError) or (isinstance(error, ModuleNotFoundError) and root in TRAIN_STACK):
+        return MissingExtraError(root, needed_by)
+    return error

@@ -7,9 +7,15 @@ import os
 import pathlib
 
 import numpy as np
-from etils import epath
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from normjax.errors import missing_extra
+
+try:
+    from etils import epath
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
 
 from normjax.paths import as_path, is_remote
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import re
 
-from etils import epath
+from normjax.errors import UserError, missing_extra
 
-from normjax.errors import UserError
+try:
+    from etils import epath
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
 
 # The URL schemes epath can open; any other `scheme://` would silently become a local path.
 REMOTE_SCHEMES = ('gs', 's3', 'az', 'hf')

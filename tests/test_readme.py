@@ -4,6 +4,7 @@ that run as written without an activated venv. Nothing here trains."""
 import argparse
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 
@@ -12,6 +13,7 @@ from normjax.config import load_config
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
+EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 
 # What a measured number looks like in prose; settings that read like one are allowed below.
 MEASURED = {
@@ -85,7 +87,7 @@ def parse(argv: list[str], monkeypatch=None) -> argparse.Namespace:
 
 def test_commands_run_as_written(monkeypatch):
     commands = bash_commands()
-    checked = {"make": 0, "normjax": 0}
+    checked = {"make": 0, "normjax": 0, "pip": 0}
     for command in commands:
         words = command.split()
         if words[0] in ("tfds", "gcloud"):  # run on another machine
@@ -97,6 +99,12 @@ def test_commands_run_as_written(monkeypatch):
             assert all("=" in w and not w.startswith("[") for w in words[2:]), command  # only VAR=value
             checked["make"] += 1
             continue
+        if words[:2] == ["pip", "install"]:  # the install section: this checkout, with extras it defines
+            target = re.fullmatch(r"\.(?:\[([\w,]+)\])?", words[-1])
+            assert len(words) == 3 and target, command
+            assert set(filter(None, (target[1] or "").split(","))) <= set(EXTRAS), command
+            checked["pip"] += 1
+            continue
         assert words[0] == ".venv/bin/normjax", f"use .venv/bin/normjax or a make target: {command}"
         args = parse(words[1:], monkeypatch)
         if getattr(args, "command", None) == "train":
@@ -105,7 +113,7 @@ def test_commands_run_as_written(monkeypatch):
             if named:  # runs/r20 holds a ResNet-20
                 assert cfg["model"]["depth"] == int(named[1]), command
         checked["normjax"] += 1
-    assert checked["make"] >= 10 and checked["normjax"] >= 12, checked
+    assert checked["make"] >= 10 and checked["normjax"] >= 12 and checked["pip"] == 2, checked
 
 
 def test_named_files_exist():

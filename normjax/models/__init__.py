@@ -12,9 +12,14 @@ Example:
 from __future__ import annotations
 
 import jax.numpy as jnp
-from flax import nnx
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
+
+try:
+    from flax import nnx
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
+
 from normjax.models.layers import ACTIVATIONS, BatchNorm, ChannelPReLU, plain_autodiff
 from normjax.models.mlp import MLP
 from normjax.models.plain_cnn import PlainCNN

@@ -25,11 +25,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
+
+try:
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
+
 from normjax.figures import figure, save
 from normjax.sweep.results import collect, write_csv
 

@@ -23,15 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-# The object-oriented API with an Agg canvas, as in normjax.sweep.plot: no display, no global backend change.
-from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
+
+# The object-oriented API with an Agg canvas, as in normjax.sweep.plot: no display, no global backend change.
+try:
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import LogFormatter, MaxNLocator
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
+
 from normjax.metrics import SPREAD_LAYERS, mean_log_spread, spread_key
 from normjax.models import has_shortcuts
 from normjax.training.rundir import RunDir

@@ -49,9 +49,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
+
+try:
+    from flax import nnx
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
+
 from normjax.models.structure import LayerInfo, is_projection, main_path
 
 MEAN_FIELD_FACTOR = math.pi / (math.pi - 1.0)

@@ -30,9 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
+
+try:
+    from matplotlib import colormaps
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
+
 from normjax.metrics import spread_key
 from normjax.studies.elr_figures import _figure, _save, _step_axis, read_run
 from normjax.sweep.results import write_csv

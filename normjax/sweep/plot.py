@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-# The object-oriented API with an Agg canvas: no display, and no change to pyplot's global backend.
-from matplotlib.ticker import NullLocator
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
+
+# The object-oriented API with an Agg canvas: no display, and no change to pyplot's global backend.
+try:
+    from matplotlib.ticker import NullLocator
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
+
 from normjax.figures import figure, save
 from normjax.sweep.results import (
     STATUSES, group_id, hook_metrics, resolve_over, collect, fmt_value, load_sweep, resolve_key, short_names,

@@ -24,9 +24,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
+
+try:
+    from tqdm.auto import tqdm
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
+
 from normjax.parallel import decide, is_writer, maybe_initialize_distributed
 from normjax.paths import as_path
 from normjax.sweep.spec import RunSpec, expand, merge_manifest

@@ -37,11 +37,16 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
 
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
+
+try:
+    import orbax.checkpoint as ocp
+    from etils import epath
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
+
 from normjax.paths import as_path, is_remote
 
 PyTree = Any

@@ -18,12 +18,18 @@ import functools
 import json
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+
+from normjax.errors import missing_extra
+
+try:
+    import chex
+    from flax import nnx
+except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
+    raise missing_extra(e, __name__) from None
 
 from normjax import metrics as metrics_lib
 from normjax.data import preprocess

@@ -2,8 +2,8 @@
 critical-LR warm-up, and the sparsity prior on PReLU slopes (fixed strength, or steered to a target
 count of nonlinear units).
 
-This package imports only jax, optax and chex, so other projects can compose the transforms into
-their own optax chains without normjax's training stack.
+This package imports only jax and optax (the base install, `pip install normjax`), so other
+projects can compose the transforms into their own optax chains without normjax's training stack.
 
 Example:
   >>> import jax.numpy as jnp, optax
