@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test test-slow test-isa bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr
+.PHONY: demo test lint test-slow test-isa bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr
 
 # The training stack (the `train` extra) and the test tools; `pip install .` alone is the base install.
 $(STAMP): pyproject.toml
@@ -75,9 +75,15 @@ apl: $(STAMP)
 	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_sparsity-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
 	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_targets-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
 
-# The docs build first (warnings fail it), then the tests on two workers, one test file each
-# (module-scoped fixtures stay in one process).
-test: $(STAMP) docs
+# One style, checked: ruff's lint and formatter (pyproject.toml's [tool.ruff]) on the whole tree;
+# `$(BIN)/ruff format . && $(BIN)/ruff check --fix .` repairs what they find.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The lint and the docs build first (warnings fail it), then the tests on two workers, one test
+# file each (module-scoped fixtures stay in one process).
+test: $(STAMP) lint docs
 	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile
 
 # HTML documentation in docs/_build/html: the pages of docs/, the CLI and config references

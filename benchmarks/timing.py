@@ -141,7 +141,7 @@ def machine_info() -> dict[str, Any]:
         info["jax_backend"] = jax.default_backend()
         info["jax_device_kind"] = devices[0].device_kind
         info["jax_device_count"] = len(devices)
-    except Exception as e:  # a broken accelerator plugin should not lose the whole results file
+    except Exception as e:  # noqa: BLE001 - a broken accelerator plugin should not lose the whole results file
         info["jax_backend"] = f"unavailable: {e}"
     torch = sys.modules.get("torch")
     if torch is not None:

@@ -1,4 +1,5 @@
-"""The two kinds of equality the tests assert, and one helper for each.
+"""The tests' helpers, imported by name (`from helpers import ...`; fixtures stay in conftest.py):
+the two kinds of equality the tests assert, one helper for each, and `small_config`.
 
 The rule (docs/design.md, "Exact or close"):
 
@@ -20,11 +21,14 @@ rounds at, so that a mean near zero or a cancelling gradient is judged by its in
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
 import jax
 import numpy as np
+
+from normjax.config import DEFAULTS, merge
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -95,3 +99,18 @@ def close_rows(a: list[dict], b: list[dict], ulps: float, skip: tuple[str, ...] 
         assert x.keys() == y.keys(), f'keys differ: {sorted(x)} != {sorted(y)}'
         keep = [k for k in x if k not in skip]
         assert_close({k: x[k] for k in keep}, {k: y[k] for k in keep}, ulps, what=f"rows, step {x.get('step')}")
+
+
+def small_config(**sections) -> dict:
+    """A seconds-on-CPU config: a small BN MLP on digits unless overridden."""
+    base = {
+        "model": {"name": "mlp", "depth": 3, "width": 64},
+        "data": {"name": "digits"},
+        "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "schedule": "constant"},
+        "train": {"batch_size": 64, "steps": 40, "steps_per_dispatch": 8, "eval_batch_size": 256},
+        "log": {"dense_steps": 10, "every": 5},
+        "checkpoint": {"every": 16, "keep": 3},
+    }
+    for sec, vals in sections.items():
+        base.setdefault(sec, {}).update(vals)
+    return merge(copy.deepcopy(DEFAULTS), base)

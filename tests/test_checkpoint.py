@@ -416,7 +416,7 @@ def test_other_errors_raise_and_move_nothing(
 def test_all_corrupt_are_moved_aside_and_their_steps_reused(tmp_path: Path) -> None:
     directory = tmp_path / 'ckpt'
     state = {'params': {'w': jnp.arange(4.0)}}
-    for round_ in (1, 2):
+    for _round in (1, 2):
         with Checkpointer(directory) as ckpt:
             ckpt.save(1, state)
             ckpt.save(2, state)

@@ -93,7 +93,7 @@ def test_the_integral_law_in_log_strength():
     lam0, gain = 0.01, 0.3
     tx = njt.prelu_sparsity_controller(target_count=5, learning_rate=LR, init_strength=lam0, gain=gain)
     state, update, s_expected = tx.init(alpha), jax.jit(tx.update), 0.0
-    for t in range(4):
+    for _ in range(4):
         u, state = update(jnp.zeros(10), state, alpha)
         alpha = optax.apply_updates(alpha, u)
         np.testing.assert_allclose(float(state.strength), lam0 * np.exp(s_expected), rtol=1e-6)

@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import small_config
-from helpers import assert_close
+from helpers import assert_close, small_config
 from normjax import metrics
 from normjax.errors import UserError
 from normjax.training.inputs import input_for

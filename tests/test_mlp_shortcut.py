@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import small_config
+from helpers import small_config
 from normjax.analysis import apl
 from normjax.analysis.fold import apply_folded, apply_graph, fold, stats
 from normjax.analysis.graph import check, nonlinear, subtree

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, "tests")
-    from conftest import small_config
+    from helpers import small_config
     from normjax.training.loop import read_run, train
     from normjax.training.rundir import RunDir
     assert jax.device_count() == int(sys.argv[2]), jax.devices()

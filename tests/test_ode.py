@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import small_config
+from helpers import small_config
 from normjax.cli import run as cli
 from normjax.errors import UserError
 from normjax.studies.ode import compare_run

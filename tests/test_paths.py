@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import small_config
+from helpers import small_config
 from normjax.paths import as_path
 from normjax.training import lock as lock_lib
 from normjax.training import rundir as rundir_lib

@@ -119,12 +119,10 @@ def test_a_sweep_of_streamed_runs_trains_them_one_at_a_time_and_eval_reads_them(
     from normjax.training.loop import evaluate_run
 
     spec = tmp_path / 'sweep_stream.py'
-    spec.write_text(
-        'def get_sweep(size):\n'
-        '    return {"base": %r, "grid": {"train.seed": [0, 1]},\n'
-        '            "set": {"data.name": "nj_digits", "data.data_dir": %r, "data.pipeline": "stream",\n'
-        '                    "data.workers": 0, "log.metrics": [], "train.steps": 8, "train.steps_per_dispatch": 4}}\n'
-        % (str(Path('experiments/mlp_digits.py').resolve()), str(data_dir)))
+    sweep = {"base": str(Path('experiments/mlp_digits.py').resolve()), "grid": {"train.seed": [0, 1]},
+             "set": {"data.name": "nj_digits", "data.data_dir": str(data_dir), "data.pipeline": "stream",
+                     "data.workers": 0, "log.metrics": [], "train.steps": 8, "train.steps_per_dispatch": 4}}
+    spec.write_text(f'def get_sweep(size):\n    return {sweep!r}\n')
     summaries = run_sweep(spec, workdir=tmp_path / 'sweep', progress=False)
     assert len(summaries) == 2 and all(s['status'] == 'done' for s in summaries.values())
     err = capsys.readouterr().err

@@ -21,9 +21,12 @@ pytest.importorskip('grain')
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from normjax.data import catalog  # noqa: E402
-from tfds_fake import builder as _builder, jpeg as _jpeg, png as _png, smooth as _smooth  # noqa: E402
 from normjax.data import streaming as st  # noqa: E402
 from normjax.errors import UserError  # noqa: E402
+from tfds_fake import builder as _builder  # noqa: E402
+from tfds_fake import jpeg as _jpeg  # noqa: E402
+from tfds_fake import png as _png  # noqa: E402
+from tfds_fake import smooth as _smooth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST, NUM_CLASSES = 40, 11, 5

@@ -13,8 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import small_config
-from helpers import assert_close, close_rows, ulps_apart
+from helpers import assert_close, close_rows, small_config, ulps_apart
 from normjax.cli import main
 from normjax.errors import UserError
 from normjax.training.lock import RunLock
@@ -188,7 +187,7 @@ def test_smoke_sweep_interrupted_and_resumed(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     ref = run_sweep(spec, workdir=tmp_path / "ref", overrides=["train.steps=400", "model.width=512"], group_size=4)
-    for name, s in ref.items():
+    for name in ref:
         assert RunDir(tmp_path / "k" / name).read_summary()["status"] == "done"
         got, want = _metrics(tmp_path / "k" / name), _metrics(tmp_path / "ref" / name)
         assert [r["step"] for r in got] == [r["step"] for r in want]  # no step lost or logged twice

@@ -11,7 +11,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from conftest import small_config
+from helpers import small_config
 from normjax.data.sources import SYNTHETIC_TASKS, load_dataset
 from normjax.errors import UserError
 from normjax.training.loop import train

@@ -8,8 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import assert_bitwise
-from conftest import small_config
+from helpers import assert_bitwise, small_config
 from normjax.cli import main
 from normjax.training.checkpoint import Checkpointer
 from normjax.models import per_layer

@@ -261,7 +261,7 @@ def test_bfloat16_params_keep_their_dtype(name):
     params = _params(dtype=jnp.bfloat16)
     tx = TRANSFORMS[name]()
     updates, state = jax.jit(tx.update)(_grads(0, params), tx.init(params), params)
-    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+    for u, _ in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
         assert u.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(u, np.float32)))
     new = optax.apply_updates(params, updates)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(new))
@@ -333,7 +333,7 @@ def test_public_api_and_version():
     assert normjax.prelu_sparsity_prior is njt.prelu_sparsity_prior
     assert set(njt.__all__) <= set(dir(normjax))
     with pytest.raises(AttributeError):
-        normjax.no_such_name
+        normjax.no_such_name  # noqa: B018 - the lookup is what raises
 
 
 def test_every_prior_hyperparameter_takes_a_schedule():

@@ -52,8 +52,7 @@ def builder(name: str, features: dict, examples: dict, ordered: bool = False) ->
             return {split: self._generate_examples(split) for split in examples}
 
         def _generate_examples(self, split):
-            for i, ex in enumerate(examples[split]):
-                yield i, ex
+            yield from enumerate(examples[split])
 
     return Fake
 

@@ -59,13 +59,13 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ArrayLike = Union[jax.Array, np.ndarray, float, int]
+ArrayLike = jax.Array | np.ndarray | float | int
 
 __all__ = [
     "classic_elr",

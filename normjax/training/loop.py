@@ -204,7 +204,7 @@ def train_group(cfgs: list[dict], workdirs: list[str | os.PathLike], *, progress
     if len(cfgs) != len(workdirs):
         raise ValueError(f"{len(cfgs)} configs for {len(workdirs)} workdirs")
     runs = [_Run(c, RunDir(as_path(w))) for c, w in zip(cfgs, workdirs)]
-    for r, s in zip(runs, decide(lambda: [_finished(r) for r in runs])):
+    for r, s in zip(runs, decide(lambda: [_finished(run) for run in runs])):
         r.summary = s
     active = [r for r in runs if r.summary is None]
     if active:

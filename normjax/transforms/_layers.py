@@ -11,14 +11,14 @@ they are passed through untouched.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 PyTree = Any
-LayerAxes = Union[int, PyTree, Callable[[PyTree], PyTree]]
+LayerAxes = int | PyTree | Callable[[PyTree], PyTree]
 """An int for every leaf, a pytree of ints matching the params, or a callable params -> that pytree."""
 
 

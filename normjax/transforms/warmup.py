@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from normjax.transforms import _layers
 from normjax.transforms._layers import LayerAxes
 
 PyTree = Any
-MaskOrFn = Union[PyTree, Callable[[PyTree], PyTree]]
+MaskOrFn = PyTree | Callable[[PyTree], PyTree]
 
 
 class ScaleByCriticalLRState(NamedTuple):
