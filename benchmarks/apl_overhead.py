@@ -102,8 +102,9 @@ def _torch_case(name: str, batch: int, device_name: str) -> tuple[Callable[[], f
     model = torch_ref.CifarResNet(20, NUM_CLASSES, activation="prelu", prelu_init=0.0).to(device)
     x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.from_numpy(y_np).long().to(device)
-    step = torch_ref.make_train_step(model, x, y, use_compile=TORCH_CASES[name],
-                                     channels_last=torch_ref.RESNET_CHANNELS_LAST, prelu_l1=PRELU_L1)
+    step = torch_ref.make_train_step(
+        model, x, y, use_compile=TORCH_CASES[name], channels_last=torch_ref.RESNET_CHANNELS_LAST, prelu_l1=PRELU_L1
+    )
     first = time_compile(step)  # raises here if torch.compile does not work on this machine
 
     def call() -> float:
@@ -117,8 +118,9 @@ def _torch_case(name: str, batch: int, device_name: str) -> tuple[Callable[[], f
     return call, {"first_call_s": first, "params": torch_ref.param_count(model), "device": desc}
 
 
-def measure(names: list[str], rounds: int, batch: int, device: str,
-            on_progress: Callable[[dict], None] | None = None) -> dict[str, dict[str, Any]]:
+def measure(
+    names: list[str], rounds: int, batch: int, device: str, on_progress: Callable[[dict], None] | None = None
+) -> dict[str, dict[str, Any]]:
     """Set up the named cases (failures recorded, not fatal), time the rest round-robin."""
     calls: dict[str, Callable[[], float]] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -160,11 +162,21 @@ def format_table(res: dict[str, dict[str, Any]]) -> str:
             rows.append((name, "-", "-", "-", "-", r.get("status", "")))
             continue
         setup = r.get("setup_s", r.get("first_call_s", float("nan")))
-        rows.append((name, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['ratio']:.3f}", f"{setup:.1f}",
-                     r.get("note", "")))
+        rows.append(
+            (
+                name,
+                f"{r['median_ms']:.2f}",
+                f"{r['min_ms']:.2f}",
+                f"{r['ratio']:.3f}",
+                f"{setup:.1f}",
+                r.get("note", ""),
+            )
+        )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines)
 
@@ -173,12 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.apl_overhead", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="4 rounds instead of 12")
     p.add_argument("--rounds", type=int, help="timed rounds (overrides --quick)")
-    p.add_argument("--batch", type=int, default=RESNET_BATCH,
-                   help=f"batch size (default {RESNET_BATCH}; others for smoke checks only)")
-    p.add_argument("--only", nargs="+", choices=CASES, default=CASES,
-                   help=f"cases to run ({REFERENCE}, the reference, is always added)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="torch device (auto: cuda if available); cpu also pins JAX to CPU")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=RESNET_BATCH,
+        help=f"batch size (default {RESNET_BATCH}; others for smoke checks only)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=CASES,
+        default=CASES,
+        help=f"cases to run ({REFERENCE}, the reference, is always added)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="torch device (auto: cuda if available); cpu also pins JAX to CPU",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results-apl.json"), help="JSON output")
     args = p.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else 4 if args.quick else 12
@@ -189,14 +214,27 @@ def main(argv: list[str] | None = None) -> int:
 
         jax.config.update("jax_platforms", "cpu")  # before any JAX array exists
     names = [n for n in CASES if n in args.only or n == REFERENCE]
-    settings = {"quick": args.quick, "rounds": rounds, "batch": args.batch, "steps_per_call": STEPS_PER_CALL,
-                "device": args.device, "reference": REFERENCE, "prelu_l1": PRELU_L1, "prelu_target": PRELU_TARGET,
-                "cases": names}
+    settings = {
+        "quick": args.quick,
+        "rounds": rounds,
+        "batch": args.batch,
+        "steps_per_call": STEPS_PER_CALL,
+        "device": args.device,
+        "reference": REFERENCE,
+        "prelu_l1": PRELU_L1,
+        "prelu_target": PRELU_TARGET,
+        "cases": names,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(res: dict[str, dict[str, Any]]) -> None:
-        report = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "rounds": rounds,
-                  "settings": settings, "workloads": {WORKLOAD: res}}
+        report = {
+            "machine": machine_info(),
+            "date": time.strftime("%Y-%m-%d"),
+            "rounds": rounds,
+            "settings": settings,
+            "workloads": {WORKLOAD: res},
+        }
         args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
     res = measure(names, rounds, args.batch, args.device, on_progress=write)

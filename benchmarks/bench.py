@@ -103,9 +103,7 @@ def _torch_case(workload: str, use_compile: bool) -> Case:
             model = torch_ref.BnReluMlp(MLP_DEPTH, MLP_WIDTH, num_classes=NUM_CLASSES)
         x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(device)
         y = torch.from_numpy(y_np).long().to(device)
-        step = torch_ref.make_train_step(
-            model.to(device), x, y, use_compile=use_compile, channels_last=channels_last
-        )
+        step = torch_ref.make_train_step(model.to(device), x, y, use_compile=use_compile, channels_last=channels_last)
         try:
             first = time_compile(step)
             result = time_steps(step, warmup=args.warmup, iters=args.iters)
@@ -195,9 +193,7 @@ def run_cases(names: list[str], args: argparse.Namespace, on_result=None) -> dic
         except Exception as e:  # noqa: BLE001 - recorded as the case's status; the other cases still run
             res = {"status": _failure(e)}
         res["wall_s"] = time.perf_counter() - t0
-        print(
-            f"[bench] {name}: {res['status']} in {res['wall_s']:.1f}s", file=sys.stderr, flush=True
-        )
+        print(f"[bench] {name}: {res['status']} in {res['wall_s']:.1f}s", file=sys.stderr, flush=True)
         results[name] = res
         if on_result is not None:
             on_result(results)
@@ -232,9 +228,7 @@ def format_table(results: dict[str, dict[str, Any]], baseline: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few iterations: a smoke run of every case")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these cases")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results.json"), help="JSON output")
@@ -242,8 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
-        help="torch device (auto: cuda if available); cpu also pins JAX to CPU, "
-        "otherwise JAX uses its default backend",
+        help="torch device (auto: cuda if available); cpu also pins JAX to CPU, otherwise JAX uses its default backend",
     )
     p.add_argument("--baseline", default="torch_eager", help="impl the ratio column divides by")
     p.add_argument("--warmup", type=int, help="untimed steps per case (overrides --quick)")
@@ -274,8 +267,14 @@ def main(argv: list[str] | None = None) -> int:
 
         jax.config.update("jax_platforms", "cpu")
     names = args.only or list(CASES)
-    settings = {"quick": args.quick, "warmup": args.warmup, "iters": args.iters, "device": args.device,
-                "baseline": args.baseline, "cases": names}
+    settings = {
+        "quick": args.quick,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "device": args.device,
+        "baseline": args.baseline,
+        "cases": names,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(results: dict[str, dict[str, Any]]) -> None:

@@ -131,9 +131,7 @@ def param_count(state: TrainState) -> int:
     return sum(p.size for p in jax.tree_util.tree_leaves(state.params))
 
 
-def make_runner(
-    model: nn.Module, batch: Batch, seed: int = 0
-) -> tuple[Callable[[], None], TrainState]:
+def make_runner(model: nn.Module, batch: Batch, seed: int = 0) -> tuple[Callable[[], None], TrainState]:
     """Return a closure that runs one train step and blocks on its result, and the initial state.
 
     The closure keeps the updated state between calls, so every timed step is a real step.

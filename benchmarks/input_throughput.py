@@ -77,9 +77,15 @@ def tfds_source(jpegs: list[bytes], data_dir: str) -> Any:
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "label": tfds.features.ClassLabel(num_classes=1000)}))
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                        "label": tfds.features.ClassLabel(num_classes=1000),
+                    }
+                ),
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples(0), "test": self._generate_examples(1)}
@@ -92,8 +98,9 @@ def tfds_source(jpegs: list[bytes], data_dir: str) -> Any:
     return open_tfds("nj_bench", "train", data_dir)
 
 
-def time_cases(source: Any, cases: list[tuple[int, int]], batch: int, size: int, warmup: int, batches: int,
-               rounds: int) -> list[dict[str, Any]]:
+def time_cases(
+    source: Any, cases: list[tuple[int, int]], batch: int, size: int, warmup: int, batches: int, rounds: int
+) -> list[dict[str, Any]]:
     """Images/s per case, the median over `rounds`: each round starts every case's stream in turn
     (first batch timed apart), drops `warmup` batches, times `batches` and closes it (an idle
     started stream would keep reading ahead into its buffers and inflate its next timing)."""
@@ -103,8 +110,13 @@ def time_cases(source: Any, cases: list[tuple[int, int]], batch: int, size: int,
     for _ in range(rounds):
         for (processes, threads), r in zip(cases, results):
             print(f"[input] {processes} workers x {threads} threads ...", file=sys.stderr, flush=True)
-            stream = TrainStream(source, Layout(len(source), batch, seed=0), size=size, channels=3,
-                                 workers=Workers(processes=processes, threads=threads, buffer=max(2, threads)))
+            stream = TrainStream(
+                source,
+                Layout(len(source), batch, seed=0),
+                size=size,
+                channels=3,
+                workers=Workers(processes=processes, threads=threads, buffer=max(2, threads)),
+            )
             try:
                 t0 = time.perf_counter()
                 next(stream)
@@ -127,7 +139,8 @@ def time_cases(source: Any, cases: list[tuple[int, int]], batch: int, size: int,
 def time_placement(batch: int, size: int, repeats: int) -> dict[str, Any]:
     """Median ms of one `make_array_from_process_local_data` of a uint8 [batch, size, size, 3]."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     sharding = NamedSharding(mesh, P("data"))
@@ -139,21 +152,34 @@ def time_placement(batch: int, size: int, repeats: int) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     times = times[1:]
     ms = statistics.median(times) * 1e3
-    return {"batch": batch, "mb": host.nbytes / 1e6, "median_ms": ms, "min_ms": min(times) * 1e3,
-            "gb_per_s": host.nbytes / 1e9 / (ms / 1e3), "device": str(jax.devices()[0])}
+    return {
+        "batch": batch,
+        "mb": host.nbytes / 1e6,
+        "median_ms": ms,
+        "min_ms": min(times) * 1e3,
+        "gb_per_s": host.nbytes / 1e9 / (ms / 1e3),
+        "device": str(jax.devices()[0]),
+    }
 
 
-def time_prefetched(source: Any, processes: int, threads: int, batch: int, size: int, warmup: int,
-                    batches: int) -> dict[str, Any]:
+def time_prefetched(
+    source: Any, processes: int, threads: int, batch: int, size: int, warmup: int, batches: int
+) -> dict[str, Any]:
     """Images/s through the pipeline and `DevicePrefetcher` (arrays ready on device)."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from normjax.data.streaming import DevicePrefetcher, Layout, TrainStream, Workers
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    stream = TrainStream(source, Layout(len(source), batch, seed=1), size=size, channels=3,
-                         workers=Workers(processes=processes, threads=threads, buffer=max(2, threads)))
+    stream = TrainStream(
+        source,
+        Layout(len(source), batch, seed=1),
+        size=size,
+        channels=3,
+        workers=Workers(processes=processes, threads=threads, buffer=max(2, threads)),
+    )
     with DevicePrefetcher(stream, NamedSharding(mesh, P("data")), size=2) as it:
         for _ in range(warmup):
             jax.block_until_ready(next(it))
@@ -166,11 +192,18 @@ def time_prefetched(source: Any, processes: int, threads: int, batch: int, size:
 
 def format_table(cases: list[dict[str, Any]]) -> str:
     header = ("workers", "threads", "images/s", "ms/batch", "first batch s")
-    rows = [(str(c["processes"]), str(c["threads"]), f"{c['images_per_s']:.0f}", f"{c['ms_per_batch']:.1f}",
-             f"{c['first_s']:.1f}") for c in cases]
+    rows = [
+        (
+            str(c["processes"]),
+            str(c["threads"]),
+            f"{c['images_per_s']:.0f}",
+            f"{c['ms_per_batch']:.1f}",
+            f"{c['first_s']:.1f}",
+        )
+        for c in cases
+    ]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
 
@@ -186,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=6, help="timed batches per case and round (default 6)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches per case and round (default 3)")
-    p.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
-                   help="PROCESSESxTHREADS per case (default: %(default)s)")
+    p.add_argument(
+        "--cases", nargs="+", default=DEFAULT_CASES, help="PROCESSESxTHREADS per case (default: %(default)s)"
+    )
     p.add_argument("--memory", action="store_true", help="read the JPEGs from a list, not array_record")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results-input-cpu.json"), help="JSON output")
     args = p.parse_args(argv)
@@ -201,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     jpegs = make_jpegs(args.images, args.width, args.height)
     kb = statistics.mean(len(j) for j in jpegs) / 1e3
-    print(f"[input] {len(jpegs)} JPEGs of ~{args.width}x{args.height} (mean {kb:.0f} kB) in "
-          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    print(
+        f"[input] {len(jpegs)} JPEGs of ~{args.width}x{args.height} (mean {kb:.0f} kB) in "
+        f"{time.perf_counter() - t0:.1f}s",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if args.memory:
             source = [{"image": j, "label": i % 1000} for i, j in enumerate(jpegs)]
@@ -211,21 +249,33 @@ def main(argv: list[str] | None = None) -> int:
         results = time_cases(source, cases, args.batch, args.size, args.warmup, args.batches, args.rounds)
         placement = time_placement(args.batch, args.size, repeats=10)
         best = max(results, key=lambda r: r["images_per_s"])
-        prefetched = time_prefetched(source, best["processes"], best["threads"], args.batch, args.size,
-                                     args.warmup, args.batches)
-    report = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d"),
-              "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"mean_jpeg_kb": kb},
-              "cases": results, "placement": placement, "prefetched": prefetched}
+        prefetched = time_prefetched(
+            source, best["processes"], best["threads"], args.batch, args.size, args.warmup, args.batches
+        )
+    report = {
+        "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%d"),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"mean_jpeg_kb": kb},
+        "cases": results,
+        "placement": placement,
+        "prefetched": prefetched,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     source_name = "list" if args.memory else "array_record"
-    print(f"training pipeline, {args.size}x{args.size}, batch {args.batch}, {source_name} source, "
-          f"JPEG ~{args.width}x{args.height} ({kb:.0f} kB):")
+    print(
+        f"training pipeline, {args.size}x{args.size}, batch {args.batch}, {source_name} source, "
+        f"JPEG ~{args.width}x{args.height} ({kb:.0f} kB):"
+    )
     print(format_table(results))
-    print(f"device placement of one batch ({placement['mb']:.1f} MB uint8) on {placement['device']}: "
-          f"{placement['median_ms']:.2f} ms median ({placement['gb_per_s']:.2f} GB/s)")
-    print(f"pipeline + DevicePrefetcher ({prefetched['processes']} workers x {prefetched['threads']} threads): "
-          f"{prefetched['images_per_s']:.0f} images/s")
+    print(
+        f"device placement of one batch ({placement['mb']:.1f} MB uint8) on {placement['device']}: "
+        f"{placement['median_ms']:.2f} ms median ({placement['gb_per_s']:.2f} GB/s)"
+    )
+    print(
+        f"pipeline + DevicePrefetcher ({prefetched['processes']} workers x {prefetched['threads']} threads): "
+        f"{prefetched['images_per_s']:.0f} images/s"
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -33,8 +33,11 @@ def plain_jax_call(workload: str):
 
     model, batch = WORKLOADS[workload]
     x, y = make_batch(batch)
-    net = (flax_plain.CifarResNet(20, NUM_CLASSES) if workload == "resnet20"
-           else flax_plain.BnReluMlp(MLP_DEPTH, MLP_WIDTH, NUM_CLASSES))
+    net = (
+        flax_plain.CifarResNet(20, NUM_CLASSES)
+        if workload == "resnet20"
+        else flax_plain.BnReluMlp(MLP_DEPTH, MLP_WIDTH, NUM_CLASSES)
+    )
     run_one, _ = flax_plain.make_runner(net, (jnp.asarray(x), jnp.asarray(y)))
 
     def call() -> float:

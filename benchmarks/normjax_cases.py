@@ -20,8 +20,14 @@ from benchmarks.timing import time_steps
 STEPS_PER_CALL = 5
 
 
-def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32", image_shape=(32, 32, 3),
-             optim: dict | None = None):
+def _program(
+    model: dict,
+    batch: int,
+    metrics: list[str],
+    dtype: str = "float32",
+    image_shape=(32, 32, 3),
+    optim: dict | None = None,
+):
     import numpy as np
 
     from normjax.config import DEFAULTS, merge
@@ -29,14 +35,24 @@ def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32"
     from normjax.training.inputs import input_for
     from normjax.training.loop import dataset_for, program_for
 
-    cfg = merge(DEFAULTS, {
-        "model": model,
-        "data": {"name": "synthetic", "synthetic": {"num_train": 4 * batch, "num_test": 64,
-                                                    "image_shape": list(image_shape), "num_classes": 10}},
-        "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant", **(optim or {})},
-        "train": {"batch_size": batch, "steps": 1000, "steps_per_dispatch": STEPS_PER_CALL, "dtype": dtype},
-        "log": {"metrics": metrics},
-    })
+    cfg = merge(
+        DEFAULTS,
+        {
+            "model": model,
+            "data": {
+                "name": "synthetic",
+                "synthetic": {
+                    "num_train": 4 * batch,
+                    "num_test": 64,
+                    "image_shape": list(image_shape),
+                    "num_classes": 10,
+                },
+            },
+            "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant", **(optim or {})},
+            "train": {"batch_size": batch, "steps": 1000, "steps_per_dispatch": STEPS_PER_CALL, "dtype": dtype},
+            "log": {"metrics": metrics},
+        },
+    )
     ds = dataset_for(cfg)
     program = program_for(cfg, input_for(cfg))
     images = put_replicated(ds.train_images, program.mesh)
@@ -44,8 +60,9 @@ def _program(model: dict, batch: int, metrics: list[str], dtype: str = "float32"
     return cfg, program, images, labels
 
 
-def normjax_call(model: dict, batch: int, metrics: list[str], optim: dict | None = None,
-                 log_mask=None) -> Callable[[], float]:
+def normjax_call(
+    model: dict, batch: int, metrics: list[str], optim: dict | None = None, log_mask=None
+) -> Callable[[], float]:
     """A compiled normjax chunk of `STEPS_PER_CALL` steps as a closure returning its ms/step
     (the state carried between calls; hooks on the slots `log_mask` marks, default all)."""
     import jax
@@ -90,9 +107,14 @@ def _case(model: dict, batch: int, metrics: list[str], dtype: str = "float32"):
             res[k] /= STEPS_PER_CALL
         res["samples_ms"] = [s / STEPS_PER_CALL for s in res["samples_ms"]]
         params = sum(x.size for x in jax.tree.leaves(holder["state"].params))
-        res.update(first_call_s=first, compile_s=compile_s, params=int(params), batch=batch,
-                   device=f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
-                   note=f"compile {compile_s:.1f}s; {STEPS_PER_CALL} steps/call; {dtype}; metrics={metrics or 'off'}")
+        res.update(
+            first_call_s=first,
+            compile_s=compile_s,
+            params=int(params),
+            batch=batch,
+            device=f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
+            note=f"compile {compile_s:.1f}s; {STEPS_PER_CALL} steps/call; {dtype}; metrics={metrics or 'off'}",
+        )
         return res
 
     return run
@@ -125,6 +147,7 @@ def _env(name: str, value: str):
 def _group_case(model: dict, batch: int, runs: int, vectorized: bool, image_shape=(32, 32, 3), conv: str = "auto"):
     """`runs` runs that differ in seed and LR: one vmapped program vs one run after another.
     `conv` sets NORMJAX_CONV for this case (see `normjax.models.layers.use_custom_conv`)."""
+
     def run(args: argparse.Namespace) -> dict[str, Any]:
         import jax
         import jax.numpy as jnp
@@ -138,11 +161,15 @@ def _group_case(model: dict, batch: int, runs: int, vectorized: bool, image_shap
         with _env("NORMJAX_CONV", conv):  # read when the program is traced (first call below)
             cfg, program, images, labels = _program(model, batch, LN, image_shape=image_shape)
             states = [program.init_state(merge(cfg, {"train": {"seed": r}})) for r in range(runs)]
-            states = [s.replace(opt_state=set_hyperparams(s.opt_state, {"lr": 0.05 * (r + 1)}))
-                      for r, s in enumerate(states)]
+            states = [
+                s.replace(opt_state=set_hyperparams(s.opt_state, {"lr": 0.05 * (r + 1)})) for r, s in enumerate(states)
+            ]
             rep = replicated(program.mesh)
-            holder = {"g": jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *states), rep) if vectorized else
-                      [jax.device_put(jax.tree.map(lambda x: x[None], s), rep) for s in states]}
+            holder = {
+                "g": jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *states), rep)
+                if vectorized
+                else [jax.device_put(jax.tree.map(lambda x: x[None], s), rep) for s in states]
+            }
             steps = 5  # fused steps per call, as in the single-run cases
 
             def run_one():
@@ -159,9 +186,13 @@ def _group_case(model: dict, batch: int, runs: int, vectorized: bool, image_shap
         res = time_steps(run_one, warmup=0, iters=2)
         for k in ("median_ms", "min_ms", "mean_ms"):
             res[k] /= steps * runs  # per step of one run
-        res.update(first_call_s=first, batch=batch, runs=runs,
-                   device=f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
-                   note=f"ms per run-step; {runs} runs {'vmapped' if vectorized else 'one after another'}")
+        res.update(
+            first_call_s=first,
+            batch=batch,
+            runs=runs,
+            device=f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
+            note=f"ms per run-step; {runs} runs {'vmapped' if vectorized else 'one after another'}",
+        )
         return res
 
     return run

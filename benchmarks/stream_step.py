@@ -83,9 +83,16 @@ def tfds_dataset(images: list[bytes], labels: np.ndarray, fmt: str, data_dir: st
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, disable_shuffling=True, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format=fmt),
-                "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES)}))
+            return tfds.core.DatasetInfo(
+                builder=self,
+                disable_shuffling=True,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=fmt),
+                        "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+                    }
+                ),
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples(len(images)), "test": self._generate_examples(64)}
@@ -108,8 +115,9 @@ def list_source(images: list[bytes], labels: np.ndarray, size: int, workers: Any
     class ListSource(StreamingSource):
         def __init__(self):  # noqa: D107 - what StreamingSource.__init__ sets, from the lists
             self.data_dir, self.name, self.size, self.eval_crop, self.workers = None, "list", size, 1.0, workers
-            self.info = ImageInfo("list", len(records), 64, None, 3, NUM_CLASSES,
-                                  {"train": len(records), "test": 64}, "test")
+            self.info = ImageInfo(
+                "list", len(records), 64, None, 3, NUM_CLASSES, {"train": len(records), "test": 64}, "test"
+            )
             self._sources = {"train": records, "test": records[:64]}
 
     return ListSource()
@@ -119,8 +127,9 @@ def decoded(images: list[bytes], size: int) -> np.ndarray:
     """The images decoded and resized to size x size (the in-memory case's uint8 arrays)."""
     from PIL import Image
 
-    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((size, size), Image.BILINEAR))
-                     for b in images])
+    return np.stack(
+        [np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((size, size), Image.BILINEAR)) for b in images]
+    )
 
 
 def build_inputs(args: argparse.Namespace) -> tuple[dict, Any, Any, dict, str]:
@@ -135,18 +144,34 @@ def build_inputs(args: argparse.Namespace) -> tuple[dict, Any, Any, dict, str]:
     images, labels, fmt = make_images(n, args.image)
     arrays = decoded(images, args.size)
     mean, std = channel_stats(arrays)
-    ds = Dataset("bench", arrays, labels.astype(np.int32), arrays[:64], labels[:64].astype(np.int32), NUM_CLASSES,
-                 mean, std)
-    cfg = merge(DEFAULTS, {
-        "model": MODELS[args.model],
-        "data": {"name": "bench", "pipeline": "stream", "input_size": args.size, "eval_crop": 1.0, "flip": True,
-                 "workers": args.workers, "worker_threads": args.threads, "prefetch": args.prefetch},
-        "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"},
-        "train": {"batch_size": args.batch, "steps": 10**6, "steps_per_dispatch": args.dispatch,
-                  "dtype": args.dtype},
-        "log": {"metrics": []},
-        "checkpoint": {"every": 10**6},
-    })
+    ds = Dataset(
+        "bench", arrays, labels.astype(np.int32), arrays[:64], labels[:64].astype(np.int32), NUM_CLASSES, mean, std
+    )
+    cfg = merge(
+        DEFAULTS,
+        {
+            "model": MODELS[args.model],
+            "data": {
+                "name": "bench",
+                "pipeline": "stream",
+                "input_size": args.size,
+                "eval_crop": 1.0,
+                "flip": True,
+                "workers": args.workers,
+                "worker_threads": args.threads,
+                "prefetch": args.prefetch,
+            },
+            "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"},
+            "train": {
+                "batch_size": args.batch,
+                "steps": 10**6,
+                "steps_per_dispatch": args.dispatch,
+                "dtype": args.dtype,
+            },
+            "log": {"metrics": []},
+            "checkpoint": {"every": 10**6},
+        },
+    )
     workers = Workers(processes=args.workers, threads=args.threads)
     if args.source == "tfds":
         data_dir = tempfile.mkdtemp(prefix="nj_stream_bench_")
@@ -202,8 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     stream_cfg, memory, stream, memory_cfg, fmt = build_inputs(args)
-    cases = {"memory": (memory_cfg, memory, False), "stream": (stream_cfg, stream, False),
-             "stream_placed": (stream_cfg, stream, True)}
+    cases = {
+        "memory": (memory_cfg, memory, False),
+        "stream": (stream_cfg, stream, False),
+        "stream_placed": (stream_cfg, stream, True),
+    }
     samples: dict[str, list[float]] = {k: [] for k in cases}
     for r in range(args.rounds):
         for name, (cfg, inp, reuse) in cases.items():
@@ -212,16 +240,24 @@ def main(argv: list[str] | None = None) -> None:
     med = {k: statistics.median(v) for k, v in samples.items()}
     ratios = {k: [s / m for s, m in zip(samples[k], samples["memory"])] for k in ("stream", "stream_placed")}
     result = {
-        "machine": machine_info(), "settings": vars(args), "image_format": fmt,
-        "ms_per_step": med, "samples_ms_per_step": samples,
+        "machine": machine_info(),
+        "settings": vars(args),
+        "image_format": fmt,
+        "ms_per_step": med,
+        "samples_ms_per_step": samples,
         "stream_over_memory": statistics.median(ratios["stream"]),
-        "stream_placed_over_memory": statistics.median(ratios["stream_placed"]), "round_ratios": ratios,
+        "stream_placed_over_memory": statistics.median(ratios["stream_placed"]),
+        "round_ratios": ratios,
         "images_per_s": {k: 1e3 * args.batch / v for k, v in med.items()},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("ms_per_step", "stream_over_memory", "stream_placed_over_memory",
-                                             "images_per_s")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("ms_per_step", "stream_over_memory", "stream_placed_over_memory", "images_per_s")},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

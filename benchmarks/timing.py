@@ -39,8 +39,9 @@ def time_steps(run_one: Callable[[], None], *, warmup: int, iters: int) -> dict[
     }
 
 
-def round_robin(cases: dict[str, Callable[[], float]], rounds: int,
-                baseline: Callable[[str], str]) -> dict[str, dict[str, Any]]:
+def round_robin(
+    cases: dict[str, Callable[[], float]], rounds: int, baseline: Callable[[str], str]
+) -> dict[str, dict[str, Any]]:
     """Time cases in turn (one call of each, then again) so drift on a shared machine hits them alike.
 
     Each case returns its ms/step for one call (and blocks until done). The ratio of a case is the
@@ -52,14 +53,25 @@ def round_robin(cases: dict[str, Callable[[], float]], rounds: int,
     for _ in range(rounds):
         for name, fn in cases.items():
             times[name].append(fn())
-    return {name: {"median_ms": statistics.median(ts), "min_ms": min(ts), "baseline": baseline(name),
-                   "ratio": statistics.median(t / b for t, b in zip(ts, times[baseline(name)], strict=True)),
-                   "samples_ms": ts}
-            for name, ts in times.items()}
+    return {
+        name: {
+            "median_ms": statistics.median(ts),
+            "min_ms": min(ts),
+            "baseline": baseline(name),
+            "ratio": statistics.median(t / b for t, b in zip(ts, times[baseline(name)], strict=True)),
+            "samples_ms": ts,
+        }
+        for name, ts in times.items()
+    }
 
 
-def round_robin_main(argv: list[str] | None, description: str, workloads: list[str],
-                     measure: Callable[[str, int], dict], default_out: str) -> int:
+def round_robin_main(
+    argv: list[str] | None,
+    description: str,
+    workloads: list[str],
+    measure: Callable[[str, int], dict],
+    default_out: str,
+) -> int:
     """The command line of a round-robin benchmark: `--quick` (4 rounds, else 12), `--out`,
     `--only`; runs `measure(workload, rounds)` per workload, prints ratios, writes the JSON."""
     import argparse

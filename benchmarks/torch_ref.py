@@ -44,8 +44,7 @@ def _activation(name: str, channels: int, prelu_init: float) -> nn.Module:
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU (or channel-wise PReLU for both)."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str = "relu",
-                 prelu_init: float = 0.0) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str = "relu", prelu_init: float = 0.0) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_ch)
@@ -84,8 +83,9 @@ class CifarResNet(nn.Module):
     ReLU (stem and both per block), 16*(1 + 2n) + 32*2n + 64*2n slopes in all.
     """
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, activation: str = "relu",
-                 prelu_init: float = 0.0) -> None:
+    def __init__(
+        self, depth: int = 20, num_classes: int = 10, activation: str = "relu", prelu_init: float = 0.0
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n+2, got {depth}")
@@ -111,9 +111,7 @@ class CifarResNet(nn.Module):
 class BnReluMlp(nn.Module):
     """`depth` hidden layers of Linear(no bias)-BatchNorm1d-ReLU, then a linear classifier."""
 
-    def __init__(
-        self, depth: int = 20, width: int = 1024, in_features: int = 3072, num_classes: int = 10
-    ) -> None:
+    def __init__(self, depth: int = 20, width: int = 1024, in_features: int = 3072, num_classes: int = 10) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         fan_in = in_features
@@ -187,8 +185,9 @@ def make_train_step(
             raise ValueError("prelu_l1 needs a model with nn.PReLU layers")
         ids = {id(p) for p in slopes}
         rest = [p for p in model.parameters() if id(p) not in ids]
-        opt = torch.optim.SGD([{"params": rest}, {"params": slopes, "weight_decay": 0.0}],
-                              lr=lr, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(
+            [{"params": rest}, {"params": slopes, "weight_decay": 0.0}], lr=lr, momentum=0.9, weight_decay=5e-4
+        )
     frozen = [torch.zeros_like(a, dtype=torch.bool) for a in slopes]
     threshold = lr * (prelu_l1 or 0.0)
 
@@ -199,6 +198,7 @@ def make_train_step(
             d = torch.sign(d) * torch.clamp(d.abs() - threshold, min=0.0)
             f |= d.abs() < prelu_tolerance
             a.copy_(torch.where(f, torch.ones_like(d), d + 1.0))
+
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if use_compile:
         forward = torch.compile(model)

@@ -11,7 +11,6 @@ Usage:
 
 from __future__ import annotations
 
-
 from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH
 from benchmarks.normjax_cases import normjax_call
 from benchmarks.timing import round_robin, round_robin_main
@@ -32,14 +31,18 @@ def measure(workload: str, rounds: int) -> dict:
     """ms/step of each optimizer and its ratio to SGD; prelu_prior against SGD on the PReLU model."""
     model, batch = WORKLOADS[workload]
     prelu = model | {"activation": "prelu"}
-    cases = {name: normjax_call(prelu if name == "prelu_prior" else model, batch, [], optim)
-             for name, optim in OPTIMIZERS.items()}
+    cases = {
+        name: normjax_call(prelu if name == "prelu_prior" else model, batch, [], optim)
+        for name, optim in OPTIMIZERS.items()
+    }
     cases["sgd_prelu_model"] = normjax_call(prelu, batch, [], OPTIMIZERS["sgd"])
     return round_robin(cases, rounds, lambda name: "sgd_prelu_model" if name == "prelu_prior" else "sgd")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return round_robin_main(argv, __doc__.splitlines()[0], list(WORKLOADS), measure, "benchmarks/results-transforms.json")
+    return round_robin_main(
+        argv, __doc__.splitlines()[0], list(WORKLOADS), measure, "benchmarks/results-transforms.json"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).parent
-sys.path.insert(0, str(DOCS.parent))   # the package, also without an installed copy
+sys.path.insert(0, str(DOCS.parent))  # the package, also without an installed copy
 sys.path.insert(0, str(DOCS / "_ext"))  # normjax_docs: the generated CLI and config references
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # autodoc imports jax: no accelerator is needed
 
@@ -19,10 +19,10 @@ release = version = normjax.__version__
 
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",   # Google-style docstrings (Args:, Returns:, Example:)
+    "sphinx.ext.napoleon",  # Google-style docstrings (Args:, Returns:, Example:)
     "sphinx.ext.mathjax",
-    "myst_parser",           # the pages are Markdown
-    "normjax_docs",          # cli.md and config.md, generated from the parsers and normjax/config.py
+    "myst_parser",  # the pages are Markdown
+    "normjax_docs",  # cli.md and config.md, generated from the parsers and normjax/config.py
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build", "_ext"]
@@ -79,9 +79,13 @@ def _module_signature(app, what, name, obj, options, signature, return_annotatio
 
     if what == "class" and isinstance(obj, type) and issubclass(obj, nnx.Module) and "__init__" in vars(obj):
         sig = inspect.signature(obj.__init__)
-        params = [p.replace(annotation=inspect.Parameter.empty,
-                            default=_Name(p.default) if isinstance(p.default, type) else p.default)
-                  for p in list(sig.parameters.values())[1:]]
+        params = [
+            p.replace(
+                annotation=inspect.Parameter.empty,
+                default=_Name(p.default) if isinstance(p.default, type) else p.default,
+            )
+            for p in list(sig.parameters.values())[1:]
+        ]
         return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty)), None
     return None
 

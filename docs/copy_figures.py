@@ -49,8 +49,10 @@ REPRODUCTION = {
     "elr_spread_trajectories.png": ("sweep-elr_trajectories-medium", "elr_spread_by_lr.png"),
     "accuracy_vs_spread_trajectories.png": ("sweep-elr_trajectories-medium", "accuracy_vs_spread_by_lr.png"),
     "ode_spread_trajectories.png": ("sweep-elr_trajectories-medium", "ode_discrete_spread.png"),
-    "ode_plain_depth41_lr0.03.png": ("sweep-elr_trajectories-medium/lr=0.03-depth=41-momentum=0-shortcut=false-*",
-                                     "ode_discrete.png"),
+    "ode_plain_depth41_lr0.03.png": (
+        "sweep-elr_trajectories-medium/lr=0.03-depth=41-momentum=0-shortcut=false-*",
+        "ode_discrete.png",
+    ),
     "elr_order_flip.png": (ELR_REPORT, "elr_order_flip.png"),
     "base_drift.png": (ELR_REPORT, "base_drift.png"),
     "critical_lr_plain.png": ("critical_lr-medium-shortcut=false", "critical_lr.png"),
@@ -64,8 +66,10 @@ REPRODUCTION = {
 def source(workdir: Path, pattern: str, name: str) -> Path:
     dirs = sorted(p for p in workdir.glob(pattern) if p.is_dir())
     if len(dirs) != 1:
-        sys.exit(f"error: {workdir / pattern} matches {len(dirs)} directories, need one; run `make demo` "
-                 "into a fresh WORKDIR")
+        sys.exit(
+            f"error: {workdir / pattern} matches {len(dirs)} directories, need one; run `make demo` "
+            "into a fresh WORKDIR"
+        )
     path = next((p for p in (dirs[0] / name, dirs[0] / "figures" / name) if p.is_file()), None)
     if path is None:
         sys.exit(f"error: {dirs[0] / 'figures' / name} does not exist; run `make demo` (or `make reproduce-elr`) first")
@@ -86,7 +90,8 @@ def main(argv: list[str]) -> None:
         else:
             image = Image.open(path).convert("RGB")
             image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
-                out / name, optimize=True)
+                out / name, optimize=True
+            )
         total += (out / name).stat().st_size
     print(f"{len(files)} files in {out} ({total / 1e6:.2f} MB)")
 

@@ -12,7 +12,6 @@ gpu (one H100/H200): the PReLU ResNet-20 (CIFAR ResNet v1) on Fashion-MNIST, 6 e
 Vary the prior with `--set optim.prelu_l1=...`; `normjax apl RUNDIR` reports the reached APL.
 """
 
-
 SIZES = ("smoke", "medium", "gpu", "full")
 
 
@@ -20,15 +19,28 @@ def get_config(size: str) -> dict:
     cfg = {
         "model": {"name": "resnet", "depth": 20, "activation": "prelu", "prelu_init": 0.0},
         "data": {"name": "digits"},
-        "optim": {"name": "sgd_prelu_l1", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-                  "schedule": "cosine", "warmup_steps": 20, "prelu_l1": 0.03},
+        "optim": {
+            "name": "sgd_prelu_l1",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "warmup_steps": 20,
+            "prelu_l1": 0.03,
+        },
         "train": {"batch_size": 128, "epochs": 30.0, "steps_per_dispatch": 10},
         "log": {"dense_steps": 0, "every": 10, "metrics": ["apl"]},
         "checkpoint": {"every": 100},
     }
     if size == "medium":
-        cfg["model"] = {"name": "mlp", "depth": 21, "width": 128, "shortcut": True, "activation": "prelu",
-                        "prelu_init": 0.0}
+        cfg["model"] = {
+            "name": "mlp",
+            "depth": 21,
+            "width": 128,
+            "shortcut": True,
+            "activation": "prelu",
+            "prelu_init": 0.0,
+        }
         cfg["data"] = {"name": "fashion_mnist"}
         cfg["optim"]["warmup_steps"] = 100
         cfg["train"].update(epochs=6.0, steps_per_dispatch=50)

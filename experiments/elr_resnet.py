@@ -15,7 +15,6 @@ the first 1000 steps logged densely: the paper's architecture at the medium data
     normjax elr-plot runs/elr_resnet && normjax ode runs/elr_resnet
 """
 
-
 SIZES = ("smoke", "medium", "gpu", "full")
 
 

@@ -11,16 +11,24 @@ medium: width 512 on Fashion-MNIST, batch 512, depths 10-80 (`DEFAULT_DEPTHS`): 
 the mean-field pi/(pi-1) applies, deep enough for a clean fit; a few minutes on 2 CPU cores.
 """
 
-
 SIZES = ("smoke", "medium", "full")
 
 
 def get_config(size: str) -> dict:
     if size == "medium":
-        return {"model": {"name": "mlp", "depth": 20, "width": 512}, "data": {"name": "fashion_mnist"},
-                "train": {"batch_size": 512}}
+        return {
+            "model": {"name": "mlp", "depth": 20, "width": 512},
+            "data": {"name": "fashion_mnist"},
+            "train": {"batch_size": 512},
+        }
     if size == "full":
-        return {"model": {"name": "mlp", "depth": 20, "width": 1024}, "data": {"name": "cifar10"},
-                "train": {"batch_size": 512}}
-    return {"model": {"name": "mlp", "depth": 16, "width": 256}, "data": {"name": "digits"},
-            "train": {"batch_size": 256}}
+        return {
+            "model": {"name": "mlp", "depth": 20, "width": 1024},
+            "data": {"name": "cifar10"},
+            "train": {"batch_size": 512},
+        }
+    return {
+        "model": {"name": "mlp", "depth": 16, "width": 256},
+        "data": {"name": "digits"},
+        "train": {"batch_size": 256},
+    }

@@ -8,7 +8,6 @@ depths 20/32/56/110; medium: Fashion-MNIST, batch 128, depths 20/32/56 (a few mi
 cores). Nothing is trained.
 """
 
-
 SIZES = ("smoke", "medium", "full")
 
 

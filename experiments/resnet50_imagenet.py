@@ -20,7 +20,6 @@ References:
   Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour`, 2017 (arXiv:1706.02677).
 """
 
-
 SIZES = ("smoke", "full", "imagenet")
 
 
@@ -29,23 +28,51 @@ def get_config(size: str) -> dict:
         batch = 256
         return {
             "model": {"name": "resnet", "block": "bottleneck", "depth": 50, "width": 64, "stem": "imagenet"},
-            "data": {"name": "imagenet2012", "pipeline": "stream", "input_size": 224, "eval_crop": 0.875,
-                     "flip": True},
-            "optim": {"name": "sgd", "lr": 0.1 * batch / 256, "momentum": 0.9, "weight_decay": 1e-4,
-                      "weight_decay_on": "all_but_prelu", "schedule": "step",
-                      "milestones": [30 / 90, 60 / 90, 80 / 90], "step_factor": 0.1, "warmup_steps": 0},
-            "train": {"batch_size": batch, "epochs": 90.0, "steps": 0, "steps_per_dispatch": 50,
-                      "dtype": "bfloat16", "eval_batch_size": 500},
+            "data": {"name": "imagenet2012", "pipeline": "stream", "input_size": 224, "eval_crop": 0.875, "flip": True},
+            "optim": {
+                "name": "sgd",
+                "lr": 0.1 * batch / 256,
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+                "weight_decay_on": "all_but_prelu",
+                "schedule": "step",
+                "milestones": [30 / 90, 60 / 90, 80 / 90],
+                "step_factor": 0.1,
+                "warmup_steps": 0,
+            },
+            "train": {
+                "batch_size": batch,
+                "epochs": 90.0,
+                "steps": 0,
+                "steps_per_dispatch": 50,
+                "dtype": "bfloat16",
+                "eval_batch_size": 500,
+            },
             "log": {"dense_steps": 100, "every": 100},
             "checkpoint": {"every": 5000, "keep": 3},
         }
     return {
         "model": {"name": "resnet", "block": "bottleneck", "depth": 50, "width": 4, "stem": "imagenet"},
-        "data": {"name": "synthetic", "flip": True,
-                 "synthetic": {"num_train": 256, "num_test": 128, "image_shape": [64, 64, 3], "num_classes": 10}},
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step",
-                  "milestones": [30 / 90, 60 / 90, 80 / 90], "step_factor": 0.1},
-        "train": {"batch_size": 32, "steps": 20, "steps_per_dispatch": 10, "eval_batch_size": 128,
-                  "eval_train_examples": 256},
+        "data": {
+            "name": "synthetic",
+            "flip": True,
+            "synthetic": {"num_train": 256, "num_test": 128, "image_shape": [64, 64, 3], "num_classes": 10},
+        },
+        "optim": {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 1e-4,
+            "schedule": "step",
+            "milestones": [30 / 90, 60 / 90, 80 / 90],
+            "step_factor": 0.1,
+        },
+        "train": {
+            "batch_size": 32,
+            "steps": 20,
+            "steps_per_dispatch": 10,
+            "eval_batch_size": 128,
+            "eval_train_examples": 256,
+        },
         "log": {"dense_steps": 20, "every": 10},
     }

@@ -36,14 +36,21 @@ def medium_sweep() -> dict:
     depths = [2, 3, 5, 8, 12, 20]
     target = {"name": "mlp", "depth": 21, "width": 128, "shortcut": True}  # apl_resnet.py --size medium
     widths = [matched_mlp_width(d, target, (28, 28, 1)) for d in depths]
-    kinds = [{"name": "equal_width", "model.width": 128}] * len(depths) + \
-            [{"name": "equal_params", "model.width": w} for w in widths]
+    kinds = [{"name": "equal_width", "model.width": 128}] * len(depths) + [
+        {"name": "equal_params", "model.width": w} for w in widths
+    ]
     return {
         "base": "apl_resnet.py",
         "grid": {"data.task": _sparsity.tasks("medium"), "train.seed": [0, 1, 2]},
         "zip": {"model.baseline": kinds, "model.depth": depths + depths},
-        "set": {"model.name": "mlp", "model.shortcut": False, "model.activation": "relu",
-                "optim.name": "sgd", "optim.prelu_l1": 0.0, "train.epochs": 6.0},
+        "set": {
+            "model.name": "mlp",
+            "model.shortcut": False,
+            "model.activation": "relu",
+            "optim.name": "sgd",
+            "optim.prelu_l1": 0.0,
+            "train.epochs": 6.0,
+        },
     }
 
 
@@ -55,13 +62,22 @@ def get_sweep(size: str) -> dict:
     # The sparsified network: ResNet-14 width 8 (smoke) or ResNet-20 width 16 (full).
     target = {"name": "resnet", "depth": 14 if smoke else 20, "width": 8 if smoke else 16}
     shape = (8, 8, 3) if smoke else (32, 32, 3)
-    mults = [matched_width_mult({"name": "plain_cnn", "depth": d, "width": target["width"]}, target, shape) for d in depths]
-    kinds = [{"name": "equal_width", "model.width_mult": 1.0}] * len(depths) + \
-            [{"name": "equal_params", "model.width_mult": m} for m in mults]
+    mults = [
+        matched_width_mult({"name": "plain_cnn", "depth": d, "width": target["width"]}, target, shape) for d in depths
+    ]
+    kinds = [{"name": "equal_width", "model.width_mult": 1.0}] * len(depths) + [
+        {"name": "equal_params", "model.width_mult": m} for m in mults
+    ]
     return {
         "base": "apl_resnet.py",
         "grid": {"data.task": _sparsity.tasks(size)} | ({} if smoke else {"train.seed": [0, 1]}),
         "zip": {"model.baseline": kinds, "model.depth": depths + depths},
-        "set": {"model.name": "plain_cnn", "model.width": target["width"], "model.activation": "relu",
-                "optim.name": "sgd", "optim.prelu_l1": 0.0, "train.epochs": 20.0 if smoke else 160.0},
+        "set": {
+            "model.name": "plain_cnn",
+            "model.width": target["width"],
+            "model.activation": "relu",
+            "optim.name": "sgd",
+            "optim.prelu_l1": 0.0,
+            "train.epochs": 20.0 if smoke else 160.0,
+        },
     }

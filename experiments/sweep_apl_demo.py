@@ -12,9 +12,13 @@ def get_sweep(size: str) -> dict:
     epochs = {"smoke": 20.0, "medium": 6.0}.get(size, 160.0)
     return {
         "base": "apl_resnet.py",
-        "grid": {"train.regime": [{"name": "during", "train.init_from": "", "train.epochs": epochs},
-                                  {"name": "after", "train.init_from": "pretrain", "train.epochs": epochs / 2}],
-                 "optim.prelu_target": [0.3, 0.1, 0.03, 0.0]},
+        "grid": {
+            "train.regime": [
+                {"name": "during", "train.init_from": "", "train.epochs": epochs},
+                {"name": "after", "train.init_from": "pretrain", "train.epochs": epochs / 2},
+            ],
+            "optim.prelu_target": [0.3, 0.1, 0.03, 0.0],
+        },
         "set": {"optim.name": "sgd_prelu_target", "optim.prelu_l1": 0.01, "optim.prelu_gain": 0.1}
         | {"smoke": {"model.depth": 14, "model.width": 8}, "medium": {}}.get(size, {"data.name": "cifar10"}),
         "pretrain": {"optim.prelu_target": 1.0, "train.epochs": epochs},

@@ -18,55 +18,85 @@ parity, the same λ grid and regimes, 3 seeds: 60 runs + 6 base runs.
 advantage gap (`normjax apl-plot`).
 """
 
-
 SIZES = ("smoke", "medium", "gpu", "full")
-PARITY = {"data.synthetic.task": "parity", "data.synthetic.num_classes": 4, "data.synthetic.difficulty": 0.5,
-          "data.synthetic.image_shape": [8, 8, 1], "data.synthetic.num_train": 16384, "data.synthetic.num_test": 4096}
+PARITY = {
+    "data.synthetic.task": "parity",
+    "data.synthetic.num_classes": 4,
+    "data.synthetic.difficulty": 0.5,
+    "data.synthetic.image_shape": [8, 8, 1],
+    "data.synthetic.num_train": 16384,
+    "data.synthetic.num_test": 4096,
+}
 
 
 def tasks(size: str) -> list[dict]:
     if size == "gpu":
-        return [{"name": "fashion_mnist", "data.name": "fashion_mnist"}, {"name": "parity", "data.name": "synthetic"} | PARITY]
+        return [
+            {"name": "fashion_mnist", "data.name": "fashion_mnist"},
+            {"name": "parity", "data.name": "synthetic"} | PARITY,
+        ]
     if size == "medium":
-        return [{"name": "digits", "data.name": "digits", "train.batch_size": 16},
-                {"name": "fashion_mnist", "data.name": "fashion_mnist"},
-                {"name": "parity", "data.name": "synthetic"} | PARITY]
+        return [
+            {"name": "digits", "data.name": "digits", "train.batch_size": 16},
+            {"name": "fashion_mnist", "data.name": "fashion_mnist"},
+            {"name": "parity", "data.name": "synthetic"} | PARITY,
+        ]
     shape = [8, 8, 3] if size == "smoke" else [32, 32, 3]
-    synthetic = [{"name": name, "data.name": "synthetic", "data.synthetic.difficulty": d,
-                  "data.synthetic.image_shape": shape} for name, d in (("easy", 0.3), ("hard", 0.8))]
+    synthetic = [
+        {"name": name, "data.name": "synthetic", "data.synthetic.difficulty": d, "data.synthetic.image_shape": shape}
+        for name, d in (("easy", 0.3), ("hard", 0.8))
+    ]
     if size == "smoke":
         return [{"name": "digits", "data.name": "digits"}] + synthetic
-    return synthetic + [{"name": n, "data.name": n, "data.crop_padding": 4, "data.flip": True} for n in ("cifar10", "cifar100")]
+    return synthetic + [
+        {"name": n, "data.name": n, "data.crop_padding": 4, "data.flip": True} for n in ("cifar10", "cifar100")
+    ]
 
 
 def regimes(epochs: float, post_epochs: float, from_k: bool = False) -> list[dict]:
     """during: the prior from step 0; after: a post-training phase warm-started from the base run;
     from_half (from_k): the prior switched on half-way through training (`optim.prelu_start`)."""
-    out = [{"name": "during", "train.init_from": "", "train.epochs": epochs},
-           {"name": "after", "train.init_from": "pretrain", "train.epochs": post_epochs}]
-    return out + ([{"name": "from_half", "train.init_from": "", "train.epochs": epochs, "optim.prelu_start": 0.5}]
-                  if from_k else [])
+    out = [
+        {"name": "during", "train.init_from": "", "train.epochs": epochs},
+        {"name": "after", "train.init_from": "pretrain", "train.epochs": post_epochs},
+    ]
+    return out + (
+        [{"name": "from_half", "train.init_from": "", "train.epochs": epochs, "optim.prelu_start": 0.5}]
+        if from_k
+        else []
+    )
 
 
 def get_sweep(size: str) -> dict:
     if size in ("medium", "gpu"):
         return {
             "base": "apl_resnet.py",
-            "grid": {"data.task": tasks(size), "train.regime": regimes(6.0, 3.0),
-                     "optim.prelu_l1": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "train.seed": [0, 1, 2]},
+            "grid": {
+                "data.task": tasks(size),
+                "train.regime": regimes(6.0, 3.0),
+                "optim.prelu_l1": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+                "train.seed": [0, 1, 2],
+            },
             "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 6.0},
         }
     if size == "full":
         return {
             "base": "apl_resnet.py",
-            "grid": {"data.task": tasks(size), "train.regime": regimes(160.0, 40.0, from_k=True),
-                     "optim.prelu_l1": [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2], "train.seed": [0, 1]},
+            "grid": {
+                "data.task": tasks(size),
+                "train.regime": regimes(160.0, 40.0, from_k=True),
+                "optim.prelu_l1": [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2],
+                "train.seed": [0, 1],
+            },
             "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 160.0},
         }
     return {
         "base": "apl_resnet.py",
-        "grid": {"data.task": tasks(size), "train.regime": regimes(20.0, 10.0),
-                 "optim.prelu_l1": [0.04, 0.06, 0.09, 0.13, 0.2]},
+        "grid": {
+            "data.task": tasks(size),
+            "train.regime": regimes(20.0, 10.0),
+            "optim.prelu_l1": [0.04, 0.06, 0.09, 0.13, 0.2],
+        },
         "set": {"model.depth": 14, "model.width": 8},
         "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 20.0},
     }

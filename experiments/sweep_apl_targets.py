@@ -24,24 +24,34 @@ def get_sweep(size: str) -> dict:
     if size == "medium":
         return {
             "base": "apl_resnet.py",
-            "grid": {"data.task": _sparsity.tasks(size), "train.regime": _sparsity.regimes(6.0, 3.0),
-                     "optim.prelu_target": [0.3, 0.1, 0.03, 0.01, 0.0], "train.seed": [0, 1, 2]},
+            "grid": {
+                "data.task": _sparsity.tasks(size),
+                "train.regime": _sparsity.regimes(6.0, 3.0),
+                "optim.prelu_target": [0.3, 0.1, 0.03, 0.01, 0.0],
+                "train.seed": [0, 1, 2],
+            },
             "set": CONTROLLER | {"optim.prelu_l1": 0.01},
             "pretrain": {"optim.prelu_target": 1.0, "train.epochs": 6.0},
         }
     if size == "full":
         return {
             "base": "apl_resnet.py",
-            "grid": {"data.task": _sparsity.tasks(size), "train.regime": _sparsity.regimes(160.0, 40.0),
-                     "optim.prelu_target": [0.5, 0.25, 0.1, 0.05, 0.025, 0.01, 0.0], "train.seed": [0, 1]},
+            "grid": {
+                "data.task": _sparsity.tasks(size),
+                "train.regime": _sparsity.regimes(160.0, 40.0),
+                "optim.prelu_target": [0.5, 0.25, 0.1, 0.05, 0.025, 0.01, 0.0],
+                "train.seed": [0, 1],
+            },
             "set": CONTROLLER | {"optim.prelu_l1": 1e-4, "optim.prelu_gain": 0.005},
             "pretrain": {"optim.prelu_target": 1.0, "train.epochs": 160.0},
         }
     return {
         "base": "apl_resnet.py",
-        "grid": {"data.task": [t for t in _sparsity.tasks(size) if t["name"] != "easy"],
-                 "train.regime": _sparsity.regimes(20.0, 10.0),
-                 "optim.prelu_target": [0.3, 0.1, 0.03, 0.01, 0.0]},
+        "grid": {
+            "data.task": [t for t in _sparsity.tasks(size) if t["name"] != "easy"],
+            "train.regime": _sparsity.regimes(20.0, 10.0),
+            "optim.prelu_target": [0.3, 0.1, 0.03, 0.01, 0.0],
+        },
         "set": CONTROLLER | {"model.depth": 14, "model.width": 8, "optim.prelu_l1": 0.01},
         "pretrain": {"optim.prelu_target": 1.0, "train.epochs": 20.0},
     }

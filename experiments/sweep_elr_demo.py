@@ -11,10 +11,19 @@ SIZES = ("smoke", "medium", "full")
 
 def get_sweep(size: str) -> dict:
     if size == "full":
-        return {"base": "elr_resnet.py", "grid": {"model.shortcut": [False, True]},
-                "set": {"model.depth": 110, "train.epochs": 0.0, "train.steps": 2000, "log.every": 100}}
+        return {
+            "base": "elr_resnet.py",
+            "grid": {"model.shortcut": [False, True]},
+            "set": {"model.depth": 110, "train.epochs": 0.0, "train.steps": 2000, "log.every": 100},
+        }
     if size == "medium":
-        return {"base": "elr_resnet.py", "grid": {"model.shortcut": [False, True]},
-                "set": {"model.depth": 31, "optim.lr": 0.3}}
-    return {"base": "elr_resnet.py", "grid": {"model.shortcut": [False, True]},
-            "set": {"model.depth": 32, "optim.lr": 0.3}}
+        return {
+            "base": "elr_resnet.py",
+            "grid": {"model.shortcut": [False, True]},
+            "set": {"model.depth": 31, "optim.lr": 0.3},
+        }
+    return {
+        "base": "elr_resnet.py",
+        "grid": {"model.shortcut": [False, True]},
+        "set": {"model.depth": 32, "optim.lr": 0.3},
+    }

@@ -35,15 +35,28 @@ def get_sweep(size: str) -> dict:
             "base": "elr_resnet.py",
             "grid": {"model.shortcut": [True, False], "train.seed": [0, 1, 2]},
             "zip": REGIMES | {"optim.warmup_steps": [0, 500, 0, 0]},
-            "set": {"optim.lr": 0.3, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.schedule": "cosine",
-                    "train.steps": 0, "train.epochs": 4.0, "log.dense_steps": 500, "log.every": 100,
-                    "checkpoint.every": 1000} | ({"model.depth": 56} if size == "gpu" else {}),
+            "set": {
+                "optim.lr": 0.3,
+                "optim.momentum": 0.9,
+                "optim.weight_decay": 5e-4,
+                "optim.schedule": "cosine",
+                "train.steps": 0,
+                "train.epochs": 4.0,
+                "log.dense_steps": 500,
+                "log.every": 100,
+                "checkpoint.every": 1000,
+            }
+            | ({"model.depth": 56} if size == "gpu" else {}),
         }
     if size == "full":
         return {
             "base": "elr_resnet.py",
-            "grid": {"data.name": ["cifar10", "cifar100"], "model.depth": [56, 110], "model.shortcut": [True, False],
-                     "train.seed": [0, 1, 2]},
+            "grid": {
+                "data.name": ["cifar10", "cifar100"],
+                "model.depth": [56, 110],
+                "model.shortcut": [True, False],
+                "train.seed": [0, 1, 2],
+            },
             "zip": REGIMES | {"optim.warmup_steps": [0, 2000, 0, 0]},
             "set": {"optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.schedule": "step"},
         }
@@ -51,6 +64,13 @@ def get_sweep(size: str) -> dict:
         "base": "elr_resnet.py",
         "grid": {"model.shortcut": [True, False], "train.seed": [0, 1]},
         "zip": REGIMES,
-        "set": {"model.depth": 14, "optim.lr": 0.3, "optim.momentum": 0.9, "optim.weight_decay": 5e-4,
-                "optim.schedule": "cosine", "train.steps": 150, "log.dense_steps": 100},
+        "set": {
+            "model.depth": 14,
+            "optim.lr": 0.3,
+            "optim.momentum": 0.9,
+            "optim.weight_decay": 5e-4,
+            "optim.schedule": "cosine",
+            "train.steps": 150,
+            "log.dense_steps": 100,
+        },
     }

@@ -21,33 +21,56 @@ def get_sweep(size: str) -> dict:
         return {
             "base": "resnet50_imagenet.py",
             "grid": {"optim.lr": [0.1, 0.4, 1.6], "optim.momentum": [0.0, 0.9], "model.shortcut": [True, False]},
-            "set": {"train.epochs": 0.0, "train.steps": 2000, "optim.schedule": "constant", "train.dtype": "float32",
-                    "log.metrics": ["elr"], "log.dense_steps": 2000, "checkpoint.every": 1000},
+            "set": {
+                "train.epochs": 0.0,
+                "train.steps": 2000,
+                "optim.schedule": "constant",
+                "train.dtype": "float32",
+                "log.metrics": ["elr"],
+                "log.dense_steps": 2000,
+                "checkpoint.every": 1000,
+            },
         }
     if size == "medium":
         return {
             "base": "elr_resnet.py",
-            "grid": {"optim.lr": [0.03, 0.3, 3.0], "model.depth": [21, 41], "optim.momentum": [0.0, 0.9],
-                     "model.shortcut": [True, False]},
+            "grid": {
+                "optim.lr": [0.03, 0.3, 3.0],
+                "model.depth": [21, 41],
+                "optim.momentum": [0.0, 0.9],
+                "model.shortcut": [True, False],
+            },
             "set": {"train.steps": 1000, "log.dense_steps": 1000},
         }
     if size == "gpu":
         return {
             "base": "elr_resnet.py",
-            "grid": {"optim.lr": [0.03, 0.3, 3.0], "model.depth": [20, 56, 110], "optim.momentum": [0.0, 0.9],
-                     "model.shortcut": [True, False]},
+            "grid": {
+                "optim.lr": [0.03, 0.3, 3.0],
+                "model.depth": [20, 56, 110],
+                "optim.momentum": [0.0, 0.9],
+                "model.shortcut": [True, False],
+            },
         }
     if size == "full":
         return {
             "base": "elr_resnet.py",
-            "grid": {"optim.lr": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "model.depth": [20, 56, 110],
-                     "optim.momentum": [0.0, 0.9], "model.shortcut": [True, False],
-                     "optim.weight_decay": [0.0, 5e-4]},
+            "grid": {
+                "optim.lr": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+                "model.depth": [20, 56, 110],
+                "optim.momentum": [0.0, 0.9],
+                "model.shortcut": [True, False],
+                "optim.weight_decay": [0.0, 5e-4],
+            },
             "set": {"train.epochs": 0.0, "train.steps": 2000, "log.every": 100},
         }
     return {
         "base": "elr_resnet.py",
-        "grid": {"optim.lr": [0.03, 0.3, 3.0], "model.depth": [8, 14], "optim.momentum": [0.0, 0.9],
-                 "model.shortcut": [True, False]},
+        "grid": {
+            "optim.lr": [0.03, 0.3, 3.0],
+            "model.depth": [8, 14],
+            "optim.momentum": [0.0, 0.9],
+            "model.shortcut": [True, False],
+        },
         "set": {"train.steps": 100, "log.dense_steps": 100},
     }

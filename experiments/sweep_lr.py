@@ -13,15 +13,22 @@ def get_sweep(size: str) -> dict:
     if size == "medium":
         return {
             "base": "mlp_digits.py",
-            "grid": {"optim.lr": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "optim.momentum": [0.0, 0.9],
-                     "model.shortcut": [True, False], "train.seed": [0, 1, 2]},
+            "grid": {
+                "optim.lr": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+                "optim.momentum": [0.0, 0.9],
+                "model.shortcut": [True, False],
+                "train.seed": [0, 1, 2],
+            },
             "set": {"model.depth": 21, "train.epochs": 3.0},
         }
     if size == "full":
         return {
             "base": "resnet_cifar10.py",
-            "grid": {"optim.lr": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0], "optim.momentum": [0.0, 0.9],
-                     "train.seed": [0, 1, 2]},
+            "grid": {
+                "optim.lr": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+                "optim.momentum": [0.0, 0.9],
+                "train.seed": [0, 1, 2],
+            },
             "set": {"model.depth": 56},
         }
     return {

@@ -21,12 +21,26 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    **{name: "normjax.transforms" for name in (
-        "LayerAxes", "PReLUControllerState", "PReLUPriorState", "ScaleByCriticalLRState",
-        "ScaleByUniformELRState", "critical_lr", "half_threshold", "prelu_sparsity_controller",
-        "prelu_sparsity_prior", "scale_by_critical_lr", "scale_by_uniform_elr", "soft_threshold")},
-    **{name: "normjax.models" for name in (
-        "MODELS", "build_model", "layer_axes", "prelu_mask", "scale_invariant_mask")},
+    **{
+        name: "normjax.transforms"
+        for name in (
+            "LayerAxes",
+            "PReLUControllerState",
+            "PReLUPriorState",
+            "ScaleByCriticalLRState",
+            "ScaleByUniformELRState",
+            "critical_lr",
+            "half_threshold",
+            "prelu_sparsity_controller",
+            "prelu_sparsity_prior",
+            "scale_by_critical_lr",
+            "scale_by_uniform_elr",
+            "soft_threshold",
+        )
+    },
+    **{
+        name: "normjax.models" for name in ("MODELS", "build_model", "layer_axes", "prelu_mask", "scale_invariant_mask")
+    },
     **{name: "normjax.config" for name in ("DEFAULTS", "load_config")},
     **{name: "normjax.training.loop" for name in ("train", "evaluate_run")},
     **{name: "normjax.training.optim" for name in ("OptimizerSpec", "register_optimizer")},

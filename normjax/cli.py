@@ -22,20 +22,38 @@ def _parser() -> argparse.ArgumentParser:
     from normjax import __version__
 
     p = argparse.ArgumentParser(prog="normjax", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
-                   help="print normjax's version and exit")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           help="what to do; `normjax COMMAND -h` describes its arguments")
+    p.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print normjax's version and exit"
+    )
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do; `normjax COMMAND -h` describes its arguments",
+    )
     t = sub.add_parser("train", help="train (or resume) one run")
     t.add_argument("config", help="experiment file, e.g. experiments/resnet_digits.py")
-    t.add_argument("--size", default="smoke", help="smoke (seconds on CPU), medium (Fashion-MNIST, minutes), full (paper scale) or imagenet "
-                   "(the files that have it: ResNet-50 on ImageNet)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
+    t.add_argument(
+        "--size",
+        default="smoke",
+        help="smoke (seconds on CPU), medium (Fashion-MNIST, minutes), full (paper scale) or imagenet "
+        "(the files that have it: ResNet-50 on ImageNet)",
+    )
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=0.05 (repeatable)",
+    )
     t.add_argument("--workdir", help="run directory (default runs/<config name>)")
     t.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
-    t.add_argument("--json", action="store_true",
-                   help="print the run's summary as one JSON object (for scripts) instead of a readable summary")
+    t.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as one JSON object (for scripts) instead of a readable summary",
+    )
     e = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint (prints one JSON object)")
     e.add_argument("rundir", help="run directory of `normjax train` or of a sweep run (config.json and checkpoints/)")
     w = sub.add_parser("sweep", help="run (this shard of) a sweep; complete runs are skipped, interrupted ones resume")
@@ -43,10 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--size", default="smoke", help="smoke, medium, full or imagenet (the sweep files that have it)")
     w.add_argument("--workdir", help="sweep directory (default runs/<sweep name>)")
     w.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (job arrays, TPU workers)")
-    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key in every run (repeatable)")
-    w.add_argument("--group-size", type=int, default=0,
-                   help="runs vectorized together (0: automatic, by backend and memory)")
+    w.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run (repeatable)",
+    )
+    w.add_argument(
+        "--group-size", type=int, default=0, help="runs vectorized together (0: automatic, by backend and memory)"
+    )
     w.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     r = sub.add_parser("results", help="table of a sweep's runs (CSV + terminal), mean ± std over seeds")
     r.add_argument("sweepdir", help="sweep directory (the --workdir of `normjax sweep`; holds sweep.json)")
@@ -58,39 +83,73 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--hue", help="varied key drawn as separate lines")
     f.add_argument("--panel", help="with a metric on x: the varied key whose values get their own panels")
     f.add_argument("--log-x", action="store_true", help="logarithmic x axis (positive numeric x values)")
-    d = sub.add_parser("prepare", help="write a TFDS dataset from local files, offline and without TensorFlow "
-                       "(fashion_mnist from Debian's dataset-fashion-mnist)")
+    d = sub.add_parser(
+        "prepare",
+        help="write a TFDS dataset from local files, offline and without TensorFlow "
+        "(fashion_mnist from Debian's dataset-fashion-mnist)",
+    )
     d.add_argument("name", help="the TFDS name; allowed: fashion_mnist")
-    d.add_argument("--from", dest="source_dir", metavar="DIR",
-                   help="folder holding the four IDX .gz files (default: where `dpkg -L dataset-fashion-mnist` "
-                   "puts them)")
-    d.add_argument("--data-dir", metavar="DIR",
-                   help="TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets, as data.data_dir)")
+    d.add_argument(
+        "--from",
+        dest="source_dir",
+        metavar="DIR",
+        help="folder holding the four IDX .gz files (default: where `dpkg -L dataset-fashion-mnist` puts them)",
+    )
+    d.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets, as data.data_dir)",
+    )
     for name, (_, _, text) in STUDY_COMMANDS.items():  # their own parsers read the rest of the line
         sub.add_parser(name, help=text, add_help=False).add_argument(
-            "args", nargs=argparse.REMAINDER, help=f"the arguments of {name}; see `normjax {name} -h`")
+            "args", nargs=argparse.REMAINDER, help=f"the arguments of {name}; see `normjax {name} -h`"
+        )
     return p
 
 
 # Study commands: (module, entry function, help). Each entry parses its own arguments.
 STUDY_COMMANDS = {
-    "elr-plot": ("normjax.studies.elr_figures", "elr_plot_main",
-                 "ELR figures of a run (per-layer heatmap, lines, spread) or a sweep (spread, accuracy vs spread)"),
-    "explode": ("normjax.studies.explosion", "explode_main",
-                "gradient explosion at init: per-layer gradient norms over depth, plain vs residual"),
-    "apl": ("normjax.studies.apl", "apl_main",
-            "nonlinear units, average path length and core network of a run's (or sweep's) checkpoint"),
-    "apl-plot": ("normjax.studies.apl_figures", "apl_plot_main",
-                 "APL study figures of a sparsity sweep: accuracy vs APL per regime and task, core network, "
-                 "advantage gap, baselines"),
-    "fold": ("normjax.studies.fold", "fold_main",
-             "fold a run's linear units away: BN into convs, linear stretches merged; depth, params, FLOPs"),
-    "ode": ("normjax.studies.ode", "ode_main",
-            "the weight-dynamics model's prediction against a run's (or sweep's) measured ELRs, or alone"),
-    "elr-report": ("normjax.studies.elr_report", "elr_report_main",
-                   "the ELR study's numbers claim by claim from its sweeps (explosion, trajectories, critical LR, regimes)"),
-    "critical-lr": ("normjax.studies.critical_lr", "critical_lr_main",
-                    "the critical LR measured on a real network (post-step spread against LR) vs 1/sqrt(a_max a_min)"),
+    "elr-plot": (
+        "normjax.studies.elr_figures",
+        "elr_plot_main",
+        "ELR figures of a run (per-layer heatmap, lines, spread) or a sweep (spread, accuracy vs spread)",
+    ),
+    "explode": (
+        "normjax.studies.explosion",
+        "explode_main",
+        "gradient explosion at init: per-layer gradient norms over depth, plain vs residual",
+    ),
+    "apl": (
+        "normjax.studies.apl",
+        "apl_main",
+        "nonlinear units, average path length and core network of a run's (or sweep's) checkpoint",
+    ),
+    "apl-plot": (
+        "normjax.studies.apl_figures",
+        "apl_plot_main",
+        "APL study figures of a sparsity sweep: accuracy vs APL per regime and task, core network, "
+        "advantage gap, baselines",
+    ),
+    "fold": (
+        "normjax.studies.fold",
+        "fold_main",
+        "fold a run's linear units away: BN into convs, linear stretches merged; depth, params, FLOPs",
+    ),
+    "ode": (
+        "normjax.studies.ode",
+        "ode_main",
+        "the weight-dynamics model's prediction against a run's (or sweep's) measured ELRs, or alone",
+    ),
+    "elr-report": (
+        "normjax.studies.elr_report",
+        "elr_report_main",
+        "the ELR study's numbers claim by claim from its sweeps (explosion, trajectories, critical LR, regimes)",
+    ),
+    "critical-lr": (
+        "normjax.studies.critical_lr",
+        "critical_lr_main",
+        "the critical LR measured on a real network (post-step spread against LR) vs 1/sqrt(a_max a_min)",
+    ),
 }
 
 
@@ -148,11 +207,13 @@ def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in STUDY_COMMANDS:
         import importlib
+
         module, fn, _ = STUDY_COMMANDS[argv[0]]
         return getattr(importlib.import_module(module), fn)(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "prepare":  # before the training imports: needs neither jax nor a config
         from normjax.data.prepare import prepare
+
         print(prepare(args.name, source_dir=args.source_dir, data_dir=args.data_dir).message)
         return 0
     from normjax.config import load_config
@@ -174,20 +235,29 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sweep":
         from normjax.sweep.runner import parse_shard, run_sweep
+
         if args.group_size < 0:
             raise UserError(f"--group-size {args.group_size} must be >= 0 (0 = automatic)")
         shard = parse_shard(args.shard)
         maybe_initialize_distributed(args.distributed)
-        results = run_sweep(args.spec, size=args.size, workdir=args.workdir, shard=shard,
-                            overrides=args.overrides, group_size=args.group_size)
+        results = run_sweep(
+            args.spec,
+            size=args.size,
+            workdir=args.workdir,
+            shard=shard,
+            overrides=args.overrides,
+            group_size=args.group_size,
+        )
         counts = {s: sum(r["status"] == s for r in results.values()) for s in ("done", "diverged", "failed")}
         print(f"sweep finished: {counts['done']} done, {counts['diverged']} diverged, {counts['failed']} failed")
         return 1 if counts["failed"] else 0
     if args.command == "results":
         from normjax.sweep.results import report
+
         print(report(args.sweepdir, over=args.over))
         return 0
     from normjax.sweep.plot import plot_sweep
+
     for path in plot_sweep(args.sweepdir, x=args.x, y=args.y, hue=args.hue, log_x=args.log_x, panel=args.panel):
         print(path)
     return 0

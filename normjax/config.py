@@ -33,100 +33,100 @@ PIPELINES = ("auto", "memory", "stream")
 
 DEFAULTS: dict[str, Any] = {
     "model": {
-        "name": "resnet",        # mlp | plain_cnn | resnet
-        "depth": 20,             # resnet: 6n+2 (basic blocks) | 50, 101, 152 (bottleneck); plain_cnn: conv layers;
-                                 # mlp: hidden layers
-        "block": "basic",        # resnet only: basic (CIFAR ResNet, 3 stages) | bottleneck (ImageNet ResNet v1.5,
-                                 # 4 stages of conv1x1-conv3x3-conv1x1; normjax.models.resnet.BottleneckResNet)
-        "stem": "auto",          # resnet only: cifar (conv3x3) | imagenet (conv7x7 stride 2 + 3x3 stride-2 max-pool;
-                                 # bottleneck only) | auto (basic: cifar, bottleneck: imagenet)
-        "width": 16,             # resnet/plain_cnn: base width (bottleneck: stage 1's inner width, 64 in ResNet-50);
-                                 # mlp: hidden width
-        "width_mult": 1.0,       # widened baselines
-        "shortcut": "auto",      # auto | true | false: auto is true for resnet (False gives the plain net of the ELR
-                                 # study), false for mlp (true groups the hidden layers after the first in residual
-                                 # blocks dense-BN-act-dense-BN, + identity, act; depth odd); plain_cnn ignores it
-        "activation": "relu",    # relu | prelu (channel-wise slopes)
-        "prelu_init": 0.0,       # initial slope: 0 = ReLU at init, 1 = linear
-        "bn_momentum": 0.9,      # BN running statistics: stat = m * stat + (1 - m) * batch statistic
-        "bn_eps": 1e-5,          # added to the variance before the square root
+        "name": "resnet",  # mlp | plain_cnn | resnet
+        "depth": 20,  # resnet: 6n+2 (basic blocks) | 50, 101, 152 (bottleneck); plain_cnn: conv layers;
+        # mlp: hidden layers
+        "block": "basic",  # resnet only: basic (CIFAR ResNet, 3 stages) | bottleneck (ImageNet ResNet v1.5,
+        # 4 stages of conv1x1-conv3x3-conv1x1; normjax.models.resnet.BottleneckResNet)
+        "stem": "auto",  # resnet only: cifar (conv3x3) | imagenet (conv7x7 stride 2 + 3x3 stride-2 max-pool;
+        # bottleneck only) | auto (basic: cifar, bottleneck: imagenet)
+        "width": 16,  # resnet/plain_cnn: base width (bottleneck: stage 1's inner width, 64 in ResNet-50);
+        # mlp: hidden width
+        "width_mult": 1.0,  # widened baselines
+        "shortcut": "auto",  # auto | true | false: auto is true for resnet (False gives the plain net of the ELR
+        # study), false for mlp (true groups the hidden layers after the first in residual
+        # blocks dense-BN-act-dense-BN, + identity, act; depth odd); plain_cnn ignores it
+        "activation": "relu",  # relu | prelu (channel-wise slopes)
+        "prelu_init": 0.0,  # initial slope: 0 = ReLU at init, 1 = linear
+        "bn_momentum": 0.9,  # BN running statistics: stat = m * stat + (1 - m) * batch statistic
+        "bn_eps": 1e-5,  # added to the variance before the square root
         "per_device_bn": False,  # True: BN statistics per device instead of over the global batch
     },
     "data": {
-        "name": "digits",        # digits | synthetic (built in) | any prepared TFDS image dataset: cifar10, mnist,
-                                 # svhn_cropped, emnist/balanced, stl10, imagenette, imagenet2012, ...
-        "data_dir": "",          # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-        "pipeline": "auto",      # memory (uint8 arrays on device) | stream (grain reads, decodes and augments on host
-                                 # workers) | auto (memory when it fits in memory_limit_mb at the native size, else stream)
-        "input_size": 0,         # side of the square input the model sees; 0 = the dataset's own size (stream: needs
-                                 # fixed-size images); stream: random-resized crop (train), centre crop (eval)
-        "eval_crop": 0.875,      # stream eval: centre crop's side over the shorter side (256 -> 224); 1.0 keeps all
+        "name": "digits",  # digits | synthetic (built in) | any prepared TFDS image dataset: cifar10, mnist,
+        # svhn_cropped, emnist/balanced, stl10, imagenette, imagenet2012, ...
+        "data_dir": "",  # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+        "pipeline": "auto",  # memory (uint8 arrays on device) | stream (grain reads, decodes and augments on host
+        # workers) | auto (memory when it fits in memory_limit_mb at the native size, else stream)
+        "input_size": 0,  # side of the square input the model sees; 0 = the dataset's own size (stream: needs
+        # fixed-size images); stream: random-resized crop (train), centre crop (eval)
+        "eval_crop": 0.875,  # stream eval: centre crop's side over the shorter side (256 -> 224); 1.0 keeps all
         "crop_scale_min": 0.08,  # stream train: smallest area fraction of the random-resized crop (1.0: whole image)
         "memory_limit_mb": 4096,  # auto: the largest uint8 train + eval arrays held in memory
-        "workers": -1,           # stream: grain worker processes; -1 = usable CPUs - 1, 0 = in this process
-        "worker_threads": 2,     # stream: reader threads per worker process
-        "prefetch": 2,           # stream: chunks of batches placed on device ahead of the step
-        "crop_padding": 0,       # in memory: random-crop padding (0 = off)
-        "flip": False,           # random horizontal flip (in memory: on device; stream: on host)
-        "synthetic": {           # data.name=synthetic (normjax.data.sources: smooth class prototypes plus distractors)
-            "num_train": 2048,   # training examples
-            "num_test": 512,     # test examples
+        "workers": -1,  # stream: grain worker processes; -1 = usable CPUs - 1, 0 = in this process
+        "worker_threads": 2,  # stream: reader threads per worker process
+        "prefetch": 2,  # stream: chunks of batches placed on device ahead of the step
+        "crop_padding": 0,  # in memory: random-crop padding (0 = off)
+        "flip": False,  # random horizontal flip (in memory: on device; stream: on host)
+        "synthetic": {  # data.name=synthetic (normjax.data.sources: smooth class prototypes plus distractors)
+            "num_train": 2048,  # training examples
+            "num_test": 512,  # test examples
             "image_shape": [32, 32, 3],  # [H, W, C]: H, W >= 4, 1 <= C <= 4
-            "num_classes": 10,   # classes (>= 2), balanced
-            "difficulty": 0.5,   # 0: classes separable ... 1: labels carry no information
-            "seed": 0,           # the generator's seed (prototypes, train and test streams)
+            "num_classes": 10,  # classes (>= 2), balanced
+            "difficulty": 0.5,  # 0: classes separable ... 1: labels carry no information
+            "seed": 0,  # the generator's seed (prototypes, train and test streams)
             "task": "prototypes",  # prototypes: the class is a prototype | parity: the class is the sum mod num_classes
-                                 # of two prototype features (2 classes: their XOR); equal class means: linear
-                                 # classifiers fitted by least squares or cross-entropy stay at chance
+            # of two prototype features (2 classes: their XOR); equal class means: linear
+            # classifiers fitted by least squares or cross-entropy stay at chance
         },
     },
     "optim": {
-        "name": "sgd",           # sgd | sgd_uniform_elr | sgd_critical_warmup | sgd_prelu_l1 | sgd_prelu_target
-                                 # (normjax.training.optim)
-        "lr": 0.1,               # peak learning rate (traced: a sweep over it compiles once)
-        "momentum": 0.9,         # traced: momentum coefficient (optax.trace decay; 0 = plain SGD)
-        "weight_decay": 5e-4,    # traced: L2 coefficient on the leaves weight_decay_on names
-        "nesterov": False,       # Nesterov momentum
-        "decoupled_wd": False,   # False: g += wd*w before momentum (PyTorch SGD); True: w -= lr_t*wd*w
+        "name": "sgd",  # sgd | sgd_uniform_elr | sgd_critical_warmup | sgd_prelu_l1 | sgd_prelu_target
+        # (normjax.training.optim)
+        "lr": 0.1,  # peak learning rate (traced: a sweep over it compiles once)
+        "momentum": 0.9,  # traced: momentum coefficient (optax.trace decay; 0 = plain SGD)
+        "weight_decay": 5e-4,  # traced: L2 coefficient on the leaves weight_decay_on names
+        "nesterov": False,  # Nesterov momentum
+        "decoupled_wd": False,  # False: g += wd*w before momentum (PyTorch SGD); True: w -= lr_t*wd*w
         "weight_decay_on": "all_but_prelu",  # kernels (conv/dense) | all_but_prelu | all: the leaves that decay;
-                                 # decay pulls PReLU slopes toward 0 (ReLU), against the sparsity study
-        "schedule": "cosine",    # constant | step | cosine
-        "warmup_steps": 0,       # linear warm-up from 0 to the schedule, in steps
+        # decay pulls PReLU slopes toward 0 (ReLU), against the sparsity study
+        "schedule": "cosine",  # constant | step | cosine
+        "warmup_steps": 0,  # linear warm-up from 0 to the schedule, in steps
         "milestones": [0.5, 0.75],  # step schedule: fractions of training where lr *= step_factor
-        "step_factor": 0.1,      # step schedule: the LR factor at each milestone
+        "step_factor": 0.1,  # step schedule: the LR factor at each milestone
         # sgd_uniform_elr (normjax.transforms.scale_by_uniform_elr)
         "elr_definition": "relative",  # relative: lr*||g||/||w|| | classic: lr/||w||^2
-        "elr_reference": "lr",   # lr: the LR is the common ELR | geometric_mean: the layers' mean ELR
+        "elr_reference": "lr",  # lr: the LR is the common ELR | geometric_mean: the layers' mean ELR
         "elr_position": "after_momentum",  # before_momentum | after_momentum
         # sgd_prelu_l1 (normjax.transforms.prelu_sparsity_prior)
-        "prelu_l1": 0.0,         # traced: strength of the prior on |1 - slope|^p
+        "prelu_l1": 0.0,  # traced: strength of the prior on |1 - slope|^p
         "prelu_tolerance": 0.01,  # traced: slopes this close to 1 are set to 1 and frozen
         "prelu_mode": "proximal",  # proximal | subgradient
-        "prelu_power": 1.0,      # p: 1.0 (L1) | 0.5
-        "prelu_start": 0.0,      # traced: the prior starts after this fraction of the run's steps (from epoch k)
+        "prelu_power": 1.0,  # p: 1.0 (L1) | 0.5
+        "prelu_start": 0.0,  # traced: the prior starts after this fraction of the run's steps (from epoch k)
         # sgd_prelu_target (normjax.transforms.prelu_sparsity_controller): prelu_l1 > 0 is the initial strength
-        "prelu_target": 1.0,     # traced: fraction of PReLU units to keep nonlinear (1.0 = all: the prior stays off)
-        "prelu_gain": 0.01,      # traced: the strength grows by up to e^gain per step until the target is met
+        "prelu_target": 1.0,  # traced: fraction of PReLU units to keep nonlinear (1.0 = all: the prior stays off)
+        "prelu_gain": 0.01,  # traced: the strength grows by up to e^gain per step until the target is met
     },
     "train": {
-        "seed": 0,               # traced: parameter init, data order and augmentation
-        "batch_size": 128,       # global batch (over all devices; divisible by the device count)
-        "epochs": 1.0,           # used when steps == 0
-        "steps": 0,              # training steps; 0 = from epochs
+        "seed": 0,  # traced: parameter init, data order and augmentation
+        "batch_size": 128,  # global batch (over all devices; divisible by the device count)
+        "epochs": 1.0,  # used when steps == 0
+        "steps": 0,  # training steps; 0 = from epochs
         "steps_per_dispatch": 20,  # steps fused into one compiled call (lax.scan)
-        "dtype": "float32",      # float32 | bfloat16 (activations; parameters stay float32)
+        "dtype": "float32",  # float32 | bfloat16 (activations; parameters stay float32)
         "eval_batch_size": 500,  # batch of the final evaluation (BN in inference mode: memory, not results)
         "eval_train_examples": 10000,  # train-set examples evaluated at the end (0 = all)
-        "init_from": "",         # warm start: run dir whose params and BN statistics to start from
+        "init_from": "",  # warm start: run dir whose params and BN statistics to start from
     },
     "log": {
-        "dense_steps": 100,      # log every step for the first dense_steps steps ...
-        "every": 20,             # ... then every `every` steps
+        "dense_steps": 100,  # log every step for the first dense_steps steps ...
+        "every": 20,  # ... then every `every` steps
         "metrics": ["layer_norms"],  # in-step metric hooks, see normjax.metrics.METRICS
     },
     "checkpoint": {
-        "every": 500,            # save an Orbax checkpoint every this many steps (and at the end)
-        "keep": 3,               # the newest checkpoints kept
+        "every": 500,  # save an Orbax checkpoint every this many steps (and at the end)
+        "keep": 3,  # the newest checkpoints kept
     },
 }
 
@@ -140,7 +140,9 @@ def merge(base: dict, update: dict, prefix: str = "") -> dict:
             raise UserError(f"config key {name!r} is unknown; allowed here: {', '.join(sorted(out))}")
         if isinstance(out[key], dict):
             if not isinstance(value, dict):
-                raise UserError(f"config key {name!r} is a section; give one of its keys ({', '.join(sorted(out[key]))})")
+                raise UserError(
+                    f"config key {name!r} is a section; give one of its keys ({', '.join(sorted(out[key]))})"
+                )
             out[key] = merge(out[key], value, name + ".")
         else:
             out[key] = _coerce(name, value, out[key])
@@ -251,8 +253,9 @@ def read_experiment(path: str | os.PathLike, size: str) -> dict:
     return call_file(path, "get_config", size, "config", "experiments/resnet_digits.py")
 
 
-def load_config(path: str | os.PathLike | None = None, *, size: str = "smoke",
-                overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def load_config(
+    path: str | os.PathLike | None = None, *, size: str = "smoke", overrides: list[str] | tuple[str, ...] = ()
+) -> dict:
     """Defaults ← experiment file (if any) ← `key=value` overrides, validated."""
     cfg = merge(DEFAULTS, read_experiment(path, size)) if path else copy.deepcopy(DEFAULTS)
     for text in overrides:
@@ -302,20 +305,29 @@ def validate(cfg: dict) -> None:
     if o["schedule"] not in ("constant", "step", "cosine"):
         raise UserError(f"optim.schedule={o['schedule']!r} is unknown; allowed: constant, step, cosine")
     if o["lr"] < 0 or o["weight_decay"] < 0 or not 0 <= o["momentum"] < 1:
-        raise UserError(f"optim.lr={o['lr']}, optim.momentum={o['momentum']}, optim.weight_decay={o['weight_decay']}: "
-                        "need lr >= 0, 0 <= momentum < 1, weight_decay >= 0")
+        raise UserError(
+            f"optim.lr={o['lr']}, optim.momentum={o['momentum']}, optim.weight_decay={o['weight_decay']}: "
+            "need lr >= 0, 0 <= momentum < 1, weight_decay >= 0"
+        )
     d = cfg["data"]
     if d["pipeline"] not in PIPELINES:
         raise UserError(f"data.pipeline={d['pipeline']!r} is unknown; allowed: {', '.join(PIPELINES)}")
-    for key, low in (("input_size", 0), ("memory_limit_mb", 0), ("workers", -1), ("worker_threads", 0),
-                     ("prefetch", 1)):
+    for key, low in (
+        ("input_size", 0),
+        ("memory_limit_mb", 0),
+        ("workers", -1),
+        ("worker_threads", 0),
+        ("prefetch", 1),
+    ):
         if d[key] < low:
             raise UserError(f"data.{key}={d[key]} is invalid; allowed: an integer >= {low}")
     for key in ("eval_crop", "crop_scale_min"):
         if not 0 < d[key] <= 1:
             raise UserError(f"data.{key}={d[key]} is invalid; allowed: a number in (0, 1]")
     if d["pipeline"] == "stream" and d["crop_padding"]:
-        raise UserError(f"data.crop_padding={d['crop_padding']} is the in-memory augmentation; streamed data is "
-                        "augmented with random-resized crops: set data.crop_padding=0")
+        raise UserError(
+            f"data.crop_padding={d['crop_padding']} is the in-memory augmentation; streamed data is "
+            "augmented with random-resized crops: set data.crop_padding=0"
+        )
     if cfg["log"]["every"] < 1 or cfg["checkpoint"]["every"] < 1 or cfg["checkpoint"]["keep"] < 1:
         raise UserError("log.every, checkpoint.every and checkpoint.keep must be >= 1")

@@ -36,8 +36,9 @@ class MissingExtraError(UserError, ImportError):
     """
 
     def __init__(self, module: str, needed_by: str):
-        super().__init__(f"{needed_by} needs the training stack ({module} is not installed): {TRAIN_INSTALL}",
-                         name=module)
+        super().__init__(
+            f"{needed_by} needs the training stack ({module} is not installed): {TRAIN_INSTALL}", name=module
+        )
 
 
 def missing_extra(error: ImportError, needed_by: str) -> ImportError:

@@ -20,7 +20,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,28 +71,39 @@ def register_metric(name: str, summary: Summary | None = None):
       summary: optional `fn(rows, cfg) -> dict` over the run's logged rows (dicts as in
         `metrics.jsonl`), whose values are added to `summary.json` when the run ends.
     """
+
     def wrap(fn: Hook) -> Hook:
         METRICS[name] = fn
         if summary is not None:
             SUMMARIES[name] = summary
         return fn
+
     return wrap
 
 
 @register_metric("layer_norms")
 def layer_norms(info: StepInfo) -> dict[str, jax.Array]:
     """Per-layer ||w_l|| and ||g_l|| (kernels), and the global norms big_vision logs."""
-    w2, g2, u2 = per_layer_sums((info.params, info.grads, info.updates), info.layers,
-                                lambda w, g, u: (w * w, g * g, u * u))
+    w2, g2, u2 = per_layer_sums(
+        (info.params, info.grads, info.updates), info.layers, lambda w, g, u: (w * w, g * g, u * u)
+    )
     kernels = {l.path for l in info.layers}  # the global norms add the small non-kernel leaves
 
     def total(layer_sq: jax.Array, tree: Any) -> jax.Array:
-        rest = [x for p, x in jax.tree_util.tree_leaves_with_path(tree)
-                if tuple(str(getattr(k, "key", k)) for k in p) not in kernels]
+        rest = [
+            x
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)
+            if tuple(str(getattr(k, "key", k)) for k in p) not in kernels
+        ]
         return jnp.sqrt(jnp.sum(layer_sq) + sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in rest))
 
-    return {"w_norm": jnp.sqrt(w2), "g_norm": jnp.sqrt(g2), "l2_params": total(w2, info.params),
-            "l2_grads": total(g2, info.grads), "l2_updates": total(u2, info.updates)}
+    return {
+        "w_norm": jnp.sqrt(w2),
+        "g_norm": jnp.sqrt(g2),
+        "l2_params": total(w2, info.params),
+        "l2_grads": total(g2, info.grads),
+        "l2_updates": total(u2, info.updates),
+    }
 
 
 def layer_lr(info: StepInfo) -> jax.Array:
@@ -120,8 +132,10 @@ def _elr_summary(rows: list[dict], cfg: dict) -> dict[str, float]:
     out = {}
     for layers in SPREAD_LAYERS:
         key, suffix = spread_key(layers), "" if layers == "all" else f"_{layers}"
-        out |= {f"elr_log_spread{suffix}_early": mean_log_spread(rows, early, key),
-                f"elr_log_spread{suffix}": mean_log_spread(rows, key=key)}
+        out |= {
+            f"elr_log_spread{suffix}_early": mean_log_spread(rows, early, key),
+            f"elr_log_spread{suffix}": mean_log_spread(rows, key=key),
+        }
     return out
 
 
@@ -187,13 +201,22 @@ def elr(info: StepInfo) -> dict[str, jax.Array]:
       (arXiv:1706.05350).
     """
     layers = info.layers
-    w2, g2, gw, d2 = per_layer_sums((info.params, info.grads, info.updates), layers,
-                                    lambda w, g, d: (w * w, g * g, g * w, d * d))
+    w2, g2, gw, d2 = per_layer_sums(
+        (info.params, info.grads, info.updates), layers, lambda w, g, d: (w * w, g * g, g * w, d * d)
+    )
     w, g, lr = jnp.sqrt(w2), jnp.sqrt(g2), layer_lr(info)
     e = lr * g / w
     si = np.array([l.scale_invariant for l in layers])
-    out = {"w_norm": w, "g_norm": g, "base_grad": g * w, "layer_lr": lr, "elr": e, "elr_classic": lr / w2,
-           "rel_step": jnp.sqrt(d2) / w, "cos_gw": gw / (g * w)}
+    out = {
+        "w_norm": w,
+        "g_norm": g,
+        "base_grad": g * w,
+        "layer_lr": lr,
+        "elr": e,
+        "elr_classic": lr / w2,
+        "rel_step": jnp.sqrt(d2) / w,
+        "cos_gw": gw / (g * w),
+    }
     for suffix, mask in (("", si), ("_main", main_path(layers))):
         if mask.any():
             e_m = e[np.nonzero(mask)[0]]
@@ -228,14 +251,22 @@ def apl(info: StepInfo) -> dict[str, jax.Array]:
     g = info.graph
     tol = optax.tree_utils.tree_get(info.opt_state, "prelu_tolerance", APL_TOLERANCE)
     # Only the slopes of w_{t+1} are formed (a few vectors), not the whole parameter tree.
-    new = [None if a is None else a + u for a, u in zip(graph_lib.slopes(g, info.params),
-                                                          graph_lib.slopes(g, info.updates), strict=True)]
+    new = [
+        None if a is None else a + u
+        for a, u in zip(graph_lib.slopes(g, info.params), graph_lib.slopes(g, info.updates), strict=True)
+    ]
     nl = graph_lib.nonlinear_from_slopes(g, new, tol)
     counts = apl_lib.layer_counts(g, nl)
     sizes = jnp.array([g.nodes[i].channels for i in g.hidden()], jnp.float32)
-    return {"nl_count": counts, "nl_fraction": counts / sizes, "nonlinear_units": jnp.sum(counts),
-            "nonlinear_fraction": jnp.sum(counts) / jnp.sum(sizes), "apl": apl_lib.normalized_apl(g, nl),
-            "apl_unnormalized": apl_lib.unnormalized_apl(g, nl), "effective_width": apl_lib.effective_width(g, nl)}
+    return {
+        "nl_count": counts,
+        "nl_fraction": counts / sizes,
+        "nonlinear_units": jnp.sum(counts),
+        "nonlinear_fraction": jnp.sum(counts) / jnp.sum(sizes),
+        "apl": apl_lib.normalized_apl(g, nl),
+        "apl_unnormalized": apl_lib.unnormalized_apl(g, nl),
+        "effective_width": apl_lib.effective_width(g, nl),
+    }
 
 
 def check_metrics(names: list[str]) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from normjax.errors import UserError
 
@@ -34,12 +36,16 @@ def maybe_initialize_distributed(flag: bool = False) -> None:
         kwargs = {}
         if "NORMJAX_NUM_PROCESSES" in os.environ:
             try:
-                kwargs = {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
-                          "num_processes": int(os.environ["NORMJAX_NUM_PROCESSES"]),
-                          "process_id": int(os.environ["NORMJAX_PROCESS_ID"])}
+                kwargs = {
+                    "coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
+                    "num_processes": int(os.environ["NORMJAX_NUM_PROCESSES"]),
+                    "process_id": int(os.environ["NORMJAX_PROCESS_ID"]),
+                }
             except (KeyError, ValueError) as e:
-                raise UserError("NORMJAX_NUM_PROCESSES needs JAX_COORDINATOR_ADDRESS=host:port and an integer "
-                                f"NORMJAX_PROCESS_ID ({type(e).__name__}: {e})") from None
+                raise UserError(
+                    "NORMJAX_NUM_PROCESSES needs JAX_COORDINATOR_ADDRESS=host:port and an integer "
+                    f"NORMJAX_PROCESS_ID ({type(e).__name__}: {e})"
+                ) from None
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(**kwargs)
 
@@ -67,7 +73,7 @@ def broadcast_json(obj: Any) -> Any:
     data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if is_writer() else np.zeros(0, np.uint8)
     n = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
     buf = np.zeros(n, np.uint8)
-    buf[:data.size] = data
+    buf[: data.size] = data
     return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
 
 

@@ -18,8 +18,8 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
     raise missing_extra(e, __name__) from None
 
 # The URL schemes epath can open; any other `scheme://` would silently become a local path.
-REMOTE_SCHEMES = ('gs', 's3', 'az', 'hf')
-_URL = re.compile(r'([A-Za-z][A-Za-z0-9+.-]*)://')
+REMOTE_SCHEMES = ("gs", "s3", "az", "hf")
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def is_remote(p: str | os.PathLike) -> bool:
@@ -61,6 +61,8 @@ def as_path(p: str | os.PathLike) -> epath.Path:
     if m is None:
         return epath.Path(os.path.abspath(os.path.expanduser(s)))
     if m.group(1) not in REMOTE_SCHEMES:
-        raise UserError(f'path {s!r}: URL scheme {m.group(1)!r} is not supported; '
-                        f'use a local path or one of {", ".join(f"{x}://" for x in REMOTE_SCHEMES)}')
+        raise UserError(
+            f"path {s!r}: URL scheme {m.group(1)!r} is not supported; "
+            f"use a local path or one of {', '.join(f'{x}://' for x in REMOTE_SCHEMES)}"
+        )
     return epath.Path(s)

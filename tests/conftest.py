@@ -9,4 +9,5 @@ from normjax.config import DEFAULTS, merge
 def model_cfg():
     def make(**kw):
         return merge(DEFAULTS["model"], kw)
+
     return make

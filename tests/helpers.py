@@ -36,7 +36,7 @@ EPS32 = float(np.finfo(np.float32).eps)
 def _leaves(a: Any, b: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
     pa, ta = jax.tree_util.tree_flatten_with_path(a)
     pb, tb = jax.tree_util.tree_flatten_with_path(b)
-    assert ta == tb, f'tree structures differ: {ta} != {tb}'
+    assert ta == tb, f"tree structures differ: {ta} != {tb}"
     return [(jax.tree_util.keystr(k), np.asarray(x), np.asarray(y)) for (k, x), (_, y) in zip(pa, pb)]
 
 
@@ -48,14 +48,14 @@ def ulps_apart(a: Any, b: Any) -> float:
     worst = 0.0
     for _, x, y in _leaves(a, b):
         if x.shape != y.shape:
-            return float('inf')
+            return float("inf")
         if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(y.dtype, np.floating):
             if not np.array_equal(x, y):
-                return float('inf')
+                return float("inf")
             continue
         x, y = x.astype(np.float64), y.astype(np.float64)
         if not np.array_equal(np.isnan(x), np.isnan(y)) or not np.array_equal(x[np.isinf(x)], y[np.isinf(x)]):
-            return float('inf')
+            return float("inf")
         finite = np.isfinite(x) & np.isfinite(y)
         x, y = x[finite], y[finite]
         if x.size == 0:
@@ -68,7 +68,7 @@ def ulps_apart(a: Any, b: Any) -> float:
     return worst
 
 
-def assert_close(a: Any, b: Any, ulps: float, what: str = '') -> None:
+def assert_close(a: Any, b: Any, ulps: float, what: str = "") -> None:
     """Asserts two trees (arrays, dicts of metrics, summaries) agree within `ulps` float32 ulps.
 
     For two different programs computing the same math; the caller says why `ulps` suffices.
@@ -76,27 +76,27 @@ def assert_close(a: Any, b: Any, ulps: float, what: str = '') -> None:
     """
     for path, x, y in _leaves(a, b):
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(y.dtype, np.floating)):
-            np.testing.assert_array_equal(x, y, err_msg=f'{what}{path}')
+            np.testing.assert_array_equal(x, y, err_msg=f"{what}{path}")
     got = ulps_apart(a, b)
-    if log := os.environ.get('NORMJAX_ULPS_LOG'):  # evidence: what each comparison measured, on this CPU
-        with open(log, 'a') as f:
+    if log := os.environ.get("NORMJAX_ULPS_LOG"):  # evidence: what each comparison measured, on this CPU
+        with open(log, "a") as f:
             f.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\t{what}\t{got:.3f}\t{ulps}\n")
-    assert got <= ulps, f'{what}: {got:.1f} float32 ulps apart, allowed {ulps}'
+    assert got <= ulps, f"{what}: {got:.1f} float32 ulps apart, allowed {ulps}"
 
 
-def assert_bitwise(a: Any, b: Any, what: str = '') -> None:
+def assert_bitwise(a: Any, b: Any, what: str = "") -> None:
     """Asserts two trees are equal bit for bit (NaNs in the same places): the same program on the
     same inputs, or float32-exact arithmetic."""
     for path, x, y in _leaves(a, b):
-        assert x.dtype == y.dtype, f'{what}{path}: dtype {x.dtype} != {y.dtype}'
-        np.testing.assert_array_equal(x, y, err_msg=f'{what}{path}')
+        assert x.dtype == y.dtype, f"{what}{path}: dtype {x.dtype} != {y.dtype}"
+        np.testing.assert_array_equal(x, y, err_msg=f"{what}{path}")
 
 
-def close_rows(a: list[dict], b: list[dict], ulps: float, skip: tuple[str, ...] = ('wall_time',)) -> None:
+def close_rows(a: list[dict], b: list[dict], ulps: float, skip: tuple[str, ...] = ("wall_time",)) -> None:
     """Metric rows of two runs: the same keys, equal steps, floats within `ulps`."""
-    assert len(a) == len(b), f'{len(a)} rows != {len(b)} rows'
+    assert len(a) == len(b), f"{len(a)} rows != {len(b)} rows"
     for x, y in zip(a, b):
-        assert x.keys() == y.keys(), f'keys differ: {sorted(x)} != {sorted(y)}'
+        assert x.keys() == y.keys(), f"keys differ: {sorted(x)} != {sorted(y)}"
         keep = [k for k in x if k not in skip]
         assert_close({k: x[k] for k in keep}, {k: y[k] for k in keep}, ulps, what=f"rows, step {x.get('step')}")
 

@@ -33,7 +33,9 @@ def test_resnet20_apl_nothing_linearized(shortcut, expected):
     assert s["nonlinear_layers"] == 19 and s["effective_width"] == pytest.approx(s["units"] / 19)
     # Unnormalized: a plain net's every path meets one unit per layer; with shortcuts, more paths
     # skip blocks than go through them, but the wide ones dominate the count.
-    assert s["apl_unnormalized"] == pytest.approx(19.0, rel=1e-12) if not shortcut else 14.5 < s["apl_unnormalized"] < 19
+    assert (
+        s["apl_unnormalized"] == pytest.approx(19.0, rel=1e-12) if not shortcut else 14.5 < s["apl_unnormalized"] < 19
+    )
 
 
 def test_all_linear_is_zero_and_relu_ignores_slopes():
@@ -58,6 +60,7 @@ def test_resnet110_is_fast_and_matches_the_recursion():
 
 
 # ---- brute force: enumerate every channel path of small graphs -----------------------------------
+
 
 def enumerate_paths(g: Graph, nl: list[np.ndarray]):
     """(probability under the backward random walk, nonlinear count) of every input→logit path."""
@@ -121,17 +124,22 @@ def test_both_apls_equal_brute_force_enumeration(kind):
         assert np.exp(logn[-1]) == pytest.approx(np.full(g.nodes[-1].channels, len(paths) / g.nodes[-1].channels))
         # Traced (the hook's path) equals the host computation.
         traced = jax.jit(lambda p: (apl.normalized_apl(g, nonlinear(g, p)), apl.unnormalized_apl(g, nonlinear(g, p))))(
-            jax.tree.map(jnp.asarray, params))
+            jax.tree.map(jnp.asarray, params)
+        )
         assert float(traced[0]) == pytest.approx(normalized, rel=1e-5)
         assert float(traced[1]) == pytest.approx(unnormalized, rel=1e-5)
 
 
 def test_identity_shortcut_keeps_channels_apart():
     """An identity edge links channel c to c only: a channel whose own chain is linear is shallower."""
-    g = Graph((Node("in", 2, "input", ()),
-               Node("a", 2, "prelu", (Edge(0, DENSE),), ("a",)),
-               Node("b", 2, "prelu", (Edge(1, ()),), ("b",)),
-               Node("out", 1, "output", (Edge(2, DENSE),))))
+    g = Graph(
+        (
+            Node("in", 2, "input", ()),
+            Node("a", 2, "prelu", (Edge(0, DENSE),), ("a",)),
+            Node("b", 2, "prelu", (Edge(1, ()),), ("b",)),
+            Node("out", 1, "output", (Edge(2, DENSE),)),
+        )
+    )
     nl = nonlinear(g, {"a": {"slope": np.array([0.0, 1.0])}, "b": {"slope": np.array([0.0, 1.0])}})
     assert float(apl.normalized_apl(g, nl)) == 1.0  # channel 0: 2 units, channel 1: 0; mean 1
     assert [int(x) for x in apl.layer_counts(g, nl)] == [1, 1]
@@ -139,11 +147,16 @@ def test_identity_shortcut_keeps_channels_apart():
 
 
 def test_effective_width_skips_layers_without_nonlinear_units():
-    g = Graph((Node("in", 1, "input", ()),) + tuple(
-        Node(f"h{i}", 4, "prelu", (Edge(i, DENSE),), (f"h{i}",)) for i in range(3)) +
-        (Node("out", 1, "output", (Edge(3, DENSE),)),))
-    params = {"h0": {"slope": np.array([0, 0, 1, 1.0])}, "h1": {"slope": np.ones(4)},
-              "h2": {"slope": np.array([0, 1, 1, 1.0])}}
+    g = Graph(
+        (Node("in", 1, "input", ()),)
+        + tuple(Node(f"h{i}", 4, "prelu", (Edge(i, DENSE),), (f"h{i}",)) for i in range(3))
+        + (Node("out", 1, "output", (Edge(3, DENSE),)),)
+    )
+    params = {
+        "h0": {"slope": np.array([0, 0, 1, 1.0])},
+        "h1": {"slope": np.ones(4)},
+        "h2": {"slope": np.array([0, 1, 1, 1.0])},
+    }
     nl = nonlinear(g, params)
     assert float(apl.effective_width(g, nl)) == 1.5
     assert [float(x) for x in apl.core_profile(g, nl)] == [0.5, 0.0, 0.25]
@@ -153,7 +166,9 @@ def test_effective_width_skips_layers_without_nonlinear_units():
 def test_graph_json_round_trip_and_check_rejects_bad_graphs():
     g, _ = model_graph("resnet", 8)
     assert Graph.from_json(g.to_json()) == g
-    bad = Graph((Node("in", 2, "input", ()), Node("a", 3, "relu", (Edge(0, ()),)), Node("out", 1, "output", (Edge(1, DENSE),))))
+    bad = Graph(
+        (Node("in", 2, "input", ()), Node("a", 3, "relu", (Edge(0, ()),)), Node("out", 1, "output", (Edge(1, DENSE),)))
+    )
     with pytest.raises(ValueError, match="identity operand"):
         check(bad)
 
@@ -161,8 +176,11 @@ def test_graph_json_round_trip_and_check_rejects_bad_graphs():
 def test_import_analysis_loads_no_training_stack():
     import subprocess
     import sys
-    code = ("import sys, normjax.analysis; print(' '.join(m for m in ('flax', 'optax', 'orbax', 'tensorflow_datasets', "
-            "'matplotlib', 'normjax.training', 'normjax.models', 'normjax.metrics') if m in sys.modules))")
+
+    code = (
+        "import sys, normjax.analysis; print(' '.join(m for m in ('flax', 'optax', 'orbax', 'tensorflow_datasets', "
+        "'matplotlib', 'normjax.training', 'normjax.models', 'normjax.metrics') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""

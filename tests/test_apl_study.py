@@ -78,8 +78,9 @@ def test_regimes_order_the_sparsity(sweep):
     # After: every "after" run started from the one base run (trained once).
     bases = list((sweep_dir / "pretrain").iterdir())
     assert len(bases) == 1
-    assert {json.loads((p / "config.json").read_text())["train"]["init_from"] for p in _runs(sweep_dir, "after")} \
-        == {str(bases[0])}
+    assert {json.loads((p / "config.json").read_text())["train"]["init_from"] for p in _runs(sweep_dir, "after")} == {
+        str(bases[0])
+    }
 
 
 def test_eval_shows_hard_linearization_and_apl_command(sweep, capsys):
@@ -104,8 +105,10 @@ def test_figures_and_table(sweep, tmp_path):
     sweep_dir, results = sweep
     paths = apl_figures(sweep_dir, out=tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == sorted([f"{s}.{e}" for s in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap")
-                            for e in ("png", "pdf")] + ["apl_table.csv"])
+    assert names == sorted(
+        [f"{s}.{e}" for s in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap") for e in ("png", "pdf")]
+        + ["apl_table.csv"]
+    )
     table = (tmp_path / "apl_table.csv").read_text().strip().splitlines()
     assert len(table) == 1 + len(results)
     with pytest.raises(UserError, match="not a sweep"):

@@ -5,7 +5,6 @@ References are the plain ops: `lax.conv_general_dilated` and the batch-norm form
 `jnp.var`, differentiated by JAX itself. Inputs come from NumPy: no JAX compile per random shape.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +18,9 @@ from normjax.models.layers import conv, normalize, use_custom_conv
 
 def _ref_conv(x, w, stride):
     p = (w.shape[0] - 1) // 2
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), [(p, p)] * 2,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), [(p, p)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def _ref_normalize(x, axes, eps):
@@ -31,6 +31,7 @@ def _ref_normalize(x, axes, eps):
 # A jvp's primal (or a tangent of a linear map) against the plain forward pass: two programs that
 # differ only in fusion and reduction order (tests/helpers.py); a few ulps of the outputs' scale.
 ULPS_JVP = 4
+
 
 def _rand(seed, shape, scale=1.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
@@ -161,15 +162,24 @@ def test_jit_retraces_under_the_switch():
         jax.jvp(f, (x,), (x,))
 
 
-@pytest.mark.parametrize("name,depth", [("mlp", 2), pytest.param("resnet", 8, marks=pytest.mark.slow),
-                                        pytest.param("plain_cnn", 3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name,depth",
+    [
+        ("mlp", 2),
+        pytest.param("resnet", 8, marks=pytest.mark.slow),
+        pytest.param("plain_cnn", 3, marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.cross_program
 def test_model_forward_mode_and_hessian_vector_products(model_cfg, name, depth):
     """A whole model in train mode (BN over the batch, scanned layers): the jvp under
     `plain_autodiff` keeps the fast path's values and is the transpose of its gradient; the
     Hessian-vector product on the fast path (forward-over-reverse) equals the plain ops' one."""
-    model = nnx.eval_shape(lambda: build_model(model_cfg(name=name, depth=depth, width=4), num_classes=3,
-                                               image_shape=(6, 6, 2), rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: build_model(
+            model_cfg(name=name, depth=depth, width=4), num_classes=3, image_shape=(6, 6, 2), rngs=nnx.Rngs(0)
+        )
+    )
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     stats = jax.tree.map(lambda s: jnp.asarray(np.ones(s.shape, s.dtype)), stats)  # unused in train mode
     shapes, treedef = jax.tree.flatten(nnx.to_pure_dict(params))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import assert_close
 from normjax.analysis import apl
 from normjax.analysis.fold import apply_graph, stats
 from normjax.analysis.graph import Edge, Graph, Node, Op, check, nonlinear
@@ -23,8 +24,6 @@ from normjax.errors import UserError
 from normjax.models import BottleneckResNet, build_model, prelu_mask, scale_invariant_mask
 from normjax.models.resnet import BOTTLENECK_STAGES
 from normjax.models.structure import get_path
-
-from helpers import assert_close
 
 ROOT = Path(__file__).parents[1]
 # torchvision.models.resnet{50,101,152}(num_classes=1000): convs without bias, BN scale and bias, fc with bias.
@@ -131,13 +130,19 @@ def test_resnet50_shapes_at_224_without_computing():
     # The stem's pool, as torchvision's MaxPool2d(3, stride=2, padding=1): windows padded with -inf.
     x = np.random.default_rng(1).normal(size=(1, 5, 6, 2)).astype(np.float32)
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
-    want = np.stack([np.stack([padded[:, i:i + 3, j:j + 3].max(axis=(1, 2)) for j in range(0, 6, 2)], 1)
-                     for i in range(0, 5, 2)], 1)
+    want = np.stack(
+        [
+            np.stack([padded[:, i : i + 3, j : j + 3].max(axis=(1, 2)) for j in range(0, 6, 2)], 1)
+            for i in range(0, 5, 2)
+        ],
+        1,
+    )
     np.testing.assert_array_equal(model.pool(jnp.asarray(x)), want)
 
 
-@pytest.mark.parametrize("depth,shortcut,expected", [(50, True, 33.0), (50, False, 49.0), (101, True, 67.0),
-                                                     (152, True, 101.0)])
+@pytest.mark.parametrize(
+    "depth,shortcut,expected", [(50, True, 33.0), (50, False, 49.0), (101, True, 67.0), (152, True, 101.0)]
+)
 def test_apl_of_the_relu_graph(depth, shortcut, expected):
     """Normalized APL, nothing linearized: the stem 1, then per block act1 +1, act2 +1 and act3 +1
     over the mean of its operands: the residual branch (A_in + 2) and the shortcut (A_in), so a
@@ -180,8 +185,13 @@ def test_layers_masks_and_graph_agree(stem):
     # The graph: its weight ops are exactly the layers, its PReLU nodes exactly the slopes.
     g = model.graph()
     check(g)
-    ops = {(op.path + ("kernel",), op.index) for n in g.nodes for e in n.operands for op in e.ops
-           if op.kind in ("conv", "dense")}
+    ops = {
+        (op.path + ("kernel",), op.index)
+        for n in g.nodes
+        for e in n.operands
+        for op in e.ops
+        if op.kind in ("conv", "dense")
+    }
     assert ops == {(l.path, l.index) for l in layers}
     assert sum(g.nodes[i].channels for i in g.hidden()) == sum(np.asarray(s).size for s in slopes)
     assert all(g.nodes[i].act == "prelu" for i in g.hidden())
@@ -205,8 +215,11 @@ def test_graph_evaluates_to_the_model(stem, size):
     model = _small(activation="prelu", stem=stem)
     x = X if size == 16 else np.random.default_rng(3).normal(size=(4, size, size, 3)).astype(np.float32)
     params = jax.tree_util.tree_map_with_path(
-        lambda p, v: np.random.default_rng(len(v)).uniform(-0.5, 1.5, v.shape).astype(np.float32)
-        if p[-1].key == "slope" else v, _params(model))
+        lambda p, v: (
+            np.random.default_rng(len(v)).uniform(-0.5, 1.5, v.shape).astype(np.float32) if p[-1].key == "slope" else v
+        ),
+        _params(model),
+    )
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
@@ -222,21 +235,25 @@ def test_graph_json_round_trip_and_old_files():
     before `maxpool3` existed (its 2x2 `maxpool` ops, 5 fields per op) still loads, as 2x2 pools."""
     g = _small(stem="imagenet").graph()
     assert Graph.from_json(json.loads(json.dumps(g.to_json()))) == g
-    old = json.loads('''[{"name": "input", "channels": 3, "act": "input", "operands": [], "slope": null, "index": null},
+    old = json.loads("""[{"name": "input", "channels": 3, "act": "input", "operands": [], "slope": null, "index": null},
         {"name": "c0", "channels": 4, "act": "relu", "slope": null, "index": null,
          "operands": [{"src": 0, "ops": [["conv", ["c0"], null, 1, 0.0], ["bn", ["n0"], null, 1, 1e-05]]}]},
         {"name": "c1", "channels": 4, "act": "prelu", "slope": ["a1"], "index": 0,
          "operands": [{"src": 1, "ops": [["maxpool", [], null, 1, 0.0], ["conv", ["c1"], 0, 2, 0.0]]}]},
         {"name": "logits", "channels": 2, "act": "output", "slope": null, "index": null,
-         "operands": [{"src": 2, "ops": [["avgpool", [], null, 1, 0.0], ["dense", ["head"], null, 1, 0.0]]}]}]''')
+         "operands": [{"src": 2, "ops": [["avgpool", [], null, 1, 0.0], ["dense", ["head"], null, 1, 0.0]]}]}]""")
     g = Graph.from_json(old)
     check(g)
     assert g.nodes[2] == Node("c1", 4, "prelu", (Edge(1, (Op("maxpool"), Op("conv", ("c1",), 0, 2))),), ("a1",), 0)
     assert json.loads(json.dumps(g.to_json())) == old  # written back unchanged
     x = jnp.arange(2 * 5 * 5 * 4, dtype=jnp.float32).reshape(2, 5, 5, 4)
-    params = {"c0": {"kernel": np.eye(3, 4)[None, None]}, "n0": {"scale": np.ones(4), "bias": np.zeros(4)},
-              "c1": {"kernel": np.eye(4)[None, None, None]}, "a1": {"slope": np.ones((1, 4))},
-              "head": {"kernel": np.eye(4, 2), "bias": np.zeros(2)}}
+    params = {
+        "c0": {"kernel": np.eye(3, 4)[None, None]},
+        "n0": {"scale": np.ones(4), "bias": np.zeros(4)},
+        "c1": {"kernel": np.eye(4)[None, None, None]},
+        "a1": {"slope": np.ones((1, 4))},
+        "head": {"kernel": np.eye(4, 2), "bias": np.zeros(2)},
+    }
     values = apply_graph(g, params, {"n0": {"mean": np.zeros(4), "var": np.ones(4)}}, x[..., :3], all_nodes=True)
     assert values["c1"].shape == (2, 1, 1, 4)  # 5x5 → 2x2 max-pool → 2x2 → stride-2 1x1 conv → 1x1
     np.testing.assert_allclose(values["c1"][:, 0, 0], values["c0"][:, :2, :2].max(axis=(1, 2)), rtol=1e-6)
@@ -249,7 +266,9 @@ def test_scanned_blocks_equal_the_unrolled_network(train):
     compute, and in training updates the same BN statistics, both compiled: to a few ulps (two
     programs, whose reductions XLA may order differently on another CPU)."""
     model = _small()
-    h = jnp.asarray(np.random.default_rng(2).normal(size=(4, 16, 16, 8)), jnp.float32)  # stage 1's output: 4 x 2 channels
+    h = jnp.asarray(
+        np.random.default_rng(2).normal(size=(4, 16, 16, 8)), jnp.float32
+    )  # stage 1's output: 4 x 2 channels
     graphdef, state = nnx.split(model.stage2)
 
     def scanned(state, h):
@@ -264,8 +283,10 @@ def test_scanned_blocks_equal_the_unrolled_network(train):
             block = nnx.merge(rest_def, jax.tree.map(lambda v: v[i], rest))
             h = block(h, train)
             new.append(nnx.to_pure_dict(nnx.state(block, nnx.BatchStat)))
-        return h, {"first": nnx.to_pure_dict(nnx.state(stage.first, nnx.BatchStat)),
-                   "rest": jax.tree.map(lambda *v: jnp.stack(v), *new)}
+        return h, {
+            "first": nnx.to_pure_dict(nnx.state(stage.first, nnx.BatchStat)),
+            "rest": jax.tree.map(lambda *v: jnp.stack(v), *new),
+        }
 
     before = nnx.to_pure_dict(nnx.state(model.stage2, nnx.BatchStat))
     out, got = jax.jit(scanned)(state, h)
@@ -284,8 +305,9 @@ def test_plain_and_residual_twins():
     assert "proj_conv" not in _params(plain)["stage1"]["first"]
     gr, gp = res.graph(), plain.graph()
     assert [len(n.operands) for n in gp.nodes[1:]] == [1] * (len(gp.nodes) - 1)
-    assert [n.name for n in gr.nodes if len(n.operands) == 2] == [f"s{s}.b{b}.act3" for s, b in
-                                                                   ((1, 0), (2, 0), (2, 1), (2, 2), (3, 0), (4, 0))]
+    assert [n.name for n in gr.nodes if len(n.operands) == 2] == [
+        f"s{s}.b{b}.act3" for s, b in ((1, 0), (2, 0), (2, 1), (2, 2), (3, 0), (4, 0))
+    ]
     identity = [gr.nodes[e.src].name for n in gr.nodes for e in n.operands if not e.ops]
     assert identity == ["s2.b0.act3", "s2.b1.act3"]  # the shortcuts of the two stacked blocks
     # 6 blocks: 1 + 6 x 2 with shortcuts, 1 + 6 x 3 without.
@@ -305,13 +327,16 @@ def test_prelu_variant():
     assert set(_params(linear)["stage2"]["rest"]) >= {"act1", "act2", "act3"}
 
 
-@pytest.mark.parametrize("override,words", [
-    (["model.block=bottleneck"], ["model.depth=20", "bottleneck", "50, 101, 152"]),
-    (["model.depth=101"], ["model.depth=101", "6n+2"]),  # a bottleneck depth for basic blocks
-    (["model.block=wide"], ["model.block", "basic, bottleneck"]),
-    (["model.stem=big"], ["model.stem", "cifar", "imagenet"]),
-    (["model.stem=imagenet"], ["model.stem", "bottleneck"]),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        (["model.block=bottleneck"], ["model.depth=20", "bottleneck", "50, 101, 152"]),
+        (["model.depth=101"], ["model.depth=101", "6n+2"]),  # a bottleneck depth for basic blocks
+        (["model.block=wide"], ["model.block", "basic, bottleneck"]),
+        (["model.stem=big"], ["model.stem", "cifar", "imagenet"]),
+        (["model.stem=imagenet"], ["model.stem", "bottleneck"]),
+    ],
+)
 def test_bad_model_configs_give_one_line(override, words):
     with pytest.raises(UserError) as e:
         load_config(None, overrides=override)
@@ -322,20 +347,25 @@ def test_bad_model_configs_give_one_line(override, words):
 @pytest.mark.parametrize("stem,expected", [("auto", "imagenet"), ("cifar", "cifar")])
 def test_config_selects_the_bottleneck_net(stem, expected):
     cfg = load_config(None, overrides=["model.block=bottleneck", "model.depth=50", f"model.stem={stem}"])
-    model = nnx.eval_shape(lambda: build_model(cfg["model"], num_classes=10, image_shape=(64, 64, 3),
-                                               rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: build_model(cfg["model"], num_classes=10, image_shape=(64, 64, 3), rngs=nnx.Rngs(0)))
     assert isinstance(model, BottleneckResNet) and model.stem == expected and model.stages == (3, 4, 6, 3)
     assert model.widths == [16, 32, 64, 128]  # the default width 16
-    basic = nnx.eval_shape(lambda: build_model(load_config(None)["model"], num_classes=10, image_shape=(8, 8, 3),
-                                               rngs=nnx.Rngs(0)))
+    basic = nnx.eval_shape(
+        lambda: build_model(load_config(None)["model"], num_classes=10, image_shape=(8, 8, 3), rngs=nnx.Rngs(0))
+    )
     assert type(basic).__name__ == "ResNet"
 
 
 def test_experiment_file_loads():
     full = load_config(ROOT / "experiments" / "resnet50_imagenet.py", size="full")
     m, o, t = full["model"], full["optim"], full["train"]
-    assert (m["name"], m["block"], m["depth"], m["width"], full["data"]["name"]) == ("resnet", "bottleneck", 50, 64,
-                                                                                     "imagenet2012")
+    assert (m["name"], m["block"], m["depth"], m["width"], full["data"]["name"]) == (
+        "resnet",
+        "bottleneck",
+        50,
+        64,
+        "imagenet2012",
+    )
     assert (t["batch_size"], t["epochs"], o["lr"], o["momentum"], o["weight_decay"]) == (256, 90.0, 0.1, 0.9, 1e-4)
     assert o["schedule"] == "step" and [round(90 * f) for f in o["milestones"]] == [30, 60, 80]
     smoke = load_config(ROOT / "experiments" / "resnet50_imagenet.py", size="smoke")
@@ -359,6 +389,7 @@ def test_a_few_training_steps_reduce_the_loss():
             logits = m(x, train=True)
             loss = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
             return loss, nnx.state(m, nnx.BatchStat)
+
         (loss, new_stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return jax.tree.map(lambda p, g: p - 0.1 * g, params, g), new_stats, loss
 
@@ -368,8 +399,9 @@ def test_a_few_training_steps_reduce_the_loss():
         params, bstats, loss = step(params, bstats)
         losses.append(float(loss))
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
-    moved = jax.tree.map(lambda a, b: bool(np.all(np.any(np.asarray(a) != np.asarray(b), axis=-1))),
-                         nnx.to_pure_dict(bstats), before)
+    moved = jax.tree.map(
+        lambda a, b: bool(np.all(np.any(np.asarray(a) != np.asarray(b), axis=-1))), nnx.to_pure_dict(bstats), before
+    )
     assert all(jax.tree.leaves(moved))
 
 
@@ -379,8 +411,16 @@ def test_experiment_smoke_trains(tmp_path):
     `normjax.train`, shortened to a few steps."""
     from normjax.training.loop import train
 
-    cfg = load_config(ROOT / "experiments" / "resnet50_imagenet.py", size="smoke",
-                      overrides=["train.steps=4", "train.steps_per_dispatch=2", "train.eval_train_examples=64",
-                                 "data.synthetic.num_test=64", "train.eval_batch_size=64"])
+    cfg = load_config(
+        ROOT / "experiments" / "resnet50_imagenet.py",
+        size="smoke",
+        overrides=[
+            "train.steps=4",
+            "train.steps_per_dispatch=2",
+            "train.eval_train_examples=64",
+            "data.synthetic.num_test=64",
+            "train.eval_batch_size=64",
+        ],
+    )
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["status"] == "done" and 0 <= summary["test_accuracy"] <= 1, summary

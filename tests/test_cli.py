@@ -29,9 +29,18 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out == f"normjax {normjax.__version__}\n"
 
 
-SUMMARY = {"status": "done", "step": 600, "total_steps": 600, "epochs": 12.0, "wall_time": 83.2274763584137,
-           "train_loss": 0.031, "train_accuracy": 0.99, "test_loss": 0.1357, "test_accuracy": 0.9611,
-           "elr_log_spread": float("nan")}
+SUMMARY = {
+    "status": "done",
+    "step": 600,
+    "total_steps": 600,
+    "epochs": 12.0,
+    "wall_time": 83.2274763584137,
+    "train_loss": 0.031,
+    "train_accuracy": 0.99,
+    "test_loss": 0.1357,
+    "test_accuracy": 0.9611,
+    "elr_log_spread": float("nan"),
+}
 
 
 def test_format_summary(tmp_path):
@@ -46,10 +55,16 @@ def test_format_summary(tmp_path):
     (tmp_path / "figures" / "elr_heatmap.png").write_bytes(b"")
     assert cli.format_summary(SUMMARY, tmp_path).splitlines()[-1] == f"figures: {tmp_path / 'figures'}"
     again = cli.format_summary(SUMMARY | {"already": True, "wall_time": "nan"}, tmp_path).splitlines()
-    assert again[0].startswith("already done (nothing trained; a new config needs a new --workdir): test accuracy 96.11%")
+    assert again[0].startswith(
+        "already done (nothing trained; a new config needs a new --workdir): test accuracy 96.11%"
+    )
     assert again[1] == "600/600 steps (12 epochs)"
-    assert [cli.format_duration(s) for s in (8.26, 60.0, 3599.6, 7322.0)] == ["8.3 s", "1 min 0 s", "1 h 00 min",
-                                                                               "2 h 02 min"]
+    assert [cli.format_duration(s) for s in (8.26, 60.0, 3599.6, 7322.0)] == [
+        "8.3 s",
+        "1 min 0 s",
+        "1 h 00 min",
+        "2 h 02 min",
+    ]
 
 
 @pytest.mark.parametrize("flag", [[], ["--json"]])
@@ -66,13 +81,16 @@ def test_train_prints_a_readable_summary_or_json(tmp_path, monkeypatch, capsys, 
         assert out == cli.format_summary(SUMMARY, workdir) + "\n" and "wall_time" not in out
 
 
-@pytest.mark.parametrize("sets,words", [
-    (["train.epochs=1e9"], ["train.epochs", "1073741824"]),
-    (["train.steps=99999999999"], ["train.steps=99999999999", "1073741824"]),
-    (["optim.prelu_l1=0.1"], ["optim.prelu_l1=0.1", "'sgd'", "sgd_prelu_l1, sgd_prelu_target"]),
-    (["optim.elr_reference=geometric_mean"], ["optim.elr_reference", "sgd_uniform_elr"]),
-    (["optim.name=sgd_uniform_elr", "optim.prelu_gain=0.1"], ["optim.prelu_gain", "sgd_prelu_target"]),
-])
+@pytest.mark.parametrize(
+    "sets,words",
+    [
+        (["train.epochs=1e9"], ["train.epochs", "1073741824"]),
+        (["train.steps=99999999999"], ["train.steps=99999999999", "1073741824"]),
+        (["optim.prelu_l1=0.1"], ["optim.prelu_l1=0.1", "'sgd'", "sgd_prelu_l1, sgd_prelu_target"]),
+        (["optim.elr_reference=geometric_mean"], ["optim.elr_reference", "sgd_uniform_elr"]),
+        (["optim.name=sgd_uniform_elr", "optim.prelu_gain=0.1"], ["optim.prelu_gain", "sgd_prelu_target"]),
+    ],
+)
 def test_a_run_nothing_can_train_as_asked_is_one_line_and_creates_nothing(tmp_path, capsys, sets, words):
     """A step count int32 cannot hold; an optim key the chosen optimizer does not read (the run
     would train without it, silently)."""
@@ -89,5 +107,6 @@ def test_keys_every_optimizer_reads_are_never_refused():
     from normjax.config import DEFAULTS, merge, validate
 
     for name in ("sgd", "sgd_uniform_elr", "sgd_critical_warmup"):  # the schedule's keys, the APL tolerance
-        validate(merge(DEFAULTS, {"optim": {"name": name, "schedule": "step", "warmup_steps": 5,
-                                            "prelu_tolerance": 0.05}}))
+        validate(
+            merge(DEFAULTS, {"optim": {"name": name, "schedule": "step", "warmup_steps": 5, "prelu_tolerance": 0.05}})
+        )

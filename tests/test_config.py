@@ -6,13 +6,16 @@ from normjax.config import DEFAULTS, FILE_SIZES, SIZES, load_config, merge, pars
 from normjax.errors import UserError
 from normjax.sweep.spec import expand
 
-EXPERIMENTS = sorted(p for p in Path(__file__).parents[1].joinpath("experiments").glob("*.py") if not p.stem.startswith("sweep_"))
+EXPERIMENTS = sorted(
+    p for p in Path(__file__).parents[1].joinpath("experiments").glob("*.py") if not p.stem.startswith("sweep_")
+)
 SWEEPS = sorted(p for p in Path(__file__).parents[1].joinpath("experiments").glob("sweep_*.py"))
 
 
 def _sizes(path: Path) -> tuple:
     """The sizes a file declares (module-level SIZES), read without running it."""
     import ast
+
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SIZES" for t in node.targets):
             return tuple(ast.literal_eval(node.value))
@@ -39,7 +42,12 @@ def test_the_elr_study_has_an_imagenet_size():
         for r in runs:
             m, d = r.config["model"], r.config["data"]
             assert (m["block"], m["depth"], d["name"], d["pipeline"], d["input_size"]) == (
-                "bottleneck", 50, "imagenet2012", "stream", 224)
+                "bottleneck",
+                50,
+                "imagenet2012",
+                "stream",
+                224,
+            )
             assert "elr" in r.config["log"]["metrics"]
     assert [p.stem for p in SWEEPS if "imagenet" in _sizes(p)] == ["sweep_elr_regimes", "sweep_elr_trajectories"]
 
@@ -53,29 +61,37 @@ def test_the_gpu_size_is_cifar_resnets_on_fashion_mnist():
         assert {r.config["data"]["name"] for r in runs} <= {"fashion_mnist", "synthetic"}
         depths[name] = sorted({r.config["model"]["depth"] for r in runs})
     assert depths == {"sweep_elr_trajectories": [20, 56, 110], "sweep_elr_regimes": [56], "sweep_apl_sparsity": [20]}
-    assert [p.stem for p in SWEEPS if "gpu" in _sizes(p)] == ["sweep_apl_sparsity", "sweep_elr_regimes",
-                                                               "sweep_elr_trajectories"]
+    assert [p.stem for p in SWEEPS if "gpu" in _sizes(p)] == [
+        "sweep_apl_sparsity",
+        "sweep_elr_regimes",
+        "sweep_elr_trajectories",
+    ]
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, overrides=["optim.lr=0.05", "model.shortcut=false", "train.steps=7",
-                                       "data.name=synthetic", "optim.momentum=0"])
+    cfg = load_config(
+        None,
+        overrides=["optim.lr=0.05", "model.shortcut=false", "train.steps=7", "data.name=synthetic", "optim.momentum=0"],
+    )
     assert cfg["optim"]["lr"] == 0.05 and cfg["model"]["shortcut"] is False and cfg["train"]["steps"] == 7
     assert cfg["data"]["name"] == "synthetic" and isinstance(cfg["optim"]["momentum"], float)
-    assert parse_override("log.metrics=[\"layer_norms\"]") == {"log": {"metrics": ["layer_norms"]}}
+    assert parse_override('log.metrics=["layer_norms"]') == {"log": {"metrics": ["layer_norms"]}}
 
 
-@pytest.mark.parametrize("override,words", [
-    ("optim.lrr=0.1", ["optim.lrr", "unknown", "lr"]),
-    ("train.steps=abc", ["train.steps", "expected int"]),
-    ("model.depth=21", ["model.depth=21", "6n+2"]),
-    ("model.name=vgg", ["model.name", "resnet"]),
-    ("optim.schedule=exp", ["optim.schedule", "cosine"]),
-    ("optim.momentum=1.5", ["momentum"]),
-    ("train.dtype=float16", ["train.dtype", "bfloat16"]),
-    ("optim", ["key=value"]),
-    ("model=3", ["section"]),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("optim.lrr=0.1", ["optim.lrr", "unknown", "lr"]),
+        ("train.steps=abc", ["train.steps", "expected int"]),
+        ("model.depth=21", ["model.depth=21", "6n+2"]),
+        ("model.name=vgg", ["model.name", "resnet"]),
+        ("optim.schedule=exp", ["optim.schedule", "cosine"]),
+        ("optim.momentum=1.5", ["momentum"]),
+        ("train.dtype=float16", ["train.dtype", "bfloat16"]),
+        ("optim", ["key=value"]),
+        ("model=3", ["section"]),
+    ],
+)
 def test_bad_values_give_one_line_naming_them(override, words):
     with pytest.raises(UserError) as e:
         load_config(None, overrides=[override])
@@ -95,21 +111,36 @@ def test_merge_keeps_defaults_intact():
     assert DEFAULTS["optim"]["lr"] == 0.1 and merged["optim"]["lr"] == 1.0
 
 
-@pytest.mark.parametrize("command,source,where,words", [
-    # A syntax error: the line Python reports.
-    ("train", "def get_config(size):\n    return {'optim': {'lr': 0.1}\n", 2, ["SyntaxError"]),
-    # An exception while importing the file.
-    ("train", "import math\nX = 1 / 0\n\ndef get_config(size):\n    return {}\n", 2,
-     ["ZeroDivisionError: division by zero"]),
-    # An exception inside get_config: the innermost line of the file, not of the helper it called.
-    ("train", "def helper(d):\n    return d['missing']\n\ndef get_config(size):\n    return helper({})\n", 2,
-     ["KeyError: 'missing'"]),
-    # Raised in the standard library: the file's line that called it.
-    ("train", "import json\n\ndef get_config(size):\n    return json.loads('{')\n", 4, ["JSONDecodeError"]),
-    ("sweep", "def get_sweep(size):\n    raise ValueError('no such size\\nsecond line')\n", 2,
-     ["ValueError: no such size"]),
-    ("sweep", "def get_sweep(size)\n    return {}\n", 1, ["SyntaxError"]),
-])
+@pytest.mark.parametrize(
+    "command,source,where,words",
+    [
+        # A syntax error: the line Python reports.
+        ("train", "def get_config(size):\n    return {'optim': {'lr': 0.1}\n", 2, ["SyntaxError"]),
+        # An exception while importing the file.
+        (
+            "train",
+            "import math\nX = 1 / 0\n\ndef get_config(size):\n    return {}\n",
+            2,
+            ["ZeroDivisionError: division by zero"],
+        ),
+        # An exception inside get_config: the innermost line of the file, not of the helper it called.
+        (
+            "train",
+            "def helper(d):\n    return d['missing']\n\ndef get_config(size):\n    return helper({})\n",
+            2,
+            ["KeyError: 'missing'"],
+        ),
+        # Raised in the standard library: the file's line that called it.
+        ("train", "import json\n\ndef get_config(size):\n    return json.loads('{')\n", 4, ["JSONDecodeError"]),
+        (
+            "sweep",
+            "def get_sweep(size):\n    raise ValueError('no such size\\nsecond line')\n",
+            2,
+            ["ValueError: no such size"],
+        ),
+        ("sweep", "def get_sweep(size)\n    return {}\n", 1, ["SyntaxError"]),
+    ],
+)
 def test_errors_in_experiment_and_sweep_files_are_one_line(tmp_path, capsys, command, source, where, words):
     from normjax.cli import main
 
@@ -126,8 +157,9 @@ def test_errors_in_experiment_and_sweep_files_are_one_line(tmp_path, capsys, com
 
 def test_user_error_raised_by_a_file_passes_unchanged(tmp_path):
     path = tmp_path / "strict.py"
-    path.write_text("from normjax.errors import UserError\n\n"
-                    "def get_config(size):\n    raise UserError('size smoke only')\n")
+    path.write_text(
+        "from normjax.errors import UserError\n\ndef get_config(size):\n    raise UserError('size smoke only')\n"
+    )
     with pytest.raises(UserError) as e:
         load_config(path)
     assert str(e.value) == "size smoke only"

@@ -10,10 +10,10 @@ import optax
 import pytest
 
 import normjax.transforms as njt
+from helpers import assert_close
 from normjax.config import DEFAULTS, merge
 from normjax.errors import UserError
 from normjax.training.optim import OptimizerContext, make_optimizer, optimizer_metrics
-from helpers import assert_close
 
 N, LR = 200, 0.1
 
@@ -34,8 +34,10 @@ def _toy_run(key: str, steps=300, sigma=0.3):
     pull, a, c = _toy()
 
     def run(value):
-        tx = optax.chain(optax.sgd(LR), njt.prelu_sparsity_controller(
-            learning_rate=LR, init_strength=1e-3, gain=0.05, **{key: value}))
+        tx = optax.chain(
+            optax.sgd(LR),
+            njt.prelu_sparsity_controller(learning_rate=LR, init_strength=1e-3, gain=0.05, **{key: value}),
+        )
 
         def step(carry, k):
             p, s = carry
@@ -60,7 +62,7 @@ def test_reaches_the_target_from_above_and_stops(key, value, keep):
     assert nonlinear[-1] == keep  # and is reached
     reached = int(np.argmax(nonlinear == keep))
     assert reached < 250  # with time to spare: the integral did not stall
-    assert strength[0] > 0 and np.all(strength[reached + 1:] == 0)  # then the prior is off
+    assert strength[0] > 0 and np.all(strength[reached + 1 :] == 0)  # then the prior is off
     assert float(state.strength) == 0 and int(state.num_frozen) == N - keep
     assert strength[:reached].max() > 30 * 1e-3  # λ had to grow well beyond its start to get there
     frozen = np.asarray(state.frozen)
@@ -127,8 +129,10 @@ def test_constant_strength_is_the_prior(mode, power):
     Jitted, on the same inputs each step. There the square-root form's transcendental ops (arccos,
     cos, powers) may be fused differently in the two programs (the controller's ranking reads d),
     so it is equal to within an ulp jitted, and bit for bit eagerly."""
-    params = {"s1": jax.random.uniform(jax.random.key(0), (40,), minval=0.0, maxval=1.6),
-              "s2": jax.random.uniform(jax.random.key(1), (2, 5), minval=0.5, maxval=1.2)}
+    params = {
+        "s1": jax.random.uniform(jax.random.key(0), (40,), minval=0.0, maxval=1.6),
+        "s2": jax.random.uniform(jax.random.key(1), (2, 5), minval=0.5, maxval=1.2),
+    }
     kw = dict(tolerance=0.02, mode=mode, power=power)
     ctl = optax.chain(optax.sgd(LR, 0.9), njt.prelu_sparsity_controller(0.0, LR, init_strength=0.3, gain=0.0, **kw))
     pri = lambda lam: optax.chain(optax.sgd(LR, 0.9), njt.prelu_sparsity_prior(lam, LR, **kw))  # noqa: E731
@@ -142,8 +146,9 @@ def test_constant_strength_is_the_prior(mode, power):
     # SSE4_2, 28 under AVX2); a strength off by 0.1% is thousands of ulps away.
     close = exact if power == 1.0 else lambda a, b: assert_close(a, b, 64, "update")
     eager = [(ctl.update, pri(0.3).update, 1, exact)] if power != 1.0 else []  # (eager dispatch is slow)
-    for ctl_update, pri_update, steps, same in eager + [(jax.jit(ctl.update), functools.partial(pri_jit, 0.3), 12,
-                                                         close)]:
+    for ctl_update, pri_update, steps, same in eager + [
+        (jax.jit(ctl.update), functools.partial(pri_jit, 0.3), 12, close)
+    ]:
         p, s, r = params, ctl.init(params), pri(0.3).init(params)
         for t in range(steps):
             g = jax.tree.map(lambda x: 0.2 * jnp.cos(3 * x + t), p)
@@ -161,10 +166,12 @@ MASK = {"w": False, "slope": True, "stack": True}
 
 
 def _injected(target=0.4, gain=0.2, init_strength=0.05):
-    return optax.inject_hyperparams(lambda target, gain, init_strength, lr: optax.chain(
-        optax.sgd(lr), optax.masked(njt.prelu_sparsity_controller(
-            target, lr, init_strength=init_strength, gain=gain), MASK)))(
-        target=target, gain=gain, init_strength=init_strength, lr=LR)
+    return optax.inject_hyperparams(
+        lambda target, gain, init_strength, lr: optax.chain(
+            optax.sgd(lr),
+            optax.masked(njt.prelu_sparsity_controller(target, lr, init_strength=init_strength, gain=gain), MASK),
+        )
+    )(target=target, gain=gain, init_strength=init_strength, lr=LR)
 
 
 def _grads(t):
@@ -177,9 +184,15 @@ def test_chain_masked_inject_jit_and_abstract_init():
     s_abstract = jax.eval_shape(tx.init, abstract)  # inject_hyperparams needs eval_shape for abstract params
     plain = optax.chain(optax.sgd(LR), optax.masked(njt.prelu_sparsity_controller(0.4, LR), MASK))
     s_plain = plain.init(abstract)  # without it, init takes ShapeDtypeStructs directly
-    assert all(jax.tree.leaves(jax.tree.map(
-        lambda a, b: (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b)),
-        s_plain, plain.init(PARAMS))))
+    assert all(
+        jax.tree.leaves(
+            jax.tree.map(
+                lambda a, b: (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b)),
+                s_plain,
+                plain.init(PARAMS),
+            )
+        )
+    )
     s_init = tx.init(PARAMS)
     p, s, update = PARAMS, s_init, jax.jit(tx.update)
     for t in range(5):
@@ -189,12 +202,20 @@ def test_chain_masked_inject_jit_and_abstract_init():
     same = lambda a, b: (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
     assert all(jax.tree.leaves(jax.tree.map(same, s_init, s)))
     assert all(jax.tree.leaves(jax.tree.map(same, s_abstract, s_init)))
-    ctl = [x for x in jax.tree.leaves(s, is_leaf=lambda x: isinstance(x, njt.PReLUControllerState))
-           if isinstance(x, njt.PReLUControllerState)]
+    ctl = [
+        x
+        for x in jax.tree.leaves(s, is_leaf=lambda x: isinstance(x, njt.PReLUControllerState))
+        if isinstance(x, njt.PReLUControllerState)
+    ]
     assert len(ctl) == 1
     ctl = ctl[0]
     assert [x.dtype for x in (ctl.count, ctl.strength, ctl.log_scale, ctl.num_frozen, ctl.num_units)] == [
-        jnp.int32, jnp.float32, jnp.float32, jnp.int32, jnp.int32]
+        jnp.int32,
+        jnp.float32,
+        jnp.float32,
+        jnp.int32,
+        jnp.int32,
+    ]
     assert int(ctl.num_units) == 13 and int(ctl.num_frozen) > 0  # the masked-out kernel is not counted
     assert int(optax.tree_utils.tree_get(s, "num_frozen")) == int(ctl.num_frozen)
     assert float(ctl.strength) > 0  # 13 * 0.4 -> 5 kept: not there yet after 5 steps
@@ -213,11 +234,17 @@ def test_traced_target_gain_and_strength_do_not_recompile():
             p, s = carry
             u, s = tx.update(jax.tree.map(lambda x: 0.05 * jnp.sin(x + t), p), s, p)
             return (optax.apply_updates(p, u), s), None
+
         return jax.lax.scan(body, (PARAMS, state), jnp.arange(40.0))[0]
 
     frozen, strength = [], []
-    for values in ({"target": 0.4}, {"target": 0.75}, {"target": 1.0}, {"gain": 0.0, "init_strength": 1e-4},
-                   {"gain": 0.0, "init_strength": 0.3}):
+    for values in (
+        {"target": 0.4},
+        {"target": 0.75},
+        {"target": 1.0},
+        {"gain": 0.0, "init_strength": 1e-4},
+        {"gain": 0.0, "init_strength": 0.3},
+    ):
         state = optax.tree_utils.tree_set(tx.init(PARAMS), **{k: jnp.float32(v) for k, v in values.items()})
         out = run(state)[1]
         frozen.append(int(optax.tree_utils.tree_get(out, "num_frozen")))
@@ -266,8 +293,16 @@ def _opt_run(cfg, steps=60):
 
 
 def test_sgd_prelu_target_reaches_its_target_and_logs_it():
-    cfg = dict(name="sgd_prelu_target", lr=0.05, momentum=0.9, weight_decay=1e-2, schedule="constant",
-               prelu_l1=1e-2, prelu_target=0.3, prelu_gain=0.2)
+    cfg = dict(
+        name="sgd_prelu_target",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-2,
+        schedule="constant",
+        prelu_l1=1e-2,
+        prelu_target=0.3,
+        prelu_gain=0.2,
+    )
     params, state = _opt_run(cfg)
     m = optimizer_metrics(state, None)
     assert int(m["prelu_frozen"]) == 7 and float(m["prelu_strength"]) == 0.0  # 3 of 10 kept, then off
@@ -279,13 +314,16 @@ def test_sgd_prelu_target_reaches_its_target_and_logs_it():
     assert int(optimizer_metrics(s_keep, None)["prelu_frozen"]) == 0
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["optim.prelu_target=1.5"], "optim.prelu_target=1.5 is not a fraction; allowed: 0 to 1"),
-    (["optim.prelu_target=-0.1"], "optim.prelu_target=-0.1 is not a fraction"),
-    (["optim.prelu_gain=-1.0"], "optim.prelu_gain=-1.0 is negative; allowed: >= 0"),
-    (["optim.prelu_l1=0.0"], "optim.prelu_l1=0.0 is sgd_prelu_target's initial strength"),
-    (["model.activation=relu"], "set model.activation=prelu"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["optim.prelu_target=1.5"], "optim.prelu_target=1.5 is not a fraction; allowed: 0 to 1"),
+        (["optim.prelu_target=-0.1"], "optim.prelu_target=-0.1 is not a fraction"),
+        (["optim.prelu_gain=-1.0"], "optim.prelu_gain=-1.0 is negative; allowed: >= 0"),
+        (["optim.prelu_l1=0.0"], "optim.prelu_l1=0.0 is sgd_prelu_target's initial strength"),
+        (["model.activation=relu"], "set model.activation=prelu"),
+    ],
+)
 def test_bad_sgd_prelu_target_config_is_a_one_line_error(overrides, words):
     from normjax.config import load_config
 

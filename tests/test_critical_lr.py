@@ -44,8 +44,17 @@ def test_measured_post_step_spread_is_a_real_step(result):
 
 
 def test_critical_lr_command_writes_json_and_figure(tmp_path, capsys):
-    argv = ["critical-lr", "experiments/elr_resnet.py", *sum((["--set", o] for o in TINY), []),
-            "--seeds", "1", "--at", "0", "--out", str(tmp_path)]
+    argv = [
+        "critical-lr",
+        "experiments/elr_resnet.py",
+        *sum((["--set", o] for o in TINY), []),
+        "--seeds",
+        "1",
+        "--at",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
     assert cli(argv) == 0
     out = capsys.readouterr().out
     assert "mlp plain depth 6, after 0 steps: predicted" in out
@@ -54,13 +63,16 @@ def test_critical_lr_command_writes_json_and_figure(tmp_path, capsys):
     assert (tmp_path / "critical_lr.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--at", "5,2"], "increasing step counts"),
-    (["--at", "x"], "comma-separated step counts"),
-    (["--warm-lr", "-1"], "a finite LR > 0"),
-    (["--seeds", "0"], "comma-separated positive integers"),
-    (["--set", "model.depth=1", "--out", "/nonexistent-unused"], "main-path scale-invariant layers"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--at", "5,2"], "increasing step counts"),
+        (["--at", "x"], "comma-separated step counts"),
+        (["--warm-lr", "-1"], "a finite LR > 0"),
+        (["--seeds", "0"], "comma-separated positive integers"),
+        (["--set", "model.depth=1", "--out", "/nonexistent-unused"], "main-path scale-invariant layers"),
+    ],
+)
 def test_critical_lr_errors_are_one_line(extra, needle):
     with pytest.raises(UserError) as e:
         cli(["critical-lr", "experiments/elr_resnet.py", *sum((["--set", o] for o in TINY), []), *extra])

@@ -44,7 +44,7 @@ def _check_layout(ds: Dataset, image_shape: tuple[int, int, int], num_classes: i
 
 def _assert_one_line_user_error(exc_info: pytest.ExceptionInfo, *needles: str) -> None:
     msg = str(exc_info.value)
-    assert '\n' not in msg
+    assert "\n" not in msg
     for needle in needles:
         assert needle in msg, (needle, msg)
 
@@ -53,12 +53,12 @@ def _assert_one_line_user_error(exc_info: pytest.ExceptionInfo, *needles: str) -
 
 
 def test_digits_layout_and_fixed_split() -> None:
-    ds = load_dataset('digits')
+    ds = load_dataset("digits")
     _check_layout(ds, (8, 8, 1), 10)
     assert (len(ds.train_labels), len(ds.test_labels)) == (1437, 360)
     # 0..16 mapped to round(v * 255 / 16): 0 and 255 both occur.
     assert ds.train_images.min() == 0 and ds.train_images.max() == 255
-    again = load_dataset('digits')
+    again = load_dataset("digits")
     np.testing.assert_array_equal(ds.train_images, again.train_images)
     np.testing.assert_array_equal(ds.test_labels, again.test_labels)
     # Every class appears in both splits of the fixed permutation.
@@ -66,15 +66,15 @@ def test_digits_layout_and_fixed_split() -> None:
 
 
 def test_unknown_dataset(tmp_path) -> None:
-    pytest.importorskip('tensorflow_datasets')
+    pytest.importorskip("tensorflow_datasets")
     with pytest.raises(UserError) as exc:
-        load_dataset('imagenet', data_dir=str(tmp_path))  # the TFDS name is imagenet2012
-    _assert_one_line_user_error(exc, "'imagenet' is unknown", *BUILT_IN, 'TFDS catalog')
+        load_dataset("imagenet", data_dir=str(tmp_path))  # the TFDS name is imagenet2012
+    _assert_one_line_user_error(exc, "'imagenet' is unknown", *BUILT_IN, "TFDS catalog")
 
 
 def test_synthetic_options_ignored_for_other_datasets() -> None:
     # The config always carries a synthetic section, whatever the dataset.
-    ds = load_dataset('digits', synthetic={'num_train': 5, 'image_shape': [4, 4, 1]})
+    ds = load_dataset("digits", synthetic={"num_train": 5, "image_shape": [4, 4, 1]})
     assert len(ds.train_labels) == 1437
 
 
@@ -83,58 +83,58 @@ def test_synthetic_options_ignored_for_other_datasets() -> None:
 
 def test_synthetic_options_and_determinism() -> None:
     # image_shape as a list, as it arrives from a JSON config.
-    opts = {'num_train': 40, 'num_test': 12, 'image_shape': [12, 10, 1], 'num_classes': 4}
-    ds = load_dataset('synthetic', synthetic=opts)
+    opts = {"num_train": 40, "num_test": 12, "image_shape": [12, 10, 1], "num_classes": 4}
+    ds = load_dataset("synthetic", synthetic=opts)
     _check_layout(ds, (12, 10, 1), 4)
     assert (len(ds.train_labels), len(ds.test_labels)) == (40, 12)
     assert np.bincount(ds.train_labels).tolist() == [10, 10, 10, 10]  # Balanced.
 
-    same = load_dataset('synthetic', synthetic=opts)
+    same = load_dataset("synthetic", synthetic=opts)
     np.testing.assert_array_equal(ds.train_images, same.train_images)
     np.testing.assert_array_equal(ds.test_labels, same.test_labels)
-    other = load_dataset('synthetic', synthetic={**opts, 'seed': 1})
+    other = load_dataset("synthetic", synthetic={**opts, "seed": 1})
     assert not np.array_equal(ds.train_images, other.train_images)
     # Train and test have separate streams: more train data, same test set.
-    bigger = load_dataset('synthetic', synthetic={**opts, 'num_train': 80})
+    bigger = load_dataset("synthetic", synthetic={**opts, "num_train": 80})
     np.testing.assert_array_equal(ds.test_images, bigger.test_images)
 
 
 def test_synthetic_defaults() -> None:
-    ds = load_dataset('synthetic')
+    ds = load_dataset("synthetic")
     _check_layout(ds, (32, 32, 3), 10)
     assert (len(ds.train_labels), len(ds.test_labels)) == (2048, 512)
 
 
 def test_synthetic_difficulty_controls_separability() -> None:
-    sizes = {'num_train': 1000, 'num_test': 300}
-    easy = _nearest_mean_accuracy(load_dataset('synthetic', synthetic={**sizes, 'difficulty': 0.0}))
-    mid = _nearest_mean_accuracy(load_dataset('synthetic', synthetic={**sizes, 'difficulty': 0.8}))
-    hard = _nearest_mean_accuracy(load_dataset('synthetic', synthetic={**sizes, 'difficulty': 1.0}))
+    sizes = {"num_train": 1000, "num_test": 300}
+    easy = _nearest_mean_accuracy(load_dataset("synthetic", synthetic={**sizes, "difficulty": 0.0}))
+    mid = _nearest_mean_accuracy(load_dataset("synthetic", synthetic={**sizes, "difficulty": 0.8}))
+    hard = _nearest_mean_accuracy(load_dataset("synthetic", synthetic={**sizes, "difficulty": 1.0}))
     assert easy > 0.95
     assert 0.25 < mid < easy
     assert hard < 0.2  # Chance is 0.1: at difficulty 1 labels carry no signal.
 
 
 @pytest.mark.parametrize(
-    'options, needle',
+    "options, needle",
     [
-        ({'colour': 1}, "'colour'"),
-        ({'difficulty': 1.5}, '1.5'),
-        ({'difficulty': -0.1}, '-0.1'),
-        ({'difficulty': 'hard'}, "'hard'"),
-        ({'image_shape': (32, 32)}, '(32, 32)'),
-        ({'image_shape': (2, 2, 3)}, '(2, 2, 3)'),
-        ({'image_shape': (32, 32, 5)}, '(32, 32, 5)'),
-        ({'num_train': 0}, 'num_train 0'),
-        ({'num_test': 2.5}, 'num_test 2.5'),
-        ({'num_classes': 1}, 'num_classes 1'),
-        ({'seed': -1}, 'seed -1'),
+        ({"colour": 1}, "'colour'"),
+        ({"difficulty": 1.5}, "1.5"),
+        ({"difficulty": -0.1}, "-0.1"),
+        ({"difficulty": "hard"}, "'hard'"),
+        ({"image_shape": (32, 32)}, "(32, 32)"),
+        ({"image_shape": (2, 2, 3)}, "(2, 2, 3)"),
+        ({"image_shape": (32, 32, 5)}, "(32, 32, 5)"),
+        ({"num_train": 0}, "num_train 0"),
+        ({"num_test": 2.5}, "num_test 2.5"),
+        ({"num_classes": 1}, "num_classes 1"),
+        ({"seed": -1}, "seed -1"),
     ],
 )
 def test_synthetic_bad_options(options: dict, needle: str) -> None:
     with pytest.raises(UserError) as exc:
-        load_dataset('synthetic', synthetic=options)
-    _assert_one_line_user_error(exc, needle, 'allowed')
+        load_dataset("synthetic", synthetic=options)
+    _assert_one_line_user_error(exc, needle, "allowed")
 
 
 # ------------------------------------------------------------------- TFDS
@@ -149,11 +149,11 @@ def tfds_mock():
     so batched reads fail with "missing ... 'record_keys'". The patched mock
     binds it, leaving the rest of tfds's mock (and tfds.data_source) as is.
     """
-    tfds = pytest.importorskip('tensorflow_datasets')
+    tfds = pytest.importorskip("tensorflow_datasets")
 
     class BoundGetitemsMock(tfds.testing.PickableDataSourceMock):
         def __setattr__(self, name, value):
-            if name == '__getitems__':
+            if name == "__getitems__":
                 value = functools.partial(value, self)
             super().__setattr__(name, value)
 
@@ -168,13 +168,13 @@ def tfds_mock():
 
 
 @pytest.mark.parametrize(
-    'name, image_shape, num_classes',
+    "name, image_shape, num_classes",
     [
-        ('cifar10', (32, 32, 3), 10),
-        ('cifar100', (32, 32, 3), 100),
-        ('mnist', (28, 28, 1), 10),
-        ('fashion_mnist', (28, 28, 1), 10),
-        ('svhn_cropped', (32, 32, 3), 10),
+        ("cifar10", (32, 32, 3), 10),
+        ("cifar100", (32, 32, 3), 100),
+        ("mnist", (28, 28, 1), 10),
+        ("fashion_mnist", (28, 28, 1), 10),
+        ("svhn_cropped", (32, 32, 3), 10),
     ],
 )
 def test_tfds_mock_data(tfds_mock, tmp_path, name, image_shape, num_classes) -> None:
@@ -187,7 +187,7 @@ def _png(image: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, format='PNG')
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -205,7 +205,7 @@ def _prepare_tiny(name: str, data_dir: pathlib.Path, num_train: int, num_test: i
     only the download with generated records. Images are passed as PNG bytes
     because encoding numpy images needs TensorFlow, which is not installed.
     """
-    tfds = pytest.importorskip('tensorflow_datasets')
+    tfds = pytest.importorskip("tensorflow_datasets")
     dataset_name = name
 
     class Tiny(tfds.builder_cls(name), skip_registration=True):
@@ -213,24 +213,24 @@ def _prepare_tiny(name: str, data_dir: pathlib.Path, num_train: int, num_test: i
 
         def _split_generators(self, dl_manager):
             return {
-                'train': self._examples(range(num_train)),
-                'test': self._examples(range(num_train, num_train + num_test)),
+                "train": self._examples(range(num_train)),
+                "test": self._examples(range(num_train, num_train + num_test)),
             }
 
         def _examples(self, indices):
             features = self.info.features
             for i in indices:
-                example = {'image': _png(_expected_image(i, features['image'].shape)), 'label': i % 10}
-                if 'id' in features:
-                    example['id'] = f'tiny_{i}'
+                example = {"image": _png(_expected_image(i, features["image"].shape)), "label": i % 10}
+                if "id" in features:
+                    example["id"] = f"tiny_{i}"
                 yield i, example
 
-    builder = Tiny(data_dir=str(data_dir), file_format='array_record')
+    builder = Tiny(data_dir=str(data_dir), file_format="array_record")
     builder.download_and_prepare()
-    return tuple(builder.info.features['image'].shape)
+    return tuple(builder.info.features["image"].shape)
 
 
-@pytest.mark.parametrize('name', ['cifar10', 'mnist'])
+@pytest.mark.parametrize("name", ["cifar10", "mnist"])
 def test_tfds_reads_prepared_array_record(tmp_path, name) -> None:
     # The real read path (tfds.data_source on disk, PNG decoding), not a mock.
     shape = _prepare_tiny(name, tmp_path, num_train=30, num_test=7)
@@ -248,55 +248,55 @@ def test_tfds_reads_prepared_array_record(tmp_path, name) -> None:
 
 
 def test_tfds_default_data_dir_from_env(tmp_path, monkeypatch) -> None:
-    _prepare_tiny('mnist', tmp_path, num_train=4, num_test=2)
-    monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
-    assert len(load_dataset('mnist').train_labels) == 4
+    _prepare_tiny("mnist", tmp_path, num_train=4, num_test=2)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    assert len(load_dataset("mnist").train_labels) == 4
 
 
 def test_tfds_unprepared_data_dir(tmp_path) -> None:
-    pytest.importorskip('tensorflow_datasets')
+    pytest.importorskip("tensorflow_datasets")
     with pytest.raises(UserError) as exc:
-        load_dataset('cifar10', data_dir=str(tmp_path))
-    _assert_one_line_user_error(exc, "'cifar10'", str(tmp_path), 'not prepared', 'tfds build cifar10')
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    _assert_one_line_user_error(exc, "'cifar10'", str(tmp_path), "not prepared", "tfds build cifar10")
     with pytest.raises(UserError) as exc:
-        load_dataset('mnist', data_dir=str(tmp_path / 'missing'))
-    _assert_one_line_user_error(exc, "'mnist'", str(tmp_path / 'missing'))
+        load_dataset("mnist", data_dir=str(tmp_path / "missing"))
+    _assert_one_line_user_error(exc, "'mnist'", str(tmp_path / "missing"))
 
 
 def test_tfds_unprepared_is_quiet_and_the_readme_gives_the_same_recipe(tmp_path, caplog, capfd) -> None:
-    pytest.importorskip('tensorflow_datasets')
+    pytest.importorskip("tensorflow_datasets")
     from normjax.data.catalog import PREPARE_COMMAND
 
-    absl = logging.getLogger('absl')
+    absl = logging.getLogger("absl")
     level = absl.level
     # A version folder without dataset_info.json: tfds warns about it through absl.
-    (tmp_path / 'cifar10' / '3.0.2').mkdir(parents=True)
+    (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)
     with caplog.at_level(logging.DEBUG), pytest.raises(UserError) as exc:
-        load_dataset('cifar10', data_dir=str(tmp_path))
-    _assert_one_line_user_error(exc, PREPARE_COMMAND.format(name='cifar10'))
-    assert [r.getMessage() for r in caplog.records if r.name == 'absl'] == []
-    assert capfd.readouterr().err == '' and absl.level == level
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    _assert_one_line_user_error(exc, PREPARE_COMMAND.format(name="cifar10"))
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == []
+    assert capfd.readouterr().err == "" and absl.level == level
     # An absl error still gets through inside the quiet block.
     from normjax.data.catalog import quiet_absl
 
     with caplog.at_level(logging.DEBUG), quiet_absl():
-        absl.error('kept')
-        absl.warning('dropped')
-    assert [r.getMessage() for r in caplog.records if r.name == 'absl'] == ['kept']
-    readme = (pathlib.Path(__file__).parents[1] / 'README.md').read_text()
-    assert PREPARE_COMMAND.format(name='cifar10') in readme
-    assert 'copy NEW_DIR/cifar10 to' in readme and 'tfds.data_source(' not in readme
+        absl.error("kept")
+        absl.warning("dropped")
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["kept"]
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    assert PREPARE_COMMAND.format(name="cifar10") in readme
+    assert "copy NEW_DIR/cifar10 to" in readme and "tfds.data_source(" not in readme
 
 
 def test_tfds_tfrecord_only_copy(tmp_path) -> None:
     # A copy built without --file_format array_record has only tfrecord shards.
-    version_dir = tmp_path / 'mnist' / '3.0.1'
+    version_dir = tmp_path / "mnist" / "3.0.1"
     version_dir.mkdir(parents=True)
-    (version_dir / 'dataset_info.json').write_text(json.dumps({'name': 'mnist'}))
-    (version_dir / 'mnist-train.tfrecord-00000-of-00001').write_bytes(b'')
+    (version_dir / "dataset_info.json").write_text(json.dumps({"name": "mnist"}))
+    (version_dir / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"")
     with pytest.raises(UserError) as exc:
-        load_dataset('mnist', data_dir=str(tmp_path))
-    _assert_one_line_user_error(exc, "'mnist'", str(tmp_path), 'array_record')
+        load_dataset("mnist", data_dir=str(tmp_path))
+    _assert_one_line_user_error(exc, "'mnist'", str(tmp_path), "array_record")
 
 
 # ------------------------------------------------------------- preprocess
@@ -382,21 +382,19 @@ def test_preprocess_jit_and_vmap() -> None:
         np.testing.assert_allclose(np.asarray(mapped[i]), np.asarray(single), atol=1e-6)
 
     # mean/std may also be traced arrays.
-    traced = jax.jit(lambda x, m, s: preprocess(x, None, mean=m, std=s))(
-        images, jnp.asarray(MEAN), jnp.asarray(STD)
-    )
+    traced = jax.jit(lambda x, m, s: preprocess(x, None, mean=m, std=s))(images, jnp.asarray(MEAN), jnp.asarray(STD))
     np.testing.assert_allclose(np.asarray(traced), _normalized(images), atol=1e-6)
 
 
 @pytest.mark.parametrize(
-    'kwargs, needle',
+    "kwargs, needle",
     [
-        (dict(mean=(0.5, 0.5), std=STD), 'mean has 2 entries'),
-        (dict(mean=MEAN, std=(0.2, 0.0, 0.2)), 'std'),
-        (dict(mean=MEAN, std=STD, crop_padding=-1), 'crop_padding -1'),
+        (dict(mean=(0.5, 0.5), std=STD), "mean has 2 entries"),
+        (dict(mean=MEAN, std=(0.2, 0.0, 0.2)), "std"),
+        (dict(mean=MEAN, std=STD, crop_padding=-1), "crop_padding -1"),
     ],
 )
 def test_preprocess_bad_arguments(kwargs: dict, needle: str) -> None:
     with pytest.raises(UserError) as exc:
         preprocess(_images(), jax.random.key(0), **kwargs)
-    _assert_one_line_user_error(exc, needle, 'allowed')
+    _assert_one_line_user_error(exc, needle, "allowed")

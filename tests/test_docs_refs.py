@@ -53,20 +53,30 @@ def github_slug(heading: str) -> str:
 
 
 def where(files: dict[str, str], pattern: re.Pattern) -> list[tuple[str, int, str]]:
-    return [(name, text.count("\n", 0, m.start()) + 1, m.group(0))
-            for name, text in files.items() for m in pattern.finditer(text)]
+    return [
+        (name, text.count("\n", 0, m.start()) + 1, m.group(0))
+        for name, text in files.items()
+        for m in pattern.finditer(text)
+    ]
 
 
 def test_no_file_refers_outside_the_repository():
     files = text_files()
-    found = [f"{name}:{text.count(chr(10), 0, text.index(s)) + 1}: {s!r}"
-             for name, text in files.items() for s in OUTSIDE if s in text]
+    found = [
+        f"{name}:{text.count(chr(10), 0, text.index(s)) + 1}: {s!r}"
+        for name, text in files.items()
+        for s in OUTSIDE
+        if s in text
+    ]
     assert found == [], "the science lives in docs/science.md; cite it as docs/science.md#<anchor>"
 
 
 def test_science_is_cited_with_its_path():
-    bare = [f"{name}:{line}" for name, line, _ in where(text_files(), BARE)
-            if not name.startswith("docs/") and name != "tests/test_docs_refs.py"]  # this file names the page
+    bare = [
+        f"{name}:{line}"
+        for name, line, _ in where(text_files(), BARE)
+        if not name.startswith("docs/") and name != "tests/test_docs_refs.py"
+    ]  # this file names the page
     assert bare == [], "cite the science page as docs/science.md#<anchor>, not by a bare file name or § number"
 
 
@@ -75,10 +85,11 @@ def test_cited_anchors_exist():
     known = set(targets(page))
     files = text_files()
     cited = where(files, CITED) + [c for c in where(files, RELATIVE) if c[0].startswith("docs/")]
-    local = [("docs/science.md", page.count("\n", 0, m.start()) + 1, m.group(1))
-             for m in re.finditer(r"\]\(#([A-Za-z0-9_-]+)\)", page)]
-    missing = [f"{name}:{line}: {text}" for name, line, text in cited + local
-               if text.rsplit("#", 1)[-1] not in known]
+    local = [
+        ("docs/science.md", page.count("\n", 0, m.start()) + 1, m.group(1))
+        for m in re.finditer(r"\]\(#([A-Za-z0-9_-]+)\)", page)
+    ]
+    missing = [f"{name}:{line}: {text}" for name, line, text in cited + local if text.rsplit("#", 1)[-1] not in known]
     assert missing == [], f"anchors not in docs/science.md (its targets: {sorted(known)})"
 
 

@@ -12,9 +12,11 @@ from normjax.errors import UserError
 from normjax.metrics import mean_log_spread
 from normjax.studies.elr_figures import elr_plot_main, read_run, run_figures, sweep_figures
 
-LAYERS = [{"name": "conv0", "depth": 0, "scale_invariant": True},
-          {"name": "conv1", "depth": 1, "scale_invariant": True},
-          {"name": "dense", "depth": 2, "scale_invariant": False}]
+LAYERS = [
+    {"name": "conv0", "depth": 0, "scale_invariant": True},
+    {"name": "conv1", "depth": 1, "scale_invariant": True},
+    {"name": "dense", "depth": 2, "scale_invariant": False},
+]
 DENSE = 20
 STEPS = list(range(DENSE)) + list(range(DENSE, DENSE + 50, 5))  # 30 logged rows: dense, then every 5
 
@@ -26,12 +28,26 @@ def elr_rows(lr: float, shortcut: bool, seed: int, diverge_at: int | None = None
     for t in STEPS:
         if diverge_at is not None and t > diverge_at:
             break
-        e = [(x ** -2 + 2 * t) ** -0.5 for x in e0]
+        e = [(x**-2 + 2 * t) ** -0.5 for x in e0]
         spread = max(e[:2]) / min(e[:2])
-        row = {"step": t, "epoch": t / 50, "wall_time": 0.01 * t, "loss": 2.0 / (t + 1), "accuracy": 0.5,
-               "lr": lr, "w_norm": [1.0 + t / 10] * 3, "g_norm": [x / lr for x in e], "base_grad": [0.3] * 3,
-               "layer_lr": [lr] * 3, "elr": e, "elr_classic": [lr / 4] * 3, "rel_step": e,
-               "cos_gw": [0.0, 0.0, 0.2], "elr_spread": spread, "elr_log_std": abs(math.log10(e[0] / e[1])) / 2}
+        row = {
+            "step": t,
+            "epoch": t / 50,
+            "wall_time": 0.01 * t,
+            "loss": 2.0 / (t + 1),
+            "accuracy": 0.5,
+            "lr": lr,
+            "w_norm": [1.0 + t / 10] * 3,
+            "g_norm": [x / lr for x in e],
+            "base_grad": [0.3] * 3,
+            "layer_lr": [lr] * 3,
+            "elr": e,
+            "elr_classic": [lr / 4] * 3,
+            "rel_step": e,
+            "cos_gw": [0.0, 0.0, 0.2],
+            "elr_spread": spread,
+            "elr_log_std": abs(math.log10(e[0] / e[1])) / 2,
+        }
         rows.append(row)
     if diverge_at is not None:
         rows[-1] |= {"loss": "nan", "elr": ["nan", "nan", "inf"], "elr_spread": "nan", "elr_log_std": "nan"}
@@ -39,12 +55,23 @@ def elr_rows(lr: float, shortcut: bool, seed: int, diverge_at: int | None = None
     return rows
 
 
-def write_run(d: Path, lr: float = 0.1, shortcut: bool = False, seed: int = 0, status: str = "done",
-              elr: bool = True, summary_spreads: bool = True) -> Path:
+def write_run(
+    d: Path,
+    lr: float = 0.1,
+    shortcut: bool = False,
+    seed: int = 0,
+    status: str = "done",
+    elr: bool = True,
+    summary_spreads: bool = True,
+) -> Path:
     d.mkdir(parents=True)
-    cfg = {"model": {"name": "resnet", "depth": 8, "shortcut": shortcut}, "data": {"name": "digits"},
-           "optim": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 0.0},
-           "train": {"seed": seed}, "log": {"dense_steps": DENSE, "every": 5}}
+    cfg = {
+        "model": {"name": "resnet", "depth": 8, "shortcut": shortcut},
+        "data": {"name": "digits"},
+        "optim": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 0.0},
+        "train": {"seed": seed},
+        "log": {"dense_steps": DENSE, "every": 5},
+    }
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "layers.json").write_text(json.dumps(LAYERS))
     rows = elr_rows(lr, shortcut, seed, diverge_at=12 if status == "diverged" else None)
@@ -76,9 +103,16 @@ def sweep(tmp_path_factory) -> Path:
             continue  # missing: listed in sweep.json, never started
         status = "diverged" if (lr, shortcut, seed) == (1.0, False, 1) else "done"
         write_run(root / name, lr, shortcut, seed, status, summary_spreads=(lr, seed) != (1.0, 0))
-    (root / "sweep.json").write_text(json.dumps({"spec": "experiments/sweep_elr.py", "size": "smoke",
-                                                 "varied": ["optim.lr", "model.shortcut", "train.seed"],
-                                                 "runs": runs}))
+    (root / "sweep.json").write_text(
+        json.dumps(
+            {
+                "spec": "experiments/sweep_elr.py",
+                "size": "smoke",
+                "varied": ["optim.lr", "model.shortcut", "train.seed"],
+                "runs": runs,
+            }
+        )
+    )
     return root
 
 
@@ -89,9 +123,15 @@ def assert_written(paths, names):
 
 
 def test_mean_log_spread_is_the_mean_of_finite_log10_spreads():
-    rows = [{"step": 0, "elr_spread": 10.0}, {"step": 1, "elr_spread": "100"}, {"step": 2, "elr_spread": "nan"},
-            {"step": 3, "elr_spread": "inf"}, {"step": 4}, {"step": 5, "elr_spread": 1000.0},
-            {"step": 6, "elr_spread": 0.0}]
+    rows = [
+        {"step": 0, "elr_spread": 10.0},
+        {"step": 1, "elr_spread": "100"},
+        {"step": 2, "elr_spread": "nan"},
+        {"step": 3, "elr_spread": "inf"},
+        {"step": 4},
+        {"step": 5, "elr_spread": 1000.0},
+        {"step": 6, "elr_spread": 0.0},
+    ]
     assert mean_log_spread(rows) == (1.0 + 2.0 + 3.0) / 3
     assert mean_log_spread(rows, before_step=2) == 1.5
     assert math.isnan(mean_log_spread(rows, before_step=0))
@@ -120,8 +160,10 @@ def test_read_run_orders_layers_by_depth_and_parses_nan(tmp_path):
 def test_run_figures_write_png_and_pdf(tmp_path):
     d = write_run(tmp_path / "run", status="diverged")
     paths = run_figures(d)
-    assert_written(paths, ["elr_heatmap.png", "elr_heatmap.pdf", "elr_layers.png", "elr_layers.pdf",
-                           "elr_spread.png", "elr_spread.pdf"])
+    assert_written(
+        paths,
+        ["elr_heatmap.png", "elr_heatmap.pdf", "elr_layers.png", "elr_layers.pdf", "elr_spread.png", "elr_spread.pdf"],
+    )
     assert paths[0].parent == d / "figures"
 
 
@@ -137,30 +179,47 @@ def test_main_path_spread_figure_reads_its_own_key(tmp_path):
 
 def test_sweep_figures_handle_diverged_and_missing_runs(sweep):
     paths = sweep_figures(sweep)  # default hue: optim.lr, the first varied key other than the seed
-    assert_written(paths, ["elr_spread_by_lr.png", "elr_spread_by_lr.pdf",
-                           "accuracy_vs_spread_by_lr.png", "accuracy_vs_spread_by_lr.pdf"])
+    assert_written(
+        paths,
+        [
+            "elr_spread_by_lr.png",
+            "elr_spread_by_lr.pdf",
+            "accuracy_vs_spread_by_lr.png",
+            "accuracy_vs_spread_by_lr.pdf",
+        ],
+    )
     assert paths[0].parent == sweep / "figures"
 
 
 def test_elr_plot_main_prints_written_paths(sweep, tmp_path, capsys):
     assert elr_plot_main([str(sweep), "--hue", "shortcut", "--out", str(tmp_path / "figs")]) == 0
     printed = [Path(p) for p in capsys.readouterr().out.split()]
-    assert_written(printed, ["elr_spread_by_shortcut.png", "elr_spread_by_shortcut.pdf",
-                             "accuracy_vs_spread_by_shortcut.png", "accuracy_vs_spread_by_shortcut.pdf"])
+    assert_written(
+        printed,
+        [
+            "elr_spread_by_shortcut.png",
+            "elr_spread_by_shortcut.pdf",
+            "accuracy_vs_spread_by_shortcut.png",
+            "accuracy_vs_spread_by_shortcut.pdf",
+        ],
+    )
     assert all(p.parent == tmp_path / "figs" for p in printed)
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("neither", "neither a run directory"),
-    ("no_elr", 'log.metrics=["elr"]'),
-    ("bad_key", "allowed: elr, elr_classic"),
-    ("hue_on_run", "applies to a sweep directory"),
-    ("bad_hue", "not a varied key"),
-    ("sweep_without_elr", 'log.metrics=["elr"]'),
-    ("bad_layers", "spread layers 'proj' is unknown; allowed: all, main"),
-    ("main_on_old_run", "logged no 'elr_spread_main'"),
-    ("main_on_old_sweep", "logged no 'elr_spread_main'"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("neither", "neither a run directory"),
+        ("no_elr", 'log.metrics=["elr"]'),
+        ("bad_key", "allowed: elr, elr_classic"),
+        ("hue_on_run", "applies to a sweep directory"),
+        ("bad_hue", "not a varied key"),
+        ("sweep_without_elr", 'log.metrics=["elr"]'),
+        ("bad_layers", "spread layers 'proj' is unknown; allowed: all, main"),
+        ("main_on_old_run", "logged no 'elr_spread_main'"),
+        ("main_on_old_sweep", "logged no 'elr_spread_main'"),
+    ],
+)
 def test_elr_plot_main_errors_are_one_line(tmp_path, sweep, case, needle):
     run = write_run(tmp_path / "run")
     argv = {
@@ -176,13 +235,16 @@ def test_elr_plot_main_errors_are_one_line(tmp_path, sweep, case, needle):
     }[case]
     if case == "sweep_without_elr":
         write_run(tmp_path / "sw" / "a", elr=False)
-        (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"varied": [], "runs": [{"name": "a", "overrides": {}}]}))
+        (tmp_path / "sw" / "sweep.json").write_text(
+            json.dumps({"varied": [], "runs": [{"name": "a", "overrides": {}}]})
+        )
     with pytest.raises(UserError) as e:
         elr_plot_main(argv)
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 # ---- normjax elr-report ----------------------------------------------------------------------
+
 
 def test_rank_correlation_is_spearman_with_ties():
     from normjax.studies.elr_report import rank_correlation
@@ -205,8 +267,9 @@ def test_elr_report_trajectories_from_a_sweep(sweep, tmp_path):
     runs = {r["name"]: r for r in t["runs"]}
     assert len(runs) == 7  # one of 8 is missing
     for name, r in runs.items():
-        rows = elr_rows(r["optim.lr"], r["model.shortcut"], r["train.seed"],
-                        diverge_at=12 if r["status"] == "diverged" else None)
+        rows = elr_rows(
+            r["optim.lr"], r["model.shortcut"], r["train.seed"], diverge_at=12 if r["status"] == "diverged" else None
+        )
         spreads = [row["elr_spread"] for row in rows if row["step"] < DENSE and row["elr_spread"] != "nan"]
         assert r["mean_log_spread_early"] == pytest.approx(np.mean(np.log10(spreads)), rel=1e-9), name
         assert r["log_spread_first"] == pytest.approx(math.log10(spreads[0]))
@@ -216,9 +279,14 @@ def test_elr_report_trajectories_from_a_sweep(sweep, tmp_path):
     done = [r for r in runs.values() if r["status"] == "done"]
     assert t["spread_accuracy_runs"] == len(done) == 6
     assert t["spread_accuracy_rank_correlation"] == pytest.approx(
-        rank_correlation([r["mean_log_spread_early"] for r in done], [r["test_accuracy"] for r in done]))
-    assert [p.name for p in res["figures"]] == ["elr_order_flip.png", "elr_order_flip.pdf", "base_drift.png",
-                                                "base_drift.pdf"]
+        rank_correlation([r["mean_log_spread_early"] for r in done], [r["test_accuracy"] for r in done])
+    )
+    assert [p.name for p in res["figures"]] == [
+        "elr_order_flip.png",
+        "elr_order_flip.pdf",
+        "base_drift.png",
+        "base_drift.pdf",
+    ]
     saved = json.loads((tmp_path / "elr_report.json").read_text())
     assert saved["trajectories"]["spread_accuracy_runs"] == 6
 
@@ -242,15 +310,17 @@ def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
     acc = rows["sgd_uniform_elr"]["test_accuracy"]
     assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.86) and acc["std"] == pytest.approx(0.01)
     diff = rows["sgd_uniform_elr"]["accuracy_minus_sgd"]
-    assert diff["diff"] == pytest.approx(0.05) and diff["se"] == pytest.approx(math.sqrt(2 * 0.01 ** 2 / 3))
+    assert diff["diff"] == pytest.approx(0.05) and diff["se"] == pytest.approx(math.sqrt(2 * 0.01**2 / 3))
 
 
 def test_elr_report_errors_are_one_line(tmp_path):
     from normjax.studies.elr_report import elr_report_main
 
-    for argv, needle in ((["--out", str(tmp_path)], "give at least one of"),
-                         (["--out", str(tmp_path), "--explode", str(tmp_path)], "cannot read"),
-                         (["--out", str(tmp_path), "--critical", str(tmp_path / "nope")], "cannot read")):
+    for argv, needle in (
+        (["--out", str(tmp_path)], "give at least one of"),
+        (["--out", str(tmp_path), "--explode", str(tmp_path)], "cannot read"),
+        (["--out", str(tmp_path), "--critical", str(tmp_path / "nope")], "cannot read"),
+    ):
         with pytest.raises(UserError) as e:
             elr_report_main(argv)
         assert needle in str(e.value) and "\n" not in str(e.value)
@@ -259,13 +329,28 @@ def test_elr_report_errors_are_one_line(tmp_path):
 def test_elr_report_reads_explosion_and_critical_lr_outputs(tmp_path):
     from normjax.studies.elr_report import report
 
-    rec = {"family": "mlp", "depth": 10, "factor": 1.41, "factor_seed_std": 0.02, "factor_base": 1.40,
-           "dataset": "fashion_mnist", "seeds": [0, 1, 2]}
+    rec = {
+        "family": "mlp",
+        "depth": 10,
+        "factor": 1.41,
+        "factor_seed_std": 0.02,
+        "factor_base": 1.40,
+        "dataset": "fashion_mnist",
+        "seeds": [0, 1, 2],
+    }
     (tmp_path / "explode").mkdir()
     (tmp_path / "explode" / "explosion.json").write_text(json.dumps({"config": "e.py", "records": [rec]}))
-    crit = {"model": "mlp", "depth": 21, "shortcut": False, "dataset": "fashion_mnist", "warm_lr": 0.1, "at": [0, 10],
-            "crit_predicted": [[1.0, 2.0], [1.0, 4.0]], "crit_measured": [[0.1, 2.0], [1.0, 4.0]],
-            "spread_now": [[10.0, 5.0], [10.0, 5.0]]}
+    crit = {
+        "model": "mlp",
+        "depth": 21,
+        "shortcut": False,
+        "dataset": "fashion_mnist",
+        "warm_lr": 0.1,
+        "at": [0, 10],
+        "crit_predicted": [[1.0, 2.0], [1.0, 4.0]],
+        "crit_measured": [[0.1, 2.0], [1.0, 4.0]],
+        "spread_now": [[10.0, 5.0], [10.0, 5.0]],
+    }
     (tmp_path / "crit.json").write_text(json.dumps({"results": [crit]}))
     res = report(explode=[str(tmp_path / "explode")], critical=[str(tmp_path / "crit.json")], out=tmp_path / "out")
     assert res["explosion"]["rows"][0] | {"seeds": 3} == res["explosion"]["rows"][0]

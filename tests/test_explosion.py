@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from helpers import small_config
 from normjax.errors import UserError
 from normjax.studies.explosion import MEAN_FIELD_FACTOR, explode_main, fit_growth, measure_init_gradients
-from helpers import small_config
 
 SYNTHETIC = {"name": "synthetic", "synthetic": {"num_train": 1024, "num_test": 16, "image_shape": [16, 16, 2]}}
 
@@ -41,9 +41,11 @@ def test_plain_bn_relu_mlp_grows_at_the_mean_field_rate():
 def test_shortcuts_tame_the_growth():
     factors = {}
     for shortcut in (False, True):
-        cfg = small_config(model={"name": "resnet", "depth": 14, "width": 8, "shortcut": shortcut},
-                           data=SYNTHETIC | {"synthetic": {"num_train": 256, "image_shape": [8, 8, 3]}},
-                           train={"batch_size": 64})
+        cfg = small_config(
+            model={"name": "resnet", "depth": 14, "width": 8, "shortcut": shortcut},
+            data=SYNTHETIC | {"synthetic": {"num_train": 256, "image_shape": [8, 8, 3]}},
+            train={"batch_size": 64},
+        )
         res = measure_init_gradients(cfg, seeds=(0,), batches=2)
         assert ("s2.b0.proj" in res["layers"]) == shortcut and not res["fit_mask"][res["layers"].index("stem")]
         factors[shortcut] = res["factor"]
@@ -52,8 +54,21 @@ def test_shortcuts_tame_the_growth():
 
 def test_explode_main_writes_json_and_figures(tmp_path, capsys):
     out = tmp_path / "explode"
-    argv = ["experiments/explode_depth.py", "--depths", "4,6", "--seeds", "2", "--batches", "1",
-            "--set", "model.width=32", "--set", "train.batch_size=64", "--out", str(out)]
+    argv = [
+        "experiments/explode_depth.py",
+        "--depths",
+        "4,6",
+        "--seeds",
+        "2",
+        "--batches",
+        "1",
+        "--set",
+        "model.width=32",
+        "--set",
+        "train.batch_size=64",
+        "--out",
+        str(out),
+    ]
     assert explode_main(argv) == 0
     data = json.loads((out / "explosion.json").read_text())
     assert [(r["model"], r["depth"], r["shortcut"]) for r in data["records"]] == [("mlp", 4, None), ("mlp", 6, None)]
@@ -65,13 +80,16 @@ def test_explode_main_writes_json_and_figures(tmp_path, capsys):
     assert "growth/layer" in printed and str(out / "explosion.json") in printed
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--depths", "4,x"], r"^--depths '4,x' is invalid; allowed: comma-separated positive integers"),
-    (["--depths", "0"], r"^--depths '0' is invalid"),
-    (["--depths", "2"], r"^model.depth=2 is too shallow"),
-    (["--seeds", "0"], r"^--seeds '0' is invalid; allowed: an integer >= 1"),
-    (["--set", "model.name=resnet", "--depths", "10"], r"^model.depth=10 is not valid for resnet"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--depths", "4,x"], r"^--depths '4,x' is invalid; allowed: comma-separated positive integers"),
+        (["--depths", "0"], r"^--depths '0' is invalid"),
+        (["--depths", "2"], r"^model.depth=2 is too shallow"),
+        (["--seeds", "0"], r"^--seeds '0' is invalid; allowed: an integer >= 1"),
+        (["--set", "model.name=resnet", "--depths", "10"], r"^model.depth=10 is not valid for resnet"),
+    ],
+)
 def test_explode_main_bad_input_is_one_line(argv, match, tmp_path):
     with pytest.raises(UserError, match=match) as e:
         explode_main(["experiments/explode_depth.py", "--out", str(tmp_path), *argv])

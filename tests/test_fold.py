@@ -15,8 +15,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from normjax.analysis.fold import (FEdge, FNode, Folded, apply_folded, apply_graph, compose_conv, fold, load_folded,
-                                   save_folded, stats)
+from normjax.analysis.fold import (
+    FEdge,
+    FNode,
+    Folded,
+    apply_folded,
+    apply_graph,
+    compose_conv,
+    fold,
+    load_folded,
+    save_folded,
+    stats,
+)
 from normjax.analysis.graph import Edge, Graph, Node, Op, subtree
 from normjax.config import DEFAULTS
 from normjax.errors import UserError
@@ -29,9 +39,17 @@ apply_jit = jax.jit(apply_folded)
 
 # ---- helpers --------------------------------------------------------------------------------
 
+
 @functools.cache
-def _model(name: str, depth: int, shortcut: bool | str = "auto", activation: str = "prelu", width: int = 4,
-           shape: tuple = SHAPE, classes: int = 3):
+def _model(
+    name: str,
+    depth: int,
+    shortcut: bool | str = "auto",
+    activation: str = "prelu",
+    width: int = 4,
+    shape: tuple = SHAPE,
+    classes: int = 3,
+):
     """Graph, templates and a jitted eval-mode forward of a tiny model (built abstractly: fast)."""
     cfg = dict(DEFAULTS["model"], name=name, depth=depth, activation=activation, width=width, shortcut=shortcut)
     return _wrap(nnx.eval_shape(lambda: build_model(cfg, num_classes=classes, image_shape=shape, rngs=nnx.Rngs(0))))
@@ -40,8 +58,13 @@ def _model(name: str, depth: int, shortcut: bool | str = "auto", activation: str
 @functools.cache
 def _bottleneck(stem: str = "imagenet"):
     """`_model` of a tiny bottleneck ResNet (one block per stage, widths 2-16, PReLU)."""
-    return _wrap(nnx.eval_shape(lambda: BottleneckResNet(num_classes=3, width=2, stem=stem, stages=(1, 1, 1, 1),
-                                                         activation="prelu", rngs=nnx.Rngs(0))))
+    return _wrap(
+        nnx.eval_shape(
+            lambda: BottleneckResNet(
+                num_classes=3, width=2, stem=stem, stages=(1, 1, 1, 1), activation="prelu", rngs=nnx.Rngs(0)
+            )
+        )
+    )
 
 
 def _wrap(abstract):
@@ -112,8 +135,13 @@ def _kernel_sizes(folded: Folded) -> list[int]:
 
 # ---- MLP: exact folding, depth ----------------------------------------------------------------
 
-MLP_PATTERNS = {"none": [], "middle": ["fc1"], "outer": ["fc0", "fc3"], "all": ["fc0", "fc1", "fc2", "fc3"],
-                "partial": None}
+MLP_PATTERNS = {
+    "none": [],
+    "middle": ["fc1"],
+    "outer": ["fc0", "fc3"],
+    "all": ["fc0", "fc1", "fc2", "fc3"],
+    "partial": None,
+}
 
 
 @pytest.mark.parametrize("pattern", list(MLP_PATTERNS))
@@ -139,8 +167,12 @@ def test_mlp_folds_exactly_and_loses_one_layer_per_linear_node(pattern):
 
 # ---- conv nets: exact mode --------------------------------------------------------------------
 
-CNNS = {"plain_cnn4": ("plain_cnn", 4, True), "resnet8": ("resnet", 8, True), "resnet8_plain": ("resnet", 8, False),
-        "resnet14": ("resnet", 14, True)}
+CNNS = {
+    "plain_cnn4": ("plain_cnn", 4, True),
+    "resnet8": ("resnet", 8, True),
+    "resnet8_plain": ("resnet", 8, False),
+    "resnet14": ("resnet", 14, True),
+}
 
 
 def _patterns(graph: Graph) -> dict:
@@ -154,8 +186,7 @@ def test_conv_nets_fold_exactly_and_never_compose_spatial_convs(model):
     base, stats_ = _randomize(p0, s0, seed=2)
     x = _x()
     for pattern, names in _patterns(graph).items():
-        params = _linear(base, graph, graph.names()[:2], channels=[1]) if names is None else \
-            _linear(base, graph, names)
+        params = _linear(base, graph, graph.names()[:2], channels=[1]) if names is None else _linear(base, graph, names)
         folded = fold(graph, params, stats_)
         ref = forward(params, stats_, x)
         _close(apply_jit(folded, x), ref)
@@ -179,14 +210,23 @@ def test_relu_resnet_folds_only_batchnorm():
         assert folded.eliminated == () and [n.act for n in folded.nodes[1:-1]] == ["relu"] * 7
         # BN scales are absorbed into the kernels; the BN biases of a node (two where a block
         # projects its shortcut) become one node bias
-        bn_params = sum(2 * np.size(subtree(params, op.path, op.index)["scale"])
-                        for n in graph.nodes for e in n.operands for op in e.ops if op.kind == "bn")
+        bn_params = sum(
+            2 * np.size(subtree(params, op.path, op.index)["scale"])
+            for n in graph.nodes
+            for e in n.operands
+            for op in e.ops
+            if op.kind == "bn"
+        )
         node_biases = sum(n.channels for n in graph.nodes if any(op.kind == "bn" for e in n.operands for op in e.ops))
-        assert (stats(graph, input_shape=SHAPE, params=params)["params"] - stats(folded, input_shape=SHAPE)["params"]
-                == bn_params - node_biases == 84 + 8 + 16)
+        assert (
+            stats(graph, input_shape=SHAPE, params=params)["params"] - stats(folded, input_shape=SHAPE)["params"]
+            == bn_params - node_biases
+            == 84 + 8 + 16
+        )
 
 
 # ---- conv nets: spatial mode --------------------------------------------------------------------
+
 
 def test_spatial_mode_collapses_resnet_blocks_with_their_shortcuts():
     graph, p0, s0, forward = _model("resnet", 14)
@@ -235,12 +275,16 @@ def test_bottleneck_imagenet_stem_folds_exactly():
     _close(values["logits"], ref)
     assert values["stem"].shape[1:3] == (9, 9) and values["s1.b0.act1"].shape[1:3] == (5, 5)
     # nothing linear: BN folds away; the graph and the folded net count the same convs at the same sizes
-    bn_flops = sum(2 * values[n.name].shape[1] * values[n.name].shape[2] * n.channels
-                   for n in graph.nodes for e in n.operands for op in e.ops if op.kind == "bn")
+    bn_flops = sum(
+        2 * values[n.name].shape[1] * values[n.name].shape[2] * n.channels
+        for n in graph.nodes
+        for e in n.operands
+        for op in e.ops
+        if op.kind == "bn"
+    )
     folded = fold(graph, base, stats_)
     _close(apply_jit(folded, x), ref)
-    assert (stats(graph, input_shape=shape, params=base)["flops"] - bn_flops
-            == stats(folded, input_shape=shape)["flops"])
+    assert stats(graph, input_shape=shape, params=base)["flops"] - bn_flops == stats(folded, input_shape=shape)["flops"]
     # the stem linear: the pool is a barrier, the stem node stays (a pass-through); s1.b0.act1
     # linear: its pooled 1x1 conv composes with the 3x3 conv after it, its bias becomes a 5x5 map
     params = _linear(base, graph, ["stem", "s1.b0.act1"])
@@ -261,19 +305,28 @@ def test_bottleneck_imagenet_stem_folds_exactly():
 
 def _chain(k1: int, stride1: int, k2: int, act2: str = "relu"):
     """input(2) → a: conv k1 (stride1) + BN, linear PReLU → b: conv k2 + BN, `act2` → logits (pool, dense)."""
-    g = Graph((Node("in", 2, "input", ()),
-               Node("a", 3, "prelu", (Edge(0, (Op("conv", ("c1",), stride=stride1), Op("bn", ("n1",), eps=1e-5))),),
-                    ("p1",)),
-               Node("b", 4, act2, (Edge(1, (Op("conv", ("c2",)), Op("bn", ("n2",), eps=1e-5))),)),
-               Node("out", 2, "output", (Edge(2, (Op("avgpool"), Op("dense", ("h",)))),))))
+    g = Graph(
+        (
+            Node("in", 2, "input", ()),
+            Node(
+                "a", 3, "prelu", (Edge(0, (Op("conv", ("c1",), stride=stride1), Op("bn", ("n1",), eps=1e-5))),), ("p1",)
+            ),
+            Node("b", 4, act2, (Edge(1, (Op("conv", ("c2",)), Op("bn", ("n2",), eps=1e-5))),)),
+            Node("out", 2, "output", (Edge(2, (Op("avgpool"), Op("dense", ("h",)))),)),
+        )
+    )
     rng = np.random.default_rng(7)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     bn = lambda c: {"scale": f32(rng.uniform(0.5, 1.5, c)), "bias": f32(rng.normal(0, 1, c))}  # noqa: E731
     stat = lambda c: {"mean": f32(rng.normal(0, 1, c)), "var": f32(rng.uniform(0.5, 2, c))}  # noqa: E731
-    params = {"c1": {"kernel": f32(rng.normal(0, 0.5, (k1, k1, 2, 3)))}, "n1": bn(3),
-              "p1": {"slope": np.ones(3, np.float32)},
-              "c2": {"kernel": f32(rng.normal(0, 0.5, (k2, k2, 3, 4)))}, "n2": bn(4),
-              "h": {"kernel": f32(rng.normal(0, 1, (4, 2))), "bias": f32(rng.normal(0, 1, 2))}}
+    params = {
+        "c1": {"kernel": f32(rng.normal(0, 0.5, (k1, k1, 2, 3)))},
+        "n1": bn(3),
+        "p1": {"slope": np.ones(3, np.float32)},
+        "c2": {"kernel": f32(rng.normal(0, 0.5, (k2, k2, 3, 4)))},
+        "n2": bn(4),
+        "h": {"kernel": f32(rng.normal(0, 1, (4, 2))), "bias": f32(rng.normal(0, 1, 2))},
+    }
     return g, params, {"n1": stat(3), "n2": stat(4)}
 
 
@@ -300,8 +353,13 @@ def test_compose_conv_equals_two_valid_convs(k1, s1, k2, s2):
     a, b = rng.normal(size=(k1, k1, 2, 3)), rng.normal(size=(k2, k2, 3, 4))
     x = rng.normal(size=(2, 13, 13, 2))
     conv = lambda x, w, s: jax.lax.conv_general_dilated(  # noqa: E731
-        x, jnp.asarray(w, jnp.float32), (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=jax.lax.Precision.HIGHEST)
+        x,
+        jnp.asarray(w, jnp.float32),
+        (s, s),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    )
     two = conv(conv(x.astype(np.float32), a, s1), b, s2)
     one = conv(x.astype(np.float32), compose_conv(a, s1, b), s1 * s2)
     _close(one, two, 1e-5)
@@ -338,13 +396,14 @@ def test_global_avgpool_composes_only_after_an_identity_or_1x1_stride_1_conv(k1,
     folded = fold(g, params, stats_)
     # a (then 1x1) always folds into b; b folds into the pooled head only when what reaches it is a
     # 1x1 stride-1 conv: the mean of a zero-padded or strided conv is not a conv of the mean
-    assert folded.names() == ["in", *kept, "out"] and list(folded.eliminated) == ["a", "b"][:2 - len(kept)]
+    assert folded.names() == ["in", *kept, "out"] and list(folded.eliminated) == ["a", "b"][: 2 - len(kept)]
     head = folded.nodes[-1].operands[0]
     assert head.pre == "avgpool" and head.kernel.shape == ((4, 2) if kept else (2, 2))
     _close(apply_folded(folded, x), apply_graph(g, params, stats_, x))
 
 
 # ---- counts ---------------------------------------------------------------------------------
+
 
 def _leaves(tree) -> int:
     return sum(np.size(a) for a in jax.tree.leaves(tree))
@@ -356,13 +415,30 @@ def test_counts_of_small_models_equal_hand_computed_values():
     params, stats_ = _randomize(p0, s0)
     # dense 9x4 + BN 2x4 + slopes 4; dense 4x4 + BN 8 + slopes 4; head 4x3 + 3
     assert stats(graph, input_shape=(3, 3, 1), params=params) == {
-        "depth": 3, "params": 91, "flops": 2 * (36 + 16 + 12) + 2 * (4 + 4), "weight_layers": 3,
-        "hidden_nodes": 2, "nonlinear_nodes": 2}
+        "depth": 3,
+        "params": 91,
+        "flops": 2 * (36 + 16 + 12) + 2 * (4 + 4),
+        "weight_layers": 3,
+        "hidden_nodes": 2,
+        "nonlinear_nodes": 2,
+    }
     assert _leaves(params) == 91
     assert stats(fold(graph, params, stats_), input_shape=(3, 3, 1)) == {
-        "depth": 3, "params": 91 - 8, "flops": 128, "weight_layers": 3, "hidden_nodes": 2, "nonlinear_nodes": 2}
+        "depth": 3,
+        "params": 91 - 8,
+        "flops": 128,
+        "weight_layers": 3,
+        "hidden_nodes": 2,
+        "nonlinear_nodes": 2,
+    }
     assert stats(fold(graph, _linear(params, graph, ["fc0", "fc1"]), stats_), input_shape=(3, 3, 1)) == {
-        "depth": 1, "params": 9 * 3 + 3, "flops": 2 * 27, "weight_layers": 1, "hidden_nodes": 0, "nonlinear_nodes": 0}
+        "depth": 1,
+        "params": 9 * 3 + 3,
+        "flops": 2 * 27,
+        "weight_layers": 1,
+        "hidden_nodes": 0,
+        "nonlinear_nodes": 0,
+    }
     # plain CNN, widths 2, 4, 8 on 4x4x1: convs at 4x4, 2x2, 1x1 (max-pools between), head 8 -> 3
     graph, p0, s0, _ = _model("plain_cnn", 3, width=2, shape=(4, 4, 1))
     params, stats_ = _randomize(p0, s0)
@@ -371,20 +447,41 @@ def test_counts_of_small_models_equal_hand_computed_values():
     n_params = 18 + 72 + 288 + 2 * (2 + 4 + 8) + (2 + 4 + 8) + 8 * 3 + 3
     assert n_params == _leaves(params) == 447
     assert stats(graph, input_shape=(4, 4, 1), params=params) == {
-        "depth": 4, "params": 447, "flops": conv_flops + bn_flops + 2 * 24, "weight_layers": 4, "hidden_nodes": 3,
-        "nonlinear_nodes": 3}
+        "depth": 4,
+        "params": 447,
+        "flops": conv_flops + bn_flops + 2 * 24,
+        "weight_layers": 4,
+        "hidden_nodes": 3,
+        "nonlinear_nodes": 3,
+    }
     assert conv_flops + bn_flops + 48 == 1888
     folded = fold(graph, _linear(params, graph, ["s2.c0"]), stats_)
     assert stats(folded, input_shape=(4, 4, 1)) == {
-        "depth": 4, "params": 447 - 14 - 4, "flops": 1888 - bn_flops, "weight_layers": 4, "hidden_nodes": 3,
-        "nonlinear_nodes": 2}
+        "depth": 4,
+        "params": 447 - 14 - 4,
+        "flops": 1888 - bn_flops,
+        "weight_layers": 4,
+        "hidden_nodes": 3,
+        "nonlinear_nodes": 2,
+    }
 
 
 def test_depth_counts_weight_layers_not_identity_edges():
-    f = Folded((FNode("in", 2, "input", ()), FNode("a", 2, "relu", (FEdge(0, "identity"),)),
-                FNode("out", 1, "output", (FEdge(1, "dense", np.ones((2, 1))), FEdge(0, "dense", np.ones((2, 1)))))))
-    assert stats(f, input_shape=(2,)) == {"depth": 1, "params": 4, "flops": 8, "weight_layers": 2, "hidden_nodes": 1,
-                                          "nonlinear_nodes": 1}
+    f = Folded(
+        (
+            FNode("in", 2, "input", ()),
+            FNode("a", 2, "relu", (FEdge(0, "identity"),)),
+            FNode("out", 1, "output", (FEdge(1, "dense", np.ones((2, 1))), FEdge(0, "dense", np.ones((2, 1))))),
+        )
+    )
+    assert stats(f, input_shape=(2,)) == {
+        "depth": 1,
+        "params": 4,
+        "flops": 8,
+        "weight_layers": 2,
+        "hidden_nodes": 1,
+        "nonlinear_nodes": 1,
+    }
     np.testing.assert_allclose(np.asarray(apply_folded(f, np.array([[1.0, -2.0]]))), [[0.0]])
 
 
@@ -405,16 +502,30 @@ def test_save_load_and_jit_round_trip(tmp_path):
 
 # ---- the command ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A 3-layer PReLU MLP on digits after 20 steps of a strong sparsity prior: most units linear."""
     from normjax.config import load_config
     from normjax.training.loop import train
 
-    cfg = load_config("experiments/mlp_digits.py", size="smoke", overrides=[
-        "model.activation=prelu", "model.depth=3", "model.width=16", "optim.name=sgd_prelu_l1",
-        "optim.prelu_l1=1.0", "train.steps=20", "train.steps_per_dispatch=10", "train.batch_size=32",
-        "train.eval_train_examples=64", "checkpoint.every=20", "log.metrics=[]"])
+    cfg = load_config(
+        "experiments/mlp_digits.py",
+        size="smoke",
+        overrides=[
+            "model.activation=prelu",
+            "model.depth=3",
+            "model.width=16",
+            "optim.name=sgd_prelu_l1",
+            "optim.prelu_l1=1.0",
+            "train.steps=20",
+            "train.steps_per_dispatch=10",
+            "train.batch_size=32",
+            "train.eval_train_examples=64",
+            "checkpoint.every=20",
+            "log.metrics=[]",
+        ],
+    )
     d = tmp_path_factory.mktemp("fold_run") / "run"
     assert train(cfg, d, progress=False)["status"] == "done"
     return d

@@ -17,8 +17,11 @@ ELR_KEYS = ("w_norm", "g_norm", "base_grad", "layer_lr", "elr", "elr_classic", "
 
 
 def _plain_sgd_run(tmp_path, **optim):
-    cfg = small_config(optim={"momentum": 0.0, "weight_decay": 0.0, "lr": 0.2, **optim},
-                       train={"steps": 12}, log={"metrics": ["elr"], "dense_steps": 12})
+    cfg = small_config(
+        optim={"momentum": 0.0, "weight_decay": 0.0, "lr": 0.2, **optim},
+        train={"steps": 12},
+        log={"metrics": ["elr"], "dense_steps": 12},
+    )
     summary = train(cfg, tmp_path / "run", progress=False)
     rows = list(RunDir(tmp_path / "run").read_metrics())
     layers = json.loads((tmp_path / "run" / "layers.json").read_text())
@@ -44,7 +47,7 @@ def test_elr_hook_identities_on_plain_sgd(tmp_path):
     assert np.abs(m["cos_gw"][:, si]).max() < 1e-4
     assert np.abs(m["cos_gw"][:, ~si]).max() > 1e-2
     w2 = m["w_norm"][:, si] ** 2
-    np.testing.assert_allclose(w2[1:], w2[:-1] + lr ** 2 * m["g_norm"][:-1, si] ** 2, rtol=2e-6)
+    np.testing.assert_allclose(w2[1:], w2[:-1] + lr**2 * m["g_norm"][:-1, si] ** 2, rtol=2e-6)
     e = m["elr"][:, si]
     np.testing.assert_allclose([r["elr_spread"] for r in rows], e.max(1) / e.min(1), rtol=1e-5)
     np.testing.assert_allclose([r["elr_log_std"] for r in rows], np.log10(e).std(1), rtol=1e-4, atol=1e-7)
@@ -90,12 +93,18 @@ def test_hooks_run_only_on_logged_slots_and_do_not_change_training():
 
 
 def test_summaries_come_from_registered_hooks():
-    rows = [{"step": 0, "elr_spread": 10.0, "elr_spread_main": 100.0}, {"step": 1, "elr_spread": "inf"},
-            {"step": 5, "elr_spread": 1000.0, "elr_spread_main": 1e4}]
+    rows = [
+        {"step": 0, "elr_spread": 10.0, "elr_spread_main": 100.0},
+        {"step": 1, "elr_spread": "inf"},
+        {"step": 5, "elr_spread": 1000.0, "elr_spread_main": 1e4},
+    ]
     cfg = {"log": {"dense_steps": 2}}
     assert metrics.summarize(["layer_norms", "elr"], rows, cfg) == {
-        "elr_log_spread_early": 1.0, "elr_log_spread": 2.0, "elr_log_spread_main_early": 2.0,
-        "elr_log_spread_main": 3.0}
+        "elr_log_spread_early": 1.0,
+        "elr_log_spread": 2.0,
+        "elr_log_spread_main_early": 2.0,
+        "elr_log_spread_main": 3.0,
+    }
     assert np.isnan(metrics.mean_log_spread([{"step": 0, "elr_spread": "nan"}]))
     with pytest.raises(UserError, match="spread layers 'proj' is unknown; allowed: all, main"):
         metrics.spread_key("proj")
@@ -104,8 +113,12 @@ def test_summaries_come_from_registered_hooks():
 def test_main_path_spread_leaves_out_the_shortcut_projections(tmp_path):
     # A ResNet-8 has two projection convs (stages 2 and 3): the main-path spread is max/min over the
     # other scale-invariant layers, and the all-layers one over all of them, from the logged ELRs.
-    cfg = small_config(model={"name": "resnet", "depth": 8, "width": 8}, optim={"momentum": 0.0},
-                       train={"steps": 4}, log={"metrics": ["elr"], "dense_steps": 4})
+    cfg = small_config(
+        model={"name": "resnet", "depth": 8, "width": 8},
+        optim={"momentum": 0.0},
+        train={"steps": 4},
+        log={"metrics": ["elr"], "dense_steps": 4},
+    )
     summary = train(cfg, tmp_path / "run", progress=False)
     rows = list(RunDir(tmp_path / "run").read_metrics())
     layers = json.loads((tmp_path / "run" / "layers.json").read_text())

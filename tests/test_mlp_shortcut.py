@@ -33,8 +33,7 @@ WIDTH = 4
 
 
 def _build(depth=5, shortcut=True, activation="prelu", width=WIDTH, seed=0, **kw):
-    cfg = dict(DEFAULTS["model"], name="mlp", depth=depth, width=width, activation=activation,
-               shortcut=shortcut, **kw)
+    cfg = dict(DEFAULTS["model"], name="mlp", depth=depth, width=width, activation=activation, shortcut=shortcut, **kw)
     return build_model(cfg, num_classes=3, image_shape=SHAPE, rngs=nnx.Rngs(seed))
 
 
@@ -50,9 +49,14 @@ def _randomize(params, stats_, seed=0):
         key, shape = jax.tree_util.keystr(path), a.shape
         if key.endswith("['kernel']"):
             return rng.normal(0, np.sqrt(2.0 / shape[-2]), shape).astype(np.float32)
-        lo_hi = {"['mean']": (-0.5, 0.5), "['var']": (0.5, 2.0), "['scale']": (0.5, 1.5), "['bias']": (-0.5, 0.5),
-                 "['slope']": (0.0, 0.5)}
-        (lo, hi), = [v for k, v in lo_hi.items() if key.endswith(k)]
+        lo_hi = {
+            "['mean']": (-0.5, 0.5),
+            "['var']": (0.5, 2.0),
+            "['scale']": (0.5, 1.5),
+            "['bias']": (-0.5, 0.5),
+            "['slope']": (0.0, 0.5),
+        }
+        ((lo, hi),) = [v for k, v in lo_hi.items() if key.endswith(k)]
         return rng.uniform(lo, hi, shape).astype(np.float32)
 
     return jax.tree_util.tree_map_with_path(draw, params), jax.tree_util.tree_map_with_path(draw, stats_)
@@ -91,18 +95,31 @@ def _x(n=6, seed=1):
 
 # ---- the plain default and the config --------------------------------------------------------
 
+
 def test_plain_is_the_default_and_unchanged():
     """shortcut=auto (the default) and false build today's MLP: its parameter tree, layers and graph."""
     assert DEFAULTS["model"]["shortcut"] == "auto"
-    default = build_model(dict(DEFAULTS["model"], name="mlp", depth=4, width=WIDTH, activation="prelu"),
-                          num_classes=3, image_shape=SHAPE, rngs=nnx.Rngs(0))
+    default = build_model(
+        dict(DEFAULTS["model"], name="mlp", depth=4, width=WIDTH, activation="prelu"),
+        num_classes=3,
+        image_shape=SHAPE,
+        rngs=nnx.Rngs(0),
+    )
     plain = _build(depth=4, shortcut=False)
     p0, p1 = _trees(default)[0], _trees(plain)[0]
     paths = sorted(jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(p0))
-    assert paths == sorted(f"['{a}']{b}" for a, b in [
-        ("head", "['bias']"), ("head", "['kernel']"), *[("hidden", f"['{s}']['{m}']['{v}']") for s in ("first", "rest")
-                                                        for m, v in (("act", "slope"), ("bn", "bias"), ("bn", "scale"),
-                                                                     ("dense", "kernel"))]])
+    assert paths == sorted(
+        f"['{a}']{b}"
+        for a, b in [
+            ("head", "['bias']"),
+            ("head", "['kernel']"),
+            *[
+                ("hidden", f"['{s}']['{m}']['{v}']")
+                for s in ("first", "rest")
+                for m, v in (("act", "slope"), ("bn", "bias"), ("bn", "scale"), ("dense", "kernel"))
+            ],
+        ]
+    )
     jax.tree.map(np.testing.assert_array_equal, p0, p1)
     assert np.shape(p0["hidden"]["rest"]["dense"]["kernel"]) == (3, WIDTH, WIDTH)
     assert [l.name for l in plain.layers()] == ["fc0", "fc1", "fc2", "fc3", "head"]
@@ -133,8 +150,9 @@ def test_the_key_is_model_shortcut():
     its parameters bit for bit those of `false`; a resnet's `auto` keeps its shortcuts."""
     residual = _from_config("model.depth=5", "model.shortcut=true")
     assert isinstance(residual, MLP) and residual.shortcut and residual.blocks == 2
-    assert has_shortcuts(load_config("experiments/mlp_digits.py",
-                                     overrides=["model.depth=5", "model.shortcut=true"])["model"])
+    assert has_shortcuts(
+        load_config("experiments/mlp_digits.py", overrides=["model.depth=5", "model.shortcut=true"])["model"]
+    )
     auto, false = _from_config("model.depth=5"), _from_config("model.depth=5", "model.shortcut=false")
     assert not auto.shortcut and not false.shortcut and not has_shortcuts(DEFAULTS["model"] | {"name": "mlp"})
     (pa, sa), (pf, sf) = _trees(auto), _trees(false)
@@ -143,8 +161,14 @@ def test_the_key_is_model_shortcut():
     resnet = load_config("experiments/resnet_digits.py")["model"]
     assert resnet["shortcut"] == "auto" and has_shortcuts(resnet)
     for m in (resnet, dict(resnet, block="bottleneck", depth=50)):
-        build = lambda m: nnx.eval_shape(lambda: build_model(m, num_classes=3, image_shape=(32, 32, 3),  # noqa: E731
-                                                             rngs=nnx.Rngs(0)))
+        build = lambda m: nnx.eval_shape(
+            lambda: build_model(
+                m,
+                num_classes=3,
+                image_shape=(32, 32, 3),  # noqa: E731
+                rngs=nnx.Rngs(0),
+            )
+        )
         assert build(m).shortcut is True and build(dict(m, shortcut=False)).shortcut is False
         assert any(not e.ops for n in build(m).graph().nodes for e in n.operands)  # identity edges
 
@@ -192,6 +216,7 @@ def test_an_old_mlp_run_dir_reads_as_the_plain_mlp_it_trained(tmp_path):
 
 # ---- structure: parameters, layers, masks ------------------------------------------------------
 
+
 def test_blocks_layers_and_masks():
     model = _build(depth=5)
     params, _ = _trees(model)
@@ -200,8 +225,13 @@ def test_blocks_layers_and_masks():
     assert np.shape(rest["dense1"]["kernel"]) == (2, WIDTH, WIDTH) and np.shape(rest["act2"]["slope"]) == (2, WIDTH)
     layers = model.layers()
     assert [(l.name, l.depth, l.path[-2], l.index) for l in layers] == [
-        ("fc0", 0, "dense", None), ("fc1", 1, "dense1", 0), ("fc2", 2, "dense2", 0), ("fc3", 3, "dense1", 1),
-        ("fc4", 4, "dense2", 1), ("head", 5, "head", None)]
+        ("fc0", 0, "dense", None),
+        ("fc1", 1, "dense1", 0),
+        ("fc2", 2, "dense2", 0),
+        ("fc3", 3, "dense1", 1),
+        ("fc4", 4, "dense2", 1),
+        ("head", 5, "head", None),
+    ]
     got = per_layer(params, layers)  # each layer's own slice of the stacked kernels
     for i, l in enumerate(layers):
         leaf = np.asarray(get_path(params, l.path))
@@ -220,11 +250,14 @@ def test_block_is_the_residual_formula():
     h = model.hidden.first(x, True)
     p = _trees(model)[0]["hidden"]["rest"]
     bn = lambda z, q: (z - z.mean(0)) / jnp.sqrt(z.var(0) + 1e-5) * q["scale"][0] + q["bias"][0]  # noqa: E731
-    ref = jax.nn.relu(h + bn(jax.nn.relu(bn(h @ p["dense1"]["kernel"][0], p["bn1"])) @ p["dense2"]["kernel"][0], p["bn2"]))
+    ref = jax.nn.relu(
+        h + bn(jax.nn.relu(bn(h @ p["dense1"]["kernel"][0], p["bn1"])) @ p["dense2"]["kernel"][0], p["bn2"])
+    )
     _close(model.hidden(x, True), ref, rtol=1e-5)
 
 
 # ---- graph and APL -------------------------------------------------------------------------------
+
 
 def test_graph_records_the_identity_shortcuts():
     graph = _build(depth=5).graph()
@@ -233,7 +266,8 @@ def test_graph_records_the_identity_shortcuts():
     shortcuts = [(n.name, graph.nodes[e.src].name) for n in graph.nodes for e in n.operands if not e.ops]
     assert shortcuts == [("fc2", "fc0"), ("fc4", "fc2")]
     assert [n.slope for n in graph.nodes[1:-1]] == [("hidden", "first", "act")] + [
-        ("hidden", "rest", f"act{k}") for k in (1, 2, 1, 2)]
+        ("hidden", "rest", f"act{k}") for k in (1, 2, 1, 2)
+    ]
     assert [n.index for n in graph.nodes[1:-1]] == [None, 0, 0, 1, 1]
 
 
@@ -274,6 +308,7 @@ def test_apl_by_hand():
 
 # ---- evaluation from the graph, folding -------------------------------------------------------------
 
+
 def test_graph_evaluation_equals_the_model():
     model = _build(depth=7)
     graph, (p0, s0) = model.graph(), _trees(model)
@@ -289,9 +324,12 @@ def test_residual_mlp_folds_exactly(pattern):
     model = _build(depth=5)
     graph, (p0, s0) = model.graph(), _trees(model)
     base, stats_ = _randomize(p0, s0, seed=2)
-    linear = {"none": {}, "partial": {"fc1": [0, 2], "fc2": [1], "fc4": [3]},
-              "blocks": {"fc1": None, "fc2": [0, 1], "fc4": None},
-              "all": {f"fc{i}": None for i in range(5)}}[pattern]
+    linear = {
+        "none": {},
+        "partial": {"fc1": [0, 2], "fc2": [1], "fc4": [3]},
+        "blocks": {"fc1": None, "fc2": [0, 1], "fc4": None},
+        "all": {f"fc{i}": None for i in range(5)},
+    }[pattern]
     params = _set_linear(base, graph, linear)
     folded = fold(graph, params, stats_)
     x = _x()
@@ -313,14 +351,22 @@ def test_residual_mlp_folds_exactly(pattern):
 
 # ---- training through the loop -------------------------------------------------------------------
 
+
 def test_residual_mlp_trains_with_elr_metrics(tmp_path):
-    cfg = small_config(model={"depth": 5, "width": 32, "shortcut": True},
-                       train={"steps": 16}, log={"metrics": ["layer_norms", "elr"]})
+    cfg = small_config(
+        model={"depth": 5, "width": 32, "shortcut": True}, train={"steps": 16}, log={"metrics": ["layer_norms", "elr"]}
+    )
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "done" and summary["test_accuracy"] > 0.3, summary
     run = tmp_path / "run"
-    assert [l["name"] for l in json.loads((run / "layers.json").read_text())] == \
-        ["fc0", "fc1", "fc2", "fc3", "fc4", "head"]
+    assert [l["name"] for l in json.loads((run / "layers.json").read_text())] == [
+        "fc0",
+        "fc1",
+        "fc2",
+        "fc3",
+        "fc4",
+        "head",
+    ]
     graph = json.loads((run / "graph.json").read_text())
     assert sum(1 for n in graph for e in n["operands"] if not e["ops"]) == 2  # the two identity shortcuts
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

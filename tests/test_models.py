@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from normjax.models import (BatchNorm, ChannelPReLU, build_model, per_layer, per_layer_sums, prelu_mask,
-                            scale_invariant_mask)
-from normjax.models.structure import get_path
-
 from helpers import assert_close
+from normjax.models import (
+    BatchNorm,
+    ChannelPReLU,
+    build_model,
+    per_layer,
+    per_layer_sums,
+    prelu_mask,
+    scale_invariant_mask,
+)
+from normjax.models.structure import get_path
 
 ULPS_SCAN = 4  # scanned against unrolled blocks: two programs (tests/helpers.py)
 
@@ -62,9 +68,10 @@ def test_scanned_blocks_equal_the_unrolled_network(model_cfg, train):
     # (the batch variance is reduced in another order); a few ulps of the activations' scale.
     assert_close(out, ref, ULPS_SCAN, "scanned vs unrolled output")
     stats = nnx.to_pure_dict(nnx.state(stage, nnx.BatchStat))
-    ref_stats = {"first": nnx.to_pure_dict(nnx.state(unrolled.first, nnx.BatchStat)),
-                 "rest": jax.tree.map(lambda *v: jnp.stack(v), *[nnx.to_pure_dict(nnx.state(b, nnx.BatchStat))
-                                                                  for b in blocks])}
+    ref_stats = {
+        "first": nnx.to_pure_dict(nnx.state(unrolled.first, nnx.BatchStat)),
+        "rest": jax.tree.map(lambda *v: jnp.stack(v), *[nnx.to_pure_dict(nnx.state(b, nnx.BatchStat)) for b in blocks]),
+    }
     assert len(jax.tree.leaves(stats)) == 10  # mean and var: first's bn1, bn2, proj_bn; the stacked bn1, bn2
     assert_close(stats, ref_stats, ULPS_SCAN, "scanned vs unrolled BN statistics")
     changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), stats, before)
@@ -124,13 +131,12 @@ def test_channel_prelu_limits():
 def test_grouped_batchnorm_is_per_slice_batchnorm():
     x = jax.random.normal(jax.random.key(0), (8, 5, 5, 4)) * 3 + 1
     grouped = BatchNorm(4, groups=4)(x, train=True)
-    single = jnp.concatenate([BatchNorm(4)(x[i:i + 2], train=True) for i in range(0, 8, 2)])
+    single = jnp.concatenate([BatchNorm(4)(x[i : i + 2], train=True) for i in range(0, 8, 2)])
     np.testing.assert_allclose(grouped, single, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params(model_cfg):
-    model = build_model(model_cfg(depth=8), num_classes=10, image_shape=(8, 8, 3), rngs=nnx.Rngs(0),
-                        dtype=jnp.bfloat16)
+    model = build_model(model_cfg(depth=8), num_classes=10, image_shape=(8, 8, 3), rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert model(jnp.ones((2, 8, 8, 3)), train=True).dtype == jnp.bfloat16
 
@@ -143,13 +149,14 @@ def test_per_layer_reads_stacked_slices(model_cfg):
     for i, l in enumerate(layers):
         leaf = np.asarray(get_path(pure, l.path))
         leaf = leaf if l.index is None else leaf[l.index]
-        np.testing.assert_allclose(got[i], np.sum(leaf ** 2), rtol=1e-6)
+        np.testing.assert_allclose(got[i], np.sum(leaf**2), rtol=1e-6)
 
 
 @pytest.mark.parametrize("k,stride,size", [(1, 1, 6), (3, 1, 6), (3, 2, 8), (1, 2, 8), (3, 2, 7)])
 def test_conv_gradients_equal_xla_rule(k, stride, size):
     """The loop-friendly backward pass computes XLA's gradients (inside lax.scan, as in training)."""
     from normjax.models.layers import _conv, conv
+
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, (3, 4, size, size, 5))
     w = jax.random.normal(kw, (k, k, 5, 5)) * 0.3
@@ -157,7 +164,8 @@ def test_conv_gradients_equal_xla_rule(k, stride, size):
     def net(f):
         def loss(w, x):
             _, ys = jax.lax.scan(lambda c, xi: (c, jnp.tanh(f(xi, w))), 0.0, x)
-            return jnp.sum(ys ** 2)
+            return jnp.sum(ys**2)
+
         return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
     ours = net(lambda h, w: conv(h, w, stride))(w, x)
@@ -172,6 +180,7 @@ def test_vmapped_conv_runs_per_slice_with_xla_gradients(k, stride):
     """Under vmap over runs (a sweep group), our conv stays one ungrouped conv per run, forward and
     backward, and its gradients equal XLA's own grouped-conv rule."""
     from normjax.models.layers import _conv, conv
+
     kx, kw = jax.random.split(jax.random.key(1))
     x = jax.random.normal(kx, (3, 2, 4, 8, 8, 5))  # [runs, scan, batch, H, W, C]
     w = jax.random.normal(kw, (3, k, k, 5, 5)) * 0.3
@@ -179,10 +188,12 @@ def test_vmapped_conv_runs_per_slice_with_xla_gradients(k, stride):
     def net(f):
         def loss(w, x):
             _, ys = jax.lax.scan(lambda c, xi: (c, jnp.tanh(f(xi, w))), 0.0, x)
-            return jnp.sum(ys ** 2)
+            return jnp.sum(ys**2)
+
         return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1))))
 
     ours = net(lambda h, w: conv(h, w, stride))
+
     def group_counts(f):
         return set(re.findall(r"(?:feature|batch)_group_count = (\d+)", f.lower(w, x).as_text()))
 
@@ -215,6 +226,7 @@ def test_batchnorm_closed_form_backward_equals_autodiff(groups):
 def test_conv_impl_switch(monkeypatch):
     from normjax.errors import UserError
     from normjax.models.layers import use_custom_conv
+
     assert use_custom_conv()  # CPU default: the loop-safe, per-run conv
     monkeypatch.setenv("NORMJAX_CONV", "xla")
     assert not use_custom_conv()

@@ -36,11 +36,19 @@ SCRIPT = textwrap.dedent("""
 
 def _run(tmp_path, devices: int, per_device_bn: bool = False) -> tuple[dict, dict]:
     """The run's summary, metric rows and final step, and its final `{leaf path: array}`."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",  # keeps any flags given (make test-isa's instruction set)
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",  # keeps any flags given (make test-isa's instruction set)
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
+    )
     rundir = tmp_path / f"d{devices}{per_device_bn}"
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(rundir), str(devices), str(int(per_device_bn))], env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(rundir), str(devices), str(int(per_device_bn))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     with np.load(f"{rundir}.npz") as f:
         return json.loads(out.stdout.strip().splitlines()[-1]), dict(f)
@@ -56,12 +64,25 @@ def test_one_and_eight_devices_agree(tmp_path):
     # sums over 8 shards, reduced in another order). Accuracies are counts: a flipped example is
     # millions of ulps away. A wrong LR or a skipped step fails (tests/test_sweep.py shows it).
     close_rows(eight["rows"], one["rows"], ULPS_DEVICES)
-    assert eight["rows"][0].keys() == {"step", "epoch", "lr", "accuracy", "loss", "w_norm", "g_norm", "l2_grads",
-                                       "l2_params", "l2_updates"}
+    assert eight["rows"][0].keys() == {
+        "step",
+        "epoch",
+        "lr",
+        "accuracy",
+        "loss",
+        "w_norm",
+        "g_norm",
+        "l2_grads",
+        "l2_params",
+        "l2_updates",
+    }
     assert p8.keys() == p1.keys() and len(p1) == 12  # 8 parameter and 4 BN statistics leaves
     assert_close(p8, p1, ULPS_DEVICES, "final parameters and BN statistics")
-    assert_close(*[{k: v for k, v in s.items() if k != "wall_time"} for s in (eight["summary"], one["summary"])],
-                 ULPS_DEVICES, "summary")
+    assert_close(
+        *[{k: v for k, v in s.items() if k != "wall_time"} for s in (eight["summary"], one["summary"])],
+        ULPS_DEVICES,
+        "summary",
+    )
     # Per-device BN normalizes 8-example slices: a different (and still learning) model.
     ghost, _ = _run(tmp_path, 8, per_device_bn=True)
     loss, ghost_loss = [r["loss"] for r in one["rows"]], [r["loss"] for r in ghost["rows"]]
@@ -70,9 +91,23 @@ def test_one_and_eight_devices_agree(tmp_path):
 
 def test_batch_not_divisible_by_devices_is_one_line(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "normjax", "train", "experiments/mlp_digits.py", "--workdir",
-                          str(tmp_path / "w"), "--set", "train.batch_size=60"], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "normjax",
+            "train",
+            "experiments/mlp_digits.py",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--set",
+            "train.batch_size=60",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and "batch_size=60" in err[0] and "8" in err[0], out.stderr

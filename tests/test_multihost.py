@@ -19,15 +19,35 @@ from helpers import assert_close, close_rows
 ULPS_PROCESSES = 8  # two processes against one: two programs (tests/helpers.py)
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--set", "model.depth=3", "--set", "model.width=512", "--set", "train.steps=48",
-        "--set", "train.batch_size=64", "--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=8",
-        "--set", "log.every=4", "--set", "log.dense_steps=8", "--set", "train.eval_train_examples=256"]
+ARGS = [
+    "--set",
+    "model.depth=3",
+    "--set",
+    "model.width=512",
+    "--set",
+    "train.steps=48",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "train.steps_per_dispatch=4",
+    "--set",
+    "checkpoint.every=8",
+    "--set",
+    "log.every=4",
+    "--set",
+    "log.dense_steps=8",
+    "--set",
+    "train.eval_train_examples=256",
+]
 
 
 def _env(devices: int, **extra) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu",
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("NORMJAX_DISTRIBUTED", None)
     return env | extra
 
@@ -42,12 +62,26 @@ def _start(cmd: list[str], processes: int) -> list[subprocess.Popen]:
     """`normjax <cmd>` in `processes` processes of 2 devices each (one process of 4 when 1)."""
     argv = [sys.executable, "-m", "normjax"] + cmd
     if processes == 1:
-        return [subprocess.Popen(argv, env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+        return [
+            subprocess.Popen(argv, env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ]
     port = _free_port()
-    return [subprocess.Popen(argv + ["--distributed"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                                                 NORMJAX_NUM_PROCESSES=str(processes), NORMJAX_PROCESS_ID=str(i)))
-            for i in range(processes)]
+    return [
+        subprocess.Popen(
+            argv + ["--distributed"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(
+                2,
+                JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                NORMJAX_NUM_PROCESSES=str(processes),
+                NORMJAX_PROCESS_ID=str(i),
+            ),
+        )
+        for i in range(processes)
+    ]
 
 
 def _wait(procs: list[subprocess.Popen]) -> list[str]:
@@ -60,16 +94,25 @@ def _wait(procs: list[subprocess.Popen]) -> list[str]:
 
 
 def _rows(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def _params(run: Path) -> dict:
     from normjax.training.loop import read_run
+
     _, _, _, step, items = read_run(run)
     import jax
-    return {"step": step, **{"/".join(map(str, k)): np.asarray(v)
-                             for k, v in jax.tree_util.tree_flatten_with_path(jax.device_get(items))[0]}}
+
+    return {
+        "step": step,
+        **{
+            "/".join(map(str, k)): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(jax.device_get(items))[0]
+        },
+    }
 
 
 def _same(a: Path, b: Path) -> None:
@@ -84,12 +127,29 @@ def _same(a: Path, b: Path) -> None:
     assert_close(pb, pa, ULPS_PROCESSES, "final parameters and BN statistics")
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sa["status"] == sb["status"] == "done"
-    assert_close(*[{k: s[k] for k in ("test_accuracy", "train_accuracy", "step", "train_loss")} for s in (sb, sa)],
-                 ULPS_PROCESSES, "summary")
+    assert_close(
+        *[{k: s[k] for k in ("test_accuracy", "train_accuracy", "step", "train_loss")} for s in (sb, sa)],
+        ULPS_PROCESSES,
+        "summary",
+    )
 
 
-SMALL = ["--set", "model.depth=2", "--set", "model.width=64", "--set", "train.steps=16", "--set", "train.batch_size=64",
-         "--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=8", "--set", "train.eval_train_examples=256"]
+SMALL = [
+    "--set",
+    "model.depth=2",
+    "--set",
+    "model.width=64",
+    "--set",
+    "train.steps=16",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "train.steps_per_dispatch=4",
+    "--set",
+    "checkpoint.every=8",
+    "--set",
+    "train.eval_train_examples=256",
+]
 
 
 @pytest.mark.cross_program
@@ -98,11 +158,14 @@ def test_two_processes_train_one_run_as_one_process_does(tmp_path):
     only process 0 writes, and a rerun of the finished run is "already done" on both."""
     from normjax.config import load_config
     from normjax.training.loop import train
+
     train(load_config("experiments/mlp_digits.py", overrides=SMALL[1::2]), tmp_path / "ref", progress=False)
     errs = _wait(_start(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "multi")] + SMALL, 2))
     assert "compiling" in errs[0] and "compiling" not in errs[1], errs
     _same(tmp_path / "ref", tmp_path / "multi")
-    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == sorted(
+        p.name for p in (tmp_path / "ref").iterdir()
+    )
     procs = _start(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "multi")] + SMALL, 2)
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
@@ -115,13 +178,23 @@ def test_a_streamed_run_in_two_processes_equals_it_in_one(tmp_path):
     half of every batch; the run equals the same run in this process reading whole batches."""
     pytest.importorskip("grain")
     pytest.importorskip("tensorflow_datasets")
-    from tfds_fake import prepare_digits
-
     from normjax.config import load_config
     from normjax.training.loop import train
+    from tfds_fake import prepare_digits
+
     prepare_digits(tmp_path / "tfds")
-    stream = SMALL + ["--set", "data.name=nj_digits", "--set", f"data.data_dir={tmp_path / 'tfds'}",
-                      "--set", "data.pipeline=stream", "--set", "data.workers=0", "--set", "data.flip=true"]
+    stream = SMALL + [
+        "--set",
+        "data.name=nj_digits",
+        "--set",
+        f"data.data_dir={tmp_path / 'tfds'}",
+        "--set",
+        "data.pipeline=stream",
+        "--set",
+        "data.workers=0",
+        "--set",
+        "data.flip=true",
+    ]
     ref = train(load_config("experiments/mlp_digits.py", overrides=stream[1::2]), tmp_path / "ref", progress=False)
     assert ref["status"] == "done"
     _wait(_start(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "multi")] + stream, 2))
@@ -154,7 +227,7 @@ def test_two_process_sweep_equals_one_process(tmp_path):
     spec = tmp_path / "sweep_mh.py"
     spec.write_text(f"""
 def get_sweep(size):
-    return {{"base": "{ROOT / 'experiments' / 'mlp_digits.py'}", "grid": {{"optim.lr": [0.05, 0.2]}},
+    return {{"base": "{ROOT / "experiments" / "mlp_digits.py"}", "grid": {{"optim.lr": [0.05, 0.2]}},
             "set": {{"model.depth": 2, "model.width": 64, "train.steps": 24, "train.batch_size": 64,
                      "train.steps_per_dispatch": 4, "checkpoint.every": 8, "train.eval_train_examples": 256}}}}
 """)

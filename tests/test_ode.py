@@ -13,8 +13,11 @@ from normjax.training.loop import train
 @pytest.fixture(scope="module")
 def sgd_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("ode") / "run"
-    cfg = small_config(optim={"momentum": 0.0, "weight_decay": 0.0, "lr": 0.3},
-                       train={"steps": 16}, log={"metrics": ["elr"], "dense_steps": 16})
+    cfg = small_config(
+        optim={"momentum": 0.0, "weight_decay": 0.0, "lr": 0.3},
+        train={"steps": 16},
+        log={"metrics": ["elr"], "dense_steps": 16},
+    )
     train(cfg, d, progress=False)
     return d
 
@@ -44,13 +47,18 @@ def test_base_gradient_drift_is_the_median_layer_change_from_step_0(sgd_run):
 
 
 def test_main_path_comparison_leaves_out_projections(tmp_path):
-    cfg = small_config(model={"name": "resnet", "depth": 8, "width": 8}, optim={"momentum": 0.0, "lr": 0.3},
-                       train={"steps": 4}, log={"metrics": ["elr"], "dense_steps": 4})
+    cfg = small_config(
+        model={"name": "resnet", "depth": 8, "width": 8},
+        optim={"momentum": 0.0, "lr": 0.3},
+        train={"steps": 4},
+        log={"metrics": ["elr"], "dense_steps": 4},
+    )
     train(cfg, tmp_path / "run", progress=False)
     every, main = compare_run(tmp_path / "run"), compare_run(tmp_path / "run", layers="main")
     assert [n for n in every.names if n not in main.names] == ["s2.b0.proj", "s3.b0.proj"]
-    np.testing.assert_allclose(main.measured["spread"], [r for r in _logged(tmp_path / "run", "elr_spread_main")],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        main.measured["spread"], [r for r in _logged(tmp_path / "run", "elr_spread_main")], rtol=1e-5
+    )
     with pytest.raises(UserError, match="spread layers 'proj' is unknown"):
         compare_run(tmp_path / "run", layers="proj")
 
@@ -62,8 +70,11 @@ def _logged(rundir, key):
 
 
 def test_replay_is_not_exact_with_momentum(tmp_path):
-    cfg = small_config(optim={"momentum": 0.9, "weight_decay": 0.0, "lr": 0.3},
-                       train={"steps": 8}, log={"metrics": ["elr"], "dense_steps": 8})
+    cfg = small_config(
+        optim={"momentum": 0.9, "weight_decay": 0.0, "lr": 0.3},
+        train={"steps": 8},
+        log={"metrics": ["elr"], "dense_steps": 8},
+    )
     train(cfg, tmp_path / "run", progress=False)
     assert compare_run(tmp_path / "run").norm_error["replay"].max() > 1e-3  # the map has no momentum term
 
@@ -76,13 +87,16 @@ def test_ode_command_on_a_run_and_simulated(sgd_run, tmp_path, capsys):
     assert (tmp_path / "ode_simulation.pdf").stat().st_size > 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["ode"], "give a run or sweep directory"),
-    (["ode", "--simulate", "--c0", "1,x"], "comma-separated"),
-    (["ode", "--simulate", "--c0", "1,2", "--w0", "1"], "one per layer"),
-    (["ode", "--simulate", "--momentum", "1.5"], "momentum"),
-    (["ode", ".", "--model", "rk4"], "allowed: discrete, ode"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ode"], "give a run or sweep directory"),
+        (["ode", "--simulate", "--c0", "1,x"], "comma-separated"),
+        (["ode", "--simulate", "--c0", "1,2", "--w0", "1"], "one per layer"),
+        (["ode", "--simulate", "--momentum", "1.5"], "momentum"),
+        (["ode", ".", "--model", "rk4"], "allowed: discrete, ode"),
+    ],
+)
 def test_ode_command_errors_are_one_line(argv, message):
     with pytest.raises(UserError, match=message) as e:
         cli(argv)
@@ -101,9 +115,17 @@ def test_ode_on_a_sweep_writes_errors_and_figures(sgd_run, tmp_path, capsys):
 
     sweep = tmp_path / "sweep"
     shutil.copytree(sgd_run, sweep / "lr=0.3")
-    (sweep / "sweep.json").write_text(json.dumps({"runs": [{"name": "lr=0.3", "overrides": {"optim.lr": 0.3}},
-                                                           {"name": "missing", "overrides": {"optim.lr": 1.0}}],
-                                                  "varied": ["optim.lr"]}))
+    (sweep / "sweep.json").write_text(
+        json.dumps(
+            {
+                "runs": [
+                    {"name": "lr=0.3", "overrides": {"optim.lr": 0.3}},
+                    {"name": "missing", "overrides": {"optim.lr": 1.0}},
+                ],
+                "varied": ["optim.lr"],
+            }
+        )
+    )
     assert cli(["ode", str(sweep)]) == 0
     assert "lr=0.3: spread error" in capsys.readouterr().out
     lines = (sweep / "figures" / "ode_discrete_errors.csv").read_text().splitlines()

@@ -44,8 +44,9 @@ def test_decoupled_weight_decay_stays_out_of_momentum():
     cfg = _cfg(lr=0.1, momentum=0.9, weight_decay=0.01, decoupled_wd=True, schedule="cosine")
     ours = _run(make_optimizer(cfg, total_steps=10, context=CTX), _params())
     sched = lambda t: 0.1 * schedule_shape(cfg, 10)(t)
-    ref = _run(optax.chain(optax.trace(0.9), optax.add_decayed_weights(0.01), optax.scale_by_learning_rate(sched)),
-               _params())
+    ref = _run(
+        optax.chain(optax.trace(0.9), optax.add_decayed_weights(0.01), optax.scale_by_learning_rate(sched)), _params()
+    )
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, ref)
 
 
@@ -98,22 +99,38 @@ def _ctx(params):
 
 def test_sgd_uniform_elr_equals_the_optax_lars_composition():
     """Unstacked leaves, relative ELR after momentum: optax's trust ratio (coefficient 1) on the masked kernels."""
-    cfg = _cfg(name="sgd_uniform_elr", lr=0.05, momentum=0.9, weight_decay=1e-2, schedule="cosine",
-               weight_decay_on="all")
+    cfg = _cfg(
+        name="sgd_uniform_elr", lr=0.05, momentum=0.9, weight_decay=1e-2, schedule="cosine", weight_decay_on="all"
+    )
     ours = _run(make_optimizer(cfg, total_steps=10, context=_ctx(_params())), _params())
     sched = lambda t: 0.05 * schedule_shape(cfg, 10)(t)
-    ref = _run(optax.chain(optax.add_decayed_weights(1e-2), optax.trace(0.9),
-                           optax.masked(optax.scale_by_trust_ratio(trust_coefficient=1.0), _ctx(None).scale_invariant_mask),
-                           optax.scale_by_learning_rate(sched)), _params())
+    ref = _run(
+        optax.chain(
+            optax.add_decayed_weights(1e-2),
+            optax.trace(0.9),
+            optax.masked(optax.scale_by_trust_ratio(trust_coefficient=1.0), _ctx(None).scale_invariant_mask),
+            optax.scale_by_learning_rate(sched),
+        ),
+        _params(),
+    )
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, ref)
 
 
 def test_sgd_prelu_l1_at_zero_strength_is_sgd_without_decay_on_slopes():
-    cfg = _cfg(name="sgd_prelu_l1", lr=0.05, momentum=0.9, weight_decay=1e-2, prelu_l1=0.0, prelu_tolerance=0.0,
-               schedule="constant")
+    cfg = _cfg(
+        name="sgd_prelu_l1",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-2,
+        prelu_l1=0.0,
+        prelu_tolerance=0.0,
+        schedule="constant",
+    )
     ours = _run(make_optimizer(cfg, total_steps=10, context=_ctx(_params())), _params())
-    ref = _run(optax.chain(optax.add_decayed_weights(1e-2, mask={"a": True, "b": {"c": False}}),
-                           optax.sgd(0.05, 0.9)), _params())
+    ref = _run(
+        optax.chain(optax.add_decayed_weights(1e-2, mask={"a": True, "b": {"c": False}}), optax.sgd(0.05, 0.9)),
+        _params(),
+    )
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, ref)
 
 
@@ -130,18 +147,24 @@ def _prelu_mlp():
     model = nnx.eval_shape(lambda: build_model(cfg, num_classes=2, image_shape=(2, 1, 1), rngs=nnx.Rngs(0)))
     abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.integers(1, 32, s.shape) / 16 * rng.choice([-1, 1], s.shape),
-                                                jnp.float32), abstract)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(rng.integers(1, 32, s.shape) / 16 * rng.choice([-1, 1], s.shape), jnp.float32), abstract
+    )
     layers = model.layers()
-    return params, OptimizerContext(scale_invariant_mask(abstract, layers), prelu_mask(abstract), layers,
-                                    layer_axes(abstract), 10)
+    return params, OptimizerContext(
+        scale_invariant_mask(abstract, layers), prelu_mask(abstract), layers, layer_axes(abstract), 10
+    )
 
 
 _KERNELS = {"hidden/first/dense/kernel", "hidden/rest/dense/kernel", "head/kernel"}
 _SLOPES = {"hidden/first/act/slope", "hidden/rest/act/slope"}
 _OTHERS = {"hidden/first/bn/scale", "hidden/first/bn/bias", "hidden/rest/bn/scale", "hidden/rest/bn/bias", "head/bias"}
-_DECAYED = {"kernels": _KERNELS, "all_but_prelu": _KERNELS | _OTHERS, None: _KERNELS | _OTHERS,
-            "all": _KERNELS | _OTHERS | _SLOPES}
+_DECAYED = {
+    "kernels": _KERNELS,
+    "all_but_prelu": _KERNELS | _OTHERS,
+    None: _KERNELS | _OTHERS,
+    "all": _KERNELS | _OTHERS | _SLOPES,
+}
 
 
 @pytest.mark.parametrize("name", ["sgd", "sgd_uniform_elr", "sgd_critical_warmup", "sgd_prelu_l1", "sgd_prelu_target"])
@@ -150,14 +173,25 @@ def test_weight_decay_acts_on_the_leaves_weight_decay_on_names(name, on):
     """Zero gradient, momentum 0, LR 1, coupled decay 0.5: a decayed leaf halves exactly, any other
     stays bitwise (the PReLU priors at zero strength, no tolerance, leave the slopes as they are)."""
     params, ctx = _prelu_mlp()
-    cfg = _cfg(name=name, lr=1.0, momentum=0.0, weight_decay=0.5, schedule="constant", prelu_tolerance=0.0,
-               prelu_l1=1e-3 if name == "sgd_prelu_target" else 0.0,  # the controller's target 1.0 keeps it off
-               **({} if on is None else {"weight_decay_on": on}))
+    cfg = _cfg(
+        name=name,
+        lr=1.0,
+        momentum=0.0,
+        weight_decay=0.5,
+        schedule="constant",
+        prelu_tolerance=0.0,
+        prelu_l1=1e-3 if name == "sgd_prelu_target" else 0.0,  # the controller's target 1.0 keeps it off
+        **({} if on is None else {"weight_decay_on": on}),
+    )
     tx = make_optimizer(cfg, total_steps=10, context=ctx)
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     new = optax.apply_updates(params, updates)
-    got = {"/".join(str(k.key) for k in path): (w, n) for (path, w), (_, n) in
-           zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves_with_path(new), strict=True)}
+    got = {
+        "/".join(str(k.key) for k in path): (w, n)
+        for (path, w), (_, n) in zip(
+            jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves_with_path(new), strict=True
+        )
+    }
     assert set(got) == _KERNELS | _SLOPES | _OTHERS
     for path, (w, n) in got.items():
         if name == "sgd_uniform_elr" and path in _KERNELS - {"head/kernel"}:
@@ -165,14 +199,17 @@ def test_weight_decay_acts_on_the_leaves_weight_decay_on_names(name, on):
         np.testing.assert_array_equal(n, 0.5 * w if path in _DECAYED[on] else w, err_msg=path)
 
 
-@pytest.mark.parametrize("key, value, words", [
-    ("weight_decay_on", "bias", "optim.weight_decay_on='bias' is unknown; allowed: kernels, all_but_prelu, all"),
-    ("elr_position", "middle", "optim.elr_position='middle' is unknown; allowed: before_momentum, after_momentum"),
-    ("elr_definition", "angular", "optim.elr_definition='angular' is unknown"),
-    ("prelu_mode", "l0", "optim.prelu_mode='l0' is unknown; allowed: proximal, subgradient"),
-    ("prelu_power", 2.0, "optim.prelu_power=2.0 is not supported"),
-    ("prelu_tolerance", 1.5, "need prelu_l1 >= 0 and 0 <= prelu_tolerance < 1"),
-])
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("weight_decay_on", "bias", "optim.weight_decay_on='bias' is unknown; allowed: kernels, all_but_prelu, all"),
+        ("elr_position", "middle", "optim.elr_position='middle' is unknown; allowed: before_momentum, after_momentum"),
+        ("elr_definition", "angular", "optim.elr_definition='angular' is unknown"),
+        ("prelu_mode", "l0", "optim.prelu_mode='l0' is unknown; allowed: proximal, subgradient"),
+        ("prelu_power", 2.0, "optim.prelu_power=2.0 is not supported"),
+        ("prelu_tolerance", 1.5, "need prelu_l1 >= 0 and 0 <= prelu_tolerance < 1"),
+    ],
+)
 def test_bad_transform_options_are_one_line_errors(key, value, words):
     from normjax.config import load_config
     from normjax.errors import UserError

@@ -23,15 +23,28 @@ ROOT = Path(__file__).parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 # What a base install holds: importable without the training stack.
-BASE_MODULES = ("normjax", "normjax.errors", "normjax.config", "normjax.cli", "normjax.parallel",
-                "normjax.transforms", "normjax.analysis")
+BASE_MODULES = (
+    "normjax",
+    "normjax.errors",
+    "normjax.config",
+    "normjax.cli",
+    "normjax.parallel",
+    "normjax.transforms",
+    "normjax.analysis",
+)
 HIDE_STACK = "import sys\nfrom normjax.errors import TRAIN_STACK\nfor m in TRAIN_STACK:\n    sys.modules[m] = None\n"
 ONE_LINE = re.compile(r"[^\n]* needs the training stack \((\w+) is not installed\): " + re.escape(TRAIN_INSTALL))
 
 
 def without_stack(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", HIDE_STACK + textwrap.dedent(code), *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", HIDE_STACK + textwrap.dedent(code), *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def requirement_name(req: str) -> str:
@@ -106,10 +119,19 @@ def test_public_names_that_need_the_stack_say_which_extra():
             assert ONE_LINE.fullmatch(seen[name]) and seen[name].startswith(f"normjax.{name} needs"), seen[name]
 
 
-@pytest.mark.parametrize("argv", [["train", "experiments/mlp_digits.py"], ["sweep", "experiments/sweep_lr.py"],
-                                  ["eval", "RUN"], ["results", "RUN"], ["plot", "RUN", "--x", "model.depth"],
-                                  ["prepare", "fashion_mnist"], ["explode", "experiments/explode_depth.py"],
-                                  *[[name, "RUN"] for name in ("apl", "apl-plot", "elr-plot", "fold", "ode")]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "experiments/mlp_digits.py"],
+        ["sweep", "experiments/sweep_lr.py"],
+        ["eval", "RUN"],
+        ["results", "RUN"],
+        ["plot", "RUN", "--x", "model.depth"],
+        ["prepare", "fashion_mnist"],
+        ["explode", "experiments/explode_depth.py"],
+        *[[name, "RUN"] for name in ("apl", "apl-plot", "elr-plot", "fold", "ode")],
+    ],
+)
 def test_the_command_without_the_stack_is_one_line_and_exit_2(tmp_path, argv):
     argv = [str(tmp_path) if a == "RUN" else a for a in argv]
     out = without_stack("from normjax.cli import main\nmain()\n", *argv)
@@ -143,7 +165,7 @@ print(float(normalized_apl(g, nl)), round(float(unnormalized_apl(g, nl)), 4))
 def install_section_python() -> str:
     """The install section's Python block: the optax chain a base install runs."""
     start = README.index("\n## Install\n")
-    section = README[start:README.index("\n## ", start + 1)]
+    section = README[start : README.index("\n## ", start + 1)]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     return block
 
@@ -152,24 +174,27 @@ def venv_size(venv: Path) -> tuple[float, int]:
     """MB of the venv's site-packages (du) and its number of installed distributions (pip list)."""
     site = next(venv.glob("lib/python*/site-packages"))
     mb = int(subprocess.run(["du", "-sk", site], capture_output=True, text=True, check=True).stdout.split()[0]) / 1024
-    listed = subprocess.run([venv / "bin" / "python", "-m", "pip", "list", "--format", "json"], capture_output=True,
-                            text=True, check=True).stdout
+    listed = subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
+    ).stdout
     return mb, len(json.loads(listed))
 
 
 @pytest.mark.slow
 def test_the_wheel_with_base_dependencies_only(tmp_path):
     dist = tmp_path / "dist"  # the sdist, and the wheel built from it (so the sdist holds what the wheel needs)
-    subprocess.run([sys.executable, "-m", "build", "--outdir", dist, ROOT], check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", dist, ROOT], check=True, capture_output=True, timeout=600
+    )
     (wheel,) = dist.glob("normjax-*.whl")
     assert len(list(dist.glob("normjax-*.tar.gz"))) == 1
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
     python, env = venv / "bin" / "python", dict(ENV, PIP_DISABLE_PIP_VERSION_CHECK="1")
     subprocess.run([python, "-m", "pip", "install", "-q", wheel], check=True, env=env, timeout=900)
-    installed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True,
-                               check=True).stdout
+    installed = subprocess.run(
+        [python, "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
+    ).stdout
     names = {d["name"].lower().replace("_", "-") for d in json.loads(installed)}
     extra = {requirement_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["train"]}
     assert names & extra == set(), names & extra
@@ -186,8 +211,14 @@ def test_the_wheel_with_base_dependencies_only(tmp_path):
     out = run("-c", "import sys, normjax.analysis, normjax.transforms; print(sorted(sys.modules))")
     assert out.returncode == 0 and "normjax.training" not in out.stdout, out.stderr
     normjax_command = venv / "bin" / "normjax"
-    out = subprocess.run([normjax_command, "train", str(ROOT / "experiments" / "mlp_digits.py")], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [normjax_command, "train", str(ROOT / "experiments" / "mlp_digits.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and out.stdout == "", (out.returncode, out.stderr)
     line = out.stderr.removesuffix("\n")
     assert "\n" not in line and line.startswith("error: normjax train needs") and ONE_LINE.fullmatch(line), out.stderr

@@ -35,8 +35,10 @@ def test_remote_code_paths_give_the_same_run(tmp_path, monkeypatch):
     assert remote["test_accuracy"] == local["test_accuracy"]
 
     def rows(d):
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_time"}
-                for line in (d / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+            for line in (d / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert len(rows(tmp_path / "remote")) == len(rows(tmp_path / "local")) > 3
     assert rows(tmp_path / "remote") == rows(tmp_path / "local")
@@ -50,5 +52,6 @@ def test_remote_code_paths_give_the_same_run(tmp_path, monkeypatch):
 @pytest.mark.parametrize("url", ["ftp://host/run", "file://x"])
 def test_unknown_url_schemes_are_one_line_errors(url):
     from normjax.errors import UserError
+
     with pytest.raises(UserError):
         RunDir(url)

@@ -7,7 +7,6 @@ import shlex
 import tomllib
 from pathlib import Path
 
-
 from normjax import cli
 from normjax.config import load_config
 
@@ -40,8 +39,11 @@ def test_measured_numbers_only_in_the_results_section():
     prose = re.sub(r"```.*?```", "", README[:start] + README[end:], flags=re.S)
     for setting in SETTINGS:
         prose = prose.replace(setting, "")
-    found = [f"{what}: ...{prose[max(0, m.start() - 40):m.end() + 10]!r}"
-             for what, pattern in MEASURED.items() for m in re.finditer(pattern, prose)]
+    found = [
+        f"{what}: ...{prose[max(0, m.start() - 40) : m.end() + 10]!r}"
+        for what, pattern in MEASURED.items()
+        for m in re.finditer(pattern, prose)
+    ]
     assert found == [], "measured numbers belong in the README's Results table (with machine and date)"
 
 
@@ -95,7 +97,9 @@ def test_commands_run_as_written(monkeypatch):
         if words[0] == "make":
             target = words[1]
             sweep = re.fullmatch(r"sweep-(\w+)", target)
-            assert target in make_targets() or (sweep and (ROOT / f"experiments/sweep_{sweep[1]}.py").is_file()), command
+            assert target in make_targets() or (sweep and (ROOT / f"experiments/sweep_{sweep[1]}.py").is_file()), (
+                command
+            )
             assert all("=" in w and not w.startswith("[") for w in words[2:]), command  # only VAR=value
             checked["make"] += 1
             continue
@@ -117,5 +121,7 @@ def test_commands_run_as_written(monkeypatch):
 
 
 def test_named_files_exist():
-    paths = set(re.findall(r"\b(?:experiments|benchmarks)/[\w.-]+\.(?:py|json|md)\b", README)) - {"experiments/sweep_NAME.py"}
+    paths = set(re.findall(r"\b(?:experiments|benchmarks)/[\w.-]+\.(?:py|json|md)\b", README)) - {
+        "experiments/sweep_NAME.py"
+    }
     assert paths and [p for p in sorted(paths) if not (ROOT / p).is_file()] == []

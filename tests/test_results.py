@@ -35,19 +35,23 @@ def acc_of(depth: int, shortcut: bool, seed: int) -> float:
     return 0.9 - 0.01 * depth * (not shortcut) + 0.003 * seed + 0.001 * depth
 
 
-
-
 def write_run(root: Path, depth: int, shortcut: bool, seed: int, status: str, wide_rows: bool = False) -> None:
     d = root / run_name(depth, shortcut, seed)
     if status == "missing":
         return
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model": {"depth": depth, "shortcut": shortcut},
-                                               "train": {"seed": seed}}))
+    (d / "config.json").write_text(
+        json.dumps({"model": {"depth": depth, "shortcut": shortcut}, "train": {"seed": seed}})
+    )
     summary = {"status": status, "step": 40, "total_steps": 40, "wall_time": 10.0 + seed}
     if status == "done":
-        summary |= {"train_loss": 0.1 + seed / 100, "train_accuracy": 0.99 - seed / 100,
-                    "test_loss": 0.3 + depth / 100, "test_accuracy": acc_of(depth, shortcut, seed), "epochs": 1.5}
+        summary |= {
+            "train_loss": 0.1 + seed / 100,
+            "train_accuracy": 0.99 - seed / 100,
+            "test_loss": 0.3 + depth / 100,
+            "test_accuracy": acc_of(depth, shortcut, seed),
+            "epochs": 1.5,
+        }
     elif status == "failed":
         summary |= {"step": 7, "error": "RuntimeError: out of memory"}
     elif status == "diverged":
@@ -59,8 +63,19 @@ def write_run(root: Path, depth: int, shortcut: bool, seed: int, status: str, wi
     (d / "summary.json").write_text(json.dumps(summary))
     # Long per-layer lists make each row several KB, so the tail read must grow past one chunk.
     width = 2000 if wide_rows else 3
-    rows = [{"step": s, "epoch": s / 27, "loss": 2.0 / (s + 1), "accuracy": 0.5, "lr": 0.1,
-             "wall_time": float(s), "w_norm": [1.0] * width, "g_norm": [0.5] * width} for s in range(0, 40, 5)]
+    rows = [
+        {
+            "step": s,
+            "epoch": s / 27,
+            "loss": 2.0 / (s + 1),
+            "accuracy": 0.5,
+            "lr": 0.1,
+            "wall_time": float(s),
+            "w_norm": [1.0] * width,
+            "g_norm": [0.5] * width,
+        }
+        for s in range(0, 40, 5)
+    ]
     if status == "diverged":
         rows[-1]["loss"] = "nan"  # how the run writer stores a non-finite loss
     text = "".join(json.dumps(r) + "\n" for r in rows)
@@ -78,8 +93,9 @@ def sweep(tmp_path: Path) -> Path:
         overrides = {"model.depth": depth, "model.shortcut": shortcut, "train.seed": seed}
         runs.append({"name": run_name(depth, shortcut, seed), "overrides": overrides})
         write_run(root, depth, shortcut, seed, ODD.get((depth, shortcut, seed), "done"), wide_rows=depth == 14)
-    (root / "sweep.json").write_text(json.dumps({"spec": "experiments/sweep_depth.py", "size": "smoke",
-                                                 "varied": VARIED, "runs": runs}))
+    (root / "sweep.json").write_text(
+        json.dumps({"spec": "experiments/sweep_depth.py", "size": "smoke", "varied": VARIED, "runs": runs})
+    )
     return root
 
 
@@ -164,8 +180,19 @@ def test_report_writes_csvs_and_table(sweep):
     with open(sweep / "results_agg.csv", newline="") as f:
         agg_rows = list(csv.reader(f))
     header = agg_rows[0]
-    assert header[:11] == ["model.depth", "model.shortcut", "n", "runs", "done", "diverged", "failed",
-                           "missing", "running", "interrupted", "test_accuracy_mean"]
+    assert header[:11] == [
+        "model.depth",
+        "model.shortcut",
+        "n",
+        "runs",
+        "done",
+        "diverged",
+        "failed",
+        "missing",
+        "running",
+        "interrupted",
+        "test_accuracy_mean",
+    ]
     assert len(agg_rows) == 5 and agg_rows[1][:3] == ["8", "false", "2"]
     mean = float(agg_rows[2][header.index("test_accuracy_mean")])
     assert mean == pytest.approx(np.mean([acc_of(8, True, s) for s in range(3)]), abs=1e-15)
@@ -190,11 +217,12 @@ def test_report_sorts_many_rows_numerically(tmp_path):
             name = f"lr={lr:g}-width={width}"
             runs.append({"name": name, "overrides": {"optim.lr": lr, "model.width": width}})
             (root / name).mkdir()
-            (root / name / "summary.json").write_text(json.dumps({"status": "done", "step": 1, "total_steps": 1,
-                                                                  "test_accuracy": 0.5, "test_loss": 1.0}))
+            (root / name / "summary.json").write_text(
+                json.dumps({"status": "done", "step": 1, "total_steps": 1, "test_accuracy": 0.5, "test_loss": 1.0})
+            )
     (root / "sweep.json").write_text(json.dumps({"varied": ["optim.lr", "model.width"], "runs": runs}))
     table = report(root)
-    lines = table.splitlines()[3:3 + len(runs)]
+    lines = table.splitlines()[3 : 3 + len(runs)]
     keys = [(float(l.split()[0]), int(l.split()[1])) for l in lines]
     assert len(keys) == 144 and keys == sorted(keys)
     assert len({len(l) for l in lines}) == 1  # aligned columns
@@ -207,7 +235,10 @@ def is_png(path: Path) -> bool:
 
 def test_plot_files_and_short_names(sweep):
     paths = plot_sweep(sweep, x="depth", y="test_accuracy", hue="shortcut")
-    assert [p.name for p in paths] == ["test_accuracy_vs_depth_by_shortcut.png", "test_accuracy_vs_depth_by_shortcut.pdf"]
+    assert [p.name for p in paths] == [
+        "test_accuracy_vs_depth_by_shortcut.png",
+        "test_accuracy_vs_depth_by_shortcut.pdf",
+    ]
     assert all(str(p.parent) == str(sweep / "plots") and os.path.getsize(p) > 1000 for p in paths)
     assert is_png(paths[0]) and paths[1].read_bytes()[:5] == b"%PDF-"
     # Dotted names, a categorical (boolean) x, no hue, log x.
@@ -224,12 +255,17 @@ def test_plot_panels_for_extra_varied_keys(tmp_path):
     runs = []
     for depth, lr, shortcut, seed in itertools.product([8, 14, 20], [0.1, 0.3], [True, False], [0, 1]):
         name = f"d{depth}-lr{lr}-s{shortcut}-{seed}"
-        runs.append({"name": name, "overrides": {"model.depth": depth, "optim.lr": lr,
-                                                 "model.shortcut": shortcut, "train.seed": seed}})
+        runs.append(
+            {
+                "name": name,
+                "overrides": {"model.depth": depth, "optim.lr": lr, "model.shortcut": shortcut, "train.seed": seed},
+            }
+        )
         (root / name).mkdir()
         (root / name / "summary.json").write_text(json.dumps({"status": "done", "test_accuracy": 0.5 + seed / 10}))
-    (root / "sweep.json").write_text(json.dumps({"varied": ["model.depth", "optim.lr", "model.shortcut", "train.seed"],
-                                                 "runs": runs}))
+    (root / "sweep.json").write_text(
+        json.dumps({"varied": ["model.depth", "optim.lr", "model.shortcut", "train.seed"], "runs": runs})
+    )
     png, pdf = plot_sweep(root, x="depth", y="test_accuracy", hue="shortcut")
     assert is_png(png) and os.path.getsize(pdf) > 0
 
@@ -288,7 +324,9 @@ def test_hook_summaries_become_columns(sweep):
     rows = collect(sweep)
     assert sum(r.get("elr_log_spread") is not None for r in rows) == 8  # the done runs
     g = next(g for g in aggregate(rows) if g["model.depth"] == 8 and g["model.shortcut"] is True)
-    assert g["n"] == 3 and g["elr_log_spread_mean"] == pytest.approx(1.0) and g["elr_log_spread_std"] == pytest.approx(1.0)
+    assert (
+        g["n"] == 3 and g["elr_log_spread_mean"] == pytest.approx(1.0) and g["elr_log_spread_std"] == pytest.approx(1.0)
+    )
     table = report(sweep)
     assert "elr_log_spread" in table.splitlines()[1] and "1.0000 ± 1.0000" in table
 
@@ -297,8 +335,9 @@ def write_done(root: Path, name: str, config: dict, acc: float) -> None:
     d = root / name
     d.mkdir()
     (d / "config.json").write_text(json.dumps(config))
-    (d / "summary.json").write_text(json.dumps({"status": "done", "step": 10, "test_accuracy": acc,
-                                                "test_loss": 1.0 - acc, "train_accuracy": acc}))
+    (d / "summary.json").write_text(
+        json.dumps({"status": "done", "step": 10, "test_accuracy": acc, "test_loss": 1.0 - acc, "train_accuracy": acc})
+    )
 
 
 def lr_invocation(root: Path, epochs: float, seeds: list[int], tag: str, done: bool = True) -> dict:
@@ -309,10 +348,19 @@ def lr_invocation(root: Path, epochs: float, seeds: list[int], tag: str, done: b
         name = f"lr=0.1-seed={seed}-{tag}"  # the label repeats, the config hash differs
         runs.append({"name": name, "overrides": {"optim.lr": 0.1, "train.seed": seed}})
         if done:
-            write_done(root, name, {"optim": {"lr": 0.1}, "train": {"seed": seed, "epochs": epochs}},
-                       0.5 + epochs / 10 + seed / 100)
-    return {"spec": "experiments/sweep_lr.py", "size": "smoke", "overrides": overrides,
-            "varied": ["optim.lr", "train.seed"], "runs": runs}
+            write_done(
+                root,
+                name,
+                {"optim": {"lr": 0.1}, "train": {"seed": seed, "epochs": epochs}},
+                0.5 + epochs / 10 + seed / 100,
+            )
+    return {
+        "spec": "experiments/sweep_lr.py",
+        "size": "smoke",
+        "overrides": overrides,
+        "varied": ["optim.lr", "train.seed"],
+        "runs": runs,
+    }
 
 
 def test_rerun_with_another_set_groups_apart_and_keeps_both_invocations(tmp_path):
@@ -325,7 +373,10 @@ def test_rerun_with_another_set_groups_apart_and_keeps_both_invocations(tmp_path
     assert [r["set"] for r in manifest["runs"]] == [[], [], ["train.epochs=5"], ["train.epochs=5"]]
 
     agg = aggregate(collect(root))
-    assert [(g["optim.lr"], g["train.epochs"], g["runs"], g["done"]) for g in agg] == [(0.1, 1.0, 2, 2), (0.1, 5.0, 2, 2)]
+    assert [(g["optim.lr"], g["train.epochs"], g["runs"], g["done"]) for g in agg] == [
+        (0.1, 1.0, 2, 2),
+        (0.1, 5.0, 2, 2),
+    ]
     assert agg[0]["test_accuracy_mean"] == pytest.approx(0.6 + 0.005)
     assert agg[0]["test_accuracy_std"] == pytest.approx(np.std([0.6, 0.61], ddof=1))
     lines = report(root).splitlines()
@@ -367,9 +418,15 @@ def test_settings_a_varied_key_determines_are_no_columns(tmp_path):
     for task, seed in itertools.product(["digits", "hard"], [0, 1]):
         name = f"task={task}-seed={seed}"
         runs.append({"name": name, "overrides": {"data.task": task, "train.seed": seed}})
-        write_done(root, name, {"data": {"name": "digits" if task == "digits" else "synthetic"},
-                                "train": {"seed": seed, "init_from": str(root / "pretrain" / f"base-{task}{seed}")}},
-                   0.9)
+        write_done(
+            root,
+            name,
+            {
+                "data": {"name": "digits" if task == "digits" else "synthetic"},
+                "train": {"seed": seed, "init_from": str(root / "pretrain" / f"base-{task}{seed}")},
+            },
+            0.9,
+        )
     (root / "sweep.json").write_text(json.dumps({"varied": ["data.task", "train.seed"], "runs": runs}))
     rows = collect(root)
     assert [k for k in rows[0] if "." in k] == ["data.task", "train.seed"]
@@ -377,17 +434,31 @@ def test_settings_a_varied_key_determines_are_no_columns(tmp_path):
 
 
 def test_merge_manifest_keeps_runs_once_and_reads_old_manifests():
-    legacy = {"spec": "a.py", "size": "smoke", "overrides": ["x.y=1"], "varied": ["optim.lr"],
-              "runs": [{"name": "r1", "overrides": {"optim.lr": 0.1}}]}
-    new = {"spec": "b.py", "size": "full", "overrides": [], "varied": ["model.depth"],
-           "runs": [{"name": "r1", "overrides": {"optim.lr": 0.1}}, {"name": "r2", "overrides": {"model.depth": 8}}]}
+    legacy = {
+        "spec": "a.py",
+        "size": "smoke",
+        "overrides": ["x.y=1"],
+        "varied": ["optim.lr"],
+        "runs": [{"name": "r1", "overrides": {"optim.lr": 0.1}}],
+    }
+    new = {
+        "spec": "b.py",
+        "size": "full",
+        "overrides": [],
+        "varied": ["model.depth"],
+        "runs": [{"name": "r1", "overrides": {"optim.lr": 0.1}}, {"name": "r2", "overrides": {"model.depth": 8}}],
+    }
     before = json.dumps([legacy, new])
     m = merge_manifest(legacy, new)
     assert json.dumps([legacy, new]) == before  # the arguments are left as they were
-    assert m["invocations"] == [{"spec": "a.py", "size": "smoke", "overrides": ["x.y=1"]},
-                                {"spec": "b.py", "size": "full", "overrides": []}]
-    assert m["runs"] == [{"name": "r1", "overrides": {"optim.lr": 0.1}, "set": []},
-                         {"name": "r2", "overrides": {"model.depth": 8}, "set": []}]
+    assert m["invocations"] == [
+        {"spec": "a.py", "size": "smoke", "overrides": ["x.y=1"]},
+        {"spec": "b.py", "size": "full", "overrides": []},
+    ]
+    assert m["runs"] == [
+        {"name": "r1", "overrides": {"optim.lr": 0.1}, "set": []},
+        {"name": "r2", "overrides": {"model.depth": 8}, "set": []},
+    ]
     assert m["varied"] == ["optim.lr", "model.depth"] and (m["spec"], m["size"], m["overrides"]) == ("b.py", "full", [])
     again = merge_manifest(m, new)  # the same invocation again adds nothing
     assert again["invocations"] == m["invocations"] and again["runs"] == m["runs"]

@@ -8,17 +8,27 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
-
-from helpers import assert_bitwise
 import pytest
 
+from helpers import assert_bitwise
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
 from normjax.training.loop import program_for, restore_state
 
-ARGS = ["--set", "model.depth=4", "--set", "model.width=1024", "--set", "train.steps=600",
-        "--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=8", "--set", "log.every=4"]
+ARGS = [
+    "--set",
+    "model.depth=4",
+    "--set",
+    "model.width=1024",
+    "--set",
+    "train.steps=600",
+    "--set",
+    "train.steps_per_dispatch=4",
+    "--set",
+    "checkpoint.every=8",
+    "--set",
+    "log.every=4",
+]
 
 
 def _train(workdir, wait=True, args=ARGS):
@@ -32,6 +42,7 @@ def _train(workdir, wait=True, args=ARGS):
 
 def _state(workdir, args=ARGS):
     from normjax.config import load_config
+
     cfg = load_config("experiments/mlp_digits.py", overrides=[a for a in args if a != "--set"])
     state, *_ = restore_state(Checkpointer(workdir / "checkpoints"), program_for(cfg, input_for(cfg)))
     return jax.device_get(state)
@@ -53,10 +64,24 @@ def test_a_streamed_run_killed_and_restarted_matches_uninterrupted(tmp_path):
     pytest.importorskip("grain")
     pytest.importorskip("tensorflow_datasets")
     from tfds_fake import prepare_digits
+
     prepare_digits(tmp_path / "tfds")
-    args = ARGS + ["--set", "data.name=nj_digits", "--set", f"data.data_dir={tmp_path / 'tfds'}",
-                   "--set", "data.pipeline=stream", "--set", "data.workers=1", "--set", "data.flip=true",
-                   "--set", "data.crop_scale_min=0.5", "--set", "train.eval_train_examples=256"]
+    args = ARGS + [
+        "--set",
+        "data.name=nj_digits",
+        "--set",
+        f"data.data_dir={tmp_path / 'tfds'}",
+        "--set",
+        "data.pipeline=stream",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "data.flip=true",
+        "--set",
+        "data.crop_scale_min=0.5",
+        "--set",
+        "train.eval_train_examples=256",
+    ]
     _kill_and_restart(tmp_path, args, streamed=True)
 
 

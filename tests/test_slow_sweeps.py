@@ -20,5 +20,6 @@ def test_depth_sweep_smoke_end_to_end(tmp_path):
     assert len(rows) == 6 and all(r["n"] == 2 for r in rows)
     assert all(r["test_accuracy_mean"] > 0.5 for r in rows)  # 3 epochs of digits: every net learns
     assert "±" in report(tmp_path)
-    assert all(p.stat().st_size > 0 for p in plot_sweep(tmp_path, x="model.depth", y="test_accuracy",
-                                                          hue="model.shortcut"))
+    assert all(
+        p.stat().st_size > 0 for p in plot_sweep(tmp_path, x="model.depth", y="test_accuracy", hue="model.shortcut")
+    )

@@ -16,9 +16,9 @@ import pytest
 from helpers import assert_close, close_rows, small_config, ulps_apart
 from normjax.cli import main
 from normjax.errors import UserError
-from normjax.training.lock import RunLock
 from normjax.sweep.runner import parse_shard, run_sweep
 from normjax.sweep.spec import expand
+from normjax.training.lock import RunLock
 from normjax.training.loop import read_run, train, train_group
 from normjax.training.rundir import RunDir
 
@@ -53,8 +53,13 @@ def test_expand_grid_zip_names(tmp_path):
     assert all(r.config["train"]["steps"] == 24 for r in runs)
 
 
-@pytest.mark.parametrize("zipped,words", [('{"optim.lr": [0.1], "train.seed": [1, 2]}', ["zip", "length"]),
-                                          ('{"model.name": ["vgg"]}', ["model.name", "vgg"])])
+@pytest.mark.parametrize(
+    "zipped,words",
+    [
+        ('{"optim.lr": [0.1], "train.seed": [1, 2]}', ["zip", "length"]),
+        ('{"model.name": ["vgg"]}', ["model.name", "vgg"]),
+    ],
+)
 def test_bad_sweeps_one_line(tmp_path, zipped, words):
     with pytest.raises(UserError) as e:
         expand(_spec(tmp_path, zipped))
@@ -68,8 +73,10 @@ def test_bad_sweeps_one_line(tmp_path, zipped, words):
 def test_vectorized_group_equals_runs_alone(tmp_path, model):
     """MLP, and a ResNet whose convs and BN go through the per-run vmap rules (vmap_per_slice):
     every logged metric, the final parameters and BN statistics, and the summary."""
-    cfgs = [small_config(model=model, optim={"lr": lr, "momentum": m}, train={"steps": 24, "seed": s})
-            for lr, m, s in [(0.05, 0.9, 0), (0.2, 0.0, 1), (0.1, 0.5, 2)]]
+    cfgs = [
+        small_config(model=model, optim={"lr": lr, "momentum": m}, train={"steps": 24, "seed": s})
+        for lr, m, s in [(0.05, 0.9, 0), (0.2, 0.0, 1), (0.1, 0.5, 2)]
+    ]
     group = train_group(cfgs, [tmp_path / f"g{i}" for i in range(3)])
     assert len(group) == 3
     # Equal up to rounding (two programs: the vmapped group vs each run alone): XLA reorders the
@@ -79,22 +86,35 @@ def test_vectorized_group_equals_runs_alone(tmp_path, model):
         alone = train(cfg, tmp_path / f"a{i}")
         rows_g, rows_a = _metrics(tmp_path / f"g{i}"), _metrics(tmp_path / f"a{i}")
         assert len(rows_g) == len(rows_a) == 13  # steps 0-9 (dense), 14, 19, 23
-        assert rows_g[0].keys() == {"step", "epoch", "accuracy", "loss", "lr", "w_norm", "l2_params",
-                                    "g_norm", "l2_grads", "l2_updates"}
+        assert rows_g[0].keys() == {
+            "step",
+            "epoch",
+            "accuracy",
+            "loss",
+            "lr",
+            "w_norm",
+            "l2_params",
+            "g_norm",
+            "l2_grads",
+            "l2_updates",
+        }
         close_rows(rows_g, rows_a, ULPS_GROUP)
         *_, step_g, items_g = read_run(tmp_path / f"g{i}")
         *_, step_a, items_a = read_run(tmp_path / f"a{i}")
         assert step_g == step_a == 24
         assert_close(items_g["params"], items_a["params"], ULPS_GROUP, "params")
         assert_close(items_g["batch_stats"], items_a["batch_stats"], ULPS_GROUP, "batch_stats")
-        assert_close(*[{k: v for k, v in s.items() if k != "wall_time"} for s in (group[i], alone)], ULPS_GROUP,
-                     "summary")
+        assert_close(
+            *[{k: v for k, v in s.items() if k != "wall_time"} for s in (group[i], alone)], ULPS_GROUP, "summary"
+        )
     # The tolerance still sees real bugs: another run's slice, a skipped step, an LR off by 0.1%.
     assert ulps_apart(_metrics(tmp_path / "g0")[-1], _metrics(tmp_path / "a1")[-1]) > 1000 * ULPS_GROUP
     assert ulps_apart(rows_g[1:], rows_a[:-1]) > 1000 * ULPS_GROUP
     cfg = cfgs[-1]
-    off = train(small_config(model=model, optim={**cfg["optim"], "lr": cfg["optim"]["lr"] * 1.001},
-                             train=cfg["train"]), tmp_path / "off")
+    off = train(
+        small_config(model=model, optim={**cfg["optim"], "lr": cfg["optim"]["lr"] * 1.001}, train=cfg["train"]),
+        tmp_path / "off",
+    )
     assert ulps_apart(off["train_loss"], alone["train_loss"]) > 100 * ULPS_GROUP
 
 
@@ -109,7 +129,8 @@ def test_shards_split_runs_and_compile_once(tmp_path):
     spec = _spec(tmp_path)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+    )
     a = run_sweep(spec, workdir=tmp_path / "w", shard=(0, 2), group_size=2)
     first = len(compiles)
     b = run_sweep(spec, workdir=tmp_path / "w", shard=(1, 2), group_size=2)
@@ -124,7 +145,7 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     path = tmp_path / "sweep_f.py"
     path.write_text(f"""
 def get_sweep(size):
-    return {{"base": "{ROOT / 'experiments' / 'mlp_digits.py'}", "grid": {{"train.batch_size": [64, 100000]}},
+    return {{"base": "{ROOT / "experiments" / "mlp_digits.py"}", "grid": {{"train.batch_size": [64, 100000]}},
             "set": {{"train.steps": 8}}}}
 """)
     out = run_sweep(path, workdir=tmp_path / "w")
@@ -138,8 +159,8 @@ def test_an_unprepared_dataset_stops_the_sweep_before_any_run(tmp_path, capsys):
     path = tmp_path / "sweep_d.py"
     path.write_text(f"""
 def get_sweep(size):
-    return {{"base": "{ROOT / 'experiments' / 'mlp_digits.py'}", "grid": {{"data.name": ["digits", "cifar10"]}},
-            "set": {{"train.steps": 8, "data.data_dir": "{tmp_path / 'nodata'}"}}}}
+    return {{"base": "{ROOT / "experiments" / "mlp_digits.py"}", "grid": {{"data.name": ["digits", "cifar10"]}},
+            "set": {{"train.steps": 8, "data.data_dir": "{tmp_path / "nodata"}"}}}}
 """)
     with pytest.raises(SystemExit) as e:
         main(["sweep", str(path), "--workdir", str(tmp_path / "w")])
@@ -200,6 +221,7 @@ def test_auto_group_size_by_backend(monkeypatch):
     from normjax.sweep.runner import auto_group_size
     from normjax.training.inputs import input_for
     from normjax.training.loop import program_for
+
     mlp = small_config()
     conv = small_config(model={"name": "resnet", "depth": 8})
     p_mlp, p_conv = program_for(mlp, input_for(mlp)), program_for(conv, input_for(conv))
@@ -235,8 +257,9 @@ def test_bundles_and_pretrain_runs_train_each_base_once(tmp_path):
     assert {r.base.config["optim"]["lr"] for r in after} == {0.2} and after[0].base.config["train"]["init_from"] == ""
     assert {r.base.config["optim"]["momentum"] for r in after} == {0.0, 0.5}
     # Trained: one task (2 LRs x 2 regimes, one base) keeps the test short.
-    spec.write_text(PRETRAIN_SWEEP.replace(', {"name": "b", "optim.momentum": 0.5}', '')
-                    % (ROOT / "experiments" / "mlp_digits.py"))
+    spec.write_text(
+        PRETRAIN_SWEEP.replace(', {"name": "b", "optim.momentum": 0.5}', "") % (ROOT / "experiments" / "mlp_digits.py")
+    )
     runs, _ = expand(spec)
     after = [r for r in runs if r.overrides["train.regime"] == "after"]
     results = run_sweep(spec, workdir=tmp_path / "w")
@@ -252,23 +275,28 @@ def test_bundles_and_pretrain_runs_train_each_base_once(tmp_path):
         assert step == 8 and first["step"] == 0
         assert first["w_norm"][0] == pytest.approx(float(np.linalg.norm(kernel)), rel=1e-6)
     with pytest.raises(UserError, match="pretrain"):
-        spec.write_text(PRETRAIN_SWEEP.replace('"pretrain": {"optim.lr": 0.2, "train.steps": 8}', '')
-                        % (ROOT / "experiments" / "mlp_digits.py"))
+        spec.write_text(
+            PRETRAIN_SWEEP.replace('"pretrain": {"optim.lr": 0.2, "train.steps": 8}', "")
+            % (ROOT / "experiments" / "mlp_digits.py")
+        )
         expand(spec)
 
 
 def test_group_size_that_cannot_be_met_says_so(tmp_path):
     from normjax.sweep.runner import _groups
+
     path = tmp_path / "sweep_g.py"
     path.write_text(f"""
 def get_sweep(size):
-    return {{"base": "{ROOT / 'experiments' / 'mlp_digits.py'}", "grid": {{"train.seed": list(range(12))}},
+    return {{"base": "{ROOT / "experiments" / "mlp_digits.py"}", "grid": {{"train.seed": list(range(12))}},
             "set": {{"train.steps": 8}}}}
 """)
     runs, _ = expand(path, "smoke", ())
     groups, failed, notes = _groups(runs, tmp_path / "w", 8)
     assert [len(g) for g in groups] == [6, 6] and not failed
-    assert notes == ["--group-size 8: 12 runs of one program go in 2 balanced groups of 6, 6 (equal shapes compile once)"]
+    assert notes == [
+        "--group-size 8: 12 runs of one program go in 2 balanced groups of 6, 6 (equal shapes compile once)"
+    ]
     assert _groups(runs, tmp_path / "w", 6)[2] == [] and _groups(runs, tmp_path / "w", 12)[2] == []
 
 
@@ -297,7 +325,7 @@ def test_a_sweep_key_a_runs_optimizer_ignores_stops_the_sweep_naming_the_run(tmp
     path = tmp_path / "sweep_o.py"
     path.write_text(f"""
 def get_sweep(size):
-    return {{"base": "{ROOT / 'experiments' / 'mlp_digits.py'}", "grid": {{"optim.prelu_l1": [0.0, 0.1]}},
+    return {{"base": "{ROOT / "experiments" / "mlp_digits.py"}", "grid": {{"optim.prelu_l1": [0.0, 0.1]}},
             "set": {{"train.steps": 8}}}}
 """)
     with pytest.raises(UserError) as e:
@@ -306,7 +334,7 @@ def get_sweep(size):
     assert "\n" not in msg and "0.1" in msg and "'sgd'" in msg and "sgd_prelu_l1" in msg, msg
     path.write_text(f"""
 def get_sweep(size):
-    return {{"base": "{ROOT / 'experiments' / 'mlp_digits.py'}", "set": {{"model.activation": "prelu"}},
+    return {{"base": "{ROOT / "experiments" / "mlp_digits.py"}", "set": {{"model.activation": "prelu"}},
             "grid": {{"optim.regime": [{{"name": "plain"}},
                                        {{"name": "l1", "optim.name": "sgd_prelu_l1", "optim.prelu_l1": 0.1}}]}}}}
 """)

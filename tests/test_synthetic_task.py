@@ -16,8 +16,14 @@ from normjax.data.sources import SYNTHETIC_TASKS, load_dataset
 from normjax.errors import UserError
 from normjax.training.loop import train
 
-PARITY = {"task": "parity", "num_classes": 4, "image_shape": [8, 8, 1], "num_train": 2048, "num_test": 1024,
-          "difficulty": 0.5}
+PARITY = {
+    "task": "parity",
+    "num_classes": 4,
+    "image_shape": [8, 8, 1],
+    "num_train": 2048,
+    "num_test": 1024,
+    "difficulty": 0.5,
+}
 
 
 def _digest(ds) -> str:
@@ -31,8 +37,10 @@ def _digest(ds) -> str:
 BEFORE = [
     ({}, "d1d7e2ff0b5896a6"),
     ({"num_train": 300, "num_test": 100, "image_shape": [8, 8, 1], "difficulty": 0.7}, "ab48e59ece0e1a0b"),
-    ({"num_train": 50, "num_test": 30, "image_shape": [12, 10, 2], "num_classes": 3, "seed": 5, "difficulty": 0.0},
-     "32b9c0750f335dc6"),
+    (
+        {"num_train": 50, "num_test": 30, "image_shape": [12, 10, 2], "num_classes": 3, "seed": 5, "difficulty": 0.0},
+        "32b9c0750f335dc6",
+    ),
     ({"num_train": 2100, "num_test": 20, "image_shape": [8, 8, 3], "difficulty": 1.0, "seed": 2}, "6c9c4f8c8a47a954"),
 ]
 
@@ -48,8 +56,9 @@ def test_parity_is_deterministic_balanced_and_its_own_task():
     again = load_dataset("synthetic", synthetic=PARITY)
     assert _digest(ds) == _digest(again)
     assert _digest(load_dataset("synthetic", synthetic={**PARITY, "seed": 1})) != _digest(ds)
-    assert not np.array_equal(ds.train_images, load_dataset("synthetic", synthetic={**PARITY, "task": "prototypes"})
-                              .train_images)
+    assert not np.array_equal(
+        ds.train_images, load_dataset("synthetic", synthetic={**PARITY, "task": "prototypes"}).train_images
+    )
     assert ds.train_images.shape == (2048, 8, 8, 1) and ds.train_images.dtype == np.uint8
     assert np.bincount(ds.train_labels).tolist() == [512] * 4
     # separate streams: more train data, the same test set
@@ -90,7 +99,9 @@ def _train(tmp_path, kind: str, seed: int = 0) -> dict:
         # sgd_prelu_l1 freezes slopes that end a step within prelu_tolerance of 1: all of them, at the first step
         optim={"name": "sgd_prelu_l1", "prelu_l1": 1.0} if linear else {},
         train={"steps": 200, "seed": seed, "steps_per_dispatch": 25},
-        log={"dense_steps": 0, "every": 1000, "metrics": []}, checkpoint={"every": 1000})
+        log={"dense_steps": 0, "every": 1000, "metrics": []},
+        checkpoint={"every": 1000},
+    )
     summary = train(cfg, tmp_path / kind)
     assert summary["status"] == "done"
     return summary

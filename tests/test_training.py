@@ -10,8 +10,8 @@ import pytest
 
 from helpers import assert_bitwise, small_config
 from normjax.cli import main
-from normjax.training.checkpoint import Checkpointer
 from normjax.models import per_layer
+from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
 from normjax.training.loop import program_for, restore_state, state_items, train, warm_start
 from normjax.training.rundir import RunDir
@@ -47,13 +47,17 @@ def test_norm_growth_identity_for_plain_sgd(tmp_path):
     """docs/science.md#norm-growth: without momentum or weight decay,
     ||w_{t+1}||² = ||w_t||² + η²||g_t||² exactly."""
     lr = 0.5
-    cfg = small_config(model={"bn_eps": 1e-10}, optim={"lr": lr, "momentum": 0.0, "weight_decay": 0.0},
-                       train={"steps": 12}, log={"dense_steps": 12})
+    cfg = small_config(
+        model={"bn_eps": 1e-10},
+        optim={"lr": lr, "momentum": 0.0, "weight_decay": 0.0},
+        train={"steps": 12},
+        log={"dense_steps": 12},
+    )
     train(cfg, tmp_path / "run")
     rows = _rows(tmp_path / "run")
     w = np.array([r["w_norm"] for r in rows])[:, :-1]  # scale-invariant layers (all but the classifier)
     g = np.array([r["g_norm"] for r in rows])[:, :-1]
-    np.testing.assert_allclose(w[1:] ** 2, w[:-1] ** 2 + lr ** 2 * g[:-1] ** 2, rtol=2e-5)
+    np.testing.assert_allclose(w[1:] ** 2, w[:-1] ** 2 + lr**2 * g[:-1] ** 2, rtol=2e-5)
     assert np.all(w[-1] > w[0])  # and the norms really grew
 
 
@@ -67,12 +71,15 @@ def test_sweep_values_compile_nothing_new(tmp_path):
     """LR, momentum, weight decay and seed are traced: a second run with new values compiles nothing."""
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+    )
     train(small_config(train={"steps": 16}), tmp_path / "a")
     before = len(compiles)
     assert before > 0
-    s = train(small_config(optim={"lr": 0.03, "momentum": 0.5, "weight_decay": 1e-3}, train={"steps": 16, "seed": 7}),
-              tmp_path / "b")
+    s = train(
+        small_config(optim={"lr": 0.03, "momentum": 0.5, "weight_decay": 1e-3}, train={"steps": 16, "seed": 7}),
+        tmp_path / "b",
+    )
     assert s["status"] == "done"
     assert len(compiles) == before, compiles[before:]
     assert _rows(tmp_path / "a")[0]["lr"] != _rows(tmp_path / "b")[0]["lr"]
@@ -100,8 +107,18 @@ def test_divergence_stops_cleanly(tmp_path, capsys):
     assert saved and all(name == held <= at for name, held in saved.items())  # no frozen state saved
     assert summary["message"].endswith(f"checkpoint of step {max(saved)} kept")
     with pytest.raises(SystemExit) as e:  # the CLI says so in one line and exits non-zero
-        main(["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "cli"), "--set", "optim.lr=1e30",
-              "--set", "optim.momentum=0.0"])
+        main(
+            [
+                "train",
+                "experiments/mlp_digits.py",
+                "--workdir",
+                str(tmp_path / "cli"),
+                "--set",
+                "optim.lr=1e30",
+                "--set",
+                "optim.momentum=0.0",
+            ]
+        )
     assert e.value.code == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("diverged:")
@@ -116,8 +133,9 @@ def test_an_infinite_gradient_with_a_finite_loss_diverges_on_host_and_device_ali
     params["hidden"]["rest"]["bn"]["scale"][1] *= 1e30  # logits ~1e30: finite loss, gradient norm overflows
     with Checkpointer(tmp_path / "src" / "checkpoints") as ckpt:
         ckpt.save(0, {"params": params, "batch_stats": jax.device_get(state.batch_stats)})
-    summary = train(small_config(train={"steps": 16, "init_from": str(tmp_path / "src")}, checkpoint={"every": 8}),
-                    tmp_path / "run")
+    summary = train(
+        small_config(train={"steps": 16, "init_from": str(tmp_path / "src")}, checkpoint={"every": 8}), tmp_path / "run"
+    )
     assert summary["status"] == "diverged" and summary["step"] == 0
     assert summary["reason"] == "non-finite gradient norm at step 0"
     assert summary["message"].endswith("no checkpoint was written")
@@ -156,8 +174,11 @@ def test_warm_start_takes_params_with_a_new_optimizer(tmp_path):
     warm = warm_start(program.init_state(cfg_b), program, cfg_b["train"]["init_from"])  # as train() does
     # Bitwise by construction: copied arrays.
     assert_bitwise((warm.params, warm.batch_stats), (src.params, src.batch_stats), "warm-started")
-    jax.tree.map(np.testing.assert_array_equal, (warm.opt_state, warm.step, warm.key, warm.diverged),
-                 (fresh.opt_state, fresh.step, fresh.key, fresh.diverged))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        (warm.opt_state, warm.step, warm.key, warm.diverged),
+        (fresh.opt_state, fresh.step, fresh.key, fresh.diverged),
+    )
     # b's hyper-parameters, and no trace of the source's (nonzero) momentum buffer
     get = optax.tree_utils.tree_get
     assert (float(get(warm.opt_state, "lr")), float(get(warm.opt_state, "momentum"))) == (float(np.float32(0.01)), 0.0)
@@ -176,19 +197,24 @@ def test_bfloat16_run(tmp_path):
     assert s["status"] == "done" and np.isfinite(s["test_loss"])
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--set", "model.depth=21", "--set", "model.name=resnet"], ["model.depth=21", "6n+2"]),
-    (["--set", "data.name=imagenet"], ["data", "imagenet"]),
-    (["--set", "data.name=cifar10", "--set", "data.data_dir=EMPTY"], ["cifar10", "prepare"]),
-    (["--set", "log.metrics=[\"nope\"]"], ["nope", "layer_norms"]),
-    (["--set", "optim.name=adamw"], ["optim.name", "sgd"]),
-    (["--set", "train.batch_size=5000"], ["batch_size=5000"]),
-    (["--workdir", "/proc/forbidden"], ["/proc/forbidden", "writable"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--set", "model.depth=21", "--set", "model.name=resnet"], ["model.depth=21", "6n+2"]),
+        (["--set", "data.name=imagenet"], ["data", "imagenet"]),
+        (["--set", "data.name=cifar10", "--set", "data.data_dir=EMPTY"], ["cifar10", "prepare"]),
+        (["--set", 'log.metrics=["nope"]'], ["nope", "layer_norms"]),
+        (["--set", "optim.name=adamw"], ["optim.name", "sgd"]),
+        (["--set", "train.batch_size=5000"], ["batch_size=5000"]),
+        (["--workdir", "/proc/forbidden"], ["/proc/forbidden", "writable"]),
+    ],
+)
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, words):
     args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]
     workdir = tmp_path / "run"
-    argv = ["train", "experiments/mlp_digits.py"] + (["--workdir", str(workdir)] if "--workdir" not in args else []) + args
+    argv = (
+        ["train", "experiments/mlp_digits.py"] + (["--workdir", str(workdir)] if "--workdir" not in args else []) + args
+    )
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
@@ -228,19 +254,30 @@ def test_data_order_is_each_epochs_permutation_whatever_the_chunking(chunk):
         state = program.init_state(cfg).replace(step=jax.numpy.int32(start))
         perms, first = program.epoch_orders(state, n)
         for t in range(start, start + chunk):
-            want = jax.random.permutation(jax.random.fold_in(base, t // spe), n)[(t % spe) * b:(t % spe + 1) * b]
+            want = jax.random.permutation(jax.random.fold_in(base, t // spe), n)[(t % spe) * b : (t % spe + 1) * b]
             assert 0 <= t // spe - int(first) < perms.shape[0]
-            np.testing.assert_array_equal(perms[t // spe - int(first)][(t % spe) * b:(t % spe + 1) * b], want)
+            np.testing.assert_array_equal(perms[t // spe - int(first)][(t % spe) * b : (t % spe + 1) * b], want)
 
 
 # ---- optimizers built from normjax.transforms, end to end -------------------------------------
-@pytest.mark.parametrize("optim, model, logged", [
-    ({"name": "sgd_uniform_elr", "lr": 0.05}, {}, {"lr", "elr_target"}),
-    ({"name": "sgd_uniform_elr", "lr": 0.3, "elr_reference": "geometric_mean", "elr_position": "before_momentum"},
-     {}, {"lr", "elr_target"}),
-    ({"name": "sgd_critical_warmup", "lr": 0.1}, {}, {"lr", "critical_lr"}),
-    ({"name": "sgd_prelu_l1", "lr": 0.1, "prelu_l1": 0.5}, {"activation": "prelu"}, {"lr", "prelu_frozen"}),
-])
+@pytest.mark.parametrize(
+    "optim, model, logged",
+    [
+        ({"name": "sgd_uniform_elr", "lr": 0.05}, {}, {"lr", "elr_target"}),
+        (
+            {
+                "name": "sgd_uniform_elr",
+                "lr": 0.3,
+                "elr_reference": "geometric_mean",
+                "elr_position": "before_momentum",
+            },
+            {},
+            {"lr", "elr_target"},
+        ),
+        ({"name": "sgd_critical_warmup", "lr": 0.1}, {}, {"lr", "critical_lr"}),
+        ({"name": "sgd_prelu_l1", "lr": 0.1, "prelu_l1": 0.5}, {"activation": "prelu"}, {"lr", "prelu_frozen"}),
+    ],
+)
 def test_transform_optimizers_learn_and_log(tmp_path, optim, model, logged):
     cfg = small_config(optim=optim, model=model, train={"steps": 80})
     summary = train(cfg, tmp_path / "run")
@@ -256,8 +293,12 @@ def test_critical_lr_warmup_caps_the_lr_and_ends_by_itself(tmp_path):
     """A deep plain BN MLP: η_t = min(target, η_crit) every step; η_crit starts below the target
     (the warm-up acts) and rises past it (the warm-up ends with no length given)."""
     target = 1.0
-    cfg = small_config(model={"depth": 40, "width": 32}, optim={"name": "sgd_critical_warmup", "lr": target},
-                       train={"steps": 40}, log={"dense_steps": 40})
+    cfg = small_config(
+        model={"depth": 40, "width": 32},
+        optim={"name": "sgd_critical_warmup", "lr": target},
+        train={"steps": 40},
+        log={"dense_steps": 40},
+    )
     train(cfg, tmp_path / "run")
     rows = _rows(tmp_path / "run")
     assert len(rows) == 40
@@ -271,19 +312,24 @@ def test_critical_lr_warmup_caps_the_lr_and_ends_by_itself(tmp_path):
 def test_prelu_prior_makes_units_exactly_linear_and_compiles_once(tmp_path):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+        lambda name, *a, **k: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+    )
     frozen, slopes = {}, {}
     for lam in (0.0, 3.0):
-        cfg = small_config(model={"activation": "prelu"}, train={"steps": 40},
-                           optim={"name": "sgd_prelu_l1", "prelu_l1": lam, "weight_decay": 5e-4})
+        cfg = small_config(
+            model={"activation": "prelu"},
+            train={"steps": 40},
+            optim={"name": "sgd_prelu_l1", "prelu_l1": lam, "weight_decay": 5e-4},
+        )
         n_before = len(compiles)
         train(cfg, tmp_path / f"l{lam}")
         if lam > 0:
             assert len(compiles) == n_before, compiles[n_before:]  # λ is traced
         frozen[lam] = [r["prelu_frozen"] for r in _rows(tmp_path / f"l{lam}")]
         params = _final_params(tmp_path / f"l{lam}", cfg)
-        slopes[lam] = np.concatenate([np.ravel(x) for p, x in jax.tree_util.tree_leaves_with_path(params)
-                                      if "slope" in jax.tree_util.keystr(p)])
+        slopes[lam] = np.concatenate(
+            [np.ravel(x) for p, x in jax.tree_util.tree_leaves_with_path(params) if "slope" in jax.tree_util.keystr(p)]
+        )
     assert slopes[3.0].size == 3 * 64
     assert max(frozen[0.0]) == 0
     assert frozen[3.0] == sorted(frozen[3.0]) and frozen[3.0][-1] > 0  # frozen units stay frozen
@@ -292,6 +338,7 @@ def test_prelu_prior_makes_units_exactly_linear_and_compiles_once(tmp_path):
 
 def test_an_interrupted_run_says_so_and_resumes_with_a_line(tmp_path, monkeypatch, capsys):
     import normjax.training.loop as loop
+
     drain, calls = loop._drain, []
 
     def interrupt_on_the_fourth(*args):

@@ -20,11 +20,13 @@ AXES = {"stack": 1, "conv": 0, "dense": 0, "bias": 0, "slope": 0}
 def _params(seed=0, dtype=jnp.float32):
     k = jax.random.split(jax.random.key(seed), 5)
     scales = jnp.array([0.1, 1.0, 30.0])[:, None, None, None, None]  # very different layer norms
-    return {"stack": (jax.random.normal(k[0], (3, 3, 3, 4, 4)) * scales).astype(dtype),
-            "conv": jax.random.normal(k[1], (3, 3, 2, 4)).astype(dtype),
-            "dense": (3 * jax.random.normal(k[2], (16, 8))).astype(dtype),
-            "bias": jax.random.normal(k[3], (8,)).astype(dtype),
-            "slope": jax.random.uniform(k[4], (6,), minval=-0.5, maxval=1.5).astype(dtype)}
+    return {
+        "stack": (jax.random.normal(k[0], (3, 3, 3, 4, 4)) * scales).astype(dtype),
+        "conv": jax.random.normal(k[1], (3, 3, 2, 4)).astype(dtype),
+        "dense": (3 * jax.random.normal(k[2], (16, 8))).astype(dtype),
+        "bias": jax.random.normal(k[3], (8,)).astype(dtype),
+        "slope": jax.random.uniform(k[4], (6,), minval=-0.5, maxval=1.5).astype(dtype),
+    }
 
 
 def _grads(seed=1, params=None):
@@ -51,8 +53,12 @@ def _norm(x):
 def test_uniform_elr_gives_every_layer_the_same_relative_step(position, reference):
     params, lr = _params(), 0.01
     elr = optax.masked(njt.scale_by_uniform_elr(reference=reference, layer_axes=AXES), MASK)
-    tx = optax.chain(*([elr] if position == "before_momentum" else []), optax.trace(0.9),
-                     *([elr] if position == "after_momentum" else []), optax.scale(-lr))
+    tx = optax.chain(
+        *([elr] if position == "before_momentum" else []),
+        optax.trace(0.9),
+        *([elr] if position == "after_momentum" else []),
+        optax.scale(-lr),
+    )
     updates, state = jax.jit(tx.update)(_grads(), tx.init(params), params)
     steps = [_norm(u) / _norm(w) for u, w in zip(_layers(updates), _layers(params), strict=True)]
     assert len(steps) == 5
@@ -71,8 +77,10 @@ def test_uniform_elr_classic_definition_equalizes_lr_over_squared_norm():
     grads = _grads()
     updates, _ = tx.update(grads, tx.init(params), params)
     # Per-layer LR η_l = ||Δw_l|| / ||g_l||; classic ELR η_l / ||w_l||² is the chain's LR for all.
-    elr = [_norm(u) / _norm(g) / _norm(w) ** 2
-           for u, g, w in zip(_layers(updates), _layers(grads), _layers(params), strict=True)]
+    elr = [
+        _norm(u) / _norm(g) / _norm(w) ** 2
+        for u, g, w in zip(_layers(updates), _layers(grads), _layers(params), strict=True)
+    ]
     assert len(elr) == 5
     np.testing.assert_allclose(elr, lr, rtol=2e-6)
 
@@ -82,8 +90,9 @@ def test_uniform_elr_equals_optax_trust_ratio_on_unstacked_leaves():
     params = {k: v for k, v in _params().items() if k != "stack"}
     mask = {k: MASK[k] for k in params}
     ours = optax.chain(optax.trace(0.9), optax.masked(njt.scale_by_uniform_elr(), mask), optax.scale(-0.1))
-    ref = optax.chain(optax.trace(0.9), optax.masked(optax.scale_by_trust_ratio(trust_coefficient=1.0), mask),
-                      optax.scale(-0.1))
+    ref = optax.chain(
+        optax.trace(0.9), optax.masked(optax.scale_by_trust_ratio(trust_coefficient=1.0), mask), optax.scale(-0.1)
+    )
     p1, p2, s1, s2 = params, params, ours.init(params), ref.init(params)
     for t in range(4):
         g = {k: v for k, v in _grads(t, _params()).items() if k in params}
@@ -98,8 +107,9 @@ def test_stacked_leaf_equals_its_layers_as_separate_leaves():
     split = lambda t: {f"l{i}": t["stack"][i] for i in range(3)}
     stacked = njt.scale_by_uniform_elr(reference="geometric_mean", layer_axes=1)
     single = njt.scale_by_uniform_elr(reference="geometric_mean")
-    u_stacked, _ = stacked.update({"stack": grads["stack"]}, stacked.init({"stack": params["stack"]}),
-                                  {"stack": params["stack"]})
+    u_stacked, _ = stacked.update(
+        {"stack": grads["stack"]}, stacked.init({"stack": params["stack"]}), {"stack": params["stack"]}
+    )
     u_single, _ = single.update(split(grads), single.init(split(params)), split(params))
     for i in range(3):
         np.testing.assert_allclose(u_stacked["stack"][i], u_single[f"l{i}"], rtol=1e-6)
@@ -115,8 +125,9 @@ def test_critical_lr_is_one_over_sqrt_of_extreme_rates():
         updates, state = tx.update(grads, tx.init(params), params)
         np.testing.assert_allclose(float(state.critical_lr), expected, rtol=1e-5)
         np.testing.assert_allclose(float(state.applied_lr), min(target, expected), rtol=1e-5)
-        jax.tree.map(lambda u, g: np.testing.assert_allclose(u, -float(state.applied_lr) * g, rtol=1e-6),
-                     updates, grads)  # applied to every leaf, masked or not
+        jax.tree.map(
+            lambda u, g: np.testing.assert_allclose(u, -float(state.applied_lr) * g, rtol=1e-6), updates, grads
+        )  # applied to every leaf, masked or not
 
 
 def test_critical_lr_post_step_spread_is_smallest_there():
@@ -124,7 +135,7 @@ def test_critical_lr_post_step_spread_is_smallest_there():
     a = np.array([_norm(g) / _norm(w) for g, w in zip(_layers(_grads()), _layers(_params()))])
     etas = np.geomspace(1e-6, 1e6, 2001)
     e = etas[:, None] * a[None]
-    post = e / (1 + e ** 2)
+    post = e / (1 + e**2)
     best = etas[np.argmin(post.max(1) / post.min(1))]
     np.testing.assert_allclose(best, 1 / np.sqrt(a.max() * a.min()), rtol=0.02)
 
@@ -208,21 +219,29 @@ def test_prior_strength_zero_is_plain_sgd():
 TRANSFORMS = {
     "uniform_elr": lambda: optax.masked(njt.scale_by_uniform_elr(layer_axes=AXES), MASK),
     "uniform_elr_geomean_classic": lambda: optax.masked(
-        njt.scale_by_uniform_elr("classic", "geometric_mean", layer_axes=AXES), MASK),
+        njt.scale_by_uniform_elr("classic", "geometric_mean", layer_axes=AXES), MASK
+    ),
     "critical_lr": lambda: njt.scale_by_critical_lr(optax.linear_schedule(0.0, 1.0, 10), MASK, layer_axes=AXES),
-    "prelu_prior": lambda: optax.masked(njt.prelu_sparsity_prior(optax.constant_schedule(0.5), 0.1),
-                                        {k: k == "slope" for k in MASK}),
+    "prelu_prior": lambda: optax.masked(
+        njt.prelu_sparsity_prior(optax.constant_schedule(0.5), 0.1), {k: k == "slope" for k in MASK}
+    ),
     "prelu_prior_sqrt_subgradient": lambda: optax.masked(
-        njt.prelu_sparsity_prior(0.5, 0.1, mode="subgradient", power=0.5), {k: k == "slope" for k in MASK}),
+        njt.prelu_sparsity_prior(0.5, 0.1, mode="subgradient", power=0.5), {k: k == "slope" for k in MASK}
+    ),
 }
 INJECTED = {  # the same under optax.inject_hyperparams, numbers as traced state values
-    "uniform_elr": lambda **h: optax.inject_hyperparams(lambda lr: optax.chain(
-        optax.masked(njt.scale_by_uniform_elr(layer_axes=AXES), MASK), optax.scale(-lr)))(lr=h.get("lr", 0.1)),
-    "critical_lr": lambda **h: optax.inject_hyperparams(lambda lr: njt.scale_by_critical_lr(
-        lr, MASK, layer_axes=AXES))(lr=h.get("lr", 0.1)),
-    "prelu_prior": lambda **h: optax.inject_hyperparams(lambda lam, lr, tol: optax.chain(
-        optax.sgd(lr), optax.masked(njt.prelu_sparsity_prior(lam, lr, tolerance=tol), {k: k == "slope" for k in MASK})))(
-        lam=h.get("lam", 0.5), lr=h.get("lr", 0.1), tol=h.get("tol", 0.01)),
+    "uniform_elr": lambda **h: optax.inject_hyperparams(
+        lambda lr: optax.chain(optax.masked(njt.scale_by_uniform_elr(layer_axes=AXES), MASK), optax.scale(-lr))
+    )(lr=h.get("lr", 0.1)),
+    "critical_lr": lambda **h: optax.inject_hyperparams(lambda lr: njt.scale_by_critical_lr(lr, MASK, layer_axes=AXES))(
+        lr=h.get("lr", 0.1)
+    ),
+    "prelu_prior": lambda **h: optax.inject_hyperparams(
+        lambda lam, lr, tol: optax.chain(
+            optax.sgd(lr),
+            optax.masked(njt.prelu_sparsity_prior(lam, lr, tolerance=tol), {k: k == "slope" for k in MASK}),
+        )
+    )(lam=h.get("lam", 0.5), lr=h.get("lr", 0.1), tol=h.get("tol", 0.01)),
 }
 
 
@@ -240,8 +259,9 @@ def test_conventions(name):
     tx = TRANSFORMS[name]()
     params = _params()
     # inside optax.chain, with and without jit: the same result
-    chain = optax.chain(optax.trace(0.5), tx, optax.scale(-0.1) if "prior" not in name and "critical" not in name
-                        else optax.identity())
+    chain = optax.chain(
+        optax.trace(0.5), tx, optax.scale(-0.1) if "prior" not in name and "critical" not in name else optax.identity()
+    )
     p_jit, s_jit = _steps(chain, params)
     p_eager, s_eager = _steps(chain, params, jit=False)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p_jit, p_eager)
@@ -305,8 +325,9 @@ def test_inject_hyperparams_compiles_once_and_vmaps_over_runs(name):
         state = INJECTED[name](**{key: v}).init(params)
         outs.append(jstep(state, params))
     assert len(traces) == 1  # a sweep over the value compiles once
-    assert not np.allclose(outs[0][0]["slope" if key == "lam" else "dense"],
-                           outs[1][0]["slope" if key == "lam" else "dense"])
+    assert not np.allclose(
+        outs[0][0]["slope" if key == "lam" else "dense"], outs[1][0]["slope" if key == "lam" else "dense"]
+    )
     # vmapped over runs (params and states stacked) equals run by run
     states = jax.tree.map(lambda *x: jnp.stack(x), *[INJECTED[name](**{key: v}).init(params) for v in values])
     stacked = jax.tree.map(lambda x: jnp.stack([x] * 3), params)
@@ -318,9 +339,11 @@ def test_inject_hyperparams_compiles_once_and_vmaps_over_runs(name):
 
 # ---- packaging ------------------------------------------------------------------------------
 def test_import_transforms_loads_no_training_stack():
-    code = ("import sys, normjax.transforms, normjax; normjax.scale_by_uniform_elr; "
-            "print(' '.join(m for m in ('flax', 'orbax', 'tensorflow_datasets', 'matplotlib', 'sklearn', "
-            "'normjax.training', 'normjax.models') if m in sys.modules))")
+    code = (
+        "import sys, normjax.transforms, normjax; normjax.scale_by_uniform_elr; "
+        "print(' '.join(m for m in ('flax', 'orbax', 'tensorflow_datasets', 'matplotlib', 'sklearn', "
+        "'normjax.training', 'normjax.models') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""

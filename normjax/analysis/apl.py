@@ -37,7 +37,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +45,16 @@ import numpy as np
 
 from normjax.analysis.graph import Graph, nonlinear
 
-__all__ = ["core_profile", "effective_width", "layer_counts", "nonlinear", "normalized_apl", "unnormalized_apl",
-           "path_counts", "summary"]
+__all__ = [
+    "core_profile",
+    "effective_width",
+    "layer_counts",
+    "nonlinear",
+    "normalized_apl",
+    "unnormalized_apl",
+    "path_counts",
+    "summary",
+]
 
 
 def _xp(nl: Sequence):
@@ -61,8 +69,11 @@ def _f32(nl: Sequence) -> list:
 
 def _logsumexp(xp, x, axis=None):
     m = xp.max(x, axis=axis, keepdims=True)
-    return xp.squeeze(m, axis) + xp.log(xp.sum(xp.exp(x - m), axis=axis)) if axis is not None else \
-        m.reshape(()) + xp.log(xp.sum(xp.exp(x - m)))
+    return (
+        xp.squeeze(m, axis) + xp.log(xp.sum(xp.exp(x - m), axis=axis))
+        if axis is not None
+        else m.reshape(()) + xp.log(xp.sum(xp.exp(x - m)))
+    )
 
 
 def normalized_apl(graph: Graph, nl: Sequence[jax.Array]) -> jax.Array:
@@ -176,9 +187,16 @@ def summary(graph: Graph, params, tolerance: float = 0.01) -> dict:
     nl = [np.asarray(x) for x in nonlinear(graph, jax.tree.map(np.asarray, params), tolerance)]
     counts = np.asarray(layer_counts(graph, nl))
     units = sum(graph.nodes[i].channels for i in graph.hidden())
-    return {"apl": float(normalized_apl(graph, nl)), "apl_unnormalized": float(unnormalized_apl(graph, nl)),
-            "nonlinear_units": int(counts.sum()), "units": units, "nonlinear_fraction": float(counts.sum() / units),
-            "effective_width": float(effective_width(graph, nl)), "nonlinear_layers": int((counts > 0).sum()),
-            "layers": graph.names(), "channels": [graph.nodes[i].channels for i in graph.hidden()],
-            "counts": [int(c) for c in counts],
-            "profile": [float(x) for x in np.asarray(core_profile(graph, nl))]}
+    return {
+        "apl": float(normalized_apl(graph, nl)),
+        "apl_unnormalized": float(unnormalized_apl(graph, nl)),
+        "nonlinear_units": int(counts.sum()),
+        "units": units,
+        "nonlinear_fraction": float(counts.sum() / units),
+        "effective_width": float(effective_width(graph, nl)),
+        "nonlinear_layers": int((counts > 0).sum()),
+        "layers": graph.names(),
+        "channels": [graph.nodes[i].channels for i in graph.hidden()],
+        "counts": [int(c) for c in counts],
+        "profile": [float(x) for x in np.asarray(core_profile(graph, nl))],
+    }

@@ -59,7 +59,8 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,7 @@ def _jit(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return jitted(*args, **kwargs)
+
     return wrapper
 
 
@@ -197,8 +199,16 @@ def elr_map(E: ArrayLike, lr: ArrayLike = 1.0, weight_decay: ArrayLike = 0.0) ->
 # --------------------------------------------------------------------------------------------
 
 
-def discrete_norms(u0: ArrayLike, c: ArrayLike, lr: ArrayLike, steps: int, momentum: ArrayLike = 0.0,
-                   weight_decay: ArrayLike = 0.0, *, return_angular_step: bool = False):
+def discrete_norms(
+    u0: ArrayLike,
+    c: ArrayLike,
+    lr: ArrayLike,
+    steps: int,
+    momentum: ArrayLike = 0.0,
+    weight_decay: ArrayLike = 0.0,
+    *,
+    return_angular_step: bool = False,
+):
     r"""Squared norms under the discrete SGD map at constant base gradient, ``[steps+1, L]``.
 
     Without momentum (exact for a scale-invariant layer whose gradient norm is :math:`c/\|w\|`):
@@ -270,8 +280,9 @@ def _discrete_norms(u0, c, lr, momentum, weight_decay, steps, return_angular_ste
     return (us, angs) if return_angular_step else us
 
 
-def discrete_norms_from_grads(u0: ArrayLike, g_norms: ArrayLike, lr: ArrayLike,
-                              weight_decay: ArrayLike = 0.0) -> jax.Array:
+def discrete_norms_from_grads(
+    u0: ArrayLike, g_norms: ArrayLike, lr: ArrayLike, weight_decay: ArrayLike = 0.0
+) -> jax.Array:
     r"""Squared norms under the SGD map fed measured gradient norms, ``[T+1, L]``.
 
     .. math:: u_{t+1} = (1-\eta_t\lambda)^2 u_t + \eta_t^2 \|g_t\|^2
@@ -332,8 +343,9 @@ def _relax(k: jax.Array, t: jax.Array) -> jax.Array:
 
 
 @_jit
-def gradient_flow_norms(u0: ArrayLike, c: ArrayLike, lr: ArrayLike, t: ArrayLike, momentum: ArrayLike = 0.0,
-                        weight_decay: ArrayLike = 0.0) -> jax.Array:
+def gradient_flow_norms(
+    u0: ArrayLike, c: ArrayLike, lr: ArrayLike, t: ArrayLike, momentum: ArrayLike = 0.0, weight_decay: ArrayLike = 0.0
+) -> jax.Array:
     r"""Squared norms :math:`u(t)` of the continuum limit of SGD, in closed form.
 
     The discrete map :math:`u_{t+1} - u_t = -2\eta\lambda u_t + \eta^2\lambda^2 u_t + \eta^2c^2/u_t`
@@ -377,8 +389,9 @@ def gradient_flow_norms(u0: ArrayLike, c: ArrayLike, lr: ArrayLike, t: ArrayLike
 
 
 @_jit
-def gradient_flow_elr(E0: ArrayLike, t: ArrayLike, momentum: ArrayLike = 0.0, lr: ArrayLike = 1.0,
-                      weight_decay: ArrayLike = 0.0) -> jax.Array:
+def gradient_flow_elr(
+    E0: ArrayLike, t: ArrayLike, momentum: ArrayLike = 0.0, lr: ArrayLike = 1.0, weight_decay: ArrayLike = 0.0
+) -> jax.Array:
     r"""The relative ELR under gradient flow: :math:`E(t) = (E_0^{-2} + 2t)^{-1/2} \to (2t)^{-1/2}`.
 
     Every layer tends to the same :math:`(2t)^{-1/2}`, so ELR ratios tend to 1; the layer with the
@@ -410,8 +423,9 @@ def gradient_flow_elr(E0: ArrayLike, t: ArrayLike, momentum: ArrayLike = 0.0, lr
     return jax.lax.rsqrt(jnp.exp(-k * t) / (E0 * E0) + 2 / (1 - beta) ** 2 * _relax(k, t))
 
 
-def ode_norms(u0: ArrayLike, c: ArrayLike, lr: ArrayLike, steps: int, momentum: ArrayLike = 0.0,
-              weight_decay: ArrayLike = 0.0) -> jax.Array:
+def ode_norms(
+    u0: ArrayLike, c: ArrayLike, lr: ArrayLike, steps: int, momentum: ArrayLike = 0.0, weight_decay: ArrayLike = 0.0
+) -> jax.Array:
     r"""`gradient_flow_norms` at :math:`t = 0, 1, \dots, T`: the ODE prediction, ``[steps+1, L]``.
 
     The ODE is solvable, so this evaluates the closed form; no numerical solver is involved. It
@@ -450,10 +464,20 @@ def _ode_norms(u0, c, lr, momentum, weight_decay, steps):
 # --------------------------------------------------------------------------------------------
 
 
-def random_walk(key: jax.Array, w0_norm: Optional[ArrayLike], sizes: Sequence[int], c: ArrayLike, lr: ArrayLike,
-                steps: int, momentum: ArrayLike = 0.0, weight_decay: ArrayLike = 0.0, *,
-                num_walks: Optional[int] = None, fan_in: Optional[Sequence[int]] = None,
-                return_angular_step: bool = False):
+def random_walk(
+    key: jax.Array,
+    w0_norm: ArrayLike | None,
+    sizes: Sequence[int],
+    c: ArrayLike,
+    lr: ArrayLike,
+    steps: int,
+    momentum: ArrayLike = 0.0,
+    weight_decay: ArrayLike = 0.0,
+    *,
+    num_walks: int | None = None,
+    fan_in: Sequence[int] | None = None,
+    return_angular_step: bool = False,
+):
     r"""Squared norms of the random-walk simulation ("Algorithm 1 Random Walk"), ``[steps+1, L]``.
 
     Per layer :math:`l` a random Gaussian vector :math:`w_l` of `sizes[l]` entries, scaled to
@@ -510,13 +534,26 @@ def random_walk(key: jax.Array, w0_norm: Optional[ArrayLike], sizes: Sequence[in
         w0_norm = np.ones(len(sizes), _dtype(c, lr, momentum, weight_decay))
     else:
         init_std, rescale = np.ones(len(sizes), np.float64), True
-    return _random_walk(key, w0_norm, init_std, rescale, c, lr, momentum, weight_decay, sizes, steps,
-                        None if num_walks is None else int(num_walks), bool(return_angular_step))
+    return _random_walk(
+        key,
+        w0_norm,
+        init_std,
+        rescale,
+        c,
+        lr,
+        momentum,
+        weight_decay,
+        sizes,
+        steps,
+        None if num_walks is None else int(num_walks),
+        bool(return_angular_step),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(8, 9, 10, 11))
-def _random_walk(key, w0_norm, init_std, rescale, c, lr, momentum, weight_decay, sizes, steps, num_walks,
-                 return_angular_step):
+def _random_walk(
+    key, w0_norm, init_std, rescale, c, lr, momentum, weight_decay, sizes, steps, num_walks, return_angular_step
+):
     n_layers, width = len(sizes), max(sizes)
     hp = _arrays(c, lr, momentum, weight_decay, w0_norm)
     dt = hp[0].dtype
@@ -538,7 +575,7 @@ def _random_walk(key, w0_norm, init_std, rescale, c, lr, momentum, weight_decay,
         u = sq(w)
         z = jax.random.normal(jax.random.fold_in(k_steps, t), shape, dt) * mask
         g = z - (jnp.sum(z * w, axis=-1, keepdims=True) / u) * w
-        g = g * (c * jax.lax.rsqrt(u * sq(g)))          # ||g|| = c / ||w||
+        g = g * (c * jax.lax.rsqrt(u * sq(g)))  # ||g|| = c / ||w||
         m = beta * m + g + lam * w
         w1 = w - lr * m
         ang = lr * jnp.sqrt(sq(m) / u)
@@ -546,7 +583,7 @@ def _random_walk(key, w0_norm, init_std, rescale, c, lr, momentum, weight_decay,
 
     _, (us, angs) = jax.lax.scan(step, (w, jnp.zeros_like(w)), jnp.arange(steps))
     us = jnp.concatenate([sq(w)[None, ..., 0], us], axis=0)
-    if num_walks is not None:   # time second: [num_walks, T+1, L]
+    if num_walks is not None:  # time second: [num_walks, T+1, L]
         us, angs = jnp.moveaxis(us, 0, 1), jnp.moveaxis(angs, 0, 1)
     return (us, angs) if return_angular_step else us
 
@@ -556,12 +593,12 @@ def _random_walk(key, w0_norm, init_std, rescale, c, lr, momentum, weight_decay,
 # --------------------------------------------------------------------------------------------
 
 
-def _mask(x: jax.Array, mask: Optional[ArrayLike]) -> jax.Array:
+def _mask(x: jax.Array, mask: ArrayLike | None) -> jax.Array:
     return jnp.ones(x.shape, bool) if mask is None else jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
 
 
 @_jit
-def critical_lr(a: ArrayLike, mask: Optional[ArrayLike] = None) -> jax.Array:
+def critical_lr(a: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
     r"""The LR minimizing the post-step spread of ELRs: :math:`\eta_{crit} = 1/\sqrt{a_{max}a_{min}}`.
 
     With :math:`a_l = \|g_l\|/\|w_l\|` the ELR per unit LR, one step maps :math:`E_l = \eta a_l` to
@@ -593,7 +630,7 @@ def critical_lr(a: ArrayLike, mask: Optional[ArrayLike] = None) -> jax.Array:
 
 
 @_jit
-def spread(E: ArrayLike, mask: Optional[ArrayLike] = None) -> jax.Array:
+def spread(E: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
     r"""The spread of ELRs, :math:`\max_l E_l / \min_l E_l` over the (masked) layers.
 
     Args:
@@ -614,7 +651,7 @@ def spread(E: ArrayLike, mask: Optional[ArrayLike] = None) -> jax.Array:
 
 
 @_jit
-def log_spread_std(E: ArrayLike, mask: Optional[ArrayLike] = None) -> jax.Array:
+def log_spread_std(E: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
     r"""The standard deviation (population, ddof 0) of :math:`\log_{10} E_l` over the (masked) layers.
 
     Args:
@@ -735,8 +772,16 @@ def equilibrium_elr(lr: ArrayLike, weight_decay: ArrayLike, momentum: ArrayLike 
 # --------------------------------------------------------------------------------------------
 
 
-def predict(c0: ArrayLike, w0_norm: ArrayLike, lr: ArrayLike, steps: int, momentum: ArrayLike = 0.0,
-            weight_decay: ArrayLike = 0.0, model: str = "discrete", mask: Optional[ArrayLike] = None) -> dict:
+def predict(
+    c0: ArrayLike,
+    w0_norm: ArrayLike,
+    lr: ArrayLike,
+    steps: int,
+    momentum: ArrayLike = 0.0,
+    weight_decay: ArrayLike = 0.0,
+    model: str = "discrete",
+    mask: ArrayLike | None = None,
+) -> dict:
     r"""Predicted per-layer norms, ELRs and spreads from measured :math:`c_l(0)` and :math:`\|w_l(0)\|`.
 
     Holds the base gradient at :math:`c_l(0)` and runs `discrete_norms` (``model="discrete"``) or
@@ -782,5 +827,11 @@ def _predict(c0, w0_norm, lr, momentum, weight_decay, mask, steps, model):
     elif model == "ode":
         u = ode_norms(w0 * w0, c0, lr, steps, beta, lam)
     elr = elr_from_norms(u, c0, lr)
-    return {"norms": u, "w_norm": jnp.sqrt(u), "elr": elr, "elr_classic": classic_elr(u, lr),
-            "spread": spread(elr, mask), "log_spread_std": log_spread_std(elr, mask)}
+    return {
+        "norms": u,
+        "w_norm": jnp.sqrt(u),
+        "elr": elr,
+        "elr_classic": classic_elr(u, lr),
+        "spread": spread(elr, mask),
+        "log_spread_std": log_spread_std(elr, mask),
+    }

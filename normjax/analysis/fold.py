@@ -88,8 +88,18 @@ import numpy as np
 
 from normjax.analysis.graph import MAXPOOLS, Graph, subtree
 
-__all__ = ["FEdge", "FNode", "Folded", "apply_folded", "apply_graph", "compose_conv", "fold", "load_folded",
-           "save_folded", "stats"]
+__all__ = [
+    "FEdge",
+    "FNode",
+    "Folded",
+    "apply_folded",
+    "apply_graph",
+    "compose_conv",
+    "fold",
+    "load_folded",
+    "save_folded",
+    "stats",
+]
 
 PyTree = Any
 PRES = (None, "maxpool", "maxpool3", "avgpool", "flatten")
@@ -172,8 +182,9 @@ class Folded:
         it = iter(leaves)
         nodes = []
         for name, channels, act, edges, has_bias, has_slope in skeleton:
-            ops = tuple(FEdge(src, kind, next(it) if has_k else None, stride, pre)
-                        for src, kind, has_k, stride, pre in edges)
+            ops = tuple(
+                FEdge(src, kind, next(it) if has_k else None, stride, pre) for src, kind, has_k, stride, pre in edges
+            )
             bias = next(it) if has_bias else None
             slope = next(it) if has_slope else None
             nodes.append(FNode(name, channels, act, ops, bias, slope))
@@ -184,6 +195,7 @@ class Folded:
 
 
 # ---- kernels and biases (float64 numpy) ------------------------------------------------------
+
 
 def compose_conv(a: np.ndarray, stride_a: int, b: np.ndarray) -> np.ndarray:
     """The kernel of conv A (stride `stride_a`) followed by conv B, as one conv.
@@ -209,7 +221,7 @@ def compose_conv(a: np.ndarray, stride_a: int, b: np.ndarray) -> np.ndarray:
     out = np.zeros((k, k, a.shape[2], b.shape[3]), np.result_type(a, b))
     for ty in range(kb):
         for tx in range(kb):
-            out[s * ty:s * ty + ka, s * tx:s * tx + ka] += np.einsum("yxij,jk->yxik", a, b[ty, tx])
+            out[s * ty : s * ty + ka, s * tx : s * tx + ka] += np.einsum("yxij,jk->yxik", a, b[ty, tx])
     return out
 
 
@@ -222,7 +234,7 @@ def _conv_np(x: np.ndarray, k: np.ndarray, stride: int) -> np.ndarray:
     out = np.zeros((ho, wo, k.shape[3]))
     for ty in range(kk):
         for tx in range(kk):
-            out += xp[ty:ty + stride * (ho - 1) + 1:stride, tx:tx + stride * (wo - 1) + 1:stride] @ k[ty, tx]
+            out += xp[ty : ty + stride * (ho - 1) + 1 : stride, tx : tx + stride * (wo - 1) + 1 : stride] @ k[ty, tx]
     return out
 
 
@@ -259,16 +271,19 @@ def _out_hw(hw: tuple[int, int] | None, e: FEdge) -> tuple[int, int] | None:
 
 # ---- the original graph, read into edges with BN folded ---------------------------------------
 
-def _read_edge(graph: Graph, node_index: int, edge, params: PyTree, stats_: PyTree,
-               vector_in: bool) -> tuple[FEdge, np.ndarray | None]:
+
+def _read_edge(
+    graph: Graph, node_index: int, edge, params: PyTree, stats_: PyTree, vector_in: bool
+) -> tuple[FEdge, np.ndarray | None]:
     """One graph edge as an `FEdge` (BN folded into its weight layer) and the bias it adds."""
     name = graph.nodes[node_index].name
     pre, kind, kernel, stride, bias, vector = None, "identity", None, 1, None, vector_in
     for op in edge.ops:
         if op.kind in MAXPOOLS or op.kind in ("avgpool", "flatten"):
             if kind != "identity" or pre is not None or bias is not None or vector:
-                raise ValueError(f"node {name!r}: {op.kind} after a weight layer, a pooling or on a vector "
-                                 "is not supported by fold")
+                raise ValueError(
+                    f"node {name!r}: {op.kind} after a weight layer, a pooling or on a vector is not supported by fold"
+                )
             pre, vector = op.kind, op.kind not in MAXPOOLS
         elif op.kind in ("conv", "dense"):
             if kind != "identity" or bias is not None:
@@ -277,8 +292,10 @@ def _read_edge(graph: Graph, node_index: int, edge, params: PyTree, stats_: PyTr
             kernel = np.asarray(p["kernel"], np.float64)
             if op.kind == "conv":
                 if vector or kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
-                    raise ValueError(f"node {name!r}: conv kernel {kernel.shape} on a "
-                                     f"{'vector' if vector else 'map'}; fold needs square odd kernels on maps")
+                    raise ValueError(
+                        f"node {name!r}: conv kernel {kernel.shape} on a "
+                        f"{'vector' if vector else 'map'}; fold needs square odd kernels on maps"
+                    )
                 stride = op.stride
             else:
                 if not vector or kernel.ndim != 2:
@@ -362,8 +379,14 @@ class _Work:
         if b.pre in ("avgpool", "flatten"):
             if a.kind == "identity" and a.pre is None:
                 return b._replace(src=a.src)
-            if (b.pre == "avgpool" and a.pre is None and a.kind == "conv" and a.kernel.shape[0] == 1
-                    and a.stride == 1 and b.kind in ("identity", "dense")):
+            if (
+                b.pre == "avgpool"
+                and a.pre is None
+                and a.kind == "conv"
+                and a.kernel.shape[0] == 1
+                and a.stride == 1
+                and b.kind in ("identity", "dense")
+            ):
                 m = a.kernel[0, 0]
                 return FEdge(a.src, "dense", m if b.kind == "identity" else m @ b.kernel, 1, "avgpool")
             return None
@@ -390,8 +413,10 @@ class _Work:
             return c @ (b.kernel[0, 0] if b.kind == "conv" else b.kernel)
         hw = self.nodes[v]["hw"]
         if hw is None:
-            raise ValueError(f"folding node {self.nodes[v]['name']!r} turns its bias into a position-dependent "
-                             "map: pass input_shape=(H, W, C) to fold")
+            raise ValueError(
+                f"folding node {self.nodes[v]['name']!r} turns its bias into a position-dependent "
+                "map: pass input_shape=(H, W, C) to fold"
+            )
         x = np.broadcast_to(c, hw + (c.shape[-1],)) if c.ndim == 1 else c
         if b.pre == "avgpool":
             x = x.mean((0, 1))
@@ -403,8 +428,9 @@ class _Work:
 
     def try_eliminate(self, v: int) -> bool:
         node = self.nodes[v]
-        outs = [(w, j, e) for w, n in enumerate(self.nodes) if n is not None
-                for j, e in enumerate(n["edges"]) if e.src == v]
+        outs = [
+            (w, j, e) for w, n in enumerate(self.nodes) if n is not None for j, e in enumerate(n["edges"]) if e.src == v
+        ]
         new: dict[int, list[FEdge]] = {}
         for w, _, b in outs:
             for a in node["edges"]:
@@ -426,8 +452,14 @@ class _Work:
         return True
 
 
-def fold(graph: Graph, params: PyTree, batch_stats: PyTree, *, spatial: bool = False,
-         input_shape: tuple[int, ...] | None = None) -> Folded:
+def fold(
+    graph: Graph,
+    params: PyTree,
+    batch_stats: PyTree,
+    *,
+    spatial: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+) -> Folded:
     """The folded network of a (hard-linearized) model: BN folded, fully linear nodes composed away.
 
     Args:
@@ -467,9 +499,16 @@ def fold(graph: Graph, params: PyTree, batch_stats: PyTree, *, spatial: bool = F
             fe, b = _read_edge(graph, i, e, params, batch_stats, nodes[e.src]["vector"])
             edges.append(fe)
             bias = _add_bias(bias, b)
-        vector = vector_input if i == 0 else any(
-            fe.pre in ("avgpool", "flatten") or fe.kind == "dense"
-            or (fe.kind == "identity" and nodes[fe.src]["vector"]) for fe in edges)
+        vector = (
+            vector_input
+            if i == 0
+            else any(
+                fe.pre in ("avgpool", "flatten")
+                or fe.kind == "dense"
+                or (fe.kind == "identity" and nodes[fe.src]["vector"])
+                for fe in edges
+            )
+        )
         if i == 0:
             hw = None if input_shape is None or vector_input else tuple(input_shape[:2])
         else:
@@ -486,8 +525,9 @@ def fold(graph: Graph, params: PyTree, batch_stats: PyTree, *, spatial: bool = F
             act = "linear"
         elif act not in ("input", "relu", "output"):
             raise ValueError(f"node {n.name!r}: act {act!r} is not supported by fold")
-        nodes.append(dict(name=n.name, channels=n.channels, act=act, edges=edges, bias=bias, slope=slope,
-                          vector=vector, hw=hw))
+        nodes.append(
+            dict(name=n.name, channels=n.channels, act=act, edges=edges, bias=bias, slope=slope, vector=vector, hw=hw)
+        )
     work = _Work(nodes, spatial)
     for w in range(len(nodes)):
         work.merge_parallel(w)
@@ -503,8 +543,10 @@ def fold(graph: Graph, params: PyTree, batch_stats: PyTree, *, spatial: bool = F
     out, bias_maps = [], False
     for i in keep:
         n = work.nodes[i]
-        edges = tuple(FEdge(index[e.src], e.kind, None if e.kernel is None else e.kernel.astype(np.float32),
-                            e.stride, e.pre) for e in n["edges"])
+        edges = tuple(
+            FEdge(index[e.src], e.kind, None if e.kernel is None else e.kernel.astype(np.float32), e.stride, e.pre)
+            for e in n["edges"]
+        )
         bias = None if n["bias"] is None else np.asarray(n["bias"], np.float32)
         bias_maps |= bias is not None and bias.ndim == 3
         out.append(FNode(n["name"], n["channels"], n["act"], edges, bias, n["slope"]))
@@ -514,13 +556,15 @@ def fold(graph: Graph, params: PyTree, batch_stats: PyTree, *, spatial: bool = F
 
 # ---- running --------------------------------------------------------------------------------
 
+
 def _pool(h: jax.Array, pre: str | None) -> jax.Array:
     if pre in MAXPOOLS:
         k, s, p = MAXPOOLS[pre]
         if min(h.shape[1:3]) + 2 * p < k:  # the 2x2 pool skips maps smaller than 2
             return h
-        return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1),
-                                     ((0, 0), (p, p), (p, p), (0, 0)))
+        return jax.lax.reduce_window(
+            h, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0))
+        )
     if pre == "avgpool":
         return h.mean(axis=(1, 2))
     if pre == "flatten":
@@ -530,8 +574,7 @@ def _pool(h: jax.Array, pre: str | None) -> jax.Array:
 
 def _conv(h: jax.Array, k: jax.Array, stride: int) -> jax.Array:
     p = (k.shape[0] - 1) // 2
-    return jax.lax.conv_general_dilated(h, k, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DN,
-                                        precision=_HI)
+    return jax.lax.conv_general_dilated(h, k, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DN, precision=_HI)
 
 
 def _act(h: jax.Array, act: str, slope) -> jax.Array:
@@ -561,8 +604,10 @@ def apply_folded(folded: Folded, x: jax.Array, *, all_nodes: bool = False):
     """
     x = jnp.asarray(x, jnp.float32)
     if folded.input_shape is not None and tuple(x.shape[1:]) != tuple(folded.input_shape):
-        raise ValueError(f"input shape {tuple(x.shape[1:])} differs from {folded.input_shape}, the shape this "
-                         "network was folded for (its bias maps depend on it)")
+        raise ValueError(
+            f"input shape {tuple(x.shape[1:])} differs from {folded.input_shape}, the shape this "
+            "network was folded for (its bias maps depend on it)"
+        )
     values = [x]
     for node in folded.nodes[1:]:
         h = None
@@ -618,6 +663,7 @@ def apply_graph(graph: Graph, params: PyTree, batch_stats: PyTree, x: jax.Array,
 
 # ---- statistics -----------------------------------------------------------------------------
 
+
 def stats(net: Graph | Folded, *, input_shape: tuple[int, ...], params: PyTree | None = None) -> dict:
     """Depth, parameter count and inference FLOPs, computed the same way for a graph and a folded net.
 
@@ -646,8 +692,14 @@ def stats(net: Graph | Folded, *, input_shape: tuple[int, ...], params: PyTree |
 
 
 def _result(depth, n_params, flops, layers, nodes, nonlinear) -> dict:
-    return {"depth": int(depth), "params": int(n_params), "flops": int(flops), "weight_layers": int(layers),
-            "hidden_nodes": int(nodes), "nonlinear_nodes": int(nonlinear)}
+    return {
+        "depth": int(depth),
+        "params": int(n_params),
+        "flops": int(flops),
+        "weight_layers": int(layers),
+        "hidden_nodes": int(nodes),
+        "nonlinear_nodes": int(nonlinear),
+    }
 
 
 def _graph_stats(graph: Graph, params: PyTree, input_shape: tuple) -> dict:
@@ -712,23 +764,46 @@ def _folded_stats(folded: Folded, input_shape: tuple) -> dict:
 
 # ---- saving ---------------------------------------------------------------------------------
 
+
 def save_folded(folded: Folded, directory: str | os.PathLike) -> list[Path]:
     """Write `folded.json` (structure) and `folded.npz` (arrays) into `directory`; returns the paths."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     arrays, nodes = {}, []
     for i, n in enumerate(folded.nodes):
+
         def put(key, a):
             if a is None:
                 return None
             arrays[key] = np.asarray(a)
             return key
-        nodes.append({"name": n.name, "channels": n.channels, "act": n.act,
-                      "bias": put(f"n{i}.bias", n.bias), "slope": put(f"n{i}.slope", n.slope),
-                      "operands": [{"src": e.src, "kind": e.kind, "stride": e.stride, "pre": e.pre,
-                                    "kernel": put(f"n{i}.e{j}.kernel", e.kernel)} for j, e in enumerate(n.operands)]})
-    meta = {"format": 1, "input_shape": None if folded.input_shape is None else list(folded.input_shape),
-            "spatial": folded.spatial, "eliminated": list(folded.eliminated), "nodes": nodes}
+
+        nodes.append(
+            {
+                "name": n.name,
+                "channels": n.channels,
+                "act": n.act,
+                "bias": put(f"n{i}.bias", n.bias),
+                "slope": put(f"n{i}.slope", n.slope),
+                "operands": [
+                    {
+                        "src": e.src,
+                        "kind": e.kind,
+                        "stride": e.stride,
+                        "pre": e.pre,
+                        "kernel": put(f"n{i}.e{j}.kernel", e.kernel),
+                    }
+                    for j, e in enumerate(n.operands)
+                ],
+            }
+        )
+    meta = {
+        "format": 1,
+        "input_shape": None if folded.input_shape is None else list(folded.input_shape),
+        "spatial": folded.spatial,
+        "eliminated": list(folded.eliminated),
+        "nodes": nodes,
+    }
     tmp = d / "folded.npz.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, d / "folded.npz")
@@ -747,9 +822,16 @@ def load_folded(directory: str | os.PathLike) -> Folded:
     with np.load(d / "folded.npz") as z:
         arrays = {k: z[k] for k in z.files}
     get = lambda key: None if key is None else arrays[key]  # noqa: E731
-    nodes = tuple(FNode(n["name"], n["channels"], n["act"],
-                        tuple(FEdge(e["src"], e["kind"], get(e["kernel"]), e["stride"], e["pre"])
-                              for e in n["operands"]),
-                        get(n["bias"]), get(n["slope"])) for n in meta["nodes"])
+    nodes = tuple(
+        FNode(
+            n["name"],
+            n["channels"],
+            n["act"],
+            tuple(FEdge(e["src"], e["kind"], get(e["kernel"]), e["stride"], e["pre"]) for e in n["operands"]),
+            get(n["bias"]),
+            get(n["slope"]),
+        )
+        for n in meta["nodes"]
+    )
     shape = None if meta["input_shape"] is None else tuple(meta["input_shape"])
     return Folded(nodes, shape, bool(meta["spatial"]), tuple(meta["eliminated"]))

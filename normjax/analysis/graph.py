@@ -90,12 +90,20 @@ class Graph(NamedTuple):
 
     def to_json(self) -> list[dict]:
         """The graph as JSON-ready dicts (written to a run directory as `graph.json`)."""
-        return [{"name": n.name, "channels": n.channels, "act": n.act,
-                 "operands": [{"src": e.src, "ops": [list(op) for op in e.ops]} for e in n.operands],
-                 "slope": None if n.slope is None else list(n.slope), "index": n.index} for n in self.nodes]
+        return [
+            {
+                "name": n.name,
+                "channels": n.channels,
+                "act": n.act,
+                "operands": [{"src": e.src, "ops": [list(op) for op in e.ops]} for e in n.operands],
+                "slope": None if n.slope is None else list(n.slope),
+                "index": n.index,
+            }
+            for n in self.nodes
+        ]
 
     @classmethod
-    def from_json(cls, data: list[dict]) -> "Graph":
+    def from_json(cls, data: list[dict]) -> Graph:
         """The graph `to_json` wrote; files written before the `maxpool3` op existed load unchanged.
 
         Args:
@@ -104,13 +112,24 @@ class Graph(NamedTuple):
         Returns:
           The `Graph`, equal to the one written.
         """
+
         def op(x):
             kind, path, index, stride, eps = x
             return Op(kind, tuple(path), index, stride, eps)
 
-        return cls(tuple(Node(d["name"], d["channels"], d["act"],
-                              tuple(Edge(e["src"], tuple(op(o) for o in e["ops"])) for e in d["operands"]),
-                              None if d["slope"] is None else tuple(d["slope"]), d["index"]) for d in data))
+        return cls(
+            tuple(
+                Node(
+                    d["name"],
+                    d["channels"],
+                    d["act"],
+                    tuple(Edge(e["src"], tuple(op(o) for o in e["ops"])) for e in d["operands"]),
+                    None if d["slope"] is None else tuple(d["slope"]),
+                    d["index"],
+                )
+                for d in data
+            )
+        )
 
 
 def subtree(tree: PyTree, path: tuple[str, ...], index: int | None = None) -> PyTree:
@@ -167,8 +186,9 @@ def linearize(graph: Graph, params: PyTree, tolerance: float = 0.01) -> PyTree:
         for key in n.slope:
             holder = holder[key]
         xp = jnp if isinstance(holder["slope"], jax.Array) else np
-        holder["slope"] = xp.where(xp.abs(1.0 - holder["slope"]) < tolerance, xp.ones_like(holder["slope"]),
-                                   holder["slope"])
+        holder["slope"] = xp.where(
+            xp.abs(1.0 - holder["slope"]) < tolerance, xp.ones_like(holder["slope"]), holder["slope"]
+        )
     return out
 
 
@@ -190,4 +210,3 @@ def check(graph: Graph) -> None:
             for op in e.ops:
                 if op.kind not in OP_KINDS:
                     raise ValueError(f"node {n.name!r}: op {op.kind!r} is not one of {OP_KINDS}")
-

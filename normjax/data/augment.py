@@ -35,14 +35,14 @@ def preprocess(
       (2, 8, 8, 1)
     """
     if images.ndim != 4:
-        raise UserError(f'images shape {images.shape} is invalid; allowed: [B, H, W, C]')
+        raise UserError(f"images shape {images.shape} is invalid; allowed: [B, H, W, C]")
     channels = images.shape[-1]
-    mean_arr = _channel_param('mean', mean, channels)
-    std_arr = _channel_param('std', std, channels)
+    mean_arr = _channel_param("mean", mean, channels)
+    std_arr = _channel_param("std", std, channels)
     if not isinstance(std_arr, jax.core.Tracer) and not bool(jnp.all(std_arr > 0)):
-        raise UserError(f'std {std_arr.tolist()} is invalid; allowed: positive numbers')
+        raise UserError(f"std {std_arr.tolist()} is invalid; allowed: positive numbers")
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-        raise UserError(f'crop_padding {crop_padding!r} is invalid; allowed: an integer >= 0')
+        raise UserError(f"crop_padding {crop_padding!r} is invalid; allowed: an integer >= 0")
 
     x = (images.astype(jnp.float32) / 255.0 - mean_arr) / std_arr
     if key is not None and (crop_padding > 0 or flip):
@@ -54,9 +54,7 @@ def _channel_param(name: str, value: Sequence[float] | jax.Array, channels: int)
     """Per-channel statistic as float32 [C]; one value is broadcast to all channels."""
     arr = jnp.asarray(value, jnp.float32).reshape(-1)
     if arr.shape[0] not in (1, channels):
-        raise UserError(
-            f'{name} has {arr.shape[0]} entries; allowed: 1 or {channels} (one per image channel)'
-        )
+        raise UserError(f"{name} has {arr.shape[0]} entries; allowed: 1 or {channels} (one per image channel)")
     return jnp.broadcast_to(arr, (channels,))
 
 

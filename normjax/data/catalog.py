@@ -23,14 +23,13 @@ import numpy as np
 from normjax.errors import UserError
 
 # Built into normjax (no TFDS): scikit-learn's digits and the synthetic generator.
-BUILT_IN: tuple[str, ...] = ('digits', 'synthetic')
+BUILT_IN: tuple[str, ...] = ("digits", "synthetic")
 
 # The one way to prepare a TFDS dataset for normjax: the unprepared-dataset error prints it and
 # the README's Data section shows it for cifar10 (tests/test_data.py checks that they agree).
-PREPARE_COMMAND = 'tfds build {name} --file_format array_record --data_dir NEW_DIR'
+PREPARE_COMMAND = "tfds build {name} --file_format array_record --data_dir NEW_DIR"
 PREPARE_RECIPE = (
-    'on a machine with internet and tensorflow run: ' + PREPARE_COMMAND
-    + ', then copy NEW_DIR/{name} to {target}'
+    "on a machine with internet and tensorflow run: " + PREPARE_COMMAND + ", then copy NEW_DIR/{name} to {target}"
 )
 
 
@@ -41,7 +40,7 @@ def default_data_dir() -> str:
       >>> isinstance(default_data_dir(), str)
       True
     """
-    return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
 @contextlib.contextmanager
@@ -51,7 +50,7 @@ def quiet_absl() -> Iterator[None]:
     tfds warns, for instance, about every version folder without dataset_info.json; the
     one-line UserError already says what is wrong and how to fix it.
     """
-    logger = logging.getLogger('absl')
+    logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -73,16 +72,16 @@ def not_prepared_message(name: str, data_dir: str, err: BaseException) -> str:
     """
     build = PREPARE_RECIPE.format(name=name, target=os.path.join(data_dir, name))
     dataset_dir = pathlib.Path(data_dir) / name
-    versions = sorted(p.parent for p in dataset_dir.glob('*/dataset_info.json'))
+    versions = sorted(p.parent for p in dataset_dir.glob("*/dataset_info.json"))
     if not versions:
-        return f'dataset {name!r} is not prepared in {data_dir}; {build}'
-    if not any(any(v.glob('*.array_record*')) for v in versions):
+        return f"dataset {name!r} is not prepared in {data_dir}; {build}"
+    if not any(any(v.glob("*.array_record*")) for v in versions):
         return (
-            f'dataset {name!r} in {dataset_dir} has no array_record files '
-            f'(tfds reads random-access formats only); {build}'
+            f"dataset {name!r} in {dataset_dir} has no array_record files "
+            f"(tfds reads random-access formats only); {build}"
         )
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f'dataset {name!r} in {dataset_dir} could not be read ({reason}); {build}'
+    return f"dataset {name!r} in {dataset_dir} could not be read ({reason}); {build}"
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -173,34 +172,32 @@ def tfds_image_info(name: str, data_dir: str | os.PathLike[str] | None = None) -
     sources = _open_tfds(name, None, data_dir)
     info = next(iter(sources.values())).dataset_info
     features = info.features
-    found = sorted(features.keys()) if hasattr(features, 'keys') else []
-    if 'image' not in found or 'label' not in found:
+    found = sorted(features.keys()) if hasattr(features, "keys") else []
+    if "image" not in found or "label" not in found:
         raise UserError(
             f"dataset {name!r} has features {', '.join(found) or 'none'}; "
             "normjax needs an 'image' and a 'label' feature"
         )
-    label = features['label']
-    num_classes = getattr(label, 'num_classes', None)
+    label = features["label"]
+    num_classes = getattr(label, "num_classes", None)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise UserError(
             f"dataset {name!r} has a label feature of type {type(label).__name__}; "
-            'normjax needs a class label (tfds.features.ClassLabel) with at least 2 classes'
+            "normjax needs a class label (tfds.features.ClassLabel) with at least 2 classes"
         )
-    shape = tuple(features['image'].shape)
+    shape = tuple(features["image"].shape)
     if len(shape) != 3 or shape[-1] not in (1, 3):
-        raise UserError(
-            f"dataset {name!r} has images of shape {shape}; normjax needs (H, W, C) with C 1 or 3"
-        )
+        raise UserError(f"dataset {name!r} has images of shape {shape}; normjax needs (H, W, C) with C 1 or 3")
     splits = {str(k): len(v) for k, v in sources.items()}
     # A test split without labels (ImageNet's, when its tar was downloaded: every label is -1)
     # cannot be evaluated: where there is a validation split to fall back on, the test split's
     # first record tells (read decoded: tfds.testing.mock_data cannot serve encoded images).
-    eval_split = next((s for s in ('test', 'validation') if splits.get(s)), None)
-    if eval_split == 'test' and splits.get('validation'):
-        first = _open_tfds(name, 'test', data_dir, decode=True)[0]
-        if int(first['label']) < 0:
-            eval_split = 'validation'
-    if 'train' not in splits or eval_split is None:
+    eval_split = next((s for s in ("test", "validation") if splits.get(s)), None)
+    if eval_split == "test" and splits.get("validation"):
+        first = _open_tfds(name, "test", data_dir, decode=True)[0]
+        if int(first["label"]) < 0:
+            eval_split = "validation"
+    if "train" not in splits or eval_split is None:
         raise UserError(
             f"dataset {name!r} has splits {', '.join(sorted(splits))}; "
             "normjax needs 'train' and a labelled 'test' or 'validation'"
@@ -208,7 +205,7 @@ def tfds_image_info(name: str, data_dir: str | os.PathLike[str] | None = None) -
     fixed = None if None in shape else (int(shape[0]), int(shape[1]), int(shape[2]))
     return ImageInfo(
         name=name,
-        num_train=splits['train'],
+        num_train=splits["train"],
         num_test=splits[eval_split],
         image_shape=fixed,
         channels=int(shape[-1]),
@@ -218,8 +215,9 @@ def tfds_image_info(name: str, data_dir: str | os.PathLike[str] | None = None) -
     )
 
 
-def open_tfds(name: str, split: str, data_dir: str | os.PathLike[str] | None = None, *,
-              decode: bool = False) -> Sequence[dict]:
+def open_tfds(
+    name: str, split: str, data_dir: str | os.PathLike[str] | None = None, *, decode: bool = False
+) -> Sequence[dict]:
     """The random-access records of one split of prepared TFDS dataset `name`.
 
     Records are dicts with the dataset's features. By default the `image` of an image feature
@@ -255,9 +253,9 @@ def _open_tfds(name: str, split: str | None, data_dir: str, *, decode: bool = Fa
     try:
         with quiet_absl():
             builder = tfds.builder(name, data_dir=data_dir)
-            image = builder.info.features['image'] if 'image' in builder.info.features else None
+            image = builder.info.features["image"] if "image" in builder.info.features else None
             skip = not decode and isinstance(image, tfds.features.Image)
-            decoders = {'image': tfds.decode.SkipDecoding()} if skip else None
+            decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
             if split is not None:
                 return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
             names = sorted(builder.info.splits.keys())
@@ -266,7 +264,7 @@ def _open_tfds(name: str, split: str | None, data_dir: str, *, decode: bool = Fa
                 return dict(zip(names, found))
             # No split metadata (tfds.testing.mock_data): the usual split names that open.
             out = {}
-            for s in ('train', 'test', 'validation'):
+            for s in ("train", "test", "validation"):
                 try:
                     out[s] = tfds.data_source(name, split=s, data_dir=data_dir, download=False, decoders=decoders)
                 except (KeyError, ValueError):
@@ -274,10 +272,10 @@ def _open_tfds(name: str, split: str | None, data_dir: str, *, decode: bool = Fa
             return out or tfds.data_source(name, split=None, data_dir=data_dir, download=False, decoders=decoders)
     except tfds.core.registered.DatasetNotFoundError as err:
         # Neither a registered TFDS builder nor a prepared copy in data_dir: no recipe can help.
-        if not (pathlib.Path(data_dir) / name.split(':')[0].split('/')[0]).exists():
+        if not (pathlib.Path(data_dir) / name.split(":")[0].split("/")[0]).exists():
             raise UserError(
-                f'dataset {name!r} is unknown: not built in ({", ".join(BUILT_IN)}) and not a TFDS dataset '
-                f'(the TFDS catalog lists them: https://www.tensorflow.org/datasets/catalog/overview)'
+                f"dataset {name!r} is unknown: not built in ({', '.join(BUILT_IN)}) and not a TFDS dataset "
+                f"(the TFDS catalog lists them: https://www.tensorflow.org/datasets/catalog/overview)"
             ) from err
         raise UserError(not_prepared_message(name, data_dir, err)) from err
     # An unprepared, TFRecord-only or unreadable copy; KeyError: a split the dataset lacks.

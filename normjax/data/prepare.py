@@ -34,21 +34,21 @@ from normjax.data.catalog import PREPARE_RECIPE, default_data_dir, quiet_absl
 from normjax.errors import UserError
 
 # The datasets `prepare` can write.
-SUPPORTED: tuple[str, ...] = ('fashion_mnist',)
-DEBIAN_PACKAGE = 'dataset-fashion-mnist'
-INSTALL_COMMAND = f'apt-get install {DEBIAN_PACKAGE}'
+SUPPORTED: tuple[str, ...] = ("fashion_mnist",)
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+INSTALL_COMMAND = f"apt-get install {DEBIAN_PACKAGE}"
 # Split -> (images file, labels file): the IDX files' names, upstream's and Debian's.
 FASHION_MNIST_FILES: dict[str, tuple[str, str]] = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 # Records per split and image side (Xiao et al., 2017; TFDS's builder has the same constants).
-FASHION_MNIST_SIZES: dict[str, int] = {'train': 60000, 'test': 10000}
+FASHION_MNIST_SIZES: dict[str, int] = {"train": 60000, "test": 10000}
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
 _IMAGES_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions
 _LABELS_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension
-_TMP_PREFIX = '.normjax-prepare-'
+_TMP_PREFIX = ".normjax-prepare-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +77,9 @@ class Prepared:
     def message(self) -> str:
         """One line for people: where the dataset is and what was done."""
         if self.already:
-            return f'{self.name} is already prepared in {self.path}; nothing to do'
-        counts = ', '.join(f'{split} {n}' for split, n in self.splits.items())
-        return f'{self.name} prepared in {self.path} ({counts} records, array_record) in {self.seconds:.1f} s'
+            return f"{self.name} is already prepared in {self.path}; nothing to do"
+        counts = ", ".join(f"{split} {n}" for split, n in self.splits.items())
+        return f"{self.name} prepared in {self.path} ({counts} records, array_record) in {self.seconds:.1f} s"
 
 
 def prepare(
@@ -127,14 +127,14 @@ def prepare(
     root = os.path.abspath(os.fspath(data_dir) if data_dir else default_data_dir())
     builder_cls = _fashion_mnist_builder()
     version_dir = os.path.join(root, name, str(builder_cls.VERSION))
-    if os.path.exists(os.path.join(version_dir, 'dataset_info.json')) and any(
-        '.array_record' in f for f in os.listdir(version_dir)
+    if os.path.exists(os.path.join(version_dir, "dataset_info.json")) and any(
+        ".array_record" in f for f in os.listdir(version_dir)
     ):
         return Prepared(name, version_dir, True, 0.0, {})
     if os.path.lexists(version_dir):
         raise UserError(
-            f'{version_dir} exists but is not a prepared array_record dataset; move it away and '
-            f'run `normjax prepare {name}` again'
+            f"{version_dir} exists but is not a prepared array_record dataset; move it away and "
+            f"run `normjax prepare {name}` again"
         )
     start = time.perf_counter()
     arrays = read_fashion_mnist(source_dir, root)
@@ -155,7 +155,7 @@ def debian_source_dir() -> str | None:
       True
     """
     try:
-        out = subprocess.run(['dpkg', '-L', DEBIAN_PACKAGE], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["dpkg", "-L", DEBIAN_PACKAGE], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -196,47 +196,45 @@ def read_fashion_mnist(
       Xiao, Rasul, Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine
       Learning Algorithms", 2017, arXiv:1708.07747.
     """
-    target = os.path.join(data_dir or default_data_dir(), 'fashion_mnist')
+    target = os.path.join(data_dir or default_data_dir(), "fashion_mnist")
     how = (
-        f'install them with: {INSTALL_COMMAND} (then run `normjax prepare fashion_mnist`); or '
-        + PREPARE_RECIPE.format(name='fashion_mnist', target=target)
+        f"install them with: {INSTALL_COMMAND} (then run `normjax prepare fashion_mnist`); or "
+        + PREPARE_RECIPE.format(name="fashion_mnist", target=target)
     )
-    files = ', '.join(f for pair in FASHION_MNIST_FILES.values() for f in pair)
+    files = ", ".join(f for pair in FASHION_MNIST_FILES.values() for f in pair)
     if source_dir is None:
         found = debian_source_dir()
         if found is None:
             raise UserError(
-                f'fashion_mnist source files ({files}) are missing: Debian package {DEBIAN_PACKAGE} is '
-                f'not installed (`dpkg -L {DEBIAN_PACKAGE}` lists none); {how}'
+                f"fashion_mnist source files ({files}) are missing: Debian package {DEBIAN_PACKAGE} is "
+                f"not installed (`dpkg -L {DEBIAN_PACKAGE}` lists none); {how}"
             )
         source = found
     else:
         source = os.fspath(source_dir)
         if not os.path.isdir(source):
-            raise UserError(
-                f'fashion_mnist source dir {source} is not a directory; it must hold {files}; {how}'
-            )
+            raise UserError(f"fashion_mnist source dir {source} is not a directory; it must hold {files}; {how}")
     out = {}
     for split, (images_file, labels_file) in FASHION_MNIST_FILES.items():
         paths = [os.path.join(source, images_file), os.path.join(source, labels_file)]
         for path in paths:
             if not os.path.isfile(path):
-                raise UserError(f'fashion_mnist source file {path} is missing; {how}')
+                raise UserError(f"fashion_mnist source file {path} is missing; {how}")
         images = read_idx_images(paths[0])
         labels = read_idx_labels(paths[1])
         expected = FASHION_MNIST_SIZES[split]
         for path, n in zip(paths, (len(images), len(labels))):
             if n != expected:
                 raise UserError(
-                    f'{path} holds {n} records; Fashion-MNIST {split} has {expected} (a different dataset?)'
+                    f"{path} holds {n} records; Fashion-MNIST {split} has {expected} (a different dataset?)"
                 )
         if images.shape[1:3] != (IMAGE_SIDE, IMAGE_SIDE):
             raise UserError(
-                f'{paths[0]} holds {images.shape[1]}x{images.shape[2]} images; Fashion-MNIST\'s are '
-                f'{IMAGE_SIDE}x{IMAGE_SIDE}'
+                f"{paths[0]} holds {images.shape[1]}x{images.shape[2]} images; Fashion-MNIST's are "
+                f"{IMAGE_SIDE}x{IMAGE_SIDE}"
             )
         if labels.max(initial=0) >= NUM_CLASSES:
-            raise UserError(f'{paths[1]} holds label {int(labels.max())}; Fashion-MNIST has {NUM_CLASSES} classes')
+            raise UserError(f"{paths[1]} holds label {int(labels.max())}; Fashion-MNIST has {NUM_CLASSES} classes")
         out[split] = (images, labels)
     return out
 
@@ -261,9 +259,9 @@ def read_idx_images(path: str | os.PathLike[str]) -> np.ndarray:
       normjax.errors.UserError: /nonexistent.gz is missing
     """
     data = _gunzip(path)
-    header = _header(path, data, 16, _IMAGES_MAGIC, 'images')
+    header = _header(path, data, 16, _IMAGES_MAGIC, "images")
     n, rows, cols = (int(v) for v in header[1:])
-    _check_size(path, data, 16, n * rows * cols, f'{n} images of {rows}x{cols}')
+    _check_size(path, data, 16, n * rows * cols, f"{n} images of {rows}x{cols}")
     return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols, 1)
 
 
@@ -287,8 +285,8 @@ def read_idx_labels(path: str | os.PathLike[str]) -> np.ndarray:
       normjax.errors.UserError: /nonexistent.gz is missing
     """
     data = _gunzip(path)
-    n = int(_header(path, data, 8, _LABELS_MAGIC, 'labels')[1])
-    _check_size(path, data, 8, n, f'{n} labels')
+    n = int(_header(path, data, 8, _LABELS_MAGIC, "labels")[1])
+    _check_size(path, data, 8, n, f"{n} labels")
     return np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
 
 
@@ -296,25 +294,26 @@ def _gunzip(path: str | os.PathLike[str]) -> bytes:
     """The decompressed bytes of `path`; one-line UserErrors for unreadable or broken gzip data."""
     path = os.fspath(path)
     try:
-        with gzip.open(path, 'rb') as f:
+        with gzip.open(path, "rb") as f:
             return f.read()
     except FileNotFoundError as err:
-        raise UserError(f'{path} is missing') from err
+        raise UserError(f"{path} is missing") from err
     except EOFError as err:  # the stream ends early: a truncated file
-        raise UserError(f'{path} is truncated ({err}); replace it with a complete copy') from err
+        raise UserError(f"{path} is truncated ({err}); replace it with a complete copy") from err
     except (OSError, zlib.error) as err:  # BadGzipFile (an OSError), CRC errors, bad deflate data
-        reason = getattr(err, 'strerror', None) or str(err) or type(err).__name__
-        raise UserError(f'{path} could not be read ({reason}); replace it with a complete copy') from err
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise UserError(f"{path} could not be read ({reason}); replace it with a complete copy") from err
 
 
 def _header(path: str | os.PathLike[str], data: bytes, size: int, magic: int, what: str) -> np.ndarray:
     """The big-endian uint32 header of an IDX file, its magic number checked."""
     if len(data) < size:
-        raise UserError(f'{os.fspath(path)} is too short for an IDX header ({len(data)} bytes); '
-                        'replace it with a complete copy')
-    header = np.frombuffer(data[:size], '>u4')
+        raise UserError(
+            f"{os.fspath(path)} is too short for an IDX header ({len(data)} bytes); replace it with a complete copy"
+        )
+    header = np.frombuffer(data[:size], ">u4")
     if int(header[0]) != magic:
-        raise UserError(f'{os.fspath(path)} is not an IDX {what} file (magic {int(header[0])}, expected {magic})')
+        raise UserError(f"{os.fspath(path)} is not an IDX {what} file (magic {int(header[0])}, expected {magic})")
     return header
 
 
@@ -322,8 +321,8 @@ def _check_size(path: str | os.PathLike[str], data: bytes, header: int, body: in
     """Raises a one-line UserError unless `data` is exactly the header plus `body` bytes."""
     if len(data) != header + body:
         raise UserError(
-            f'{os.fspath(path)} holds {len(data) - header} data bytes, its header says {what} '
-            f'({body} bytes); replace it with a complete copy'
+            f"{os.fspath(path)} holds {len(data) - header} data bytes, its header says {what} "
+            f"({body} bytes); replace it with a complete copy"
         )
 
 
@@ -332,7 +331,7 @@ def _png(image: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image[..., 0], mode='L').save(buf, format='PNG')
+    Image.fromarray(image[..., 0], mode="L").save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -346,7 +345,7 @@ def _fashion_mnist_builder() -> Any:
     from tensorflow_datasets.image_classification import mnist
 
     class FashionMNISTFromIDX(mnist.FashionMNIST, skip_registration=True):
-        name = 'fashion_mnist'
+        name = "fashion_mnist"
         # Nothing is downloaded, so no checksums file is looked up (TFDS finds it from the code's
         # path, a lookup that needs importlib_resources for a module outside tensorflow_datasets).
         code_path = None
@@ -361,7 +360,7 @@ def _fashion_mnist_builder() -> Any:
         def _generate_examples(self, split):
             images, labels = self._arrays[split]
             for index, (image, label) in enumerate(zip(images, labels)):
-                yield index, {'image': _png(image), 'label': int(label)}
+                yield index, {"image": _png(image), "label": int(label)}
 
     return FashionMNISTFromIDX
 
@@ -375,11 +374,11 @@ def _write(builder_cls: Any, arrays: dict, root: str, name: str, version_dir: st
     tmp = None
     try:
         try:
-            tmp = tempfile.mkdtemp(prefix=f'{_TMP_PREFIX}{name}-', dir=root)
+            tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=root)
         except OSError as err:
-            raise UserError(f'data dir {root} is not writable ({err.strerror or err})') from err
+            raise UserError(f"data dir {root} is not writable ({err.strerror or err})") from err
         with quiet_absl():
-            builder = builder_cls(arrays=arrays, data_dir=tmp, file_format='array_record')
+            builder = builder_cls(arrays=arrays, data_dir=tmp, file_format="array_record")
             config = tfds.download.DownloadConfig(try_download_gcs=False)
             # tfds prints where it writes (the temporary folder); `Prepared.message` says where it is.
             with _no_progress_bar(), contextlib.redirect_stdout(io.StringIO()):
@@ -398,7 +397,7 @@ def _write(builder_cls: Any, arrays: dict, root: str, name: str, version_dir: st
             except OSError:
                 break
         if isinstance(err, OSError):
-            raise UserError(f'{name} could not be written into {root} ({err.strerror or err})') from err
+            raise UserError(f"{name} could not be written into {root} ({err.strerror or err})") from err
         raise
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -414,7 +413,7 @@ def _make_dirs(root: str) -> list[str]:
             break
         d = parent
     if os.path.lexists(d) and not os.path.isdir(d):
-        raise UserError(f'data dir {root} is not writable ({d} is not a directory)')
+        raise UserError(f"data dir {root} is not writable ({d} is not a directory)")
     created = []
     try:
         for d in reversed(missing):
@@ -423,7 +422,7 @@ def _make_dirs(root: str) -> list[str]:
     except OSError as err:
         for c in reversed(created):
             os.rmdir(c)
-        raise UserError(f'data dir {root} is not writable ({err.strerror or err})') from err
+        raise UserError(f"data dir {root} is not writable ({err.strerror or err})") from err
     return created
 
 

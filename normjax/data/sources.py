@@ -24,16 +24,16 @@ from normjax.data.catalog import channel_stats, open_tfds, quiet_absl, tfds_imag
 from normjax.errors import UserError
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
-    'num_train': 2048,
-    'num_test': 512,
-    'image_shape': (32, 32, 3),
-    'num_classes': 10,
-    'difficulty': 0.5,
-    'seed': 0,
-    'task': 'prototypes',
+    "num_train": 2048,
+    "num_test": 512,
+    "image_shape": (32, 32, 3),
+    "num_classes": 10,
+    "difficulty": 0.5,
+    "seed": 0,
+    "task": "prototypes",
 }
 # What the labels of the synthetic task are a function of (`_synthetic_arrays`).
-SYNTHETIC_TASKS: tuple[str, ...] = ('prototypes', 'parity')
+SYNTHETIC_TASKS: tuple[str, ...] = ("prototypes", "parity")
 
 # Records fetched per `__getitems__` call: big enough to amortize the
 # array_record lookups, small enough that one chunk's decoded dicts stay small.
@@ -73,9 +73,9 @@ class Dataset:
     def __repr__(self) -> str:
         # The default dataclass repr would print the pixel arrays.
         return (
-            f'Dataset(name={self.name!r}, train={len(self.train_labels)}, '
-            f'test={len(self.test_labels)}, image_shape={self.image_shape}, '
-            f'num_classes={self.num_classes})'
+            f"Dataset(name={self.name!r}, train={len(self.train_labels)}, "
+            f"test={len(self.test_labels)}, image_shape={self.image_shape}, "
+            f"num_classes={self.num_classes})"
         )
 
 
@@ -97,9 +97,9 @@ def load_dataset(
       >>> ds.train_images.shape, ds.train_images.dtype
       ((64, 32, 32, 3), dtype('uint8'))
     """
-    if name == 'digits':
+    if name == "digits":
         return _load_digits()
-    if name == 'synthetic':
+    if name == "synthetic":
         return _load_synthetic(synthetic or {})
     return _load_tfds(name, data_dir)
 
@@ -140,9 +140,7 @@ def _load_digits() -> Dataset:
     # policy, so the split stays the same across numpy versions.
     order = np.random.RandomState(0).permutation(len(labels))
     train, test = order[:1437], order[1437:]
-    return _make_dataset(
-        'digits', (images[train], labels[train]), (images[test], labels[test]), 10
-    )
+    return _make_dataset("digits", (images[train], labels[train]), (images[test], labels[test]), 10)
 
 
 # -------------------------------------------------------------- synthetic
@@ -151,46 +149,34 @@ def _load_digits() -> Dataset:
 def _load_synthetic(options: dict[str, Any]) -> Dataset:
     """Validates `options` and generates the synthetic task."""
     if not isinstance(options, dict):
-        raise UserError(
-            f'synthetic options {options!r} are not a dict; '
-            f"allowed keys: {', '.join(SYNTHETIC_DEFAULTS)}"
-        )
+        raise UserError(f"synthetic options {options!r} are not a dict; allowed keys: {', '.join(SYNTHETIC_DEFAULTS)}")
     for key in options:
         if key not in SYNTHETIC_DEFAULTS:
-            raise UserError(
-                f'synthetic option {key!r} is unknown; '
-                f"allowed: {', '.join(SYNTHETIC_DEFAULTS)}"
-            )
+            raise UserError(f"synthetic option {key!r} is unknown; allowed: {', '.join(SYNTHETIC_DEFAULTS)}")
     opts = {**SYNTHETIC_DEFAULTS, **options}
-    num_train = _check_int('num_train', opts['num_train'], 1)
-    num_test = _check_int('num_test', opts['num_test'], 1)
-    num_classes = _check_int('num_classes', opts['num_classes'], 2)
-    seed = _check_int('seed', opts['seed'], 0)
-    shape = _check_shape(opts['image_shape'])
-    difficulty = opts['difficulty']
+    num_train = _check_int("num_train", opts["num_train"], 1)
+    num_test = _check_int("num_test", opts["num_test"], 1)
+    num_classes = _check_int("num_classes", opts["num_classes"], 2)
+    seed = _check_int("seed", opts["seed"], 0)
+    shape = _check_shape(opts["image_shape"])
+    difficulty = opts["difficulty"]
     if (
         isinstance(difficulty, bool)
         or not isinstance(difficulty, (int, float, np.integer, np.floating))
         or not 0.0 <= float(difficulty) <= 1.0
     ):
-        raise UserError(
-            f'synthetic difficulty {difficulty!r} is invalid; allowed: a number in [0, 1]'
-        )
-    task = opts['task']
+        raise UserError(f"synthetic difficulty {difficulty!r} is invalid; allowed: a number in [0, 1]")
+    task = opts["task"]
     if not isinstance(task, str) or task not in SYNTHETIC_TASKS:
-        raise UserError(
-            f"synthetic task {task!r} is unknown; allowed: {', '.join(SYNTHETIC_TASKS)}"
-        )
-    train, test = _synthetic_arrays(
-        num_train, num_test, shape, num_classes, float(difficulty), seed, task
-    )
-    return _make_dataset('synthetic', train, test, num_classes)
+        raise UserError(f"synthetic task {task!r} is unknown; allowed: {', '.join(SYNTHETIC_TASKS)}")
+    train, test = _synthetic_arrays(num_train, num_test, shape, num_classes, float(difficulty), seed, task)
+    return _make_dataset("synthetic", train, test, num_classes)
 
 
 def _check_int(key: str, value: Any, low: int) -> int:
     """Returns `value` as int if it is an integer >= low, else raises UserError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise UserError(f'synthetic {key} {value!r} is invalid; allowed: an integer >= {low}')
+        raise UserError(f"synthetic {key} {value!r} is invalid; allowed: an integer >= {low}")
     return int(value)
 
 
@@ -206,15 +192,12 @@ def _check_shape(value: Any) -> tuple[int, int, int]:
     )
     if not ok:
         raise UserError(
-            f'synthetic image_shape {value!r} is invalid; '
-            'allowed: (H, W, C) integers with H, W >= 4 and 1 <= C <= 4'
+            f"synthetic image_shape {value!r} is invalid; allowed: (H, W, C) integers with H, W >= 4 and 1 <= C <= 4"
         )
     return (int(value[0]), int(value[1]), int(value[2]))
 
 
-def _smooth_fields(
-    rng: np.random.Generator, n: int, shape: tuple[int, int, int], max_freq: int
-) -> np.ndarray:
+def _smooth_fields(rng: np.random.Generator, n: int, shape: tuple[int, int, int], max_freq: int) -> np.ndarray:
     """n random periodic low-frequency images [n, H, W, C], each zero-mean, unit-std."""
     h, w, c = shape
     fy = np.abs(np.fft.fftfreq(h, 1.0 / h))
@@ -259,7 +242,7 @@ def _synthetic_arrays(
     num_classes: int,
     difficulty: float,
     seed: int,
-    task: str = 'prototypes',
+    task: str = "prototypes",
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Generates the synthetic train and test splits of `task` ('prototypes' or 'parity').
 
@@ -326,10 +309,8 @@ def _synthetic_arrays(
     norm = math.sqrt(signal_w**2 + distractor_w**2)
     noise_std = 0.1 + 0.5 * difficulty
     shift = min(h, w) // 16
-    parity = task == 'parity'
-    prototypes = _smooth_fields(
-        np.random.default_rng([seed, 0]), num_classes * (2 if parity else 1), shape, max_freq
-    )
+    parity = task == "parity"
+    prototypes = _smooth_fields(np.random.default_rng([seed, 0]), num_classes * (2 if parity else 1), shape, max_freq)
 
     def signal(labels: np.ndarray, first: np.ndarray | None, part: slice) -> np.ndarray:
         """S_y of `labels[part]`: the prototypes, or (A_a + B_(y - a)) / sqrt(2), a = first[part]."""
@@ -379,7 +360,7 @@ def _load_tfds(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
             "data.pipeline=stream with data.input_size (e.g. 224)"
         )
     with quiet_absl():
-        train = _read_all(open_tfds(name, 'train', data_dir, decode=True))
+        train = _read_all(open_tfds(name, "train", data_dir, decode=True))
         test = _read_all(open_tfds(name, info.eval_split, data_dir, decode=True))
     return _make_dataset(name, train, test, info.num_classes)
 
@@ -387,15 +368,15 @@ def _load_tfds(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
 def _read_all(source: Any) -> tuple[np.ndarray, np.ndarray]:
     """Decodes all records of a tfds data source into (uint8 images, int32 labels)."""
     n = len(source)
-    shape = tuple(source.dataset_info.features['image'].shape)
+    shape = tuple(source.dataset_info.features["image"].shape)
     images = np.empty((n, *shape), np.uint8)
     labels = np.empty((n,), np.int32)
     # Batched reads are faster than one `source[i]` per record.
-    get_many = getattr(source, '__getitems__', None)
+    get_many = getattr(source, "__getitems__", None)
     for start in range(0, n, _READ_CHUNK):
         keys = list(range(start, min(n, start + _READ_CHUNK)))
         records = get_many(keys) if get_many else [source[i] for i in keys]
         for i, record in zip(keys, records):
-            images[i] = record['image']
-            labels[i] = record['label']
+            images[i] = record["image"]
+            labels[i] = record["label"]
     return images, labels

@@ -50,10 +50,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import itertools
 import json
 import math
 import os
-import itertools
 import queue
 import sys
 import threading
@@ -187,7 +187,7 @@ def decode_crop_resize(
     """
     from PIL import Image  # Lazy: PIL is only needed where images are decoded.
 
-    mode = 'L' if channels == 1 else 'RGB'
+    mode = "L" if channels == 1 else "RGB"
     if isinstance(image, np.ndarray):
         img = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
         box = box_fn(img.width, img.height)
@@ -195,7 +195,7 @@ def decode_crop_resize(
         img = Image.open(io.BytesIO(image))
         width, height = img.size
         box = box_fn(width, height)
-        if img.format == 'JPEG':
+        if img.format == "JPEG":
             reduce = min(box[2] - box[0], box[3] - box[1]) / size
             if reduce >= 2:
                 drafted = img.draft(mode, (math.ceil(width / reduce), math.ceil(height / reduce)))
@@ -247,23 +247,19 @@ class Layout:
     process_count: int = 1
 
     def __post_init__(self) -> None:
-        for key in ('num_records', 'global_batch', 'process_count'):
+        for key in ("num_records", "global_batch", "process_count"):
             _check_int(key, getattr(self, key), 1)
-        _check_int('seed', self.seed, 0)
-        _check_int('process_index', self.process_index, 0)
+        _check_int("seed", self.seed, 0)
+        _check_int("process_index", self.process_index, 0)
         if self.process_index >= self.process_count:
-            raise UserError(
-                f'process_index {self.process_index} is invalid; allowed: 0 to {self.process_count - 1}'
-            )
+            raise UserError(f"process_index {self.process_index} is invalid; allowed: 0 to {self.process_count - 1}")
         if self.global_batch % self.process_count:
             raise UserError(
-                f'global batch {self.global_batch} is not divisible by the process count '
-                f'{self.process_count}; use a multiple of {self.process_count}'
+                f"global batch {self.global_batch} is not divisible by the process count "
+                f"{self.process_count}; use a multiple of {self.process_count}"
             )
         if self.global_batch > self.num_records:
-            raise UserError(
-                f'global batch {self.global_batch} exceeds the {self.num_records} records of the split'
-            )
+            raise UserError(f"global batch {self.global_batch} exceeds the {self.num_records} records of the split")
 
     @property
     def local_batch(self) -> int:
@@ -296,7 +292,7 @@ class Layout:
 
 def _check_int(key: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise UserError(f'{key} {value!r} is invalid; allowed: an integer >= {low}')
+        raise UserError(f"{key} {value!r} is invalid; allowed: an integer >= {low}")
     return int(value)
 
 
@@ -343,7 +339,7 @@ class TrainBatch:
 
     def __getstate__(self) -> dict:
         # The permutation is rebuilt in each worker rather than pickled.
-        return {**self.__dict__, '_cache': None}
+        return {**self.__dict__, "_cache": None}
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         step = int(step)
@@ -359,9 +355,9 @@ class TrainBatch:
             rng = np.random.default_rng([self.layout.seed, _AUGMENT_STREAM, epoch, index])
             flip = bool(rng.random() < 0.5) and self.flip  # drawn always: the box is the same either way
             box = functools.partial(random_resized_crop_box, rng, scale=self.scale, ratio=self.ratio)
-            images[j] = decode_crop_resize(record['image'], box, self.size, self.channels, flip=flip)
-            labels[j] = record['label']
-        return {'image': images, 'label': labels, 'index': indices.astype(np.int32)}
+            images[j] = decode_crop_resize(record["image"], box, self.size, self.channels, flip=flip)
+            labels[j] = record["label"]
+        return {"image": images, "label": labels, "index": indices.astype(np.int32)}
 
 
 class EvalBatch:
@@ -399,11 +395,11 @@ class EvalBatch:
     ) -> None:
         if global_batch % process_count:
             raise UserError(
-                f'eval batch {global_batch} is not divisible by the process count {process_count}; '
-                f'use a multiple of {process_count}'
+                f"eval batch {global_batch} is not divisible by the process count {process_count}; "
+                f"use a multiple of {process_count}"
             )
         if not 0.0 < crop <= 1.0:
-            raise UserError(f'eval crop {crop!r} is invalid; allowed: a number in (0, 1]')
+            raise UserError(f"eval crop {crop!r} is invalid; allowed: a number in (0, 1]")
         self.source, self.global_batch, self.size, self.channels = source, global_batch, size, channels
         self.crop, self.process_index, self.process_count = crop, process_index, process_count
 
@@ -420,16 +416,16 @@ class EvalBatch:
         labels = np.full((local,), -1, np.int32)
         box = functools.partial(center_crop_box, fraction=self.crop)
         for j, record in enumerate(_read(self.source, valid)):
-            images[j] = decode_crop_resize(record['image'], box, self.size, self.channels)
-            labels[j] = record['label']
+            images[j] = decode_crop_resize(record["image"], box, self.size, self.channels)
+            labels[j] = record["label"]
         index = np.where(indices < len(self.source), indices, -1).astype(np.int32)
-        return {'image': images, 'label': labels, 'index': index}
+        return {"image": images, "label": labels, "index": index}
 
 
 def _read(source: Sequence[dict], indices: np.ndarray) -> list[dict]:
     """The records at `indices`, in one batched read when the source has one."""
     keys = [int(i) for i in indices]
-    get_many = getattr(source, '__getitems__', None)
+    get_many = getattr(source, "__getitems__", None)
     return list(get_many(keys)) if get_many is not None and keys else [source[i] for i in keys]
 
 
@@ -457,9 +453,9 @@ class Workers:
     buffer: int = 2
 
     def __post_init__(self) -> None:
-        _check_int('workers', self.processes, 0)
-        _check_int('reader threads', self.threads, 0)
-        _check_int('prefetch buffer', self.buffer, 1)
+        _check_int("workers", self.processes, 0)
+        _check_int("reader threads", self.threads, 0)
+        _check_int("prefetch buffer", self.buffer, 1)
 
 
 def _grain_iterator(batches: Any, count: tuple[int, int], workers: Workers) -> Iterator[dict[str, np.ndarray]]:
@@ -488,7 +484,7 @@ def _exit_with_parent(worker_index: int, worker_count: int) -> None:
     """grain worker start-up: the worker dies with the training process, even when that is
     killed with SIGKILL (a preempted or `kill -9`-ed run leaves no orphaned workers; Linux)."""
     del worker_index, worker_count
-    if sys.platform.startswith('linux'):
+    if sys.platform.startswith("linux"):
         import ctypes
         import signal
 
@@ -540,26 +536,24 @@ class TrainStream:
         ratio: tuple[float, float] = CROP_RATIO,
         flip: bool = True,
     ) -> None:
-        _check_int('input size', size, 1)
+        _check_int("input size", size, 1)
         if channels not in (1, 3):
-            raise UserError(f'channels {channels!r} is invalid; allowed: 1, 3')
+            raise UserError(f"channels {channels!r} is invalid; allowed: 1, 3")
         if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
-            raise UserError(
-                f'crop scale {scale} or ratio {ratio} is invalid; allowed: 0 < lo <= hi (scale hi <= 1)'
-            )
+            raise UserError(f"crop scale {scale} or ratio {ratio} is invalid; allowed: 0 < lo <= hi (scale hi <= 1)")
         self.source, self.layout, self.workers = source, layout, workers
         self._batch = TrainBatch(source, layout, size=size, channels=channels, scale=scale, ratio=ratio, flip=flip)
         self._fingerprint = {
-            'num_records': layout.num_records,
-            'global_batch': layout.global_batch,
-            'seed': layout.seed,
-            'size': size,
-            'channels': channels,
-            'scale': [float(v) for v in scale],
-            'ratio': [float(v) for v in ratio],
-            'flip': bool(flip),
+            "num_records": layout.num_records,
+            "global_batch": layout.global_batch,
+            "seed": layout.seed,
+            "size": size,
+            "channels": channels,
+            "scale": [float(v) for v in scale],
+            "ratio": [float(v) for v in ratio],
+            "flip": bool(flip),
         }
-        self._next = _check_int('start step', start, 0)
+        self._next = _check_int("start step", start, 0)
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
     def __iter__(self) -> TrainStream:
@@ -590,7 +584,7 @@ class TrainStream:
           ...             Layout(4, 2, seed=3), size=2, channels=3).get_state()['next_step']
           0
         """
-        return {'version': _STATE_VERSION, 'next_step': self._next, **self._fingerprint}
+        return {"version": _STATE_VERSION, "next_step": self._next, **self._fingerprint}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from a state `get_state` returned (possibly in another run of the program).
@@ -613,13 +607,13 @@ class TrainStream:
           5
         """
         mine = self.get_state()
-        theirs = {k: state.get(k) for k in mine if k != 'next_step'}
-        ours = {k: v for k, v in mine.items() if k != 'next_step'}
+        theirs = {k: state.get(k) for k in mine if k != "next_step"}
+        ours = {k: v for k, v in mine.items() if k != "next_step"}
         if theirs != ours:
-            diff = ', '.join(f'{k} {theirs[k]!r} (now {ours[k]!r})' for k in ours if theirs[k] != ours[k])
-            raise UserError(f'the saved input-pipeline state does not fit this pipeline: saved {diff}')
+            diff = ", ".join(f"{k} {theirs[k]!r} (now {ours[k]!r})" for k in ours if theirs[k] != ours[k])
+            raise UserError(f"the saved input-pipeline state does not fit this pipeline: saved {diff}")
         self.close()
-        self._next = _check_int('next_step', state.get('next_step'), 0)
+        self._next = _check_int("next_step", state.get("next_step"), 0)
 
     def close(self) -> None:
         """Stops the grain iterator (and its worker processes); `next()` restarts it.
@@ -635,7 +629,7 @@ class TrainStream:
 
 def _close_grain(it: Any) -> None:
     """Ends a grain iterator's worker processes now rather than at garbage collection."""
-    close = getattr(it, 'close', None)
+    close = getattr(it, "close", None)
     if callable(close):
         close()
 
@@ -675,8 +669,13 @@ def eval_batches(
       [[1, 1, 1, 1], [1, -1, -1, -1]]
     """
     batches = EvalBatch(
-        source, global_batch, size=size, channels=channels, crop=crop,
-        process_index=process_index, process_count=process_count,
+        source,
+        global_batch,
+        size=size,
+        channels=channels,
+        crop=crop,
+        process_index=process_index,
+        process_count=process_count,
     )
     return _grain_iterator(batches, (0, len(batches)), workers)
 
@@ -701,9 +700,9 @@ def state_to_array(state: dict[str, Any]) -> np.ndarray:
       >>> state_from_array(state_to_array({'next_step': 7}))
       {'next_step': 7}
     """
-    data = json.dumps(state, sort_keys=True, separators=(',', ':')).encode()
+    data = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
     if len(data) > STATE_BYTES:
-        raise ValueError(f'pipeline state takes {len(data)} bytes; at most {STATE_BYTES} fit')
+        raise ValueError(f"pipeline state takes {len(data)} bytes; at most {STATE_BYTES} fit")
     out = np.zeros(STATE_BYTES, np.uint8)
     out[: len(data)] = np.frombuffer(data, np.uint8)
     return out
@@ -725,13 +724,13 @@ def state_from_array(array: Any) -> dict[str, Any]:
       >>> state_from_array(state_to_array({'a': 1}))['a']
       1
     """
-    data = bytes(np.asarray(array, np.uint8).reshape(-1)).rstrip(b'\0')
+    data = bytes(np.asarray(array, np.uint8).reshape(-1)).rstrip(b"\0")
     try:
         state = json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f'the saved input-pipeline state is unreadable ({err})') from None
+        raise UserError(f"the saved input-pipeline state is unreadable ({err})") from None
     if not isinstance(state, dict):
-        raise UserError('the saved input-pipeline state is unreadable (not a JSON object)')
+        raise UserError("the saved input-pipeline state is unreadable (not a JSON object)")
     return state
 
 
@@ -778,24 +777,24 @@ class DevicePrefetcher:
         sharding: Any,
         *,
         size: int = 2,
-        keys: Sequence[str] = ('image', 'label'),
+        keys: Sequence[str] = ("image", "label"),
         stack: int | Iterable[int] = 0,
         pad_to: int = 0,
     ) -> None:
-        _check_int('prefetch size', size, 1)
+        _check_int("prefetch size", size, 1)
         if isinstance(stack, (int, np.integer)):
-            self._sizes = itertools.repeat(_check_int('stack', stack, 0)) if stack else None
+            self._sizes = itertools.repeat(_check_int("stack", stack, 0)) if stack else None
         else:
             self._sizes = iter(stack)
-        self._pad_to = _check_int('pad_to', pad_to, 0)
+        self._pad_to = _check_int("pad_to", pad_to, 0)
         self._source, self._sharding, self._keys = batches, sharding, tuple(keys)
-        get_state = getattr(batches, 'get_state', None)
+        get_state = getattr(batches, "get_state", None)
         self._get_state = get_state if callable(get_state) else None
         self._state = self._get_state() if self._get_state else None
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._fill, name='normjax-prefetch', daemon=True)
+        self._thread = threading.Thread(target=self._fill, name="normjax-prefetch", daemon=True)
         self._thread.start()
 
     def _place(self, host: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -811,14 +810,14 @@ class DevicePrefetcher:
         try:
             while not self._stop.is_set():
                 if self._sizes is not None:
-                    n = _check_int('stack size', next(self._sizes), 1)
+                    n = _check_int("stack size", next(self._sizes), 1)
                     parts = [next(self._source) for _ in range(n)]
                     parts += parts[-1:] * (self._pad_to - n)
                     host = {k: np.stack([p[k] for p in parts]) for k in self._keys}
                 else:
                     host = next(self._source)
                 state = self._get_state() if self._get_state else None
-                item = ('batch', self._place(host), state)
+                item = ("batch", self._place(host), state)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -826,9 +825,9 @@ class DevicePrefetcher:
                     except queue.Full:
                         continue
         except StopIteration:
-            self._put_final(('end', None, None))
+            self._put_final(("end", None, None))
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
-            self._put_final(('error', err, None))
+            self._put_final(("error", err, None))
 
     def _put_final(self, item: tuple) -> None:
         while not self._stop.is_set():
@@ -845,10 +844,10 @@ class DevicePrefetcher:
         if self._done:
             raise StopIteration
         kind, value, state = self._queue.get()
-        if kind == 'end':
+        if kind == "end":
             self._done = True
             raise StopIteration
-        if kind == 'error':
+        if kind == "error":
             self._done = True
             raise value
         self._state = state
@@ -876,10 +875,10 @@ class DevicePrefetcher:
         self._thread.join()
         while not self._queue.empty():
             self._queue.get_nowait()
-        set_state = getattr(self._source, 'set_state', None)
+        set_state = getattr(self._source, "set_state", None)
         if self._state is not None and callable(set_state):
             set_state(self._state)
-        close = getattr(self._source, 'close', None)
+        close = getattr(self._source, "close", None)
         if callable(close):
             close()
 
@@ -928,7 +927,7 @@ class StreamingSource:
     ) -> None:
         self.data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
         self.info = tfds_image_info(name, self.data_dir)
-        self.name, self.size, self.eval_crop, self.workers = name, _check_int('input size', size, 1), eval_crop, workers
+        self.name, self.size, self.eval_crop, self.workers = name, _check_int("input size", size, 1), eval_crop, workers
         self._sources: dict[str, Sequence[dict]] = {}
 
     def source(self, split: str) -> Sequence[dict]:
@@ -954,8 +953,16 @@ class StreamingSource:
         """
         index, count = _process(process_index, process_count)
         layout = Layout(self.info.num_train, global_batch, seed=seed, process_index=index, process_count=count)
-        return TrainStream(self.source('train'), layout, size=self.size, channels=self.info.channels,
-                           start=start, workers=self.workers, flip=flip, scale=scale)
+        return TrainStream(
+            self.source("train"),
+            layout,
+            size=self.size,
+            channels=self.info.channels,
+            start=start,
+            workers=self.workers,
+            flip=flip,
+            scale=scale,
+        )
 
     def eval(
         self,
@@ -971,10 +978,17 @@ class StreamingSource:
         index, count = _process(process_index, process_count)
         records = self.source(split or self.info.eval_split)
         if limit is not None and limit < len(records):
-            records = _Head(records, _check_int('limit', limit, 1))
-        return eval_batches(records, global_batch, size=self.size,
-                            channels=self.info.channels, crop=self.eval_crop, process_index=index,
-                            process_count=count, workers=self.workers)
+            records = _Head(records, _check_int("limit", limit, 1))
+        return eval_batches(
+            records,
+            global_batch,
+            size=self.size,
+            channels=self.info.channels,
+            crop=self.eval_crop,
+            process_index=index,
+            process_count=count,
+            workers=self.workers,
+        )
 
     def channel_stats(self, num_examples: int = 1024, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std in [0, 1] units of a seeded sample of eval-transformed train images.
@@ -989,12 +1003,13 @@ class StreamingSource:
         Returns:
           (mean, std), one value per channel, as `Dataset.mean`/`Dataset.std`.
         """
-        src = self.source('train')
+        src = self.source("train")
         n = min(num_examples, len(src))
         picks = np.sort(np.random.default_rng([seed, _ORDER_STREAM]).choice(len(src), n, replace=False))
         box = functools.partial(center_crop_box, fraction=self.eval_crop)
-        images = np.stack([decode_crop_resize(r['image'], box, self.size, self.info.channels)
-                           for r in _read(src, picks)])
+        images = np.stack(
+            [decode_crop_resize(r["image"], box, self.size, self.info.channels) for r in _read(src, picks)]
+        )
         return channel_stats(images)
 
 

@@ -75,44 +75,100 @@ def check_model_config(cfg: dict) -> None:
         raise UserError(f"model.stem={cfg['stem']!r} is unknown; allowed: {', '.join(STEMS)}")
     bottleneck = name == "resnet" and cfg["block"] == "bottleneck"
     if name == "resnet" and not bottleneck and (depth < 8 or (depth - 2) % 6):
-        raise UserError(f"model.depth={depth} is not valid for resnet; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
+        raise UserError(
+            f"model.depth={depth} is not valid for resnet; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)"
+        )
     if bottleneck and depth not in BOTTLENECK_STAGES:
-        raise UserError(f"model.depth={depth} is not valid for resnet with model.block='bottleneck'; "
-                        f"allowed: {', '.join(map(str, BOTTLENECK_STAGES))}")
+        raise UserError(
+            f"model.depth={depth} is not valid for resnet with model.block='bottleneck'; "
+            f"allowed: {', '.join(map(str, BOTTLENECK_STAGES))}"
+        )
     if name == "resnet" and not bottleneck and cfg["stem"] == "imagenet":
-        raise UserError("model.stem='imagenet' needs model.block='bottleneck'; the basic-block resnet has the cifar stem")
+        raise UserError(
+            "model.stem='imagenet' needs model.block='bottleneck'; the basic-block resnet has the cifar stem"
+        )
     if name == "plain_cnn" and depth < 3:
         raise UserError(f"model.depth={depth} is too small for plain_cnn; allowed: >= 3")
     if name == "mlp" and depth < 1:
         raise UserError(f"model.depth={depth} is too small for mlp; allowed: >= 1")
     if name == "mlp" and resolve_shortcut(name, cfg["shortcut"]) and depth % 2 == 0:
-        raise UserError(f"model.depth={depth} is not valid for mlp with model.shortcut=true; allowed: odd "
-                        "(a first layer, then residual blocks of two: 1, 3, 5, ...)")
+        raise UserError(
+            f"model.depth={depth} is not valid for mlp with model.shortcut=true; allowed: odd "
+            "(a first layer, then residual blocks of two: 1, 3, 5, ...)"
+        )
     if cfg["width"] < 1 or cfg["width_mult"] <= 0:
         raise UserError(f"model.width={cfg['width']}, model.width_mult={cfg['width_mult']}: both must be positive")
 
 
-def build_model(cfg: dict, *, num_classes: int, image_shape: tuple[int, int, int], rngs: nnx.Rngs,
-                bn_groups: int = 1, dtype=jnp.float32) -> nnx.Module:
+def build_model(
+    cfg: dict,
+    *,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    rngs: nnx.Rngs,
+    bn_groups: int = 1,
+    dtype=jnp.float32,
+) -> nnx.Module:
     """Build the model named by `cfg['name']` from a (validated) model config."""
     check_model_config(cfg)
-    common = dict(num_classes=num_classes, activation=cfg["activation"], prelu_init=cfg["prelu_init"],
-                  bn_momentum=cfg["bn_momentum"], bn_eps=cfg["bn_eps"], bn_groups=bn_groups, dtype=dtype,
-                  rngs=rngs)
+    common = dict(
+        num_classes=num_classes,
+        activation=cfg["activation"],
+        prelu_init=cfg["prelu_init"],
+        bn_momentum=cfg["bn_momentum"],
+        bn_eps=cfg["bn_eps"],
+        bn_groups=bn_groups,
+        dtype=dtype,
+        rngs=rngs,
+    )
     h, w, c = image_shape
     if cfg["name"] == "mlp":
-        return MLP(depth=cfg["depth"], width=cfg["width"], in_features=h * w * c,
-                   shortcut=resolve_shortcut("mlp", cfg["shortcut"]), **common)
+        return MLP(
+            depth=cfg["depth"],
+            width=cfg["width"],
+            in_features=h * w * c,
+            shortcut=resolve_shortcut("mlp", cfg["shortcut"]),
+            **common,
+        )
     if cfg["name"] == "resnet" and cfg["block"] == "bottleneck":
-        return BottleneckResNet(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"],
-                                shortcut=resolve_shortcut("resnet", cfg["shortcut"]),
-                                stem=resolve_stem(cfg["block"], cfg["stem"]), **common)
+        return BottleneckResNet(
+            depth=cfg["depth"],
+            in_channels=c,
+            width=cfg["width"],
+            width_mult=cfg["width_mult"],
+            shortcut=resolve_shortcut("resnet", cfg["shortcut"]),
+            stem=resolve_stem(cfg["block"], cfg["stem"]),
+            **common,
+        )
     if cfg["name"] == "resnet":
-        return ResNet(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"],
-                      shortcut=resolve_shortcut("resnet", cfg["shortcut"]), **common)
+        return ResNet(
+            depth=cfg["depth"],
+            in_channels=c,
+            width=cfg["width"],
+            width_mult=cfg["width_mult"],
+            shortcut=resolve_shortcut("resnet", cfg["shortcut"]),
+            **common,
+        )
     return PlainCNN(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"], **common)
 
 
-__all__ = ["MODELS", "BatchNorm", "BottleneckResNet", "ChannelPReLU", "LayerInfo", "MLP", "PlainCNN", "ResNet", "build_model",
-           "check_model_config", "has_shortcuts", "layer_axes", "per_layer", "per_layer_sums", "plain_autodiff",
-           "prelu_mask", "resolve_shortcut", "scale_invariant_mask"]
+__all__ = [
+    "MODELS",
+    "BatchNorm",
+    "BottleneckResNet",
+    "ChannelPReLU",
+    "LayerInfo",
+    "MLP",
+    "PlainCNN",
+    "ResNet",
+    "build_model",
+    "check_model_config",
+    "has_shortcuts",
+    "layer_axes",
+    "per_layer",
+    "per_layer_sums",
+    "plain_autodiff",
+    "prelu_mask",
+    "resolve_shortcut",
+    "scale_invariant_mask",
+]

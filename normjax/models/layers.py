@@ -136,8 +136,13 @@ def bilinear_jvp(f: Callable) -> Callable:
 def _run_conv(strides: tuple, padding: tuple, lhs_dilation: tuple = (1, 1), rhs_dilation: tuple = (1, 1)):
     """A canonical NHWC/HWIO conv that stays one conv per run under vmap (`vmap_per_slice`),
     its tangents too (`bilinear_jvp`: forward-over-reverse through `conv`'s backward pass)."""
-    return bilinear_jvp(vmap_per_slice(lambda lhs, rhs: jax.lax.conv_general_dilated(
-        lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers=_DN)))
+    return bilinear_jvp(
+        vmap_per_slice(
+            lambda lhs, rhs: jax.lax.conv_general_dilated(
+                lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers=_DN
+            )
+        )
+    )
 
 
 def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
@@ -197,8 +202,7 @@ def _conv_bwd(stride, res, g):
     dx = _run_conv((1, 1), pads, (s, s))(g, hide(jnp.flip(w, (0, 1)).swapaxes(2, 3)))
     # dW: a conv with batch and feature swapped, [Cin, H, W, B] * [Ho, Wo, B, Cout] -> [Cin, k, k, Cout].
     hi = k + (ho - 1) * s - h - p
-    dw = _run_conv((1, 1), ((p, hi),) * 2, (1, 1), (s, s))(hide(x.transpose(3, 1, 2, 0)),
-                                                           hide(g.transpose(1, 2, 0, 3)))
+    dw = _run_conv((1, 1), ((p, hi),) * 2, (1, 1), (s, s))(hide(x.transpose(3, 1, 2, 0)), hide(g.transpose(1, 2, 0, 3)))
     return dx, dw.transpose(1, 2, 0, 3)
 
 

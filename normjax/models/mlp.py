@@ -13,17 +13,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.layers import BatchNorm, Stack, he_normal
 from normjax.models.layers import activation as make_activation
 from normjax.models.resnet import add_shortcut, with_shortcut
-from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.structure import LayerInfo
 
 
 def dense(din: int, dout: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
     """A bias-free dense layer with He-normal fan-in init (it feeds a BatchNorm)."""
-    return nnx.Linear(din, dout, use_bias=False, kernel_init=he_normal, dtype=dtype, param_dtype=jnp.float32,
-                      rngs=rngs)
+    return nnx.Linear(din, dout, use_bias=False, kernel_init=he_normal, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 class Hidden(nnx.Module):
@@ -77,22 +76,42 @@ class MLP(nnx.Module):
       (['fc0', 'fc1', 'fc2', 'fc3', 'fc4', 'head'], 2)
     """
 
-    def __init__(self, *, depth: int, width: int, in_features: int, num_classes: int, shortcut: bool = False,
-                 activation: str = "relu", prelu_init: float = 0.0, bn_momentum: float = 0.9,
-                 bn_eps: float = 1e-5, bn_groups: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        depth: int,
+        width: int,
+        in_features: int,
+        num_classes: int,
+        shortcut: bool = False,
+        activation: str = "relu",
+        prelu_init: float = 0.0,
+        bn_momentum: float = 0.9,
+        bn_eps: float = 1e-5,
+        bn_groups: int = 1,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if shortcut and depth % 2 == 0:
             raise ValueError(f"depth={depth}: a residual MLP has a first layer and blocks of two, so an odd depth")
-        kw = dict(act=activation, prelu_init=prelu_init,
-                  bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups), dtype=dtype, rngs=rngs)
+        kw = dict(
+            act=activation,
+            prelu_init=prelu_init,
+            bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups),
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.depth, self.width, self.in_features, self.num_classes = depth, width, in_features, num_classes
         self.act, self.bn_eps = activation, bn_eps
         self.shortcut, self.blocks = shortcut, (depth - 1) // 2 if shortcut else 0
         if shortcut:
-            self.hidden = Stack(Hidden(in_features, width, **kw), lambda: Block(width, **kw), 1 + self.blocks,
-                                unroll=True)
+            self.hidden = Stack(
+                Hidden(in_features, width, **kw), lambda: Block(width, **kw), 1 + self.blocks, unroll=True
+            )
         else:
-            self.hidden = Stack(Hidden(in_features, width, **kw), lambda: Hidden(width, width, **kw), depth,
-                                unroll=True)
+            self.hidden = Stack(
+                Hidden(in_features, width, **kw), lambda: Hidden(width, width, **kw), depth, unroll=True
+            )
         self.head = nnx.Linear(width, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

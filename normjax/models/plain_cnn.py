@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.layers import BatchNorm, Stack
 from normjax.models.layers import activation as make_activation
 from normjax.models.resnet import conv
-from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.structure import LayerInfo
 
 
@@ -36,12 +36,29 @@ class PlainCNN(nnx.Module):
       ([2, 1, 1], [4, 8, 16])
     """
 
-    def __init__(self, *, depth: int, num_classes: int, in_channels: int = 3, width: int = 16,
-                 width_mult: float = 1.0, activation: str = "relu", prelu_init: float = 0.0,
-                 bn_momentum: float = 0.9, bn_eps: float = 1e-5, bn_groups: int = 1,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
-        kw = dict(act=activation, prelu_init=prelu_init,
-                  bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups), dtype=dtype, rngs=rngs)
+    def __init__(
+        self,
+        *,
+        depth: int,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 16,
+        width_mult: float = 1.0,
+        activation: str = "relu",
+        prelu_init: float = 0.0,
+        bn_momentum: float = 0.9,
+        bn_eps: float = 1e-5,
+        bn_groups: int = 1,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(
+            act=activation,
+            prelu_init=prelu_init,
+            bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups),
+            dtype=dtype,
+            rngs=rngs,
+        )
         w = [max(1, round(width * width_mult * m)) for m in (1, 2, 4)]
         counts = [depth // 3 + (1 if s < depth % 3 else 0) for s in range(3)]
         self.counts, self.widths = counts, w
@@ -62,8 +79,10 @@ class PlainCNN(nnx.Module):
         out, depth = [], 0
         for s, n in enumerate(self.counts, start=1):
             out.append(LayerInfo(f"s{s}.c0", depth, (f"stage{s}", "first", "conv", "kernel"), None, True))
-            out += [LayerInfo(f"s{s}.c{i + 1}", depth + i + 1, (f"stage{s}", "rest", "conv", "kernel"), i, True)
-                    for i in range(n - 1)]
+            out += [
+                LayerInfo(f"s{s}.c{i + 1}", depth + i + 1, (f"stage{s}", "rest", "conv", "kernel"), i, True)
+                for i in range(n - 1)
+            ]
             depth += n
         out.append(LayerInfo("head", depth, ("head", "kernel"), None, False))
         return out
@@ -76,8 +95,16 @@ class PlainCNN(nnx.Module):
                 prefix, idx = (f"stage{s}", "first" if i == 0 else "rest"), None if i == 0 else i - 1
                 ops = (Op("conv", prefix + ("conv",), idx), Op("bn", prefix + ("bn",), idx, eps=self.bn_eps))
                 pool = (Op("maxpool"),) if s > 1 and i == 0 else ()
-                nodes.append(Node(f"s{s}.c{i}", self.widths[s - 1], self.act, (Edge(len(nodes) - 1, pool + ops),),
-                                  prefix + ("act",), idx))
+                nodes.append(
+                    Node(
+                        f"s{s}.c{i}",
+                        self.widths[s - 1],
+                        self.act,
+                        (Edge(len(nodes) - 1, pool + ops),),
+                        prefix + ("act",),
+                        idx,
+                    )
+                )
         head = (Op("avgpool"), Op("dense", ("head",)))
         nodes.append(Node("logits", self.num_classes, "output", (Edge(len(nodes) - 1, head),)))
         return Graph(tuple(nodes))

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.layers import BatchNorm, Conv, Stack
 from normjax.models.layers import activation as make_activation
-from normjax.analysis.graph import Edge, Graph, Node, Op
 from normjax.models.structure import LayerInfo
 
 
@@ -31,8 +31,9 @@ def conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype) -> Con
     return Conv(cin, cout, k, stride=stride, dtype=dtype, rngs=rngs)
 
 
-def add_shortcut(block: nnx.Module, cin: int, cout: int, stride: int, *, shortcut: bool, bn: dict, dtype,
-                 rngs: nnx.Rngs) -> None:
+def add_shortcut(
+    block: nnx.Module, cin: int, cout: int, stride: int, *, shortcut: bool, bn: dict, dtype, rngs: nnx.Rngs
+) -> None:
     """Gives a residual block its shortcut: `block.shortcut`, `block.project` (the shape changes)
     and then its projection, a 1x1 conv of the block's stride and a BN ("option B")."""
     block.shortcut = shortcut
@@ -53,8 +54,19 @@ def with_shortcut(block: nnx.Module, y: jax.Array, x: jax.Array, train: bool) ->
 class BasicBlock(nnx.Module):
     """conv3x3-BN-act-conv3x3-BN, (+ shortcut), act."""
 
-    def __init__(self, cin: int, cout: int, stride: int, *, shortcut: bool, act: str, prelu_init: float,
-                 bn: dict, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        *,
+        shortcut: bool,
+        act: str,
+        prelu_init: float,
+        bn: dict,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         self.conv1 = conv(cin, cout, 3, stride, rngs, dtype)
         self.bn1 = BatchNorm(cout, **bn)
         self.act1 = make_activation(act, cout, prelu_init)
@@ -87,10 +99,23 @@ class ResNet(nnx.Module):
       (112, 'stem', 'head')
     """
 
-    def __init__(self, *, depth: int, num_classes: int, in_channels: int = 3, width: int = 16,
-                 width_mult: float = 1.0, shortcut: bool = True, activation: str = "relu",
-                 prelu_init: float = 0.0, bn_momentum: float = 0.9, bn_eps: float = 1e-5,
-                 bn_groups: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        depth: int,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 16,
+        width_mult: float = 1.0,
+        shortcut: bool = True,
+        activation: str = "relu",
+        prelu_init: float = 0.0,
+        bn_momentum: float = 0.9,
+        bn_eps: float = 1e-5,
+        bn_groups: int = 1,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         n = (depth - 2) // 6
         self.n = n
         w = [max(1, round(width * width_mult * m)) for m in (1, 2, 4)]
@@ -136,17 +161,26 @@ class ResNet(nnx.Module):
         def conv_bn(prefix, conv, bn, idx, stride):
             return (Op("conv", prefix + (conv,), idx, stride), Op("bn", prefix + (bn,), idx, eps=eps))
 
-        nodes = [Node("input", self.in_channels, "input", ()),
-                 Node("stem", self.widths[0], act, (Edge(0, conv_bn((), "stem_conv", "stem_bn", None, 1)),),
-                      ("stem_act",))]
+        nodes = [
+            Node("input", self.in_channels, "input", ()),
+            Node("stem", self.widths[0], act, (Edge(0, conv_bn((), "stem_conv", "stem_bn", None, 1)),), ("stem_act",)),
+        ]
         for s in (1, 2, 3):
             first = getattr(self, f"stage{s}").first
             for b in range(self.n):
                 prefix = (f"stage{s}", "first") if b == 0 else (f"stage{s}", "rest")
                 idx, stride = (None, first.conv1.stride) if b == 0 else (b - 1, 1)
                 prev, c = len(nodes) - 1, self.widths[s - 1]
-                nodes.append(Node(f"s{s}.b{b}.act1", c, act, (Edge(prev, conv_bn(prefix, "conv1", "bn1", idx, stride)),),
-                                  prefix + ("act1",), idx))
+                nodes.append(
+                    Node(
+                        f"s{s}.b{b}.act1",
+                        c,
+                        act,
+                        (Edge(prev, conv_bn(prefix, "conv1", "bn1", idx, stride)),),
+                        prefix + ("act1",),
+                        idx,
+                    )
+                )
                 operands = [Edge(prev + 1, conv_bn(prefix, "conv2", "bn2", idx, 1))]
                 if self.shortcut:
                     project = b == 0 and first.project
@@ -195,8 +229,19 @@ class Bottleneck(nnx.Module):
       ([(1, 1, 256, 64), (3, 3, 64, 64), (1, 1, 64, 256)], False)
     """
 
-    def __init__(self, cin: int, mid: int, stride: int, *, shortcut: bool, act: str, prelu_init: float,
-                 bn: dict, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        mid: int,
+        stride: int,
+        *,
+        shortcut: bool,
+        act: str,
+        prelu_init: float,
+        bn: dict,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         cout = EXPANSION * mid
         self.conv1 = conv(cin, mid, 1, 1, rngs, dtype)
         self.bn1 = BatchNorm(mid, **bn)
@@ -266,10 +311,25 @@ class BottleneckResNet(nnx.Module):
       He, Zhang, Ren & Sun, `Deep Residual Learning for Image Recognition`, 2016 (arXiv:1512.03385).
     """
 
-    def __init__(self, *, depth: int = 50, num_classes: int, in_channels: int = 3, width: int = 64,
-                 width_mult: float = 1.0, shortcut: bool = True, stem: str = "imagenet", activation: str = "relu",
-                 prelu_init: float = 0.0, bn_momentum: float = 0.9, bn_eps: float = 1e-5, bn_groups: int = 1,
-                 stages: tuple[int, ...] | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 64,
+        width_mult: float = 1.0,
+        shortcut: bool = True,
+        stem: str = "imagenet",
+        activation: str = "relu",
+        prelu_init: float = 0.0,
+        bn_momentum: float = 0.9,
+        bn_eps: float = 1e-5,
+        bn_groups: int = 1,
+        stages: tuple[int, ...] | None = None,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if stages is None:
             if depth not in BOTTLENECK_STAGES:
                 raise ValueError(f"depth={depth}: a bottleneck ResNet has depth 50, 101 or 152 (or give stages)")
@@ -348,21 +408,46 @@ class BottleneckResNet(nnx.Module):
             return (Op("conv", prefix + (conv,), idx, stride), Op("bn", prefix + (bn,), idx, eps=eps))
 
         stem_stride = self.stem_conv.stride
-        nodes = [Node("input", self.in_channels, "input", ()),
-                 Node("stem", self.widths[0], act, (Edge(0, conv_bn((), "stem_conv", "stem_bn", None, stem_stride)),),
-                      ("stem_act",))]
+        nodes = [
+            Node("input", self.in_channels, "input", ()),
+            Node(
+                "stem",
+                self.widths[0],
+                act,
+                (Edge(0, conv_bn((), "stem_conv", "stem_bn", None, stem_stride)),),
+                ("stem_act",),
+            ),
+        ]
         for s, b, prefix, idx, stride in self._blocks():
             pool = (Op("maxpool3"),) if self.stem == "imagenet" and s == 1 and b == 0 else ()
             prev, mid = len(nodes) - 1, self.widths[s - 1]
             name = f"s{s}.b{b}"
-            nodes.append(Node(f"{name}.act1", mid, act, (Edge(prev, pool + conv_bn(prefix, "conv1", "bn1", idx, 1)),),
-                              prefix + ("act1",), idx))
-            nodes.append(Node(f"{name}.act2", mid, act, (Edge(prev + 1, conv_bn(prefix, "conv2", "bn2", idx, stride)),),
-                              prefix + ("act2",), idx))
+            nodes.append(
+                Node(
+                    f"{name}.act1",
+                    mid,
+                    act,
+                    (Edge(prev, pool + conv_bn(prefix, "conv1", "bn1", idx, 1)),),
+                    prefix + ("act1",),
+                    idx,
+                )
+            )
+            nodes.append(
+                Node(
+                    f"{name}.act2",
+                    mid,
+                    act,
+                    (Edge(prev + 1, conv_bn(prefix, "conv2", "bn2", idx, stride)),),
+                    prefix + ("act2",),
+                    idx,
+                )
+            )
             operands = [Edge(prev + 2, conv_bn(prefix, "conv3", "bn3", idx, 1))]
             if self.shortcut:
                 project = b == 0 and getattr(self, f"stage{s}").first.project
-                operands.append(Edge(prev, pool + (conv_bn(prefix, "proj_conv", "proj_bn", idx, stride) if project else ())))
+                operands.append(
+                    Edge(prev, pool + (conv_bn(prefix, "proj_conv", "proj_bn", idx, stride) if project else ()))
+                )
             nodes.append(Node(f"{name}.act3", EXPANSION * mid, act, tuple(operands), prefix + ("act3",), idx))
         head = (Op("avgpool"), Op("dense", ("head",)))
         nodes.append(Node("logits", self.num_classes, "output", (Edge(len(nodes) - 1, head),)))

@@ -91,8 +91,10 @@ def layer_axes(params: PyTree) -> PyTree:
       {'hidden': {'first': {'k': 0}, 'rest': {'k': 1}}}
     """
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: x if isinstance(x, optax.MaskedNode) else int("rest" in _path_keys(p)), params,
-        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+        lambda p, x: x if isinstance(x, optax.MaskedNode) else int("rest" in _path_keys(p)),
+        params,
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+    )
 
 
 def per_layer_sums(trees: tuple, layers: list[LayerInfo], terms) -> tuple[jax.Array, ...]:

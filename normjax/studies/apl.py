@@ -42,12 +42,17 @@ def run_apl(rundir: str | Path, tolerance: float | None = None) -> dict:
       `normjax.analysis.apl.summary` plus `step`, `tolerance` and `run`.
     """
     from normjax.training.loop import read_run
+
     check_tolerance(tolerance)
     cfg, _, program, step, items = read_run(rundir)
     tol = cfg["optim"]["prelu_tolerance"] if tolerance is None else tolerance
     params = jax.device_get(items["params"])
-    return {"run": str(rundir), "step": step, "tolerance": tol,
-            **apl_lib.summary(program.graph, graph_lib.linearize(program.graph, params, tol), tol)}
+    return {
+        "run": str(rundir),
+        "step": step,
+        "tolerance": tol,
+        **apl_lib.summary(program.graph, graph_lib.linearize(program.graph, params, tol), tol),
+    }
 
 
 def count_params(model_cfg: dict, image_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10) -> int:
@@ -55,13 +60,15 @@ def count_params(model_cfg: dict, image_shape: tuple[int, int, int] = (32, 32, 3
     from flax import nnx
 
     from normjax.models import build_model
+
     cfg = dict(DEFAULTS["model"], **model_cfg)
     model = nnx.eval_shape(lambda: build_model(cfg, num_classes=num_classes, image_shape=image_shape, rngs=nnx.Rngs(0)))
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def matched_width_mult(model_cfg: dict, target_cfg: dict, image_shape: tuple[int, int, int] = (32, 32, 3),
-                       num_classes: int = 10) -> float:
+def matched_width_mult(
+    model_cfg: dict, target_cfg: dict, image_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10
+) -> float:
     """The `width_mult` at which `model_cfg` has (about) the parameters of `target_cfg`: the
     widened baselines of equal parameter count: the integer base width whose count is closest,
     found by bisection (the count grows with width).
@@ -84,10 +91,12 @@ def matched_width_mult(model_cfg: dict, target_cfg: dict, image_shape: tuple[int
 
 def format_report(r: dict) -> str:
     """A terminal table: the totals, then one line per layer (count / channels, a bar)."""
-    lines = [f"{r['run']} (step {r['step']}, tolerance {r['tolerance']:g})",
-             f"  APL (normalized) {r['apl']:.3f}   unnormalized {r['apl_unnormalized']:.3f}   "
-             f"nonlinear units {r['nonlinear_units']}/{r['units']} ({100 * r['nonlinear_fraction']:.1f}%)   "
-             f"effective width {r['effective_width']:.2f}   nonlinear layers {r['nonlinear_layers']}/{len(r['layers'])}"]
+    lines = [
+        f"{r['run']} (step {r['step']}, tolerance {r['tolerance']:g})",
+        f"  APL (normalized) {r['apl']:.3f}   unnormalized {r['apl_unnormalized']:.3f}   "
+        f"nonlinear units {r['nonlinear_units']}/{r['units']} ({100 * r['nonlinear_fraction']:.1f}%)   "
+        f"effective width {r['effective_width']:.2f}   nonlinear layers {r['nonlinear_layers']}/{len(r['layers'])}",
+    ]
     width = max(len(n) for n in r["layers"])
     for name, count, channels, frac in zip(r["layers"], r["counts"], r["channels"], r["profile"], strict=True):
         lines.append(f"  {name:<{width}}  {f'{count:4d}/{channels}':<9} {'#' * round(20 * frac)}")
@@ -98,6 +107,7 @@ def run_dirs(path: Path) -> list[Path]:
     """A run directory itself, or the run directories of a sweep directory (sweep.json order)."""
     if (path / "sweep.json").is_file():
         from normjax.sweep.results import load_sweep
+
         _, meta = load_sweep(path)
         return [path / r["name"] for r in meta["runs"] if (path / r["name"] / "checkpoints").is_dir()]
     return [path]
@@ -107,7 +117,9 @@ def apl_main(argv: list[str]) -> int:
     """`normjax apl DIR [--tolerance T] [--json]`; returns the exit code."""
     p = argparse.ArgumentParser(prog="normjax apl", description=__doc__.splitlines()[0])
     p.add_argument("dir", help="run directory, or a sweep directory (every run with a checkpoint)")
-    p.add_argument("--tolerance", type=float, help="linear when |1 - slope| < T (default: the run's optim.prelu_tolerance)")
+    p.add_argument(
+        "--tolerance", type=float, help="linear when |1 - slope| < T (default: the run's optim.prelu_tolerance)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
     args = p.parse_args(argv)
     path = Path(args.dir).expanduser()

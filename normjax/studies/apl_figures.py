@@ -42,7 +42,9 @@ TASK, REGIME, BASELINE = "data.task", "train.regime", "model.baseline"
 
 
 def _done(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["status"] == "done" and r.get("apl") is not None and r.get("test_accuracy") is not None]
+    return [
+        r for r in rows if r["status"] == "done" and r.get("apl") is not None and r.get("test_accuracy") is not None
+    ]
 
 
 def _groups(rows: list[dict], key: str) -> dict[str, list[dict]]:
@@ -100,8 +102,11 @@ def _baseline_rows(baselines: Path | None) -> list[dict]:
 
 def _profile(rundir: Path) -> tuple[list[str], np.ndarray] | None:
     """Layer names and the last logged per-layer nonlinear fraction of a run, or None."""
-    names = [n["name"] for n in json.loads((rundir / "graph.json").read_text()) if n["act"] in ("relu", "prelu")] \
-        if (rundir / "graph.json").is_file() else None
+    names = (
+        [n["name"] for n in json.loads((rundir / "graph.json").read_text()) if n["act"] in ("relu", "prelu")]
+        if (rundir / "graph.json").is_file()
+        else None
+    )
     last = None
     if (rundir / "metrics.jsonl").is_file():
         for line in (rundir / "metrics.jsonl").read_text().splitlines():
@@ -178,7 +183,9 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
             names, frac = prof
             ls = "-" if str(r.get(REGIME)) != "during" else "--"
             ax.plot(np.arange(len(frac)), frac, ls, color=cmap(norm(float(r["apl"]))), lw=1.2, alpha=0.85)
-        ax.set_title(f"task: {task} (solid: after, dashed: during)" if len(regimes) > 1 else f"task: {task}", fontsize=9)
+        ax.set_title(
+            f"task: {task} (solid: after, dashed: during)" if len(regimes) > 1 else f"task: {task}", fontsize=9
+        )
         ax.set_xlabel("layer (depth order)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of nonlinear channels")
@@ -190,8 +197,14 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
     ax = axes[0][0]
     for i, (task, trs) in enumerate(tasks.items()):
         for regime, rrs in _groups(trs, REGIME).items():
-            ax.scatter([r["apl"] for r in rrs], [r.get("effective_width") or 0.0 for r in rrs], s=14, color=f"C{i}",
-                       marker="o" if regime != "during" else "^", label=f"{task}, {regime}")
+            ax.scatter(
+                [r["apl"] for r in rrs],
+                [r.get("effective_width") or 0.0 for r in rrs],
+                s=14,
+                color=f"C{i}",
+                marker="o" if regime != "during" else "^",
+                label=f"{task}, {regime}",
+            )
     ax.set_xlabel("effective depth (APL)")
     ax.set_ylabel("effective width\n(nonlinear channels per kept layer)")
     ax.grid(alpha=0.3)
@@ -224,13 +237,25 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
     if base_rows:
         fig, axes = figure(1, n, size=(4.2 * n, 3.6))
         for ax, (task, trs) in zip(axes[0], tasks.items()):
-            ax.scatter([r["apl"] for r in trs], [r["test_accuracy"] for r in trs], s=12, color="C0", label="sparsified (all)")
+            ax.scatter(
+                [r["apl"] for r in trs], [r["test_accuracy"] for r in trs], s=12, color="C0", label="sparsified (all)"
+            )
             _baselines(ax, task, base_tasks.get(task, []), "APL = depth for the baselines")
         paths += _save_panels(fig, axes, out, "vs_baselines")
 
     table = out / "apl_table.csv"
-    fields = ["name", TASK, REGIME, "apl", "apl_unnormalized", "effective_width", "nonlinear_units",
-              "nonlinear_fraction", "test_accuracy", "train_accuracy"]
+    fields = [
+        "name",
+        TASK,
+        REGIME,
+        "apl",
+        "apl_unnormalized",
+        "effective_width",
+        "nonlinear_units",
+        "nonlinear_fraction",
+        "test_accuracy",
+        "train_accuracy",
+    ]
     write_csv(table, sorted(rows, key=lambda r: (str(r.get(TASK)), str(r.get(REGIME)), r["apl"])), fields)
     return paths + [table]
 

@@ -25,16 +25,16 @@ import argparse
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from normjax.errors import UserError
-from normjax.models.structure import main_path
 from normjax.figures import figure, save
+from normjax.models.structure import main_path
 from normjax.studies.explosion import _int_list, _measurement
 
 JSON_NAME = "critical_lr.json"
@@ -49,8 +49,14 @@ def _grid(lrs: Sequence[float]) -> np.ndarray:
     return g
 
 
-def measure(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), at: Sequence[int] = (0,), warm_lr: float | None = None,
-            lrs: Sequence[float] = DEFAULT_LRS) -> dict:
+def measure(
+    cfg: dict,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    at: Sequence[int] = (0,),
+    warm_lr: float | None = None,
+    lrs: Sequence[float] = DEFAULT_LRS,
+) -> dict:
     """Post-step spread against LR at states of a real network; measured and predicted critical LRs.
 
     Args:
@@ -84,14 +90,25 @@ def measure(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), at: Sequence[int] = 
     b = int(cfg["train"]["batch_size"])
     batches = at[-1] + 2
     if batches * b > ds.train_images.shape[0]:
-        raise UserError(f"--at {at[-1]} needs {batches} batches of {b}, more than the {ds.train_images.shape[0]} "
-                        f"training examples of {ds.name!r}; allowed: fewer steps or a smaller train.batch_size")
-    m = _measurement(json.dumps(cfg["model"], sort_keys=True), int(ds.num_classes), tuple(ds.image_shape),
-                     tuple(ds.mean), tuple(ds.std), b, batches)
+        raise UserError(
+            f"--at {at[-1]} needs {batches} batches of {b}, more than the {ds.train_images.shape[0]} "
+            f"training examples of {ds.name!r}; allowed: fewer steps or a smaller train.batch_size"
+        )
+    m = _measurement(
+        json.dumps(cfg["model"], sort_keys=True),
+        int(ds.num_classes),
+        tuple(ds.image_shape),
+        tuple(ds.mean),
+        tuple(ds.std),
+        b,
+        batches,
+    )
     main = main_path(m.layers)
     if main.sum() < 2:
-        raise UserError(f"model {cfg['model']['name']!r} has {int(main.sum())} main-path scale-invariant layers; "
-                        "the spread needs two or more")
+        raise UserError(
+            f"model {cfg['model']['name']!r} has {int(main.sum())} main-path scale-invariant layers; "
+            "the spread needs two or more"
+        )
     idx = np.nonzero(main)[0]
     rates = lambda g, w: jnp.sqrt(per_layer(g, m.layers)[idx] / per_layer(w, m.layers)[idx])  # noqa: E731
     grad = jax.grad(m.loss)
@@ -132,12 +149,23 @@ def measure(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), at: Sequence[int] = 
     spread_measured, spread_model = np.asarray(measured, np.float64), np.asarray(modelled, np.float64)
     pick = lambda s: grid[np.nanargmin(np.where(np.isfinite(s), s, np.nan), axis=-1)]  # noqa: E731
     return {
-        "model": cfg["model"]["name"], "depth": int(cfg["model"]["depth"]), "shortcut": has_shortcuts(cfg["model"]),
-        "dataset": ds.name, "batch_size": b, "warm_lr": warm_lr, "seeds": [int(s) for s in seeds], "at": list(at),
-        "layers": [m.layers[i].name for i in idx], "lrs": grid, "a": a, "spread_now": a.max(-1) / a.min(-1),
-        "spread_measured": spread_measured, "spread_model": spread_model,
+        "model": cfg["model"]["name"],
+        "depth": int(cfg["model"]["depth"]),
+        "shortcut": has_shortcuts(cfg["model"]),
+        "dataset": ds.name,
+        "batch_size": b,
+        "warm_lr": warm_lr,
+        "seeds": [int(s) for s in seeds],
+        "at": list(at),
+        "layers": [m.layers[i].name for i in idx],
+        "lrs": grid,
+        "a": a,
+        "spread_now": a.max(-1) / a.min(-1),
+        "spread_measured": spread_measured,
+        "spread_model": spread_model,
         "crit_predicted": 1.0 / np.sqrt(a.max(-1) * a.min(-1)),
-        "crit_measured": pick(spread_measured), "crit_model": pick(spread_model),
+        "crit_measured": pick(spread_measured),
+        "crit_model": pick(spread_model),
     }
 
 
@@ -158,8 +186,7 @@ def plot(results: list[dict], out: Path) -> list[Path]:
             c = colormaps["viridis"](0.85 * j / max(1, len(r["at"]) - 1))
             meas = np.exp(np.nanmean(np.log(np.asarray(r["spread_measured"])[:, j]), axis=0))
             ax.plot(lrs, meas, color=c, lw=1.3, label=f"after {t} steps")
-            ax.plot(lrs, np.exp(np.mean(np.log(np.asarray(r["spread_model"])[:, j]), axis=0)), color=c, lw=0.9,
-                    ls="--")
+            ax.plot(lrs, np.exp(np.mean(np.log(np.asarray(r["spread_model"])[:, j]), axis=0)), color=c, lw=0.9, ls="--")
             crit = np.exp(np.mean(np.log(np.asarray(r["crit_predicted"])[:, j])))
             ax.axvline(crit, color=c, ls=":", lw=1)
             best = np.exp(np.mean(np.log(np.asarray(r["crit_measured"])[:, j])))
@@ -172,8 +199,11 @@ def plot(results: list[dict], out: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("post-step spread max_l a'_l / min_l a'_l\n(main-path layers; geometric mean over seeds)")
-    fig.suptitle("Critical LR: solid measured, dashed model (constant base gradient)\n"
-                 "dotted: predicted 1/sqrt(a_max a_min); ▼: measured minimum", fontsize=9)
+    fig.suptitle(
+        "Critical LR: solid measured, dashed model (constant base gradient)\n"
+        "dotted: predicted 1/sqrt(a_max a_min); ▼: measured minimum",
+        fontsize=9,
+    )
     return save(fig, out, FIGURE_STEM)
 
 
@@ -196,8 +226,14 @@ def critical_lr_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="normjax critical-lr", description=critical_lr_main.__doc__.splitlines()[0])
     p.add_argument("config", help="experiment file, e.g. experiments/elr_resnet.py")
     p.add_argument("--size", default="smoke", help="the experiment's size (default smoke)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set model.depth=41 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.depth=41 (repeatable)",
+    )
     p.add_argument("--depths", help="values of model.depth, e.g. 21,41 (default: the config's)")
     p.add_argument("--seeds", default="3", help="number of init seeds (0, 1, ...), default 3")
     p.add_argument("--at", default="0", help="states: plain SGD steps before the measured step, e.g. 0,10,100")
@@ -208,7 +244,9 @@ def critical_lr_main(argv: list[str]) -> int:
     try:
         at = tuple(int(v) for v in args.at.split(","))
     except ValueError:
-        raise UserError(f"--at {args.at!r} is invalid; allowed: comma-separated step counts >= 0 (e.g. 0,10,100)") from None
+        raise UserError(
+            f"--at {args.at!r} is invalid; allowed: comma-separated step counts >= 0 (e.g. 0,10,100)"
+        ) from None
     cfg = load_config(args.config, size=args.size, overrides=args.overrides)
     depths = _int_list("--depths", args.depths) if args.depths else (int(cfg["model"]["depth"]),)
     out = Path(args.out or os.path.join("runs", f"critical_lr-{Path(args.config).stem}"))
@@ -220,12 +258,17 @@ def critical_lr_main(argv: list[str]) -> int:
         kind = "residual" if res["shortcut"] else "plain"
         for j, t in enumerate(res["at"]):
             ratio = res["crit_measured"][:, j] / res["crit_predicted"][:, j]
-            print(f"{res['model']} {kind} depth {depth}, after {t} steps: predicted {np.mean(res['crit_predicted'][:, j]):.3g}, "
-                  f"measured {np.mean(res['crit_measured'][:, j]):.3g} (log10 ratio {np.mean(np.log10(ratio)):+.2f} "
-                  f"± {np.std(np.log10(ratio)):.2f} over {len(seeds)} seeds), spread now {np.mean(res['spread_now'][:, j]):.3g}")
+            print(
+                f"{res['model']} {kind} depth {depth}, after {t} steps: predicted {np.mean(res['crit_predicted'][:, j]):.3g}, "
+                f"measured {np.mean(res['crit_measured'][:, j]):.3g} (log10 ratio {np.mean(np.log10(ratio)):+.2f} "
+                f"± {np.std(np.log10(ratio)):.2f} over {len(seeds)} seeds), spread now {np.mean(res['spread_now'][:, j]):.3g}"
+            )
     out.mkdir(parents=True, exist_ok=True)
-    (out / JSON_NAME).write_text(json.dumps({"config": args.config, "size": args.size, "overrides": args.overrides,
-                                             "results": results}, indent=1))
+    (out / JSON_NAME).write_text(
+        json.dumps(
+            {"config": args.config, "size": args.size, "overrides": args.overrides, "results": results}, indent=1
+        )
+    )
     print(f"json: {(out / JSON_NAME).absolute()}")
     for path in plot(results, out):
         print(f"figure: {path.absolute()}")

@@ -37,14 +37,23 @@ try:
 except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
     raise missing_extra(e, __name__) from None
 
+from normjax.figures import figure, save
 from normjax.metrics import SPREAD_LAYERS, mean_log_spread, spread_key
 from normjax.models import has_shortcuts
-from normjax.training.rundir import RunDir
-from normjax.figures import figure, save
 from normjax.sweep.results import (
-    STATUSES, collect, fmt_value, group_id, load_sweep, resolve_key, resolve_over, short_names, sort_key,
-    sweep_name, varied_keys,
+    STATUSES,
+    collect,
+    fmt_value,
+    group_id,
+    load_sweep,
+    resolve_key,
+    resolve_over,
+    short_names,
+    sort_key,
+    sweep_name,
+    varied_keys,
 )
+from normjax.training.rundir import RunDir
 
 # Per-layer metrics a run figure can show (all positive, hence log scales); `cos_gw` is signed and left out.
 LAYER_KEYS = {
@@ -104,8 +113,10 @@ class ElrRun:
             return self.scale_invariant
         proj = [self.layers[i].get("projection") for i in self.order]
         if any(p is None for p in proj):
-            raise UserError(f"{str(self.path)!r}: layers.json does not mark shortcut projections (the run predates "
-                            "the main-path spread); allowed here: --layers all")
+            raise UserError(
+                f"{str(self.path)!r}: layers.json does not mark shortcut projections (the run predates "
+                "the main-path spread); allowed here: --layers all"
+            )
         return self.scale_invariant & ~np.array(proj, bool)
 
     @property
@@ -125,8 +136,10 @@ class ElrRun:
             v = r.get(key)
             if isinstance(v, list):
                 if len(v) != len(self.layers):
-                    raise UserError(f"{str(self.path)!r}: step {r.get('step')} logs {len(v)} values of {key!r} "
-                                    f"but layers.json lists {len(self.layers)} layers; the run directory is inconsistent")
+                    raise UserError(
+                        f"{str(self.path)!r}: step {r.get('step')} logs {len(v)} values of {key!r} "
+                        f"but layers.json lists {len(self.layers)} layers; the run directory is inconsistent"
+                    )
                 out[i] = [_float(x) for x in v]
         return out[:, self.order]
 
@@ -252,7 +265,7 @@ def _step_axis(ax) -> None:
     ax.grid(alpha=0.3, which="major")
 
 
-def _mark_divergence(ax, run: "ElrRun") -> None:
+def _mark_divergence(ax, run: ElrRun) -> None:
     """A red dotted vertical line at the last logged step of a diverged run."""
     if run.summary.get("status") == "diverged" and run.rows:
         ax.axvline(run.steps()[-1] + 1, color="C3", ls=":", lw=1.2, label="diverged")
@@ -262,8 +275,9 @@ def _mark_divergence(ax, run: "ElrRun") -> None:
 # One run
 
 
-def run_figures(rundir: str | os.PathLike, out: str | os.PathLike | None = None, key: str = "elr",
-                layers: str = "all") -> list[Path]:
+def run_figures(
+    rundir: str | os.PathLike, out: str | os.PathLike | None = None, key: str = "elr", layers: str = "all"
+) -> list[Path]:
     """Save a run's ELR figures (PNG and PDF): a layer × step heatmap, per-layer lines, the spread.
 
     Args:
@@ -290,11 +304,15 @@ def run_figures(rundir: str | os.PathLike, out: str | os.PathLike | None = None,
     values = run.layer_values(key)
     if not np.isfinite(values).any():
         logged = [k for k in LAYER_KEYS if any(isinstance(r.get(k), list) for r in run.rows)]
-        raise UserError(f"run {str(run.path)!r} logged no finite {key!r}; logged per-layer metrics: "
-                        f"{', '.join(logged) or 'none'}")
+        raise UserError(
+            f"run {str(run.path)!r} logged no finite {key!r}; logged per-layer metrics: {', '.join(logged) or 'none'}"
+        )
     out_dir = Path(out).expanduser() if out is not None else run.path / "figures"
-    return (_heatmap_figure(run, values, key, out_dir) + _layer_lines_figure(run, values, key, out_dir)
-            + _spread_figure(run, out_dir, layers))
+    return (
+        _heatmap_figure(run, values, key, out_dir)
+        + _layer_lines_figure(run, values, key, out_dir)
+        + _spread_figure(run, out_dir, layers)
+    )
 
 
 def _heatmap_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) -> list[Path]:
@@ -303,13 +321,22 @@ def _heatmap_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) -> lis
     z = _log10(values)
     si = run.scale_invariant
     scale_from = z[:, si] if np.isfinite(z[:, si]).any() else z
-    vmin, vmax = (float(np.nanmin(scale_from)), float(np.nanmax(scale_from))) if np.isfinite(scale_from).any() else (0, 1)
+    vmin, vmax = (
+        (float(np.nanmin(scale_from)), float(np.nanmax(scale_from))) if np.isfinite(scale_from).any() else (0, 1)
+    )
     n_layers = len(run.order)
     fig, axes = _figure(size=(7.5, 1.8 + min(0.16 * n_layers, 5.0)))
     ax = axes[0, 0]
     cmap = colormaps["viridis"].with_extremes(bad="0.85")
-    mesh = ax.pcolormesh(_log_edges(x), np.arange(n_layers + 1) - 0.5, np.ma.masked_invalid(z.T),
-                         cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1, shading="flat")
+    mesh = ax.pcolormesh(
+        _log_edges(x),
+        np.arange(n_layers + 1) - 0.5,
+        np.ma.masked_invalid(z.T),
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax if vmax > vmin else vmin + 1,
+        shading="flat",
+    )
     mesh.set_rasterized(True)  # layers x steps cells as one image in the PDF, not one vector path each
     fig.colorbar(mesh, ax=ax, extend="both", label=f"log10 {LAYER_KEYS[key]}")
     _step_axis(ax)
@@ -361,7 +388,9 @@ def _spread_figure(run: ElrRun, out: Path, layers: str = "all") -> list[Path]:
     if _positive(spread):
         top.set_yscale("log")
     early_mean, all_mean = _run_spreads(run, layers)
-    top.set_title(f"{run.title()}\nmean log10 spread: early window {early_mean:.2f}, whole run {all_mean:.2f}", fontsize=8)
+    top.set_title(
+        f"{run.title()}\nmean log10 spread: early window {early_mean:.2f}, whole run {all_mean:.2f}", fontsize=8
+    )
     top.set_ylabel(SPREAD_LABEL + f"\n({LAYERS_LABEL[layers]})")
     bottom.plot(x, log_std, color="C1", lw=1.2)
     bottom.set_ylabel(LOG_STD_LABEL)
@@ -380,8 +409,9 @@ def _checked_spread_key(run: ElrRun, layers: str) -> str:
     """`spread_key(layers)`, after checking the run logged it (runs before the main-path spread did not)."""
     key = spread_key(layers)
     if not any(key in r for r in run.rows):
-        raise UserError(f"run {str(run.path)!r} logged no {key!r} (it predates the main-path spread); "
-                        "allowed here: --layers all")
+        raise UserError(
+            f"run {str(run.path)!r} logged no {key!r} (it predates the main-path spread); allowed here: --layers all"
+        )
     return key
 
 
@@ -396,7 +426,7 @@ class _SweepRuns:
     path: Path
     title: str
     rows: list[dict]
-    runs: dict[str, ElrRun]   # run name -> run, only runs with ELR metrics
+    runs: dict[str, ElrRun]  # run name -> run, only runs with ELR metrics
     over: str | None
     hue: str | None
     marker: str | None
@@ -436,16 +466,26 @@ def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | N
                 _checked_spread_key(run, layers)
                 runs[r["name"]] = run
     if not runs:
-        counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES
-                           if any(r["status"] == s for r in rows)) or "no runs"
+        counts = (
+            ", ".join(
+                f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES if any(r["status"] == s for r in rows)
+            )
+            or "no runs"
+        )
         raise UserError(f"no run of {str(path)!r} logged ELR metrics ({counts}); {NO_ELR}")
     panels = [k for k in keys if k not in (over_key, hue_key)]
-    return _SweepRuns(path, sweep_name(path, meta), rows, runs, over_key, hue_key, marker_key, panels,
-                      short_names(keys), layers)
+    return _SweepRuns(
+        path, sweep_name(path, meta), rows, runs, over_key, hue_key, marker_key, panels, short_names(keys), layers
+    )
 
 
-def sweep_figures(sweepdir: str | os.PathLike, out: str | os.PathLike | None = None, hue: str | None = None,
-                  over: str | None = "train.seed", layers: str = "all") -> list[Path]:
+def sweep_figures(
+    sweepdir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    hue: str | None = None,
+    over: str | None = "train.seed",
+    layers: str = "all",
+) -> list[Path]:
     """Save a sweep's ELR figures (PNG and PDF): spread over steps per setting, accuracy vs mean spread.
 
     Spread curves are geometric means over `over` (seeds) with a ×/÷ one-std band, one line per
@@ -476,7 +516,9 @@ def sweep_figures(sweepdir: str | os.PathLike, out: str | os.PathLike | None = N
     return _sweep_spread_figure(s, out_dir, suffix) + _accuracy_figure(s, out_dir, suffix)
 
 
-def _geo_mean_curve(runs: list[ElrRun], key: str = "elr_spread") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _geo_mean_curve(
+    runs: list[ElrRun], key: str = "elr_spread"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(step+1, geometric mean, lower, upper band) of the spread `key` over runs, on the union of their steps."""
     steps = np.unique(np.concatenate([r.steps() for r in runs]))
     logs = np.full((len(runs), len(steps)), np.nan)
@@ -488,7 +530,7 @@ def _geo_mean_curve(runs: list[ElrRun], key: str = "elr_spread") -> tuple[np.nda
     mean = np.nansum(logs, axis=0) / n
     var = np.nansum((logs - mean) ** 2, axis=0) / np.maximum(n - 1, 1)
     std = np.where(n > 1, np.sqrt(var), 0.0)
-    return steps + 1, 10 ** mean, 10 ** (mean - std), 10 ** (mean + std)
+    return steps + 1, 10**mean, 10 ** (mean - std), 10 ** (mean + std)
 
 
 def _panels(s: _SweepRuns, rows: list[dict]) -> list[tuple[tuple, list[dict]]]:
@@ -516,22 +558,28 @@ def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
         for hv in hues:
             group = [r for r in members if s.hue is None or group_id(r[s.hue]) == group_id(hv)]
             if group:
-                _plot_spread_group(ax, [s.runs[r["name"]] for r in group], colors[group_id(hv)],
-                                   fmt_value(hv) if s.hue else "spread", spread_key(s.layers))
+                _plot_spread_group(
+                    ax,
+                    [s.runs[r["name"]] for r in group],
+                    colors[group_id(hv)],
+                    fmt_value(hv) if s.hue else "spread",
+                    spread_key(s.layers),
+                )
         ax.axhline(1.0, color="0.4", ls=":", lw=1)
         _step_axis(ax)
         ax.set_yscale("log")
         if s.panels:
             ax.set_title(_panel_title(s, combo), fontsize=9)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     band = f"geometric mean over {s.short[s.over]}, band ×/÷ 1 geometric std" if s.over else "one run per line"
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{SPREAD_LABEL}\n({band})", fontsize=8)
     handles = {fmt_value(hv) if s.hue else "spread": Line2D([], [], color=colors[group_id(hv)]) for hv in hues}
     handles["run diverged"] = Line2D([], [], color="0.3", marker="x", ls="none")
-    fig.legend(list(handles.values()), list(handles), title=s.short.get(s.hue, None), loc="outside right center",
-               fontsize=8)
+    fig.legend(
+        list(handles.values()), list(handles), title=s.short.get(s.hue, None), loc="outside right center", fontsize=8
+    )
     fig.suptitle(f"{s.title}: ELR spread over training ({LAYERS_LABEL[s.layers]})", fontsize=10)
     return _save(fig, out, f"elr_spread{suffix}")
 
@@ -584,9 +632,16 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
                 continue
             c = colors[group_id(r[s.hue]) if s.hue else group_id(None)]
             hollow = r["status"] == "diverged"
-            ax.plot(10 ** m, floor if hollow else r["test_accuracy"], ls="none", ms=7,
-                    marker=markers[group_id(r[s.marker]) if s.marker else group_id(None)],
-                    mfc="none" if hollow else c, mec=c, alpha=0.85)
+            ax.plot(
+                10**m,
+                floor if hollow else r["test_accuracy"],
+                ls="none",
+                ms=7,
+                marker=markers[group_id(r[s.marker]) if s.marker else group_id(None)],
+                mfc="none" if hollow else c,
+                mec=c,
+                alpha=0.85,
+            )
         if diverged:
             ax.axhline(floor + 0.5 * (lo - floor), color="0.6", lw=0.8, ls="--")
         ax.set_xscale("log")
@@ -649,16 +704,20 @@ def elr_plot_main(argv: list[str]) -> int:
       ...
       0
     """
-    p = argparse.ArgumentParser(prog="normjax elr-plot",
-                                description="ELR figures (PNG and PDF) of a run directory or a sweep directory")
+    p = argparse.ArgumentParser(
+        prog="normjax elr-plot", description="ELR figures (PNG and PDF) of a run directory or a sweep directory"
+    )
     p.add_argument("dir", help="a run directory (has config.json) or a sweep directory (has sweep.json)")
     p.add_argument("--out", help="output directory (default DIR/figures)")
     p.add_argument("--hue", help="sweep only: varied key for colours (default: the first varied key but the seed)")
     p.add_argument("--over", default="train.seed", help="sweep only: key averaged over (default train.seed)")
     p.add_argument("--key", help=f"run only: per-layer metric to show (default elr); one of {', '.join(LAYER_KEYS)}")
-    p.add_argument("--layers", default="all",
-                   help=f"the spread's layers, one of {', '.join(SPREAD_LAYERS)}: all scale-invariant ones (default) "
-                        "or the main path (shortcut projections left out)")
+    p.add_argument(
+        "--layers",
+        default="all",
+        help=f"the spread's layers, one of {', '.join(SPREAD_LAYERS)}: all scale-invariant ones (default) "
+        "or the main path (shortcut projections left out)",
+    )
     args = p.parse_args(argv)
     d = Path(args.dir).expanduser()
     if (d / "sweep.json").is_file():
@@ -670,8 +729,10 @@ def elr_plot_main(argv: list[str]) -> int:
             raise UserError(f"--hue {args.hue!r} applies to a sweep directory; {args.dir!r} is a run directory")
         paths = run_figures(d, out=args.out, key=args.key or "elr", layers=args.layers)
     else:
-        raise UserError(f"{args.dir!r} is neither a run directory (config.json) nor a sweep directory (sweep.json); "
-                        "give one of those")
+        raise UserError(
+            f"{args.dir!r} is neither a run directory (config.json) nor a sweep directory (sweep.json); "
+            "give one of those"
+        )
     for path in paths:
         print(path)
     return 0

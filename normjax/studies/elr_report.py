@@ -75,8 +75,12 @@ def rank_correlation(x: Any, y: Any) -> float:
 
 def _mean_std(values: list[float]) -> dict:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    return {"mean": float(v.mean()) if v.size else None, "std": float(v.std(ddof=1)) if v.size > 1 else None,
-            "n": int(v.size), "values": [float(x) for x in v]}
+    return {
+        "mean": float(v.mean()) if v.size else None,
+        "std": float(v.std(ddof=1)) if v.size > 1 else None,
+        "n": int(v.size),
+        "values": [float(x) for x in v],
+    }
 
 
 def _read_output(path: str, flag: str, json_name: str, command: str) -> dict:
@@ -86,20 +90,32 @@ def _read_output(path: str, flag: str, json_name: str, command: str) -> dict:
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"{flag} {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
-                        f"directory of `normjax {command}`") from None
+        raise UserError(
+            f"{flag} {str(path)!r}: cannot read {str(p)!r} ({type(e).__name__}); give the output "
+            f"directory of `normjax {command}`"
+        ) from None
 
 
 def explosion_section(paths: list[str]) -> dict:
     """Growth factor per family and depth from `normjax explode` JSONs (files or their directories)."""
-    from normjax.studies.explosion import JSON_NAME as EXPLODE_JSON, MEAN_FIELD_FACTOR
+    from normjax.studies.explosion import JSON_NAME as EXPLODE_JSON
+    from normjax.studies.explosion import MEAN_FIELD_FACTOR
 
     rows, sources = [], []
     for path in paths:
         data = _read_output(path, "--explode", EXPLODE_JSON, "explode")
-        rows += [{"family": r["family"], "depth": r["depth"], "factor": r["factor"],
-                  "factor_seed_std": r["factor_seed_std"], "factor_base": r.get("factor_base"), "dataset": r["dataset"],
-                  "seeds": len(r.get("seeds", []))} for r in data["records"]]
+        rows += [
+            {
+                "family": r["family"],
+                "depth": r["depth"],
+                "factor": r["factor"],
+                "factor_seed_std": r["factor_seed_std"],
+                "factor_base": r.get("factor_base"),
+                "dataset": r["dataset"],
+                "seeds": len(r.get("seeds", [])),
+            }
+            for r in data["records"]
+        ]
         sources.append({"config": data.get("config"), "size": data.get("size"), "overrides": data.get("overrides")})
     return {"mean_field_factor": MEAN_FIELD_FACTOR, "rows": rows, "sources": sources}
 
@@ -120,11 +136,11 @@ def _first_steps(run) -> tuple[np.ndarray, np.ndarray] | None:
 
 def trajectories_section(sweep: str | os.PathLike, layers: str = "all") -> tuple[dict, list]:
     """Per-run quantities of the trajectories sweep and the spread-accuracy rank correlation."""
+    import jax.numpy as jnp
+
     from normjax import analysis
     from normjax.studies.elr_figures import read_run
     from normjax.studies.ode import compare_run
-
-    import jax.numpy as jnp
 
     key = spread_key(layers)
     path, rows = _sweep_runs(sweep)
@@ -154,16 +170,23 @@ def trajectories_section(sweep: str | os.PathLike, layers: str = "all") -> tuple
             c = None
         if c is not None:
             comparisons.append((rec, c))
-            rec |= {"spread_error_model": c.spread_error["model"], "spread_error_replay": c.spread_error["replay"],
-                    "log_spread_model_last": float(np.log10(c.predicted["model"]["spread"][-1])),
-                    "base_drift_end": float(c.base_drift[-1]), "base_drift_break_step": c.break_step,
-                    "base_drift_at": {str(t): float(c.base_drift[t]) for t in (1, 10, 100) if t < len(c.base_drift)}}
+            rec |= {
+                "spread_error_model": c.spread_error["model"],
+                "spread_error_replay": c.spread_error["replay"],
+                "log_spread_model_last": float(np.log10(c.predicted["model"]["spread"][-1])),
+                "base_drift_end": float(c.base_drift[-1]),
+                "base_drift_break_step": c.break_step,
+                "base_drift_at": {str(t): float(c.base_drift[t]) for t in (1, 10, 100) if t < len(c.base_drift)},
+            }
         runs.append(rec)
     done = [r for r in runs if r["status"] == "done" and r.get("mean_log_spread_early") is not None]
     section = {
-        "sweep": str(path), "layers": layers, "runs": runs,
-        "spread_accuracy_rank_correlation": rank_correlation([r["mean_log_spread_early"] for r in done],
-                                                             [r["test_accuracy"] for r in done]),
+        "sweep": str(path),
+        "layers": layers,
+        "runs": runs,
+        "spread_accuracy_rank_correlation": rank_correlation(
+            [r["mean_log_spread_early"] for r in done], [r["test_accuracy"] for r in done]
+        ),
         "spread_accuracy_runs": len(done),
     }
     return section, comparisons
@@ -179,11 +202,20 @@ def critical_section(paths: list[str]) -> dict:
             pred, meas = np.asarray(r["crit_predicted"]), np.asarray(r["crit_measured"])
             ratio = np.log10(meas / pred)
             for j, t in enumerate(r["at"]):
-                rows.append({"model": r["model"], "depth": r["depth"], "shortcut": r["shortcut"],
-                             "dataset": r["dataset"], "after_steps": t, "warm_lr": r["warm_lr"],
-                             "crit_predicted": _mean_std(list(pred[:, j])), "crit_measured": _mean_std(list(meas[:, j])),
-                             "log10_ratio": _mean_std(list(ratio[:, j])),
-                             "spread_now": _mean_std(list(np.asarray(r["spread_now"])[:, j]))})
+                rows.append(
+                    {
+                        "model": r["model"],
+                        "depth": r["depth"],
+                        "shortcut": r["shortcut"],
+                        "dataset": r["dataset"],
+                        "after_steps": t,
+                        "warm_lr": r["warm_lr"],
+                        "crit_predicted": _mean_std(list(pred[:, j])),
+                        "crit_measured": _mean_std(list(meas[:, j])),
+                        "log10_ratio": _mean_std(list(ratio[:, j])),
+                        "spread_now": _mean_std(list(np.asarray(r["spread_now"])[:, j])),
+                    }
+                )
     return {"rows": rows}
 
 
@@ -200,8 +232,10 @@ def regimes_section(sweep: str | os.PathLike, layers: str = "all") -> dict:
         o = cfg.get("optim", {})
         regime = o.get("name", "sgd") + (f"+warmup{o['warmup_steps']}" if o.get("warmup_steps") else "")
         shortcut = bool(cfg["model"].get("shortcut"))
-        g = groups.setdefault(group_id((regime, shortcut)), {"regime": regime, "shortcut": shortcut, "acc": [],
-                                                              "spread": [], "statuses": []})
+        g = groups.setdefault(
+            group_id((regime, shortcut)),
+            {"regime": regime, "shortcut": shortcut, "acc": [], "spread": [], "statuses": []},
+        )
         g["statuses"].append(row["status"])
         if row["status"] == "done":
             g["acc"].append(row["test_accuracy"])
@@ -210,8 +244,15 @@ def regimes_section(sweep: str | os.PathLike, layers: str = "all") -> dict:
             g["acc"].append(None)
     out = []
     for g in groups.values():
-        out.append({"regime": g["regime"], "shortcut": g["shortcut"], "test_accuracy": _mean_std(g["acc"]),
-                    "mean_log_spread_early": _mean_std(g["spread"]), "statuses": g["statuses"]})
+        out.append(
+            {
+                "regime": g["regime"],
+                "shortcut": g["shortcut"],
+                "test_accuracy": _mean_std(g["acc"]),
+                "mean_log_spread_early": _mean_std(g["spread"]),
+                "statuses": g["statuses"],
+            }
+        )
     for r in out:
         base = next((b for b in out if b["regime"] == "sgd" and b["shortcut"] == r["shortcut"]), None)
         if base is not None and r["test_accuracy"]["n"] and base["test_accuracy"]["n"]:
@@ -237,8 +278,14 @@ def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all") 
     fig, axes = figure(1, len(panels), size=(4.4 * len(panels), 3.8), sharey=True)
     for ax, (depth, shortcut) in zip(axes[0], panels):
         for i, lr in enumerate(lrs):
-            r = next((r for r in picked if (r.get("model.depth"), bool(r.get("model.shortcut")), r["optim.lr"])
-                      == (depth, shortcut, lr)), None)
+            r = next(
+                (
+                    r
+                    for r in picked
+                    if (r.get("model.depth"), bool(r.get("model.shortcut")), r["optim.lr"]) == (depth, shortcut, lr)
+                ),
+                None,
+            )
             run = read_run(path / r["name"]) if r else None
             first = _first_steps(run) if run else None
             if first is None:
@@ -273,9 +320,15 @@ def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
             if float(rec.get("optim.momentum") or 0.0) != mom:
                 continue
             color = colormaps["plasma"](0.85 * lrs.index(rec["optim.lr"]) / max(1, len(lrs) - 1))
-            ax.plot(c.steps + 1, c.base_drift, color=color, ls="--" if rec.get("model.shortcut") else "-",
-                    lw=0.8 + 0.02 * float(rec.get("model.depth") or 0), label=f"LR {rec['optim.lr']:g}, depth {rec.get('model.depth')}, "
-                                  f"{'residual' if rec.get('model.shortcut') else 'plain'}")
+            ax.plot(
+                c.steps + 1,
+                c.base_drift,
+                color=color,
+                ls="--" if rec.get("model.shortcut") else "-",
+                lw=0.8 + 0.02 * float(rec.get("model.depth") or 0),
+                label=f"LR {rec['optim.lr']:g}, depth {rec.get('model.depth')}, "
+                f"{'residual' if rec.get('model.shortcut') else 'plain'}",
+            )
         ax.axhline(BREAK_DEX, color="k", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_ylim(0, DRIFT_YMAX)  # diverging runs leave the axis: their drift is not the point here
@@ -288,8 +341,15 @@ def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
     return save(fig, out, "base_drift")
 
 
-def report(*, out: str | os.PathLike, trajectories: str | None = None, regimes: str | None = None,
-           explode: list[str] | None = None, critical: list[str] | None = None, layers: str = "all") -> dict:
+def report(
+    *,
+    out: str | os.PathLike,
+    trajectories: str | None = None,
+    regimes: str | None = None,
+    explode: list[str] | None = None,
+    critical: list[str] | None = None,
+    layers: str = "all",
+) -> dict:
     """Compute every section whose input is given; write `elr_report.json` and the figures into `out`.
 
     Args:
@@ -342,7 +402,9 @@ def _finite(x: Any) -> Any:
 def _fmt(ms: dict, digits: int = 3) -> str:
     if ms["mean"] is None:
         return "-"
-    return f"{ms['mean']:.{digits}f}" + (f" ± {ms['std']:.{digits}f}" if ms["std"] is not None else "") + f" (n={ms['n']})"
+    return (
+        f"{ms['mean']:.{digits}f}" + (f" ± {ms['std']:.{digits}f}" if ms["std"] is not None else "") + f" (n={ms['n']})"
+    )
 
 
 def elr_report_main(argv: list[str]) -> int:
@@ -358,28 +420,44 @@ def elr_report_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="output directory for elr_report.json and the figures")
     p.add_argument("--trajectories", help="the trajectories sweep directory (sweep_elr_trajectories.py)")
     p.add_argument("--regimes", help="the regimes sweep directory (sweep_elr_regimes.py)")
-    p.add_argument("--explode", action="append", default=[], help="an output directory of `normjax explode` "
-                                                                  "(repeatable)")
-    p.add_argument("--critical", action="append", default=[], help="an output directory of `normjax critical-lr` "
-                                                                    "(repeatable)")
+    p.add_argument(
+        "--explode", action="append", default=[], help="an output directory of `normjax explode` (repeatable)"
+    )
+    p.add_argument(
+        "--critical", action="append", default=[], help="an output directory of `normjax critical-lr` (repeatable)"
+    )
     p.add_argument("--layers", default="all", help="spreads over all scale-invariant layers (default) or main")
     args = p.parse_args(argv)
-    res = report(out=args.out, trajectories=args.trajectories, regimes=args.regimes, explode=args.explode or None,
-                 critical=args.critical or None, layers=args.layers)
+    res = report(
+        out=args.out,
+        trajectories=args.trajectories,
+        regimes=args.regimes,
+        explode=args.explode or None,
+        critical=args.critical or None,
+        layers=args.layers,
+    )
     if "explosion" in res:
         for r in res["explosion"]["rows"]:
-            print(f"explosion {r['family']} depth {r['depth']}: {r['factor']:.3f} ± {r['factor_seed_std']:.3f} per layer "
-                  f"(mean field {res['explosion']['mean_field_factor']:.3f})")
+            print(
+                f"explosion {r['family']} depth {r['depth']}: {r['factor']:.3f} ± {r['factor_seed_std']:.3f} per layer "
+                f"(mean field {res['explosion']['mean_field_factor']:.3f})"
+            )
     if "trajectories" in res:
         t = res["trajectories"]
-        print(f"trajectories: rank correlation of mean early log spread with test accuracy "
-              f"{t['spread_accuracy_rank_correlation']:+.2f} over {t['spread_accuracy_runs']} runs")
+        print(
+            f"trajectories: rank correlation of mean early log spread with test accuracy "
+            f"{t['spread_accuracy_rank_correlation']:+.2f} over {t['spread_accuracy_runs']} runs"
+        )
     for r in res.get("critical_lr", {}).get("rows", []):
-        print(f"critical LR {r['model']} {'residual' if r['shortcut'] else 'plain'} depth {r['depth']} after "
-              f"{r['after_steps']} steps: log10(measured/predicted) {_fmt(r['log10_ratio'], 2)}")
+        print(
+            f"critical LR {r['model']} {'residual' if r['shortcut'] else 'plain'} depth {r['depth']} after "
+            f"{r['after_steps']} steps: log10(measured/predicted) {_fmt(r['log10_ratio'], 2)}"
+        )
     for r in res.get("regimes", {}).get("rows", []):
-        print(f"regime {r['regime']:<28} {'residual' if r['shortcut'] else 'plain':<8} accuracy "
-              f"{_fmt(r['test_accuracy'])}, mean early log10 spread {_fmt(r['mean_log_spread_early'], 2)}")
+        print(
+            f"regime {r['regime']:<28} {'residual' if r['shortcut'] else 'plain':<8} accuracy "
+            f"{_fmt(r['test_accuracy'])}, mean early log10 spread {_fmt(r['mean_log_spread_early'], 2)}"
+        )
     print(f"json: {(Path(args.out) / JSON_NAME).absolute()}")
     for path in res["figures"]:
         print(f"figure: {path}")

@@ -42,8 +42,9 @@ import functools
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,7 @@ FIGURE_STEMS = ("explosion_layers", "explosion_factor")
 
 
 # ---- the fit ---------------------------------------------------------------------------------
+
 
 def fit_mask(layers: Sequence[LayerInfo]) -> np.ndarray:
     """Which layers `fit_growth` fits by default: the scale-invariant hidden layers minus the boundary.
@@ -146,16 +148,26 @@ def fit_growth(grad_sq: Any, depths: Any, mask: Any) -> tuple[float, np.ndarray]
 
 # ---- the measurement -------------------------------------------------------------------------
 
+
 class _Measurement:
     """Model structure, eager init and the jitted gradient function of one static setting."""
 
-    def __init__(self, model_json: str, num_classes: int, image_shape: tuple, mean: tuple, std: tuple,
-                 batch_size: int, batches: int):
+    def __init__(
+        self,
+        model_json: str,
+        num_classes: int,
+        image_shape: tuple,
+        mean: tuple,
+        std: tuple,
+        batch_size: int,
+        batches: int,
+    ):
         from normjax.models import build_model
 
         cfg = json.loads(model_json)
-        self.make = lambda rngs: build_model(cfg, num_classes=num_classes, image_shape=image_shape, rngs=rngs,
-                                             dtype=jnp.float32)
+        self.make = lambda rngs: build_model(
+            cfg, num_classes=num_classes, image_shape=image_shape, rngs=rngs, dtype=jnp.float32
+        )
         abstract = nnx.eval_shape(lambda: self.make(nnx.Rngs(0)))
         self.layers = abstract.layers()
         self.graphdef, self.params_template, self.rest_template = nnx.split(abstract, nnx.Param, ...)
@@ -178,7 +190,7 @@ class _Measurement:
         `Program.epoch_orders` draws them from `n` training examples."""
         key = jax.random.wrap_key_data(key_data)
         order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), 0), n)
-        return order[:self.batches * self.batch_size].reshape(self.batches, self.batch_size)
+        return order[: self.batches * self.batch_size].reshape(self.batches, self.batch_size)
 
     def inputs(self, images, idx) -> jax.Array:
         from normjax.data import preprocess
@@ -215,8 +227,9 @@ def _check_positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def measure_init_gradients(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), batches: int = 4,
-                           batch_size: int | None = None) -> dict:
+def measure_init_gradients(
+    cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), batches: int = 4, batch_size: int | None = None
+) -> dict:
     """Per-layer squared weight-gradient norms `||∇_{w_l} L||²` of a model at initialization.
 
     For each seed, the model `cfg` describes is initialized as a training run with that seed
@@ -265,10 +278,19 @@ def measure_init_gradients(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), batch
     ds = dataset_for(cfg)
     n = int(ds.train_images.shape[0])
     if batches * b > n:
-        raise UserError(f"batches={batches} x batch_size={b} = {batches * b} exceeds the {n} training examples "
-                        f"of {ds.name!r}; allowed: batches x batch_size <= {n}")
-    m = _measurement(json.dumps(cfg["model"], sort_keys=True), int(ds.num_classes), tuple(ds.image_shape),
-                     tuple(ds.mean), tuple(ds.std), b, batches)
+        raise UserError(
+            f"batches={batches} x batch_size={b} = {batches * b} exceeds the {n} training examples "
+            f"of {ds.name!r}; allowed: batches x batch_size <= {n}"
+        )
+    m = _measurement(
+        json.dumps(cfg["model"], sort_keys=True),
+        int(ds.num_classes),
+        tuple(ds.image_shape),
+        tuple(ds.mean),
+        tuple(ds.std),
+        b,
+        batches,
+    )
     params, rest, key_data = jax.tree.map(lambda *xs: jnp.stack(xs), *[m.init(s) for s in seeds])
     grad_sq, w_sq = jax.device_get(m.grads(params, rest, key_data, ds.train_images, ds.train_labels))
     layers = m.layers
@@ -279,20 +301,29 @@ def measure_init_gradients(cfg: dict, *, seeds: Sequence[int] = (0, 1, 2), batch
     factor, ratios = fit_growth(grad_sq, depths, mask)
     name, residual = cfg["model"]["name"], has_shortcuts(cfg["model"])
     return {
-        "model": name, "depth": int(cfg["model"]["depth"]),
+        "model": name,
+        "depth": int(cfg["model"]["depth"]),
         "shortcut": residual if name == "resnet" or residual else None,  # the plain MLP: None, family "mlp"
-        "dataset": ds.name, "seeds": list(seeds), "batches": batches, "batch_size": b,
-        "layers": [l.name for l in layers], "depths": depths,
+        "dataset": ds.name,
+        "seeds": list(seeds),
+        "batches": batches,
+        "batch_size": b,
+        "layers": [l.name for l in layers],
+        "depths": depths,
         "scale_invariant": np.array([l.scale_invariant for l in layers]),
-        "projection": np.array([is_projection(l) for l in layers]), "fit_mask": mask,
-        "grad_sq": grad_sq, "w_sq": w_sq,
-        "factor": factor, "ratios": ratios,
+        "projection": np.array([is_projection(l) for l in layers]),
+        "fit_mask": mask,
+        "grad_sq": grad_sq,
+        "w_sq": w_sq,
+        "factor": factor,
+        "ratios": ratios,
         "factor_per_seed": np.array([fit_growth(g, depths, mask)[0] for g in grad_sq]),
         "factor_base": fit_growth(grad_sq * w_sq[:, None, :], depths, mask)[0],
     }
 
 
 # ---- the depth grid --------------------------------------------------------------------------
+
 
 def _family(model: str, shortcut: bool | None) -> str:
     """Label of a (model, shortcut) family for tables, JSON and legends."""
@@ -301,9 +332,13 @@ def _family(model: str, shortcut: bool | None) -> str:
     return f"{model} {'residual' if shortcut else 'plain'}"
 
 
-_TITLES = {"mlp": "BN-ReLU MLP (plain)", "mlp residual": "BN-ReLU MLP with shortcuts (residual)",
-           "plain_cnn": "plain BN-ReLU CNN",
-           "resnet plain": "ResNet without shortcuts (plain)", "resnet residual": "ResNet with shortcuts (residual)"}
+_TITLES = {
+    "mlp": "BN-ReLU MLP (plain)",
+    "mlp residual": "BN-ReLU MLP with shortcuts (residual)",
+    "plain_cnn": "plain BN-ReLU CNN",
+    "resnet plain": "ResNet without shortcuts (plain)",
+    "resnet residual": "ResNet with shortcuts (residual)",
+}
 
 
 def _grid_points(cfg: dict, depths: Sequence[int] | None, shortcuts: Sequence[bool], size: str) -> list[dict]:
@@ -316,15 +351,17 @@ def _grid_points(cfg: dict, depths: Sequence[int] | None, shortcuts: Sequence[bo
         raise UserError(f"no depths given for model.name={name!r}; pass depths (e.g. --depths 4,8,16)")
     points = []
     for depth in grid:
-        for shortcut in (tuple(shortcuts) if name == "resnet" else (None,)):
+        for shortcut in tuple(shortcuts) if name == "resnet" else (None,):
             c = copy.deepcopy(cfg)
             c["model"]["depth"] = int(depth)
             if shortcut is not None:
                 c["model"]["shortcut"] = bool(shortcut)
             validate(c)
             if _fit_depths(c) < 2:
-                raise UserError(f"model.depth={depth} is too shallow for model.name={name!r}: the growth fit needs "
-                                "hidden layers at 2+ depths between the first and the last (mlp: depth >= 4)")
+                raise UserError(
+                    f"model.depth={depth} is too shallow for model.name={name!r}: the growth fit needs "
+                    "hidden layers at 2+ depths between the first and the last (mlp: depth >= 4)"
+                )
             points.append(c)
     return points
 
@@ -334,8 +371,9 @@ def _fit_depths(cfg: dict) -> int:
     from normjax.models import build_model
 
     shape = (8, 8, 1)  # the layer structure does not depend on the input shape
-    layers = nnx.eval_shape(lambda: build_model(cfg["model"], num_classes=2, image_shape=shape,
-                                                rngs=nnx.Rngs(0))).layers()
+    layers = nnx.eval_shape(
+        lambda: build_model(cfg["model"], num_classes=2, image_shape=shape, rngs=nnx.Rngs(0))
+    ).layers()
     mask = fit_mask(layers)
     return int(np.unique(np.array([l.depth for l in layers])[mask]).size)
 
@@ -344,24 +382,43 @@ def _record(res: dict) -> dict:
     """The JSON record of one measurement (per-layer means, the fits)."""
     g = res["grad_sq"]
     return {
-        "family": _family(res["model"], res["shortcut"]), "model": res["model"], "depth": res["depth"],
-        "shortcut": res["shortcut"], "dataset": res["dataset"], "seeds": res["seeds"], "batches": res["batches"],
-        "batch_size": res["batch_size"], "layers": res["layers"], "layer_depths": res["depths"].tolist(),
-        "scale_invariant": res["scale_invariant"].tolist(), "projection": res["projection"].tolist(),
+        "family": _family(res["model"], res["shortcut"]),
+        "model": res["model"],
+        "depth": res["depth"],
+        "shortcut": res["shortcut"],
+        "dataset": res["dataset"],
+        "seeds": res["seeds"],
+        "batches": res["batches"],
+        "batch_size": res["batch_size"],
+        "layers": res["layers"],
+        "layer_depths": res["depths"].tolist(),
+        "scale_invariant": res["scale_invariant"].tolist(),
+        "projection": res["projection"].tolist(),
         "fit_mask": res["fit_mask"].tolist(),
         "grad_sq_mean": g.mean((0, 1)).tolist(),
         "grad_sq_geomean": np.exp(np.log(g).mean((0, 1))).tolist(),
         "w_sq_mean": res["w_sq"].mean(0).tolist(),
-        "factor": res["factor"], "factor_per_seed": res["factor_per_seed"].tolist(),
+        "factor": res["factor"],
+        "factor_per_seed": res["factor_per_seed"].tolist(),
         "factor_seed_std": float(res["factor_per_seed"].std(ddof=1)) if len(res["seeds"]) > 1 else 0.0,
-        "factor_base": res["factor_base"], "ratios": res["ratios"].tolist(),
+        "factor_base": res["factor_base"],
+        "ratios": res["ratios"].tolist(),
     }
 
 
-def explode(configs: str | os.PathLike | dict | Sequence[dict], *, depths: Sequence[int] | None = None,
-            shortcuts: Sequence[bool] = (False, True), seeds: Sequence[int] = (0, 1, 2), batches: int = 4,
-            batch_size: int | None = None, out_dir: str | os.PathLike = "runs/explode", size: str = "smoke",
-            overrides: Sequence[str] = (), log=print) -> dict:
+def explode(
+    configs: str | os.PathLike | dict | Sequence[dict],
+    *,
+    depths: Sequence[int] | None = None,
+    shortcuts: Sequence[bool] = (False, True),
+    seeds: Sequence[int] = (0, 1, 2),
+    batches: int = 4,
+    batch_size: int | None = None,
+    out_dir: str | os.PathLike = "runs/explode",
+    size: str = "smoke",
+    overrides: Sequence[str] = (),
+    log=print,
+) -> dict:
     """Measure the gradient explosion at init over a depth grid, plain against residual.
 
     Each config is measured (`measure_init_gradients`) at every depth of the grid and, for
@@ -425,18 +482,24 @@ def explode(configs: str | os.PathLike | dict | Sequence[dict], *, depths: Seque
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / JSON_NAME
-    meta = {"config": source, "size": size, "overrides": list(overrides), "mean_field_factor": MEAN_FIELD_FACTOR,
-            "quantity": "grad_sq = ||grad_{w_l} L||^2 at init, cross-entropy, BN in train mode",
-            "fit": "factor = exp(-slope) of log(geometric mean of grad_sq over seeds x batches) against layer depth, "
-                   "over the scale-invariant hidden layers without the first layer, the last hidden layer "
-                   "and shortcut projections (fit_mask)",
-            "records": records}
+    meta = {
+        "config": source,
+        "size": size,
+        "overrides": list(overrides),
+        "mean_field_factor": MEAN_FIELD_FACTOR,
+        "quantity": "grad_sq = ||grad_{w_l} L||^2 at init, cross-entropy, BN in train mode",
+        "fit": "factor = exp(-slope) of log(geometric mean of grad_sq over seeds x batches) against layer depth, "
+        "over the scale-invariant hidden layers without the first layer, the last hidden layer "
+        "and shortcut projections (fit_mask)",
+        "records": records,
+    }
     json_path.write_text(json.dumps(meta, indent=1))
     figures = plot_layers(records, out) + plot_factors(records, out)
     return {"records": records, "json": json_path, "figures": figures}
 
 
 # ---- figures ---------------------------------------------------------------------------------
+
 
 def _new_figure(ncols: int, width: float = 5.0, height: float = 3.9):
     # The object-oriented API with an Agg canvas: no display, and no change to pyplot's backend.
@@ -461,7 +524,9 @@ def _families(records: list[dict]) -> list[str]:
 
 def _setup(records: list[dict]) -> str:
     r = records[0]
-    return f"{r['dataset']}, batch {r['batch_size']}, geometric mean over {len(r['seeds'])} seeds × {r['batches']} batches"
+    return (
+        f"{r['dataset']}, batch {r['batch_size']}, geometric mean over {len(r['seeds'])} seeds × {r['batches']} batches"
+    )
 
 
 def plot_layers(records: list[dict], out: str | os.PathLike) -> list[Path]:
@@ -495,8 +560,13 @@ def plot_layers(records: list[dict], out: str | os.PathLike) -> list[Path]:
             proj, fit = np.array(r["projection"]), np.array(r["fit_mask"])
             main = np.array(r["scale_invariant"]) & ~proj
             order = np.argsort(d[main], kind="stable")
-            ax.plot(d[main][order], g[main][order], color=color[r["depth"]], lw=1.2,
-                    label=f"depth {r['depth']} (×{r['factor']:.3f}/layer)")
+            ax.plot(
+                d[main][order],
+                g[main][order],
+                color=color[r["depth"]],
+                lw=1.2,
+                label=f"depth {r['depth']} (×{r['factor']:.3f}/layer)",
+            )
             ax.plot(d[fit], g[fit], "o", ms=3, color=color[r["depth"]])
             ax.plot(d[main & ~fit], g[main & ~fit], "o", ms=4, mfc="none", color=color[r["depth"]])
             ax.plot(d[proj], g[proj], "x", ms=4, color=color[r["depth"]])
@@ -506,8 +576,14 @@ def plot_layers(records: list[dict], out: str | os.PathLike) -> list[Path]:
             deepest = (xs, np.exp(icpt + slope * xs[1]))
         if deepest is not None:
             xs, g_end = deepest
-            ax.plot(xs, g_end * MEAN_FIELD_FACTOR ** (xs[1] - xs), ":", color="black", lw=1.2,
-                    label="mean field: ×π/(π−1) per layer")
+            ax.plot(
+                xs,
+                g_end * MEAN_FIELD_FACTOR ** (xs[1] - xs),
+                ":",
+                color="black",
+                lw=1.2,
+                label="mean field: ×π/(π−1) per layer",
+            )
         ax.set_yscale("log")
         ax.set_title(_TITLES.get(fam, fam), fontsize=10)
         ax.set_xlabel("layer depth l (0 = first layer; input → output)")
@@ -515,8 +591,11 @@ def plot_layers(records: list[dict], out: str | os.PathLike) -> list[Path]:
         ax.legend(fontsize=7)
     axes[0].set_ylabel(r"squared weight-gradient norm $\|\nabla_{w_l} L\|^2$")
     proj = "; ×: shortcut projections" if any(any(r["projection"]) for r in records) else ""
-    fig.suptitle(f"Gradient explosion at init\n{_setup(records)}\nfilled markers: fitted layers, open: boundary "
-                 f"layers, dashed: fit{proj}", fontsize=9)
+    fig.suptitle(
+        f"Gradient explosion at init\n{_setup(records)}\nfilled markers: fitted layers, open: boundary "
+        f"layers, dashed: fit{proj}",
+        fontsize=9,
+    )
     return _save(fig, Path(out), FIGURE_STEMS[0])
 
 
@@ -540,10 +619,22 @@ def plot_factors(records: list[dict], out: str | os.PathLike) -> list[Path]:
     ax = fig.subplots()
     for i, fam in enumerate(_families(records)):
         rs = sorted((r for r in records if r["family"] == fam), key=lambda r: r["depth"])
-        ax.errorbar([r["depth"] for r in rs], [r["factor"] for r in rs], yerr=[r["factor_seed_std"] for r in rs],
-                    marker="o", capsize=3, color=f"C{i % 10}", label=_TITLES.get(fam, fam))
-    ax.axhline(MEAN_FIELD_FACTOR, ls="--", color="black", lw=1,
-               label=f"mean field π/(π−1) ≈ {MEAN_FIELD_FACTOR:.3f} (Yang et al. 2019)")
+        ax.errorbar(
+            [r["depth"] for r in rs],
+            [r["factor"] for r in rs],
+            yerr=[r["factor_seed_std"] for r in rs],
+            marker="o",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=_TITLES.get(fam, fam),
+        )
+    ax.axhline(
+        MEAN_FIELD_FACTOR,
+        ls="--",
+        color="black",
+        lw=1,
+        label=f"mean field π/(π−1) ≈ {MEAN_FIELD_FACTOR:.3f} (Yang et al. 2019)",
+    )
     ax.axhline(1.0, ls=":", color="gray", lw=1, label="no growth")
     depths = sorted({r["depth"] for r in records})
     ax.set_xticks(depths, [str(d) for d in depths])
@@ -556,6 +647,7 @@ def plot_factors(records: list[dict], out: str | os.PathLike) -> list[Path]:
 
 
 # ---- command line ----------------------------------------------------------------------------
+
 
 def _int_list(flag: str, text: str) -> tuple[int, ...]:
     try:
@@ -596,8 +688,14 @@ def explode_main(argv: list[str]) -> int:
     p.add_argument("config", help="experiment file, e.g. experiments/explode_depth.py")
     p.add_argument("--size", default="smoke", help="smoke (seconds on CPU) or full (paper scale)")
     p.add_argument("--depths", help="values of model.depth, e.g. 4,8,16 (default: by model and size)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set model.width=512 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.width=512 (repeatable)",
+    )
     p.add_argument("--out", help="output directory (default runs/<config name>)")
     p.add_argument("--seeds", default="3", help="number of init seeds (0, 1, ...), default 3")
     p.add_argument("--batches", default="4", help="batches per seed, default 4")
@@ -607,13 +705,23 @@ def explode_main(argv: list[str]) -> int:
     batches = _positive("--batches", args.batches)
     out = Path(args.out or os.path.join("runs", Path(args.config).stem))
     print(f"gradient explosion at init: {args.config} ({args.size}), {len(seeds)} seeds x {batches} batches")
-    res = explode(args.config, depths=depths, seeds=seeds, batches=batches, out_dir=out, size=args.size,
-                  overrides=args.overrides, log=None)
+    res = explode(
+        args.config,
+        depths=depths,
+        seeds=seeds,
+        batches=batches,
+        out_dir=out,
+        size=args.size,
+        overrides=args.overrides,
+        log=None,
+    )
     print(f"{'model':<10} {'depth':>5} {'shortcut':>8} {'growth/layer':>12} {'± seeds':>8} {'base c²':>8}")
     for r in res["records"]:
         sc = "-" if r["shortcut"] is None else str(r["shortcut"])
-        print(f"{r['model']:<10} {r['depth']:>5} {sc:>8} {r['factor']:>12.3f} {r['factor_seed_std']:>8.3f} "
-              f"{r['factor_base']:>8.3f}")
+        print(
+            f"{r['model']:<10} {r['depth']:>5} {sc:>8} {r['factor']:>12.3f} {r['factor_seed_std']:>8.3f} "
+            f"{r['factor_base']:>8.3f}"
+        )
     print(f"mean field (plain, wide): {MEAN_FIELD_FACTOR:.3f}")
     print(f"json: {res['json'].absolute()}")
     for path in res["figures"]:

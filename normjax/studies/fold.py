@@ -33,6 +33,7 @@ JSON_NAME = "fold.json"
 def _load(rundir: Path):
     """Config, dataset, program, step, params, batch stats and graph of a run's latest checkpoint."""
     from normjax.training.loop import read_run
+
     cfg, inp, program, step, items = read_run(rundir)
     return cfg, inp, program, step, items["params"], items["batch_stats"], program.graph
 
@@ -41,7 +42,7 @@ def _batched(fn, images: np.ndarray, batch: int) -> np.ndarray:
     """`fn` over `images` in batches of `batch` (the last padded, so one shape compiles)."""
     out = []
     for i in range(0, images.shape[0], batch):
-        x = images[i:i + batch]
+        x = images[i : i + batch]
         n = x.shape[0]
         if n < batch:
             x = np.concatenate([x, np.zeros((batch - n,) + x.shape[1:], x.dtype)])
@@ -49,8 +50,13 @@ def _batched(fn, images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def fold_run(rundir: str | os.PathLike, *, tolerance: float | None = None, spatial: bool = False,
-             out: str | os.PathLike | None = None) -> dict:
+def fold_run(
+    rundir: str | os.PathLike,
+    *,
+    tolerance: float | None = None,
+    spatial: bool = False,
+    out: str | os.PathLike | None = None,
+) -> dict:
     """Fold a run's latest checkpoint, evaluate both networks, write the report and the folded net.
 
     Args:
@@ -73,8 +79,8 @@ def fold_run(rundir: str | os.PathLike, *, tolerance: float | None = None, spati
 
     from normjax.analysis.fold import apply_folded, fold, save_folded, stats
     from normjax.analysis.graph import linearize
-    from normjax.studies.apl import check_tolerance
     from normjax.data import preprocess
+    from normjax.studies.apl import check_tolerance
     from normjax.training.rundir import write_json
 
     check_tolerance(tolerance)
@@ -91,8 +97,7 @@ def fold_run(rundir: str | os.PathLike, *, tolerance: float | None = None, spati
         raise UserError(f"cannot fold {str(rundir)!r}: {e}") from None
 
     original = jax.jit(lambda p, s, x: program.apply(p, s, program.preprocess(x, None), train=False)[0])
-    folded_fn = jax.jit(lambda f, x: apply_folded(f, preprocess(x, None, mean=program.data.mean,
-                                                                 std=program.data.std)))
+    folded_fn = jax.jit(lambda f, x: apply_folded(f, preprocess(x, None, mean=program.data.mean, std=program.data.std)))
     images, labels = inp.sample("test")  # streamed: the first SAMPLE_LIMIT records
     labels = np.asarray(labels)
     batch = max(1, min(int(cfg["train"]["eval_batch_size"]), images.shape[0]))
@@ -104,14 +109,22 @@ def fold_run(rundir: str | os.PathLike, *, tolerance: float | None = None, spati
     kept = [n for n in folded.nodes[1:-1] if n.act == "linear"]
     out_dir = Path(out).expanduser() if out is not None else rundir / "folded"
     record = {
-        "rundir": str(rundir), "step": int(step), "tolerance": tol, "spatial": bool(spatial),
-        "input_shape": list(shape), "test_examples": int(images.shape[0]),
+        "rundir": str(rundir),
+        "step": int(step),
+        "tolerance": tol,
+        "spatial": bool(spatial),
+        "input_shape": list(shape),
+        "test_examples": int(images.shape[0]),
         "original": stats(graph, input_shape=shape, params=linear_params),
         "folded": stats(folded, input_shape=shape),
         "accuracy": {"trained": acc(trained), "linearized": acc(linear), "folded": acc(small)},
-        "deviation": {"max_abs": dev, "max_rel": dev / max(float(np.max(np.abs(linear))), 1e-30),
-                      "max_abs_vs_trained": float(np.max(np.abs(small - trained)))},
-        "eliminated": list(folded.eliminated), "pass_through": [n.name for n in kept],
+        "deviation": {
+            "max_abs": dev,
+            "max_rel": dev / max(float(np.max(np.abs(linear))), 1e-30),
+            "max_abs_vs_trained": float(np.max(np.abs(small - trained))),
+        },
+        "eliminated": list(folded.eliminated),
+        "pass_through": [n.name for n in kept],
     }
     try:
         paths = save_folded(folded, out_dir)
@@ -126,19 +139,32 @@ def report(record: dict) -> str:
     """The record of `fold_run` as a small table."""
     o, f = record["original"], record["folded"]
     mode = "spatial (interior-exact)" if record["spatial"] else "exact"
-    lines = [f"{record['rundir']}: step {record['step']}, tolerance {record['tolerance']:g}, {mode} folding",
-             f"  {'':18s} {'original':>12s} {'folded':>12s} {'ratio':>7s}"]
-    for key, name in (("depth", "depth"), ("params", "parameters"), ("flops", "FLOPs / example"),
-                      ("nonlinear_nodes", "nonlinear nodes"), ("hidden_nodes", "hidden nodes")):
+    lines = [
+        f"{record['rundir']}: step {record['step']}, tolerance {record['tolerance']:g}, {mode} folding",
+        f"  {'':18s} {'original':>12s} {'folded':>12s} {'ratio':>7s}",
+    ]
+    for key, name in (
+        ("depth", "depth"),
+        ("params", "parameters"),
+        ("flops", "FLOPs / example"),
+        ("nonlinear_nodes", "nonlinear nodes"),
+        ("hidden_nodes", "hidden nodes"),
+    ):
         ratio = f"{f[key] / o[key]:7.3f}" if o[key] else f"{'-':>7s}"
         lines.append(f"  {name:18s} {o[key]:12,d} {f[key]:12,d} {ratio}")
     a, d = record["accuracy"], record["deviation"]
-    lines.append(f"  test accuracy: trained {a['trained']:.4f}, hard-linearized {a['linearized']:.4f}, "
-                 f"folded {a['folded']:.4f} ({record['test_examples']} examples)")
-    lines.append(f"  max |Δlogits| folded vs hard-linearized: {d['max_abs']:.3g} (relative {d['max_rel']:.3g}); "
-                 f"vs trained: {d['max_abs_vs_trained']:.3g}")
-    lines.append(f"  eliminated: {', '.join(record['eliminated']) or '-'}; "
-                 f"linear pass-through: {', '.join(record['pass_through']) or '-'}")
+    lines.append(
+        f"  test accuracy: trained {a['trained']:.4f}, hard-linearized {a['linearized']:.4f}, "
+        f"folded {a['folded']:.4f} ({record['test_examples']} examples)"
+    )
+    lines.append(
+        f"  max |Δlogits| folded vs hard-linearized: {d['max_abs']:.3g} (relative {d['max_rel']:.3g}); "
+        f"vs trained: {d['max_abs_vs_trained']:.3g}"
+    )
+    lines.append(
+        f"  eliminated: {', '.join(record['eliminated']) or '-'}; "
+        f"linear pass-through: {', '.join(record['pass_through']) or '-'}"
+    )
     return "\n".join(lines)
 
 
@@ -153,11 +179,16 @@ def fold_main(argv: list[str]) -> int:
     """
     p = argparse.ArgumentParser(prog="normjax fold", description=fold_main.__doc__.splitlines()[0])
     p.add_argument("rundir", help="run directory (config.json and checkpoints/)")
-    p.add_argument("--tolerance", type=float,
-                   help="slopes with |1 - slope| < T are made exactly linear "
-                        "(default: the run's optim.prelu_tolerance)")
-    p.add_argument("--spatial", action="store_true",
-                   help="also compose two spatial convs into one (exact in the interior only; deviation reported)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="slopes with |1 - slope| < T are made exactly linear (default: the run's optim.prelu_tolerance)",
+    )
+    p.add_argument(
+        "--spatial",
+        action="store_true",
+        help="also compose two spatial convs into one (exact in the interior only; deviation reported)",
+    )
     p.add_argument("--out", help="output directory (default RUNDIR/folded)")
     args = p.parse_args(argv)
     record = fold_run(args.rundir, tolerance=args.tolerance, spatial=args.spatial, out=args.out)

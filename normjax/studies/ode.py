@@ -52,14 +52,14 @@ class Comparison:
 
     path: Path
     title: str
-    names: list[str]                 # the scale-invariant layers, in depth order
-    steps: np.ndarray                # [T]
+    names: list[str]  # the scale-invariant layers, in depth order
+    steps: np.ndarray  # [T]
     measured: dict[str, np.ndarray]  # w_norm, elr [T, L]; spread [T]
-    predicted: dict[str, dict]       # "model" / "replay" -> same keys
+    predicted: dict[str, dict]  # "model" / "replay" -> same keys
     norm_error: dict[str, np.ndarray]  # per layer: |w_pred - w| / w at the window's end
-    elr_error: dict[str, np.ndarray]   # per layer: mean |log10 E_pred - log10 E|
-    spread_error: dict[str, float]     # mean |log10 spread_pred - log10 spread|
-    base_drift: np.ndarray             # [T]: median over layers of |log10 c_l(t) / c_l(0)|
+    elr_error: dict[str, np.ndarray]  # per layer: mean |log10 E_pred - log10 E|
+    spread_error: dict[str, float]  # mean |log10 spread_pred - log10 spread|
+    base_drift: np.ndarray  # [T]: median over layers of |log10 c_l(t) / c_l(0)|
 
     @property
     def break_step(self) -> int | None:
@@ -86,8 +86,9 @@ def _log_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.abs(np.log10(a) - np.log10(b))
 
 
-def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int | None = None,
-                layers: str = "all") -> Comparison:
+def compare_run(
+    rundir: str | os.PathLike, model: str = "discrete", steps: int | None = None, layers: str = "all"
+) -> Comparison:
     """The model's prediction and the measured-gradient replay against one run's measurement.
 
     Args:
@@ -112,11 +113,14 @@ def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int |
         raise UserError(f"--model {model!r} is unknown; allowed: {', '.join(MODELS)}")
     run = read_run(rundir)
     if not run.rows or "g_norm" not in run.rows[0] or "layer_lr" not in run.rows[0]:
-        raise UserError(f"{str(run.path)!r} logged no per-layer ELR metrics from step 0; "
-                        'train it with --set log.metrics=["elr"]')
+        raise UserError(
+            f'{str(run.path)!r} logged no per-layer ELR metrics from step 0; train it with --set log.metrics=["elr"]'
+        )
     n = _dense_window(run.steps(), steps)
     if n < 2:
-        raise UserError(f"{str(run.path)!r} has {n} densely logged steps from step 0; need >= 2 (raise log.dense_steps)")
+        raise UserError(
+            f"{str(run.path)!r} has {n} densely logged steps from step 0; need >= 2 (raise log.dense_steps)"
+        )
     si = run.spread_layers(layers)
     if not si.any():
         raise UserError(f"{str(run.path)!r} has no scale-invariant layer (no BatchNorm after a weight layer)")
@@ -128,21 +132,36 @@ def compare_run(rundir: str | os.PathLike, model: str = "discrete", steps: int |
     e = lr_l * g / w
     measured = {"w_norm": w, "elr": e, "spread": _spread(e), "base_grad": g * w}
 
-    pred = analysis.predict(jnp.asarray(g[0] * w[0]), jnp.asarray(w[0]), jnp.asarray(lr_l[0]), n - 1,
-                            momentum=beta, weight_decay=lam, model=model)
+    pred = analysis.predict(
+        jnp.asarray(g[0] * w[0]),
+        jnp.asarray(w[0]),
+        jnp.asarray(lr_l[0]),
+        n - 1,
+        momentum=beta,
+        weight_decay=lam,
+        model=model,
+    )
     predicted = {"model": {"w_norm": np.asarray(pred["w_norm"]), "elr": np.asarray(pred["elr"])}}
-    u = np.asarray(analysis.discrete_norms_from_grads(jnp.asarray(w[0] ** 2), jnp.asarray(g[:-1]),
-                                                      jnp.asarray(lr_l[:-1]), weight_decay=lam))
+    u = np.asarray(
+        analysis.discrete_norms_from_grads(
+            jnp.asarray(w[0] ** 2), jnp.asarray(g[:-1]), jnp.asarray(lr_l[:-1]), weight_decay=lam
+        )
+    )
     predicted["replay"] = {"w_norm": np.sqrt(u), "elr": lr_l * g / np.sqrt(u)}
     for p in predicted.values():
         p["spread"] = _spread(p["elr"])
     return Comparison(
-        path=run.path, title=run.title(), names=[nm for nm, s in zip(run.names, si) if s], steps=run.steps()[:n],
-        measured=measured, predicted=predicted,
+        path=run.path,
+        title=run.title(),
+        names=[nm for nm, s in zip(run.names, si) if s],
+        steps=run.steps()[:n],
+        measured=measured,
+        predicted=predicted,
         norm_error={k: np.abs(p["w_norm"][-1] - w[-1]) / w[-1] for k, p in predicted.items()},
         elr_error={k: np.nanmean(_log_err(p["elr"], e), axis=0) for k, p in predicted.items()},
         spread_error={k: float(np.nanmean(_log_err(p["spread"], measured["spread"]))) for k, p in predicted.items()},
-        base_drift=np.nanmedian(_log_err(g * w, g[:1] * w[:1]), axis=1))
+        base_drift=np.nanmedian(_log_err(g * w, g[:1] * w[:1]), axis=1),
+    )
 
 
 def _depth_colors(n: int) -> list:
@@ -163,22 +182,35 @@ def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
     ax.set_ylabel("ELR  η‖g_l‖/‖w_l‖  (solid: measured, dashed: model)")
     ax.set_title(f"per-layer ELR, {len(c.names)} scale-invariant layers (input → output: colour)", fontsize=9)
     bx.plot(x, c.measured["spread"], color="k", lw=1.5, label="measured")
-    bx.plot(x, c.predicted["model"]["spread"], color="C3", ls="--",
-            label=f"model ({model}, constant base gradient): err {c.spread_error['model']:.3f} dex")
-    bx.plot(x, c.predicted["replay"]["spread"], color="C0", ls=":",
-            label=f"SGD map on measured gradients: err {c.spread_error['replay']:.2g} dex")
+    bx.plot(
+        x,
+        c.predicted["model"]["spread"],
+        color="C3",
+        ls="--",
+        label=f"model ({model}, constant base gradient): err {c.spread_error['model']:.3f} dex",
+    )
+    bx.plot(
+        x,
+        c.predicted["replay"]["spread"],
+        color="C0",
+        ls=":",
+        label=f"SGD map on measured gradients: err {c.spread_error['replay']:.2g} dex",
+    )
     bx.set_yscale("log")
     bx.set_ylabel("spread  max_l E_l / min_l E_l")
     bx.legend(fontsize=8)
     c_rel = c.measured["base_grad"] / c.measured["base_grad"][:1]
     for i, color in enumerate(_depth_colors(len(c.names))):
         cx.plot(x, c_rel[:, i], color=color, lw=0.9)
-    cx.plot(x, 10 ** c.base_drift, color="k", lw=1.5, label="10^(median_l |log10 c_l(t)/c_l(0)|)")
+    cx.plot(x, 10**c.base_drift, color="k", lw=1.5, label="10^(median_l |log10 c_l(t)/c_l(0)|)")
     for v in (2.0, 0.5):
         cx.axhline(v, color="C3", ls=":", lw=1)
     brk = c.break_step
-    cx.set_title("base gradient c_l(t)/c_l(0) (model: 1); dotted: factor 2, "
-                 + (f"median reaches it at step {brk}" if brk is not None else "median stays inside"), fontsize=8)
+    cx.set_title(
+        "base gradient c_l(t)/c_l(0) (model: 1); dotted: factor 2, "
+        + (f"median reaches it at step {brk}" if brk is not None else "median stays inside"),
+        fontsize=8,
+    )
     cx.set_yscale("log")
     cx.legend(fontsize=8)
     for a in (ax, bx, cx):
@@ -188,21 +220,30 @@ def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
 
 
 def _report_run(c: Comparison) -> str:
-    lines = [f"{c.path}", f"  {len(c.steps)} steps, {len(c.names)} scale-invariant layers",
-             f"  {'layer':24s} {'|w| err model':>14s} {'|w| err replay':>15s} {'ELR err model (dex)':>20s}"]
+    lines = [
+        f"{c.path}",
+        f"  {len(c.steps)} steps, {len(c.names)} scale-invariant layers",
+        f"  {'layer':24s} {'|w| err model':>14s} {'|w| err replay':>15s} {'ELR err model (dex)':>20s}",
+    ]
     for i, name in enumerate(c.names):
-        lines.append(f"  {name[:24]:24s} {c.norm_error['model'][i]:14.2e} {c.norm_error['replay'][i]:15.2e} "
-                     f"{c.elr_error['model'][i]:20.3f}")
-    lines.append(f"  spread error (mean |Δlog10|): model {c.spread_error['model']:.3f}, "
-                 f"replay {c.spread_error['replay']:.2e}")
+        lines.append(
+            f"  {name[:24]:24s} {c.norm_error['model'][i]:14.2e} {c.norm_error['replay'][i]:15.2e} "
+            f"{c.elr_error['model'][i]:20.3f}"
+        )
+    lines.append(
+        f"  spread error (mean |Δlog10|): model {c.spread_error['model']:.3f}, replay {c.spread_error['replay']:.2e}"
+    )
     brk = c.break_step
-    lines.append(f"  base-gradient drift (median |Δlog10 c_l|): {c.base_drift[-1]:.3f} dex at the window's end; "
-                 + (f"reaches a factor 2 at step {brk}" if brk is not None else "under a factor 2 throughout"))
+    lines.append(
+        f"  base-gradient drift (median |Δlog10 c_l|): {c.base_drift[-1]:.3f} dex at the window's end; "
+        + (f"reaches a factor 2 at step {brk}" if brk is not None else "under a factor 2 throughout")
+    )
     return "\n".join(lines)
 
 
-def compare_sweep(sweepdir: str | os.PathLike, model: str = "discrete", out: Path | None = None,
-                  layers: str = "all") -> tuple[list, list[Path]]:
+def compare_sweep(
+    sweepdir: str | os.PathLike, model: str = "discrete", out: Path | None = None, layers: str = "all"
+) -> tuple[list, list[Path]]:
     """`compare_run` on every run of a sweep that logged the ELR hook: a CSV of the errors, one
     figure per run (in its `figures/`), and predicted vs measured mean log10 spread over runs."""
     from normjax.sweep.results import collect, load_sweep, sweep_name
@@ -223,15 +264,44 @@ def compare_sweep(sweepdir: str | os.PathLike, model: str = "discrete", out: Pat
         raise UserError(f"no run of {str(sweepdir)!r} can be compared" + (f" (first: {skipped[0]})" if skipped else ""))
     out = out or path / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["run", *meta["varied"], "steps", "spread_err_model", "spread_err_replay", "median_norm_err_model",
-               "median_elr_err_model", "mean_log_spread_measured", "mean_log_spread_model", "base_drift_end",
-               "base_drift_break_step"]
-    write_csv(out / f"ode_{model}_errors.csv", [dict(zip(columns, [
-        row["name"], *[row.get(k, "") for k in meta["varied"]], len(c.steps),
-        c.spread_error["model"], c.spread_error["replay"], float(np.median(c.norm_error["model"])),
-        float(np.median(c.elr_error["model"])), float(np.mean(np.log10(c.measured["spread"]))),
-        float(np.mean(np.log10(c.predicted["model"]["spread"]))), float(c.base_drift[-1]),
-        "" if c.break_step is None else c.break_step])) for row, c in results], columns)
+    columns = [
+        "run",
+        *meta["varied"],
+        "steps",
+        "spread_err_model",
+        "spread_err_replay",
+        "median_norm_err_model",
+        "median_elr_err_model",
+        "mean_log_spread_measured",
+        "mean_log_spread_model",
+        "base_drift_end",
+        "base_drift_break_step",
+    ]
+    write_csv(
+        out / f"ode_{model}_errors.csv",
+        [
+            dict(
+                zip(
+                    columns,
+                    [
+                        row["name"],
+                        *[row.get(k, "") for k in meta["varied"]],
+                        len(c.steps),
+                        c.spread_error["model"],
+                        c.spread_error["replay"],
+                        float(np.median(c.norm_error["model"])),
+                        float(np.median(c.elr_error["model"])),
+                        float(np.mean(np.log10(c.measured["spread"]))),
+                        float(np.mean(np.log10(c.predicted["model"]["spread"]))),
+                        float(c.base_drift[-1]),
+                        "" if c.break_step is None else c.break_step,
+                    ],
+                )
+            )
+            for row, c in results
+        ],
+        columns,
+    )
     paths.append(out / f"ode_{model}_errors.csv")
     fig, axes = _figure(1, 1, size=(5.6, 5.0))
     ax = axes[0, 0]
@@ -258,8 +328,17 @@ def _floats(text: str, what: str) -> np.ndarray:
     return vals
 
 
-def simulate(c0: np.ndarray, w0: np.ndarray, lr: float, steps: int, momentum: float, weight_decay: float,
-             out: Path, seed: int = 0, size: int = 4096) -> list[Path]:
+def simulate(
+    c0: np.ndarray,
+    w0: np.ndarray,
+    lr: float,
+    steps: int,
+    momentum: float,
+    weight_decay: float,
+    out: Path,
+    seed: int = 0,
+    size: int = 4096,
+) -> list[Path]:
     """The model alone: discrete map, gradient flow and the random walk (`size` weights per layer)
     from given base gradients and norms; one figure of per-layer ELRs and the spread."""
     import jax
@@ -270,8 +349,9 @@ def simulate(c0: np.ndarray, w0: np.ndarray, lr: float, steps: int, momentum: fl
     args = dict(momentum=momentum, weight_decay=weight_decay)
     disc = analysis.predict(jnp.asarray(c0), jnp.asarray(w0), lr, steps, model="discrete", **args)
     flow = analysis.predict(jnp.asarray(c0), jnp.asarray(w0), lr, steps, model="ode", **args)
-    walk_u = analysis.random_walk(jax.random.key(seed), jnp.asarray(w0), (size,) * len(c0), jnp.asarray(c0), lr,
-                                  steps, num_walks=1, **args)[0]
+    walk_u = analysis.random_walk(
+        jax.random.key(seed), jnp.asarray(w0), (size,) * len(c0), jnp.asarray(c0), lr, steps, num_walks=1, **args
+    )[0]
     walk_e = np.asarray(analysis.elr_from_norms(walk_u, jnp.asarray(c0), lr))
     fig, axes = _figure(1, 2, size=(12.0, 4.4))
     ax, bx = axes[0]
@@ -289,26 +369,36 @@ def simulate(c0: np.ndarray, w0: np.ndarray, lr: float, steps: int, momentum: fl
     bx.legend(fontsize=8)
     for a in (ax, bx):
         _step_axis(a)
-    crit = float(analysis.critical_lr(jnp.asarray(c0 / w0 ** 2)))
-    fig.suptitle(f"weight-dynamics model: {len(c0)} layers, η={lr:g}, β={momentum:g}, λ={weight_decay:g}; "
-                 f"critical LR at step 0 = {crit:.3g}", fontsize=10)
+    crit = float(analysis.critical_lr(jnp.asarray(c0 / w0**2)))
+    fig.suptitle(
+        f"weight-dynamics model: {len(c0)} layers, η={lr:g}, β={momentum:g}, λ={weight_decay:g}; "
+        f"critical LR at step 0 = {crit:.3g}",
+        fontsize=10,
+    )
     return _save(fig, out, "ode_simulation")
 
 
 def ode_main(argv: list[str]) -> int:
     """`normjax ode DIR [--model discrete|ode]` or `normjax ode --simulate [...]`; returns the exit code."""
     p = argparse.ArgumentParser(prog="normjax ode", description=__doc__.splitlines()[0])
-    p.add_argument("dir", nargs="?", help="run directory (logged log.metrics=[\"elr\"]) or sweep directory")
+    p.add_argument("dir", nargs="?", help='run directory (logged log.metrics=["elr"]) or sweep directory')
     p.add_argument("--model", default="discrete", help="discrete (SGD map) or ode (gradient flow)")
     p.add_argument("--steps", type=int, help="compare at most this many steps (default: the dense window)")
     p.add_argument("--out", type=Path, help="figure directory (default: DIR/figures)")
-    p.add_argument("--layers", default="all", help="layers compared: all (scale-invariant, default) or main "
-                                                  "(shortcut projections left out)")
+    p.add_argument(
+        "--layers",
+        default="all",
+        help="layers compared: all (scale-invariant, default) or main (shortcut projections left out)",
+    )
     s = p.add_argument_group("--simulate: the model alone")
     s.add_argument("--simulate", action="store_true", help="run the model alone, on the base gradients below")
     s.add_argument("--depth", type=int, default=20, help="layers, when --c0 is not given")
-    s.add_argument("--growth", type=float, default=math.pi / (math.pi - 1),
-                   help="squared base-gradient growth per layer toward the input (default π/(π−1), BN explosion)")
+    s.add_argument(
+        "--growth",
+        type=float,
+        default=math.pi / (math.pi - 1),
+        help="squared base-gradient growth per layer toward the input (default π/(π−1), BN explosion)",
+    )
     s.add_argument("--c0", help="base gradients c_l(0), comma-separated (input layer first)")
     s.add_argument("--w0", help="initial norms ||w_l(0)||, comma-separated (default all 1)")
     s.add_argument("--lr", type=float, default=0.1, help="learning rate η (default 0.1)")
@@ -326,8 +416,10 @@ def ode_main(argv: list[str]) -> int:
     if (d / "sweep.json").is_file():
         results, paths = compare_sweep(d, args.model, args.out, args.layers)
         for row, c in results:
-            print(f"{row['name']}: spread error {c.spread_error['model']:.3f} dex (model), "
-                  f"{c.spread_error['replay']:.1e} (measured-gradient replay)")
+            print(
+                f"{row['name']}: spread error {c.spread_error['model']:.3f} dex (model), "
+                f"{c.spread_error['replay']:.1e} (measured-gradient replay)"
+            )
     else:
         c = compare_run(d, args.model, args.steps, args.layers)
         print(_report_run(c))
@@ -340,8 +432,10 @@ def _simulate_cli(args: argparse.Namespace) -> int:
     if args.sim_steps < 1 or args.depth < 1:
         raise UserError(f"--sim-steps {args.sim_steps} and --depth {args.depth} must be >= 1")
     if args.lr <= 0 or not 0 <= args.momentum < 1 or args.weight_decay < 0:
-        raise UserError(f"--lr {args.lr}, --momentum {args.momentum}, --weight-decay {args.weight_decay}: "
-                        "need lr > 0, 0 <= momentum < 1, weight decay >= 0")
+        raise UserError(
+            f"--lr {args.lr}, --momentum {args.momentum}, --weight-decay {args.weight_decay}: "
+            "need lr > 0, 0 <= momentum < 1, weight decay >= 0"
+        )
     if args.c0:
         c0 = _floats(args.c0, "--c0")
     else:  # the explosion at init: c grows by sqrt(growth) per layer toward the input
@@ -350,7 +444,8 @@ def _simulate_cli(args: argparse.Namespace) -> int:
     if len(w0) != len(c0):
         raise UserError(f"--w0 lists {len(w0)} norms but there are {len(c0)} layers; give one per layer")
     out = args.out or Path("runs") / "ode_simulation"
-    for path in simulate(c0.astype(np.float32), w0.astype(np.float32), args.lr, args.sim_steps, args.momentum,
-                         args.weight_decay, out):
+    for path in simulate(
+        c0.astype(np.float32), w0.astype(np.float32), args.lr, args.sim_steps, args.momentum, args.weight_decay, out
+    ):
         print(path)
     return 0

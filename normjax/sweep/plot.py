@@ -29,8 +29,18 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
 
 from normjax.figures import figure, save
 from normjax.sweep.results import (
-    STATUSES, group_id, hook_metrics, resolve_over, collect, fmt_value, load_sweep, resolve_key, short_names,
-    sort_key, sweep_name, varied_keys,
+    STATUSES,
+    collect,
+    fmt_value,
+    group_id,
+    hook_metrics,
+    load_sweep,
+    resolve_key,
+    resolve_over,
+    short_names,
+    sort_key,
+    sweep_name,
+    varied_keys,
 )
 
 Y_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "final_batch_loss", "wall_time")
@@ -45,8 +55,16 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None = None,
-               log_x: bool = False, over: str | None = "train.seed", panel: str | None = None) -> list[Path]:
+def plot_sweep(
+    sweep_dir: str | os.PathLike,
+    *,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    log_x: bool = False,
+    over: str | None = "train.seed",
+    panel: str | None = None,
+) -> list[Path]:
     """Save `DIR/plots/<y>_vs_<x>[_by_<hue>].png` and `.pdf`; return their paths.
 
     `x` and `hue` are varied keys, dotted or by their last component when unambiguous
@@ -81,11 +99,19 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
     else:
         panel_keys = [k for k in keys if k not in (x_key, hue_key, over_key)]
 
-    plotted = [r for r in rows if r["status"] == "done" and all(
-        r.get(k) is not None and math.isfinite(r[k]) for k in ((y, x_key) if metric_x else (y,)))]
+    plotted = [
+        r
+        for r in rows
+        if r["status"] == "done"
+        and all(r.get(k) is not None and math.isfinite(r[k]) for k in ((y, x_key) if metric_x else (y,)))
+    ]
     if not plotted:
-        counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES
-                           if any(r["status"] == s for r in rows)) or "no runs"
+        counts = (
+            ", ".join(
+                f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES if any(r["status"] == s for r in rows)
+            )
+            or "no runs"
+        )
         raise UserError(f"no done run of {str(path)!r} has a finite {y} ({counts}); nothing to plot")
 
     x_values = sorted({group_id(r[x_key]): r[x_key] for r in plotted}.values(), key=sort_key)
@@ -146,7 +172,7 @@ def plot_sweep(sweep_dir: str | os.PathLike, *, x: str, y: str, hue: str | None 
             ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel(x_key)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(panel_list):]:
+    for ax in axes.flat[len(panel_list) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{y} ({spread})")

@@ -16,8 +16,9 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,9 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[Path, dict]:
     path = as_path(sweep_dir)
     manifest = path / "sweep.json"
     if not manifest.is_file():
-        raise UserError(f"{str(sweep_dir)!r} is not a sweep directory (no sweep.json); give the --workdir of a normjax sweep")
+        raise UserError(
+            f"{str(sweep_dir)!r} is not a sweep directory (no sweep.json); give the --workdir of a normjax sweep"
+        )
     try:
         meta = json.loads(manifest.read_text())
     except (OSError, ValueError) as e:
@@ -229,8 +232,13 @@ def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> li
                 row["message"] = str(summary.get("message", ""))
             row["final_batch_loss"] = _last_logged_loss(rundir / "metrics.jsonl")
             # Values the run's metric hooks summarized (normjax.metrics.register_metric(summary=...)).
-            row.update({k: _number(v) for k, v in summary.items()
-                        if k not in row and k not in _NOT_METRICS and _number(v) is not None})
+            row.update(
+                {
+                    k: _number(v)
+                    for k, v in summary.items()
+                    if k not in row and k not in _NOT_METRICS and _number(v) is not None
+                }
+            )
         rows.append(row)
         configs.append(_run_config(rundir) if name else None)
     # A run not started has no config.json yet; its own --set values are known from sweep.json.
@@ -268,7 +276,12 @@ def _run_config(rundir: Path) -> dict[str, Any] | None:
     flat = flat_config(cfg)
     start = flat.get("train.init_from")
     # The runner points `pretrain` runs at <sweep>/pretrain/base-<hash>, which differs per seed.
-    if isinstance(start, str) and start and Path(start).parent.name == "pretrain" and Path(start).name.startswith("base-"):
+    if (
+        isinstance(start, str)
+        and start
+        and Path(start).parent.name == "pretrain"
+        and Path(start).name.startswith("base-")
+    ):
         flat["train.init_from"] = "pretrain"
     return flat
 
@@ -293,8 +306,14 @@ def _set_values(run: Any) -> dict[str, Any]:
     return out
 
 
-def separating_keys(rows: list[dict], configs: list[dict | None], varied: list[str], over: str | None,
-                    set_keys: Iterable[str] = (), set_values: list[dict] | None = None) -> list[str]:
+def separating_keys(
+    rows: list[dict],
+    configs: list[dict | None],
+    varied: list[str],
+    over: str | None,
+    set_keys: Iterable[str] = (),
+    set_values: list[dict] | None = None,
+) -> list[str]:
     """The config keys beyond `varied` by which runs must be grouped apart, sorted.
 
     A config key whose value differs between runs is one when runs with equal values of the
@@ -322,8 +341,9 @@ def separating_keys(rows: list[dict], configs: list[dict | None], varied: list[s
       ['train.epochs']
     """
     set_values = set_values or [{} for _ in rows]
-    known = [(row, cfg, True) if cfg is not None else (row, part, False)
-             for row, cfg, part in zip(rows, configs, set_values)]
+    known = [
+        (row, cfg, True) if cfg is not None else (row, part, False) for row, cfg, part in zip(rows, configs, set_values)
+    ]
 
     def values(k: str) -> list[tuple[dict, Any]]:
         return [(row, cfg.get(k)) for row, cfg, full in known if full or k in cfg]
@@ -449,9 +469,12 @@ def status_text(g: dict) -> str:
 
 def _table(header: list[str], body: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
     return [line(header), line(["-" * w for w in widths])] + [line(r) for r in body]
 
 
@@ -486,16 +509,19 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
     short = short_names(keys)
     shown = ("test_accuracy", "test_loss", "train_accuracy", *extra)
     header = [short[k] for k in by] + [*shown, "runs"]
-    body = [[fmt_value(g[k]) for k in by] + [_pm(g[f"{m}_mean"], g[f"{m}_std"], g["n"]) for m in shown]
-            + [status_text(g)] for g in agg]
+    body = [
+        [fmt_value(g[k]) for k in by] + [_pm(g[f"{m}_mean"], g[f"{m}_std"], g["n"]) for m in shown] + [status_text(g)]
+        for g in agg
+    ]
     # Numeric key columns read best right-aligned; metric columns stay left-aligned so the means line up.
     right = {i for i, k in enumerate(by) if all(sort_key(g[k])[0] == 0 for g in agg)}
     averaged = f", mean ± std over {over_key}" if over_key else ""
     lines = [f"{sweep_name(path, meta)}: {len(rows)} runs{averaged}"]
     separate = [k for k in keys if k not in meta["varied"] and k != over_key]
     if separate:  # e.g. the sweep run again into this directory with another --set
-        lines.append(f"runs differ beyond the sweep's varied keys in {', '.join(separate)} "
-                     "(their config.json): grouped apart")
+        lines.append(
+            f"runs differ beyond the sweep's varied keys in {', '.join(separate)} (their config.json): grouped apart"
+        )
     lines += _table(header, body, right)
 
     failed = [r for r in rows if r["status"] == "failed"]

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 import traceback
-import os
 from pathlib import Path
 
 import jax
@@ -36,11 +36,10 @@ from normjax.parallel import decide, is_writer, maybe_initialize_distributed
 from normjax.paths import as_path
 from normjax.sweep.spec import RunSpec, expand, merge_manifest
 from normjax.training.checkpoint import Checkpointer
-from normjax.training.lock import Heartbeat, RunLock
 from normjax.training.inputs import input_for
+from normjax.training.lock import Heartbeat, RunLock
 from normjax.training.loop import FINISHED, config_diff, program_for, train_group
 from normjax.training.rundir import RunDir, read_json, write_json
-
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -70,8 +69,12 @@ def auto_group_size(program, n_runs: int, cap: int = 64) -> int:
         per_run = 3 * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))  # state, grads, updates
         data = program.data
         compiled = program.train_chunk.lower(
-            state, jax.ShapeDtypeStruct((data.num_train,) + tuple(data.image_shape), np.uint8),
-            jax.ShapeDtypeStruct((data.num_train,), np.int32), np.int32(1), program.log_mask()).compile()
+            state,
+            jax.ShapeDtypeStruct((data.num_train,) + tuple(data.image_shape), np.uint8),
+            jax.ShapeDtypeStruct((data.num_train,), np.int32),
+            np.int32(1),
+            program.log_mask(),
+        ).compile()
         per_run += compiled.memory_analysis().temp_size_in_bytes
         limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 0)
         return max(1, min(n_runs, cap, int(0.6 * limit) // per_run)) if limit else min(n_runs, 8)
@@ -104,8 +107,10 @@ def _groups(runs: list[RunSpec], workdir, group_size: int) -> tuple[list[list[st
         bounds = [round(j * len(members) / k) for j in range(k + 1)]
         parts = [members[a:b] for a, b in zip(bounds, bounds[1:])]
         if group_size and len(members) > 1 and max(len(g) for g in parts) < min(group_size, len(members)):
-            notes.append(f"--group-size {group_size}: {len(members)} runs of one program go in {k} balanced "
-                         f"groups of {', '.join(str(len(g)) for g in parts)} (equal shapes compile once)")
+            notes.append(
+                f"--group-size {group_size}: {len(members)} runs of one program go in {k} balanced "
+                f"groups of {', '.join(str(len(g)) for g in parts)} (equal shapes compile once)"
+            )
         out += [[r.name for r in g] for g in parts]
     return out, failed, notes
 
@@ -119,8 +124,7 @@ def _fail(run_dir: RunDir, e: BaseException | str) -> dict:
     summary = {"status": "failed", "error": e if isinstance(e, str) else _error_text(e)}
     if is_writer():
         run_dir.path.mkdir(parents=True, exist_ok=True)
-        (run_dir.path / "error.txt").write_text(
-            e if isinstance(e, str) else "".join(traceback.format_exception(e)))
+        (run_dir.path / "error.txt").write_text(e if isinstance(e, str) else "".join(traceback.format_exception(e)))
         run_dir.write_summary(summary)
     return summary
 
@@ -136,9 +140,16 @@ def check_datasets(runs: list[RunSpec]) -> None:
             input_for(r.config)
 
 
-def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | os.PathLike | None = None,
-              shard: tuple[int, int] = (0, 1), overrides: list[str] | tuple[str, ...] = (),
-              group_size: int = 0, progress: bool | None = None) -> dict[str, dict]:
+def run_sweep(
+    spec: str | Path,
+    *,
+    size: str = "smoke",
+    workdir: str | os.PathLike | None = None,
+    shard: tuple[int, int] = (0, 1),
+    overrides: list[str] | tuple[str, ...] = (),
+    group_size: int = 0,
+    progress: bool | None = None,
+) -> dict[str, dict]:
     """Run this shard's share of a sweep; returns {run name: summary}.
 
     Example:
@@ -151,14 +162,21 @@ def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | os.PathLi
     bases = list({r.base.name: r.base for r in runs if r.base is not None}.values())
     check_datasets(mine + bases)
     workdir = as_path(workdir or Path("runs") / Path(spec).stem)
-    new = {"spec": str(spec), "size": size, "overrides": list(overrides), "varied": varied,
-           "runs": [{"name": r.name, "overrides": r.overrides} for r in runs]}
+    new = {
+        "spec": str(spec),
+        "size": size,
+        "overrides": list(overrides),
+        "varied": varied,
+        "runs": [{"name": r.name, "overrides": r.overrides} for r in runs],
+    }
 
     def write_manifest() -> None:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"workdir {str(workdir)!r} is not writable ({e.strerror}); give a writable --workdir") from None
+            raise UserError(
+                f"workdir {str(workdir)!r} is not writable ({e.strerror}); give a writable --workdir"
+            ) from None
         old = read_json(workdir / "sweep.json") if (workdir / "sweep.json").exists() else None
         write_json(workdir / "sweep.json", merge_manifest(old, new))
 
@@ -167,8 +185,13 @@ def run_sweep(spec: str | Path, *, size: str = "smoke", workdir: str | os.PathLi
         base_dir = workdir / "pretrain"
         # A base another shard trains and has not finished yet: its dependents fail with the
         # warm start's one-line error and train when the sweep is run again.
-        _train_runs([b for k, b in enumerate(bases) if k % n == i], base_dir, group_size, progress,
-                    f"{Path(spec).stem} (pretrain)")
+        _train_runs(
+            [b for k, b in enumerate(bases) if k % n == i],
+            base_dir,
+            group_size,
+            progress,
+            f"{Path(spec).stem} (pretrain)",
+        )
         mine = [_from_base(r, base_dir) for r in mine]
     return _train_runs(mine, workdir, group_size, progress, Path(spec).stem, total=len(runs), shard=shard)
 
@@ -191,8 +214,9 @@ def _plan(mine: list[RunSpec], workdir, group_size: int) -> dict:
         if d.config.exists():
             diff = config_diff(d.read_config(), r.config)
             if diff:
-                raise UserError(f"run {r.name!r} in {str(workdir)!r} was trained with another config ({diff}); "
-                                "give a new --workdir")
+                raise UserError(
+                    f"run {r.name!r} in {str(workdir)!r} was trained with another config ({diff}); give a new --workdir"
+                )
         s = d.read_summary()
         if s and s.get("status") in FINISHED:
             finished[r.name] = s
@@ -203,20 +227,33 @@ def _plan(mine: list[RunSpec], workdir, group_size: int) -> dict:
     return {"finished": finished, "groups": groups, "failed": failed, "notes": notes, "resuming": resuming}
 
 
-def _train_runs(mine: list[RunSpec], workdir, group_size: int, progress: bool | None, label: str,
-                total: int | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, dict]:
+def _train_runs(
+    mine: list[RunSpec],
+    workdir,
+    group_size: int,
+    progress: bool | None,
+    label: str,
+    total: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[str, dict]:
     """Train the unfinished runs of `mine` in groups; {name: summary} of all of them."""
     i, n = shard
     by_name = {r.name: r for r in mine}
     plan = decide(lambda: _plan(mine, workdir, group_size))
     results: dict[str, dict] = dict(plan["finished"])
     say = functools.partial(print, file=sys.stderr, flush=True) if is_writer() else (lambda *a, **k: None)
-    say(f"sweep {label}: {total or len(mine)} runs, shard {i}/{n}: {len(mine)}, "
-        f"{len(plan['finished'])} already finished, {plan['resuming']} resuming from checkpoints")
+    say(
+        f"sweep {label}: {total or len(mine)} runs, shard {i}/{n}: {len(mine)}, "
+        f"{len(plan['finished'])} already finished, {plan['resuming']} resuming from checkpoints"
+    )
     for note in plan["notes"]:
         say(note)
-    bar = tqdm(total=len(mine), initial=len(results), unit="run", disable=not is_writer() or not (
-        sys.stderr.isatty() if progress is None else progress))
+    bar = tqdm(
+        total=len(mine),
+        initial=len(results),
+        unit="run",
+        disable=not is_writer() or not (sys.stderr.isatty() if progress is None else progress),
+    )
     done_count = len(results)
     for name, err in plan["failed"].items():
         results[name] = _fail(RunDir(workdir / name), err)
@@ -250,8 +287,10 @@ def _train_runs(mine: list[RunSpec], workdir, group_size: int, progress: bool | 
             done_count += 1
             acc = f" test_acc {s['test_accuracy']:.4f}" if "test_accuracy" in s else ""
             why = f" ({s.get('error') or s.get('message')})" if s["status"] not in ("done",) else ""
-            say(f"[{done_count}/{len(mine)}] {r.name}: {s['status']}{acc}{why} "
-                f"[group of {len(now)}, {time.time() - t0:.1f}s]")
+            say(
+                f"[{done_count}/{len(mine)}] {r.name}: {s['status']}{acc}{why} "
+                f"[group of {len(now)}, {time.time() - t0:.1f}s]"
+            )
             bar.update(1)
     bar.close()
     return results

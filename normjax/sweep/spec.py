@@ -46,10 +46,10 @@ PRETRAIN = "pretrain"  # train.init_from value: warm-start from this run's base 
 
 
 class RunSpec(NamedTuple):
-    name: str                   # directory name inside the sweep workdir
-    overrides: dict[str, Any]   # dotted key -> value, the varied values of this run
-    config: dict                # the full resolved config
-    base: "RunSpec | None" = None  # the base run (under pretrain/) of a train.init_from="pretrain" run
+    name: str  # directory name inside the sweep workdir
+    overrides: dict[str, Any]  # dotted key -> value, the varied values of this run
+    config: dict  # the full resolved config
+    base: RunSpec | None = None  # the base run (under pretrain/) of a train.init_from="pretrain" run
 
 
 def _nested(dotted: dict[str, Any]) -> dict:
@@ -106,14 +106,18 @@ def read_sweep(path: str | Path, size: str) -> dict:
     sweep = call_file(path, "get_sweep", size, "sweep", "experiments/sweep_depth.py")
     unknown = set(sweep) - set(SPEC_KEYS)
     if unknown or "base" not in sweep:
-        raise UserError(f"sweep {str(path)!r} has keys {sorted(sweep)}; allowed: {', '.join(SPEC_KEYS)} (base required)")
+        raise UserError(
+            f"sweep {str(path)!r} has keys {sorted(sweep)}; allowed: {', '.join(SPEC_KEYS)} (base required)"
+        )
     zipped = sweep.get("zip", {})
     if len({len(v) for v in zipped.values()}) > 1:
         raise UserError(f"sweep {str(path)!r}: zip lists differ in length ({ {k: len(v) for k, v in zipped.items()} })")
     for key, values in list(sweep.get("grid", {}).items()) + list(zipped.items()):
         if not isinstance(values, (list, tuple)) or not values:
             raise UserError(f"sweep {str(path)!r}: {key} must be a non-empty list of values")
-    sweep["base"] = str((path.parent / sweep["base"]).resolve()) if not Path(sweep["base"]).is_absolute() else sweep["base"]
+    sweep["base"] = (
+        str((path.parent / sweep["base"]).resolve()) if not Path(sweep["base"]).is_absolute() else sweep["base"]
+    )
     return sweep
 
 
@@ -140,14 +144,18 @@ def _base_run(cfg: dict, sweep: dict, path: str | Path) -> RunSpec | None:
     if cfg["train"]["init_from"] != PRETRAIN:
         return None
     if "pretrain" not in sweep:
-        raise UserError(f"sweep {str(path)!r}: train.init_from={PRETRAIN!r} needs a 'pretrain' entry "
-                        "(the overrides that make the base run, e.g. {'optim.prelu_l1': 0.0})")
+        raise UserError(
+            f"sweep {str(path)!r}: train.init_from={PRETRAIN!r} needs a 'pretrain' entry "
+            "(the overrides that make the base run, e.g. {'optim.prelu_l1': 0.0})"
+        )
     base = merge(copy.deepcopy(cfg), _nested(sweep["pretrain"] | {"train.init_from": ""}))
     validate(base)
     return RunSpec(f"base-{config_hash(base)}", {}, base)
 
 
-def expand(path: str | Path, size: str = "smoke", overrides: list[str] | tuple[str, ...] = ()) -> tuple[list[RunSpec], list[str]]:
+def expand(
+    path: str | Path, size: str = "smoke", overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[list[RunSpec], list[str]]:
     """The runs of a sweep (in a fixed order) and the dotted keys that vary.
 
     `overrides` (`key=value`, as `--set`) apply to every run, after the sweep's own `set`.
@@ -180,8 +188,14 @@ def expand(path: str | Path, size: str = "smoke", overrides: list[str] | tuple[s
             except UserError as e:
                 raise UserError(f"sweep run {values}: {e}") from None
             label = "-".join(f"{short[k]}={_fmt(v)}" for k, v in values.items())
-            runs.append(RunSpec(f"{label}-{config_hash(cfg)}" if label else config_hash(cfg), values, cfg,
-                                _base_run(cfg, sweep, path)))
+            runs.append(
+                RunSpec(
+                    f"{label}-{config_hash(cfg)}" if label else config_hash(cfg),
+                    values,
+                    cfg,
+                    _base_run(cfg, sweep, path),
+                )
+            )
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise UserError(f"sweep {str(path)!r} lists the same run twice; make its grid values distinct")
@@ -220,7 +234,8 @@ def merge_manifest(old: dict | None, new: dict) -> dict:
     if not isinstance(old, dict) or not isinstance(old.get("runs"), list):
         return {**copy.deepcopy(new), "invocations": [invocation], "runs": new_runs}
     invocations = copy.deepcopy(old.get("invocations")) or [
-        {"spec": old.get("spec"), "size": old.get("size"), "overrides": list(old.get("overrides") or [])}]
+        {"spec": old.get("spec"), "size": old.get("size"), "overrides": list(old.get("overrides") or [])}
+    ]
     if invocation not in invocations:
         invocations.append(invocation)
     runs = [copy.deepcopy(r) for r in old["runs"] if isinstance(r, dict)]

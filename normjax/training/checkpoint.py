@@ -55,21 +55,21 @@ log = logging.getLogger(__name__)
 
 # Reserved flat-dict keys. quote() writes '%' only as '%XX' with hex digits, so an escaped
 # key path can never start with '%r' or '%n'.
-_ROOT_KEY = '%root'
-_EMPTY_KEY = '%none'
+_ROOT_KEY = "%root"
+_EMPTY_KEY = "%none"
 # Orbax keeps these item names for itself; item names are also directory names, and the
 # step directory's own files start with '_' or contain '.'.
-_RESERVED_ITEMS = frozenset({'metrics', 'metadata'})
-_ITEM_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*')
+_RESERVED_ITEMS = frozenset({"metrics", "metadata"})
+_ITEM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SCALARS = (bool, int, float, complex, np.generic)
 # Orbax's per-step file naming the saved items (JSON with an 'item_handlers' dict).
-_STEP_METADATA = '_CHECKPOINT_METADATA'
+_STEP_METADATA = "_CHECKPOINT_METADATA"
 # Corrupt steps go to the sibling `<directory>.corrupt/`, not inside `<directory>`: on GCS
 # Orbax takes any folder there without its commit file for a killed save and deletes it.
-CORRUPT_SUFFIX = '.corrupt'
+CORRUPT_SUFFIX = ".corrupt"
 # tensorstore's status codes for a missing file, a read past a file's end and undecodable
 # bytes. Transient ones (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...) differ.
-_CORRUPT_STATUS = re.compile(r'(NOT_FOUND|OUT_OF_RANGE|DATA_LOSS): ')
+_CORRUPT_STATUS = re.compile(r"(NOT_FOUND|OUT_OF_RANGE|DATA_LOSS): ")
 # Outcomes of one restore attempt, in increasing precedence across processes.
 _OK, _VANISHED, _CORRUPT, _FAILED = 0, 1, 2, 3
 
@@ -124,10 +124,11 @@ class Resumed:
         if not self.corrupt:
             return None
         plural = len(self.corrupt) > 1
-        then = (f'resuming from step {self.step}' if self.step is not None
-                else 'none is left, starting from step 0')
-        return (f'checkpoint{"s" if plural else ""} {", ".join(map(str, self.corrupt))} in '
-                f'{self.directory} {"are" if plural else "is"} corrupt; moved to {self.moved_to}; {then}')
+        then = f"resuming from step {self.step}" if self.step is not None else "none is left, starting from step 0"
+        return (
+            f"checkpoint{'s' if plural else ''} {', '.join(map(str, self.corrupt))} in "
+            f"{self.directory} {'are' if plural else 'is'} corrupt; moved to {self.moved_to}; {then}"
+        )
 
 
 class _DropOrbaxInfo(logging.Filter):
@@ -135,16 +136,16 @@ class _DropOrbaxInfo(logging.Filter):
     warning that a read-only manager is read-only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if f'{os.sep}orbax{os.sep}' not in record.pathname:
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
             return True
         if record.levelno < logging.WARNING:
             return False
-        return not str(record.msg).startswith('Given directory is read only')
+        return not str(record.msg).startswith("Given directory is read only")
 
 
 def _quiet_orbax() -> None:
     # Orbax logs through absl, i.e. the 'absl' stdlib logger; other absl users keep their INFO.
-    absl_logger = logging.getLogger('absl')
+    absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _DropOrbaxInfo) for f in absl_logger.filters):
         absl_logger.addFilter(_DropOrbaxInfo())
 
@@ -164,8 +165,8 @@ def _key_name(path: tuple[Any, ...]) -> str:
         else:
             part = entry
         # Escaping '.' keeps the join unambiguous; '/' would otherwise become a path separator.
-        parts.append(urllib.parse.quote(str(part), safe='').replace('.', '%2E'))
-    return '.'.join(parts) or _ROOT_KEY
+        parts.append(urllib.parse.quote(str(part), safe="").replace(".", "%2E"))
+    return ".".join(parts) or _ROOT_KEY
 
 
 def _flat_leaves(item: str, tree: PyTree) -> tuple[list[str], list[Any], Any]:
@@ -174,7 +175,7 @@ def _flat_leaves(item: str, tree: PyTree) -> tuple[list[str], list[Any], Any]:
     names = [_key_name(path) for path, _ in path_leaves]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f'item {item!r}: distinct keys map to the same checkpoint key(s) {dupes}')
+        raise ValueError(f"item {item!r}: distinct keys map to the same checkpoint key(s) {dupes}")
     return names, [leaf for _, leaf in path_leaves], treedef
 
 
@@ -184,7 +185,7 @@ def _to_saveable(item: str, name: str, leaf: Any) -> Any:
     if isinstance(leaf, _SCALARS):
         # Orbax's Standard handler refuses numpy scalars on restore; 0-d arrays round-trip exactly.
         return np.asarray(leaf)
-    raise TypeError(f'item {item!r}, leaf {name!r}: cannot checkpoint a {type(leaf).__name__}')
+    raise TypeError(f"item {item!r}, leaf {name!r}: cannot checkpoint a {type(leaf).__name__}")
 
 
 def _to_restore_target(item: str, name: str, leaf: Any) -> Any:
@@ -199,8 +200,7 @@ def _from_restored(item: str, name: str, template: Any, value: Any) -> Any:
     # Orbax does not check shapes of numpy targets, so check every leaf here.
     if np.shape(value) != np.shape(template):
         raise CheckpointMismatch(
-            f'item {item!r}, leaf {name!r}: checkpoint has shape {np.shape(value)}, '
-            f'template has {np.shape(template)}'
+            f"item {item!r}, leaf {name!r}: checkpoint has shape {np.shape(value)}, template has {np.shape(template)}"
         )
     if isinstance(template, np.generic):
         return np.asarray(value, dtype=template.dtype)[()]
@@ -228,7 +228,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, read_only: bool = False):
         if keep < 1:
-            raise ValueError(f'keep must be >= 1, got {keep}')
+            raise ValueError(f"keep must be >= 1, got {keep}")
         _quiet_orbax()
         self.directory: epath.Path = as_path(directory)
         self.keep = keep
@@ -275,12 +275,12 @@ class Checkpointer:
           >>> ckpt.save(10, {'params': params, 'meta': {'step': np.int64(10), 'rng': key_data}})  # doctest: +SKIP
         """
         if self.read_only:
-            raise RuntimeError(f'checkpointer for {self.directory} is read-only')
+            raise RuntimeError(f"checkpointer for {self.directory} is read-only")
         step = int(step)
         if step in self._manager.all_steps():
-            raise FileExistsError(f'checkpoint step {step} exists already in {self.directory}')
+            raise FileExistsError(f"checkpoint step {step} exists already in {self.directory}")
         if not items:
-            raise ValueError('items must name at least one pytree to save')
+            raise ValueError("items must name at least one pytree to save")
         args = {}
         for item, tree in items.items():
             _check_item_name(item)
@@ -319,9 +319,7 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def restore(
-        self, templates: dict[str, PyTree], step: int | None = None
-    ) -> tuple[int, dict[str, PyTree]] | None:
+    def restore(self, templates: dict[str, PyTree], step: int | None = None) -> tuple[int, dict[str, PyTree]] | None:
         """Restores only the items named in `templates`; never changes the directory.
 
         Template leaves may be arrays, scalars or `jax.ShapeDtypeStruct`s; each restored leaf
@@ -347,23 +345,24 @@ class Checkpointer:
           >>> step, items = ckpt.restore({'params': jax.tree.map(sds, params)})  # doctest: +SKIP
         """
         if not templates:
-            raise ValueError('templates must name at least one item to restore')
+            raise ValueError("templates must name at least one item to restore")
         if step is None:
             found, items, corrupt = self._restore_latest(templates, warn=True)
             if found is None and corrupt:
-                log.warning('no restorable checkpoint in %s among steps %s', self.directory, corrupt)
+                log.warning("no restorable checkpoint in %s among steps %s", self.directory, corrupt)
             return None if found is None else (found, items)
         step = int(step)
         steps = self._agreed_steps()
         if step not in steps:
-            raise FileNotFoundError(f'no checkpoint for step {step} in {self.directory}; have {steps}')
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; have {steps}")
         outcome, items, exc = self._attempt(step, templates)
         worst = self._agree(outcome, step, exc)
         if worst == _CORRUPT:
-            raise CorruptCheckpoint(f'checkpoint step {step} in {self.directory} is corrupt: '
-                                    f'{_first_line(exc)}') from exc
+            raise CorruptCheckpoint(
+                f"checkpoint step {step} in {self.directory} is corrupt: {_first_line(exc)}"
+            ) from exc
         if worst == _VANISHED:
-            raise FileNotFoundError(f'checkpoint step {step} in {self.directory} was removed while restoring')
+            raise FileNotFoundError(f"checkpoint step {step} in {self.directory} was removed while restoring")
         return step, items
 
     def resume(self, templates: dict[str, PyTree]) -> Resumed:
@@ -392,9 +391,9 @@ class Checkpointer:
           >>> state = init() if resumed.step is None else from_items(resumed.items)  # doctest: +SKIP
         """
         if self.read_only:
-            raise RuntimeError(f'checkpointer for {self.directory} is read-only; resume moves corrupt steps')
+            raise RuntimeError(f"checkpointer for {self.directory} is read-only; resume moves corrupt steps")
         if not templates:
-            raise ValueError('templates must name at least one item to restore')
+            raise ValueError("templates must name at least one item to restore")
         step, items, corrupt = self._restore_latest(templates, warn=False)
         if not corrupt:
             return Resumed(self.directory, step, items)
@@ -414,8 +413,12 @@ class Checkpointer:
             if worst == _CORRUPT:
                 corrupt.append(candidate)
                 if warn:
-                    log.warning('checkpoint step %d in %s is corrupt (%s); trying an older one',
-                                candidate, self.directory, _first_line(exc))
+                    log.warning(
+                        "checkpoint step %d in %s is corrupt (%s); trying an older one",
+                        candidate,
+                        self.directory,
+                        _first_line(exc),
+                    )
             # _VANISHED: its writer removed it meanwhile (an old step or a corrupt one).
         return None, None, corrupt
 
@@ -445,8 +448,9 @@ class Checkpointer:
             if outcome == _FAILED:
                 raise exc
             failed = [i for i, c in enumerate(codes) if c == _FAILED]
-            raise RuntimeError(f'restoring checkpoint step {step} in {self.directory} failed on '
-                               f'process(es) {failed}; see their error')
+            raise RuntimeError(
+                f"restoring checkpoint step {step} in {self.directory} failed on process(es) {failed}; see their error"
+            )
         return worst
 
     def _agreed_steps(self) -> list[int]:
@@ -463,13 +467,15 @@ class Checkpointer:
 
     def _set_aside(self, steps: list[int]) -> epath.Path:
         """Moves `steps` into `<directory>.corrupt/` (on process 0) and returns that folder."""
-        dest = self.directory.parent / f'{self.directory.name}{CORRUPT_SUFFIX}'
+        dest = self.directory.parent / f"{self.directory.name}{CORRUPT_SUFFIX}"
         error = None
         if jax.process_index() == 0:
             try:
-                if not self.directory.name or str(self.directory.parent).endswith('://'):
-                    raise UserError(f'cannot move corrupt checkpoints {steps} out of {self.directory}, '
-                                    'a file system or bucket root; keep checkpoints in a subfolder')
+                if not self.directory.name or str(self.directory.parent).endswith("://"):
+                    raise UserError(
+                        f"cannot move corrupt checkpoints {steps} out of {self.directory}, "
+                        "a file system or bucket root; keep checkpoints in a subfolder"
+                    )
                 dest.mkdir(parents=True, exist_ok=True)
                 for step in sorted(steps):
                     _move_tree(self._step_dir(step), _free_name(dest, str(step)))
@@ -480,8 +486,7 @@ class Checkpointer:
         if error is not None:
             raise error
         if codes.max() == _FAILED:
-            raise RuntimeError(
-                f'moving corrupt checkpoints {steps} in {self.directory} aside failed on process 0')
+            raise RuntimeError(f"moving corrupt checkpoints {steps} in {self.directory} aside failed on process 0")
         self._manager.reload()
         return dest
 
@@ -511,24 +516,28 @@ class Checkpointer:
         Reads only metadata, so a mismatch is told from corrupt data before any array is read;
         metadata that is missing or broken raises what `_is_corrupt` recognizes.
         """
-        where = f'checkpoint step {step} in {self.directory}'
+        where = f"checkpoint step {step} in {self.directory}"
         for item, (names, leaves, _) in flats.items():
             if not (step_dir / item).exists():
                 saved_items = _saved_items(step_dir)
                 if saved_items is not None and item not in saved_items:
-                    raise CheckpointMismatch(f'{where} has no item {item!r}; it has {sorted(saved_items)}')
-                raise CorruptCheckpoint(f'{where}: the files of item {item!r} are missing')
+                    raise CheckpointMismatch(f"{where} has no item {item!r}; it has {sorted(saved_items)}")
+                raise CorruptCheckpoint(f"{where}: the files of item {item!r} are missing")
             tree = self._handler.metadata(step_dir / item).tree
-            saved = {k: tuple(getattr(v, 'shape', ())) for k, v in tree.items()}
+            saved = {k: tuple(getattr(v, "shape", ())) for k, v in tree.items()}
             wanted = {n: _shape(leaf) for n, leaf in zip(names, leaves)} or {_EMPTY_KEY: ()}
             if saved.keys() != wanted.keys():
                 only_saved, only_wanted = saved.keys() - wanted.keys(), wanted.keys() - saved.keys()
-                raise CheckpointMismatch(f'{where}, item {item!r}: keys only in the checkpoint '
-                                         f'{_few(only_saved)}, only in the template {_few(only_wanted)}')
+                raise CheckpointMismatch(
+                    f"{where}, item {item!r}: keys only in the checkpoint "
+                    f"{_few(only_saved)}, only in the template {_few(only_wanted)}"
+                )
             for name, shape in wanted.items():
                 if saved[name] != shape:
-                    raise CheckpointMismatch(f'{where}, item {item!r}, leaf {name!r}: checkpoint has '
-                                             f'shape {saved[name]}, template has {shape}')
+                    raise CheckpointMismatch(
+                        f"{where}, item {item!r}, leaf {name!r}: checkpoint has "
+                        f"shape {saved[name]}, template has {shape}"
+                    )
 
     def close(self) -> None:
         """Releases Orbax's resources; idempotent.
@@ -573,7 +582,7 @@ def _is_corrupt(exc: BaseException) -> bool:
 def _saved_items(step_dir: epath.Path) -> set[str] | None:
     """Item names the step's metadata lists, or None when it is missing or unreadable."""
     try:
-        return set(json.loads((step_dir / _STEP_METADATA).read_text())['item_handlers'])
+        return set(json.loads((step_dir / _STEP_METADATA).read_text())["item_handlers"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
@@ -584,14 +593,14 @@ def _shape(leaf: Any) -> tuple[int, ...]:
 
 def _few(keys: Any, n: int = 3) -> str:
     keys = sorted(keys)
-    return str(keys[:n])[:-1] + (', ...]' if len(keys) > n else ']')
+    return str(keys[:n])[:-1] + (", ...]" if len(keys) > n else "]")
 
 
 def _first_line(exc: BaseException | None) -> str:
     if exc is None:
-        return 'seen by another process'
-    text = (str(exc).strip().splitlines() or [''])[0][:300]
-    return f'{type(exc).__name__}: {text}'
+        return "seen by another process"
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {text}"
 
 
 def _gather(code: int) -> np.ndarray:
@@ -606,7 +615,7 @@ def _free_name(folder: epath.Path, name: str) -> epath.Path:
     path, i = folder / name, 1
     while path.exists():
         i += 1
-        path = folder / f'{name}.{i}'
+        path = folder / f"{name}.{i}"
     return path
 
 
@@ -633,8 +642,8 @@ def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
 def _check_item_name(item: Any) -> None:
     if not isinstance(item, str) or not _ITEM_NAME.fullmatch(item) or item in _RESERVED_ITEMS:
         raise ValueError(
-            f'checkpoint item name {item!r} is not allowed; use letters, digits, _ and - '
-            f'(starting with a letter or digit), except {sorted(_RESERVED_ITEMS)}'
+            f"checkpoint item name {item!r} is not allowed; use letters, digits, _ and - "
+            f"(starting with a letter or digit), except {sorted(_RESERVED_ITEMS)}"
         )
 
 

@@ -32,8 +32,18 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from normjax.data import (BUILT_IN, STATE_BYTES, Dataset, DevicePrefetcher, StreamingSource, Workers, load_dataset,
-                          state_from_array, state_to_array, tfds_image_info)
+from normjax.data import (
+    BUILT_IN,
+    STATE_BYTES,
+    Dataset,
+    DevicePrefetcher,
+    StreamingSource,
+    Workers,
+    load_dataset,
+    state_from_array,
+    state_to_array,
+    tfds_image_info,
+)
 from normjax.errors import UserError
 from normjax.parallel import DATA, batch_sharded, put_replicated
 from normjax.training.program import DataSpec, Program
@@ -67,8 +77,10 @@ def _input(data_json: str) -> MemoryInput | StreamInput:
     data_dir = d["data_dir"] or None
     if name in BUILT_IN:
         if pipeline == "stream":
-            raise UserError(f"data.pipeline='stream' reads prepared TFDS datasets; {name!r} is built in and held in "
-                            "memory: use data.pipeline=memory or auto")
+            raise UserError(
+                f"data.pipeline='stream' reads prepared TFDS datasets; {name!r} is built in and held in "
+                "memory: use data.pipeline=memory or auto"
+            )
         return MemoryInput(load_dataset(name, data_dir=data_dir, synthetic=d["synthetic"]), size)
     info = tfds_image_info(name, data_dir)  # one-line errors: unknown, unprepared, wrong features
     native = info.image_shape
@@ -81,13 +93,22 @@ def _input(data_json: str) -> MemoryInput | StreamInput:
     if size == 0:
         if native is None or native[0] != native[1]:
             shape = "varying" if native is None else f"{native[0]}x{native[1]}"
-            raise UserError(f"dataset {name!r} has {shape} images: streaming it needs data.input_size, the side of "
-                            "the square input (e.g. 224)")
+            raise UserError(
+                f"dataset {name!r} has {shape} images: streaming it needs data.input_size, the side of "
+                "the square input (e.g. 224)"
+            )
         size = native[0]
     workers = d["workers"] if d["workers"] >= 0 else max(0, _usable_cpus() - 1)
-    return StreamInput(StreamingSource(name, data_dir=data_dir, size=size, eval_crop=d["eval_crop"],
-                                       workers=Workers(processes=workers, threads=d["worker_threads"])),
-                       prefetch=d["prefetch"])
+    return StreamInput(
+        StreamingSource(
+            name,
+            data_dir=data_dir,
+            size=size,
+            eval_crop=d["eval_crop"],
+            workers=Workers(processes=workers, threads=d["worker_threads"]),
+        ),
+        prefetch=d["prefetch"],
+    )
 
 
 def _usable_cpus() -> int:
@@ -130,28 +151,41 @@ class MemoryInput:
     def __init__(self, ds: Dataset, input_size: int = 0):
         h, w, _ = ds.image_shape
         if input_size and (h, w) != (input_size, input_size):
-            raise UserError(f"data.input_size={input_size} differs from {ds.name!r}'s {h}x{w} images: the in-memory "
-                            "path trains at the dataset's own size; use data.input_size=0 or data.pipeline=stream")
+            raise UserError(
+                f"data.input_size={input_size} differs from {ds.name!r}'s {h}x{w} images: the in-memory "
+                "path trains at the dataset's own size; use data.input_size=0 or data.pipeline=stream"
+            )
         self.ds, self.name = ds, ds.name
 
     @property
     def spec(self) -> DataSpec:
         ds = self.ds
-        return DataSpec(num_train=int(ds.train_images.shape[0]), image_shape=tuple(ds.image_shape),
-                        num_classes=int(ds.num_classes), mean=tuple(ds.mean), std=tuple(ds.std))
+        return DataSpec(
+            num_train=int(ds.train_images.shape[0]),
+            image_shape=tuple(ds.image_shape),
+            num_classes=int(ds.num_classes),
+            mean=tuple(ds.mean),
+            std=tuple(ds.std),
+        )
 
     def feed(self, program: Program, cfg: dict, start: int, saved: np.ndarray | None = None) -> _MemoryFeed:
         """The whole training set on device, handed to every chunk (the step selects its batch)."""
         del cfg, start, saved  # the step's batch is a function of the state alone
-        return _MemoryFeed({"image": put_replicated(self.ds.train_images, program.mesh),
-                            "label": put_replicated(self.ds.train_labels.astype(np.int32), program.mesh)})
+        return _MemoryFeed(
+            {
+                "image": put_replicated(self.ds.train_images, program.mesh),
+                "label": put_replicated(self.ds.train_labels.astype(np.int32), program.mesh),
+            }
+        )
 
     def eval_sets(self, program: Program, cfg: dict) -> dict[str, EvalFn]:
         """The train subset (`train.eval_train_examples`) and the test split, on device once."""
         t, ds = cfg["train"], self.ds
         n = t["eval_train_examples"] or ds.train_images.shape[0]
-        return {"train": self._eval_set(program, ds.train_images[:n], ds.train_labels[:n], t["eval_batch_size"]),
-                "test": self._eval_set(program, ds.test_images, ds.test_labels, t["eval_batch_size"])}
+        return {
+            "train": self._eval_set(program, ds.train_images[:n], ds.train_labels[:n], t["eval_batch_size"]),
+            "test": self._eval_set(program, ds.test_images, ds.test_labels, t["eval_batch_size"]),
+        }
 
     def sample(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Host uint8 images and int32 labels of `split` ('train' or 'test'), all of them."""
@@ -205,8 +239,14 @@ class StreamInput:
         info = source.info
         # Normalization statistics of a seeded sample (deterministic: equal on every process).
         mean, std = source.channel_stats()
-        self._spec = DataSpec(num_train=info.num_train, image_shape=(source.size, source.size, info.channels),
-                              num_classes=info.num_classes, mean=tuple(mean), std=tuple(std), streaming=True)
+        self._spec = DataSpec(
+            num_train=info.num_train,
+            image_shape=(source.size, source.size, info.channels),
+            num_classes=info.num_classes,
+            mean=tuple(mean),
+            std=tuple(std),
+            streaming=True,
+        )
 
     @property
     def spec(self) -> DataSpec:
@@ -217,25 +257,31 @@ class StreamInput:
         as `chunk_sizes`, padded to `steps_per_dispatch` slots), checked against the pipeline
         state `saved` in the checkpoint (`state_array`)."""
         d = cfg["data"]
-        stream = self.source.train(program.batch_size, cfg["train"]["seed"], start=start, flip=d["flip"],
-                                   scale=(d["crop_scale_min"], 1.0))
+        stream = self.source.train(
+            program.batch_size, cfg["train"]["seed"], start=start, flip=d["flip"], scale=(d["crop_scale_min"], 1.0)
+        )
         if saved is not None:
             state = state_from_array(saved)
             stream.set_state(state)  # one line when the pipeline's settings changed since the save
             if stream.next_step != start:
-                raise UserError(f"the checkpoint's input-pipeline state is at step {stream.next_step}, its train "
-                                f"state at step {start}; the checkpoint is inconsistent")
+                raise UserError(
+                    f"the checkpoint's input-pipeline state is at step {stream.next_step}, its train "
+                    f"state at step {start}; the checkpoint is inconsistent"
+                )
         sizes = chunk_sizes(start, program.total_steps, program.chunk, cfg["checkpoint"]["every"])
-        return DevicePrefetcher(stream, NamedSharding(program.mesh, P(None, DATA)), size=self.prefetch,
-                                stack=sizes, pad_to=program.chunk)
+        return DevicePrefetcher(
+            stream, NamedSharding(program.mesh, P(None, DATA)), size=self.prefetch, stack=sizes, pad_to=program.chunk
+        )
 
     def eval_sets(self, program: Program, cfg: dict) -> dict[str, EvalFn]:
         """The train subset (its first `train.eval_train_examples` records, eval transform) and
         the eval split (`test` or `validation`), read anew on each `run`."""
         t, info = cfg["train"], self.source.info
         n = t["eval_train_examples"] or info.num_train
-        return {"train": self._eval_set(program, "train", min(n, info.num_train), t["eval_batch_size"]),
-                "test": self._eval_set(program, info.eval_split, info.num_test, t["eval_batch_size"])}
+        return {
+            "train": self._eval_set(program, "train", min(n, info.num_train), t["eval_batch_size"]),
+            "test": self._eval_set(program, info.eval_split, info.num_test, t["eval_batch_size"]),
+        }
 
     def sample(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Host uint8 images (eval transform) and int32 labels of the first `SAMPLE_LIMIT`
@@ -251,8 +297,9 @@ class StreamInput:
 
         def run(items: dict) -> dict:
             total = None
-            with DevicePrefetcher(self.source.eval(batch, split=split, limit=n), batch_sharded(program.mesh),
-                                  size=self.prefetch) as batches:
+            with DevicePrefetcher(
+                self.source.eval(batch, split=split, limit=n), batch_sharded(program.mesh), size=self.prefetch
+            ) as batches:
                 for b in batches:
                     sums = program.evaluate_batch(items["params"], items["batch_stats"], b["image"], b["label"])
                     total = sums if total is None else jax.tree.map(lambda a, c: a + c, total, sums)

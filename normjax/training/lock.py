@@ -37,10 +37,10 @@ def _alive(pid: int) -> bool:
 
 class RunLock:
     """Example:
-      >>> lock = RunLock(Path("runs/sweep/a"))  # doctest: +SKIP
-      >>> if lock.acquire():  # doctest: +SKIP
-      ...     try: ...
-      ...     finally: lock.release()
+    >>> lock = RunLock(Path("runs/sweep/a"))  # doctest: +SKIP
+    >>> if lock.acquire():  # doctest: +SKIP
+    ...     try: ...
+    ...     finally: lock.release()
     """
 
     def __init__(self, run_dir: str | os.PathLike):
@@ -126,7 +126,7 @@ class Heartbeat:
             for lock in self.locks:
                 lock.touch()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.thread.start()
         return self
 

@@ -29,8 +29,15 @@ from normjax.config import DEFAULTS, canonical, validate
 from normjax.data import Dataset
 from normjax.errors import UserError
 from normjax.models.structure import is_projection
-from normjax.parallel import (check_batch, check_same, data_mesh, decide, is_writer, maybe_initialize_distributed,
-                              replicated)
+from normjax.parallel import (
+    check_batch,
+    check_same,
+    data_mesh,
+    decide,
+    is_writer,
+    maybe_initialize_distributed,
+    replicated,
+)
 from normjax.paths import as_path
 from normjax.training.checkpoint import Checkpointer, read_latest_items
 from normjax.training.inputs import MemoryInput, StreamInput, chunk_sizes, input_for, state_array, state_template
@@ -50,8 +57,10 @@ def dataset_for(cfg: dict) -> Dataset:
     """The in-memory dataset a config names (cached); a one-line error for a streamed one."""
     inp = input_for(cfg)
     if inp.streaming:
-        raise UserError(f"dataset {inp.name!r} streams (data.pipeline resolves to stream): this command needs it in "
-                        "memory; set data.pipeline=memory for a dataset that fits")
+        raise UserError(
+            f"dataset {inp.name!r} streams (data.pipeline resolves to stream): this command needs it in "
+            "memory; set data.pipeline=memory for a dataset that fits"
+        )
     return inp.ds
 
 
@@ -67,8 +76,10 @@ def total_steps(cfg: dict, num_train: int) -> int:
     if not steps:
         epochs = t["epochs"]
         if not math.isfinite(epochs) or epochs * max(1, num_train // t["batch_size"]) > MAX_STEPS:
-            raise UserError(f"train.epochs={epochs} is {max(1, num_train // t['batch_size'])} steps per epoch of "
-                            f"{num_train} examples: too many steps; allowed: at most {MAX_STEPS} steps in all")
+            raise UserError(
+                f"train.epochs={epochs} is {max(1, num_train // t['batch_size'])} steps per epoch of "
+                f"{num_train} examples: too many steps; allowed: at most {MAX_STEPS} steps in all"
+            )
         steps = max(1, math.ceil(epochs * max(1, num_train // t["batch_size"])))
     if steps > MAX_STEPS:
         raise UserError(f"train.steps={steps} is too many; allowed: at most {MAX_STEPS} (steps count in int32)")
@@ -81,16 +92,21 @@ def program_for(cfg: dict, inp: Input) -> Program:
     check_batch(cfg["train"]["batch_size"], mesh)
     spec = inp.spec
     if cfg["train"]["batch_size"] > spec.num_train:
-        raise UserError(f"train.batch_size={cfg['train']['batch_size']} exceeds the {spec.num_train} "
-                        f"training examples of {inp.name!r}")
+        raise UserError(
+            f"train.batch_size={cfg['train']['batch_size']} exceeds the {spec.num_train} "
+            f"training examples of {inp.name!r}"
+        )
     return get_program(static_key(cfg, spec, total_steps(cfg, spec.num_train), mesh.devices.size))
 
 
 def state_items(state: TrainState, elapsed: float, data: Any = None) -> dict:
     """A checkpoint's items: the train state, and the input pipeline's state (`data`, streamed only)."""
-    items = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state,
-             "meta": {"step": state.step, "key": state.key, "diverged": state.diverged,
-                      "elapsed": np.float64(elapsed)}}
+    items = {
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+        "meta": {"step": state.step, "key": state.key, "diverged": state.diverged, "elapsed": np.float64(elapsed)},
+    }
     return items if data is None else items | {"data": {"state": data}}
 
 
@@ -107,8 +123,14 @@ def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, flo
         return None
     it = resumed.items
     meta = it["meta"]
-    state = TrainState(step=meta["step"], params=it["params"], batch_stats=it["batch_stats"],
-                       opt_state=it["opt_state"], key=meta["key"], diverged=meta["diverged"])
+    state = TrainState(
+        step=meta["step"],
+        params=it["params"],
+        batch_stats=it["batch_stats"],
+        opt_state=it["opt_state"],
+        key=meta["key"],
+        diverged=meta["diverged"],
+    )
     data = np.asarray(jax.device_get(it["data"]["state"])) if "data" in it else None
     return state, float(meta["elapsed"]), data
 
@@ -116,15 +138,19 @@ def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, flo
 def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
     """Take params and BN statistics from another run's latest checkpoint; keep the new optimizer."""
     if source == "pretrain":  # normjax.sweep.spec.PRETRAIN, resolved by the sweep runner
-        raise UserError("train.init_from='pretrain' names a sweep's base run: it works inside `normjax sweep` "
-                        "with a 'pretrain' entry; give a run directory here")
+        raise UserError(
+            "train.init_from='pretrain' names a sweep's base run: it works inside `normjax sweep` "
+            "with a 'pretrain' entry; give a run directory here"
+        )
     src = as_path(source)
     abstract = program.abstract_state()
     templates = {"params": abstract.params, "batch_stats": abstract.batch_stats}
     restored = read_latest_items(src / "checkpoints", templates)  # read-only: the source may still train
     if restored is None:
-        raise UserError(f"train.init_from={source!r} holds no checkpoint that fits this model; "
-                        "give a run directory of the same model that has trained")
+        raise UserError(
+            f"train.init_from={source!r} holds no checkpoint that fits this model; "
+            "give a run directory of the same model that has trained"
+        )
     _, it = restored
     return state.replace(params=it["params"], batch_stats=it["batch_stats"])
 
@@ -155,13 +181,13 @@ class _Run:
 
     cfg: dict
     dir: RunDir
-    summary: dict | None = None      # set once the run is finished (before this call or during it)
+    summary: dict | None = None  # set once the run is finished (before this call or during it)
     ckpt: Checkpointer | None = None
-    start: int = 0                   # the step this call starts from (restored or 0)
-    elapsed: float = 0.0             # wall time of the earlier sessions of this run
-    saved: int | None = None         # the newest checkpoint's step
-    data: np.ndarray | None = None   # the restored input-pipeline state (streamed data)
-    diverged_at: int | None = None   # the step whose loss or gradient was non-finite
+    start: int = 0  # the step this call starts from (restored or 0)
+    elapsed: float = 0.0  # wall time of the earlier sessions of this run
+    saved: int | None = None  # the newest checkpoint's step
+    data: np.ndarray | None = None  # the restored input-pipeline state (streamed data)
+    diverged_at: int | None = None  # the step whose loss or gradient was non-finite
     reason: str = ""
 
     @property
@@ -184,8 +210,14 @@ def train(cfg: dict, workdir: str | os.PathLike, *, progress: bool | None = None
     return train_group([cfg], [workdir], progress=progress, announce=True, lock=True)[0]
 
 
-def train_group(cfgs: list[dict], workdirs: list[str | os.PathLike], *, progress: bool | None = None,
-                announce: bool = False, lock: bool = False) -> list[dict]:
+def train_group(
+    cfgs: list[dict],
+    workdirs: list[str | os.PathLike],
+    *,
+    progress: bool | None = None,
+    announce: bool = False,
+    lock: bool = False,
+) -> list[dict]:
     """Train runs that share one compiled program together, vmapped over a run axis.
 
     The runs may differ only in traced values (seed, LR, momentum, weight decay, transform
@@ -238,8 +270,10 @@ def _locks(runs: list[_Run]) -> Iterator[None]:
     try:
         for r, ok, lk in zip(runs, held, locks or [None] * len(runs)):
             if not ok:
-                raise UserError(f"workdir {str(r.dir.path)!r} is being trained by another process "
-                                f"({lk.owner_text() if lk else 'unknown'}); wait for it or give another --workdir")
+                raise UserError(
+                    f"workdir {str(r.dir.path)!r} is being trained by another process "
+                    f"({lk.owner_text() if lk else 'unknown'}); wait for it or give another --workdir"
+                )
         with Heartbeat(locks):
             yield
     finally:
@@ -256,8 +290,9 @@ def _finished(r: _Run) -> dict | None:
         diff = config_diff(r.dir.read_config(), r.cfg)
         if diff:
             state = old.get("status", "unfinished") if old else "unfinished"
-            raise UserError(f"workdir {str(r.dir.path)!r} holds a {state} run with another config ({diff}); "
-                            "give a new --workdir")
+            raise UserError(
+                f"workdir {str(r.dir.path)!r} holds a {state} run with another config ({diff}); give a new --workdir"
+            )
     if old and old.get("status") in FINISHED:
         return old | {"already": True}  # a diverged run would diverge again, deterministically
     return None
@@ -308,8 +343,18 @@ def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainSta
         if is_writer():
             r.dir = RunDir.create(r.dir.path)
             write_json(r.dir.config, r.cfg)
-            write_json(r.dir.layers, [{"name": l.name, "depth": l.depth, "scale_invariant": l.scale_invariant,
-                                       "projection": is_projection(l)} for l in program.layers])
+            write_json(
+                r.dir.layers,
+                [
+                    {
+                        "name": l.name,
+                        "depth": l.depth,
+                        "scale_invariant": l.scale_invariant,
+                        "projection": is_projection(l),
+                    }
+                    for l in program.layers
+                ],
+            )
             write_json(r.dir.graph, program.graph.to_json())
         r.ckpt = Checkpointer(r.dir.checkpoints, keep=r.cfg["checkpoint"]["keep"])
         restored = restore_state(r.ckpt, program)
@@ -334,16 +379,18 @@ def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainSta
     return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), replicated(program.mesh))
 
 
-def _train_chunks(active: list[_Run], program: Program, state: TrainState, feed: Iterator[dict],
-                  t_start: float, progress: bool | None) -> TrainState:
+def _train_chunks(
+    active: list[_Run], program: Program, state: TrainState, feed: Iterator[dict], t_start: float, progress: bool | None
+) -> TrainState:
     """Fused chunks of steps (sizes: `chunk_sizes`) up to the end, or until every run has
     diverged; `feed` gives each chunk's data. The metrics of chunk k are fetched and written
     while chunk k+1 runs; every run is checkpointed at its `checkpoint.every` and at the end,
     unless it has diverged (a frozen state is never saved), with the feed's pipeline state."""
     total, step = program.total_steps, active[0].start
     every = min(r.cfg["checkpoint"]["every"] for r in active)
-    bar = Progress(total, initial=step, batch_size=program.batch_size * len(active),
-                   enabled=progress if is_writer() else False)
+    bar = Progress(
+        total, initial=step, batch_size=program.batch_size * len(active), enabled=progress if is_writer() else False
+    )
     if is_writer() and not program.compiled(len(active)):
         print("compiling the training step (once per model shape) ...", file=sys.stderr, flush=True)
     pending = None
@@ -361,8 +408,12 @@ def _train_chunks(active: list[_Run], program: Program, state: TrainState, feed:
             pending = None
             for i, r in enumerate(active):
                 if r.training and (step % r.cfg["checkpoint"]["every"] == 0 or step == total):
-                    r.ckpt.save(step, state_items(jax.tree.map(lambda x: x[i], state),
-                                                  r.elapsed + time.time() - t_start, state_array(feed)))
+                    r.ckpt.save(
+                        step,
+                        state_items(
+                            jax.tree.map(lambda x: x[i], state), r.elapsed + time.time() - t_start, state_array(feed)
+                        ),
+                    )
                     r.saved = step
     if pending is not None:
         _drain(active, program, pending, bar, t_start)
@@ -392,8 +443,11 @@ def _drain(active: list[_Run], program: Program, chunk_metrics: dict, bar: Progr
         if applied.any():
             losses.append((float(mi["loss"][applied][-1]), float(mi["accuracy"][applied][-1])))
     if losses:
-        bar.update(int(m["valid"][0].sum()), loss=float(np.mean([l for l, _ in losses])),
-                   acc=float(np.mean([a for _, a in losses])))
+        bar.update(
+            int(m["valid"][0].sum()),
+            loss=float(np.mean([l for l, _ in losses])),
+            acc=float(np.mean([a for _, a in losses])),
+        )
 
 
 def _log_rows(m: dict, applied: np.ndarray, cfg: dict, steps_per_epoch: int, total: int, wall: float) -> list[dict]:
@@ -419,8 +473,14 @@ def _interrupted(active: list[_Run], total: int) -> None:
             finally:
                 r.ckpt.close()
         if is_writer() and r.summary is None:
-            r.dir.write_summary({"status": "interrupted", "step": step, "total_steps": total,
-                                 "message": f"interrupted; resumes from step {step} when started again"})
+            r.dir.write_summary(
+                {
+                    "status": "interrupted",
+                    "step": step,
+                    "total_steps": total,
+                    "message": f"interrupted; resumes from step {step} when started again",
+                }
+            )
 
 
 def _finish(active: list[_Run], program: Program, inp: Input, state: TrainState, t_start: float) -> None:
@@ -433,16 +493,33 @@ def _finish(active: list[_Run], program: Program, inp: Input, state: TrainState,
         wall = r.elapsed + time.time() - t_start
         if r.diverged_at is not None:
             kept = f"checkpoint of step {r.saved} kept" if r.saved is not None else "no checkpoint was written"
-            r.summary = {"status": "diverged", "step": r.diverged_at, "total_steps": total, "wall_time": wall,
-                         "reason": r.reason, "message": f"{r.reason}; {kept}"}
+            r.summary = {
+                "status": "diverged",
+                "step": r.diverged_at,
+                "total_steps": total,
+                "wall_time": wall,
+                "reason": r.reason,
+                "message": f"{r.reason}; {kept}",
+            }
         else:
             key = r.cfg["train"]["eval_train_examples"]
             if key not in splits:
                 splits[key] = inp.eval_sets(program, r.cfg)
-            final = final_metrics({"params": jax.tree.map(lambda x: x[i], state.params),
-                                   "batch_stats": jax.tree.map(lambda x: x[i], state.batch_stats)}, splits[key])
-            r.summary = {"status": "done", "step": total, "total_steps": total,
-                         "epochs": total / program.steps_per_epoch, "wall_time": wall, **final}
+            final = final_metrics(
+                {
+                    "params": jax.tree.map(lambda x: x[i], state.params),
+                    "batch_stats": jax.tree.map(lambda x: x[i], state.batch_stats),
+                },
+                splits[key],
+            )
+            r.summary = {
+                "status": "done",
+                "step": total,
+                "total_steps": total,
+                "epochs": total / program.steps_per_epoch,
+                "wall_time": wall,
+                **final,
+            }
         if is_writer():
             r.summary |= metrics_lib.summarize(program.metric_names, list(r.dir.read_metrics()), r.cfg)
             r.dir.write_summary(r.summary)
@@ -496,7 +573,13 @@ def evaluate_run(rundir: str | os.PathLike) -> dict:
     if cfg["model"]["activation"] == "prelu":
         tol = cfg["optim"]["prelu_tolerance"]
         hard = items | {"params": graph_lib.linearize(program.graph, items["params"], tol)}
-        out["linearized"] = {"tolerance": tol, **final_metrics(hard, evals),
-                             **{k: v for k, v in apl_lib.summary(program.graph, jax.device_get(hard["params"]), tol).items()
-                                if k in ("apl", "nonlinear_units", "units")}}
+        out["linearized"] = {
+            "tolerance": tol,
+            **final_metrics(hard, evals),
+            **{
+                k: v
+                for k, v in apl_lib.summary(program.graph, jax.device_get(hard["params"]), tol).items()
+                if k in ("apl", "nonlinear_units", "units")
+            },
+        }
     return out

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,8 +93,21 @@ def decay_mask(weight_decay_on: str, context: OptimizerContext) -> Any:
     raise ValueError(f"weight_decay_on={weight_decay_on!r}; allowed: {', '.join(WEIGHT_DECAY_ON)}")
 
 
-def _sgd_chain(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str, schedule,
-               context, before_momentum=(), after_momentum=(), scale_by_lr=None, after_lr=()):
+def _sgd_chain(
+    lr,
+    momentum,
+    weight_decay,
+    *,
+    nesterov: bool,
+    decoupled_wd: bool,
+    weight_decay_on: str,
+    schedule,
+    context,
+    before_momentum=(),
+    after_momentum=(),
+    scale_by_lr=None,
+    after_lr=(),
+):
     """decay (coupled) → before_momentum → momentum → after_momentum → decay (decoupled) → LR → after_lr.
 
     `scale_by_lr` replaces the default LR scaling (`-lr * schedule(t)`); `weight_decay_on` picks
@@ -111,62 +125,154 @@ def _sgd_chain(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool
     )
 
 
-def sgd(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str, schedule,
-        context) -> optax.GradientTransformation:
+def sgd(
+    lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str, schedule, context
+) -> optax.GradientTransformation:
     """SGD with (Nesterov) momentum and coupled or decoupled weight decay on the leaves
     `weight_decay_on` names (see module doc)."""
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
-                      weight_decay_on=weight_decay_on, schedule=schedule, context=context)
+    return _sgd_chain(
+        lr,
+        momentum,
+        weight_decay,
+        nesterov=nesterov,
+        decoupled_wd=decoupled_wd,
+        weight_decay_on=weight_decay_on,
+        schedule=schedule,
+        context=context,
+    )
 
 
-def sgd_uniform_elr(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str,
-                    elr_definition: str, elr_reference: str, elr_position: str, schedule,
-                    context) -> optax.GradientTransformation:
+def sgd_uniform_elr(
+    lr,
+    momentum,
+    weight_decay,
+    *,
+    nesterov: bool,
+    decoupled_wd: bool,
+    weight_decay_on: str,
+    elr_definition: str,
+    elr_reference: str,
+    elr_position: str,
+    schedule,
+    context,
+) -> optax.GradientTransformation:
     """SGD whose scale-invariant kernels all take the same relative step (`scale_by_uniform_elr`,
     before or after momentum per `elr_position`); other parameters keep the global LR."""
-    elr = optax.masked(transforms.scale_by_uniform_elr(elr_definition, elr_reference, layer_axes=context.layer_axes),
-                       context.scale_invariant_mask)
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
-                      weight_decay_on=weight_decay_on, schedule=schedule, context=context, **{elr_position: (elr,)})
+    elr = optax.masked(
+        transforms.scale_by_uniform_elr(elr_definition, elr_reference, layer_axes=context.layer_axes),
+        context.scale_invariant_mask,
+    )
+    return _sgd_chain(
+        lr,
+        momentum,
+        weight_decay,
+        nesterov=nesterov,
+        decoupled_wd=decoupled_wd,
+        weight_decay_on=weight_decay_on,
+        schedule=schedule,
+        context=context,
+        **{elr_position: (elr,)},
+    )
 
 
-def sgd_critical_warmup(lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str,
-                        schedule, context) -> optax.GradientTransformation:
+def sgd_critical_warmup(
+    lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str, schedule, context
+) -> optax.GradientTransformation:
     """SGD whose LR each step is `min(lr * schedule(t), η_crit,t)` (`scale_by_critical_lr`)."""
-    warm = transforms.scale_by_critical_lr(lambda t: lr * schedule(t), context.scale_invariant_mask,
-                                           layer_axes=context.layer_axes)
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
-                      weight_decay_on=weight_decay_on, schedule=schedule, context=context, scale_by_lr=warm)
+    warm = transforms.scale_by_critical_lr(
+        lambda t: lr * schedule(t), context.scale_invariant_mask, layer_axes=context.layer_axes
+    )
+    return _sgd_chain(
+        lr,
+        momentum,
+        weight_decay,
+        nesterov=nesterov,
+        decoupled_wd=decoupled_wd,
+        weight_decay_on=weight_decay_on,
+        schedule=schedule,
+        context=context,
+        scale_by_lr=warm,
+    )
 
 
-def sgd_prelu_l1(lr, momentum, weight_decay, prelu_l1, prelu_tolerance, prelu_start, *, nesterov: bool,
-                 decoupled_wd: bool, weight_decay_on: str, prelu_mode: str, prelu_power: float, schedule,
-                 context) -> optax.GradientTransformation:
+def sgd_prelu_l1(
+    lr,
+    momentum,
+    weight_decay,
+    prelu_l1,
+    prelu_tolerance,
+    prelu_start,
+    *,
+    nesterov: bool,
+    decoupled_wd: bool,
+    weight_decay_on: str,
+    prelu_mode: str,
+    prelu_power: float,
+    schedule,
+    context,
+) -> optax.GradientTransformation:
     """SGD with the sparsity prior `prelu_l1 * Σ|1 − α|^p` on the PReLU slopes
     (`prelu_sparsity_prior`, after the LR), switched on after the fraction `prelu_start` of the
     run's steps (the during-training regime from epoch k); no weight decay on the slopes unless
     `weight_decay_on=all`."""
     start = prelu_start * context.total_steps
     strength = lambda t: jnp.where(t >= start, prelu_l1, 0.0)  # noqa: E731
-    prior = transforms.prelu_sparsity_prior(strength, lambda t: lr * schedule(t), tolerance=prelu_tolerance,
-                                            mode=prelu_mode, power=prelu_power)
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
-                      weight_decay_on=weight_decay_on, schedule=schedule, context=context,
-                      after_lr=(optax.masked(prior, context.prelu_mask),))
+    prior = transforms.prelu_sparsity_prior(
+        strength, lambda t: lr * schedule(t), tolerance=prelu_tolerance, mode=prelu_mode, power=prelu_power
+    )
+    return _sgd_chain(
+        lr,
+        momentum,
+        weight_decay,
+        nesterov=nesterov,
+        decoupled_wd=decoupled_wd,
+        weight_decay_on=weight_decay_on,
+        schedule=schedule,
+        context=context,
+        after_lr=(optax.masked(prior, context.prelu_mask),),
+    )
 
 
-def sgd_prelu_target(lr, momentum, weight_decay, prelu_l1, prelu_tolerance, prelu_target, prelu_gain, *,
-                     nesterov: bool, decoupled_wd: bool, weight_decay_on: str, prelu_mode: str, prelu_power: float,
-                     schedule, context) -> optax.GradientTransformation:
+def sgd_prelu_target(
+    lr,
+    momentum,
+    weight_decay,
+    prelu_l1,
+    prelu_tolerance,
+    prelu_target,
+    prelu_gain,
+    *,
+    nesterov: bool,
+    decoupled_wd: bool,
+    weight_decay_on: str,
+    prelu_mode: str,
+    prelu_power: float,
+    schedule,
+    context,
+) -> optax.GradientTransformation:
     """`sgd_prelu_l1` with the prior's strength steered (from `prelu_l1`) until the fraction
     `prelu_target` of the PReLU units is nonlinear (`prelu_sparsity_controller`); no weight decay
     on the slopes unless `weight_decay_on=all`."""
-    prior = transforms.prelu_sparsity_controller(prelu_target, lambda t: lr * schedule(t), init_strength=prelu_l1,
-                                                 gain=prelu_gain, tolerance=prelu_tolerance, mode=prelu_mode,
-                                                 power=prelu_power)
-    return _sgd_chain(lr, momentum, weight_decay, nesterov=nesterov, decoupled_wd=decoupled_wd,
-                      weight_decay_on=weight_decay_on, schedule=schedule, context=context,
-                      after_lr=(optax.masked(prior, context.prelu_mask),))
+    prior = transforms.prelu_sparsity_controller(
+        prelu_target,
+        lambda t: lr * schedule(t),
+        init_strength=prelu_l1,
+        gain=prelu_gain,
+        tolerance=prelu_tolerance,
+        mode=prelu_mode,
+        power=prelu_power,
+    )
+    return _sgd_chain(
+        lr,
+        momentum,
+        weight_decay,
+        nesterov=nesterov,
+        decoupled_wd=decoupled_wd,
+        weight_decay_on=weight_decay_on,
+        schedule=schedule,
+        context=context,
+        after_lr=(optax.masked(prior, context.prelu_mask),),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,14 +292,18 @@ _SGD = ("lr", "momentum", "weight_decay")
 _SGD_STATIC = ("nesterov", "decoupled_wd", "weight_decay_on")  # weight_decay_on: the decay mask's shape
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec(sgd, _SGD, _SGD_STATIC),
-    "sgd_uniform_elr": OptimizerSpec(sgd_uniform_elr, _SGD,
-                                     _SGD_STATIC + ("elr_definition", "elr_reference", "elr_position")),
+    "sgd_uniform_elr": OptimizerSpec(
+        sgd_uniform_elr, _SGD, _SGD_STATIC + ("elr_definition", "elr_reference", "elr_position")
+    ),
     "sgd_critical_warmup": OptimizerSpec(sgd_critical_warmup, _SGD, _SGD_STATIC),
-    "sgd_prelu_l1": OptimizerSpec(sgd_prelu_l1, _SGD + ("prelu_l1", "prelu_tolerance", "prelu_start"),
-                                  _SGD_STATIC + ("prelu_mode", "prelu_power")),
-    "sgd_prelu_target": OptimizerSpec(sgd_prelu_target,
-                                      _SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain"),
-                                      _SGD_STATIC + ("prelu_mode", "prelu_power")),
+    "sgd_prelu_l1": OptimizerSpec(
+        sgd_prelu_l1, _SGD + ("prelu_l1", "prelu_tolerance", "prelu_start"), _SGD_STATIC + ("prelu_mode", "prelu_power")
+    ),
+    "sgd_prelu_target": OptimizerSpec(
+        sgd_prelu_target,
+        _SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain"),
+        _SGD_STATIC + ("prelu_mode", "prelu_power"),
+    ),
 }
 # Keys of every `optim` config that shape the LR schedule (static for every optimizer).
 SCHEDULE_KEYS = ("schedule", "warmup_steps", "milestones", "step_factor")
@@ -219,11 +329,13 @@ def hyperparams(cfg: dict) -> dict[str, float]:
 def make_optimizer(cfg: dict, *, total_steps: int, context: OptimizerContext) -> optax.GradientTransformationExtraArgs:
     """The optimizer an `optim` config names, hyper-parameters injected (traced)."""
     spec = optimizer_spec(cfg)
-    factory = functools.partial(spec.factory, schedule=schedule_shape(cfg, total_steps), context=context,
-                                **{k: cfg[k] for k in spec.static})
+    factory = functools.partial(
+        spec.factory, schedule=schedule_shape(cfg, total_steps), context=context, **{k: cfg[k] for k in spec.static}
+    )
     # static_args: the bound callables are not hyper-parameter schedules.
-    return optax.inject_hyperparams(factory, static_args=("schedule", "context") + spec.static,
-                                    hyperparam_dtype=jnp.float32)(**hyperparams(cfg))
+    return optax.inject_hyperparams(
+        factory, static_args=("schedule", "context") + spec.static, hyperparam_dtype=jnp.float32
+    )(**hyperparams(cfg))
 
 
 def set_hyperparams(opt_state: Any, values: dict[str, float]) -> Any:
@@ -254,38 +366,52 @@ def check_unread_keys(cfg: dict) -> None:
     name = cfg["name"]
     for key, value in cfg.items():
         if key in DEFAULTS["optim"] and value != DEFAULTS["optim"][key] and name not in readers(key):
-            raise UserError(f"optim.{key}={value!r} is not read by optim.name={name!r}; the optimizers that read it: "
-                            f"{', '.join(readers(key))} (or leave optim.{key} at its default, "
-                            f"{DEFAULTS['optim'][key]!r})")
+            raise UserError(
+                f"optim.{key}={value!r} is not read by optim.name={name!r}; the optimizers that read it: "
+                f"{', '.join(readers(key))} (or leave optim.{key} at its default, "
+                f"{DEFAULTS['optim'][key]!r})"
+            )
 
 
 def check_optim_config(cfg: dict, model_cfg: dict) -> None:
     """One-line UserError for `optim` values no optimizer accepts, or that its optimizer ignores."""
     spec = optimizer_spec(cfg)
-    choices = {"weight_decay_on": WEIGHT_DECAY_ON, "elr_definition": transforms.elr.DEFINITIONS,
-               "elr_reference": transforms.elr.REFERENCES, "elr_position": ELR_POSITIONS,
-               "prelu_mode": transforms.prelu.MODES}
+    choices = {
+        "weight_decay_on": WEIGHT_DECAY_ON,
+        "elr_definition": transforms.elr.DEFINITIONS,
+        "elr_reference": transforms.elr.REFERENCES,
+        "elr_position": ELR_POSITIONS,
+        "prelu_mode": transforms.prelu.MODES,
+    }
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
             raise UserError(f"optim.{key}={cfg[key]!r} is unknown; allowed: {', '.join(allowed)}")
     if cfg["prelu_power"] not in transforms.prelu.POWERS:
         raise UserError(f"optim.prelu_power={cfg['prelu_power']} is not supported; allowed: 1.0 (L1), 0.5")
     if cfg["prelu_l1"] < 0 or not 0 <= cfg["prelu_tolerance"] < 1:
-        raise UserError(f"optim.prelu_l1={cfg['prelu_l1']}, optim.prelu_tolerance={cfg['prelu_tolerance']}: "
-                        "need prelu_l1 >= 0 and 0 <= prelu_tolerance < 1")
+        raise UserError(
+            f"optim.prelu_l1={cfg['prelu_l1']}, optim.prelu_tolerance={cfg['prelu_tolerance']}: "
+            "need prelu_l1 >= 0 and 0 <= prelu_tolerance < 1"
+        )
     if not 0 <= cfg["prelu_target"] <= 1:
-        raise UserError(f"optim.prelu_target={cfg['prelu_target']} is not a fraction; allowed: 0 to 1 "
-                        "(the share of PReLU units kept nonlinear)")
+        raise UserError(
+            f"optim.prelu_target={cfg['prelu_target']} is not a fraction; allowed: 0 to 1 "
+            "(the share of PReLU units kept nonlinear)"
+        )
     if cfg["prelu_gain"] < 0:
         raise UserError(f"optim.prelu_gain={cfg['prelu_gain']} is negative; allowed: >= 0")
     if not 0 <= cfg["prelu_start"] < 1:
         raise UserError(f"optim.prelu_start={cfg['prelu_start']} is not allowed; give a fraction of training in [0, 1)")
     if spec.factory is sgd_prelu_target and not cfg["prelu_l1"] > 0:
-        raise UserError(f"optim.prelu_l1={cfg['prelu_l1']} is sgd_prelu_target's initial strength, which it "
-                        "multiplies; need prelu_l1 > 0 (e.g. 1e-3)")
+        raise UserError(
+            f"optim.prelu_l1={cfg['prelu_l1']} is sgd_prelu_target's initial strength, which it "
+            "multiplies; need prelu_l1 > 0 (e.g. 1e-3)"
+        )
     if spec.factory in (sgd_prelu_l1, sgd_prelu_target) and model_cfg["activation"] != "prelu":
-        raise UserError(f"optim.name={cfg['name']!r} acts on PReLU slopes; set model.activation=prelu "
-                        f"(got {model_cfg['activation']!r})")
+        raise UserError(
+            f"optim.name={cfg['name']!r} acts on PReLU slopes; set model.activation=prelu "
+            f"(got {model_cfg['activation']!r})"
+        )
     check_unread_keys(cfg)  # after the values' own checks: a bad value is named as such first
 
 

@@ -36,25 +36,37 @@ from normjax.data import preprocess
 from normjax.models import build_model, layer_axes, prelu_mask, scale_invariant_mask
 from normjax.models.layers import use_custom_conv
 from normjax.parallel import batch_sharded, check_batch, data_mesh, replicated
-from normjax.training.optim import (SCHEDULE_KEYS, OptimizerContext, current_lr, hyperparams, make_optimizer,
-                                    optimizer_metrics, optimizer_spec, schedule_shape, set_hyperparams)
+from normjax.training.optim import (
+    SCHEDULE_KEYS,
+    OptimizerContext,
+    current_lr,
+    hyperparams,
+    make_optimizer,
+    optimizer_metrics,
+    optimizer_spec,
+    schedule_shape,
+    set_hyperparams,
+)
 
 # Keys that never shape the compiled program: they do not enter the compile-cache key.
-HOST_ONLY = {"log": ("dense_steps", "every"), "checkpoint": ("every", "keep"),
-             "train": ("seed", "init_from", "eval_train_examples"),
-             "data": ("data_dir", "memory_limit_mb", "workers", "worker_threads", "prefetch")}
+HOST_ONLY = {
+    "log": ("dense_steps", "every"),
+    "checkpoint": ("every", "keep"),
+    "train": ("seed", "init_from", "eval_train_examples"),
+    "data": ("data_dir", "memory_limit_mb", "workers", "worker_threads", "prefetch"),
+}
 
 
 @chex.dataclass(frozen=True)
 class TrainState:
     """Everything that changes during training; a pytree (vmappable, checkpointable)."""
 
-    step: jax.Array         # int32 []: updates applied so far
-    params: Any             # nested dict of float32 arrays
-    batch_stats: Any        # nested dict of BN running statistics
-    opt_state: Any          # optax state, injected hyper-parameters included
-    key: jax.Array          # uint32 [2]: raw PRNG key data from the seed (init, data order, augmentation)
-    diverged: jax.Array     # bool []: a non-finite loss was met; updates stopped
+    step: jax.Array  # int32 []: updates applied so far
+    params: Any  # nested dict of float32 arrays
+    batch_stats: Any  # nested dict of BN running statistics
+    opt_state: Any  # optax state, injected hyper-parameters included
+    key: jax.Array  # uint32 [2]: raw PRNG key data from the seed (init, data order, augmentation)
+    diverged: jax.Array  # bool []: a non-finite loss was met; updates stopped
 
 
 @chex.dataclass(frozen=True)
@@ -62,7 +74,7 @@ class DataSpec:
     """The static facts about a dataset that shape a compiled program."""
 
     num_train: int
-    image_shape: tuple      # (H, W, C) the model sees
+    image_shape: tuple  # (H, W, C) the model sees
     num_classes: int
     mean: tuple
     std: tuple
@@ -73,15 +85,25 @@ def static_key(cfg: dict, data: DataSpec, total_steps: int, num_devices: int) ->
     """JSON of everything that shapes the compiled program (traced values and host-only keys removed)."""
     spec = optimizer_spec(cfg["optim"])
     shaping = {"name", *SCHEDULE_KEYS, *spec.static}  # optim keys the optimizer reads statically
-    stripped = {sec: {k: v for k, v in vals.items() if k not in HOST_ONLY.get(sec, ()) and
-                      (sec != "optim" or k in shaping)}
-                for sec, vals in cfg.items()}
-    return json.dumps({"cfg": stripped, "data": dict(data.items()), "total_steps": total_steps,
-                       "devices": num_devices, "custom_conv": use_custom_conv()}, sort_keys=True, default=list)
+    stripped = {
+        sec: {k: v for k, v in vals.items() if k not in HOST_ONLY.get(sec, ()) and (sec != "optim" or k in shaping)}
+        for sec, vals in cfg.items()
+    }
+    return json.dumps(
+        {
+            "cfg": stripped,
+            "data": dict(data.items()),
+            "total_steps": total_steps,
+            "devices": num_devices,
+            "custom_conv": use_custom_conv(),
+        },
+        sort_keys=True,
+        default=list,
+    )
 
 
 @functools.lru_cache(maxsize=16)
-def get_program(key: str) -> "Program":
+def get_program(key: str) -> Program:
     """The (cached) compiled program for a `static_key`."""
     return Program(key)
 
@@ -107,17 +129,25 @@ class Program:
 
         abstract = nnx.eval_shape(lambda: self._model(nnx.Rngs(0)))
         self.graphdef, self.params_template, self.stats_template, rest = nnx.split(
-            abstract, nnx.Param, nnx.BatchStat, ...)
+            abstract, nnx.Param, nnx.BatchStat, ...
+        )
         assert not jax.tree.leaves(rest), "models hold only Params and BatchStats"
         self.layers = abstract.layers()
         self.graph = abstract.graph()
         abstract_params = nnx.to_pure_dict(self.params_template)
-        self.context = OptimizerContext(scale_invariant_mask(abstract_params, self.layers),
-                                        prelu_mask(abstract_params), self.layers, layer_axes(abstract_params),
-                                        self.total_steps)
+        self.context = OptimizerContext(
+            scale_invariant_mask(abstract_params, self.layers),
+            prelu_mask(abstract_params),
+            self.layers,
+            layer_axes(abstract_params),
+            self.total_steps,
+        )
         self.schedule = schedule_shape(cfg["optim"], self.total_steps)
-        self.tx = make_optimizer(cfg["optim"] | {k: 0.0 for k in optimizer_spec(cfg["optim"]).hyperparams},
-                                 total_steps=self.total_steps, context=self.context)
+        self.tx = make_optimizer(
+            cfg["optim"] | {k: 0.0 for k in optimizer_spec(cfg["optim"]).hyperparams},
+            total_steps=self.total_steps,
+            context=self.context,
+        )
         self.has_lr = "lr" in optimizer_spec(cfg["optim"]).hyperparams
 
         rep = replicated(self.mesh)
@@ -128,14 +158,23 @@ class Program:
         self.evaluate_batch = jax.jit(self.eval_sums, out_shardings=rep)
         # Runs carry a leading run axis R. R > 1: the step vmapped over it (vectorized runs);
         # R == 1: the plain step, the axis dropped and restored inside the jit (free reshapes).
-        self.train_chunk_group = jax.jit(jax.vmap(self._train_chunk, in_axes=(0, None, None, None, None)),
-                                         donate_argnums=0, out_shardings=rep)
+        self.train_chunk_group = jax.jit(
+            jax.vmap(self._train_chunk, in_axes=(0, None, None, None, None)), donate_argnums=0, out_shardings=rep
+        )
         self.train_chunk_one = jax.jit(
             lambda s, *args: jax.tree.map(lambda x: x[None], self._train_chunk(jax.tree.map(lambda x: x[0], s), *args)),
-            donate_argnums=0, out_shardings=rep)
+            donate_argnums=0,
+            out_shardings=rep,
+        )
 
-    def run_chunk(self, states: TrainState, images: jax.Array, labels: jax.Array,
-                  n_active: int, log_mask: np.ndarray | None = None) -> tuple[TrainState, dict]:
+    def run_chunk(
+        self,
+        states: TrainState,
+        images: jax.Array,
+        labels: jax.Array,
+        n_active: int,
+        log_mask: np.ndarray | None = None,
+    ) -> tuple[TrainState, dict]:
         """`n_active` steps of every run in `states` (leading run axis R; R == 1 runs unvectorized);
         the metric hooks run on the chunk's slots where `log_mask` is True (default: all).
 
@@ -144,7 +183,8 @@ class Program:
         n_runs = jax.tree.leaves(states)[0].shape[0]
         self._compiled.add(n_runs)
         return (self.train_chunk_one if n_runs == 1 else self.train_chunk_group)(
-            states, images, labels, np.int32(n_active), self.log_mask(log_mask))
+            states, images, labels, np.int32(n_active), self.log_mask(log_mask)
+        )
 
     def compiled(self, n_runs: int) -> bool:
         """Whether the chunk for `n_runs` vectorized runs has been called (so is compiled)."""
@@ -156,8 +196,14 @@ class Program:
 
     # ---- model ---------------------------------------------------------------------------------
     def _model(self, rngs: nnx.Rngs) -> nnx.Module:
-        return build_model(self.cfg["model"], num_classes=self.data.num_classes, image_shape=self.data.image_shape,
-                           rngs=rngs, bn_groups=self.bn_groups, dtype=self.dtype)
+        return build_model(
+            self.cfg["model"],
+            num_classes=self.data.num_classes,
+            image_shape=self.data.image_shape,
+            rngs=rngs,
+            bn_groups=self.bn_groups,
+            dtype=self.dtype,
+        )
 
     def apply(self, params: Any, batch_stats: Any, x: jax.Array, train: bool) -> tuple[jax.Array, Any]:
         """Logits (float32) and the updated BN statistics."""
@@ -171,18 +217,29 @@ class Program:
 
     def preprocess(self, images: jax.Array, key: jax.Array | None) -> jax.Array:
         d = self.cfg["data"]
-        return preprocess(images, key, mean=self.data.mean, std=self.data.std,
-                          crop_padding=d["crop_padding"], flip=d["flip"], dtype=self.dtype)
+        return preprocess(
+            images,
+            key,
+            mean=self.data.mean,
+            std=self.data.std,
+            crop_padding=d["crop_padding"],
+            flip=d["flip"],
+            dtype=self.dtype,
+        )
 
     # ---- init ----------------------------------------------------------------------------------
     def _init(self, key_data: jax.Array, hparams: dict) -> TrainState:
         key = jax.random.wrap_key_data(key_data)
         model = self._model(nnx.Rngs(params=jax.random.fold_in(key, 0)))
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
-                          opt_state=set_hyperparams(self.tx.init(params), hparams),
-                          key=key_data, diverged=jnp.zeros((), bool))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
+            opt_state=set_hyperparams(self.tx.init(params), hparams),
+            key=key_data,
+            diverged=jnp.zeros((), bool),
+        )
 
     def init_state(self, cfg: dict) -> TrainState:
         """A fresh state for a full config (its seed and hyper-parameter values)."""
@@ -191,9 +248,11 @@ class Program:
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of a state (for checkpoint restore)."""
-        shapes = jax.eval_shape(self._init, jax.ShapeDtypeStruct((2,), jnp.uint32),
-                                {k: jax.ShapeDtypeStruct((), jnp.float32) for k in
-                                 optimizer_spec(self.cfg["optim"]).hyperparams})
+        shapes = jax.eval_shape(
+            self._init,
+            jax.ShapeDtypeStruct((2,), jnp.uint32),
+            {k: jax.ShapeDtypeStruct((), jnp.float32) for k in optimizer_spec(self.cfg["optim"]).hyperparams},
+        )
         rep = replicated(self.mesh)
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 
@@ -217,8 +276,9 @@ class Program:
         k = (spe + self.chunk - 2) // spe + 1
         return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(base, e), n))(first + jnp.arange(k)), first
 
-    def select_batch(self, state: TrainState, images: jax.Array, labels: jax.Array,
-                     orders: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    def select_batch(
+        self, state: TrainState, images: jax.Array, labels: jax.Array, orders: tuple[jax.Array, jax.Array]
+    ) -> tuple[jax.Array, jax.Array]:
         """The in-memory path's batch at `state.step`: its examples from `orders` (`epoch_orders`),
         normalized and augmented (key from the seed and the step)."""
         b, t, spe = self.batch_size, state.step, self.steps_per_epoch
@@ -228,14 +288,16 @@ class Program:
         key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.key), 2), t)
         return self.preprocess(images[idx], key), labels[idx]
 
-    def train_step(self, state: TrainState, x: jax.Array, y: jax.Array,
-                   logged: jax.Array | bool = True) -> tuple[TrainState, dict]:
+    def train_step(
+        self, state: TrainState, x: jax.Array, y: jax.Array, logged: jax.Array | bool = True
+    ) -> tuple[TrainState, dict]:
         """One SGD step on the preprocessed batch `x` (float [B, H, W, C]) with labels `y`; stops
         updating on divergence. The metric hooks run when `logged` (a `lax.cond` inside the
         update: unlogged steps pay nothing for them; their metric slots hold zeros)."""
         t = state.step
         (loss, (stats, acc)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state.params, state.batch_stats, x, y)
+            state.params, state.batch_stats, x, y
+        )
         # The one divergence rule (the host reads `ok` and `grad_finite` from the metrics, so it
         # records what froze the state): a non-finite loss or gradient norm stops the updates.
         grad_finite = jnp.isfinite(optax.tree.norm(grads))
@@ -243,9 +305,18 @@ class Program:
         lr = current_lr(state.opt_state, self.schedule, t) if self.has_lr else None
 
         def hooks(opt_state, updates):
-            return metrics_lib.compute(self.metric_names, metrics_lib.StepInfo(
-                state.params, grads, updates, opt_state, self.layers, optimizer_metrics(opt_state, lr).get("lr"),
-                self.graph))
+            return metrics_lib.compute(
+                self.metric_names,
+                metrics_lib.StepInfo(
+                    state.params,
+                    grads,
+                    updates,
+                    opt_state,
+                    self.layers,
+                    optimizer_metrics(opt_state, lr).get("lr"),
+                    self.graph,
+                ),
+            )
 
         shapes = jax.eval_shape(hooks, state.opt_state, grads)
         no_hooks = lambda *_: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)  # noqa: E731
@@ -263,14 +334,27 @@ class Program:
         # A cond rather than a select over the whole state: an unvectorized step makes no extra
         # pass over parameters and optimizer state (vmapped, it lowers to the select anyway).
         params, opt_state, hooked = jax.lax.cond(ok, apply, hold, None)
-        new = state.replace(step=jnp.where(ok, t + 1, t), params=params, opt_state=opt_state, diverged=~ok,
-                            batch_stats=jax.tree.map(lambda a, o: jnp.where(ok, a, o), stats, state.batch_stats))
-        m = {"step": t, "loss": loss, "accuracy": acc, **optimizer_metrics(opt_state, lr), **hooked,
-             "ok": ok, "grad_finite": grad_finite}
+        new = state.replace(
+            step=jnp.where(ok, t + 1, t),
+            params=params,
+            opt_state=opt_state,
+            diverged=~ok,
+            batch_stats=jax.tree.map(lambda a, o: jnp.where(ok, a, o), stats, state.batch_stats),
+        )
+        m = {
+            "step": t,
+            "loss": loss,
+            "accuracy": acc,
+            **optimizer_metrics(opt_state, lr),
+            **hooked,
+            "ok": ok,
+            "grad_finite": grad_finite,
+        }
         return new, m
 
-    def _train_chunk(self, state: TrainState, images: jax.Array, labels: jax.Array,
-                     n_active: jax.Array, log_mask: jax.Array) -> tuple[TrainState, dict]:
+    def _train_chunk(
+        self, state: TrainState, images: jax.Array, labels: jax.Array, n_active: jax.Array, log_mask: jax.Array
+    ) -> tuple[TrainState, dict]:
         """`n_active` (<= steps_per_dispatch) steps; metrics stacked with a `valid` flag per slot.
         `log_mask` (`[steps_per_dispatch]` bool, never vmapped) says on which slots hooks run.
         `images`/`labels` as in `run_chunk`."""

@@ -9,12 +9,14 @@ import time
 class Progress:
     """Progress of one run; `enabled=None` shows a bar only when stderr is a terminal."""
 
-    def __init__(self, total: int, *, initial: int, batch_size: int, enabled: bool | None = None,
-                 every_s: float = 10.0):
+    def __init__(
+        self, total: int, *, initial: int, batch_size: int, enabled: bool | None = None, every_s: float = 10.0
+    ):
         self.total, self.step, self.batch = total, initial, batch_size
         self.tty = sys.stderr.isatty() if enabled is None else enabled
         if self.tty:
             from tqdm.auto import tqdm  # only for a terminal: GPU images without tqdm still run
+
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
         else:
             self.bar = None
@@ -31,8 +33,12 @@ class Progress:
         elif now - self.last >= self.every_s or self.step >= self.total:
             self.last = now
             eta = (self.total - self.step) / max(rate, 1e-9)
-            print(f"step {self.step}/{self.total} loss {loss:.4f} acc {acc:.3f} "
-                  f"{rate * self.batch:.0f} img/s ETA {eta:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"step {self.step}/{self.total} loss {loss:.4f} acc {acc:.3f} "
+                f"{rate * self.batch:.0f} img/s ETA {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

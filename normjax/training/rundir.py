@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class RunDir:
         self.checkpoints = path / "checkpoints"
 
     @classmethod
-    def create(cls, path: str | os.PathLike) -> "RunDir":
+    def create(cls, path: str | os.PathLike) -> RunDir:
         path = as_path(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,9 @@ class RunDir:
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            raise UserError(f"workdir {str(path)!r} is not writable ({e.strerror or e}); give a writable --workdir") from None
+            raise UserError(
+                f"workdir {str(path)!r} is not writable ({e.strerror or e}); give a writable --workdir"
+            ) from None
         return cls(path)
 
     def read_config(self) -> Any:
@@ -127,8 +130,9 @@ class RunDir:
         """Keep only rows with step < before_step (drops what was logged past the restored checkpoint)."""
         if not self.metrics.exists():
             return
-        kept = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and _row_step(line) < before_step]
+        kept = [
+            line for line in self.metrics.read_text().splitlines() if line.strip() and _row_step(line) < before_step
+        ]
         tmp = self.metrics.with_name(f"metrics.jsonl.{os.getpid()}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.metrics)

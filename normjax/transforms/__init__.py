@@ -19,8 +19,7 @@ Example:
 from normjax.transforms._layers import LayerAxes
 from normjax.transforms.controller import PReLUControllerState, prelu_sparsity_controller
 from normjax.transforms.elr import ScaleByUniformELRState, scale_by_uniform_elr
-from normjax.transforms.prelu import (PReLUPriorState, half_threshold, prelu_sparsity_prior,
-                                      soft_threshold)
+from normjax.transforms.prelu import PReLUPriorState, half_threshold, prelu_sparsity_prior, soft_threshold
 from normjax.transforms.warmup import ScaleByCriticalLRState, critical_lr, scale_by_critical_lr
 
 __all__ = [

@@ -11,7 +11,8 @@ they are passed through untouched.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,10 @@ def leaves(tree: PyTree) -> list:
 
 def check_axes(n: Any, x: Any) -> int:
     if not isinstance(n, int) or not 0 <= n <= len(x.shape):
-        raise ValueError(f"layer_axes entry {n!r} does not fit a leaf of shape {tuple(x.shape)}; "
-                         f"allowed: an int from 0 to {len(x.shape)}")
+        raise ValueError(
+            f"layer_axes entry {n!r} does not fit a leaf of shape {tuple(x.shape)}; "
+            f"allowed: an int from 0 to {len(x.shape)}"
+        )
     return n
 
 

@@ -53,19 +53,25 @@ def _admit_smallest(budget: jax.Array):
         ok = cand & jnp.zeros(cand.shape, bool).at[order].set(jnp.arange(cand.size) < budget)
         out, start = list(flat), 0
         for i in real:
-            out[i] = ok[start:start + flat[i].size].reshape(flat[i].shape)
+            out[i] = ok[start : start + flat[i].size].reshape(flat[i].shape)
             start += flat[i].size
         return jax.tree.unflatten(treedef, out)
 
     return admit
 
 
-def prelu_sparsity_controller(target: optax.ScalarOrSchedule | None = None,
-                              learning_rate: optax.ScalarOrSchedule | None = None, *,
-                              target_count: optax.ScalarOrSchedule | None = None,
-                              init_strength: optax.ScalarOrSchedule = 1e-3, gain: optax.ScalarOrSchedule = 0.01,
-                              tolerance: optax.ScalarOrSchedule = 0.01, mode: str = "proximal", power: float = 1.0,
-                              max_strength: float = 1e3) -> optax.GradientTransformationExtraArgs:
+def prelu_sparsity_controller(
+    target: optax.ScalarOrSchedule | None = None,
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    *,
+    target_count: optax.ScalarOrSchedule | None = None,
+    init_strength: optax.ScalarOrSchedule = 1e-3,
+    gain: optax.ScalarOrSchedule = 0.01,
+    tolerance: optax.ScalarOrSchedule = 0.01,
+    mode: str = "proximal",
+    power: float = 1.0,
+    max_strength: float = 1e3,
+) -> optax.GradientTransformationExtraArgs:
     r"""The PReLU sparsity prior with its strength :math:`\lambda` steered to a target count of nonlinear units.
 
     The prior is `prelu_sparsity_prior`'s, step for step (same proximal or sub-gradient move of
@@ -166,8 +172,14 @@ def prelu_sparsity_controller(target: optax.ScalarOrSchedule | None = None,
         frozen = _layers.tree_map(lambda p: jnp.zeros_like(p, dtype=bool), params)
         n = sum(math.prod(p.shape) for p in _layers.leaves(params))
         zero = jnp.zeros((), jnp.float32)
-        return PReLUControllerState(count=jnp.zeros((), jnp.int32), strength=zero, log_scale=zero, frozen=frozen,
-                                    num_frozen=jnp.zeros((), jnp.int32), num_units=jnp.asarray(n, jnp.int32))
+        return PReLUControllerState(
+            count=jnp.zeros((), jnp.int32),
+            strength=zero,
+            log_scale=zero,
+            frozen=frozen,
+            num_frozen=jnp.zeros((), jnp.int32),
+            num_units=jnp.asarray(n, jnp.int32),
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -175,7 +187,7 @@ def prelu_sparsity_controller(target: optax.ScalarOrSchedule | None = None,
             raise ValueError(optax._src.base.NO_PARAMS_MSG)
         c, n = state.count, state.num_units
         nf = n.astype(jnp.float32)
-        keep = (_layers.value(target, c) * nf if target_count is None else _layers.value(target_count, c))
+        keep = _layers.value(target, c) * nf if target_count is None else _layers.value(target_count, c)
         keep = jnp.clip(jnp.round(jnp.asarray(keep, jnp.float32)), 0.0, nf).astype(jnp.int32)
         to_freeze = n - keep
         left = jnp.maximum(to_freeze - state.num_frozen, 0)
@@ -184,14 +196,28 @@ def prelu_sparsity_controller(target: optax.ScalarOrSchedule | None = None,
         cap = jnp.float32(max_strength)
         lam = jnp.where(left > 0, jnp.minimum(base * jnp.exp(state.log_scale), cap), 0.0)
         t = jnp.asarray(_layers.value(learning_rate, c), jnp.float32) * lam
-        new_updates, frozen, num = sparsity_step(updates, params, state.frozen, t, _layers.value(tolerance, c),
-                                                 mode=mode, power=power, admit=_admit_smallest(left))
+        new_updates, frozen, num = sparsity_step(
+            updates,
+            params,
+            state.frozen,
+            t,
+            _layers.value(tolerance, c),
+            mode=mode,
+            power=power,
+            admit=_admit_smallest(left),
+        )
 
         share_left = jnp.maximum(to_freeze - num, 0).astype(jnp.float32) / jnp.maximum(to_freeze, 1).astype(jnp.float32)
         s = state.log_scale + jnp.asarray(_layers.value(gain, c), jnp.float32) * share_left
         s = jnp.minimum(s, jnp.log(cap) - jnp.log(base))  # anti-windup: lambda_0 e^s <= lambda_max
         s = jnp.where(lam > 0, s, state.log_scale).astype(jnp.float32)
-        return new_updates, PReLUControllerState(count=optax.safe_increment(c), strength=lam.astype(jnp.float32),
-                                                 log_scale=s, frozen=frozen, num_frozen=num, num_units=n)
+        return new_updates, PReLUControllerState(
+            count=optax.safe_increment(c),
+            strength=lam.astype(jnp.float32),
+            log_scale=s,
+            frozen=frozen,
+            num_frozen=num,
+            num_units=n,
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

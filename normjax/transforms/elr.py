@@ -34,8 +34,9 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is unknown; allowed: {', '.join(allowed)}")
 
 
-def scale_by_uniform_elr(definition: str = "relative", reference: str = "lr",
-                         layer_axes: LayerAxes = 0) -> optax.GradientTransformationExtraArgs:
+def scale_by_uniform_elr(
+    definition: str = "relative", reference: str = "lr", layer_axes: LayerAxes = 0
+) -> optax.GradientTransformationExtraArgs:
     r"""Rescale each layer's update so that every layer gets the same effective learning rate.
 
     For a scale-invariant layer (its output feeds a normalization) the effective learning rate
@@ -91,8 +92,8 @@ def scale_by_uniform_elr(definition: str = "relative", reference: str = "lr",
         axes = _layers.resolve_layer_axes(layer_axes, params)
         # Reduce zeros as the update does, so shapes and sharding types match update's output.
         scale = _layers.tree_map(
-            lambda p, n: jnp.ones_like(_layers.layer_sq_norm(jnp.zeros_like(p), _layers.check_axes(n, p))),
-            params, axes)
+            lambda p, n: jnp.ones_like(_layers.layer_sq_norm(jnp.zeros_like(p), _layers.check_axes(n, p))), params, axes
+        )
         return ScaleByUniformELRState(layer_scale=scale, common_elr=jnp.ones((), jnp.float32))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -107,8 +108,10 @@ def scale_by_uniform_elr(definition: str = "relative", reference: str = "lr",
             rate = _layers.tree_map(lambda wn: 1.0 / jnp.square(wn), w)
         ok = _layers.tree_map(lambda r: jnp.isfinite(r) & (r > 0), rate)
         if reference == "geometric_mean":
-            logs = [jnp.sum(jnp.where(k, jnp.log(jnp.where(k, r, 1.0)), 0.0))
-                    for r, k in zip(_layers.leaves(rate), _layers.leaves(ok), strict=True)]
+            logs = [
+                jnp.sum(jnp.where(k, jnp.log(jnp.where(k, r, 1.0)), 0.0))
+                for r, k in zip(_layers.leaves(rate), _layers.leaves(ok), strict=True)
+            ]
             count = sum(jnp.sum(k) for k in _layers.leaves(ok))
             common = jnp.where(count > 0, jnp.exp(sum(logs) / jnp.maximum(count, 1)), 1.0)
         else:

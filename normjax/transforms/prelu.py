@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,13 +83,24 @@ def _subgradient_step(d_old: jax.Array, d: jax.Array, t: jax.Array, power: float
     if power == 1.0:
         g = jnp.sign(d_old)
     else:  # d/dx |x|^p = p sign(x) |x|^(p-1), unbounded at 0: the stop at 0 keeps it finite
-        g = jnp.where(d_old == 0, 0.0, power * jnp.sign(d_old) * jnp.abs(jnp.where(d_old == 0, 1.0, d_old)) ** (power - 1))
+        g = jnp.where(
+            d_old == 0, 0.0, power * jnp.sign(d_old) * jnp.abs(jnp.where(d_old == 0, 1.0, d_old)) ** (power - 1)
+        )
     moved = d - t * g
     return jnp.where(jnp.sign(moved) * jnp.sign(d) < 0, 0.0, moved)
 
 
-def sparsity_step(updates: Any, params: Any, frozen: Any, t: jax.Array, tolerance: jax.Array, *, mode: str,
-                  power: float, admit: Callable[[Any, Any], Any] | None = None) -> tuple[Any, Any, jax.Array]:
+def sparsity_step(
+    updates: Any,
+    params: Any,
+    frozen: Any,
+    t: jax.Array,
+    tolerance: jax.Array,
+    *,
+    mode: str,
+    power: float,
+    admit: Callable[[Any, Any], Any] | None = None,
+) -> tuple[Any, Any, jax.Array]:
     r"""One step of the prior on the slopes (shared by `prelu_sparsity_prior` and the controller).
 
     Args:
@@ -106,6 +118,7 @@ def sparsity_step(updates: Any, params: Any, frozen: Any, t: jax.Array, toleranc
     Returns:
       The new updates (frozen slopes land on exactly 1.0), the frozen mask and its count (int32).
     """
+
     def moved(u, p):  # d = alpha' - 1 after the gradient step and the prior
         d_old = p.astype(jnp.float32) - 1.0
         d = d_old + u.astype(jnp.float32)
@@ -132,9 +145,14 @@ def sparsity_step(updates: Any, params: Any, frozen: Any, t: jax.Array, toleranc
     return new_updates, frozen, num
 
 
-def prelu_sparsity_prior(strength: optax.ScalarOrSchedule, learning_rate: optax.ScalarOrSchedule, *,
-                         tolerance: optax.ScalarOrSchedule = 0.01, mode: str = "proximal",
-                         power: float = 1.0) -> optax.GradientTransformationExtraArgs:
+def prelu_sparsity_prior(
+    strength: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    tolerance: optax.ScalarOrSchedule = 0.01,
+    mode: str = "proximal",
+    power: float = 1.0,
+) -> optax.GradientTransformationExtraArgs:
     r"""The prior :math:`\lambda \sum_c |1 - \alpha_c|^p` on PReLU slopes, applied after the LR.
 
     A channel PReLU :math:`\max(0, x) + \alpha_c \min(0, x)` is linear at :math:`\alpha_c = 1`.
@@ -200,8 +218,9 @@ def prelu_sparsity_prior(strength: optax.ScalarOrSchedule, learning_rate: optax.
             raise ValueError(optax._src.base.NO_PARAMS_MSG)
         c = state.count
         t = jnp.asarray(_layers.value(learning_rate, c), jnp.float32) * _layers.value(strength, c)
-        new_updates, frozen, num = sparsity_step(updates, params, state.frozen, t, _layers.value(tolerance, c),
-                                                 mode=mode, power=power)
+        new_updates, frozen, num = sparsity_step(
+            updates, params, state.frozen, t, _layers.value(tolerance, c), mode=mode, power=power
+        )
         return new_updates, PReLUPriorState(count=optax.safe_increment(c), frozen=frozen, num_frozen=num)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

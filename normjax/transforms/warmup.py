@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,14 +62,20 @@ def critical_lr(updates: PyTree, params: PyTree, mask: PyTree, layer_axes: PyTre
         highs.append(jnp.max(jnp.where(ok, a, -jnp.inf)))
         lows.append(jnp.min(jnp.where(ok, a, jnp.inf)))
     if not highs:
-        raise ValueError("scale_invariant_mask selects no leaf: give a mask that is True at the "
-                         "scale-invariant kernels")
+        raise ValueError(
+            "scale_invariant_mask selects no leaf: give a mask that is True at the scale-invariant kernels"
+        )
     a_max, a_min = jnp.max(jnp.stack(highs)), jnp.min(jnp.stack(lows))
     return jnp.where(jnp.isfinite(a_max) & jnp.isfinite(a_min), jax.lax.rsqrt(a_max * a_min), jnp.inf)
 
 
-def scale_by_critical_lr(learning_rate: optax.ScalarOrSchedule, scale_invariant_mask: MaskOrFn, *,
-                         layer_axes: LayerAxes = 0, flip_sign: bool = True) -> optax.GradientTransformationExtraArgs:
+def scale_by_critical_lr(
+    learning_rate: optax.ScalarOrSchedule,
+    scale_invariant_mask: MaskOrFn,
+    *,
+    layer_axes: LayerAxes = 0,
+    flip_sign: bool = True,
+) -> optax.GradientTransformationExtraArgs:
     r"""Scale updates by the target LR, capped at the critical LR: a warm-up with no length to tune.
 
     With :math:`a_l = \|u_l\|/\|w_l\|` the ELR per unit LR of each scale-invariant layer (updates
@@ -113,8 +120,11 @@ def scale_by_critical_lr(learning_rate: optax.ScalarOrSchedule, scale_invariant_
 
     def init_fn(params):
         del params
-        return ScaleByCriticalLRState(count=jnp.zeros((), jnp.int32), applied_lr=jnp.zeros((), jnp.float32),
-                                      critical_lr=jnp.full((), jnp.inf, jnp.float32))
+        return ScaleByCriticalLRState(
+            count=jnp.zeros((), jnp.int32),
+            applied_lr=jnp.zeros((), jnp.float32),
+            critical_lr=jnp.full((), jnp.inf, jnp.float32),
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -126,7 +136,8 @@ def scale_by_critical_lr(learning_rate: optax.ScalarOrSchedule, scale_invariant_
         lr = jnp.minimum(jnp.asarray(_layers.value(learning_rate, state.count), jnp.float32), crit)
         step = -lr if flip_sign else lr
         updates = _layers.tree_map(lambda u: (u * step).astype(u.dtype), updates)
-        return updates, ScaleByCriticalLRState(count=optax.safe_increment(state.count),
-                                               applied_lr=lr, critical_lr=crit.astype(jnp.float32))
+        return updates, ScaleByCriticalLRState(
+            count=optax.safe_increment(state.count), applied_lr=lr, critical_lr=crit.astype(jnp.float32)
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
