@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--size",
         default="smoke",
-        help="smoke (seconds on CPU), medium (Fashion-MNIST, minutes), full (paper scale) or imagenet "
-        "(the files that have it: ResNet-50 on ImageNet)",
+        help="smoke (seconds on CPU), medium (Fashion-MNIST, minutes), gpu (the study files: CIFAR ResNets on "
+        "Fashion-MNIST, one GPU), full (paper scale) or imagenet (the files that have it: ResNet-50 on ImageNet)",
     )
     t.add_argument(
         "--set",
@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("rundir", help="run directory of `normjax train` or of a sweep run (config.json and checkpoints/)")
     w = sub.add_parser("sweep", help="run (this shard of) a sweep; complete runs are skipped, interrupted ones resume")
     w.add_argument("spec", help="sweep file, e.g. experiments/sweep_depth.py")
-    w.add_argument("--size", default="smoke", help="smoke, medium, full or imagenet (the sweep files that have it)")
+    w.add_argument(
+        "--size", default="smoke", help="smoke, medium, gpu, full or imagenet (the sweep files that have it)"
+    )
     w.add_argument("--workdir", help="sweep directory (default runs/<sweep name>)")
     w.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (job arrays, TPU workers)")
     w.add_argument(
