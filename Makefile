@@ -58,15 +58,22 @@ data: $(STAMP)
 # The ELR study reproduced on Fashion-MNIST (docs/reproduction.md): the medium sweeps, the explosion,
 # the critical LR measured at init and after 10/100 SGD steps (plain and residual, depth 21/41), the
 # report of every claim's numbers, and its figures copied into docs/reproduction/.
-CRIT_DIRS = $(WORKDIR)/critical_lr-medium-shortcut=false $(WORKDIR)/critical_lr-medium-shortcut=true
+# The regimes again at LR 3, above the critical LR at init, where the critical-LR warm-up engages.
+CRIT_DIRS = $(foreach sc,false true,$(WORKDIR)/critical_lr-medium-shortcut=$(sc) $(WORKDIR)/critical_lr-medium-si-shortcut=$(sc))
 reproduce-elr: $(STAMP)
 	$(MAKE) sweep-elr_trajectories sweep-elr_regimes explode SIZE=medium
-	for sc in false true; do $(BIN)/normjax critical-lr experiments/elr_resnet.py --size medium --set model.shortcut=$$sc \
-		--depths 21,41 --seeds 3 --at 0,10,100 --out $(WORKDIR)/critical_lr-medium-shortcut=$$sc || exit 1; done
+	$(BIN)/normjax sweep experiments/sweep_elr_regimes.py --size medium --set optim.lr=3.0 \
+		--workdir $(WORKDIR)/sweep-elr_regimes-medium-lr3
+	for sc in false true; do for scope in all scale_invariant; do \
+		$(BIN)/normjax critical-lr experiments/elr_resnet.py --size medium --set model.shortcut=$$sc --depths 21,41 \
+		--seeds 3 --at 0,10,100 --scope $$scope \
+		--out $(WORKDIR)/critical_lr-medium$$([ $$scope = all ] || echo -si)-shortcut=$$sc || exit 1; done; done
 	$(BIN)/normjax elr-report --out $(WORKDIR)/elr-report-medium --trajectories $(WORKDIR)/sweep-elr_trajectories-medium \
-		--regimes $(WORKDIR)/sweep-elr_regimes-medium --explode $(WORKDIR)/explode-mlp-medium \
+		--regimes $(WORKDIR)/sweep-elr_regimes-medium --regimes $(WORKDIR)/sweep-elr_regimes-medium-lr3 \
+		--explode $(WORKDIR)/explode-mlp-medium \
 		--explode $(WORKDIR)/explode-resnet-medium $(foreach d,$(CRIT_DIRS),--critical $(d))
-	$(BIN)/normjax elr-plot $(WORKDIR)/sweep-elr_regimes-medium --hue optim.name
+	for d in sweep-elr_regimes-medium sweep-elr_regimes-medium-lr3; do \
+		$(BIN)/normjax elr-plot $(WORKDIR)/$$d --hue optim.name || exit 1; done
 	$(BIN)/python docs/copy_figures.py --reproduction $(WORKDIR)
 
 # The APL study: baselines, the λ sweep and the target sweep, figures with the baselines drawn in.

@@ -43,6 +43,17 @@ def test_measured_post_step_spread_is_a_real_step(result):
     assert not np.array_equal(result["a"][:, 0], result["a"][:, 1])  # 3 SGD steps moved the state
 
 
+def test_scale_invariant_scope_moves_only_the_normalized_kernels(result):
+    cfg = load_config("experiments/elr_resnet.py", size="smoke", overrides=TINY)
+    si = measure(cfg, seeds=(0, 1), at=(0, 3), lrs=LRS, scope="scale_invariant")
+    assert si["scope"] == "scale_invariant" and result["scope"] == "all"
+    np.testing.assert_array_equal(si["a"], result["a"])  # the same states, the same measured step's input
+    np.testing.assert_array_equal(si["spread_model"], result["spread_model"])
+    assert not np.allclose(si["spread_measured"], result["spread_measured"])  # the head and BN held or moved
+    with pytest.raises(UserError, match="--scope 'head' is unknown; allowed: all, scale_invariant"):
+        measure(cfg, seeds=(0,), scope="head")
+
+
 def test_critical_lr_command_writes_json_and_figure(tmp_path, capsys):
     argv = [
         "critical-lr",

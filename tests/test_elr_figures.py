@@ -306,8 +306,11 @@ def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
         (d / "summary.json").write_text(json.dumps(summary))
         runs.append({"name": d.name, "overrides": {"optim.name": name, "train.seed": seed}})
     (root / "sweep.json").write_text(json.dumps({"varied": ["optim.name", "train.seed"], "runs": runs}))
-    rows = {r["regime"]: r for r in report(regimes=str(root), out=tmp_path / "out")["regimes"]["rows"]}
+    (section,) = report(regimes=[str(root)], out=tmp_path / "out")["regimes"]
+    assert section["lr"] == 0.1  # write_run's
+    rows = {r["regime"]: r for r in section["rows"]}
     acc = rows["sgd_uniform_elr"]["test_accuracy"]
+    assert rows["sgd"]["diverged"] == 0 and rows["sgd"]["statuses"] == ["done"] * 3
     assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.86) and acc["std"] == pytest.approx(0.01)
     diff = rows["sgd_uniform_elr"]["accuracy_minus_sgd"]
     assert diff["diff"] == pytest.approx(0.05) and diff["se"] == pytest.approx(math.sqrt(2 * 0.01**2 / 3))

@@ -34,10 +34,11 @@ import numpy as np
 
 from normjax.errors import UserError
 from normjax.figures import figure, save
-from normjax.models.structure import main_path
+from normjax.models.structure import main_path, scale_invariant_mask
 from normjax.studies.explosion import _int_list, _measurement
 
 JSON_NAME = "critical_lr.json"
+SCOPES = ("all", "scale_invariant")
 FIGURE_STEM = "critical_lr"
 DEFAULT_LRS = tuple(float(x) for x in np.logspace(-3, 3, 97))  # 16 points a decade
 
@@ -56,6 +57,7 @@ def measure(
     at: Sequence[int] = (0,),
     warm_lr: float | None = None,
     lrs: Sequence[float] = DEFAULT_LRS,
+    scope: str = "all",
 ) -> dict:
     """Post-step spread against LR at states of a real network; measured and predicted critical LRs.
 
@@ -67,6 +69,9 @@ def measure(
         the run's first batches; 0 is the initialization.
       warm_lr: the LR of those steps (default `optim.lr`).
       lrs: the LR grid of the one measured step, increasing.
+      scope: which parameters that step moves: `"all"` (as training does: BN scales and biases and
+        the classifier too) or `"scale_invariant"` (only the kernels the derivation is about; the
+        rest held, so that only their own step changes the gradients).
 
     Returns:
       A dict of numpy arrays and plain values: `lrs` `[K]`, `at`, `seeds`, `layers` (the main-path
@@ -74,12 +79,14 @@ def measure(
       max/min), `spread_measured` and `spread_model` `[S, T, K]` (post-step spreads),
       `crit_predicted` `[S, T]` (`1/sqrt(a_max a_min)`), `crit_measured` and `crit_model` `[S, T]`
       (grid LRs of the smallest measured / model post-step spread), and the setting (`model`,
-      `depth`, `shortcut`, `dataset`, `batch_size`, `warm_lr`).
+      `depth`, `shortcut`, `dataset`, `batch_size`, `warm_lr`, `scope`).
     """
     from normjax.models import has_shortcuts, per_layer
     from normjax.training.loop import dataset_for
 
     grid = _grid(lrs)
+    if scope not in SCOPES:
+        raise UserError(f"--scope {scope!r} is unknown; allowed: {', '.join(SCOPES)}")
     at = tuple(int(t) for t in at)
     if not at or any(t < 0 for t in at) or list(at) != sorted(set(at)):
         raise UserError(f"--at {list(at)} is invalid; allowed: increasing step counts >= 0 (e.g. 0,10,100)")
@@ -123,17 +130,20 @@ def measure(
         a = rates(g, p)
 
         def after(eta):
-            p2 = jax.tree.map(lambda w, d: w - eta * d, p, g)
+            p2 = jax.tree.map(lambda w, d, on: w - eta * d if on else w, p, g, moved)
             a2 = rates(grad(p2, rest, x_next, y_next), p2)
             return a2.max() / a2.min()
 
         model = lambda eta: (lambda f: f.max() / f.min())(a / (1 + (eta * a) ** 2))  # noqa: E731
         return a, jax.lax.map(after, etas), jax.vmap(model)(etas)
 
+    moved = None  # the leaves the measured step moves, set from the first seed's params (traced once)
     etas = jnp.asarray(grid, jnp.float32)
     a_all, measured, modelled = [], [], []
     for seed in seeds:
         params, rest, key_data = m.init(int(seed))
+        if moved is None:
+            moved = jax.tree.map(lambda _: True, params) if scope == "all" else scale_invariant_mask(params, m.layers)
         order = np.asarray(m.order(jnp.asarray(key_data), ds.train_images.shape[0]))
         batch = lambda i: (m.inputs(ds.train_images, order[i]), ds.train_labels[order[i]])  # noqa: E731
         p, done, rows = params, 0, []
@@ -155,6 +165,7 @@ def measure(
         "dataset": ds.name,
         "batch_size": b,
         "warm_lr": warm_lr,
+        "scope": scope,
         "seeds": [int(s) for s in seeds],
         "at": list(at),
         "layers": [m.layers[i].name for i in idx],
@@ -238,6 +249,12 @@ def critical_lr_main(argv: list[str]) -> int:
     p.add_argument("--seeds", default="3", help="number of init seeds (0, 1, ...), default 3")
     p.add_argument("--at", default="0", help="states: plain SGD steps before the measured step, e.g. 0,10,100")
     p.add_argument("--warm-lr", type=float, help="LR of those steps (default the config's optim.lr)")
+    p.add_argument(
+        "--scope",
+        default="all",
+        help="parameters the measured step moves: all (default, as in training) "
+        "or scale_invariant (only the normalized kernels)",
+    )
     p.add_argument("--out", help="output directory (default runs/critical_lr-<config name>)")
     args = p.parse_args(argv)
     seeds = tuple(range(_int_list("--seeds", args.seeds)[0]))
@@ -253,7 +270,7 @@ def critical_lr_main(argv: list[str]) -> int:
     results = []
     for depth in depths:
         c = load_config(args.config, size=args.size, overrides=[*args.overrides, f"model.depth={depth}"])
-        res = measure(c, seeds=seeds, at=at, warm_lr=args.warm_lr)
+        res = measure(c, seeds=seeds, at=at, warm_lr=args.warm_lr, scope=args.scope)
         results.append(_jsonable(res))
         kind = "residual" if res["shortcut"] else "plain"
         for j, t in enumerate(res["at"]):

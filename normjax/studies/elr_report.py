@@ -209,6 +209,7 @@ def critical_section(paths: list[str]) -> dict:
                         "shortcut": r["shortcut"],
                         "dataset": r["dataset"],
                         "after_steps": t,
+                        "scope": r.get("scope", "all"),
                         "warm_lr": r["warm_lr"],
                         "crit_predicted": _mean_std(list(pred[:, j])),
                         "crit_measured": _mean_std(list(meas[:, j])),
@@ -225,11 +226,13 @@ def regimes_section(sweep: str | os.PathLike, layers: str = "all") -> dict:
 
     path, rows = _sweep_runs(sweep)
     groups: dict[str, dict] = {}
+    lrs = set()
     for row in rows:
         cfg = read_run(path / row["name"]).config if (path / row["name"] / "config.json").is_file() else None
         if cfg is None:
             continue
         o = cfg.get("optim", {})
+        lrs.add(o.get("lr"))
         regime = o.get("name", "sgd") + (f"+warmup{o['warmup_steps']}" if o.get("warmup_steps") else "")
         shortcut = bool(cfg["model"].get("shortcut"))
         g = groups.setdefault(
@@ -251,6 +254,7 @@ def regimes_section(sweep: str | os.PathLike, layers: str = "all") -> dict:
                 "test_accuracy": _mean_std(g["acc"]),
                 "mean_log_spread_early": _mean_std(g["spread"]),
                 "statuses": g["statuses"],
+                "diverged": g["statuses"].count("diverged"),
             }
         )
     for r in out:
@@ -259,7 +263,9 @@ def regimes_section(sweep: str | os.PathLike, layers: str = "all") -> dict:
             a, b = r["test_accuracy"], base["test_accuracy"]
             se = math.sqrt(sum((x["std"] or 0.0) ** 2 / x["n"] for x in (a, b)))
             r["accuracy_minus_sgd"] = {"diff": a["mean"] - b["mean"], "se": se}
-    return {"sweep": str(path), "layers": layers, "rows": sorted(out, key=lambda r: (not r["shortcut"], r["regime"]))}
+    rows_out = sorted(out, key=lambda r: (not r["shortcut"], r["regime"]))
+    lr = next(iter(lrs)) if len(lrs) == 1 else None
+    return {"sweep": str(path), "layers": layers, "lr": lr, "rows": rows_out}
 
 
 def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all") -> list[Path]:
@@ -345,7 +351,7 @@ def report(
     *,
     out: str | os.PathLike,
     trajectories: str | None = None,
-    regimes: str | None = None,
+    regimes: list[str] | None = None,
     explode: list[str] | None = None,
     critical: list[str] | None = None,
     layers: str = "all",
@@ -355,7 +361,7 @@ def report(
     Args:
       out: the output directory.
       trajectories: the trajectories sweep directory.
-      regimes: the regimes sweep directory.
+      regimes: regimes sweep directories (one per LR, say).
       explode: `normjax explode` output directories (or JSONs).
       critical: `normjax critical-lr` output directories (or JSONs).
       layers: the spreads' layers, `"all"` or `"main"`.
@@ -379,7 +385,7 @@ def report(
     if critical:
         res["critical_lr"] = critical_section(critical)
     if regimes:
-        res["regimes"] = regimes_section(regimes, layers)
+        res["regimes"] = [regimes_section(d, layers) for d in regimes]
     out.mkdir(parents=True, exist_ok=True)
     (out / JSON_NAME).write_text(json.dumps(_finite(res), indent=1))
     res["figures"] = figures
@@ -419,7 +425,9 @@ def elr_report_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="normjax elr-report", description=elr_report_main.__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output directory for elr_report.json and the figures")
     p.add_argument("--trajectories", help="the trajectories sweep directory (sweep_elr_trajectories.py)")
-    p.add_argument("--regimes", help="the regimes sweep directory (sweep_elr_regimes.py)")
+    p.add_argument(
+        "--regimes", action="append", default=[], help="a regimes sweep directory (sweep_elr_regimes.py; repeatable)"
+    )
     p.add_argument(
         "--explode", action="append", default=[], help="an output directory of `normjax explode` (repeatable)"
     )
@@ -431,7 +439,7 @@ def elr_report_main(argv: list[str]) -> int:
     res = report(
         out=args.out,
         trajectories=args.trajectories,
-        regimes=args.regimes,
+        regimes=args.regimes or None,
         explode=args.explode or None,
         critical=args.critical or None,
         layers=args.layers,
@@ -451,13 +459,15 @@ def elr_report_main(argv: list[str]) -> int:
     for r in res.get("critical_lr", {}).get("rows", []):
         print(
             f"critical LR {r['model']} {'residual' if r['shortcut'] else 'plain'} depth {r['depth']} after "
-            f"{r['after_steps']} steps: log10(measured/predicted) {_fmt(r['log10_ratio'], 2)}"
+            f"{r['after_steps']} steps, step moves {r['scope']}: log10(measured/predicted) {_fmt(r['log10_ratio'], 2)}"
         )
-    for r in res.get("regimes", {}).get("rows", []):
-        print(
-            f"regime {r['regime']:<28} {'residual' if r['shortcut'] else 'plain':<8} accuracy "
-            f"{_fmt(r['test_accuracy'])}, mean early log10 spread {_fmt(r['mean_log_spread_early'], 2)}"
-        )
+    for section in res.get("regimes", []):
+        for r in section["rows"]:
+            print(
+                f"LR {section['lr']:g} regime {r['regime']:<24} {'residual' if r['shortcut'] else 'plain':<8} accuracy "
+                f"{_fmt(r['test_accuracy'])} ({r['diverged']} diverged), mean early log10 spread "
+                f"{_fmt(r['mean_log_spread_early'], 2)}"
+            )
     print(f"json: {(Path(args.out) / JSON_NAME).absolute()}")
     for path in res["figures"]:
         print(f"figure: {path}")
