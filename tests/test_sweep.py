@@ -282,6 +282,28 @@ def test_bundles_and_pretrain_runs_train_each_base_once(tmp_path):
         expand(spec)
 
 
+def test_after_training_run_names_follow_their_base_run(tmp_path):
+    # Another `pretrain` entry makes other base runs; the after-training runs that warm-start from
+    # them must get other names too (they are other runs), while the during-training runs keep theirs.
+    spec = tmp_path / "sweep_p.py"
+    spec.write_text(PRETRAIN_SWEEP % (ROOT / "experiments" / "mlp_digits.py"))
+    before = {
+        r.overrides["train.regime"] + str(r.overrides["optim.lr"]) + r.overrides["data.task"]: r.name
+        for r in expand(spec)[0]
+    }
+    spec.write_text(
+        (PRETRAIN_SWEEP % (ROOT / "experiments" / "mlp_digits.py")).replace('"train.steps": 8}}', '"train.steps": 16}}')
+    )
+    runs = expand(spec)[0]
+    after = {
+        r.overrides["train.regime"] + str(r.overrides["optim.lr"]) + r.overrides["data.task"]: r.name for r in runs
+    }
+    assert all(r.base.config["train"]["steps"] == 16 for r in runs if r.base is not None)
+    for key, name in after.items():
+        assert (name == before[key]) == key.startswith("during"), key
+    assert all(r.config["train"]["init_from"] == "pretrain" for r in runs if r.base is not None)
+
+
 def test_group_size_that_cannot_be_met_says_so(tmp_path):
     from normjax.sweep.runner import _groups
 

@@ -153,6 +153,14 @@ def _base_run(cfg: dict, sweep: dict, path: str | Path) -> RunSpec | None:
     return RunSpec(f"base-{config_hash(base)}", {}, base)
 
 
+def _identity(cfg: dict, base: RunSpec | None) -> dict:
+    """What a run's name hashes: its config, a warm start from the sweep's base run named by that
+    base run (so that another `pretrain` entry gives other names, not the old runs' results)."""
+    if base is None:
+        return cfg
+    return merge(copy.deepcopy(cfg), {"train": {"init_from": f"{PRETRAIN}/{base.name}"}})
+
+
 def expand(
     path: str | Path, size: str = "smoke", overrides: list[str] | tuple[str, ...] = ()
 ) -> tuple[list[RunSpec], list[str]]:
@@ -188,14 +196,9 @@ def expand(
             except UserError as e:
                 raise UserError(f"sweep run {values}: {e}") from None
             label = "-".join(f"{short[k]}={_fmt(v)}" for k, v in values.items())
-            runs.append(
-                RunSpec(
-                    f"{label}-{config_hash(cfg)}" if label else config_hash(cfg),
-                    values,
-                    cfg,
-                    _base_run(cfg, sweep, path),
-                )
-            )
+            base_run = _base_run(cfg, sweep, path)
+            digest = config_hash(_identity(cfg, base_run))
+            runs.append(RunSpec(f"{label}-{digest}" if label else digest, values, cfg, base_run))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise UserError(f"sweep {str(path)!r} lists the same run twice; make its grid values distinct")
