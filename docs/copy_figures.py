@@ -58,11 +58,8 @@ REPRODUCTION = {
     "critical_lr_plain.png": ("critical_lr-medium-shortcut=false", "critical_lr.png"),
     "critical_lr_residual.png": ("critical_lr-medium-shortcut=true", "critical_lr.png"),
     "critical_lr_plain_si.png": ("critical_lr-medium-si-shortcut=false", "critical_lr.png"),
-    "critical_lr_residual_si.png": ("critical_lr-medium-si-shortcut=true", "critical_lr.png"),
     "accuracy_vs_spread_regimes.png": ("sweep-elr_regimes-medium", "accuracy_vs_spread_by_name.png"),
     "elr_spread_regimes.png": ("sweep-elr_regimes-medium", "elr_spread_by_name.png"),
-    "accuracy_vs_spread_regimes_lr3.png": ("sweep-elr_regimes-medium-lr3", "accuracy_vs_spread_by_name.png"),
-    "elr_spread_regimes_lr3.png": ("sweep-elr_regimes-medium-lr3", "elr_spread_by_name.png"),
     "elr_report.json": (ELR_REPORT, "elr_report.json"),
 }
 
