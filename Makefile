@@ -58,10 +58,11 @@ data: $(STAMP)
 # The ELR study reproduced on Fashion-MNIST (docs/reproduction.md): the medium sweeps, the explosion,
 # the critical LR measured at init and after 10/100 SGD steps (plain and residual, depth 21/41), the
 # report of every claim's numbers, and its figures copied into docs/reproduction/.
-# The regimes again at LR 3, above the critical LR at init, where the critical-LR warm-up engages.
+# The regimes again at LR 3, above the critical LR at init, where the critical-LR warm-up engages;
+# uniform ELR again with the common ELR at the layers' geometric mean (sweep_elr_uniform.py).
 CRIT_DIRS = $(foreach sc,false true,$(WORKDIR)/critical_lr-medium-shortcut=$(sc) $(WORKDIR)/critical_lr-medium-si-shortcut=$(sc))
 reproduce-elr: $(STAMP)
-	$(MAKE) sweep-elr_trajectories sweep-elr_regimes explode SIZE=medium
+	$(MAKE) sweep-elr_trajectories sweep-elr_regimes sweep-elr_uniform explode SIZE=medium
 	$(BIN)/normjax sweep experiments/sweep_elr_regimes.py --size medium --set optim.lr=3.0 \
 		--workdir $(WORKDIR)/sweep-elr_regimes-medium-lr3
 	for sc in false true; do for scope in all scale_invariant; do \
@@ -70,6 +71,7 @@ reproduce-elr: $(STAMP)
 		--out $(WORKDIR)/critical_lr-medium$$([ $$scope = all ] || echo -si)-shortcut=$$sc || exit 1; done; done
 	$(BIN)/normjax elr-report --out $(WORKDIR)/elr-report-medium --trajectories $(WORKDIR)/sweep-elr_trajectories-medium \
 		--regimes $(WORKDIR)/sweep-elr_regimes-medium --regimes $(WORKDIR)/sweep-elr_regimes-medium-lr3 \
+		--regimes $(WORKDIR)/sweep-elr_uniform-medium \
 		--explode $(WORKDIR)/explode-mlp-medium \
 		--explode $(WORKDIR)/explode-resnet-medium $(foreach d,$(CRIT_DIRS),--critical $(d))
 	for d in sweep-elr_regimes-medium sweep-elr_regimes-medium-lr3; do \
@@ -152,6 +154,7 @@ SWEEP_PLOTS_depth := --x model.depth --hue model.shortcut
 SWEEP_PLOTS_lr := --x optim.lr --hue optim.momentum --log-x
 SWEEP_PLOTS_elr_trajectories := --x optim.lr --hue model.shortcut --log-x
 SWEEP_PLOTS_elr_regimes := --x optim.name --hue model.shortcut
+SWEEP_PLOTS_elr_uniform := --x model.shortcut
 SWEEP_PLOTS_apl_sparsity := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_targets := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_baselines := --x model.depth --hue model.baseline

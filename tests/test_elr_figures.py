@@ -307,13 +307,25 @@ def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
         runs.append({"name": d.name, "overrides": {"optim.name": name, "train.seed": seed}})
     (root / "sweep.json").write_text(json.dumps({"varied": ["optim.name", "train.seed"], "runs": runs}))
     (section,) = report(regimes=[str(root)], out=tmp_path / "out")["regimes"]
-    assert section["lr"] == 0.1  # write_run's
+    assert section["lr"] == 0.1  # write_run's: one LR, one section
     rows = {r["regime"]: r for r in section["rows"]}
     acc = rows["sgd_uniform_elr"]["test_accuracy"]
     assert rows["sgd"]["diverged"] == 0 and rows["sgd"]["statuses"] == ["done"] * 3
     assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.86) and acc["std"] == pytest.approx(0.01)
     diff = rows["sgd_uniform_elr"]["accuracy_minus_sgd"]
     assert diff["diff"] == pytest.approx(0.05) and diff["se"] == pytest.approx(math.sqrt(2 * 0.01**2 / 3))
+    # A second sweep at the same LR joins the section; a uniform-ELR reference other than `lr` is its own regime.
+    other = tmp_path / "geo"
+    d = write_run(other / "geo-0")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["optim"] |= {"name": "sgd_uniform_elr", "warmup_steps": 0, "elr_reference": "geometric_mean"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    (other / "sweep.json").write_text(json.dumps({"varied": [], "runs": [{"name": "geo-0", "overrides": {}}]}))
+    (section,) = report(regimes=[str(root), str(other)], out=tmp_path / "out2")["regimes"]
+    geo = {r["regime"]: r for r in section["rows"]}["sgd_uniform_elr+geometric_mean"]
+    assert geo["test_accuracy"]["n"] == 1 and geo["accuracy_minus_sgd"]["diff"] == pytest.approx(
+        0.795 - 0.81
+    )  # write_run: 0.9 - 0.1 - 0.05 lr
 
 
 def test_elr_report_errors_are_one_line(tmp_path):

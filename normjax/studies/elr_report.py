@@ -220,52 +220,72 @@ def critical_section(paths: list[str]) -> dict:
     return {"rows": rows}
 
 
-def regimes_section(sweep: str | os.PathLike, layers: str = "all") -> dict:
-    """Accuracy and mean early spread per (regime, shortcut), over seeds; differences from plain SGD."""
+def _regime(optim: dict) -> str:
+    """A regime's label: the optimizer, its linear warm-up, and a uniform-ELR reference other than `lr`."""
+    label = optim.get("name", "sgd") + (f"+warmup{optim['warmup_steps']}" if optim.get("warmup_steps") else "")
+    ref = optim.get("elr_reference", "lr")
+    return label + (f"+{ref}" if optim.get("name") == "sgd_uniform_elr" and ref != "lr" else "")
+
+
+def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
+    """Accuracy and mean early spread per (LR, regime, shortcut) over seeds, from one or more regimes
+    sweeps; one section per LR, each regime's difference from plain SGD at that LR."""
     from normjax.studies.elr_figures import _run_spreads, read_run
 
-    path, rows = _sweep_runs(sweep)
     groups: dict[str, dict] = {}
-    lrs = set()
-    for row in rows:
-        cfg = read_run(path / row["name"]).config if (path / row["name"] / "config.json").is_file() else None
-        if cfg is None:
-            continue
-        o = cfg.get("optim", {})
-        lrs.add(o.get("lr"))
-        regime = o.get("name", "sgd") + (f"+warmup{o['warmup_steps']}" if o.get("warmup_steps") else "")
-        shortcut = bool(cfg["model"].get("shortcut"))
-        g = groups.setdefault(
-            group_id((regime, shortcut)),
-            {"regime": regime, "shortcut": shortcut, "acc": [], "spread": [], "statuses": []},
-        )
-        g["statuses"].append(row["status"])
-        if row["status"] == "done":
-            g["acc"].append(row["test_accuracy"])
-            g["spread"].append(_run_spreads(read_run(path / row["name"]), layers)[0])
-        elif row["status"] == "diverged":
-            g["acc"].append(None)
-    out = []
-    for g in groups.values():
-        out.append(
-            {
-                "regime": g["regime"],
-                "shortcut": g["shortcut"],
-                "test_accuracy": _mean_std(g["acc"]),
-                "mean_log_spread_early": _mean_std(g["spread"]),
-                "statuses": g["statuses"],
-                "diverged": g["statuses"].count("diverged"),
-            }
-        )
+    for sweep in sweeps:
+        path, rows = _sweep_runs(sweep)
+        for row in rows:
+            if not (path / row["name"] / "config.json").is_file():
+                continue
+            run = read_run(path / row["name"])
+            o, shortcut = run.config.get("optim", {}), bool(run.config["model"].get("shortcut"))
+            g = groups.setdefault(
+                group_id((o.get("lr"), _regime(o), shortcut)),
+                {
+                    "lr": o.get("lr"),
+                    "regime": _regime(o),
+                    "shortcut": shortcut,
+                    "acc": [],
+                    "spread": [],
+                    "statuses": [],
+                    "sweeps": [],
+                },
+            )
+            g["statuses"].append(row["status"])
+            if str(path) not in g["sweeps"]:
+                g["sweeps"].append(str(path))
+            if row["status"] == "done":
+                g["acc"].append(row["test_accuracy"])
+                g["spread"].append(_run_spreads(run, layers)[0])
+    out = [
+        {
+            "lr": g["lr"],
+            "regime": g["regime"],
+            "shortcut": g["shortcut"],
+            "test_accuracy": _mean_std(g["acc"]),
+            "mean_log_spread_early": _mean_std(g["spread"]),
+            "statuses": g["statuses"],
+            "diverged": g["statuses"].count("diverged"),
+            "sweeps": g["sweeps"],
+        }
+        for g in groups.values()
+    ]
     for r in out:
-        base = next((b for b in out if b["regime"] == "sgd" and b["shortcut"] == r["shortcut"]), None)
+        base = next((b for b in out if (b["lr"], b["regime"], b["shortcut"]) == (r["lr"], "sgd", r["shortcut"])), None)
         if base is not None and r["test_accuracy"]["n"] and base["test_accuracy"]["n"]:
             a, b = r["test_accuracy"], base["test_accuracy"]
             se = math.sqrt(sum((x["std"] or 0.0) ** 2 / x["n"] for x in (a, b)))
             r["accuracy_minus_sgd"] = {"diff": a["mean"] - b["mean"], "se": se}
-    rows_out = sorted(out, key=lambda r: (not r["shortcut"], r["regime"]))
-    lr = next(iter(lrs)) if len(lrs) == 1 else None
-    return {"sweep": str(path), "layers": layers, "lr": lr, "rows": rows_out}
+    lrs = sorted({r["lr"] for r in out}, key=lambda v: (v is None, v))
+    return [
+        {
+            "lr": lr,
+            "layers": layers,
+            "rows": sorted((r for r in out if r["lr"] == lr), key=lambda r: (not r["shortcut"], r["regime"])),
+        }
+        for lr in lrs
+    ]
 
 
 def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all") -> list[Path]:
@@ -385,7 +405,7 @@ def report(
     if critical:
         res["critical_lr"] = critical_section(critical)
     if regimes:
-        res["regimes"] = [regimes_section(d, layers) for d in regimes]
+        res["regimes"] = regimes_section(regimes, layers)
     out.mkdir(parents=True, exist_ok=True)
     (out / JSON_NAME).write_text(json.dumps(_finite(res), indent=1))
     res["figures"] = figures
