@@ -34,6 +34,14 @@ def test_every_experiment_loads_in_its_sizes(path, size):
     assert set(cfg) == set(DEFAULTS)
 
 
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_every_sweep_expands_in_its_sizes(path):
+    for size in _sizes(path):
+        runs, varied = expand(path, size)
+        assert runs and len({r.name for r in runs}) == len(runs), size
+        assert all(set(r.config) == set(DEFAULTS) for r in runs), size
+
+
 def test_the_elr_study_has_an_imagenet_size():
     """ResNet-50 with and without shortcuts on ImageNet, streamed, per-layer ELRs logged."""
     for name in ("sweep_elr_regimes", "sweep_elr_trajectories"):
