@@ -35,7 +35,7 @@ import numpy as np
 from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.models.structure import main_path, scale_invariant_mask
-from normjax.studies.explosion import _int_list, _measurement
+from normjax.studies.explosion import _int_list, measurement_for
 
 JSON_NAME = "critical_lr.json"
 SCOPES = ("all", "scale_invariant")
@@ -101,15 +101,7 @@ def measure(
             f"--at {at[-1]} needs {batches} batches of {b}, more than the {ds.train_images.shape[0]} "
             f"training examples of {ds.name!r}; allowed: fewer steps or a smaller train.batch_size"
         )
-    m = _measurement(
-        json.dumps(cfg["model"], sort_keys=True),
-        int(ds.num_classes),
-        tuple(ds.image_shape),
-        tuple(ds.mean),
-        tuple(ds.std),
-        b,
-        batches,
-    )
+    m = measurement_for(cfg, ds, b, batches)
     main = main_path(m.layers)
     if main.sum() < 2:
         raise UserError(

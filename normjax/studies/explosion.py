@@ -221,6 +221,20 @@ def _measurement(*static) -> _Measurement:
     return _Measurement(*static)
 
 
+def measurement_for(cfg: dict, ds: Any, batch_size: int, batches: int) -> _Measurement:
+    """The (cached) model, init and gradient machinery of `cfg["model"]` on dataset `ds`: the first
+    `batches` batches of `batch_size` of a run, as `Program` draws them."""
+    return _measurement(
+        json.dumps(cfg["model"], sort_keys=True),
+        int(ds.num_classes),
+        tuple(ds.image_shape),
+        tuple(ds.mean),
+        tuple(ds.std),
+        batch_size,
+        batches,
+    )
+
+
 def _check_positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise UserError(f"{name}={value!r} is invalid; allowed: an integer >= 1")
@@ -282,15 +296,7 @@ def measure_init_gradients(
             f"batches={batches} x batch_size={b} = {batches * b} exceeds the {n} training examples "
             f"of {ds.name!r}; allowed: batches x batch_size <= {n}"
         )
-    m = _measurement(
-        json.dumps(cfg["model"], sort_keys=True),
-        int(ds.num_classes),
-        tuple(ds.image_shape),
-        tuple(ds.mean),
-        tuple(ds.std),
-        b,
-        batches,
-    )
+    m = measurement_for(cfg, ds, b, batches)
     params, rest, key_data = jax.tree.map(lambda *xs: jnp.stack(xs), *[m.init(s) for s in seeds])
     grad_sq, w_sq = jax.device_get(m.grads(params, rest, key_data, ds.train_images, ds.train_labels))
     layers = m.layers
