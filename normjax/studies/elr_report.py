@@ -51,7 +51,7 @@ def rank_correlation(x: Any, y: Any) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN with fewer than 3 finite pairs.
 
     Example:
-      >>> rank_correlation([1, 2, 3, 4], [10, 20, 15, 40])
+      >>> round(rank_correlation([1, 2, 3, 4], [10, 20, 15, 40]), 6)
       0.8
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
