@@ -3,6 +3,7 @@ those of the ELR reproduction into docs/reproduction/ (`make reproduce-elr` runs
 
     python docs/copy_figures.py [WORKDIR]                  # WORKDIR: the --workdir root (default runs)
     python docs/copy_figures.py --reproduction [WORKDIR]   # also copies elr_report.json
+    python docs/copy_figures.py --apl [WORKDIR]            # the APL sparsity sweep's, into docs/reproduction/apl/
 
 Each figure of docs/figures.md is listed below with the run or sweep directory it is read from,
 relative to WORKDIR (a glob that must match exactly one directory: run directories end in the
@@ -64,6 +65,19 @@ REPRODUCTION = {
 }
 
 
+# docs/reproduction/apl/<name>: the medium APL sparsity sweep (`make sweep-apl_sparsity SIZE=medium`)
+APL_SWEEP = "sweep-apl_sparsity-medium"
+APL = {
+    **{
+        f"sparsity_{n}.png": (APL_SWEEP, f"{n}.png")
+        for n in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap")
+    },
+    "sparsity_apl_table.csv": (APL_SWEEP, "apl_table.csv"),
+    "sparsity_results.csv": (APL_SWEEP, "results.csv"),
+    "sparsity_results_agg.csv": (APL_SWEEP, "results_agg.csv"),
+}
+
+
 def source(workdir: Path, pattern: str, name: str) -> Path:
     dirs = sorted(p for p in workdir.glob(pattern) if p.is_dir())
     if len(dirs) != 1:
@@ -78,15 +92,15 @@ def source(workdir: Path, pattern: str, name: str) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    reproduction = "--reproduction" in argv
-    argv = [a for a in argv if a != "--reproduction"]
+    sets = {"--reproduction": (REPRODUCTION, DOCS / "reproduction"), "--apl": (APL, DOCS / "reproduction" / "apl")}
+    files, out = next((sets[a] for a in argv if a in sets), (FIGURES, DOCS / "figures"))
+    argv = [a for a in argv if a not in sets]
     workdir = Path(argv[0] if argv else "runs")
-    files, out = (REPRODUCTION, DOCS / "reproduction") if reproduction else (FIGURES, DOCS / "figures")
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     total = 0
     for name, (pattern, file) in files.items():
         path = source(workdir, pattern, file)
-        if name.endswith(".json"):
+        if name.endswith((".json", ".csv")):
             (out / name).write_bytes(path.read_bytes())
         else:
             image = Image.open(path).convert("RGB")
