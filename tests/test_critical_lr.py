@@ -80,7 +80,7 @@ def test_critical_lr_command_writes_json_and_figure(tmp_path, capsys):
         (["--at", "5,2"], "increasing step counts"),
         (["--at", "x"], "comma-separated step counts"),
         (["--warm-lr", "-1"], "a finite LR > 0"),
-        (["--seeds", "0"], "comma-separated positive integers"),
+        (["--seeds", "0"], "an integer >= 1"),
         (["--set", "model.depth=1", "--out", "/nonexistent-unused"], "main-path scale-invariant layers"),
     ],
 )

@@ -21,7 +21,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,7 +34,7 @@ import numpy as np
 from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.models.structure import main_path, scale_invariant_mask
-from normjax.studies.explosion import _int_list, measurement_for
+from normjax.studies.explosion import _int_list, _positive, experiment_parser, measurement_for
 
 JSON_NAME = "critical_lr.json"
 SCOPES = ("all", "scale_invariant")
@@ -226,19 +225,13 @@ def critical_lr_main(argv: list[str]) -> int:
     """
     from normjax.config import load_config
 
-    p = argparse.ArgumentParser(prog="normjax critical-lr", description=critical_lr_main.__doc__.splitlines()[0])
-    p.add_argument("config", help="experiment file, e.g. experiments/elr_resnet.py")
-    p.add_argument("--size", default="smoke", help="the experiment's size (default smoke)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.depth=41 (repeatable)",
+    p = experiment_parser(
+        "critical-lr",
+        critical_lr_main,
+        "experiments/elr_resnet.py",
+        "21,41 (default: the config's)",
+        "runs/critical_lr-<config name>",
     )
-    p.add_argument("--depths", help="values of model.depth, e.g. 21,41 (default: the config's)")
-    p.add_argument("--seeds", default="3", help="number of init seeds (0, 1, ...), default 3")
     p.add_argument("--at", default="0", help="states: plain SGD steps before the measured step, e.g. 0,10,100")
     p.add_argument("--warm-lr", type=float, help="LR of those steps (default the config's optim.lr)")
     p.add_argument(
@@ -247,9 +240,8 @@ def critical_lr_main(argv: list[str]) -> int:
         help="parameters the measured step moves: all (default, as in training) "
         "or scale_invariant (only the normalized kernels)",
     )
-    p.add_argument("--out", help="output directory (default runs/critical_lr-<config name>)")
     args = p.parse_args(argv)
-    seeds = tuple(range(_int_list("--seeds", args.seeds)[0]))
+    seeds = tuple(range(_positive("--seeds", args.seeds)))
     try:
         at = tuple(int(v) for v in args.at.split(","))
     except ValueError:

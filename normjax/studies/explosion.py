@@ -675,6 +675,26 @@ def _positive(flag: str, text: str) -> int:
     return value
 
 
+def experiment_parser(command: str, main, example: str, depths: str, out: str) -> argparse.ArgumentParser:
+    """The arguments the init-gradient commands share: an experiment file, its size, `--set`,
+    `--depths`, `--seeds` (a count) and `--out`."""
+    p = argparse.ArgumentParser(prog=f"normjax {command}", description=main.__doc__.splitlines()[0])
+    p.add_argument("config", help=f"experiment file, e.g. {example}")
+    p.add_argument("--size", default="smoke", help="the experiment's size (default smoke)")
+    p.add_argument("--depths", help=f"values of model.depth, e.g. {depths}")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.width=512 (repeatable)",
+    )
+    p.add_argument("--out", help=f"output directory (default {out})")
+    p.add_argument("--seeds", default="3", help="number of init seeds (0, 1, ...), default 3")
+    return p
+
+
 def explode_main(argv: list[str]) -> int:
     """`normjax explode EXPERIMENT.py`: the gradient explosion at init over depth; prints a table.
 
@@ -690,20 +710,13 @@ def explode_main(argv: list[str]) -> int:
       gradient explosion at init: ...
       0
     """
-    p = argparse.ArgumentParser(prog="normjax explode", description=explode_main.__doc__.splitlines()[0])
-    p.add_argument("config", help="experiment file, e.g. experiments/explode_depth.py")
-    p.add_argument("--size", default="smoke", help="smoke (seconds on CPU) or full (paper scale)")
-    p.add_argument("--depths", help="values of model.depth, e.g. 4,8,16 (default: by model and size)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.width=512 (repeatable)",
+    p = experiment_parser(
+        "explode",
+        explode_main,
+        "experiments/explode_depth.py",
+        "4,8,16 (default: by model and size)",
+        "runs/<config name>",
     )
-    p.add_argument("--out", help="output directory (default runs/<config name>)")
-    p.add_argument("--seeds", default="3", help="number of init seeds (0, 1, ...), default 3")
     p.add_argument("--batches", default="4", help="batches per seed, default 4")
     args = p.parse_args(argv)
     depths = _int_list("--depths", args.depths) if args.depths is not None else None
