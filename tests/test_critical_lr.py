@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from helpers import assert_close
 from normjax.cli import run as cli
 from normjax.config import load_config
 from normjax.errors import UserError
@@ -12,6 +13,7 @@ from normjax.studies.critical_lr import measure
 
 TINY = ["model.name=mlp", "model.depth=6", "model.width=32", "model.shortcut=false", "train.batch_size=64"]
 LRS = np.logspace(-2, 3, 81)  # 16 a decade
+ULPS_PROGRAMS = 8
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +45,15 @@ def test_measured_post_step_spread_is_a_real_step(result):
     assert not np.array_equal(result["a"][:, 0], result["a"][:, 1])  # 3 SGD steps moved the state
 
 
+@pytest.mark.cross_program
 def test_scale_invariant_scope_moves_only_the_normalized_kernels(result):
     cfg = load_config("experiments/elr_resnet.py", size="smoke", overrides=TINY)
     si = measure(cfg, seeds=(0, 1), at=(0, 3), lrs=LRS, scope="scale_invariant")
     assert si["scope"] == "scale_invariant" and result["scope"] == "all"
-    np.testing.assert_array_equal(si["a"], result["a"])  # the same states, the same measured step's input
-    np.testing.assert_array_equal(si["spread_model"], result["spread_model"])
+    # The same states; `a` comes out of two compiled programs (the step's mask differs), so equal
+    # up to rounding, not bitwise (docs/design.md, "Exact or close").
+    assert_close(si["a"], result["a"], ULPS_PROGRAMS, "a")
+    assert_close(si["spread_model"], result["spread_model"], ULPS_PROGRAMS, "spread_model")
     assert not np.allclose(si["spread_measured"], result["spread_measured"])  # the head and BN held or moved
     with pytest.raises(UserError, match="--scope 'head' is unknown; allowed: all, scale_invariant"):
         measure(cfg, seeds=(0,), scope="head")
