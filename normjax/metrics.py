@@ -224,7 +224,7 @@ def elr(info: StepInfo) -> dict[str, jax.Array]:
     return out
 
 
-APL_TOLERANCE = 0.01  # a unit is nonlinear when |1 - slope| >= this, unless the optimizer has its own
+APL_TOLERANCE = 0.01  # a unit is nonlinear when |1 - slope| >= this, unless the optimizer freezes slopes
 
 
 def _apl_summary(rows: list[dict], cfg: dict) -> dict[str, float]:
@@ -233,13 +233,22 @@ def _apl_summary(rows: list[dict], cfg: dict) -> dict[str, float]:
     return {k: float(last[k]) if k in last else float("nan") for k in keys}
 
 
+def _frozen(opt_state: Any) -> Any:
+    """The `frozen` mask tree of the sparsity prior or controller in `opt_state` (None: neither)."""
+    kinds = (transforms.PReLUPriorState, transforms.PReLUControllerState)
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds)) if isinstance(x, kinds)]
+    return found[0].frozen if found else None
+
+
 @register_metric("apl", summary=_apl_summary)
 def apl(info: StepInfo) -> dict[str, jax.Array]:
     """Nonlinear units and average path length of the slopes after this step (w_{t+1}).
 
     Per hidden node of the model's graph (`graph.json` in the run directory names them):
-    `nl_count`, the number of nonlinear channels (`|1 - slope| >= tolerance`, the optimizer's
-    `prelu_tolerance` when it has one, else 0.01; ReLU channels always count), and `nl_fraction`.
+    `nl_count`, the number of nonlinear channels, and `nl_fraction`. Under the sparsity prior or
+    controller a channel is nonlinear unless the optimizer froze its slope at 1 (a free slope
+    within the tolerance of 1 can drift away); otherwise when `|1 - slope| >= 0.01`. ReLU
+    channels always count.
     Scalars: `nonlinear_units`, `nonlinear_fraction` (of all hidden channels), `apl` (normalized),
     `apl_unnormalized` and `effective_width` (`normjax.analysis.apl`). The run's summary takes the
     last logged values, so `normjax results` and `normjax plot` can use them as axes.
@@ -249,13 +258,15 @@ def apl(info: StepInfo) -> dict[str, jax.Array]:
       Surprisingly Shallow Networks`, 2022 (arXiv:2211.17180).
     """
     g = info.graph
-    tol = optax.tree_utils.tree_get(info.opt_state, "prelu_tolerance", APL_TOLERANCE)
     # Only the slopes of w_{t+1} are formed (a few vectors), not the whole parameter tree.
     new = [
         None if a is None else a + u
         for a, u in zip(graph_lib.slopes(g, info.params), graph_lib.slopes(g, info.updates), strict=True)
     ]
-    nl = graph_lib.nonlinear_from_slopes(g, new, tol)
+    # An optimizer that freezes slopes at 1 says which units are linear: a free slope within the
+    # tolerance of 1 (one the controller did not admit, or left once its target was met) still drifts.
+    frozen = _frozen(info.opt_state)
+    nl = graph_lib.nonlinear_from_slopes(g, new, APL_TOLERANCE, None if frozen is None else graph_lib.slopes(g, frozen))
     counts = apl_lib.layer_counts(g, nl)
     sizes = jnp.array([g.nodes[i].channels for i in g.hidden()], jnp.float32)
     return {

@@ -332,3 +332,32 @@ def test_bad_sgd_prelu_target_config_is_a_one_line_error(overrides, words):
     with pytest.raises(UserError, match=words) as e:
         load_config(overrides=base + overrides)
     assert "\n" not in str(e.value)
+
+
+def test_apl_hook_counts_a_free_slope_near_one_as_nonlinear():
+    """The hook asks the freezing optimizer which units are linear: once the controller's target is
+    met it stops freezing, and a free slope that drifts within the tolerance of 1 is still a
+    nonlinear unit (it can drift away again); without a freezing optimizer the tolerance decides."""
+    from normjax.analysis.graph import Edge, Graph, Node, Op
+    from normjax.metrics import StepInfo, compute
+
+    g = Graph(
+        (
+            Node("in", 2, "input", ()),
+            Node("a", 3, "prelu", (Edge(0, (Op("dense", ("d",)),)),), ("act",)),
+            Node("out", 1, "output", (Edge(1, (Op("dense", ("h",)),)),)),
+        )
+    )
+    params = {"act": {"slope": jnp.array([1.0, 0.995, 0.5])}, "d": {"kernel": jnp.ones((2, 3))}}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    mask = {"act": {"slope": True}, "d": {"kernel": False}}
+    tx = optax.masked(njt.prelu_sparsity_controller(1 / 3, 0.1), mask)
+    state = tx.init(params)
+    frozen = {"act": {"slope": jnp.array([True, False, False])}, "d": {"kernel": optax.MaskedNode()}}
+    state = state._replace(inner_state=state.inner_state._replace(frozen=frozen, num_frozen=jnp.int32(1)))
+
+    def units(opt_state):
+        return int(compute(("apl",), StepInfo(params, zeros, zeros, opt_state, [], None, g))["nonlinear_units"])
+
+    assert units(state) == 2  # the frozen slope only; 0.995 is free
+    assert units(optax.EmptyState()) == 1  # by the tolerance 0.01, 0.995 counts as linear

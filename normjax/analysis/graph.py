@@ -153,12 +153,22 @@ def nonlinear(graph: Graph, params: PyTree, tolerance: float = 0.01) -> list[jax
     return nonlinear_from_slopes(graph, slopes(graph, params), tolerance)
 
 
-def nonlinear_from_slopes(graph: Graph, found: list, tolerance: float = 0.01) -> list[jax.Array]:
-    """`nonlinear` from the per-node slope vectors (`slopes`) rather than a parameter tree."""
+def nonlinear_from_slopes(
+    graph: Graph, found: list, tolerance: float = 0.01, frozen: list | None = None
+) -> list[jax.Array]:
+    """`nonlinear` from the per-node slope vectors (`slopes`) rather than a parameter tree.
+
+    `frozen`: per node, the mask of slopes an optimizer froze at 1 (`slopes` of its `frozen`
+    tree). Given, a PReLU channel is linear exactly when it is frozen: a slope the optimizer left
+    free is nonlinear even within the tolerance of 1, since it can drift away again.
+    """
     out = []
     xp = jnp if any(isinstance(a, jax.Array) for a in found) else np  # numpy in, numpy out
-    for n, a in zip(graph.nodes, found, strict=True):
-        if n.act == "prelu":
+    frozen = [None] * len(graph.nodes) if frozen is None else frozen
+    for n, a, f in zip(graph.nodes, found, frozen, strict=True):
+        if n.act == "prelu" and f is not None:
+            out.append((~xp.asarray(f, bool)).astype(xp.float32))
+        elif n.act == "prelu":
             out.append((xp.abs(1.0 - a.astype(xp.float32)) >= tolerance).astype(xp.float32))
         else:
             out.append(xp.full((n.channels,), 1.0 if n.act == "relu" else 0.0, xp.float32))
