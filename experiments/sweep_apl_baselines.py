@@ -1,18 +1,20 @@
-"""Baselines of the APL study: plain ReLU CNNs whose depth spans the APLs the sparsity sweep reaches,
-at the sparsified network's width and widened (`model.width_mult`) to its parameter count, trained
-with the same recipe and tasks as `sweep_apl_sparsity.py`. `normjax apl-plot SPARSITY --baselines
-THIS` draws them beside the sparsified networks.
+"""Baselines of the APL study: plain ReLU networks whose depth spans the APLs the sparsity sweeps
+reach, at the sparsified network's width and widened to its parameter count on each task (the
+count depends on the task's input and classes), trained with the same recipe and tasks as
+`sweep_apl_sparsity.py`. `normjax apl-plot SPARSITY --baselines THIS` draws them beside the
+sparsified networks. A widened baseline that comes out at the sparsified width is the
+equal-width run under a second label: trained once (`normjax.sweep.spec`).
 
 medium: plain BN-ReLU MLPs of depth 2-20 (the path lengths the residual PReLU MLP of depth 21 can
-reach) at its width 128 and widened to its parameter count (`model.width`: an MLP has no
-`width_mult`), on the tasks of `sweep_apl_sparsity.py --size medium`, 6 epochs, 3 seeds: 108
-runs, most of them shallow, about 30 min on 2 CPU cores.
+reach) at its width 128 and widened (`model.width`: an MLP has no `width_mult`) to its parameter
+count on each task, and the linear classifier (`LINEAR`), on the tasks of `sweep_apl_sparsity.py
+--size medium`, 6 epochs, 3 seeds: 117 runs, most of them shallow.
 """
 
 import importlib.util
 from pathlib import Path
 
-from normjax.studies.apl import count_params, matched_width_mult
+from normjax.studies.apl import matched_width, matched_width_mult
 
 _spec = importlib.util.spec_from_file_location("sweep_apl_sparsity", Path(__file__).with_name("sweep_apl_sparsity.py"))
 _sparsity = importlib.util.module_from_spec(_spec)
@@ -22,27 +24,47 @@ _spec.loader.exec_module(_sparsity)
 SIZES = ("smoke", "medium", "full")
 
 
-def matched_mlp_width(depth: int, target: dict, shape: tuple, num_classes: int = 10) -> int:
-    """The hidden width at which a plain MLP of `depth` has (about) the parameters of `target`."""
-    count = lambda w: count_params({"name": "mlp", "depth": depth, "width": w}, shape, num_classes)  # noqa: E731
-    goal, lo, hi = count_params(target, shape, num_classes), 1, 8192
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if count(mid) < goal else (lo, mid)
-    return min((lo, hi), key=lambda w: abs(count(w) - goal))
+# The floor of the collapse: a linear classifier trained with the same recipe. One hidden layer
+# of PReLU units at slope 1, frozen there from the first step (the prior's tolerance), is
+# dense -> BN -> dense: an affine map, the function class of the all-linear sparsified network
+# (128 wide, so of full rank for up to 128 classes).
+LINEAR = {"name": "linear", "model.name": "mlp", "model.width": 128, "model.activation": "prelu"}
+LINEAR |= {"model.prelu_init": 1.0, "optim.name": "sgd_prelu_l1"}
+
+
+def _zipped(tasks: list[dict], depths: list[int], equal_width: dict, widened, linear: dict | None = None) -> dict:
+    """Zipped (task, baseline, depth) triples: per task, each depth at the equal width and widened
+    to the sparsified network's parameter count on that task (`widened(depth, task) -> settings`),
+    and the linear classifier (depth 1) when `linear` gives its settings."""
+    rows = [
+        (task, kind, d)
+        for task in tasks
+        for kind, d in zip(
+            [{"name": "equal_width"} | equal_width] * len(depths)
+            + [{"name": "equal_params"} | widened(d, task) for d in depths]
+            + ([linear] if linear else []),
+            depths + depths + [1],
+        )
+    ]
+    return {
+        "data.task": [t for t, _, _ in rows],
+        "model.baseline": [k for _, k, _ in rows],
+        "model.depth": [d for *_, d in rows],
+    }
 
 
 def medium_sweep() -> dict:
     depths = [2, 3, 5, 8, 12, 20]
     target = {"name": "mlp", "depth": 21, "width": 128, "shortcut": True}  # apl_resnet.py --size medium
-    widths = [matched_mlp_width(d, target, (28, 28, 1)) for d in depths]
-    kinds = [{"name": "equal_width", "model.width": 128}] * len(depths) + [
-        {"name": "equal_params", "model.width": w} for w in widths
-    ]
+    plain = {"name": "mlp", "shortcut": False}
+
+    def widened(depth: int, task: dict) -> dict:
+        return {"model.width": matched_width(plain | {"depth": depth}, target, *_sparsity.task_input(task))}
+
     return {
         "base": "apl_resnet.py",
-        "grid": {"data.task": _sparsity.tasks("medium"), "train.seed": [0, 1, 2]},
-        "zip": {"model.baseline": kinds, "model.depth": depths + depths},
+        "grid": {"train.seed": [0, 1, 2]},
+        "zip": _zipped(_sparsity.tasks("medium"), depths, {"model.width": 128}, widened, LINEAR),
         "set": {
             "model.name": "mlp",
             "model.shortcut": False,
@@ -61,17 +83,17 @@ def get_sweep(size: str) -> dict:
     depths = [3, 5, 8, 12] if smoke else [3, 4, 6, 8, 11, 14, 19]
     # The sparsified network: ResNet-14 width 8 (smoke) or ResNet-20 width 16 (full).
     target = {"name": "resnet", "depth": 14 if smoke else 20, "width": 8 if smoke else 16}
-    shape = (8, 8, 3) if smoke else (32, 32, 3)
-    mults = [
-        matched_width_mult({"name": "plain_cnn", "depth": d, "width": target["width"]}, target, shape) for d in depths
-    ]
-    kinds = [{"name": "equal_width", "model.width_mult": 1.0}] * len(depths) + [
-        {"name": "equal_params", "model.width_mult": m} for m in mults
-    ]
+
+    def widened(depth: int, task: dict) -> dict:
+        model = {"name": "plain_cnn", "depth": depth, "width": target["width"]}
+        return {"model.width_mult": matched_width_mult(model, target, *_sparsity.task_input(task))}
+
     return {
         "base": "apl_resnet.py",
-        "grid": {"data.task": _sparsity.tasks(size)} | ({} if smoke else {"train.seed": [0, 1]}),
-        "zip": {"model.baseline": kinds, "model.depth": depths + depths},
+        "grid": {} if smoke else {"train.seed": [0, 1]},
+        "zip": _zipped(
+            _sparsity.tasks(size), depths, {"model.width_mult": 1.0}, widened, LINEAR | {"model.name": "mlp"}
+        ),
         "set": {
             "model.name": "plain_cnn",
             "model.width": target["width"],

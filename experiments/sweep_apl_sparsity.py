@@ -53,6 +53,22 @@ def tasks(size: str) -> list[dict]:
     ]
 
 
+# Input shape and classes of the named datasets the tasks use (the synthetic ones say their own).
+_INPUTS = {"digits": ((8, 8, 1), 10), "fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10)}
+_INPUTS["cifar100"] = ((32, 32, 3), 100)
+
+
+def task_input(task: dict) -> tuple[tuple[int, int, int], int]:
+    """A task bundle's (input shape, classes), as its models see them, without loading the data."""
+    if task["data.name"] != "synthetic":
+        return _INPUTS[task["data.name"]]
+    from normjax.config import DEFAULTS
+
+    syn = DEFAULTS["data"]["synthetic"]
+    shape = task.get("data.synthetic.image_shape", syn["image_shape"])
+    return tuple(shape), task.get("data.synthetic.num_classes", syn["num_classes"])
+
+
 def regimes(epochs: float, post_epochs: float, from_k: bool = False) -> list[dict]:
     """during: the prior from step 0; after: a post-training phase warm-started from the base run;
     from_half (from_k): the prior switched on half-way through training (`optim.prelu_start`)."""

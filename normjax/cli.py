@@ -147,6 +147,11 @@ STUDY_COMMANDS = {
         "elr_report_main",
         "the ELR study's numbers claim by claim from its sweeps (explosion, trajectories, critical LR, regimes)",
     ),
+    "apl-report": (
+        "normjax.studies.apl_report",
+        "apl_report_main",
+        "the APL study's numbers claim by claim from its sweeps (collapse, core, advantage gap, baselines, folding)",
+    ),
     "critical-lr": (
         "normjax.studies.critical_lr",
         "critical_lr_main",

@@ -362,3 +362,34 @@ def get_sweep(size):
 """)
     runs, _ = expand(path)
     assert [r.config["optim"]["name"] for r in runs] == ["sgd", "sgd_prelu_l1"]
+
+
+def test_two_labels_of_one_config_train_once_and_both_have_rows(tmp_path):
+    # A baseline widened to the width it already has is the equal-width run: one run, two labels.
+    zipped = '{"model.baseline": [{"name": "equal_width", "model.width": 32}, {"name": "equal_params", "model.width": 32}, {"name": "equal_params", "model.width": 48}]}'
+    spec = _spec(tmp_path, zipped)
+    runs, _ = expand(spec)
+    assert len(runs) == 12
+    shared = [r for r in runs if r.same_as is not None]
+    assert len(shared) == 4 and all(r.overrides["model.baseline"] == "equal_params" for r in shared)
+    by_name = {r.name: r for r in runs}
+    for r in shared:
+        first = by_name[r.same_as]
+        assert first.overrides["model.baseline"] == "equal_width" and first.config == r.config
+        assert {k: v for k, v in first.overrides.items() if k != "model.baseline"} == {
+            k: v for k, v in r.overrides.items() if k != "model.baseline"
+        }
+    w = tmp_path / "w"
+    results = run_sweep(spec, workdir=w)
+    assert len(results) == 12 and all(s["status"] == "done" for s in results.values())
+    trained = [p for p in w.iterdir() if p.is_dir() and not p.is_symlink() and (p / "config.json").exists()]
+    assert len(trained) == 8  # not 12
+    for r in shared:
+        assert (w / r.name).is_symlink() and os.readlink(w / r.name) == r.same_as
+        assert results[r.name] == results[r.same_as]
+    from normjax.sweep.results import collect
+
+    rows = collect(w)
+    assert all(row["status"] == "done" for row in rows)
+    assert sorted(row["model.baseline"] for row in rows) == ["equal_params"] * 8 + ["equal_width"] * 4
+    assert run_sweep(spec, workdir=w) == results  # a rerun trains nothing and keeps the links

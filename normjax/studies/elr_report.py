@@ -40,6 +40,7 @@ import numpy as np
 from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.metrics import spread_key
+from normjax.studies.numbers import finite, fmt, mean_std
 from normjax.sweep.results import collect, group_id, load_sweep
 
 JSON_NAME = "elr_report.json"
@@ -71,16 +72,6 @@ def rank_correlation(x: Any, y: Any) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def _mean_std(values: list[float]) -> dict:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    return {
-        "mean": float(v.mean()) if v.size else None,
-        "std": float(v.std(ddof=1)) if v.size > 1 else None,
-        "n": int(v.size),
-        "values": [float(x) for x in v],
-    }
 
 
 def _read_output(path: str, flag: str, json_name: str, command: str) -> dict:
@@ -211,10 +202,10 @@ def critical_section(paths: list[str]) -> dict:
                         "after_steps": t,
                         "scope": r.get("scope", "all"),
                         "warm_lr": r["warm_lr"],
-                        "crit_predicted": _mean_std(list(pred[:, j])),
-                        "crit_measured": _mean_std(list(meas[:, j])),
-                        "log10_ratio": _mean_std(list(ratio[:, j])),
-                        "spread_now": _mean_std(list(np.asarray(r["spread_now"])[:, j])),
+                        "crit_predicted": mean_std(list(pred[:, j])),
+                        "crit_measured": mean_std(list(meas[:, j])),
+                        "log10_ratio": mean_std(list(ratio[:, j])),
+                        "spread_now": mean_std(list(np.asarray(r["spread_now"])[:, j])),
                     }
                 )
     return {"rows": rows}
@@ -263,8 +254,8 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
             "lr": g["lr"],
             "regime": g["regime"],
             "shortcut": g["shortcut"],
-            "test_accuracy": _mean_std(g["acc"]),
-            "mean_log_spread_early": _mean_std(g["spread"]),
+            "test_accuracy": mean_std(g["acc"]),
+            "mean_log_spread_early": mean_std(g["spread"]),
             "statuses": g["statuses"],
             "diverged": g["statuses"].count("diverged"),
             "sweeps": g["sweeps"],
@@ -407,30 +398,9 @@ def report(
     if regimes:
         res["regimes"] = regimes_section(regimes, layers)
     out.mkdir(parents=True, exist_ok=True)
-    (out / JSON_NAME).write_text(json.dumps(_finite(res), indent=1))
+    (out / JSON_NAME).write_text(json.dumps(finite(res), indent=1))
     res["figures"] = figures
     return res
-
-
-def _finite(x: Any) -> Any:
-    """JSON-safe: numpy scalars as floats, non-finite floats as None (strict JSON has no NaN/Infinity)."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def _fmt(ms: dict, digits: int = 3) -> str:
-    if ms["mean"] is None:
-        return "-"
-    return (
-        f"{ms['mean']:.{digits}f}" + (f" ± {ms['std']:.{digits}f}" if ms["std"] is not None else "") + f" (n={ms['n']})"
-    )
 
 
 def elr_report_main(argv: list[str]) -> int:
@@ -479,14 +449,14 @@ def elr_report_main(argv: list[str]) -> int:
     for r in res.get("critical_lr", {}).get("rows", []):
         print(
             f"critical LR {r['model']} {'residual' if r['shortcut'] else 'plain'} depth {r['depth']} after "
-            f"{r['after_steps']} steps, step moves {r['scope']}: log10(measured/predicted) {_fmt(r['log10_ratio'], 2)}"
+            f"{r['after_steps']} steps, step moves {r['scope']}: log10(measured/predicted) {fmt(r['log10_ratio'], 2)}"
         )
     for section in res.get("regimes", []):
         for r in section["rows"]:
             print(
                 f"LR {section['lr']:g} regime {r['regime']:<24} {'residual' if r['shortcut'] else 'plain':<8} accuracy "
-                f"{_fmt(r['test_accuracy'])} ({r['diverged']} diverged), mean early log10 spread "
-                f"{_fmt(r['mean_log_spread_early'], 2)}"
+                f"{fmt(r['test_accuracy'])} ({r['diverged']} diverged), mean early log10 spread "
+                f"{fmt(r['mean_log_spread_early'], 2)}"
             )
     print(f"json: {(Path(args.out) / JSON_NAME).absolute()}")
     for path in res["figures"]:

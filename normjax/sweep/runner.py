@@ -181,6 +181,11 @@ def run_sweep(
         write_json(workdir / "sweep.json", merge_manifest(old, new))
 
     decide(write_manifest)
+    # Runs sharing another's config are symlinks to it; a bucket has no symlinks: trained again.
+    local = "://" not in str(workdir)
+    aliases = [r for r in mine if r.same_as is not None and local and not _real_dir(workdir / r.name)]
+    mine = [r for r in mine if r not in aliases]
+    decide(lambda: _link_aliases(aliases, workdir))
     if bases:  # base runs first (this shard's share); then the runs that start from them
         base_dir = workdir / "pretrain"
         # A base another shard trains and has not finished yet: its dependents fail with the
@@ -193,7 +198,32 @@ def run_sweep(
             f"{Path(spec).stem} (pretrain)",
         )
         mine = [_from_base(r, base_dir) for r in mine]
-    return _train_runs(mine, workdir, group_size, progress, Path(spec).stem, total=len(runs), shard=shard)
+    results = _train_runs(mine, workdir, group_size, progress, Path(spec).stem, total=len(runs), shard=shard)
+    for r in aliases:  # their summaries are those of the runs they share
+        s = results.get(r.same_as) or RunDir(workdir / r.name).read_summary()
+        if s is not None:
+            results.setdefault(r.name, s)
+    return results
+
+
+def _real_dir(path) -> bool:
+    """A directory that is no symlink: a run trained before runs of one config were shared (kept,
+    and trained as its own run)."""
+    return os.path.isdir(os.fspath(path)) and not os.path.islink(os.fspath(path))
+
+
+def _link_aliases(aliases: list[RunSpec], workdir) -> None:
+    """Each run with another run's config (`same_as`) as a relative symlink to that run's
+    directory, on a local workdir (process 0)."""
+    if not is_writer():
+        return
+    for r in aliases:
+        link = os.fspath(workdir / r.name)
+        if os.path.islink(link):
+            if os.readlink(link) == r.same_as:
+                continue
+            os.unlink(link)
+        os.symlink(r.same_as, link, target_is_directory=True)
 
 
 def _from_base(r: RunSpec, base_dir) -> RunSpec:

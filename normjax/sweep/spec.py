@@ -15,7 +15,9 @@ A grid or zip value may be a *bundle*: a dict of settings varied together, label
 `name` (`"data.task": [{"name": "digits", "data.name": "digits"}, {"name": "hard", "data.name":
 "synthetic", "data.synthetic.difficulty": 0.8}]`); the label key is then a column, not a config key.
 
-The runs are product(grid) x zip. A run whose `train.init_from` is `"pretrain"` warm-starts from a
+The runs are product(grid) x zip. Runs whose labels differ but whose configs are the same are one
+run: the first is trained, the others (`RunSpec.same_as`) are symlinks to its directory, so each
+label has its row and nothing is trained twice. A run whose `train.init_from` is `"pretrain"` warm-starts from a
 *base run*: its own config with the `pretrain` overrides laid over it (and no warm start). Runs that
 share a base config share one base run, trained first into `<sweep>/pretrain/` (e.g. the APL
 study's after-training regime: each network trained once, sparsified with many prior strengths).
@@ -50,6 +52,7 @@ class RunSpec(NamedTuple):
     overrides: dict[str, Any]  # dotted key -> value, the varied values of this run
     config: dict  # the full resolved config
     base: RunSpec | None = None  # the base run (under pretrain/) of a train.init_from="pretrain" run
+    same_as: str | None = None  # an earlier run of the sweep with this config under other labels
 
 
 def _nested(dotted: dict[str, Any]) -> dict:
@@ -185,7 +188,8 @@ def expand(
     lasts = [k.split(".")[-1] for k in varied]
     short = {k: (k.split(".")[-1] if lasts.count(k.split(".")[-1]) == 1 else k) for k in varied}
     n_zip = len(next(iter(zipped.values()))) if zipped else 1
-    runs = []
+    # Two labels can give one config (a baseline widened to the width it has): trained once.
+    runs, first = [], {}
     for z in range(n_zip):
         for combo in itertools.product(*grid.values()):
             values = dict(zip(grid, combo)) | {k: v[z] for k, v in zipped.items()}
@@ -198,7 +202,9 @@ def expand(
             label = "-".join(f"{short[k]}={_fmt(v)}" for k, v in values.items())
             base_run = _base_run(cfg, sweep, path)
             digest = config_hash(_identity(cfg, base_run))
-            runs.append(RunSpec(f"{label}-{digest}" if label else digest, values, cfg, base_run))
+            name = f"{label}-{digest}" if label else digest
+            runs.append(RunSpec(name, values, cfg, base_run, first.get(digest)))
+            first.setdefault(digest, name)
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise UserError(f"sweep {str(path)!r} lists the same run twice; make its grid values distinct")

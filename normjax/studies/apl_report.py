@@ -1,0 +1,421 @@
+"""The APL study's numbers, claim by claim, from its sweeps: `normjax apl-report`.
+
+Reads sparsification sweeps (`sweep_apl_targets.py`: grouped by `optim.prelu_target`;
+`sweep_apl_sparsity.py`: by `optim.prelu_l1`), their base runs (the unsparsified networks the
+after-training runs start from) and the baselines sweep (`sweep_apl_baselines.py`: equal width,
+equal parameters, and the linear classifier), and writes `apl_report.json` and figures:
+
+- per task and regime, each sparsity setting's APL, effective width, nonlinear units and test
+  accuracy as mean ± std over seeds; the unsparsified accuracy (the base runs) and the floor (the
+  linear classifier), and the all-linear networks beside it;
+- the collapse: the APL at which accuracy first falls below halfway between the floor and the
+  unsparsified accuracy, on the seed-mean curve (interpolated in APL) and per seed;
+- the nonlinear advantage: after − during at each setting, with the standard error of the
+  difference of two independent means (seeds), and the APLs it is matched at;
+- the baselines: each sparsified setting against the baselines' seed-mean accuracy interpolated at
+  its mean APL (a plain ReLU net's APL is its depth), per kind; outside the baselines' APL range
+  the comparison is left out (None);
+- with `--fold`, the folded network of every run of the first seed: depth, parameters, accuracy
+  (`normjax fold`, written under OUT/folded/).
+
+Figures: `apl_collapse` (accuracy vs APL with seed bands, floor, unsparsified and halfway lines),
+`apl_gap` (after − during per setting with ±1 s.e.), `apl_core` (effective depth and width per
+setting), `apl_vs_baselines`.
+
+Example:
+  >>> report(["runs/sweep-apl_targets-medium"], baselines="runs/sweep-apl_baselines-medium", out="runs/apl-report")  # doctest: +SKIP
+
+References:
+  Mehmeti-Göpel & Disselhoff, `Average Path Length: Sparsification of Nonlinearities Creates
+  Surprisingly Shallow Networks`, 2022 (arXiv:2211.17180).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from normjax.errors import UserError
+from normjax.figures import figure, save
+from normjax.studies.numbers import finite, fmt, mean_std
+from normjax.sweep.results import collect, load_sweep
+
+JSON_NAME = "apl_report.json"
+TASK, REGIME, SEED, BASELINE = "data.task", "train.regime", "train.seed", "model.baseline"
+SETTINGS = ("optim.prelu_target", "optim.prelu_l1")  # what a sparsification sweep varies
+QUANTITIES = ("apl", "effective_width", "nonlinear_units", "test_accuracy")
+
+
+def collapse_apl(apl: list[float], acc: list[float], half: float) -> float | None:
+    """The APL at which accuracy first falls below `half`, walking from the largest APL down.
+
+    Linear in APL between the last point at or above `half` and the first below it; the largest
+    APL when already the first point is below; None when no point is below (no collapse seen).
+
+    Example:
+      >>> collapse_apl([16.0, 4.0, 2.0, 0.0], [0.9, 0.88, 0.6, 0.5], 0.7)
+      2.5
+    """
+    order = np.argsort(-np.asarray(apl, np.float64), kind="stable")
+    x, y = np.asarray(apl, np.float64)[order], np.asarray(acc, np.float64)[order]
+    below = np.flatnonzero(y < half)
+    if not below.size:
+        return None
+    i = int(below[0])
+    if i == 0:
+        return float(x[0])
+    t = (y[i - 1] - half) / (y[i - 1] - y[i])
+    return float(x[i - 1] + t * (x[i] - x[i - 1]))
+
+
+def _setting_key(rows: list[dict], sweep: Path) -> str:
+    for key in SETTINGS:
+        if any(r.get(key) is not None for r in rows):
+            return key
+    raise UserError(f"{str(sweep)!r} varies none of {', '.join(SETTINGS)}; give a sparsification sweep")
+
+
+def _base_runs(sweep: Path, rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """{(task, seed): base run summary} from the after-training runs' warm starts."""
+    out = {}
+    for r in rows:
+        cfg_path = sweep / r["name"] / "config.json"
+        if not cfg_path.is_file():
+            continue
+        start = json.loads(cfg_path.read_text())["train"]["init_from"]
+        if start and (Path(start) / "summary.json").is_file():
+            s = json.loads((Path(start) / "summary.json").read_text())
+            if s.get("status") == "done":
+                out[(str(r[TASK]), int(r[SEED] or 0))] = s
+    return out
+
+
+def _points(rows: list[dict], key: str) -> list[dict]:
+    """Per setting (largest first): each quantity's mean ± std over seeds, and the seeds."""
+    by: dict[float, list[dict]] = {}
+    for r in rows:
+        by.setdefault(float(r[key]), []).append(r)
+    return [
+        {"setting": v, "seeds": [int(r[SEED] or 0) for r in rs]}
+        | {q: mean_std([float(r[q]) for r in rs if r.get(q) is not None]) for q in QUANTITIES}
+        for v, rs in sorted(by.items(), reverse=True)
+    ]
+
+
+def _gap(after: list[dict], during: list[dict]) -> list[dict]:
+    """after − during per setting both regimes have: difference of means and its standard error."""
+    d = {p["setting"]: p for p in during}
+    out = []
+    for a in after:
+        b = d.get(a["setting"])
+        if b is None or a["test_accuracy"]["mean"] is None or b["test_accuracy"]["mean"] is None:
+            continue
+        var = sum((p["test_accuracy"]["std"] or 0.0) ** 2 / p["test_accuracy"]["n"] for p in (a, b))
+        out.append(
+            {
+                "setting": a["setting"],
+                "gap": a["test_accuracy"]["mean"] - b["test_accuracy"]["mean"],
+                "stderr": math.sqrt(var),
+                "apl_after": a["apl"]["mean"],
+                "apl_during": b["apl"]["mean"],
+            }
+        )
+    return out
+
+
+def _baseline_curves(baselines: Path | None) -> dict[str, dict[str, list[dict]]]:
+    """{task: {kind: rows}} of the finished baseline runs."""
+    if baselines is None:
+        return {}
+    load_sweep(baselines)
+    out: dict[str, dict[str, list[dict]]] = {}
+    for r in collect(baselines):
+        if r["status"] == "done" and r.get("test_accuracy") is not None and r.get("apl") is not None:
+            out.setdefault(str(r[TASK]), {}).setdefault(str(r[BASELINE]), []).append(r)
+    return out
+
+
+def _by_depth(rows: list[dict]) -> list[dict]:
+    """Per depth (shallowest first): APL and test accuracy, mean ± std over seeds."""
+    by: dict[int, list[dict]] = {}
+    for r in rows:
+        by.setdefault(int(r["model.depth"]), []).append(r)
+    return [
+        {
+            "depth": d,
+            "apl": mean_std([float(r["apl"]) for r in rs]),
+            "test_accuracy": mean_std([r["test_accuracy"] for r in rs]),
+        }
+        for d, rs in sorted(by.items())
+    ]
+
+
+def _against_baselines(points: list[dict], kinds: dict[str, list[dict]]) -> list[dict]:
+    """Each setting's accuracy minus each baseline kind's, interpolated at the setting's mean APL."""
+    out = []
+    for p in points:
+        row = {"setting": p["setting"], "apl": p["apl"]["mean"], "test_accuracy": p["test_accuracy"]["mean"]}
+        for kind, curve in kinds.items():
+            xs = np.array([c["apl"]["mean"] for c in curve])
+            ys = np.array([c["test_accuracy"]["mean"] for c in curve])
+            inside = len(xs) > 1 and p["apl"]["mean"] is not None and xs.min() <= p["apl"]["mean"] <= xs.max()
+            base = float(np.interp(p["apl"]["mean"], xs, ys)) if inside else None
+            row[kind] = {"accuracy": base, "difference": None if base is None else row["test_accuracy"] - base}
+        out.append(row)
+    return out
+
+
+def _fold_runs(sweep: Path, rows: list[dict], out: Path) -> list[dict]:
+    """Fold every finished run of the first seed (MLPs fold fully); one record line each."""
+    from normjax.studies.fold import fold_run
+
+    seed = min(int(r[SEED] or 0) for r in rows)
+    records = []
+    for r in rows:
+        if int(r[SEED] or 0) != seed:
+            continue
+        rec = fold_run(sweep / r["name"], out=out / "folded" / r["name"])
+        records.append(
+            {
+                "run": r["name"],
+                TASK: r[TASK],
+                REGIME: r.get(REGIME),
+                "apl": r["apl"],
+                "nonlinear_units": r["nonlinear_units"],
+                "original": {k: rec["original"][k] for k in ("depth", "params", "nonlinear_nodes")},
+                "folded": {k: rec["folded"][k] for k in ("depth", "params", "nonlinear_nodes")},
+                "accuracy": rec["accuracy"],
+                "max_rel_deviation": rec["deviation"]["max_rel"],
+            }
+        )
+    return records
+
+
+def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | None = None) -> dict:
+    """One sparsification sweep's numbers per task (see the module docstring)."""
+    path, _ = load_sweep(sweep)
+    rows = [r for r in collect(path) if r["status"] == "done" and r.get("apl") is not None]
+    if not rows:
+        raise UserError(f"{str(sweep)!r} has no finished run that logged the apl hook (log.metrics=['apl'])")
+    key = _setting_key(rows, path)
+    bases = _base_runs(path, rows)
+    diverged = [r["name"] for r in collect(path) if r["status"] == "diverged"]
+    tasks = {}
+    for task in sorted({str(r[TASK]) for r in rows}):
+        trs = [r for r in rows if str(r[TASK]) == task]
+        base = [s for (t, _), s in sorted(bases.items()) if t == task]
+        unsparsified = mean_std([s.get("test_accuracy") for s in base])
+        kinds = {k: _by_depth(v) for k, v in baselines.get(task, {}).items()}
+        linear = kinds.pop("linear", None)
+        floor = mean_std([a for p in linear or [] for a in p["test_accuracy"]["values"]])
+        half = None
+        if unsparsified["mean"] is not None and floor["mean"] is not None:
+            half = 0.5 * (unsparsified["mean"] + floor["mean"])
+        regimes = {}
+        for regime in sorted({str(r.get(REGIME)) for r in trs}):
+            rrs = [r for r in trs if str(r.get(REGIME)) == regime]
+            points = _points(rrs, key)
+            top_apl = mean_std([s.get("apl") for s in base])["mean"]
+            entry = {"points": points, "collapse_apl": None, "collapse_apl_per_seed": None}
+            if half is not None:
+                xs = [top_apl] + [p["apl"]["mean"] for p in points]
+                ys = [unsparsified["mean"]] + [p["test_accuracy"]["mean"] for p in points]
+                entry["collapse_apl"] = collapse_apl(xs, ys, half)
+                per_seed = []
+                for seed in sorted({int(r[SEED] or 0) for r in rrs}):
+                    srs = [r for r in rrs if int(r[SEED] or 0) == seed]
+                    b = bases.get((task, seed))
+                    if b is None:
+                        continue
+                    per_seed.append(
+                        collapse_apl(
+                            [b["apl"]] + [float(r["apl"]) for r in srs],
+                            [b["test_accuracy"]] + [float(r["test_accuracy"]) for r in srs],
+                            half,
+                        )
+                    )
+                entry["collapse_apl_per_seed"] = per_seed
+            if kinds:
+                entry["vs_baselines"] = _against_baselines(points, kinds)
+            regimes[regime] = entry
+        out = {
+            "unsparsified": unsparsified | {"apl": mean_std([s.get("apl") for s in base])["mean"]},
+            "linear_classifier": floor,
+            "halfway": half,
+            "regimes": regimes,
+            "baselines": kinds,
+        }
+        if {"after", "during"} <= set(regimes):
+            out["gap"] = _gap(regimes["after"]["points"], regimes["during"]["points"])
+        if fold_out is not None:
+            out["folded"] = _fold_runs(path, trs, fold_out)
+        tasks[task] = out
+    return {"sweep": str(path), "setting": key, "diverged": diverged, "tasks": tasks}
+
+
+def _band(ax, points: list[dict], color: str, label: str, x: str = "apl", y: str = "test_accuracy") -> None:
+    xs = np.array([p[x]["mean"] for p in points], float)
+    ys = np.array([p[y]["mean"] for p in points], float)
+    sd = np.array([p[y]["std"] or 0.0 for p in points], float)
+    xe = np.array([p[x]["std"] or 0.0 for p in points], float)
+    ax.errorbar(xs, ys, yerr=sd, xerr=xe, fmt="o-", color=color, ms=3.5, capsize=2, label=label)
+    ax.fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.15)
+
+
+def figures(section: dict, out: Path, stem: str) -> list[Path]:
+    """The report's figures for one sweep section; returns their paths."""
+    tasks = section["tasks"]
+    n = len(tasks)
+    paths: list[Path] = []
+    regimes = sorted({g for t in tasks.values() for g in t["regimes"]})
+    colors = {g: f"C{i}" for i, g in enumerate(regimes)}
+
+    fig, axes = figure(1, n, size=(4.2 * n, 3.6))
+    for ax, (task, t) in zip(axes[0], tasks.items()):
+        for regime, e in t["regimes"].items():
+            _band(ax, e["points"], colors[regime], f"{regime}")
+            if e["collapse_apl"] is not None:
+                ax.axvline(e["collapse_apl"], color=colors[regime], ls=":", lw=1)
+        for value, label, ls in (
+            (t["unsparsified"]["mean"], "unsparsified", "-"),
+            (t["linear_classifier"]["mean"], "linear classifier", "--"),
+            (t["halfway"], "halfway", ":"),
+        ):
+            if value is not None:
+                ax.axhline(value, color="k", ls=ls, lw=0.9, label=label)
+        ax.set_title(f"task: {task}")
+        ax.set_xlabel("APL (normalized), mean ± std over seeds")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=7)
+    paths += save(fig, out, f"{stem}_collapse")
+
+    gaps = {task: t["gap"] for task, t in tasks.items() if t.get("gap")}
+    if gaps:
+        fig, axes = figure(1, 1, size=(5.2, 3.6))
+        ax = axes[0][0]
+        for i, (task, g) in enumerate(gaps.items()):
+            xs = np.arange(len(g)) + 0.12 * (i - (len(gaps) - 1) / 2)
+            ax.errorbar(
+                xs, [x["gap"] for x in g], yerr=[x["stderr"] for x in g], fmt="o", color=f"C{i}", capsize=3, label=task
+            )
+        first = next(iter(gaps.values()))
+        ax.set_xticks(np.arange(len(first)), [f"{x['setting']:g}" for x in first])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel(section["setting"])
+        ax.set_ylabel("test accuracy: after − during (±1 s.e.)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        paths += save(fig, out, f"{stem}_gap")
+
+    fig, axes = figure(1, 1, size=(5.2, 3.6))
+    ax = axes[0][0]
+    for i, (task, t) in enumerate(tasks.items()):
+        for regime, e in t["regimes"].items():
+            pts = e["points"]
+            ax.errorbar(
+                [p["apl"]["mean"] for p in pts],
+                [p["effective_width"]["mean"] for p in pts],
+                xerr=[p["apl"]["std"] or 0.0 for p in pts],
+                yerr=[p["effective_width"]["std"] or 0.0 for p in pts],
+                fmt="o-" if regime == "after" else "^--",
+                color=f"C{i}",
+                ms=3.5,
+                capsize=2,
+                label=f"{task}, {regime}",
+            )
+    ax.set_xlabel("effective depth (APL)")
+    ax.set_ylabel("effective width")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    paths += save(fig, out, f"{stem}_core")
+
+    if any(t["baselines"] for t in tasks.values()):
+        fig, axes = figure(1, n, size=(4.2 * n, 3.6))
+        for ax, (task, t) in zip(axes[0], tasks.items()):
+            for regime, e in t["regimes"].items():
+                _band(ax, e["points"], colors[regime], f"sparsified, {regime}")
+            for (kind, curve), ls in zip(sorted(t["baselines"].items()), ("--", ":")):
+                _band(ax, curve, "k", f"baseline, {kind}")
+                ax.lines[-1].set_linestyle(ls)
+            ax.set_title(f"task: {task}")
+            ax.set_xlabel("APL (a plain net's is its depth)")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("test accuracy")
+        axes[0][-1].legend(fontsize=7)
+        paths += save(fig, out, f"{stem}_vs_baselines")
+    return paths
+
+
+def report(
+    sweeps: list[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    baselines: str | os.PathLike | None = None,
+    fold: bool = False,
+) -> dict:
+    """Every claim's numbers from the APL sweeps, into `OUT/apl_report.json`, and the figures.
+
+    Args:
+      sweeps: sparsification sweep directories (targets or λ sweeps).
+      out: output directory.
+      baselines: the baselines sweep directory (equal width, equal params, linear classifier).
+      fold: also fold every first-seed run of each sweep (OUT/folded/).
+
+    Returns:
+      The report dict (`sweeps`: one section per sweep, `figures`: the written paths).
+    """
+    if not sweeps:
+        raise UserError("give at least one sparsification sweep directory")
+    out = Path(out).expanduser()
+    base = _baseline_curves(None if baselines is None else Path(baselines).expanduser())
+    res = {"sweeps": [], "baselines": None if baselines is None else str(baselines)}
+    figs: list[Path] = []
+    for sweep in sweeps:
+        section = sweep_section(sweep, base, out / Path(sweep).name if fold else None)
+        res["sweeps"].append(section)
+        figs += figures(section, out, Path(sweep).name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / JSON_NAME).write_text(json.dumps(finite(res), indent=1))
+    res["figures"] = figs
+    return res
+
+
+def apl_report_main(argv: list[str]) -> int:
+    """`normjax apl-report SWEEP [SWEEP ...] --out DIR [--baselines DIR] [--fold]`.
+
+    Args:
+      argv: the arguments after `apl-report`.
+
+    Returns:
+      The exit code (0); the headline numbers are printed. Bad input raises `UserError`.
+    """
+    p = argparse.ArgumentParser(prog="normjax apl-report", description=apl_report_main.__doc__.splitlines()[0])
+    p.add_argument(
+        "sweeps", nargs="+", help="sparsification sweep directories (sweep_apl_targets.py, sweep_apl_sparsity.py)"
+    )
+    p.add_argument("--out", required=True, help="output directory for apl_report.json and the figures")
+    p.add_argument("--baselines", help="the baselines sweep directory (sweep_apl_baselines.py)")
+    p.add_argument("--fold", action="store_true", help="fold every first-seed run (OUT/<sweep>/folded/)")
+    args = p.parse_args(argv)
+    res = report(args.sweeps, out=args.out, baselines=args.baselines, fold=args.fold)
+    for s in res["sweeps"]:
+        for task, t in s["tasks"].items():
+            print(
+                f"{Path(s['sweep']).name} {task}: unsparsified {fmt(t['unsparsified'])}, "
+                f"linear classifier {fmt(t['linear_classifier'])}"
+            )
+            for regime, e in t["regimes"].items():
+                c = e["collapse_apl"]
+                print(f"  {regime}: collapse at APL {'-' if c is None else f'{c:.2f}'}")
+            for g in t.get("gap", []):
+                print(f"  after - during at {s['setting']}={g['setting']:g}: {g['gap']:+.4f} ± {g['stderr']:.4f}")
+    print(f"json: {(Path(args.out) / JSON_NAME).absolute()}")
+    for path in res["figures"]:
+        print(f"figure: {path}")
+    return 0

@@ -1,0 +1,51 @@
+"""Summaries the study reports share: mean ± std over seeds, and JSON-safe values."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def mean_std(values: list[float]) -> dict:
+    """`{"mean", "std" (ddof=1), "n", "values"}` of the finite values (None where undefined).
+
+    Example:
+      >>> mean_std([1.0, 3.0, float("nan")])
+      {'mean': 2.0, 'std': 1.4142135623730951, 'n': 2, 'values': [1.0, 3.0]}
+    """
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+    return {
+        "mean": float(v.mean()) if v.size else None,
+        "std": float(v.std(ddof=1)) if v.size > 1 else None,
+        "n": int(v.size),
+        "values": [float(x) for x in v],
+    }
+
+
+def finite(x: Any) -> Any:
+    """JSON-safe: numpy scalars as floats, non-finite floats as None (strict JSON has no NaN/Infinity).
+
+    Example:
+      >>> finite({"a": [np.float32(0.5), float("inf")], "b": np.int64(3)})
+      {'a': [0.5, None], 'b': 3}
+    """
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def fmt(ms: dict, digits: int = 3) -> str:
+    """`mean ± std (n=N)` of a `mean_std` dict; `-` without values."""
+    if ms["mean"] is None:
+        return "-"
+    return (
+        f"{ms['mean']:.{digits}f}" + (f" ± {ms['std']:.{digits}f}" if ms["std"] is not None else "") + f" (n={ms['n']})"
+    )
