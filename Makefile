@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test lint test-slow test-isa bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr
+.PHONY: demo test lint test-slow test-isa bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr reproduce-apl
 
 # The training stack (the `train` extra) and the test tools; `pip install .` alone is the base install.
 $(STAMP): pyproject.toml
@@ -78,11 +78,21 @@ reproduce-elr: $(STAMP)
 		$(BIN)/normjax elr-plot $(WORKDIR)/$$d --hue optim.name || exit 1; done
 	$(BIN)/python docs/copy_figures.py --reproduction $(WORKDIR)
 
-# The APL study: baselines, the λ sweep and the target sweep, figures with the baselines drawn in.
+# The APL study: baselines, the λ sweep and the target sweep, figures with the baselines drawn in,
+# and the report of every claim's numbers (collapse, core, gap, baselines, folded first-seed runs).
+APL_SWEEPS = $(WORKDIR)/sweep-apl_targets-$(SIZE) $(WORKDIR)/sweep-apl_sparsity-$(SIZE)
 apl: $(STAMP)
 	$(MAKE) sweep-apl_baselines sweep-apl_sparsity sweep-apl_targets
-	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_sparsity-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
-	$(BIN)/normjax apl-plot $(WORKDIR)/sweep-apl_targets-$(SIZE) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE)
+	for d in $(APL_SWEEPS); do \
+		$(BIN)/normjax apl-plot $$d --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE) || exit 1; done
+	$(BIN)/normjax apl-report $(APL_SWEEPS) --baselines $(WORKDIR)/sweep-apl_baselines-$(SIZE) \
+		--out $(WORKDIR)/apl-report-$(SIZE) --fold
+
+# The APL study reproduced on Fashion-MNIST, digits and parity (docs/reproduction.md, APL half):
+# `make apl` at medium size, its figures and report copied into docs/reproduction/apl/.
+reproduce-apl: $(STAMP)
+	$(MAKE) apl SIZE=medium
+	$(BIN)/python docs/copy_figures.py --apl $(WORKDIR)
 
 # One style, checked: ruff's lint and formatter (pyproject.toml's [tool.ruff]) on the whole tree;
 # `$(BIN)/ruff format . && $(BIN)/ruff check --fix .` repairs what they find.

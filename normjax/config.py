@@ -107,6 +107,7 @@ DEFAULTS: dict[str, Any] = {
         # sgd_prelu_target (normjax.transforms.prelu_sparsity_controller): prelu_l1 > 0 is the initial strength
         "prelu_target": 1.0,  # traced: fraction of PReLU units to keep nonlinear (1.0 = all: the prior stays off)
         "prelu_gain": 0.01,  # traced: the strength grows by up to e^gain per step until the target is met
+        "prelu_min_rate": 0.0,  # traced: the floor on the share left in the integral (0: none; > 0: the target is met in bounded time)
     },
     "train": {
         "seed": 0,  # traced: parameter init, data order and augmentation

@@ -46,7 +46,8 @@ def get_sweep(size):
                      "train.regime": [{"name": "during", "train.init_from": "", "train.steps": 400},
                                       {"name": "after", "train.init_from": "pretrain", "train.steps": 200}],
                      "optim.prelu_target": [0.5, 0.0], "train.seed": [0, 1]},
-            "set": %r | {"optim.name": "sgd_prelu_target", "optim.prelu_l1": 0.01, "optim.prelu_gain": 0.1},
+            "set": %r | {"optim.name": "sgd_prelu_target", "optim.prelu_l1": 0.01, "optim.prelu_gain": 0.1,
+                         "optim.prelu_min_rate": 0.1},
             "pretrain": {"optim.prelu_target": 1.0, "train.steps": 400}}
 """
 BASELINES = """
@@ -135,6 +136,17 @@ def test_report_numbers_come_from_the_runs(sweeps, tmp_path):
     after, during = (t["regimes"][k]["points"][0]["test_accuracy"] for k in ("after", "during"))
     assert g0["gap"] == pytest.approx(after["mean"] - during["mean"])
     assert g0["stderr"] == pytest.approx(np.sqrt(after["std"] ** 2 / 2 + during["std"] ** 2 / 2))
+    d_pts = sorted(t["regimes"]["during"]["points"], key=lambda p: p["apl"]["mean"])
+    xs, ys = [p["apl"]["mean"] for p in d_pts], [p["test_accuracy"]["mean"] for p in d_pts]
+    for g, a in zip((g0, g1), t["regimes"]["after"]["points"]):
+        x = a["apl"]["mean"]
+        across = xs[0] < x < xs[-1] and (ys[0] - t["halfway"]) * (ys[-1] - t["halfway"]) < 0
+        if xs[0] <= x <= xs[-1] and not across:  # the during curve read at the after run's APL
+            assert g["gap_matched_apl"] == pytest.approx(a["test_accuracy"]["mean"] - np.interp(x, xs, ys))
+        else:  # outside the during APLs, or a straight line across the collapse: no number
+            assert g["gap_matched_apl"] is None
+    assert g1["gap_matched_apl"] == pytest.approx(g1["gap"])  # all-linear: APL 0 in both regimes
+    assert saved["sweeps"][0]["missed_target"] == [] and saved["sweeps"][0]["diverged"] == []
     assert [b["depth"] for b in t["baselines"]["equal_width"]] == [1, 2, 3] and "linear" not in t["baselines"]
     # folded: the all-linear MLP is one dense layer, with the linearized net's accuracy
     folded = {(f["train.regime"], f["nonlinear_units"]): f for f in t["folded"]}

@@ -89,17 +89,21 @@ def test_a_burst_is_cut_to_the_budget_closest_to_one_first():
     assert int(state[1].num_frozen) == 6 and float(state[1].strength) == 0.0
 
 
-def test_the_integral_law_in_log_strength():
-    """s grows by gain times the share of the freezing left; λ = λ0 e^s is applied the step after."""
+@pytest.mark.parametrize("min_rate, rate", [(0.0, 4 / 5), (0.5, 4 / 5), (0.9, 0.9)])
+def test_the_integral_law_in_log_strength(min_rate, rate):
+    """s grows by gain times the share of the freezing left (at least `min_rate`); λ = λ0 e^s is
+    applied the step after."""
     alpha = jnp.array([0.995] + [-5.0] * 9)  # one slope freezes at once, the others are far from 1
     lam0, gain = 0.01, 0.3
-    tx = njt.prelu_sparsity_controller(target_count=5, learning_rate=LR, init_strength=lam0, gain=gain)
+    tx = njt.prelu_sparsity_controller(
+        target_count=5, learning_rate=LR, init_strength=lam0, gain=gain, min_rate=min_rate
+    )
     state, update, s_expected = tx.init(alpha), jax.jit(tx.update), 0.0
     for _ in range(4):
         u, state = update(jnp.zeros(10), state, alpha)
         alpha = optax.apply_updates(alpha, u)
         np.testing.assert_allclose(float(state.strength), lam0 * np.exp(s_expected), rtol=1e-6)
-        s_expected += gain * 4 / 5  # 1 of the 5 to freeze is done, 4 left
+        s_expected += gain * rate  # 1 of the 5 to freeze is done, 4 left
         np.testing.assert_allclose(float(state.log_scale), s_expected, rtol=1e-6)
     assert int(state.num_frozen) == 1 and int(state.count) == 4
 
@@ -361,3 +365,27 @@ def test_apl_hook_counts_a_free_slope_near_one_as_nonlinear():
 
     assert units(state) == 2  # the frozen slope only; 0.995 is free
     assert units(optax.EmptyState()) == 1  # by the tolerance 0.01, 0.995 counts as linear
+
+
+def test_a_rate_floor_meets_a_target_the_vanishing_rate_stalls_at():
+    # 999 free slopes freeze early; the last is held away from 1 by a constant pull of 2 per unit
+    # LR. Without a floor the integral's rate falls to gain/1000 per step: the prior stays at about
+    # 1.1 < 2 and the unit never freezes. A floor of 0.1 grows it past 2 and meets the target.
+    n = 1000
+
+    def run(min_rate):
+        params = {"slope": jnp.linspace(-0.5, 0.5, n)}
+        grads = {"slope": jnp.zeros(n).at[0].set(2.0)}
+        tx = optax.chain(
+            optax.sgd(0.1), njt.prelu_sparsity_controller(0.0, 0.1, init_strength=0.1, gain=0.1, min_rate=min_rate)
+        )
+        state, update = tx.init(params), jax.jit(tx.update)
+        for _ in range(400):
+            updates, state = update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        return state[1], params["slope"]
+
+    stalled, slopes = run(0.0)
+    assert int(stalled.num_frozen) == n - 1 and 1.0 < float(stalled.strength) < 2.0 and float(slopes[0]) < 0
+    met, slopes = run(0.1)
+    assert int(met.num_frozen) == n and float(met.strength) == 0.0 and bool(jnp.all(slopes == 1.0))

@@ -10,8 +10,9 @@ equal parameters, and the linear classifier), and writes `apl_report.json` and f
   linear classifier), and the all-linear networks beside it;
 - the collapse: the APL at which accuracy first falls below halfway between the floor and the
   unsparsified accuracy, on the seed-mean curve (interpolated in APL) and per seed;
-- the nonlinear advantage: after − during at each setting, with the standard error of the
-  difference of two independent means (seeds), and the APLs it is matched at;
+- the nonlinear advantage: after − during at each setting (matched count of nonlinear units), with
+  the standard error of the difference of two independent means (seeds), and at matched APL (the
+  during curve read at the after point's APL);
 - the baselines: each sparsified setting against the baselines' seed-mean accuracy interpolated at
   its mean APL (a plain ReLU net's APL is its depth), per kind; outside the baselines' APL range
   the comparison is left out (None);
@@ -88,8 +89,12 @@ def _base_runs(sweep: Path, rows: list[dict]) -> dict[tuple[str, int], dict]:
         if not cfg_path.is_file():
             continue
         start = json.loads(cfg_path.read_text())["train"]["init_from"]
-        if start and (Path(start) / "summary.json").is_file():
-            s = json.loads((Path(start) / "summary.json").read_text())
+        if not start:
+            continue
+        # the path the run was given, else the same base run in this (moved) sweep directory
+        found = [p for p in (Path(start), sweep / "pretrain" / Path(start).name) if (p / "summary.json").is_file()]
+        if found:
+            s = json.loads((found[0] / "summary.json").read_text())
             if s.get("status") == "done":
                 out[(str(r[TASK]), int(r[SEED] or 0))] = s
     return out
@@ -107,24 +112,44 @@ def _points(rows: list[dict], key: str) -> list[dict]:
     ]
 
 
-def _gap(after: list[dict], during: list[dict]) -> list[dict]:
-    """after − during per setting both regimes have: difference of means and its standard error."""
+def _stderr2(ms: dict) -> float:
+    return (ms["std"] or 0.0) ** 2 / max(ms["n"], 1)
+
+
+def _gap(after: list[dict], during: list[dict], half: float | None = None) -> list[dict]:
+    """after − during per setting both regimes have: the difference of the seed means and its
+    standard error (two independent means); and at matched APL, the during curve (seed means
+    and their standard errors, linear in APL) read at the after point's mean APL, None outside
+    the APLs the during runs reached or between two during points on either side of `half`
+    (a straight line across the collapse is no measurement)."""
     d = {p["setting"]: p for p in during}
+    ok = [p for p in during if p["apl"]["mean"] is not None and p["test_accuracy"]["mean"] is not None]
+    ok.sort(key=lambda p: p["apl"]["mean"])
+    xs = np.array([p["apl"]["mean"] for p in ok])
     out = []
     for a in after:
         b = d.get(a["setting"])
         if b is None or a["test_accuracy"]["mean"] is None or b["test_accuracy"]["mean"] is None:
             continue
-        var = sum((p["test_accuracy"]["std"] or 0.0) ** 2 / p["test_accuracy"]["n"] for p in (a, b))
-        out.append(
-            {
-                "setting": a["setting"],
-                "gap": a["test_accuracy"]["mean"] - b["test_accuracy"]["mean"],
-                "stderr": math.sqrt(var),
-                "apl_after": a["apl"]["mean"],
-                "apl_during": b["apl"]["mean"],
-            }
-        )
+        row = {
+            "setting": a["setting"],
+            "gap": a["test_accuracy"]["mean"] - b["test_accuracy"]["mean"],
+            "stderr": math.sqrt(_stderr2(a["test_accuracy"]) + _stderr2(b["test_accuracy"])),
+            "apl_after": a["apl"]["mean"],
+            "apl_during": b["apl"]["mean"],
+            "gap_matched_apl": None,
+            "stderr_matched_apl": None,
+        }
+        x = a["apl"]["mean"]
+        ys = np.array([p["test_accuracy"]["mean"] for p in ok])
+        j = int(np.searchsorted(xs, x)) if x is not None else 0
+        across = half is not None and 0 < j < len(xs) and (ys[j - 1] - half) * (ys[j] - half) < 0 and xs[j] != x
+        if len(xs) > 1 and x is not None and xs[0] <= x <= xs[-1] and not across:
+            acc = np.interp(x, xs, ys)
+            se2 = np.interp(x, xs, [_stderr2(p["test_accuracy"]) for p in ok])
+            row["gap_matched_apl"] = a["test_accuracy"]["mean"] - float(acc)
+            row["stderr_matched_apl"] = math.sqrt(_stderr2(a["test_accuracy"]) + float(se2))
+        out.append(row)
     return out
 
 
@@ -205,6 +230,12 @@ def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | No
     key = _setting_key(rows, path)
     bases = _base_runs(path, rows)
     diverged = [r["name"] for r in collect(path) if r["status"] == "diverged"]
+    missed = []  # controller runs that ended with more nonlinear units than their target keeps
+    if key == "optim.prelu_target":
+        for r in rows:
+            units = r["nonlinear_units"] / r["nonlinear_fraction"] if r.get("nonlinear_fraction") else None
+            if units is not None and r["nonlinear_units"] > round(r[key] * round(units)):
+                missed.append(r["name"])
     tasks = {}
     for task in sorted({str(r[TASK]) for r in rows}):
         trs = [r for r in rows if str(r[TASK]) == task]
@@ -251,11 +282,11 @@ def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | No
             "baselines": kinds,
         }
         if {"after", "during"} <= set(regimes):
-            out["gap"] = _gap(regimes["after"]["points"], regimes["during"]["points"])
+            out["gap"] = _gap(regimes["after"]["points"], regimes["during"]["points"], half)
         if fold_out is not None:
             out["folded"] = _fold_runs(path, trs, fold_out)
         tasks[task] = out
-    return {"sweep": str(path), "setting": key, "diverged": diverged, "tasks": tasks}
+    return {"sweep": str(path), "setting": key, "diverged": diverged, "missed_target": missed, "tasks": tasks}
 
 
 def _band(ax, points: list[dict], color: str, label: str, x: str = "apl", y: str = "test_accuracy") -> None:
@@ -414,7 +445,12 @@ def apl_report_main(argv: list[str]) -> int:
                 c = e["collapse_apl"]
                 print(f"  {regime}: collapse at APL {'-' if c is None else f'{c:.2f}'}")
             for g in t.get("gap", []):
-                print(f"  after - during at {s['setting']}={g['setting']:g}: {g['gap']:+.4f} ± {g['stderr']:.4f}")
+                m = g["gap_matched_apl"]
+                at_apl = "-" if m is None else f"{m:+.4f} ± {g['stderr_matched_apl']:.4f}"
+                print(
+                    f"  after - during at {s['setting']}={g['setting']:g}: {g['gap']:+.4f} ± {g['stderr']:.4f}; "
+                    f"at the after runs' APL {g['apl_after']:.2f}: {at_apl}"
+                )
     print(f"json: {(Path(args.out) / JSON_NAME).absolute()}")
     for path in res["figures"]:
         print(f"figure: {path}")

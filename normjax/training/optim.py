@@ -241,6 +241,7 @@ def sgd_prelu_target(
     prelu_tolerance,
     prelu_target,
     prelu_gain,
+    prelu_min_rate,
     *,
     nesterov: bool,
     decoupled_wd: bool,
@@ -258,6 +259,7 @@ def sgd_prelu_target(
         lambda t: lr * schedule(t),
         init_strength=prelu_l1,
         gain=prelu_gain,
+        min_rate=prelu_min_rate,
         tolerance=prelu_tolerance,
         mode=prelu_mode,
         power=prelu_power,
@@ -301,7 +303,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     ),
     "sgd_prelu_target": OptimizerSpec(
         sgd_prelu_target,
-        _SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain"),
+        _SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain", "prelu_min_rate"),
         _SGD_STATIC + ("prelu_mode", "prelu_power"),
     ),
 }
@@ -400,6 +402,8 @@ def check_optim_config(cfg: dict, model_cfg: dict) -> None:
         )
     if cfg["prelu_gain"] < 0:
         raise UserError(f"optim.prelu_gain={cfg['prelu_gain']} is negative; allowed: >= 0")
+    if not 0 <= cfg["prelu_min_rate"] <= 1:
+        raise UserError(f"optim.prelu_min_rate={cfg['prelu_min_rate']} is not allowed; allowed: 0 to 1")
     if not 0 <= cfg["prelu_start"] < 1:
         raise UserError(f"optim.prelu_start={cfg['prelu_start']} is not allowed; give a fraction of training in [0, 1)")
     if spec.factory is sgd_prelu_target and not cfg["prelu_l1"] > 0:
