@@ -3,7 +3,7 @@ those of the ELR reproduction into docs/reproduction/ (`make reproduce-elr` runs
 
     python docs/copy_figures.py [WORKDIR]                  # WORKDIR: the --workdir root (default runs)
     python docs/copy_figures.py --reproduction [WORKDIR]   # also copies elr_report.json
-    python docs/copy_figures.py --apl [WORKDIR]            # the APL sparsity sweep's, into docs/reproduction/apl/
+    python docs/copy_figures.py --apl [WORKDIR]            # the APL sweeps' and apl_report.json, into docs/reproduction/apl/
 
 Each figure of docs/figures.md is listed below with the run or sweep directory it is read from,
 relative to WORKDIR (a glob that must match exactly one directory: run directories end in the
@@ -65,16 +65,32 @@ REPRODUCTION = {
 }
 
 
-# docs/reproduction/apl/<name>: the medium APL sparsity sweep (`make sweep-apl_sparsity SIZE=medium`)
-APL_SWEEP = "sweep-apl_sparsity-medium"
+# docs/reproduction/apl/<name>: the medium APL sweeps and their report (`make reproduce-apl`)
+APL_SWEEP, APL_TARGETS, APL_BASELINES = (
+    "sweep-apl_sparsity-medium",
+    "sweep-apl_targets-medium",
+    "sweep-apl_baselines-medium",
+)
+APL_REPORT = "apl-report-medium"
 APL = {
     **{
-        f"sparsity_{n}.png": (APL_SWEEP, f"{n}.png")
-        for n in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap")
+        f"{kind}_{n}.png": (sweep, f"{n}.png")
+        for kind, sweep in (("sparsity", APL_SWEEP), ("targets", APL_TARGETS))
+        for n in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap", "vs_baselines")
     },
-    "sparsity_apl_table.csv": (APL_SWEEP, "apl_table.csv"),
-    "sparsity_results.csv": (APL_SWEEP, "results.csv"),
-    "sparsity_results_agg.csv": (APL_SWEEP, "results_agg.csv"),
+    **{
+        f"{kind}_{n}.png": (APL_REPORT, f"{sweep}_{n}.png")
+        for kind, sweep in (("sparsity", APL_SWEEP), ("targets", APL_TARGETS))
+        for n in ("collapse", "gap", "core", "vs_baselines")
+    },
+    **{
+        f"{kind}_{n}": (sweep, n)
+        for kind, sweep in (("sparsity", APL_SWEEP), ("targets", APL_TARGETS))
+        for n in ("apl_table.csv", "results.csv", "results_agg.csv")
+    },
+    "baselines_results.csv": (APL_BASELINES, "results.csv"),
+    "baselines_results_agg.csv": (APL_BASELINES, "results_agg.csv"),
+    "apl_report.json": (APL_REPORT, "apl_report.json"),
 }
 
 
