@@ -393,3 +393,16 @@ def test_two_labels_of_one_config_train_once_and_both_have_rows(tmp_path):
     assert all(row["status"] == "done" for row in rows)
     assert sorted(row["model.baseline"] for row in rows) == ["equal_params"] * 8 + ["equal_width"] * 4
     assert run_sweep(spec, workdir=w) == results  # a rerun trains nothing and keeps the links
+
+
+def test_runs_stored_before_a_key_was_added_stay_finished(tmp_path):
+    # A run directory written before `optim.prelu_min_rate` existed lacks it in config.json; the
+    # key's default is the old behaviour, so the run is the same run: finished, not "another config".
+    spec, w = _spec(tmp_path), tmp_path / "w"
+    first = run_sweep(spec, workdir=w)
+    for name in first:
+        path = w / name / "config.json"
+        cfg = json.loads(path.read_text())
+        del cfg["optim"]["prelu_min_rate"]
+        path.write_text(json.dumps(cfg))
+    assert run_sweep(spec, workdir=w) == first

@@ -307,9 +307,13 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
       >>> resnet = {"name": "resnet", "shortcut": True}
       >>> config_diff({"model": resnet}, {"model": resnet | {"shortcut": "auto"}})  # the same model
       ''
+      >>> stored = {"optim": {k: v for k, v in DEFAULTS["optim"].items() if k != "prelu_min_rate"}}
+      >>> config_diff(stored, {"optim": DEFAULTS["optim"]})  # a key added to the defaults since
+      ''
     """
-    if not prefix:  # values that build the same model are the same (normjax.config.canonical)
-        old, new = canonical(old), canonical(new)
+    if not prefix:  # values that build the same model are the same (normjax.config.canonical);
+        # a stored config lacks the keys added to the defaults since: they had their defaults
+        old, new = canonical(with_defaults(old)), canonical(with_defaults(new))
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
