@@ -9,7 +9,8 @@ equal parameters, and the linear classifier), and writes `apl_report.json` and f
   accuracy as mean ± std over seeds; the unsparsified accuracy (the base runs) and the floor (the
   linear classifier), and the all-linear networks beside it;
 - the collapse: the APL at which accuracy first falls below halfway between the floor and the
-  unsparsified accuracy, on the seed-mean curve (interpolated in APL) and per seed;
+  unsparsified accuracy, on the seed-mean curve (interpolated in APL) and per seed; None (and no
+  halfway) where the floor is not below the unsparsified accuracy;
 - the nonlinear advantage: after − during at each setting (matched count of nonlinear units), with
   the standard error of the difference of two independent means (seeds), and at matched APL (the
   during curve read at the after point's APL);
@@ -59,8 +60,8 @@ def collapse_apl(apl: list[float], acc: list[float], half: float) -> float | Non
     APL when already the first point is below; None when no point is below (no collapse seen).
 
     Example:
-      >>> collapse_apl([16.0, 4.0, 2.0, 0.0], [0.9, 0.88, 0.6, 0.5], 0.7)
-      2.5
+      >>> collapse_apl([16.0, 4.0, 2.0, 0.0], [0.9, 0.9, 0.5, 0.5], 0.7)
+      3.0
     """
     order = np.argsort(-np.asarray(apl, np.float64), kind="stable")
     x, y = np.asarray(apl, np.float64)[order], np.asarray(acc, np.float64)[order]
@@ -72,6 +73,19 @@ def collapse_apl(apl: list[float], acc: list[float], half: float) -> float | Non
         return float(x[0])
     t = (y[i - 1] - half) / (y[i - 1] - y[i])
     return float(x[i - 1] + t * (x[i] - x[i - 1]))
+
+
+def halfway(unsparsified: float | None, floor: float | None) -> float | None:
+    """The accuracy halfway between the floor (the linear classifier) and the unsparsified net;
+    None without both, or where the floor is not below: then there is no collapse to locate.
+
+    Example:
+      >>> halfway(0.9, 0.5), halfway(0.97, 0.98)
+      (0.7, None)
+    """
+    if unsparsified is None or floor is None or not unsparsified > floor:
+        return None
+    return 0.5 * (unsparsified + floor)
 
 
 def _setting_key(rows: list[dict], sweep: Path) -> str:
@@ -244,9 +258,7 @@ def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | No
         kinds = {k: _by_depth(v) for k, v in baselines.get(task, {}).items()}
         linear = kinds.pop("linear", None)
         floor = mean_std([a for p in linear or [] for a in p["test_accuracy"]["values"]])
-        half = None
-        if unsparsified["mean"] is not None and floor["mean"] is not None:
-            half = 0.5 * (unsparsified["mean"] + floor["mean"])
+        half = halfway(unsparsified["mean"], floor["mean"])
         regimes = {}
         for regime in sorted({str(r.get(REGIME)) for r in trs}):
             rrs = [r for r in trs if str(r.get(REGIME)) == regime]
