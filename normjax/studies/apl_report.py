@@ -301,12 +301,13 @@ def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | No
     return {"sweep": str(path), "setting": key, "diverged": diverged, "missed_target": missed, "tasks": tasks}
 
 
-def _band(ax, points: list[dict], color: str, label: str, x: str = "apl", y: str = "test_accuracy") -> None:
-    xs = np.array([p[x]["mean"] for p in points], float)
-    ys = np.array([p[y]["mean"] for p in points], float)
-    sd = np.array([p[y]["std"] or 0.0 for p in points], float)
-    xe = np.array([p[x]["std"] or 0.0 for p in points], float)
-    ax.errorbar(xs, ys, yerr=sd, xerr=xe, fmt="o-", color=color, ms=3.5, capsize=2, label=label)
+def _band(ax, points: list[dict], color: str, label: str, ls: str = "-") -> None:
+    """Seed-mean accuracy against seed-mean APL, ±1 std both ways, and a band."""
+    xs = np.array([p["apl"]["mean"] for p in points], float)
+    ys = np.array([p["test_accuracy"]["mean"] for p in points], float)
+    sd = np.array([p["test_accuracy"]["std"] or 0.0 for p in points], float)
+    xe = np.array([p["apl"]["std"] or 0.0 for p in points], float)
+    ax.errorbar(xs, ys, yerr=sd, xerr=xe, fmt="o", ls=ls, color=color, ms=3.5, capsize=2, label=label)
     ax.fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.15)
 
 
@@ -383,9 +384,8 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
         for ax, (task, t) in zip(axes[0], tasks.items()):
             for regime, e in t["regimes"].items():
                 _band(ax, e["points"], colors[regime], f"sparsified, {regime}")
-            for (kind, curve), ls in zip(sorted(t["baselines"].items()), ("--", ":")):
-                _band(ax, curve, "k", f"baseline, {kind}")
-                ax.lines[-1].set_linestyle(ls)
+            for (kind, curve), (color, ls) in zip(sorted(t["baselines"].items()), (("k", "--"), ("0.45", ":"))):
+                _band(ax, curve, color, f"baseline, {kind}", ls)
             ax.set_title(f"task: {task}")
             ax.set_xlabel("APL (a plain net's is its depth)")
             ax.grid(alpha=0.3)
