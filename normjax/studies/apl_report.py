@@ -44,7 +44,7 @@ import numpy as np
 
 from normjax.errors import UserError
 from normjax.figures import figure, save
-from normjax.studies.numbers import finite, fmt, mean_std
+from normjax.studies.numbers import fmt, mean_std, write_report
 from normjax.sweep.results import collect, load_sweep
 
 JSON_NAME = "apl_report.json"
@@ -311,6 +311,17 @@ def _band(ax, points: list[dict], color: str, label: str, ls: str = "-") -> None
     ax.fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.15)
 
 
+def _save_panels(fig, axes, tasks: dict, xlabel: str, path: Path) -> list[Path]:
+    """One accuracy panel per task: titles, axes and the legend; saved as `path`.png/.pdf."""
+    for ax, task in zip(axes[0], tasks):
+        ax.set_title(f"task: {task}")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=7)
+    return save(fig, path.parent, path.name)
+
+
 def figures(section: dict, out: Path, stem: str) -> list[Path]:
     """The report's figures for one sweep section; returns their paths."""
     tasks = section["tasks"]
@@ -320,7 +331,7 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
     colors = {g: f"C{i}" for i, g in enumerate(regimes)}
 
     fig, axes = figure(1, n, size=(4.2 * n, 3.6))
-    for ax, (task, t) in zip(axes[0], tasks.items()):
+    for ax, t in zip(axes[0], tasks.values()):
         for regime, e in t["regimes"].items():
             _band(ax, e["points"], colors[regime], f"{regime}")
             if e["collapse_apl"] is not None:
@@ -332,12 +343,7 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
         ):
             if value is not None:
                 ax.axhline(value, color="k", ls=ls, lw=0.9, label=label)
-        ax.set_title(f"task: {task}")
-        ax.set_xlabel("APL (normalized), mean ± std over seeds")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=7)
-    paths += save(fig, out, f"{stem}_collapse")
+    paths += _save_panels(fig, axes, tasks, "APL (normalized), mean ± std over seeds", out / f"{stem}_collapse")
 
     gaps = {task: t["gap"] for task, t in tasks.items() if t.get("gap")}
     if gaps:
@@ -381,17 +387,12 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
 
     if any(t["baselines"] for t in tasks.values()):
         fig, axes = figure(1, n, size=(4.2 * n, 3.6))
-        for ax, (task, t) in zip(axes[0], tasks.items()):
+        for ax, t in zip(axes[0], tasks.values()):
             for regime, e in t["regimes"].items():
                 _band(ax, e["points"], colors[regime], f"sparsified, {regime}")
             for (kind, curve), (color, ls) in zip(sorted(t["baselines"].items()), (("k", "--"), ("0.45", ":"))):
                 _band(ax, curve, color, f"baseline, {kind}", ls)
-            ax.set_title(f"task: {task}")
-            ax.set_xlabel("APL (a plain net's is its depth)")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("test accuracy")
-        axes[0][-1].legend(fontsize=7)
-        paths += save(fig, out, f"{stem}_vs_baselines")
+        paths += _save_panels(fig, axes, tasks, "APL (a plain net's is its depth)", out / f"{stem}_vs_baselines")
     return paths
 
 
@@ -423,8 +424,7 @@ def report(
         section = sweep_section(sweep, base, out / Path(sweep).name if fold else None)
         res["sweeps"].append(section)
         figs += figures(section, out, Path(sweep).name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / JSON_NAME).write_text(json.dumps(finite(res), indent=1))
+    write_report(out, JSON_NAME, res)
     res["figures"] = figs
     return res
 

@@ -40,7 +40,7 @@ import numpy as np
 from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.metrics import spread_key
-from normjax.studies.numbers import finite, fmt, mean_std
+from normjax.studies.numbers import fmt, mean_std, write_report
 from normjax.sweep.results import collect, group_id, load_sweep
 
 JSON_NAME = "elr_report.json"
@@ -397,8 +397,7 @@ def report(
         res["critical_lr"] = critical_section(critical)
     if regimes:
         res["regimes"] = regimes_section(regimes, layers)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / JSON_NAME).write_text(json.dumps(finite(res), indent=1))
+    write_report(out, JSON_NAME, res)
     res["figures"] = figures
     return res
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,3 +52,11 @@ def fmt(ms: dict, digits: int = 3) -> str:
     return (
         f"{ms['mean']:.{digits}f}" + (f" ± {ms['std']:.{digits}f}" if ms["std"] is not None else "") + f" (n={ms['n']})"
     )
+
+
+def write_report(out: str | os.PathLike, name: str, res: dict) -> Path:
+    """`res` as strict JSON (`finite`) in `out/name`, the directory made if needed; its path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(finite(res), indent=1))
+    return out / name
