@@ -167,5 +167,7 @@ def test_cli_prints_the_headlines_and_bad_input_is_one_line(sweeps, tmp_path, ca
     assert "t parity: unsparsified" in out and "collapse at APL" in out and "after - during" in out
     with pytest.raises(UserError, match="not a sweep directory"):
         report([tmp_path], out=tmp_path / "x")
+    with pytest.raises(UserError, match="--baselines .* is not a sweep directory"):
+        report([targets], baselines=tmp_path, out=tmp_path / "x")
     with pytest.raises(UserError, match="varies none of"):
         report([baselines], out=tmp_path / "x")

@@ -171,7 +171,8 @@ def _baseline_curves(baselines: Path | None) -> dict[str, dict[str, list[dict]]]
     """{task: {kind: rows}} of the finished baseline runs."""
     if baselines is None:
         return {}
-    load_sweep(baselines)
+    if not (baselines / "sweep.json").is_file():
+        raise UserError(f"--baselines {str(baselines)!r} is not a sweep directory (no sweep.json)")
     out: dict[str, dict[str, list[dict]]] = {}
     for r in collect(baselines):
         if r["status"] == "done" and r.get("test_accuracy") is not None and r.get("apl") is not None:
@@ -238,12 +239,13 @@ def _fold_runs(sweep: Path, rows: list[dict], out: Path) -> list[dict]:
 def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | None = None) -> dict:
     """One sparsification sweep's numbers per task (see the module docstring)."""
     path, _ = load_sweep(sweep)
-    rows = [r for r in collect(path) if r["status"] == "done" and r.get("apl") is not None]
+    every = collect(path)
+    rows = [r for r in every if r["status"] == "done" and r.get("apl") is not None]
     if not rows:
         raise UserError(f"{str(sweep)!r} has no finished run that logged the apl hook (log.metrics=['apl'])")
     key = _setting_key(rows, path)
     bases = _base_runs(path, rows)
-    diverged = [r["name"] for r in collect(path) if r["status"] == "diverged"]
+    diverged = [r["name"] for r in every if r["status"] == "diverged"]
     missed = []  # controller runs that ended with more nonlinear units than their target keeps
     if key == "optim.prelu_target":
         for r in rows:
