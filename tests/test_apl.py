@@ -12,6 +12,7 @@ from normjax.analysis import apl
 from normjax.analysis.graph import Edge, Graph, Node, Op, check, linearize, nonlinear
 from normjax.config import DEFAULTS
 from normjax.models import build_model
+from normjax.models.structure import get_path
 
 DENSE = (Op("dense", ("w",)),)
 
@@ -184,3 +185,54 @@ def test_import_analysis_loads_no_training_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_1d_resnet8_graph_and_apls_worked_by_hand():
+    """A 1-D ResNet-8 of width 2 on MNIST-1D-shaped signals (1 x 40 x 1): its graph node by node,
+    and both APLs with one unit of s1.b0.act1 and all of s2.b0.act2 linear, computed by hand."""
+    cfg = dict(DEFAULTS["model"], name="resnet", depth=8, width=2, activation="prelu")
+    model = nnx.eval_shape(lambda: build_model(cfg, num_classes=10, image_shape=(1, 40, 1), rngs=nnx.Rngs(0)))
+    g = model.graph()
+    check(g)
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    # the nodes, their channels and operands: (source, weight ops as (kind, stride), identity when empty)
+    got = [
+        (
+            n.name,
+            n.channels,
+            [(g.nodes[e.src].name, [(o.kind, o.stride) for o in e.ops if o.kind != "bn"]) for e in n.operands],
+        )
+        for n in g.nodes
+    ]
+    assert got == [
+        ("input", 1, []),
+        ("stem", 2, [("input", [("conv", 1)])]),
+        ("s1.b0.act1", 2, [("stem", [("conv", 1)])]),
+        ("s1.b0.act2", 2, [("s1.b0.act1", [("conv", 1)]), ("stem", [])]),
+        ("s2.b0.act1", 4, [("s1.b0.act2", [("conv", 2)])]),
+        ("s2.b0.act2", 4, [("s2.b0.act1", [("conv", 1)]), ("s1.b0.act2", [("conv", 2)])]),
+        ("s3.b0.act1", 8, [("s2.b0.act2", [("conv", 2)])]),
+        ("s3.b0.act2", 8, [("s3.b0.act1", [("conv", 1)]), ("s2.b0.act2", [("conv", 2)])]),
+        ("logits", 10, [("s3.b0.act2", [("avgpool", 1), ("dense", 1)])]),
+    ]
+    # 1 x 3 convs along the signal, 1 x 1 projections
+    shapes = {l.name: get_path(params, l.path).shape[:2] for l in model.layers()}
+    assert shapes == {"stem": (1, 3)} | {f"s{s}.b0.conv{i}": (1, 3) for s in (1, 2, 3) for i in (1, 2)} | {
+        "s2.b0.proj": (1, 1),
+        "s3.b0.proj": (1, 1),
+        "head": (8, 10),
+    }
+    params["stage1"]["first"]["act1"]["slope"][:] = [1.0, 0.0]  # channel 0 linear
+    params["stage2"]["first"]["act2"]["slope"][:] = 1.0  # the whole node linear
+    nl = nonlinear(g, params)
+    # Normalized, per channel A(v) = nl(v) + mean over operands (a full edge: the mean of A(u)):
+    # stem 1; s1.b0.act1 [0, 1] + 1 = [1, 2]; s1.b0.act2 1 + (1.5 + 1) / 2 = 2.25;
+    # s2.b0.act1 3.25; s2.b0.act2 0 + (3.25 + 2.25) / 2 = 2.75; s3.b0.act1 3.75;
+    # s3.b0.act2 1 + (3.75 + 2.75) / 2 = 4.25 = the logits'.
+    assert float(apl.normalized_apl(g, nl)) == 4.25
+    # Unnormalized: path counts N (a full edge sums N over the source's channels) and mean counts:
+    # stem N 1, A 1; s1.b0.act1 N 2, A [1, 2]; s1.b0.act2 N 4 + 1 = 5, A 1 + (2 + 4 + 1) / 5 = 2.4;
+    # s2.b0.act1 N 10, A 3.4; s2.b0.act2 N 40 + 10 = 50, A (40 x 3.4 + 10 x 2.4) / 50 = 3.2;
+    # s3.b0.act1 N 200, A 4.2; s3.b0.act2 N 1600 + 200, A 1 + (1600 x 4.2 + 200 x 3.2) / 1800 = 229 / 45.
+    assert float(apl.unnormalized_apl(g, nl)) == pytest.approx(229 / 45, rel=1e-12)
+    assert [int(x) for x in apl.layer_counts(g, nl)] == [2, 1, 2, 4, 0, 8, 8]

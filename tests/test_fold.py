@@ -130,7 +130,7 @@ def _close(out, ref, rtol=RTOL):
 
 
 def _kernel_sizes(folded: Folded) -> list[int]:
-    return [e.kernel.shape[0] for n in folded.nodes for e in n.operands if e.kind == "conv"]
+    return [max(e.kernel.shape[:2]) for n in folded.nodes for e in n.operands if e.kind == "conv"]
 
 
 # ---- MLP: exact folding, depth ----------------------------------------------------------------
@@ -167,11 +167,15 @@ def test_mlp_folds_exactly_and_loses_one_layer_per_linear_node(pattern):
 
 # ---- conv nets: exact mode --------------------------------------------------------------------
 
+SIGNAL = (1, 12, 2)  # a 1-D signal of length 12, 2 channels (a map of height 1)
 CNNS = {
     "plain_cnn4": ("plain_cnn", 4, True),
     "resnet8": ("resnet", 8, True),
     "resnet8_plain": ("resnet", 8, False),
     "resnet14": ("resnet", 14, True),
+    "resnet8_1d": ("resnet", 8, True, "prelu", 4, SIGNAL),
+    "resnet8_plain_1d": ("resnet", 8, False, "prelu", 4, SIGNAL),
+    "plain_cnn5_1d": ("plain_cnn", 5, True, "prelu", 4, SIGNAL),
 }
 
 
@@ -184,7 +188,8 @@ def _patterns(graph: Graph) -> dict:
 def test_conv_nets_fold_exactly_and_never_compose_spatial_convs(model):
     graph, p0, s0, forward = _model(*CNNS[model])
     base, stats_ = _randomize(p0, s0, seed=2)
-    x = _x()
+    shape = CNNS[model][5] if len(CNNS[model]) > 5 else SHAPE
+    x = _x(shape)
     for pattern, names in _patterns(graph).items():
         params = _linear(base, graph, graph.names()[:2], channels=[1]) if names is None else _linear(base, graph, names)
         folded = fold(graph, params, stats_)
@@ -194,7 +199,7 @@ def test_conv_nets_fold_exactly_and_never_compose_spatial_convs(model):
         # is eliminated, none composes two spatial convs; linear nodes lose their PReLU
         assert folded.eliminated == () and set(_kernel_sizes(folded)) <= {1, 3}, pattern
         assert [n.act == "linear" for n in folded.nodes[1:-1]] == [n.name in (names or []) for n in graph.nodes[1:-1]]
-        before, after = stats(graph, input_shape=SHAPE, params=params), stats(folded, input_shape=SHAPE)
+        before, after = stats(graph, input_shape=shape, params=params), stats(folded, input_shape=shape)
         assert after["depth"] == before["depth"] and after["flops"] < before["flops"]
         assert after["nonlinear_nodes"] == before["nonlinear_nodes"] - len(names or [])
     _close(apply_graph(graph, base, stats_, x), forward(base, stats_, x))  # the graph reference is the model
@@ -348,10 +353,12 @@ def test_spatial_composition_is_exact_in_the_interior_only(stride1):
 
 
 @pytest.mark.parametrize("k1,s1,k2,s2", [(3, 1, 3, 1), (3, 2, 3, 2), (1, 2, 3, 1), (3, 2, 1, 2), (5, 1, 3, 2)])
-def test_compose_conv_equals_two_valid_convs(k1, s1, k2, s2):
+@pytest.mark.parametrize("dims", [2, 1])
+def test_compose_conv_equals_two_valid_convs(k1, s1, k2, s2, dims):
     rng = np.random.default_rng(8)
-    a, b = rng.normal(size=(k1, k1, 2, 3)), rng.normal(size=(k2, k2, 3, 4))
-    x = rng.normal(size=(2, 13, 13, 2))
+    side = lambda k: (k, k) if dims == 2 else (1, k)  # noqa: E731 - 1-D: 1 x k kernels on a map of height 1
+    a, b = rng.normal(size=(*side(k1), 2, 3)), rng.normal(size=(*side(k2), 3, 4))
+    x = rng.normal(size=(2, 13 if dims == 2 else 1, 13, 2))
     conv = lambda x, w, s: jax.lax.conv_general_dilated(  # noqa: E731
         x,
         jnp.asarray(w, jnp.float32),
@@ -361,8 +368,28 @@ def test_compose_conv_equals_two_valid_convs(k1, s1, k2, s2):
         precision=jax.lax.Precision.HIGHEST,
     )
     two = conv(conv(x.astype(np.float32), a, s1), b, s2)
-    one = conv(x.astype(np.float32), compose_conv(a, s1, b), s1 * s2)
+    composed = compose_conv(a, s1, b)
+    assert composed.shape[:2] == tuple(ka + s1 * (kb - 1) for ka, kb in zip(side(k1), side(k2)))
+    one = conv(x.astype(np.float32), composed, s1 * s2)
     _close(one, two, 1e-5)
+
+
+def test_spatial_mode_folds_a_linear_1d_resnet_into_long_1xk_convs_exact_in_the_interior():
+    """On a 1-D signal, spatial folding composes 1x3 convs into 1xK ones (never taller than 1) and
+    keeps the max-pool-free 1-D ResNet exact away from the signal's ends."""
+    graph, p0, s0, forward = _model("resnet", 8, False, "prelu", 4, (1, 24, 2))
+    base, stats_ = _randomize(p0, s0, seed=3)
+    params = _linear(base, graph, ["s1.b0.act1"])  # one linear node between two 1x3 convs
+    x = _x((1, 24, 2), n=3)
+    folded = fold(graph, params, stats_, spatial=True, input_shape=(1, 24, 2))
+    assert list(folded.eliminated) == ["s1.b0.act1"]
+    kernels = [e.kernel.shape[:2] for n in folded.nodes for e in n.operands if e.kind == "conv"]
+    assert (1, 5) in kernels and all(kh == 1 for kh, _ in kernels)
+    ref = np.asarray(apply_graph(graph, params, stats_, x, all_nodes=True)["s1.b0.act2"])
+    got = np.asarray(apply_folded(folded, x, all_nodes=True)["s1.b0.act2"])
+    _close(got[:, :, 2:-2], ref[:, :, 2:-2])  # interior: exact
+    assert np.abs(got - ref).max() > 1e-3  # the ends are not: the intermediate signal was zero-padded
+    _close(apply_graph(graph, params, stats_, x), forward(params, stats_, x))
 
 
 @pytest.mark.parametrize("k1,stride1,k2", [(1, 1, 3), (1, 2, 3), (3, 2, 1)])

@@ -152,14 +152,28 @@ def test_per_layer_reads_stacked_slices(model_cfg):
         np.testing.assert_allclose(got[i], np.sum(leaf**2), rtol=1e-6)
 
 
-@pytest.mark.parametrize("k,stride,size", [(1, 1, 6), (3, 1, 6), (3, 2, 8), (1, 2, 8), (3, 2, 7)])
+# (kh, kw), stride, (H, W): square kernels on images, and 1 x k kernels on 1-D signals (height 1).
+CONV_CASES = [
+    ((1, 1), 1, (6, 6)),
+    ((3, 3), 1, (6, 6)),
+    ((3, 3), 2, (8, 8)),
+    ((1, 1), 2, (8, 8)),
+    ((3, 3), 2, (7, 7)),
+    ((1, 3), 1, (1, 40)),
+    ((1, 3), 2, (1, 40)),
+    ((1, 5), 2, (1, 21)),
+    ((1, 1), 2, (1, 10)),
+]
+
+
+@pytest.mark.parametrize("k,stride,size", CONV_CASES)
 def test_conv_gradients_equal_xla_rule(k, stride, size):
     """The loop-friendly backward pass computes XLA's gradients (inside lax.scan, as in training)."""
     from normjax.models.layers import _conv, conv
 
     kx, kw = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (3, 4, size, size, 5))
-    w = jax.random.normal(kw, (k, k, 5, 5)) * 0.3
+    x = jax.random.normal(kx, (3, 4, *size, 5))
+    w = jax.random.normal(kw, (*k, 5, 5)) * 0.3
 
     def net(f):
         def loss(w, x):
@@ -169,21 +183,24 @@ def test_conv_gradients_equal_xla_rule(k, stride, size):
         return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
     ours = net(lambda h, w: conv(h, w, stride))(w, x)
-    ref = net(lambda h, w: _conv(h, w, stride, (k - 1) // 2))(w, x)
+    ref = net(lambda h, w: _conv(h, w, stride))(w, x)
+    assert ours[1].shape == x.shape and ours[0].shape == w.shape
     for a, b in zip(ours, ref):
         assert np.abs(b).max() > 1e-2  # a real gradient, not zeros on both sides
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (1, 2)])
-def test_vmapped_conv_runs_per_slice_with_xla_gradients(k, stride):
+@pytest.mark.parametrize(
+    "k,stride,size", [((3, 3), 1, (8, 8)), ((3, 3), 2, (8, 8)), ((1, 1), 2, (8, 8)), ((1, 3), 2, (1, 12))]
+)
+def test_vmapped_conv_runs_per_slice_with_xla_gradients(k, stride, size):
     """Under vmap over runs (a sweep group), our conv stays one ungrouped conv per run, forward and
     backward, and its gradients equal XLA's own grouped-conv rule."""
     from normjax.models.layers import _conv, conv
 
     kx, kw = jax.random.split(jax.random.key(1))
-    x = jax.random.normal(kx, (3, 2, 4, 8, 8, 5))  # [runs, scan, batch, H, W, C]
-    w = jax.random.normal(kw, (3, k, k, 5, 5)) * 0.3
+    x = jax.random.normal(kx, (3, 2, 4, *size, 5))  # [runs, scan, batch, H, W, C]
+    w = jax.random.normal(kw, (3, *k, 5, 5)) * 0.3
 
     def net(f):
         def loss(w, x):
@@ -198,7 +215,7 @@ def test_vmapped_conv_runs_per_slice_with_xla_gradients(k, stride):
         return set(re.findall(r"(?:feature|batch)_group_count = (\d+)", f.lower(w, x).as_text()))
 
     assert group_counts(ours) == {"1"}
-    ref = net(lambda h, w: _conv(h, w, stride, (k - 1) // 2))
+    ref = net(lambda h, w: _conv(h, w, stride))
     assert "3" in group_counts(ref)  # XLA's own batching: grouped convs over the 3 runs
     for a, b in zip(ours(w, x), ref(w, x)):
         assert np.abs(b).max() > 1e-2

@@ -86,7 +86,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from normjax.analysis.graph import MAXPOOLS, Graph, subtree
+from normjax.analysis.graph import MAXPOOLS, Graph, max_pool, pooled_hw, subtree
 
 __all__ = [
     "FEdge",
@@ -113,11 +113,12 @@ _HI = jax.lax.Precision.HIGHEST
 class FEdge(NamedTuple):
     """An operand of a folded node: node `src`'s value through `pre`, then one linear map.
 
-    `pre`: None, `maxpool` (2x2, stride 2, skipped on maps smaller than 2), `maxpool3` (3x3,
+    `pre`: None, `maxpool` (2x2, stride 2, along each axis at least 2 long), `maxpool3` (3x3,
     stride 2, padding 1), as the graph's ops (`normjax.analysis.graph.Op`), `avgpool` (global
     mean over space) or `flatten`. `kind`: `identity` (`kernel` None), `conv` (`kernel`
-    `[k, k, cin, cout]` HWIO, odd k, zero padding (k-1)/2, `stride`) or `dense` (`kernel`
-    `[cin, cout]`). No bias: biases live on nodes.
+    `[kh, kw, cin, cout]` HWIO, odd sides, zero padding (k-1)/2 per axis, `stride` on both axes;
+    `[1, k, ...]` on 1-D signals, maps of height 1) or `dense` (`kernel` `[cin, cout]`). No bias:
+    biases live on nodes.
     """
 
     src: int
@@ -200,61 +201,65 @@ class Folded:
 def compose_conv(a: np.ndarray, stride_a: int, b: np.ndarray) -> np.ndarray:
     """The kernel of conv A (stride `stride_a`) followed by conv B, as one conv.
 
-    Kernel size `k_A + s_A (k_B - 1)`, stride `s_A s_B`, padding (K-1)/2: B's taps land dilated by
-    `s_A`, each convolved with A. Exact for 'valid' convs; with zero padding exact when either
+    Per spatial axis, kernel size `k_A + s_A (k_B - 1)`, stride `s_A s_B`, padding (K-1)/2: B's
+    taps land dilated by `s_A`, each convolved with A. An axis where both kernels have one tap (a
+    1-D signal's height) keeps one. Exact for 'valid' convs; with zero padding exact when either
     kernel is 1x1, otherwise in the interior only (module docstring).
 
     Args:
-      a: `[ka, ka, c0, c1]` (HWIO).
+      a: `[kha, kwa, c0, c1]` (HWIO).
       stride_a: A's stride.
-      b: `[kb, kb, c1, c2]`.
+      b: `[khb, kwb, c1, c2]`.
 
     Returns:
-      `[K, K, c0, c2]`.
+      `[KH, KW, c0, c2]`.
 
     Example:
       >>> compose_conv(np.ones((3, 3, 1, 1)), 2, np.ones((3, 3, 1, 1)))[:, :, 0, 0][0].tolist()
       [1.0, 1.0, 2.0, 1.0, 2.0, 1.0, 1.0]
+      >>> compose_conv(np.ones((1, 3, 1, 1)), 2, np.ones((1, 3, 1, 1))).shape   # 1-D
+      (1, 7, 1, 1)
     """
-    ka, kb, s = a.shape[0], b.shape[0], stride_a
-    k = ka + s * (kb - 1)
-    out = np.zeros((k, k, a.shape[2], b.shape[3]), np.result_type(a, b))
-    for ty in range(kb):
-        for tx in range(kb):
-            out[s * ty : s * ty + ka, s * tx : s * tx + ka] += np.einsum("yxij,jk->yxik", a, b[ty, tx])
+    s = stride_a
+    size = [ka + s * (kb - 1) for ka, kb in zip(a.shape[:2], b.shape[:2])]
+    out = np.zeros((*size, a.shape[2], b.shape[3]), np.result_type(a, b))
+    ka_h, ka_w = a.shape[:2]
+    for ty in range(b.shape[0]):
+        for tx in range(b.shape[1]):
+            out[s * ty : s * ty + ka_h, s * tx : s * tx + ka_w] += np.einsum("yxij,jk->yxik", a, b[ty, tx])
     return out
 
 
 def _conv_np(x: np.ndarray, k: np.ndarray, stride: int) -> np.ndarray:
-    """`x [H, W, Ci]` conv `k [kh, kw, Ci, Co]`, zero padding (k-1)//2, float64 (for bias maps)."""
-    p, kk = (k.shape[0] - 1) // 2, k.shape[0]
+    """`x [H, W, Ci]` conv `k [kh, kw, Ci, Co]`, zero padding (k-1)//2 per axis, float64 (for bias maps)."""
+    (kh, kw), (ph, pw) = k.shape[:2], ((k.shape[0] - 1) // 2, (k.shape[1] - 1) // 2)
     h, w = x.shape[:2]
-    ho, wo = (h + 2 * p - kk) // stride + 1, (w + 2 * p - kk) // stride + 1
-    xp = np.pad(x, ((p, p), (p, p), (0, 0)))
+    ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
+    xp = np.pad(x, ((ph, ph), (pw, pw), (0, 0)))
     out = np.zeros((ho, wo, k.shape[3]))
-    for ty in range(kk):
-        for tx in range(kk):
+    for ty in range(kh):
+        for tx in range(kw):
             out += xp[ty : ty + stride * (ho - 1) + 1 : stride, tx : tx + stride * (wo - 1) + 1 : stride] @ k[ty, tx]
     return out
 
 
-def _pad_center(k: np.ndarray, size: int) -> np.ndarray:
-    d = (size - k.shape[0]) // 2
-    return np.pad(k, ((d, d), (d, d), (0, 0), (0, 0)))
+def _pad_center(k: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    dh, dw = (size[0] - k.shape[0]) // 2, (size[1] - k.shape[1]) // 2
+    return np.pad(k, ((dh, dh), (dw, dw), (0, 0), (0, 0)))
 
 
 def _spatial_kernel(e: FEdge) -> bool:
-    return e.kind == "conv" and e.kernel.shape[0] > 1
+    return e.kind == "conv" and max(e.kernel.shape[:2]) > 1
 
 
 def _pooled_hw(hw: tuple[int, int], pre: str | None) -> tuple[int, int]:
-    """Spatial size after max-pool `pre` (unchanged for None and for a map the pool skips)."""
-    if pre not in MAXPOOLS:
-        return hw
-    k, s, p = MAXPOOLS[pre]
-    if min(hw) + 2 * p < k:  # the 2x2 pool skips maps smaller than 2
-        return hw
-    return ((hw[0] + 2 * p - k) // s + 1, (hw[1] + 2 * p - k) // s + 1)
+    """Spatial size after max-pool `pre` (unchanged for None and along an axis the pool skips)."""
+    return pooled_hw(hw, pre) if pre in MAXPOOLS else hw
+
+
+def _conv_hw(hw: tuple[int, int], kernel_shape: tuple[int, ...], stride: int) -> tuple[int, int]:
+    """Spatial size after a conv of `[kh, kw, ...]`, padding (k-1)/2 per axis, `stride` on both."""
+    return tuple((n + 2 * ((k - 1) // 2) - k) // stride + 1 for n, k in zip(hw, kernel_shape[:2]))
 
 
 def _out_hw(hw: tuple[int, int] | None, e: FEdge) -> tuple[int, int] | None:
@@ -263,9 +268,7 @@ def _out_hw(hw: tuple[int, int] | None, e: FEdge) -> tuple[int, int] | None:
         return None
     hw = _pooled_hw(hw, e.pre)
     if e.kind == "conv":
-        k, s = e.kernel.shape[0], e.stride
-        p = (k - 1) // 2
-        hw = ((hw[0] + 2 * p - k) // s + 1, (hw[1] + 2 * p - k) // s + 1)
+        hw = _conv_hw(hw, e.kernel.shape, e.stride)
     return hw
 
 
@@ -291,10 +294,10 @@ def _read_edge(
             p = subtree(params, op.path, op.index)
             kernel = np.asarray(p["kernel"], np.float64)
             if op.kind == "conv":
-                if vector or kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
+                if vector or kernel.ndim != 4 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
                     raise ValueError(
                         f"node {name!r}: conv kernel {kernel.shape} on a "
-                        f"{'vector' if vector else 'map'}; fold needs square odd kernels on maps"
+                        f"{'vector' if vector else 'map'}; fold needs odd kernels on maps"
                     )
                 stride = op.stride
             else:
@@ -357,7 +360,7 @@ class _Work:
         s1, s2 = (1 if e.kind == "identity" else e.stride for e in (e1, e2))
         if s1 != s2:
             return None
-        size = max(k1.shape[0], k2.shape[0])
+        size = (max(k1.shape[0], k2.shape[0]), max(k1.shape[1], k2.shape[1]))
         return FEdge(e1.src, "conv", _pad_center(k1, size) + _pad_center(k2, size), s1, e1.pre)
 
     def merge_parallel(self, w: int) -> None:
@@ -383,7 +386,7 @@ class _Work:
                 b.pre == "avgpool"
                 and a.pre is None
                 and a.kind == "conv"
-                and a.kernel.shape[0] == 1
+                and a.kernel.shape[:2] == (1, 1)
                 and a.stride == 1
                 and b.kind in ("identity", "dense")
             ):
@@ -559,12 +562,7 @@ def fold(
 
 def _pool(h: jax.Array, pre: str | None) -> jax.Array:
     if pre in MAXPOOLS:
-        k, s, p = MAXPOOLS[pre]
-        if min(h.shape[1:3]) + 2 * p < k:  # the 2x2 pool skips maps smaller than 2
-            return h
-        return jax.lax.reduce_window(
-            h, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (p, p), (p, p), (0, 0))
-        )
+        return max_pool(h, pre)
     if pre == "avgpool":
         return h.mean(axis=(1, 2))
     if pre == "flatten":
@@ -573,8 +571,10 @@ def _pool(h: jax.Array, pre: str | None) -> jax.Array:
 
 
 def _conv(h: jax.Array, k: jax.Array, stride: int) -> jax.Array:
-    p = (k.shape[0] - 1) // 2
-    return jax.lax.conv_general_dilated(h, k, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DN, precision=_HI)
+    ph, pw = (k.shape[0] - 1) // 2, (k.shape[1] - 1) // 2
+    return jax.lax.conv_general_dilated(
+        h, k, (stride, stride), ((ph, ph), (pw, pw)), dimension_numbers=_DN, precision=_HI
+    )
 
 
 def _act(h: jax.Array, act: str, slope) -> jax.Array:
@@ -718,8 +718,7 @@ def _graph_stats(graph: Graph, params: PyTree, input_shape: tuple) -> dict:
                     p = subtree(params, op.path, op.index)
                     k = p["kernel"]
                     if op.kind == "conv":
-                        pad = (k.shape[0] - 1) // 2
-                        hw = tuple((h + 2 * pad - k.shape[0]) // op.stride + 1 for h in hw)
+                        hw = _conv_hw(hw, k.shape, op.stride)
                         flops += 2 * hw[0] * hw[1] * k.size
                     else:
                         hw = None

@@ -31,13 +31,52 @@ MAXPOOLS = {"maxpool": (2, 2, 0), "maxpool3": (3, 2, 1)}
 ACTS = ("input", "relu", "prelu", "output")
 
 
+def _pooled_axes(hw: tuple[int, int], kind: str) -> tuple[bool, bool]:
+    """Which spatial axes max-pool `kind` pools: `maxpool` (2x2) leaves an axis shorter than its
+    window alone (a 1-D signal's height of 1; a map smaller than 2x2 stays as it is); `maxpool3`
+    pools both (its padding covers any size)."""
+    k, _, p = MAXPOOLS[kind]
+    return tuple(n + 2 * p >= k for n in hw)
+
+
+def pooled_hw(hw: tuple[int, int], kind: str) -> tuple[int, int]:
+    """The spatial size `(H, W)` after max-pool `kind` (`MAXPOOLS`).
+
+    Example:
+      >>> pooled_hw((8, 8), "maxpool"), pooled_hw((1, 40), "maxpool"), pooled_hw((1, 1), "maxpool")
+      ((4, 4), (1, 20), (1, 1))
+    """
+    k, s, p = MAXPOOLS[kind]
+    return tuple((n + 2 * p - k) // s + 1 if on else n for n, on in zip(hw, _pooled_axes(hw, kind)))
+
+
+def max_pool(h: jax.Array, kind: str) -> jax.Array:
+    """Max-pool `kind` (`MAXPOOLS`) of `h [B, H, W, C]`, the one definition models and folding use.
+
+    `maxpool` pools 2x2 with stride 2, along each spatial axis at least 2 long: a 1-D signal
+    (height 1) is pooled along its length only. `maxpool3` pools 3x3, stride 2, padding 1 with -inf.
+
+    Example:
+      >>> max_pool(jnp.arange(8.0).reshape(1, 1, 8, 1), "maxpool")[0, 0, :, 0].tolist()
+      [1.0, 3.0, 5.0, 7.0]
+    """
+    k, s, p = MAXPOOLS[kind]
+    on = _pooled_axes(tuple(h.shape[1:3]), kind)
+    window = (1,) + tuple(k if a else 1 for a in on) + (1,)
+    strides = (1,) + tuple(s if a else 1 for a in on) + (1,)
+    pads = ((0, 0),) + tuple((p, p) if a else (0, 0) for a in on) + ((0, 0),)
+    return jax.lax.reduce_window(h, jnp.array(-jnp.inf, h.dtype), jax.lax.max, window, strides, pads)
+
+
 class Op(NamedTuple):
     """One linear op on an edge.
 
-    `kind`: `conv` (params[path]['kernel'], square, padding (k-1)/2, `stride`), `dense`
+    `kind`: `conv` (params[path]['kernel'], `[kh, kw, cin, cout]` with odd sides: `[k, k, ...]` on
+    images, `[1, k, ...]` on 1-D signals held as maps of height 1; padding (k-1)/2 per axis,
+    `stride` along both axes, which keeps a height of 1), `dense`
     (params[path]['kernel'] and 'bias' if present), `bn` (params[path]['scale'|'bias'],
-    batch_stats[path]['mean'|'var'], `eps`), `maxpool` (2x2, stride 2, no padding, skipped on maps
-    smaller than 2), `maxpool3` (3x3, stride 2, padding 1 with -inf: torchvision's
+    batch_stats[path]['mean'|'var'], `eps`), `maxpool` (2x2, stride 2, no padding, along each
+    axis at least 2 long: `max_pool`), `maxpool3` (3x3, stride 2, padding 1 with -inf: torchvision's
     `MaxPool2d(3, 2, 1)`, the ImageNet ResNet stem's; an `[H, W]` map becomes
     `[ceil(H/2), ceil(W/2)]`), `avgpool` (global mean over space), `flatten`. `index` selects a
     stacked layer's slice along axis 0. `MAXPOOLS` holds each max-pool's window, stride and

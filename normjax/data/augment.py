@@ -20,11 +20,13 @@ def preprocess(
     flip: bool = False,
     dtype: jax.typing.DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """Normalizes uint8 images [B, H, W, C] and, if `key` is given, augments them.
+    """Normalizes uint8 images [B, H, W, C] (or float signals) and, if `key` is given, augments them.
 
-    Normalization is (x / 255 - mean) / std per channel (mean/std in [0, 1]
-    units, e.g. `Dataset.mean`). With a key: a random crop with an independent
-    offset in [-crop_padding, crop_padding]^2 per example, then a horizontal
+    Normalization is (x / 255 - mean) / std per channel for uint8 images (mean/std in [0, 1]
+    units, e.g. `Dataset.mean`), (x - mean) / std for float data (mean/std in its own units).
+    With a key: a random crop with an independent
+    offset in [-crop_padding, crop_padding]^2 per example (along the length alone on 1-D signals,
+    maps of height 1: a random translation), then a horizontal
     flip with probability 1/2 per example. Padding is 0 *after* normalization,
     i.e. the channel-mean pixel, so padding adds no bias to the input.
     `key=None` (eval) skips augmentation. The output is deterministic in `key`.
@@ -44,7 +46,8 @@ def preprocess(
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
         raise UserError(f"crop_padding {crop_padding!r} is invalid; allowed: an integer >= 0")
 
-    x = (images.astype(jnp.float32) / 255.0 - mean_arr) / std_arr
+    x = images.astype(jnp.float32)
+    x = ((x / 255.0 if images.dtype == jnp.uint8 else x) - mean_arr) / std_arr
     if key is not None and (crop_padding > 0 or flip):
         x = _crop_and_flip(x, key, crop_padding, flip)
     return x.astype(dtype)
@@ -70,6 +73,8 @@ def _crop_and_flip(x: jax.Array, key: jax.Array, padding: int, flip: bool) -> ja
     batch, height, width, _ = x.shape
     crop_key, flip_key = jax.random.split(key)
     offsets = jax.random.randint(crop_key, (batch, 2), -padding, padding + 1)
+    if height == 1:  # a 1-D signal: shifted along its length only
+        offsets = offsets.at[:, 0].set(0)
     cols = jnp.broadcast_to(jnp.arange(width), (batch, width))
     if flip:
         flipped = jax.random.bernoulli(flip_key, 0.5, (batch,))

@@ -100,6 +100,47 @@ def check_model_config(cfg: dict) -> None:
         raise UserError(f"model.width={cfg['width']}, model.width_mult={cfg['width_mult']}: both must be positive")
 
 
+def input_dims(image_shape: tuple[int, int, int]) -> int:
+    """1 for 1-D signals, held as maps of height 1 (`[1, L, C]`, e.g. MNIST-1D), else 2 (images).
+
+    Example:
+      >>> input_dims((1, 40, 1)), input_dims((28, 28, 1))
+      (1, 2)
+    """
+    return 1 if image_shape[0] == 1 else 2
+
+
+def check_model_input(cfg: dict, image_shape: tuple[int, int, int], data_name: str = "") -> None:
+    """Raise UserError (one line naming both) for options that need 2-D images on 1-D signals.
+
+    Args:
+      cfg: a config with a `model` section, and a `data` section when the data options are checked.
+      image_shape: `(H, W, C)` of the data; `H == 1` is a 1-D signal (`input_dims`).
+      data_name: the dataset's name, for the message (default: `cfg['data']['name']` if present).
+
+    Example:
+      >>> from normjax.config import DEFAULTS
+      >>> check_model_input({"model": DEFAULTS["model"] | {"block": "bottleneck", "depth": 50},
+      ...                    "data": DEFAULTS["data"] | {"name": "mnist1d"}}, (1, 40, 1))
+      Traceback (most recent call last):
+      ...
+      normjax.errors.UserError: model.block='bottleneck' needs 2-D images; data.name='mnist1d' holds 1-D signals (1x40x1): use model.block=basic (the ResNet of depth 6n+2), plain_cnn or mlp
+    """
+    if input_dims(image_shape) == 2:
+        return
+    data = cfg.get("data", {})
+    name = data_name or data.get("name", "")
+    holds = f"data.name={name!r} holds 1-D signals ({image_shape[0]}x{image_shape[1]}x{image_shape[2]})"
+    model = cfg["model"]
+    if model.get("name") == "resnet" and model.get("block") == "bottleneck":
+        raise UserError(
+            f"model.block='bottleneck' needs 2-D images; {holds}: use model.block=basic (the ResNet of depth "
+            "6n+2), plain_cnn or mlp"
+        )
+    if data.get("flip"):
+        raise UserError(f"data.flip=true flips 2-D images left to right; {holds}: set data.flip=false")
+
+
 def build_model(
     cfg: dict,
     *,
@@ -109,8 +150,13 @@ def build_model(
     bn_groups: int = 1,
     dtype=jnp.float32,
 ) -> nnx.Module:
-    """Build the model named by `cfg['name']` from a (validated) model config."""
+    """Build the model named by `cfg['name']` from a (validated) model config.
+
+    Convolutional models on 1-D signals (`image_shape` `(1, L, C)`, `input_dims`) get `1 x k`
+    convs; the MLP flattens either.
+    """
     check_model_config(cfg)
+    check_model_input({"model": cfg}, image_shape)
     common = dict(
         num_classes=num_classes,
         activation=cfg["activation"],
@@ -147,9 +193,17 @@ def build_model(
             width=cfg["width"],
             width_mult=cfg["width_mult"],
             shortcut=resolve_shortcut("resnet", cfg["shortcut"]),
+            dims=input_dims(image_shape),
             **common,
         )
-    return PlainCNN(depth=cfg["depth"], in_channels=c, width=cfg["width"], width_mult=cfg["width_mult"], **common)
+    return PlainCNN(
+        depth=cfg["depth"],
+        in_channels=c,
+        width=cfg["width"],
+        width_mult=cfg["width_mult"],
+        dims=input_dims(image_shape),
+        **common,
+    )
 
 
 __all__ = [
@@ -163,7 +217,9 @@ __all__ = [
     "ResNet",
     "build_model",
     "check_model_config",
+    "check_model_input",
     "has_shortcuts",
+    "input_dims",
     "layer_axes",
     "per_layer",
     "per_layer_sums",

@@ -73,8 +73,32 @@ def plain_autodiff_enabled() -> bool:
     return bool(_PLAIN_AUTODIFF.value)
 
 
-def _conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=_DN)
+def same_padding(w: jax.Array) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The zero padding `(k - 1) / 2` on each side of each spatial axis of an odd `[kh, kw, ...]` kernel.
+
+    A 1-D conv is a conv over maps of height 1 with a `[1, k, ...]` kernel: no padding on the height.
+
+    Example:
+      >>> same_padding(jnp.ones((1, 3, 2, 4)))
+      ((0, 0), (1, 1))
+    """
+    ph, pw = (w.shape[0] - 1) // 2, (w.shape[1] - 1) // 2
+    return ((ph, ph), (pw, pw))
+
+
+def kernel_size(k: int, dims: int) -> tuple[int, int]:
+    """The `(kh, kw)` of a `k`-tap conv on 2-D images (`k x k`) or on 1-D signals (`1 x k`).
+
+    Example:
+      >>> kernel_size(3, 2), kernel_size(3, 1)
+      ((3, 3), (1, 3))
+    """
+    return (k, k) if dims == 2 else (1, k)
+
+
+def _conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    # One stride for both axes: on a 1-D signal (height 1, kernel height 1) the height stays 1.
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), same_padding(w), dimension_numbers=_DN)
 
 
 def vmap_per_slice(f):
@@ -146,24 +170,27 @@ def _run_conv(strides: tuple, padding: tuple, lhs_dilation: tuple = (1, 1), rhs_
 
 
 def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """Square conv, NHWC/HWIO, padding (k-1)/2, whose backward pass stays fast inside loops on XLA:CPU.
+    """Conv, NHWC/HWIO, padding (k-1)/2 per axis, whose backward pass stays fast inside loops on XLA:CPU.
 
     Under `plain_autodiff()`, XLA's own conv (`jax.lax.conv_general_dilated`), differentiable in
     every mode; otherwise `_fast_conv` (see there).
 
     Args:
       x: input, [B, H, W, Cin].
-      w: kernel, [k, k, Cin, Cout], k odd.
-      stride: the same in both spatial dimensions.
+      w: kernel, [kh, kw, Cin, Cout], kh and kw odd ([1, k, ...] on 1-D signals, height 1).
+      stride: the same in both spatial dimensions (a height of 1 stays 1).
 
     Returns:
       [B, Ho, Wo, Cout], Ho = ceil(H / stride).
 
     Example:
-      >>> y = conv(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), 2)   # [2, 4, 4, 4]
+      >>> conv(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), 2).shape
+      (2, 4, 4, 4)
+      >>> conv(jnp.ones((2, 1, 40, 1)), jnp.ones((1, 3, 1, 4)), 2).shape   # a 1-D signal
+      (2, 1, 20, 4)
     """
     if plain_autodiff_enabled():
-        return _conv(x, w, stride, (w.shape[0] - 1) // 2)
+        return _conv(x, w, stride)
     return _fast_conv(x, w, stride)
 
 
@@ -187,22 +214,24 @@ def _fast_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
 def _conv_fwd(x, w, stride):
     # The ops themselves, not `_fast_conv`: an outer jvp (a Hessian-vector product) traces this
     # function, and a custom_vjp call here would refuse it.
-    p = (w.shape[0] - 1) // 2
-    return _run_conv((stride, stride), ((p, p), (p, p)))(x, w), (x, w)
+    return _run_conv((stride, stride), same_padding(w))(x, w), (x, w)
 
 
 def _conv_bwd(stride, res, g):
     x, w = res
-    k, s, p = w.shape[0], stride, (w.shape[0] - 1) // 2
-    h, ho = x.shape[1], g.shape[1]
+    s = stride
+    dx_pads, dw_pads = [], []
+    for axis in (0, 1):  # per spatial axis: kernel taps, padding, input and output sizes
+        k, h, ho = w.shape[axis], x.shape[axis + 1], g.shape[axis + 1]
+        p = (k - 1) // 2
+        extra = h + 2 * p - ((ho - 1) * s + k)  # input rows the forward window never reached
+        dx_pads.append((k - 1 - p, k - 1 - p + extra))
+        dw_pads.append((p, k + (ho - 1) * s - h - p))
     hide = jax.lax.optimization_barrier
     # dx: the transposed conv, as a conv of the (stride-dilated) output gradient with the flipped kernel.
-    extra = h + 2 * p - ((ho - 1) * s + k)  # input rows the forward window never reached
-    pads = ((k - 1 - p, k - 1 - p + extra),) * 2
-    dx = _run_conv((1, 1), pads, (s, s))(g, hide(jnp.flip(w, (0, 1)).swapaxes(2, 3)))
-    # dW: a conv with batch and feature swapped, [Cin, H, W, B] * [Ho, Wo, B, Cout] -> [Cin, k, k, Cout].
-    hi = k + (ho - 1) * s - h - p
-    dw = _run_conv((1, 1), ((p, hi),) * 2, (1, 1), (s, s))(hide(x.transpose(3, 1, 2, 0)), hide(g.transpose(1, 2, 0, 3)))
+    dx = _run_conv((1, 1), tuple(dx_pads), (s, s))(g, hide(jnp.flip(w, (0, 1)).swapaxes(2, 3)))
+    # dW: a conv with batch and feature swapped, [Cin, H, W, B] * [Ho, Wo, B, Cout] -> [Cin, kh, kw, Cout].
+    dw = _run_conv((1, 1), tuple(dw_pads), (1, 1), (s, s))(hide(x.transpose(3, 1, 2, 0)), hide(g.transpose(1, 2, 0, 3)))
     return dx, dw.transpose(1, 2, 0, 3)
 
 
@@ -229,23 +258,33 @@ def use_custom_conv() -> bool:
 
 
 class Conv(nnx.Module):
-    """Bias-free square conv, NHWC, He-normal init, padding (k-1)/2 on each side (as PyTorch's).
+    """Bias-free conv, NHWC, He-normal init, padding (k-1)/2 on each side (as PyTorch's).
+
+    `dims=2`: a `k x k` kernel on images; `dims=1`: a `1 x k` kernel on 1-D signals, held as maps
+    of height 1 (`[B, 1, L, C]`), so every op after a conv (BN, pooling, the graph, folding) is
+    the same for both.
 
     Example:
-      >>> conv = Conv(3, 16, 3, rngs=nnx.Rngs(0))
-      >>> y = conv(jnp.zeros((2, 32, 32, 3)))
+      >>> Conv(3, 16, 3, rngs=nnx.Rngs(0))(jnp.zeros((2, 32, 32, 3))).shape
+      (2, 32, 32, 16)
+      >>> Conv(1, 8, 3, stride=2, dims=1, rngs=nnx.Rngs(0))(jnp.zeros((2, 1, 40, 1))).shape
+      (2, 1, 20, 8)
     """
 
-    def __init__(self, cin: int, cout: int, k: int, *, stride: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(he_normal(rngs.params(), (k, k, cin, cout), jnp.float32))
-        self.stride, self.dtype = stride, dtype
+    def __init__(
+        self, cin: int, cout: int, k: int, *, stride: int = 1, dims: int = 2, dtype=jnp.float32, rngs: nnx.Rngs
+    ):
+        if dims not in (1, 2):
+            raise ValueError(f"dims={dims}: 1 (signals) or 2 (images)")
+        self.kernel = nnx.Param(he_normal(rngs.params(), (*kernel_size(k, dims), cin, cout), jnp.float32))
+        self.stride, self.dims, self.dtype = stride, dims, dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.kernel[...].astype(self.dtype)
         x = x.astype(self.dtype)
         if use_custom_conv():
             return conv(x, w, self.stride)
-        return _conv(x, w, self.stride, (w.shape[0] - 1) // 2)
+        return _conv(x, w, self.stride)
 
 
 def normalize(x: jax.Array, axes: tuple[int, ...], eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:

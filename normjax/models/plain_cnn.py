@@ -1,6 +1,7 @@
 """VGG-style plain CNN: 3 stages of conv3x3-BN-act (widths w, 2w, 4w), 2x2 max-pool between
 stages, global average pool, dense classifier. `depth` counts conv layers, spread evenly over the
-stages (earlier stages take the remainder)."""
+stages (earlier stages take the remainder). On 1-D signals (`dims=1`, maps of height 1) the
+convs are 1x3 and the pools 1x2."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from normjax.analysis.graph import Edge, Graph, Node, Op
+from normjax.analysis.graph import Edge, Graph, Node, Op, max_pool
 from normjax.models.layers import BatchNorm, Stack
 from normjax.models.layers import activation as make_activation
 from normjax.models.resnet import conv
@@ -16,8 +17,10 @@ from normjax.models.structure import LayerInfo
 
 
 class ConvBN(nnx.Module):
-    def __init__(self, cin: int, cout: int, *, act: str, prelu_init: float, bn: dict, dtype, rngs: nnx.Rngs):
-        self.conv = conv(cin, cout, 3, 1, rngs, dtype)
+    def __init__(
+        self, cin: int, cout: int, *, act: str, prelu_init: float, bn: dict, dtype, rngs: nnx.Rngs, dims: int = 2
+    ):
+        self.conv = conv(cin, cout, 3, 1, rngs, dtype, dims)
         self.bn = BatchNorm(cout, **bn)
         self.act = make_activation(act, cout, prelu_init)
 
@@ -34,6 +37,9 @@ class PlainCNN(nnx.Module):
       (2, 10)
       >>> model.counts, model.widths   # conv layers and channels per stage
       ([2, 1, 1], [4, 8, 16])
+      >>> PlainCNN(depth=3, num_classes=10, in_channels=1, width=4, dims=1, rngs=nnx.Rngs(0))(
+      ...     jnp.zeros((2, 1, 40, 1)), train=False).shape   # a 1-D signal (MNIST-1D)
+      (2, 10)
     """
 
     def __init__(
@@ -49,6 +55,7 @@ class PlainCNN(nnx.Module):
         bn_momentum: float = 0.9,
         bn_eps: float = 1e-5,
         bn_groups: int = 1,
+        dims: int = 2,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -58,7 +65,9 @@ class PlainCNN(nnx.Module):
             bn=dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups),
             dtype=dtype,
             rngs=rngs,
+            dims=dims,
         )
+        self.dims = dims
         w = [max(1, round(width * width_mult * m)) for m in (1, 2, 4)]
         counts = [depth // 3 + (1 if s < depth % 3 else 0) for s in range(3)]
         self.counts, self.widths = counts, w
@@ -70,8 +79,8 @@ class PlainCNN(nnx.Module):
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i, stage in enumerate((self.stage1, self.stage2, self.stage3)):
-            if i > 0 and min(x.shape[1:3]) >= 2:
-                x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            if i > 0:
+                x = max_pool(x, "maxpool")  # the graph's op: 2x2, along each axis at least 2 long
             x = stage(x, train)
         return self.head(x.mean(axis=(1, 2)))
 

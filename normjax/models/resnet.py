@@ -27,19 +27,28 @@ from normjax.models.layers import activation as make_activation
 from normjax.models.structure import LayerInfo
 
 
-def conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype) -> Conv:
-    return Conv(cin, cout, k, stride=stride, dtype=dtype, rngs=rngs)
+def conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, dtype, dims: int = 2) -> Conv:
+    return Conv(cin, cout, k, stride=stride, dims=dims, dtype=dtype, rngs=rngs)
 
 
 def add_shortcut(
-    block: nnx.Module, cin: int, cout: int, stride: int, *, shortcut: bool, bn: dict, dtype, rngs: nnx.Rngs
+    block: nnx.Module,
+    cin: int,
+    cout: int,
+    stride: int,
+    *,
+    shortcut: bool,
+    bn: dict,
+    dtype,
+    rngs: nnx.Rngs,
+    dims: int = 2,
 ) -> None:
     """Gives a residual block its shortcut: `block.shortcut`, `block.project` (the shape changes)
     and then its projection, a 1x1 conv of the block's stride and a BN ("option B")."""
     block.shortcut = shortcut
     block.project = shortcut and (stride != 1 or cin != cout)
     if block.project:
-        block.proj_conv = conv(cin, cout, 1, stride, rngs, dtype)
+        block.proj_conv = conv(cin, cout, 1, stride, rngs, dtype, dims)
         block.proj_bn = BatchNorm(cout, **bn)
 
 
@@ -66,14 +75,15 @@ class BasicBlock(nnx.Module):
         bn: dict,
         dtype,
         rngs: nnx.Rngs,
+        dims: int = 2,
     ):
-        self.conv1 = conv(cin, cout, 3, stride, rngs, dtype)
+        self.conv1 = conv(cin, cout, 3, stride, rngs, dtype, dims)
         self.bn1 = BatchNorm(cout, **bn)
         self.act1 = make_activation(act, cout, prelu_init)
-        self.conv2 = conv(cout, cout, 3, 1, rngs, dtype)
+        self.conv2 = conv(cout, cout, 3, 1, rngs, dtype, dims)
         self.bn2 = BatchNorm(cout, **bn)
         self.act2 = make_activation(act, cout, prelu_init)
-        add_shortcut(self, cin, cout, stride, shortcut=shortcut, bn=bn, dtype=dtype, rngs=rngs)
+        add_shortcut(self, cin, cout, stride, shortcut=shortcut, bn=bn, dtype=dtype, rngs=rngs, dims=dims)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = self.act1(self.bn1(self.conv1(x), train=train))
@@ -88,12 +98,19 @@ def stage(cin: int, cout: int, stride: int, n: int, **kw) -> Stack:
 
 
 class ResNet(nnx.Module):
-    """CIFAR ResNet v1 of depth 6n+2 (20, 32, 44, 56, 110, ...).
+    """CIFAR ResNet v1 of depth 6n+2 (20, 32, 44, 56, 110, ...), on images or on 1-D signals.
+
+    `dims=1` makes every conv `1 x k` (`normjax.models.layers.Conv`) for 1-D signals held as maps
+    of height 1 (`[B, 1, L, C]`, e.g. MNIST-1D): the same blocks, strides and widths along the
+    signal's length; the parameter count is a third of the 2-D net's, less the BNs and head.
 
     Example:
       >>> model = ResNet(depth=8, num_classes=10, in_channels=1, width=4, rngs=nnx.Rngs(0))
       >>> model(jnp.zeros((2, 8, 8, 1)), train=False).shape   # digits-sized images
       (2, 10)
+      >>> signal = ResNet(depth=8, num_classes=10, in_channels=1, width=4, dims=1, rngs=nnx.Rngs(0))
+      >>> signal(jnp.zeros((2, 1, 40, 1)), train=False).shape, signal.stem_conv.kernel.shape   # MNIST-1D
+      ((2, 10), (1, 3, 1, 4))
       >>> deep = nnx.eval_shape(lambda: ResNet(depth=110, num_classes=10, rngs=nnx.Rngs(0)))  # shapes only
       >>> len(deep.layers()), deep.layers()[0].name, deep.layers()[-1].name
       (112, 'stem', 'head')
@@ -113,6 +130,7 @@ class ResNet(nnx.Module):
         bn_momentum: float = 0.9,
         bn_eps: float = 1e-5,
         bn_groups: int = 1,
+        dims: int = 2,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -121,10 +139,10 @@ class ResNet(nnx.Module):
         w = [max(1, round(width * width_mult * m)) for m in (1, 2, 4)]
         self.widths = w
         self.in_channels, self.num_classes, self.act = in_channels, num_classes, activation
-        self.shortcut = shortcut
+        self.shortcut, self.dims = shortcut, dims
         bn = dict(momentum=bn_momentum, eps=bn_eps, groups=bn_groups)
-        kw = dict(shortcut=shortcut, act=activation, prelu_init=prelu_init, bn=bn, dtype=dtype, rngs=rngs)
-        self.stem_conv = conv(in_channels, w[0], 3, 1, rngs, dtype)
+        kw = dict(shortcut=shortcut, act=activation, prelu_init=prelu_init, bn=bn, dtype=dtype, rngs=rngs, dims=dims)
+        self.stem_conv = conv(in_channels, w[0], 3, 1, rngs, dtype, dims)
         self.stem_bn = BatchNorm(w[0], **bn)
         self.stem_act = make_activation(activation, w[0], prelu_init)
         self.stage1 = stage(w[0], w[0], 1, n, **kw)

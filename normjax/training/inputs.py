@@ -81,7 +81,7 @@ def _input(data_json: str) -> MemoryInput | StreamInput:
                 f"data.pipeline='stream' reads prepared TFDS datasets; {name!r} is built in and held in "
                 "memory: use data.pipeline=memory or auto"
             )
-        return MemoryInput(load_dataset(name, data_dir=data_dir, synthetic=d["synthetic"]), size)
+        return MemoryInput(load_dataset(name, data_dir=data_dir, synthetic=d["synthetic"], mnist1d=d["mnist1d"]), size)
     info = tfds_image_info(name, data_dir)  # one-line errors: unknown, unprepared, wrong features
     native = info.image_shape
     if pipeline == "auto":
@@ -139,7 +139,8 @@ def eval_batch(program: Program, n: int, batch_size: int) -> int:
 
 
 class MemoryInput:
-    """A dataset held in memory: uint8 arrays put on every device (see the module docstring).
+    """A dataset held in memory: uint8 arrays (float32 for 1-D signals) put on every device (see
+    the module docstring).
 
     Args:
       ds: the dataset.

@@ -28,6 +28,7 @@ from normjax.analysis import graph as graph_lib
 from normjax.config import DEFAULTS, canonical, validate
 from normjax.data import Dataset
 from normjax.errors import UserError
+from normjax.models import check_model_input
 from normjax.models.structure import is_projection
 from normjax.parallel import (
     check_batch,
@@ -91,6 +92,7 @@ def program_for(cfg: dict, inp: Input) -> Program:
     mesh = data_mesh()
     check_batch(cfg["train"]["batch_size"], mesh)
     spec = inp.spec
+    check_model_input(cfg, spec.image_shape, inp.name)
     if cfg["train"]["batch_size"] > spec.num_train:
         raise UserError(
             f"train.batch_size={cfg['train']['batch_size']} exceeds the {spec.num_train} "
