@@ -157,7 +157,8 @@ bench-gpu-stream:
 		--size 224 --image 400 --batch 128 --epoch-batches 8 --workers 12 --threads 2 --dispatch 5 --warmup 2 \
 		--chunks 8 --rounds 3 --dtype bfloat16 --out $(GPU_OUT)/results-stream-gpu.json
 
-# Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|medium|gpu|full, WORKDIR=runs), then
+# Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|medium|gpu|full|mnist1d|fmnist_conv,
+# the sizes the file has; WORKDIR=runs), then
 # prints its results table and draws its figure. Adding a sweep: add experiments/sweep_NAME.py and
 # one line "NAME: x=KEY hue=KEY" to SWEEP_PLOTS below.
 SWEEP_PLOTS_depth := --x model.depth --hue model.shortcut
@@ -169,6 +170,7 @@ SWEEP_PLOTS_apl_sparsity := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_targets := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_baselines := --x model.depth --hue model.baseline
 SWEEP_PLOTS_apl_demo := --x apl --hue train.regime
+SWEEP_PLOTS_references := --x model.reference
 # Study commands run after a sweep's table and figure ("NAME_AFTER: commands on the sweep dir").
 SWEEP_AFTER_elr_trajectories := elr-plot ode
 SWEEP_AFTER_elr_regimes := elr-plot

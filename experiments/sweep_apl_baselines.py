@@ -9,6 +9,12 @@ medium: plain BN-ReLU MLPs of depth 2-20 (the path lengths the residual PReLU ML
 reach) at its width 128 and widened (`model.width`: an MLP has no `width_mult`) to its parameter
 count on each task, and the linear classifier (`LINEAR`), on the tasks of `sweep_apl_sparsity.py
 --size medium`, 6 epochs, 3 seeds: 117 runs, most of them shallow.
+mnist1d: plain 1-D BN-ReLU CNNs (`plain_cnn`, 1x3 convs) of depth 3-20 at the PReLU 1-D ResNet-20's
+width 16 and widened to its parameter count, and the linear classifier, on MNIST-1D, 30 epochs,
+3 seeds: 39 runs. fmnist_conv: plain CNNs of depth 3, 5, 8 at width 8 and widened to the PReLU
+ResNet-20 (width 8)'s parameter count, and the linear classifier, on Fashion-MNIST, 3 epochs, 3
+seeds: 21 runs. The conv baselines of the conv sizes: a plain net of the depth the sparsified one
+reaches, at equal width and at equal parameters.
 """
 
 import importlib.util
@@ -21,7 +27,7 @@ _sparsity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_sparsity)
 
 
-SIZES = ("smoke", "medium", "full")
+SIZES = ("smoke", "medium", "full", "mnist1d", "fmnist_conv")
 
 
 # The floor of the collapse: a linear classifier trained with the same recipe. One hidden layer
@@ -76,9 +82,35 @@ def medium_sweep() -> dict:
     }
 
 
+def conv_sweep(size: str) -> dict:
+    """The plain-CNN baselines of the conv sizes (module docstring)."""
+    depths, width = ([3, 5, 8, 12, 20], 16) if size == "mnist1d" else ([3, 5, 8], 8)
+    target = {"name": "resnet", "depth": 20, "width": width}  # apl_resnet.py --size SIZE
+
+    def widened(depth: int, task: dict) -> dict:
+        model = {"name": "plain_cnn", "depth": depth, "width": width}
+        return {"model.width_mult": matched_width_mult(model, target, *_sparsity.task_input(task))}
+
+    return {
+        "base": "apl_resnet.py",
+        "grid": {"train.seed": [0, 1, 2]},
+        "zip": _zipped(_sparsity.tasks(size), depths, {"model.width_mult": 1.0}, widened, LINEAR),
+        "set": {
+            "model.name": "plain_cnn",
+            "model.width": width,
+            "model.activation": "relu",
+            "optim.name": "sgd",
+            "optim.prelu_l1": 0.0,
+            "train.epochs": _sparsity.EPOCHS[size][0],
+        },
+    }
+
+
 def get_sweep(size: str) -> dict:
     if size == "medium":
         return medium_sweep()
+    if size in ("mnist1d", "fmnist_conv"):
+        return conv_sweep(size)
     smoke = size == "smoke"
     depths = [3, 5, 8, 12] if smoke else [3, 4, 6, 8, 11, 14, 19]
     # The sparsified network: ResNet-14 width 8 (smoke) or ResNet-20 width 16 (full).

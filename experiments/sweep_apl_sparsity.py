@@ -14,11 +14,19 @@ examples; no linear classifier solves it, so the net keeps nonlinear units); 6 e
 after, λ from 1e-3 to 1e-1, 3 seeds: 90 runs + 9 base runs, about 60 min on 2 CPU cores.
 gpu (one H100/H200): the PReLU ResNet-20 of `apl_resnet.py --size gpu` on Fashion-MNIST and
 parity, the same λ grid and regimes, 3 seeds: 60 runs + 6 base runs.
+mnist1d: the PReLU 1-D ResNet-20 of `apl_resnet.py --size mnist1d` on MNIST-1D (a linear classifier
+about 32%, the ReLU net about 99%: the setting where the nonlinear advantage can show on 2 CPU
+cores), 30 epochs during / 15 after, the medium λ grid, 3 seeds: 30 runs + 3 base runs.
+fmnist_conv: the PReLU ResNet-20 at width 8 on Fashion-MNIST, 3 epochs during / 1.5 after, the same
+grid, 3 seeds: 30 runs + 3 base runs (hours on 2 CPU cores).
 `make sweep-apl_sparsity` draws accuracy vs APL per regime and task, the core network and the
 advantage gap (`normjax apl-plot`).
 """
 
-SIZES = ("smoke", "medium", "gpu", "full")
+SIZES = ("smoke", "medium", "gpu", "full", "mnist1d", "fmnist_conv")
+
+# The epochs of the during and after regimes at each size with a λ grid like medium's.
+EPOCHS = {"medium": (6.0, 3.0), "gpu": (6.0, 3.0), "mnist1d": (30.0, 15.0), "fmnist_conv": (3.0, 1.5)}
 PARITY = {
     "data.synthetic.task": "parity",
     "data.synthetic.num_classes": 4,
@@ -30,6 +38,10 @@ PARITY = {
 
 
 def tasks(size: str) -> list[dict]:
+    if size == "mnist1d":
+        return [{"name": "mnist1d", "data.name": "mnist1d", "data.crop_padding": 2}]
+    if size == "fmnist_conv":
+        return [{"name": "fashion_mnist", "data.name": "fashion_mnist"}]
     if size == "gpu":
         return [
             {"name": "fashion_mnist", "data.name": "fashion_mnist"},
@@ -55,6 +67,7 @@ def tasks(size: str) -> list[dict]:
 
 # Input shape and classes of the named datasets the tasks use (the synthetic ones say their own).
 _INPUTS = {"digits": ((8, 8, 1), 10), "fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10)}
+_INPUTS["mnist1d"] = ((1, 40, 1), 10)
 _INPUTS["cifar100"] = ((32, 32, 3), 100)
 
 
@@ -84,16 +97,17 @@ def regimes(epochs: float, post_epochs: float, from_k: bool = False) -> list[dic
 
 
 def get_sweep(size: str) -> dict:
-    if size in ("medium", "gpu"):
+    if size in EPOCHS:
+        during, after = EPOCHS[size]
         return {
             "base": "apl_resnet.py",
             "grid": {
                 "data.task": tasks(size),
-                "train.regime": regimes(6.0, 3.0),
+                "train.regime": regimes(during, after),
                 "optim.prelu_l1": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                 "train.seed": [0, 1, 2],
             },
-            "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 6.0},
+            "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": during},
         }
     if size == "full":
         return {

@@ -10,10 +10,14 @@ Fashion-MNIST, 4 epochs with momentum 0.9, weight decay 5e-4 and a cosine schedu
 accuracy differences between regimes are a few tenths of a percent, so seeds matter), ELRs logged
 densely for the first 500 steps: 24 runs, about 30 min on 2 CPU cores. gpu (one H100/H200): the
 same on ResNet-56 plain vs residual (the paper's network) on Fashion-MNIST.
+mnist1d: the 1-D ResNet-56 (width 16) plain vs residual on MNIST-1D, 30 epochs (930 steps), the
+same recipe and regimes, 3 seeds: 24 runs, a deep conv net where depth matters, on 2 CPU cores.
+fmnist_conv: ResNet-56 at width 8 plain vs residual on Fashion-MNIST, 2 epochs, 3 seeds: 24 runs,
+the paper's deep network at the size 2 CPU cores can train (hours; the ELR study picks its arms).
 `make sweep-elr_regimes` draws accuracy vs spread (`normjax elr-plot`).
 """
 
-SIZES = ("smoke", "medium", "gpu", "full", "imagenet")
+SIZES = ("smoke", "medium", "gpu", "full", "imagenet", "mnist1d", "fmnist_conv")
 IMAGENET_STEPS_PER_EPOCH = 1281167 // 256
 
 REGIMES = {  # zipped: one entry per regime
@@ -29,6 +33,25 @@ def get_sweep(size: str) -> dict:
             "grid": {"model.shortcut": [True, False]},
             "zip": REGIMES | {"optim.warmup_steps": [0, 5 * IMAGENET_STEPS_PER_EPOCH, 0, 0]},
             "set": {"log.metrics": ["elr"], "log.dense_steps": 2000, "log.every": 500},
+        }
+    if size in ("mnist1d", "fmnist_conv"):
+        epochs, warmup = (30.0, 155) if size == "mnist1d" else (2.0, 200)
+        return {
+            "base": "elr_resnet.py",
+            "grid": {"model.shortcut": [True, False], "train.seed": [0, 1, 2]},
+            "zip": REGIMES | {"optim.warmup_steps": [0, warmup, 0, 0]},
+            "set": {
+                "model.depth": 56,
+                "optim.lr": 0.3,
+                "optim.momentum": 0.9,
+                "optim.weight_decay": 5e-4,
+                "optim.schedule": "cosine",
+                "train.steps": 0,
+                "train.epochs": epochs,
+                "log.dense_steps": 300,
+                "log.every": 50,
+                "checkpoint.every": 1000,
+            },
         }
     if size in ("medium", "gpu"):
         return {

@@ -11,9 +11,13 @@ medium: BN-ReLU MLPs (width 256) of depth 21 and 41, plain vs residual, on Fashi
 depths where the plain net's ELR spread grows by orders of magnitude; about 30 min on 2 CPU cores.
 gpu (one H100/H200): ResNet-20/56/110 plain vs residual on Fashion-MNIST, the first 1000 steps,
 the same LR x momentum grid: 36 runs, the paper's networks on the medium data.
+mnist1d: 1-D ResNet-20/56 (width 16) plain vs residual on MNIST-1D, the first 1000 steps, the same
+LR x momentum grid: 24 runs, conv nets of the paper's depths where depth matters, on 2 CPU cores.
+fmnist_conv: ResNet-20/56 at width 8 plain vs residual on Fashion-MNIST, the first 500 steps, the
+same grid: 24 runs, the paper's architecture at the size 2 CPU cores can train.
 """
 
-SIZES = ("smoke", "medium", "gpu", "full", "imagenet")
+SIZES = ("smoke", "medium", "gpu", "full", "imagenet", "mnist1d", "fmnist_conv")
 
 
 def get_sweep(size: str) -> dict:
@@ -41,6 +45,18 @@ def get_sweep(size: str) -> dict:
                 "model.shortcut": [True, False],
             },
             "set": {"train.steps": 1000, "log.dense_steps": 1000},
+        }
+    if size in ("mnist1d", "fmnist_conv"):
+        steps = 1000 if size == "mnist1d" else 500
+        return {
+            "base": "elr_resnet.py",
+            "grid": {
+                "optim.lr": [0.03, 0.3, 3.0],
+                "model.depth": [20, 56],
+                "optim.momentum": [0.0, 0.9],
+                "model.shortcut": [True, False],
+            },
+            "set": {"train.steps": steps, "log.dense_steps": steps},
         }
     if size == "gpu":
         return {

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         "--size",
         default="smoke",
         help="smoke (seconds on CPU), medium (Fashion-MNIST, minutes), gpu (the study files: CIFAR ResNets on "
-        "Fashion-MNIST, one GPU), full (paper scale) or imagenet (the files that have it: ResNet-50 on ImageNet)",
+        "Fashion-MNIST, one GPU), full (paper scale), and for the files that have them: mnist1d (1-D conv nets "
+        "on MNIST-1D, CPU), fmnist_conv (small conv nets on Fashion-MNIST, CPU), imagenet (ResNet-50 on ImageNet)",
     )
     t.add_argument(
         "--set",

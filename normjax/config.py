@@ -4,8 +4,10 @@ An experiment file under `experiments/` defines `get_config(size: str) -> dict` 
 keys it changes; `size` is `smoke` (seconds on CPU), `medium` (the study files: Fashion-MNIST,
 at most about an hour a sweep on 2 CPU cores), `gpu` (the study files: CIFAR ResNets on
 Fashion-MNIST, minutes on one H100/H200) or `full` (paper scale, GPU/TPU), and for the
-files that list it in their `SIZES`, `imagenet` (ResNet-50 on ImageNet, streamed). Every key a
-config names must exist in `DEFAULTS` and keep its type, so typos fail with one line.
+files that list them in their `SIZES`: `mnist1d` (1-D conv ResNets and CNNs on MNIST-1D, 2 CPU
+cores), `fmnist_conv` (small 2-D conv ResNets and CNNs, widths 8-16, on Fashion-MNIST, 2 CPU
+cores) and `imagenet` (ResNet-50 on ImageNet, streamed). Every key a config names must exist in
+`DEFAULTS` and keep its type, so typos fail with one line.
 
 Example:
   >>> cfg = load_config("experiments/resnet_digits.py", size="smoke", overrides=["optim.lr=0.05"])
@@ -25,7 +27,7 @@ from typing import Any
 
 from normjax.errors import UserError
 
-SIZES = ("smoke", "medium", "gpu", "full", "imagenet")
+SIZES = ("smoke", "medium", "gpu", "full", "imagenet", "mnist1d", "fmnist_conv")
 # The sizes a file has unless it lists its own in a module-level `SIZES` (the ELR study's
 # files add `imagenet`: ResNet-50 on ImageNet, streamed).
 FILE_SIZES = ("smoke", "full")

@@ -171,3 +171,27 @@ def test_user_error_raised_by_a_file_passes_unchanged(tmp_path):
     with pytest.raises(UserError) as e:
         load_config(path)
     assert str(e.value) == "size smoke only"
+
+
+STUDY_FILES = ("elr_resnet", "apl_resnet", "explode_depth", "explode_resnet")
+
+
+def test_every_study_file_has_the_conv_sizes():
+    """The conv sizes of CPU-scale studies (1-D conv nets on MNIST-1D, small conv nets on Fashion-MNIST)
+    are in every study experiment and sweep file, on their data, and say so in the docstring."""
+    root = Path(__file__).parents[1] / "experiments"
+    files = [root / f"{n}.py" for n in STUDY_FILES] + [p for p in SWEEPS if p.stem != "sweep_references"]
+    for path in files:
+        import ast
+
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        for size, data in (("mnist1d", "mnist1d"), ("fmnist_conv", "fashion_mnist")):
+            assert size in _sizes(path) and size in doc, (path.stem, size)
+            if path.stem.startswith("sweep_"):
+                runs, _ = expand(path, size)
+                configs = [r.config for r in runs]
+            else:
+                configs = [load_config(path, size=size)]
+            assert {c["data"]["name"] for c in configs} == {data}, (path.stem, size)
+            if path.stem not in ("explode_depth", "sweep_apl_baselines"):
+                assert {c["model"]["name"] for c in configs} <= {"resnet", "plain_cnn"}, (path.stem, size)

@@ -65,7 +65,7 @@ def max_pool(h: jax.Array, kind: str) -> jax.Array:
     window = (1,) + tuple(k if a else 1 for a in on) + (1,)
     strides = (1,) + tuple(s if a else 1 for a in on) + (1,)
     pads = ((0, 0),) + tuple((p, p) if a else (0, 0) for a in on) + ((0, 0),)
-    return jax.lax.reduce_window(h, jnp.array(-jnp.inf, h.dtype), jax.lax.max, window, strides, pads)
+    return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, window, strides, pads)
 
 
 class Op(NamedTuple):

@@ -65,9 +65,20 @@ MEAN_FIELD_FACTOR = math.pi / (math.pi - 1.0)
 
 # Default depth grids of `explode` per model and size (resnet: 6n+2).
 DEFAULT_DEPTHS: dict[str, dict[str, tuple[int, ...]]] = {
-    "mlp": {"smoke": (4, 8, 16, 32), "medium": (10, 20, 40, 80), "full": (10, 20, 50, 100)},
-    "resnet": {"smoke": (8, 14, 20), "medium": (20, 32, 56), "full": (20, 32, 56, 110)},
-    "plain_cnn": {"smoke": (6, 9, 12), "full": (10, 20, 50)},
+    "mlp": {
+        "smoke": (4, 8, 16, 32),
+        "medium": (10, 20, 40, 80),
+        "full": (10, 20, 50, 100),
+        "mnist1d": (10, 20, 40, 80),
+    },
+    "resnet": {
+        "smoke": (8, 14, 20),
+        "medium": (20, 32, 56),
+        "full": (20, 32, 56, 110),
+        "mnist1d": (8, 20, 32, 56),
+        "fmnist_conv": (20, 56),
+    },
+    "plain_cnn": {"smoke": (6, 9, 12), "full": (10, 20, 50), "fmnist_conv": (6, 9, 12)},
 }
 
 JSON_NAME = "explosion.json"
