@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test lint test-slow test-isa bench bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr reproduce-apl
+.PHONY: demo test lint test-slow test-isa bench bench-conv bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr reproduce-apl
 
 # The training stack (the `train` extra) and the test tools; `pip install .` alone is the base install.
 $(STAMP): pyproject.toml
@@ -136,6 +136,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.apl_overhead --out benchmarks/results-apl-cpu.json
 	$(BIN)/python -m benchmarks.input_throughput --out benchmarks/results-input-cpu.json
 	$(BIN)/python -m benchmarks.stream_step --out benchmarks/results-stream-cpu.json
+
+# The conv sizes of the CPU studies: the 1-D ResNet-20 on MNIST-1D-shaped signals and ResNet-20 at width 8 on 28x28, against PyTorch eager and a plain Flax port, in one run.
+bench-conv: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks.bench --only mnist1dresnet20_torch_eager mnist1dresnet20_flax_plain mnist1dresnet20_normjax fmnistresnet20w8_torch_eager fmnistresnet20w8_flax_plain fmnistresnet20w8_normjax --out benchmarks/results-conv-cpu.json
 
 # On a GPU machine whose image already has jax[cuda] and torch: no venv, the system python. Each
 # part is time-limited (the device lease is short) and writes its JSON into GPU_OUT.

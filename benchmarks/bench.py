@@ -52,6 +52,15 @@ MLP_DEPTH = 20
 MLP_WIDTH = 1024
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
+# The ResNet-20 workloads: workload -> (input shape HWC, width w of the stages w/2w/4w). A shape of
+# height 1 is a 1-D signal (normjax's [B, 1, L, C]): 1-D convs in every impl. Besides CIFAR's
+# resnet20, the conv sizes of the CPU studies (`make bench-conv`): the 1-D ResNet-20 on
+# MNIST-1D-shaped signals, and ResNet-20 at width 8 on 28x28x1 (Fashion-MNIST-shaped) images.
+RESNET_WORKLOADS: dict[str, tuple[tuple[int, int, int], int]] = {
+    "resnet20": (IMAGE_SHAPE, 16),
+    "mnist1dresnet20": ((1, 40, 1), 16),
+    "fmnistresnet20w8": ((28, 28, 1), 8),
+}
 
 # (warmup, iters): quick is a smoke run of every case (its time: benchmarks/RESULTS.md, end).
 QUICK_ITERS = (1, 5)
@@ -73,10 +82,12 @@ def workload_of(name: str) -> str:
     return name.split("_", 1)[0]
 
 
-def make_batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_batch(
+    batch: int, seed: int = 0, image_shape: tuple[int, int, int] = IMAGE_SHAPE
+) -> tuple[np.ndarray, np.ndarray]:
     """Random NHWC float32 images and int32 labels, identical for every framework."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, *IMAGE_SHAPE), dtype=np.float32)
+    x = rng.standard_normal((batch, *image_shape), dtype=np.float32)
     y = rng.integers(0, NUM_CLASSES, size=(batch,), dtype=np.int32)
     return x, y
 
@@ -94,14 +105,23 @@ def _torch_case(workload: str, use_compile: bool) -> Case:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(0)
         channels_last = False
-        if workload == "resnet20":
-            x_np, y_np = make_batch(RESNET_BATCH)
-            model: torch.nn.Module = torch_ref.CifarResNet(20, NUM_CLASSES)
-            channels_last = torch_ref.RESNET_CHANNELS_LAST
+        dims = 2
+        if workload in RESNET_WORKLOADS:
+            shape, width = RESNET_WORKLOADS[workload]
+            dims = 1 if shape[0] == 1 else 2
+            x_np, y_np = make_batch(RESNET_BATCH, image_shape=shape)
+            model: torch.nn.Module = torch_ref.CifarResNet(
+                20, NUM_CLASSES, in_channels=shape[2], width=width, dims=dims
+            )
+            # channels_last is a layout of 4-D tensors; Conv1d on [B, C, L] has none.
+            channels_last = dims == 2 and torch_ref.RESNET_CHANNELS_LAST
         else:
             x_np, y_np = make_batch(MLP_BATCH)
             model = torch_ref.BnReluMlp(MLP_DEPTH, MLP_WIDTH, num_classes=NUM_CLASSES)
-        x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(device)
+        x = torch.from_numpy(x_np).permute(0, 3, 1, 2)
+        if dims == 1:
+            x = x.flatten(2)  # [B, C, 1, L] -> [B, C, L]
+        x = x.contiguous().to(device)
         y = torch.from_numpy(y_np).long().to(device)
         step = torch_ref.make_train_step(model.to(device), x, y, use_compile=use_compile, channels_last=channels_last)
         try:
@@ -137,9 +157,13 @@ def _jax_case(workload: str) -> Case:
 
         from benchmarks import flax_plain
 
-        if workload == "resnet20":
-            x_np, y_np = make_batch(RESNET_BATCH)
-            model: Any = flax_plain.CifarResNet(20, NUM_CLASSES)
+        if workload in RESNET_WORKLOADS:
+            shape, width = RESNET_WORKLOADS[workload]
+            dims = 1 if shape[0] == 1 else 2
+            x_np, y_np = make_batch(RESNET_BATCH, image_shape=shape)
+            if dims == 1:
+                x_np = x_np[:, 0]  # [B, 1, L, C] -> [B, L, C]
+            model: Any = flax_plain.CifarResNet(20, NUM_CLASSES, width=width, dims=dims)
         else:
             x_np, y_np = make_batch(MLP_BATCH)
             model = flax_plain.BnReluMlp(MLP_DEPTH, MLP_WIDTH, NUM_CLASSES)
@@ -166,6 +190,9 @@ register("resnet20_flax_plain", _jax_case("resnet20"))
 register("mlp_torch_eager", _torch_case("mlp", use_compile=False))
 register("mlp_torch_compile", _torch_case("mlp", use_compile=True))
 register("mlp_jax_plain", _jax_case("mlp"))
+for _workload in ("mnist1dresnet20", "fmnistresnet20w8"):
+    register(f"{_workload}_torch_eager", _torch_case(_workload, use_compile=False))
+    register(f"{_workload}_flax_plain", _jax_case(_workload))
 
 
 class SkipCase(Exception):

@@ -28,42 +28,54 @@ BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut (1x1 conv + BN when the shape changes), ReLU."""
+    """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut (1x1 conv + BN when the shape changes), ReLU.
+
+    `dims=1`: kernel-3 convs (`kernel_size=(3,)`) on `[B, L, C]` signals.
+    """
 
     features: int
     strides: int = 1
+    dims: int = 2
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        strides = (self.strides, self.strides)
-        y = nn.Conv(self.features, (3, 3), strides, padding=1, use_bias=False)(x)
+        strides = (self.strides,) * self.dims
+        y = nn.Conv(self.features, (3,) * self.dims, strides, padding=1, use_bias=False)(x)
         y = nn.relu(BatchNorm(use_running_average=not train)(y))
-        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
+        y = nn.Conv(self.features, (3,) * self.dims, padding=1, use_bias=False)(y)
         y = BatchNorm(use_running_average=not train)(y)
         if x.shape != y.shape:
-            x = nn.Conv(self.features, (1, 1), strides, use_bias=False)(x)
+            x = nn.Conv(self.features, (1,) * self.dims, strides, use_bias=False)(x)
             x = BatchNorm(use_running_average=not train)(x)
         return nn.relu(x + y)
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet v1 of depth 6n+2 on NHWC input; ResNet-20 has 272,474 parameters."""
+    """CIFAR ResNet v1 of depth 6n+2 on NHWC input; ResNet-20 has 272,474 parameters.
+
+    `width`: stage widths w, 2w, 4w (16 in the paper). `dims=1`: the same net with 1-D convs
+    (`kernel_size=(3,)`) on `[B, L, C]` signals (e.g. MNIST-1D).
+    """
 
     depth: int = 20
     num_classes: int = 10
+    width: int = 16
+    dims: int = 2
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if (self.depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n+2, got {self.depth}")
+        if self.dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {self.dims}")
         n = (self.depth - 2) // 6
-        x = nn.Conv(16, (3, 3), padding=1, use_bias=False)(x)
+        x = nn.Conv(self.width, (3,) * self.dims, padding=1, use_bias=False)(x)
         x = nn.relu(BatchNorm(use_running_average=not train)(x))
-        for stage, features in enumerate((16, 32, 64)):
+        for stage, features in enumerate((self.width, 2 * self.width, 4 * self.width)):
             for i in range(n):
                 strides = 2 if stage > 0 and i == 0 else 1
-                x = BasicBlock(features, strides)(x, train)
-        x = jnp.mean(x, axis=(1, 2))
+                x = BasicBlock(features, strides, self.dims)(x, train)
+        x = jnp.mean(x, axis=tuple(range(1, 1 + self.dims)))
         return nn.Dense(self.num_classes)(x)
 
 

@@ -2,7 +2,8 @@
 data held on device, several steps fused per call, and the per-layer norm hook on (as in runs).
 
 Times are per *step* (a call runs `STEPS_PER_CALL` steps). Inputs are the synthetic 32x32x3 task
-with augmentation off, matching the references' fixed random batch in cost.
+with augmentation off, matching the references' fixed random batch in cost; the conv workloads of
+`benchmarks.bench.RESNET_WORKLOADS` use their own input shape (1x40x1 signals: the 1-D ResNet).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH, SkipCase, register
+from benchmarks.bench import MLP_BATCH, MLP_DEPTH, MLP_WIDTH, RESNET_BATCH, RESNET_WORKLOADS, SkipCase, register
 from benchmarks.timing import time_steps
 
 STEPS_PER_CALL = 5
@@ -82,12 +83,12 @@ def normjax_call(
     return call
 
 
-def _case(model: dict, batch: int, metrics: list[str], dtype: str = "float32"):
+def _case(model: dict, batch: int, metrics: list[str], dtype: str = "float32", image_shape=(32, 32, 3)):
     def run(args: argparse.Namespace) -> dict[str, Any]:
         import jax
         import numpy as np
 
-        cfg, program, images, labels = _program(model, batch, metrics, dtype)
+        cfg, program, images, labels = _program(model, batch, metrics, dtype, image_shape=image_shape)
         state = program.init_state(cfg)
         n = np.int32(STEPS_PER_CALL)
         t0 = time.perf_counter()
@@ -128,6 +129,11 @@ register("mlp_normjax-nometrics", _case({"name": "mlp", "depth": MLP_DEPTH, "wid
 register("resnet56_normjax", _case({"name": "resnet", "depth": 56}, RESNET_BATCH, LN))
 register("resnet110_normjax", _case({"name": "resnet", "depth": 110}, RESNET_BATCH, LN))
 register("resnet20_normjax-bf16", _case({"name": "resnet", "depth": 20}, RESNET_BATCH, LN, "bfloat16"))
+# The conv sizes of the CPU studies (`make bench-conv`); a 1x40x1 input gives the 1-D ResNet (dims=1).
+for _workload in ("mnist1dresnet20", "fmnistresnet20w8"):
+    _shape, _width = RESNET_WORKLOADS[_workload]
+    _model = {"name": "resnet", "depth": 20, "width": _width}
+    register(f"{_workload}_normjax", _case(_model, RESNET_BATCH, LN, image_shape=_shape))
 
 
 @contextlib.contextmanager

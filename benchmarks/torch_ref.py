@@ -5,6 +5,9 @@ literally rather than any library's variant:
 
 - `CifarResNet`: CIFAR ResNet v1 (He et al. 2016, section 4.2), depth 6n+2, with 1x1-conv
   projection shortcuts where the shape changes ("option B"). ResNet-20 has 272,474 parameters.
+  `in_channels` and `width` (stage widths w, 2w, 4w) size it for other inputs; `dims=1` builds
+  it from `nn.Conv1d` / `nn.BatchNorm1d` for 1-D signals `[B, C, L]` (e.g. MNIST-1D), the same
+  blocks and strides along the signal.
 - `BnReluMlp`: flatten -> `depth` x (Linear without bias -> BatchNorm1d -> ReLU) -> Linear.
 
 `CifarResNet(activation="prelu")` puts a channel-wise `nn.PReLU` (slopes initialised to 0, i.e.
@@ -41,21 +44,42 @@ def _activation(name: str, channels: int, prelu_init: float) -> nn.Module:
     raise ValueError(f"activation must be relu or prelu, got {name!r}")
 
 
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU (or channel-wise PReLU for both)."""
+def _conv_bn(dims: int) -> tuple[type[nn.Module], type[nn.Module]]:
+    """The conv and BatchNorm classes for images (`dims=2`) or 1-D signals (`dims=1`)."""
+    if dims == 2:
+        return nn.Conv2d, nn.BatchNorm2d
+    if dims == 1:
+        return nn.Conv1d, nn.BatchNorm1d
+    raise ValueError(f"dims must be 1 or 2, got {dims}")
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str = "relu", prelu_init: float = 0.0) -> None:
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU (or channel-wise PReLU for both).
+
+    `dims=1`: the same block with kernel-3 `nn.Conv1d`s and `nn.BatchNorm1d`s on `[B, C, L]`.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        activation: str = "relu",
+        prelu_init: float = 0.0,
+        dims: int = 2,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        conv, bn = _conv_bn(dims)
+        self.conv1 = conv(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = bn(out_ch)
+        self.conv2 = conv(out_ch, out_ch, 3, stride=1, padding=1, bias=False)
+        self.bn2 = bn(out_ch)
         self.shortcut: nn.Module
         if stride != 1 or in_ch != out_ch:
             # Option B: a learned projection only where the shape changes.
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_ch),
+                conv(in_ch, out_ch, 1, stride=stride, bias=False),
+                bn(out_ch),
             )
         else:
             self.shortcut = nn.Identity()
@@ -77,35 +101,47 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet v1 of depth 6n+2 (16/32/64 channels, global average pool, linear head).
+    """CIFAR ResNet v1 of depth 6n+2 (w/2w/4w channels, w=16 by default; global average pool,
+    linear head), on NCHW images, or on `[B, C, L]` signals with `dims=1`.
 
     `activation="prelu"`: a channel-wise PReLU (slopes start at `prelu_init`) wherever v1 has a
-    ReLU (stem and both per block), 16*(1 + 2n) + 32*2n + 64*2n slopes in all.
+    ReLU (stem and both per block), w*(1 + 2n) + 2w*2n + 4w*2n slopes in all.
     """
 
     def __init__(
-        self, depth: int = 20, num_classes: int = 10, activation: str = "relu", prelu_init: float = 0.0
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        activation: str = "relu",
+        prelu_init: float = 0.0,
+        *,
+        in_channels: int = 3,
+        width: int = 16,
+        dims: int = 2,
     ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
+        conv, bn = _conv_bn(dims)
+        widths = (width, 2 * width, 4 * width)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), _activation(activation, 16, prelu_init)
+            conv(in_channels, width, 3, padding=1, bias=False), bn(width), _activation(activation, width, prelu_init)
         )
         blocks: list[nn.Module] = []
-        in_ch = 16
-        for stage, out_ch in enumerate((16, 32, 64)):
+        in_ch = width
+        for stage, out_ch in enumerate(widths):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(in_ch, out_ch, stride, activation, prelu_init))
+                blocks.append(BasicBlock(in_ch, out_ch, stride, activation, prelu_init, dims))
                 in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        self.pool_dims = tuple(range(2, 2 + dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.fc(x.mean(dim=self.pool_dims))
 
 
 class BnReluMlp(nn.Module):
@@ -225,6 +261,10 @@ def main() -> None:
     if n != RESNET20_PARAMS:
         raise SystemExit(f"expected {RESNET20_PARAMS:,} parameters")
     print(f"BN-ReLU MLP depth 20 width 1024: {param_count(BnReluMlp(20, 1024)):,} parameters")
+    n1 = param_count(CifarResNet(20, in_channels=1, dims=1))
+    print(f"1-D ResNet-20 (MNIST-1D, 1 channel): {n1:,} parameters")
+    n8 = param_count(CifarResNet(20, in_channels=1, width=8))
+    print(f"ResNet-20 width 8 (28x28x1): {n8:,} parameters")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,14 @@ def test_critical_lr_errors_are_one_line(extra, needle):
     with pytest.raises(UserError) as e:
         cli(["critical-lr", "experiments/elr_resnet.py", *sum((["--set", o] for o in TINY), []), *extra])
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_critical_lr_of_a_1d_resnet(tmp_path, capsys):
+    """The 1-D ResNet of the mnist1d size (1x3 convs on MNIST-1D) goes through the same measurement."""
+    argv = ["critical-lr", "experiments/elr_resnet.py", "--size", "mnist1d", "--set", "model.depth=8"]
+    argv += ["--set", "model.width=8", "--seeds", "1", "--at", "0", "--out", str(tmp_path)]
+    assert cli(argv) == 0
+    assert "resnet residual depth 8, after 0 steps: predicted" in capsys.readouterr().out
+    data = json.loads((tmp_path / "critical_lr.json").read_text())
+    r = data["results"][0]
+    assert (r["depth"], r["dataset"], len(r["layers"])) == (8, "mnist1d", 7) and np.isfinite(r["crit_predicted"]).all()

@@ -38,13 +38,16 @@ def test_plain_bn_relu_mlp_grows_at_the_mean_field_rate():
     assert MEAN_FIELD_FACTOR == pytest.approx(math.pi / (math.pi - 1))
 
 
-def test_shortcuts_tame_the_growth():
+@pytest.mark.parametrize(
+    "data",
+    [SYNTHETIC | {"synthetic": {"num_train": 256, "image_shape": [8, 8, 3]}}, {"name": "mnist1d"}],
+    ids=["images", "signals_1d"],
+)
+def test_shortcuts_tame_the_growth(data):
     factors = {}
     for shortcut in (False, True):
         cfg = small_config(
-            model={"name": "resnet", "depth": 14, "width": 8, "shortcut": shortcut},
-            data=SYNTHETIC | {"synthetic": {"num_train": 256, "image_shape": [8, 8, 3]}},
-            train={"batch_size": 64},
+            model={"name": "resnet", "depth": 14, "width": 8, "shortcut": shortcut}, data=data, train={"batch_size": 64}
         )
         res = measure_init_gradients(cfg, seeds=(0,), batches=2)
         assert ("s2.b0.proj" in res["layers"]) == shortcut and not res["fit_mask"][res["layers"].index("stem")]

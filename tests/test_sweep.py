@@ -69,12 +69,21 @@ def test_bad_sweeps_one_line(tmp_path, zipped, words):
 
 
 @pytest.mark.cross_program
-@pytest.mark.parametrize("model", [{}, {"name": "resnet", "depth": 8, "width": 8}])
-def test_vectorized_group_equals_runs_alone(tmp_path, model):
-    """MLP, and a ResNet whose convs and BN go through the per-run vmap rules (vmap_per_slice):
-    every logged metric, the final parameters and BN statistics, and the summary."""
+@pytest.mark.parametrize(
+    "model,data",
+    [
+        ({}, {}),
+        ({"name": "resnet", "depth": 8, "width": 8}, {}),
+        ({"name": "resnet", "depth": 8, "width": 8}, {"name": "mnist1d"}),  # 1-D: 1x3 convs
+    ],
+    ids=["mlp", "resnet", "resnet_1d"],
+)
+def test_vectorized_group_equals_runs_alone(tmp_path, model, data):
+    """MLP, and a ResNet (on images and on 1-D signals) whose convs and BN go through the per-run
+    vmap rules (vmap_per_slice): every logged metric, the final parameters and BN statistics, and
+    the summary."""
     cfgs = [
-        small_config(model=model, optim={"lr": lr, "momentum": m}, train={"steps": 24, "seed": s})
+        small_config(model=model, data=data, optim={"lr": lr, "momentum": m}, train={"steps": 24, "seed": s})
         for lr, m, s in [(0.05, 0.9, 0), (0.2, 0.0, 1), (0.1, 0.5, 2)]
     ]
     group = train_group(cfgs, [tmp_path / f"g{i}" for i in range(3)])
@@ -112,7 +121,9 @@ def test_vectorized_group_equals_runs_alone(tmp_path, model):
     assert ulps_apart(rows_g[1:], rows_a[:-1]) > 1000 * ULPS_GROUP
     cfg = cfgs[-1]
     off = train(
-        small_config(model=model, optim={**cfg["optim"], "lr": cfg["optim"]["lr"] * 1.001}, train=cfg["train"]),
+        small_config(
+            model=model, data=data, optim={**cfg["optim"], "lr": cfg["optim"]["lr"] * 1.001}, train=cfg["train"]
+        ),
         tmp_path / "off",
     )
     assert ulps_apart(off["train_loss"], alone["train_loss"]) > 100 * ULPS_GROUP
