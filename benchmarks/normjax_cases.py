@@ -3,7 +3,8 @@ data held on device, several steps fused per call, and the per-layer norm hook o
 
 Times are per *step* (a call runs `STEPS_PER_CALL` steps). Inputs are the synthetic 32x32x3 task
 with augmentation off, matching the references' fixed random batch in cost; the conv workloads of
-`benchmarks.bench.RESNET_WORKLOADS` use their own input shape (1x40x1 signals: the 1-D ResNet).
+`benchmarks.bench.RESNET_WORKLOADS` use their own input shape (1x40x1 signals: MNIST-1D's generated
+signals, as the synthetic task holds images only, and the 1-D ResNet).
 """
 
 from __future__ import annotations
@@ -36,19 +37,27 @@ def _program(
     from normjax.training.inputs import input_for
     from normjax.training.loop import dataset_for, program_for
 
+    if image_shape[0] == 1:
+        # The synthetic task holds images only (H, W >= 4); 1-D signals come from MNIST-1D's
+        # generator (1x40x1, no download): 5 batches of signals, its 0.8 / 0.2 split leaves 4 to train.
+        if tuple(image_shape) != (1, 40, 1):
+            raise ValueError(f"1-D inputs are MNIST-1D's (1, 40, 1), got {tuple(image_shape)}")
+        data: dict = {"name": "mnist1d", "mnist1d": {"num_samples": 5 * batch}}
+    else:
+        data = {
+            "name": "synthetic",
+            "synthetic": {
+                "num_train": 4 * batch,
+                "num_test": 64,
+                "image_shape": list(image_shape),
+                "num_classes": 10,
+            },
+        }
     cfg = merge(
         DEFAULTS,
         {
             "model": model,
-            "data": {
-                "name": "synthetic",
-                "synthetic": {
-                    "num_train": 4 * batch,
-                    "num_test": 64,
-                    "image_shape": list(image_shape),
-                    "num_classes": 10,
-                },
-            },
+            "data": data,
             "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant", **(optim or {})},
             "train": {"batch_size": batch, "steps": 1000, "steps_per_dispatch": STEPS_PER_CALL, "dtype": dtype},
             "log": {"metrics": metrics},

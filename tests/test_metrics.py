@@ -16,8 +16,10 @@ from normjax.training.rundir import RunDir
 ELR_KEYS = ("w_norm", "g_norm", "base_grad", "layer_lr", "elr", "elr_classic", "rel_step", "cos_gw")
 
 
-def _plain_sgd_run(tmp_path, **optim):
+def _plain_sgd_run(tmp_path, model=None, data=None, **optim):
     cfg = small_config(
+        model=model or {},
+        data=data or {},
         optim={"momentum": 0.0, "weight_decay": 0.0, "lr": 0.2, **optim},
         train={"steps": 12},
         log={"metrics": ["elr"], "dense_steps": 12},
@@ -28,8 +30,14 @@ def _plain_sgd_run(tmp_path, **optim):
     return cfg, summary, rows, layers
 
 
-def test_elr_hook_identities_on_plain_sgd(tmp_path):
-    cfg, summary, rows, layers = _plain_sgd_run(tmp_path)
+@pytest.mark.parametrize(
+    "model,data",
+    [({}, {}), ({"name": "resnet", "depth": 8, "width": 4}, {"name": "mnist1d"})],
+    ids=["mlp", "resnet_1d"],
+)
+def test_elr_hook_identities_on_plain_sgd(tmp_path, model, data):
+    """On a BN MLP, and on a 1-D ResNet (1x3 convs, 1x1 projections) on MNIST-1D."""
+    cfg, summary, rows, layers = _plain_sgd_run(tmp_path, model, data)
     assert [r["step"] for r in rows] == list(range(12))
     si = np.array([l["scale_invariant"] for l in layers])
     assert si.sum() == len(layers) - 1 and not si[-1]  # hidden layers feed BN; the classifier does not

@@ -47,6 +47,11 @@ Rules, in the order they are applied, and why:
    - flatten then dense (the MLP's first layer): composes only with an identity before it.
 5. Partially linear nodes keep their PReLU (all their slopes); ReLU nodes are never linear.
 
+**1-D signals** (maps of height 1, `1 x k` kernels: the 1-D ResNets and CNNs on MNIST-1D) fold by
+the same rules, axis by axis: a composed kernel stays of height 1; composing with a `1 x 1` conv is
+exact; two `1 x k` convs (k > 1) compose only with `spatial=True`, exact away from the signal's two
+ends (a ring of `(k_B - 1)/2` samples at each end deviates); max-pooling pools the length alone.
+
 Conventions of `stats` (the same for the original graph and the folded network): **depth** is the
 number of weight layers (conv or dense) on the longest input→output path; **params** counts every
 parameter inference needs (kernels, dense biases, BN scale and bias, PReLU slopes; folded: kernels,
