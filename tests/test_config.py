@@ -4,7 +4,8 @@ import pytest
 
 from normjax.config import DEFAULTS, FILE_SIZES, SIZES, load_config, merge, parse_override
 from normjax.errors import UserError
-from normjax.sweep.spec import expand
+from normjax.sweep.spec import config_hash, expand
+from run_names import stored, sweep_names
 
 EXPERIMENTS = sorted(
     p for p in Path(__file__).parents[1].joinpath("experiments").glob("*.py") if not p.stem.startswith("sweep_")
@@ -32,6 +33,8 @@ def test_every_experiment_loads_in_its_sizes(path, size):
         return
     cfg = load_config(path, size=size)
     assert set(cfg) == set(DEFAULTS)
+    # the config hash (run directory names) as stored: `tests/run_names.py` says how to regenerate
+    assert config_hash(cfg) == stored()[f"{path.stem}:{size}"]
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
@@ -40,6 +43,13 @@ def test_every_sweep_expands_in_its_sizes(path):
         runs, varied = expand(path, size)
         assert runs and len({r.name for r in runs}) == len(runs), size
         assert all(set(r.config) == set(DEFAULTS) for r in runs), size
+        # no run renamed (users' run directories stay theirs): `tests/run_names.py` regenerates
+        assert sweep_names(runs) == stored()[f"{path.stem}:{size}"], size
+
+
+def test_the_stored_run_names_cover_every_file_and_size():
+    found = {f"{p.stem}:{s}" for p in EXPERIMENTS + SWEEPS for s in _sizes(p)}
+    assert found == set(stored())
 
 
 def test_the_elr_study_has_an_imagenet_size():
