@@ -46,6 +46,9 @@ class StepInfo(NamedTuple):
       layers: the model's weight layers in depth order (`normjax.models.structure.LayerInfo`).
       lr: the global LR applied at this step (None: the optimizer has none).
       graph: the model's graph of nonlinearities (`normjax.analysis.graph.Graph`).
+      prelu_tolerance: the run's `optim.prelu_tolerance` (traced where the optimizer injects it):
+        a free PReLU slope within it of 1 counts as linear, the rule of `normjax apl`, `fold` and
+        the hard-linearized evaluation.
     """
 
     params: Any
@@ -55,6 +58,7 @@ class StepInfo(NamedTuple):
     layers: list[LayerInfo]
     lr: jax.Array | None = None
     graph: Any = None
+    prelu_tolerance: jax.Array | float = 0.01
 
 
 Hook = Callable[[StepInfo], dict[str, jax.Array]]
@@ -224,9 +228,6 @@ def elr(info: StepInfo) -> dict[str, jax.Array]:
     return out
 
 
-APL_TOLERANCE = 0.01  # a unit is nonlinear when |1 - slope| >= this, unless the optimizer freezes slopes
-
-
 def _apl_summary(rows: list[dict], cfg: dict) -> dict[str, float]:
     last = rows[-1] if rows else {}
     keys = ("apl", "apl_unnormalized", "nonlinear_units", "nonlinear_fraction", "effective_width")
@@ -247,8 +248,8 @@ def apl(info: StepInfo) -> dict[str, jax.Array]:
     Per hidden node of the model's graph (`graph.json` in the run directory names them):
     `nl_count`, the number of nonlinear channels, and `nl_fraction`. Under the sparsity prior or
     controller a channel is nonlinear unless the optimizer froze its slope at 1 (a free slope
-    within the tolerance of 1 can drift away); otherwise when `|1 - slope| >= 0.01`. ReLU
-    channels always count.
+    within the tolerance of 1 can drift away); otherwise when `|1 - slope| >= optim.prelu_tolerance`
+    (`StepInfo.prelu_tolerance`). ReLU channels always count.
     Scalars: `nonlinear_units`, `nonlinear_fraction` (of all hidden channels), `apl` (normalized),
     `apl_unnormalized` and `effective_width` (`normjax.analysis.apl`). The run's summary takes the
     last logged values, so `normjax results` and `normjax plot` can use them as axes.
@@ -266,7 +267,8 @@ def apl(info: StepInfo) -> dict[str, jax.Array]:
     # An optimizer that freezes slopes at 1 says which units are linear: a free slope within the
     # tolerance of 1 (one the controller did not admit, or left once its target was met) still drifts.
     frozen = _frozen(info.opt_state)
-    nl = graph_lib.nonlinear_from_slopes(g, new, APL_TOLERANCE, None if frozen is None else graph_lib.slopes(g, frozen))
+    tol = info.prelu_tolerance
+    nl = graph_lib.nonlinear_from_slopes(g, new, tol, None if frozen is None else graph_lib.slopes(g, frozen))
     counts = apl_lib.layer_counts(g, nl)
     sizes = jnp.array([g.nodes[i].channels for i in g.hidden()], jnp.float32)
     return {

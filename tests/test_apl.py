@@ -236,3 +236,28 @@ def test_1d_resnet8_graph_and_apls_worked_by_hand():
     # s3.b0.act1 N 200, A 4.2; s3.b0.act2 N 1600 + 200, A 1 + (1600 x 4.2 + 200 x 3.2) / 1800 = 229 / 45.
     assert float(apl.unnormalized_apl(g, nl)) == pytest.approx(229 / 45, rel=1e-12)
     assert [int(x) for x in apl.layer_counts(g, nl)] == [2, 1, 2, 4, 0, 8, 8]
+
+
+@pytest.mark.parametrize("optim", [{"name": "sgd"}, {"name": "sgd_prelu_l1", "prelu_l1": 0.0}])
+def test_the_hook_counts_linear_units_by_the_runs_tolerance(tmp_path, optim):
+    """One rule for "linear" everywhere: the in-step hook reads `optim.prelu_tolerance` (traced
+    where the optimizer injects it, else from the config), as `normjax apl` and eval do. Slopes
+    start at 0.95: linear within a tolerance of 0.1, nonlinear within the default 0.01."""
+    from helpers import small_config
+    from normjax.studies.apl import run_apl
+    from normjax.training.loop import train
+    from normjax.training.rundir import RunDir
+
+    model = {"depth": 2, "width": 8, "activation": "prelu", "prelu_init": 0.95}
+    for tol, linear in ((0.1, True), (0.01, False)):
+        cfg = small_config(
+            model=model,
+            optim=optim | {"lr": 1e-4, "momentum": 0.0, "prelu_tolerance": tol},
+            train={"steps": 2, "steps_per_dispatch": 2},
+            log={"metrics": ["apl"], "dense_steps": 2},
+        )
+        run = tmp_path / f"{optim['name']}-{tol}"
+        train(cfg, run, progress=False)
+        last = list(RunDir(run).read_metrics())[-1]
+        assert last["nonlinear_units"] == (0 if linear else 16), (tol, last["nonlinear_units"])
+        assert last["nonlinear_units"] == run_apl(run)["nonlinear_units"]

@@ -85,6 +85,8 @@ def static_key(cfg: dict, data: DataSpec, total_steps: int, num_devices: int) ->
     """JSON of everything that shapes the compiled program (traced values and host-only keys removed)."""
     spec = optimizer_spec(cfg["optim"])
     shaping = {"name", *SCHEDULE_KEYS, *spec.static}  # optim keys the optimizer reads statically
+    if "prelu_tolerance" not in spec.hyperparams:  # then the APL hook reads it from the config, statically
+        shaping.add("prelu_tolerance")
     stripped = {
         sec: {k: v for k, v in vals.items() if k not in HOST_ONLY.get(sec, ()) and (sec != "optim" or k in shaping)}
         for sec, vals in cfg.items()
@@ -149,6 +151,10 @@ class Program:
             context=self.context,
         )
         self.has_lr = "lr" in optimizer_spec(cfg["optim"]).hyperparams
+        # The tolerance within which a PReLU slope counts as linear (the APL hook's, as eval's,
+        # `normjax apl`'s and `fold`'s): traced where the optimizer injects it, else the config's.
+        self.tolerance_traced = "prelu_tolerance" in optimizer_spec(cfg["optim"]).hyperparams
+        self.prelu_tolerance = None if self.tolerance_traced else float(cfg["optim"]["prelu_tolerance"])
 
         rep = replicated(self.mesh)
         self._compiled: set[int] = set()
@@ -315,6 +321,9 @@ class Program:
                     self.layers,
                     optimizer_metrics(opt_state, lr).get("lr"),
                     self.graph,
+                    optax.tree_utils.tree_get(opt_state, "prelu_tolerance")
+                    if self.tolerance_traced
+                    else self.prelu_tolerance,
                 ),
             )
 
