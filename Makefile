@@ -175,7 +175,9 @@ SWEEP_PLOTS_apl_sparsity := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_targets := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_baselines := --x model.depth --hue model.baseline
 SWEEP_PLOTS_apl_demo := --x apl --hue train.regime
-SWEEP_PLOTS_references := --x model.reference
+# MNIST-1D's published accuracies (Greydanus & Kobak, arXiv:2011.14439) drawn beside the measured ones.
+MNIST1D_PUBLISHED := --ref 'logistic regression (published)=0.32' --ref 'MLP (published)=0.68' --ref 'CNN (published)=0.94'
+SWEEP_PLOTS_references := --x model.reference $(if $(filter mnist1d,$(SIZE)),$(MNIST1D_PUBLISHED))
 # Study commands run after a sweep's table and figure ("NAME_AFTER: commands on the sweep dir").
 SWEEP_AFTER_elr_trajectories := elr-plot ode
 SWEEP_AFTER_elr_regimes := elr-plot

@@ -248,6 +248,24 @@ def test_plot_files_and_short_names(sweep):
     assert plain[0].name == "final_batch_loss_vs_depth.png" and is_png(plain[0])
 
 
+def test_categorical_x_draws_points_with_error_bars_and_no_line(sweep, monkeypatch):
+    from matplotlib.axes import Axes
+
+    calls = {"plot": 0, "errorbar": 0}
+    for name in calls:
+        original = getattr(Axes, name)
+
+        def counted(self, *a, _name=name, _original=original, **kw):
+            calls[_name] += 1
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(Axes, name, counted)
+    plot_sweep(sweep, x="model.shortcut", y="test_loss", hue="model.depth")
+    assert calls["plot"] == 0 and calls["errorbar"] > 0
+    plot_sweep(sweep, x="depth", y="test_loss", hue="model.shortcut")
+    assert calls["plot"] > 0  # a numeric x keeps its lines
+
+
 def test_plot_panels_for_extra_varied_keys(tmp_path):
     # Varies lr too: x=depth, hue=shortcut leaves lr as panels rather than averaging over it.
     root = tmp_path / "s"
@@ -291,6 +309,12 @@ def test_bad_inputs(sweep, tmp_path):
     assert "'colour'" in msg and "model.shortcut" in msg
     assert "same key" in one_line_error(plot_sweep, sweep, x="depth", y="test_accuracy", hue="model.depth")
     assert "log_x" in one_line_error(plot_sweep, sweep, x="shortcut", y="test_accuracy", log_x=True)
+    from normjax.sweep.plot import parse_refs
+
+    for bad in ("0.94", "=0.94", "CNN=high", "CNN=nan"):
+        assert "is not LABEL=Y with a finite number Y" in one_line_error(parse_refs, [bad])
+    assert parse_refs(["a=b=1"]) == {"a=b": 1.0}
+    assert is_png(plot_sweep(sweep, x="depth", y="test_accuracy", refs={"published": 0.5})[0])
     assert "'seeds'" in one_line_error(aggregate, collect(sweep), over="seeds")
     (sweep / "sweep.json").write_text("{not json")
     assert "sweep.json" in one_line_error(collect, sweep)

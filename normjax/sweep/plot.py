@@ -55,6 +55,26 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def parse_refs(texts: list[str]) -> dict[str, float]:
+    """`LABEL=Y` reference lines of `normjax plot --ref`, as `{label: y}`; one-line errors.
+
+    Example:
+      >>> parse_refs(["published CNN=0.94"])
+      {'published CNN': 0.94}
+    """
+    out = {}
+    for text in texts:
+        label, sep, value = text.rpartition("=")
+        try:
+            y = float(value)
+        except ValueError:
+            y = math.nan
+        if not sep or not label.strip() or not math.isfinite(y):
+            raise UserError(f"--ref {text!r} is not LABEL=Y with a finite number Y (e.g. 'published CNN=0.94')")
+        out[label.strip()] = y
+    return out
+
+
 def plot_sweep(
     sweep_dir: str | os.PathLike,
     *,
@@ -64,15 +84,18 @@ def plot_sweep(
     log_x: bool = False,
     over: str | None = "train.seed",
     panel: str | None = None,
+    refs: dict[str, float] | None = None,
 ) -> list[Path]:
     """Save `DIR/plots/<y>_vs_<x>[_by_<hue>].png` and `.pdf`; return their paths.
 
     `x` and `hue` are varied keys, dotted or by their last component when unambiguous
     (`depth` for `model.depth`); `y` is one of `Y_METRICS` or a value the runs' metric hooks
-    summarized (e.g. `apl`, `elr_log_spread`). Non-numeric x values (booleans, strings) are
-    placed at evenly spaced categorical positions. `x` may also be a final metric (e.g. `apl`,
+    summarized (e.g. `apl`, `elr_log_spread`). Non-numeric x values (booleans, strings, bundle
+    labels such as models) are placed at evenly spaced categorical positions, as points with
+    error bars: no line joins unordered categories. `x` may also be a final metric (e.g. `apl`,
     the reached APL): then every run is a point at its own value, lines join the runs of one
-    `hue` value, and panels are only by `panel` (a varied key) if given.
+    `hue` value, and panels are only by `panel` (a varied key) if given. `refs` draws labelled
+    horizontal reference lines (`{label: y}`, e.g. published accuracies the text compares with).
 
     Example:
       >>> plot_sweep("runs/sweep_depth", x="depth", y="test_loss", log_x=True)  # doctest: +SKIP
@@ -154,6 +177,9 @@ def plot_sweep(
             stats = np.array([_stats(points[k]) for k in xs])
             mean, std = stats[:, 0], stats[:, 1]
             label = fmt_value(hv) if hue_key else y
+            if not numeric_x:  # categories (models, regimes): no line joins unordered values
+                ax.errorbar(px, mean, yerr=std, color=color, capsize=4, fmt="o", label=label)
+                continue
             ax.plot(px, mean, marker="o", color=color, label=label)
             if len(px) > 1:
                 ax.fill_between(px, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
@@ -172,6 +198,9 @@ def plot_sweep(
             ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel(x_key)
         ax.grid(alpha=0.3)
+        for i, (label, value) in enumerate((refs or {}).items()):
+            ax.axhline(value, color="0.35", linestyle=(0, (4, 2 + i)), linewidth=1)
+            ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="0.3")
     for ax in axes.flat[len(panel_list) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
