@@ -20,7 +20,7 @@ reaches, at equal width and at equal parameters.
 import importlib.util
 from pathlib import Path
 
-from normjax.studies.apl import matched_width, matched_width_mult
+from normjax.studies.apl.baselines import matched_width, matched_width_mult
 
 _spec = importlib.util.spec_from_file_location("sweep_apl_sparsity", Path(__file__).with_name("sweep_apl_sparsity.py"))
 _sparsity = importlib.util.module_from_spec(_spec)

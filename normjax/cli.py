@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--hue", help="varied key drawn as separate lines")
     f.add_argument("--panel", help="with a metric on x: the varied key whose values get their own panels")
     f.add_argument("--log-x", action="store_true", help="logarithmic x axis (positive numeric x values)")
+    f.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="LABEL=Y",
+        help="a reference line at y=Y labelled LABEL (repeatable), e.g. 'published CNN=0.94'",
+    )
     d = sub.add_parser(
         "prepare",
         help="write a TFDS dataset from local files, offline and without TensorFlow "
@@ -113,48 +120,48 @@ def _parser() -> argparse.ArgumentParser:
 # Study commands: (module, entry function, help). Each entry parses its own arguments.
 STUDY_COMMANDS = {
     "elr-plot": (
-        "normjax.studies.elr_figures",
+        "normjax.studies.elr.figures",
         "elr_plot_main",
         "ELR figures of a run (per-layer heatmap, lines, spread) or a sweep (spread, accuracy vs spread)",
     ),
     "explode": (
-        "normjax.studies.explosion",
+        "normjax.studies.elr.explosion",
         "explode_main",
         "gradient explosion at init: per-layer gradient norms over depth, plain vs residual",
     ),
     "apl": (
-        "normjax.studies.apl",
+        "normjax.studies.apl.nonlinear_units",
         "apl_main",
         "nonlinear units, average path length and core network of a run's (or sweep's) checkpoint",
     ),
     "apl-plot": (
-        "normjax.studies.apl_figures",
+        "normjax.studies.apl.figures",
         "apl_plot_main",
         "APL study figures of a sparsity sweep: accuracy vs APL per regime and task, core network, "
         "advantage gap, baselines",
     ),
     "fold": (
-        "normjax.studies.fold",
+        "normjax.studies.apl.fold_checkpoint",
         "fold_main",
         "fold a run's linear units away: BN into convs, linear stretches merged; depth, params, FLOPs",
     ),
     "ode": (
-        "normjax.studies.ode",
+        "normjax.studies.elr.ode",
         "ode_main",
         "the weight-dynamics model's prediction against a run's (or sweep's) measured ELRs, or alone",
     ),
     "elr-report": (
-        "normjax.studies.elr_report",
+        "normjax.studies.elr.report",
         "elr_report_main",
         "the ELR study's numbers claim by claim from its sweeps (explosion, trajectories, critical LR, regimes)",
     ),
     "apl-report": (
-        "normjax.studies.apl_report",
+        "normjax.studies.apl.report",
         "apl_report_main",
         "the APL study's numbers claim by claim from its sweeps (collapse, core, advantage gap, baselines, folding)",
     ),
     "critical-lr": (
-        "normjax.studies.critical_lr",
+        "normjax.studies.elr.critical_lr",
         "critical_lr_main",
         "the critical LR measured on a real network (post-step spread against LR) vs 1/sqrt(a_max a_min)",
     ),
@@ -264,9 +271,12 @@ def run(argv: list[str] | None = None) -> int:
 
         print(report(args.sweepdir, over=args.over))
         return 0
-    from normjax.sweep.plot import plot_sweep
+    from normjax.sweep.plot import parse_refs, plot_sweep
 
-    for path in plot_sweep(args.sweepdir, x=args.x, y=args.y, hue=args.hue, log_x=args.log_x, panel=args.panel):
+    refs = parse_refs(args.ref)
+    for path in plot_sweep(
+        args.sweepdir, x=args.x, y=args.y, hue=args.hue, log_x=args.log_x, panel=args.panel, refs=refs
+    ):
         print(path)
     return 0
 

@@ -244,7 +244,7 @@ def test_the_hook_counts_linear_units_by_the_runs_tolerance(tmp_path, optim):
     where the optimizer injects it, else from the config), as `normjax apl` and eval do. Slopes
     start at 0.95: linear within a tolerance of 0.1, nonlinear within the default 0.01."""
     from helpers import small_config
-    from normjax.studies.apl import run_apl
+    from normjax.studies.apl.nonlinear_units import run_apl
     from normjax.training.loop import train
     from normjax.training.rundir import RunDir
 

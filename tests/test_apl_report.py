@@ -11,7 +11,7 @@ import pytest
 
 from normjax.cli import run as cli_run
 from normjax.errors import UserError
-from normjax.studies.apl_report import JSON_NAME, collapse_apl, report
+from normjax.studies.apl.report import JSON_NAME, collapse_apl, report
 from normjax.sweep.results import collect
 from normjax.sweep.runner import run_sweep
 from normjax.training.rundir import RunDir

@@ -10,8 +10,9 @@ import pytest
 
 from normjax.cli import run as cli_run
 from normjax.errors import UserError
-from normjax.studies.apl import count_params, matched_width_mult, run_apl
-from normjax.studies.apl_figures import advantage_gap, apl_figures
+from normjax.studies.apl.baselines import count_params, matched_width_mult
+from normjax.studies.apl.figures import advantage_gap, apl_figures
+from normjax.studies.apl.nonlinear_units import run_apl
 from normjax.sweep.plot import plot_sweep
 from normjax.sweep.runner import run_sweep
 from normjax.training.loop import evaluate_run

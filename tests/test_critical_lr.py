@@ -9,7 +9,7 @@ from helpers import assert_close
 from normjax.cli import run as cli
 from normjax.config import load_config
 from normjax.errors import UserError
-from normjax.studies.critical_lr import measure
+from normjax.studies.elr.critical_lr import measure
 
 TINY = ["model.name=mlp", "model.depth=6", "model.width=32", "model.shortcut=false", "train.batch_size=64"]
 LRS = np.logspace(-2, 3, 81)  # 16 a decade

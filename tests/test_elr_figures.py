@@ -10,7 +10,7 @@ import pytest
 
 from normjax.errors import UserError
 from normjax.metrics import mean_log_spread
-from normjax.studies.elr_figures import elr_plot_main, read_run, run_figures, sweep_figures
+from normjax.studies.elr.figures import elr_plot_main, read_run, run_figures, sweep_figures
 
 LAYERS = [
     {"name": "conv0", "depth": 0, "scale_invariant": True},
@@ -247,7 +247,7 @@ def test_elr_plot_main_errors_are_one_line(tmp_path, sweep, case, needle):
 
 
 def test_rank_correlation_is_spearman_with_ties():
-    from normjax.studies.elr_report import rank_correlation
+    from normjax.studies.elr.report import rank_correlation
 
     assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -260,7 +260,7 @@ def test_rank_correlation_is_spearman_with_ties():
 
 
 def test_elr_report_trajectories_from_a_sweep(sweep, tmp_path):
-    from normjax.studies.elr_report import rank_correlation, report
+    from normjax.studies.elr.report import rank_correlation, report
 
     res = report(trajectories=str(sweep), out=tmp_path)
     t = res["trajectories"]
@@ -292,7 +292,7 @@ def test_elr_report_trajectories_from_a_sweep(sweep, tmp_path):
 
 
 def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
-    from normjax.studies.elr_report import report
+    from normjax.studies.elr.report import report
 
     root = tmp_path / "regimes"
     runs = []
@@ -329,7 +329,7 @@ def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
 
 
 def test_elr_report_errors_are_one_line(tmp_path):
-    from normjax.studies.elr_report import elr_report_main
+    from normjax.studies.elr.report import elr_report_main
 
     for argv, needle in (
         (["--out", str(tmp_path)], "give at least one of"),
@@ -342,7 +342,7 @@ def test_elr_report_errors_are_one_line(tmp_path):
 
 
 def test_elr_report_reads_explosion_and_critical_lr_outputs(tmp_path):
-    from normjax.studies.elr_report import report
+    from normjax.studies.elr.report import report
 
     rec = {
         "family": "mlp",

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import small_config
 from normjax.errors import UserError
-from normjax.studies.explosion import MEAN_FIELD_FACTOR, explode_main, fit_growth, measure_init_gradients
+from normjax.studies.elr.explosion import MEAN_FIELD_FACTOR, explode_main, fit_growth, measure_init_gradients
 
 SYNTHETIC = {"name": "synthetic", "synthetic": {"num_train": 1024, "num_test": 16, "image_shape": [16, 16, 2]}}
 

@@ -1,4 +1,4 @@
-"""Folding partially linear networks (normjax.analysis.fold) and `normjax fold` (normjax.studies.fold).
+"""Folding partially linear networks (normjax.analysis.fold) and `normjax fold` (normjax.studies.apl.fold_checkpoint).
 
 Folded logits are compared with the model's own eval-mode forward pass on random parameters and
 BN statistics; the measured relative deviation (max |Δ| / max(1, max |logit|)) is at most 6e-7 on CPU
@@ -574,7 +574,7 @@ def _slope_deviation(rundir) -> dict:
 
 
 def test_fold_command_on_a_trained_run(trained_run, tmp_path, capsys):
-    from normjax.studies.fold import fold_main
+    from normjax.studies.apl.fold_checkpoint import fold_main
 
     dev = _slope_deviation(trained_run)
     ordered = sorted(dev.values())
@@ -603,7 +603,7 @@ def test_fold_command_on_a_trained_run(trained_run, tmp_path, capsys):
 
 
 def test_fold_command_errors(trained_run, tmp_path):
-    from normjax.studies.fold import fold_main
+    from normjax.studies.apl.fold_checkpoint import fold_main
 
     with pytest.raises(UserError, match="no config.json"):
         fold_main([str(tmp_path)])

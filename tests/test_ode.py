@@ -6,7 +6,7 @@ import pytest
 from helpers import small_config
 from normjax.cli import run as cli
 from normjax.errors import UserError
-from normjax.studies.ode import compare_run
+from normjax.studies.elr.ode import compare_run
 from normjax.training.loop import train
 
 

@@ -4,7 +4,7 @@ When the builder starts, it writes two Markdown pages into the source directory 
 so they cannot drift from the code):
 
 * `cli.md`: the help of `normjax`, of each of its commands, and of each study command (those
-  parse their own arguments in `normjax/studies/*.py`), rendered from the argparse parsers.
+  parse their own arguments in `normjax/studies/*/*.py`), rendered from the argparse parsers.
 * `config.md`: every key of `normjax.config.DEFAULTS` with its default, its meaning (the comment
   beside the key in `normjax/config.py`, and the comment lines that head a group of keys) and
   whether it is *traced* (a value in the training state: changing it reuses the compiled

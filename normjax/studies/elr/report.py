@@ -8,7 +8,7 @@ its verdicts on, into one `elr_report.json` and two figures of its own:
   spread at the first and last dense step and its model prediction (equalization), the rank
   correlation of the layers' ELRs before and after the first step (overshoot flips the order:
   negative) and whether the LR exceeded the critical LR at step 0, the model's spread error and the
-  base gradients' drift (`normjax.studies.ode`), the mean early spread, and over all runs the rank
+  base gradients' drift (`normjax.studies.elr.ode`), the mean early spread, and over all runs the rank
   correlation of mean early spread with test accuracy;
 - critical-LR measurements (`normjax critical-lr` JSON): measured against predicted critical LR;
 - regimes sweep (`sweep_elr_regimes.py`): test accuracy and mean early spread per regime and
@@ -40,8 +40,8 @@ import numpy as np
 from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.metrics import spread_key
-from normjax.studies.numbers import fmt, mean_std, write_report
-from normjax.sweep.results import collect, group_id, load_sweep
+from normjax.studies.report import fmt, mean_std, sweep_rows, write_report
+from normjax.sweep.results import group_id
 
 JSON_NAME = "elr_report.json"
 DRIFT_YMAX = 3.0  # dex: the base-drift figure's y range
@@ -89,8 +89,8 @@ def _read_output(path: str, flag: str, json_name: str, command: str) -> dict:
 
 def explosion_section(paths: list[str]) -> dict:
     """Growth factor per family and depth from `normjax explode` JSONs (files or their directories)."""
-    from normjax.studies.explosion import JSON_NAME as EXPLODE_JSON
-    from normjax.studies.explosion import MEAN_FIELD_FACTOR
+    from normjax.studies.elr.explosion import JSON_NAME as EXPLODE_JSON
+    from normjax.studies.elr.explosion import MEAN_FIELD_FACTOR
 
     rows, sources = [], []
     for path in paths:
@@ -111,11 +111,6 @@ def explosion_section(paths: list[str]) -> dict:
     return {"mean_field_factor": MEAN_FIELD_FACTOR, "rows": rows, "sources": sources}
 
 
-def _sweep_runs(sweep: str | os.PathLike) -> tuple[Path, list[dict]]:
-    path, _ = load_sweep(sweep)
-    return path, collect(path)
-
-
 def _first_steps(run) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-layer ELRs at steps 0 and 1 of a run (None when the run did not log both)."""
     steps = run.steps()
@@ -130,11 +125,11 @@ def trajectories_section(sweep: str | os.PathLike, layers: str = "all") -> tuple
     import jax.numpy as jnp
 
     from normjax import analysis
-    from normjax.studies.elr_figures import read_run
-    from normjax.studies.ode import compare_run
+    from normjax.studies.elr.figures import read_run
+    from normjax.studies.elr.ode import compare_run
 
     key = spread_key(layers)
-    path, rows = _sweep_runs(sweep)
+    path, rows = sweep_rows(sweep)
     runs, comparisons = [], []
     for row in rows:
         if row["status"] not in ("done", "diverged"):
@@ -185,7 +180,7 @@ def trajectories_section(sweep: str | os.PathLike, layers: str = "all") -> tuple
 
 def critical_section(paths: list[str]) -> dict:
     """Measured vs predicted critical LR from `normjax critical-lr` JSONs (files or their directories)."""
-    from normjax.studies.critical_lr import JSON_NAME as CRIT_JSON
+    from normjax.studies.elr.critical_lr import JSON_NAME as CRIT_JSON
 
     rows = []
     for path in paths:
@@ -221,11 +216,11 @@ def _regime(optim: dict) -> str:
 def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
     """Accuracy and mean early spread per (LR, regime, shortcut) over seeds, from one or more regimes
     sweeps; one section per LR, each regime's difference from plain SGD at that LR."""
-    from normjax.studies.elr_figures import _run_spreads, read_run
+    from normjax.studies.elr.figures import read_run, run_spreads
 
     groups: dict[str, dict] = {}
     for sweep in sweeps:
-        path, rows = _sweep_runs(sweep)
+        path, rows = sweep_rows(sweep)
         for row in rows:
             if not (path / row["name"] / "config.json").is_file():
                 continue
@@ -248,7 +243,7 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
                 g["sweeps"].append(str(path))
             if row["status"] == "done":
                 g["acc"].append(row["test_accuracy"])
-                g["spread"].append(_run_spreads(run, layers)[0])
+                g["spread"].append(run_spreads(run, layers)[0])
     out = [
         {
             "lr": g["lr"],
@@ -284,9 +279,9 @@ def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all") 
     per LR, one panel per (depth, shortcut), momentum 0 runs."""
     from matplotlib import colormaps
 
-    from normjax.studies.elr_figures import read_run
+    from normjax.studies.elr.figures import read_run
 
-    path, rows = _sweep_runs(sweep)
+    path, rows = sweep_rows(sweep)
     picked = [r for r in rows if r["status"] in ("done", "diverged") and not r.get("optim.momentum")]
     panels = sorted({(r.get("model.depth"), bool(r.get("model.shortcut"))) for r in picked}, key=str)
     if not panels:
@@ -327,7 +322,7 @@ def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
     per momentum; colour by LR, dashed for residual."""
     from matplotlib import colormaps
 
-    from normjax.studies.ode import BREAK_DEX
+    from normjax.studies.elr.ode import BREAK_DEX
 
     moms = sorted({float(rec.get("optim.momentum") or 0.0) for rec, _ in comparisons})
     lrs = sorted({rec["optim.lr"] for rec, _ in comparisons})

@@ -1,4 +1,5 @@
-"""Summaries the study reports share: mean ± std over seeds, and JSON-safe values."""
+"""What the two study reports (`normjax elr-report`, `normjax apl-report`) share: a sweep's rows,
+mean ± std over seeds and its one-line form, and the report written as strict JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from normjax.sweep.results import collect, load_sweep
+
+
+def sweep_rows(sweep: str | os.PathLike) -> tuple[Path, list[dict]]:
+    """A sweep directory (as `load_sweep` resolves it) and its runs' rows (`collect`)."""
+    path, _ = load_sweep(sweep)
+    return path, collect(path)
 
 
 def mean_std(values: list[float]) -> dict:

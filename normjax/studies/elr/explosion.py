@@ -36,9 +36,7 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import copy
-import functools
 import json
 import math
 import os
@@ -49,7 +47,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from normjax.errors import UserError, missing_extra
 
@@ -59,6 +56,8 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
     raise missing_extra(e, __name__) from None
 
 from normjax.models.structure import LayerInfo, is_projection, main_path
+from normjax.studies.elr.arguments import experiment_parser, int_list, positive_int
+from normjax.studies.elr.measurement import measurement_for
 
 MEAN_FIELD_FACTOR = math.pi / (math.pi - 1.0)
 """Mean-field growth per layer of the squared weight-gradient norm of a plain BN-ReLU net."""
@@ -158,92 +157,6 @@ def fit_growth(grad_sq: Any, depths: Any, mask: Any) -> tuple[float, np.ndarray]
 
 
 # ---- the measurement -------------------------------------------------------------------------
-
-
-class _Measurement:
-    """Model structure, eager init and the jitted gradient function of one static setting."""
-
-    def __init__(
-        self,
-        model_json: str,
-        num_classes: int,
-        image_shape: tuple,
-        mean: tuple,
-        std: tuple,
-        batch_size: int,
-        batches: int,
-    ):
-        from normjax.models import build_model
-
-        cfg = json.loads(model_json)
-        self.make = lambda rngs: build_model(
-            cfg, num_classes=num_classes, image_shape=image_shape, rngs=rngs, dtype=jnp.float32
-        )
-        abstract = nnx.eval_shape(lambda: self.make(nnx.Rngs(0)))
-        self.layers = abstract.layers()
-        self.graphdef, self.params_template, self.rest_template = nnx.split(abstract, nnx.Param, ...)
-        self.mean, self.std, self.batch_size, self.batches = mean, std, batch_size, batches
-        self.grads = jax.jit(jax.vmap(self._one_seed, in_axes=(0, 0, 0, None, None)))
-
-    def init(self, seed: int) -> tuple[Any, Any, np.ndarray]:
-        """Params, other state (BN statistics) and key data of seed `seed`, as `Program._init` makes them.
-
-        Eager, not jitted: each distinct kernel shape's initializer compiles once and is reused by
-        every depth and seed, where a jitted init would recompile the whole model per depth.
-        """
-        key_data = jax.random.key_data(jax.random.key(np.uint32(seed)))
-        model = self.make(nnx.Rngs(params=jax.random.fold_in(jax.random.wrap_key_data(key_data), 0)))
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        return nnx.to_pure_dict(params), nnx.to_pure_dict(rest), np.asarray(key_data)
-
-    def order(self, key_data, n: int) -> jax.Array:
-        """`[batches, batch_size]` example indices: the first batches of the run with this seed, as
-        `Program.epoch_orders` draws them from `n` training examples."""
-        key = jax.random.wrap_key_data(key_data)
-        order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), 0), n)
-        return order[: self.batches * self.batch_size].reshape(self.batches, self.batch_size)
-
-    def inputs(self, images, idx) -> jax.Array:
-        from normjax.data import preprocess
-
-        return preprocess(images[idx], None, mean=self.mean, std=self.std)
-
-    def loss(self, p, rest, x, y) -> jax.Array:
-        """Mean cross-entropy of params `p` on `(x, y)`, BatchNorm in train mode (batch statistics)."""
-        # Fresh variables at this trace level (BN writes its running statistics), as `Program.apply`.
-        pv = jax.tree.map(lambda v: v, self.params_template)
-        rv = jax.tree.map(lambda v: v, self.rest_template)
-        nnx.replace_by_pure_dict(pv, p)
-        nnx.replace_by_pure_dict(rv, rest)
-        logits = nnx.merge(self.graphdef, pv, rv)(x, train=True).astype(jnp.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def _one_seed(self, params, rest, key_data, images, labels):
-        from normjax.models import per_layer
-
-        def one_batch(idx):
-            return per_layer(jax.grad(self.loss)(params, rest, self.inputs(images, idx), labels[idx]), self.layers)
-
-        return jax.lax.map(one_batch, self.order(key_data, images.shape[0])), per_layer(params, self.layers)
-
-
-@functools.lru_cache(maxsize=8)
-def _measurement(*static) -> _Measurement:
-    return _Measurement(*static)
-
-
-def measurement_for(cfg: dict, ds: Any, batch_size: int, batches: int) -> _Measurement:
-    """The (cached) model, init and gradient machinery of `cfg["model"]` on dataset `ds`: the first
-    `batches` batches of `batch_size` of a run, as `Program` draws them."""
-    return _measurement(
-        json.dumps(cfg["model"], sort_keys=True),
-        int(ds.num_classes),
-        tuple(ds.image_shape),
-        tuple(ds.mean),
-        tuple(ds.std),
-        batch_size,
-        batches,
-    )
 
 
 def _check_positive(name: str, value: Any) -> int:
@@ -666,46 +579,6 @@ def plot_factors(records: list[dict], out: str | os.PathLike) -> list[Path]:
 # ---- command line ----------------------------------------------------------------------------
 
 
-def _int_list(flag: str, text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise UserError(f"{flag} {text!r} is invalid; allowed: comma-separated positive integers (e.g. 4,8,16)")
-    return values
-
-
-def _positive(flag: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UserError(f"{flag} {text!r} is invalid; allowed: an integer >= 1")
-    return value
-
-
-def experiment_parser(command: str, main, example: str, depths: str, out: str) -> argparse.ArgumentParser:
-    """The arguments the init-gradient commands share: an experiment file, its size, `--set`,
-    `--depths`, `--seeds` (a count) and `--out`."""
-    p = argparse.ArgumentParser(prog=f"normjax {command}", description=main.__doc__.splitlines()[0])
-    p.add_argument("config", help=f"experiment file, e.g. {example}")
-    p.add_argument("--size", default="smoke", help="the experiment's size (default smoke)")
-    p.add_argument("--depths", help=f"values of model.depth, e.g. {depths}")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.width=512 (repeatable)",
-    )
-    p.add_argument("--out", help=f"output directory (default {out})")
-    p.add_argument("--seeds", default="3", help="number of init seeds (0, 1, ...), default 3")
-    return p
-
-
 def explode_main(argv: list[str]) -> int:
     """`normjax explode EXPERIMENT.py`: the gradient explosion at init over depth; prints a table.
 
@@ -730,9 +603,9 @@ def explode_main(argv: list[str]) -> int:
     )
     p.add_argument("--batches", default="4", help="batches per seed, default 4")
     args = p.parse_args(argv)
-    depths = _int_list("--depths", args.depths) if args.depths is not None else None
-    seeds = tuple(range(_positive("--seeds", args.seeds)))
-    batches = _positive("--batches", args.batches)
+    depths = int_list("--depths", args.depths) if args.depths is not None else None
+    seeds = tuple(range(positive_int("--seeds", args.seeds)))
+    batches = positive_int("--batches", args.batches)
     out = Path(args.out or os.path.join("runs", Path(args.config).stem))
     print(f"gradient explosion at init: {args.config} ({args.size}), {len(seeds)} seeds x {batches} batches")
     res = explode(

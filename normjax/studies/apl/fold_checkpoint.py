@@ -80,7 +80,7 @@ def fold_run(
     from normjax.analysis.fold import apply_folded, fold, save_folded, stats
     from normjax.analysis.graph import linearize
     from normjax.data import preprocess
-    from normjax.studies.apl import check_tolerance
+    from normjax.studies.apl.nonlinear_units import check_tolerance
     from normjax.training.rundir import write_json
 
     check_tolerance(tolerance)

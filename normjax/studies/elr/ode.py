@@ -38,8 +38,9 @@ try:
 except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
     raise missing_extra(e, __name__) from None
 
+from normjax.figures import figure, save
 from normjax.metrics import spread_key
-from normjax.studies.elr_figures import _figure, _save, _step_axis, read_run
+from normjax.studies.elr.figures import read_run, step_axis
 from normjax.sweep.results import write_csv
 
 MODELS = ("discrete", "ode")
@@ -172,7 +173,7 @@ def _depth_colors(n: int) -> list:
 def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
     """Per-layer ELR measured (solid) vs the model (dashed), the spread with the replay, and how far
     the base gradients drift from their step-0 values (the model's assumption)."""
-    fig, axes = _figure(1, 3, size=(17.0, 4.4))
+    fig, axes = figure(1, 3, size=(17.0, 4.4))
     ax, bx, cx = axes[0]
     x = c.steps + 1
     for i, color in enumerate(_depth_colors(len(c.names))):
@@ -214,9 +215,9 @@ def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
     cx.set_yscale("log")
     cx.legend(fontsize=8)
     for a in (ax, bx, cx):
-        _step_axis(a)
+        step_axis(a)
     fig.suptitle(f"weight-dynamics model vs measurement — {c.title}", fontsize=10)
-    return _save(fig, out, f"ode_{model}")
+    return save(fig, out, f"ode_{model}")
 
 
 def _report_run(c: Comparison) -> str:
@@ -303,7 +304,7 @@ def compare_sweep(
         columns,
     )
     paths.append(out / f"ode_{model}_errors.csv")
-    fig, axes = _figure(1, 1, size=(5.6, 5.0))
+    fig, axes = figure(1, 1, size=(5.6, 5.0))
     ax = axes[0, 0]
     xs = [float(np.mean(np.log10(c.measured["spread"]))) for _, c in results]
     ys = [float(np.mean(np.log10(c.predicted["model"]["spread"]))) for _, c in results]
@@ -314,7 +315,7 @@ def compare_sweep(
     ax.set_ylabel(f"predicted mean log10 spread ({model} model)")
     ax.set_title(sweep_name(path, meta), fontsize=10)
     ax.legend(fontsize=8)
-    paths += _save(fig, out, f"ode_{model}_spread")
+    paths += save(fig, out, f"ode_{model}_spread")
     return results, paths
 
 
@@ -353,7 +354,7 @@ def simulate(
         jax.random.key(seed), jnp.asarray(w0), (size,) * len(c0), jnp.asarray(c0), lr, steps, num_walks=1, **args
     )[0]
     walk_e = np.asarray(analysis.elr_from_norms(walk_u, jnp.asarray(c0), lr))
-    fig, axes = _figure(1, 2, size=(12.0, 4.4))
+    fig, axes = figure(1, 2, size=(12.0, 4.4))
     ax, bx = axes[0]
     x = np.arange(steps + 1) + 1
     for i, color in enumerate(_depth_colors(len(c0))):
@@ -368,14 +369,14 @@ def simulate(
     bx.set_ylabel("spread  max_l E_l / min_l E_l")
     bx.legend(fontsize=8)
     for a in (ax, bx):
-        _step_axis(a)
+        step_axis(a)
     crit = float(analysis.critical_lr(jnp.asarray(c0 / w0**2)))
     fig.suptitle(
         f"weight-dynamics model: {len(c0)} layers, η={lr:g}, β={momentum:g}, λ={weight_decay:g}; "
         f"critical LR at step 0 = {crit:.3g}",
         fontsize=10,
     )
-    return _save(fig, out, "ode_simulation")
+    return save(fig, out, "ode_simulation")
 
 
 def ode_main(argv: list[str]) -> int:

@@ -236,9 +236,6 @@ def run_title(config: dict, summary: dict | None = None) -> str:
 # Shared plotting helpers
 
 
-_figure, _save = figure, save  # the studies' shared figure helpers (normjax.figures)
-
-
 def _log10(a: np.ndarray) -> np.ndarray:
     """log10 with NaN for non-finite or non-positive values (no warnings)."""
     a = np.asarray(a, dtype=np.float64)
@@ -259,7 +256,8 @@ def _log_edges(x: np.ndarray) -> np.ndarray:
     return np.exp(np.concatenate([[2 * lx[0] - mid[0]], mid, [2 * lx[-1] - mid[-1]]]))
 
 
-def _step_axis(ax) -> None:
+def step_axis(ax) -> None:
+    """A log step axis in `step + 1`, labelled and gridded (the ELR figures' and `normjax ode`'s)."""
     ax.set_xscale("log")
     ax.set_xlabel(STEP_LABEL)
     ax.grid(alpha=0.3, which="major")
@@ -325,7 +323,7 @@ def _heatmap_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) -> lis
         (float(np.nanmin(scale_from)), float(np.nanmax(scale_from))) if np.isfinite(scale_from).any() else (0, 1)
     )
     n_layers = len(run.order)
-    fig, axes = _figure(size=(7.5, 1.8 + min(0.16 * n_layers, 5.0)))
+    fig, axes = figure(size=(7.5, 1.8 + min(0.16 * n_layers, 5.0)))
     ax = axes[0, 0]
     cmap = colormaps["viridis"].with_extremes(bad="0.85")
     mesh = ax.pcolormesh(
@@ -339,7 +337,7 @@ def _heatmap_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) -> lis
     )
     mesh.set_rasterized(True)  # layers x steps cells as one image in the PDF, not one vector path each
     fig.colorbar(mesh, ax=ax, extend="both", label=f"log10 {LAYER_KEYS[key]}")
-    _step_axis(ax)
+    step_axis(ax)
     ax.grid(False)
     if n_layers <= 40:
         ax.set_yticks(range(n_layers), [n if s else f"{n} (not SI)" for n, s in zip(run.names, si)], fontsize=6)
@@ -347,13 +345,13 @@ def _heatmap_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) -> lis
             tick.set_color("black" if s else "0.5")
     ax.set_ylabel("layer (input at bottom)")
     ax.set_title(f"{run.title()}\ngray: not logged or non-finite; colour range from scale-invariant layers", fontsize=8)
-    return _save(fig, out, f"{key}_heatmap")
+    return save(fig, out, f"{key}_heatmap")
 
 
 def _layer_lines_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) -> list[Path]:
     """One line per layer over steps, coloured by depth; non-scale-invariant layers dashed."""
     x = run.steps() + 1
-    fig, axes = _figure(size=(7.0, 4.4))
+    fig, axes = figure(size=(7.0, 4.4))
     ax = axes[0, 0]
     n_layers = len(run.order)
     norm = Normalize(0, max(n_layers - 1, 1))
@@ -371,23 +369,23 @@ def _layer_lines_figure(run: ElrRun, values: np.ndarray, key: str, out: Path) ->
     handles |= dict(zip(*ax.get_legend_handles_labels()[::-1]))  # the divergence line, if any
     if handles:
         ax.legend(list(handles.values()), list(handles), fontsize=8)
-    _step_axis(ax)
+    step_axis(ax)
     ax.set_ylabel(LAYER_KEYS[key])
     ax.set_title(run.title(), fontsize=8)
-    return _save(fig, out, f"{key}_layers")
+    return save(fig, out, f"{key}_layers")
 
 
 def _spread_figure(run: ElrRun, out: Path, layers: str = "all") -> list[Path]:
     """Spread (log y) over steps, and std of log10 ELR in a second panel."""
     key = _checked_spread_key(run, layers)
     x, spread, log_std = run.steps() + 1, run.scalar(key), run.scalar(key.replace("spread", "log_std"))
-    fig, axes = _figure(2, 1, size=(6.4, 5.6), sharex=True)
+    fig, axes = figure(2, 1, size=(6.4, 5.6), sharex=True)
     top, bottom = axes[0, 0], axes[1, 0]
     top.plot(x, spread, color="C0", lw=1.2)
     top.axhline(1.0, color="0.4", ls=":", lw=1, label="equal ELRs (spread 1)")
     if _positive(spread):
         top.set_yscale("log")
-    early_mean, all_mean = _run_spreads(run, layers)
+    early_mean, all_mean = run_spreads(run, layers)
     top.set_title(
         f"{run.title()}\nmean log10 spread: early window {early_mean:.2f}, whole run {all_mean:.2f}", fontsize=8
     )
@@ -395,11 +393,11 @@ def _spread_figure(run: ElrRun, out: Path, layers: str = "all") -> list[Path]:
     bottom.plot(x, log_std, color="C1", lw=1.2)
     bottom.set_ylabel(LOG_STD_LABEL)
     for ax in (top, bottom):
-        _step_axis(ax)
+        step_axis(ax)
         _mark_divergence(ax, run)
     top.legend(fontsize=8)
     top.set_xlabel("")
-    return _save(fig, out, "elr_spread" + ("" if layers == "all" else f"_{layers}"))
+    return save(fig, out, "elr_spread" + ("" if layers == "all" else f"_{layers}"))
 
 
 LAYERS_LABEL = {"all": "scale-invariant layers", "main": "main-path layers"}
@@ -553,7 +551,7 @@ def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
     panels = _panels(s, rows)
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = _figure(nrows, ncols, size=(4.8 * ncols + 1.6, 3.6 * nrows), sharex=True, sharey=True)
+    fig, axes = figure(nrows, ncols, size=(4.8 * ncols + 1.6, 3.6 * nrows), sharex=True, sharey=True)
     for ax, (combo, members) in zip(axes.flat, panels):
         for hv in hues:
             group = [r for r in members if s.hue is None or group_id(r[s.hue]) == group_id(hv)]
@@ -566,7 +564,7 @@ def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
                     spread_key(s.layers),
                 )
         ax.axhline(1.0, color="0.4", ls=":", lw=1)
-        _step_axis(ax)
+        step_axis(ax)
         ax.set_yscale("log")
         if s.panels:
             ax.set_title(_panel_title(s, combo), fontsize=9)
@@ -581,7 +579,7 @@ def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
         list(handles.values()), list(handles), title=s.short.get(s.hue, None), loc="outside right center", fontsize=8
     )
     fig.suptitle(f"{s.title}: ELR spread over training ({LAYERS_LABEL[s.layers]})", fontsize=10)
-    return _save(fig, out, f"elr_spread{suffix}")
+    return save(fig, out, f"elr_spread{suffix}")
 
 
 def _plot_spread_group(ax, runs: list[ElrRun], color: Any, label: str, key: str = "elr_spread") -> None:
@@ -598,7 +596,7 @@ def _plot_spread_group(ax, runs: list[ElrRun], color: Any, label: str, key: str 
                 ax.plot(r.steps()[last] + 1, spread[last], marker="x", color=color, ms=7, ls="none")
 
 
-def _run_spreads(run: ElrRun, layers: str = "all") -> tuple[float, float]:
+def run_spreads(run: ElrRun, layers: str = "all") -> tuple[float, float]:
     """(early-window, whole-run) mean log10 spread: from summary.json, else from metrics.jsonl."""
     early = run.config.get("log", {}).get("dense_steps")
     key, suffix = spread_key(layers), "" if layers == "all" else f"_{layers}"
@@ -621,10 +619,10 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
     accs = [r["test_accuracy"] for r in done]
     lo, hi = (min(accs), max(accs)) if accs else (0.0, 1.0)
     floor = lo - 0.12 * max(hi - lo, 0.02)
-    spreads = {r["name"]: _run_spreads(s.runs[r["name"]], s.layers) for r in done + diverged}
+    spreads = {r["name"]: run_spreads(s.runs[r["name"]], s.layers) for r in done + diverged}
     windows = sorted({str(run.config.get("log", {}).get("dense_steps", "?")) for run in s.runs.values()})
     shown = sum(any(math.isfinite(m) for m in spreads[r["name"]]) for r in done + diverged)
-    fig, axes = _figure(1, 2, size=(11.0, 4.4), sharey=True)
+    fig, axes = figure(1, 2, size=(11.0, 4.4), sharey=True)
     for col, (ax, window) in enumerate(zip(axes[0], (f"early window (first {'/'.join(windows)} steps)", "whole run"))):
         for r in done + diverged:
             m = spreads[r["name"]][col]
@@ -653,7 +651,7 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
     _accuracy_axis(axes[0, 0], lo, hi, floor if diverged else None)
     _scatter_legend(fig, s, rows, colors, markers, not_shown=len(s.rows) - shown)
     fig.suptitle(f"{s.title}: test accuracy vs ELR spread, one point per run", fontsize=10)
-    return _save(fig, out, f"accuracy_vs_spread{suffix}")
+    return save(fig, out, f"accuracy_vs_spread{suffix}")
 
 
 def _accuracy_axis(ax, lo: float, hi: float, floor: float | None) -> None:

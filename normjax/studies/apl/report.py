@@ -44,8 +44,8 @@ import numpy as np
 
 from normjax.errors import UserError
 from normjax.figures import figure, save
-from normjax.studies.numbers import fmt, mean_std, write_report
-from normjax.sweep.results import collect, load_sweep
+from normjax.studies.report import fmt, mean_std, sweep_rows, write_report
+from normjax.sweep.results import collect
 
 JSON_NAME = "apl_report.json"
 TASK, REGIME, SEED, BASELINE = "data.task", "train.regime", "train.seed", "model.baseline"
@@ -212,7 +212,7 @@ def _against_baselines(points: list[dict], kinds: dict[str, list[dict]]) -> list
 
 def _fold_runs(sweep: Path, rows: list[dict], out: Path) -> list[dict]:
     """Fold every finished run of the first seed (MLPs fold fully); one record line each."""
-    from normjax.studies.fold import fold_run
+    from normjax.studies.apl.fold_checkpoint import fold_run
 
     seed = min(int(r[SEED] or 0) for r in rows)
     records = []
@@ -238,8 +238,7 @@ def _fold_runs(sweep: Path, rows: list[dict], out: Path) -> list[dict]:
 
 def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | None = None) -> dict:
     """One sparsification sweep's numbers per task (see the module docstring)."""
-    path, _ = load_sweep(sweep)
-    every = collect(path)
+    path, every = sweep_rows(sweep)
     rows = [r for r in every if r["status"] == "done" and r.get("apl") is not None]
     if not rows:
         raise UserError(f"{str(sweep)!r} has no finished run that logged the apl hook (log.metrics=['apl'])")

@@ -34,7 +34,8 @@ import numpy as np
 from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.models.structure import main_path, scale_invariant_mask
-from normjax.studies.explosion import _int_list, _positive, experiment_parser, measurement_for
+from normjax.studies.elr.arguments import experiment_parser, int_list, positive_int
+from normjax.studies.elr.measurement import measurement_for
 
 JSON_NAME = "critical_lr.json"
 SCOPES = ("all", "scale_invariant")
@@ -241,7 +242,7 @@ def critical_lr_main(argv: list[str]) -> int:
         "or scale_invariant (only the normalized kernels)",
     )
     args = p.parse_args(argv)
-    seeds = tuple(range(_positive("--seeds", args.seeds)))
+    seeds = tuple(range(positive_int("--seeds", args.seeds)))
     try:
         at = tuple(int(v) for v in args.at.split(","))
     except ValueError:
@@ -249,7 +250,7 @@ def critical_lr_main(argv: list[str]) -> int:
             f"--at {args.at!r} is invalid; allowed: comma-separated step counts >= 0 (e.g. 0,10,100)"
         ) from None
     cfg = load_config(args.config, size=args.size, overrides=args.overrides)
-    depths = _int_list("--depths", args.depths) if args.depths else (int(cfg["model"]["depth"]),)
+    depths = int_list("--depths", args.depths) if args.depths else (int(cfg["model"]["depth"]),)
     out = Path(args.out or os.path.join("runs", f"critical_lr-{Path(args.config).stem}"))
     results = []
     for depth in depths:
