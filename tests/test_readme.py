@@ -99,7 +99,15 @@ def test_the_results_page_keeps_its_tables():
     assert [h for h in headings if h.startswith("Sizes")], headings
     ((header, body),) = [(header, body) for before, header, body in tables(RESULTS) if before.startswith("### Sizes")]
     assert header == ["size", "for", "data and models", "machine, date", "wall time here"], header
-    assert {row[0] for row in body} >= {"`smoke`", "`medium`", "`gpu`", "`full`", "`imagenet`"}
+    assert {row[0] for row in body} >= {
+        "`smoke`",
+        "`medium`",
+        "`mnist1d`",
+        "`fmnist_conv`",
+        "`gpu`",
+        "`full`",
+        "`imagenet`",
+    }
 
 
 def numbers(cell: str) -> set[str]:
