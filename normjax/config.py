@@ -300,7 +300,7 @@ def validate(cfg: dict) -> None:
     from normjax.training.optim import check_optim_config
 
     check_model_config(cfg["model"])
-    check_optim_config(cfg["optim"], cfg["model"])
+    check_optim_config(cfg["optim"], cfg["model"], DEFAULTS["optim"])
     t, o = cfg["train"], cfg["optim"]
     if t["batch_size"] < 1:
         raise UserError(f"train.batch_size={t['batch_size']} must be >= 1")

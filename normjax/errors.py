@@ -18,7 +18,18 @@ class UserError(Exception):
 
 # The import names of the `train` extra's packages (pyproject.toml): the training stack. A base
 # install (`normjax.transforms` and `normjax.analysis`: jax, optax, numpy) has none of them.
-TRAIN_STACK = ("chex", "etils", "flax", "grain", "matplotlib", "orbax", "sklearn", "tensorflow_datasets", "tqdm")
+TRAIN_STACK = (
+    "chex",
+    "etils",
+    "flax",
+    "grain",
+    "matplotlib",
+    "mnist1d",
+    "orbax",
+    "sklearn",
+    "tensorflow_datasets",
+    "tqdm",
+)
 TRAIN_INSTALL = "pip install 'normjax[train]'"
 
 

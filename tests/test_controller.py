@@ -2,6 +2,7 @@
 overshoot, keeps the optax conventions, and is the fixed-strength prior when it does not adapt."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -275,6 +276,39 @@ def test_argument_errors():
     tx = njt.prelu_sparsity_controller(0.5, LR)
     with pytest.raises(ValueError, match="params"):
         tx.update(PARAMS, tx.init(PARAMS), None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(target=1.5), "target=1.5 is not allowed; allowed: a fraction in [0, 1]"),
+        (dict(target=-0.1), "target=-0.1 is not allowed; allowed: a fraction in [0, 1]"),
+        (dict(target=float("nan")), "target=nan is not allowed"),
+        (dict(target=None, target_count=-1), "target_count=-1 is not allowed; allowed: a number >= 0"),
+        (dict(learning_rate=-0.1), "learning_rate=-0.1 is not allowed; allowed: a number >= 0"),
+        (dict(init_strength=-1e-3), "init_strength=-0.001 is not allowed; allowed: a number >= 0"),
+        (dict(gain=-0.01), "gain=-0.01 is not allowed; allowed: a number >= 0"),
+        (dict(min_rate=1.5), "min_rate=1.5 is not allowed; allowed: a number in [0, 1]"),
+        (dict(min_rate=-0.1), "min_rate=-0.1 is not allowed"),
+        (dict(tolerance=1.0), "tolerance=1.0 is not allowed; allowed: a number in [0, 1)"),
+        (dict(tolerance=-0.01), "tolerance=-0.01 is not allowed"),
+    ],
+)
+def test_a_number_outside_what_an_argument_allows_is_a_one_line_value_error(kwargs, words):
+    """As optax checks its arguments: at construction, naming the value and what is allowed."""
+    with pytest.raises(ValueError, match=re.escape(words)) as e:
+        njt.prelu_sparsity_controller(**({"target": 0.5, "learning_rate": LR} | kwargs))
+    assert "\n" not in str(e.value)
+
+
+def test_schedules_and_arrays_are_not_checked_at_construction():
+    """A schedule or an array (what optax.inject_hyperparams injects, traced under jit) cannot be
+    read at construction; the bounds of a number are its only check (the config checks its own)."""
+    njt.prelu_sparsity_controller(lambda t: 1.5, LR, gain=jnp.asarray(-1.0), tolerance=optax.constant_schedule(2.0))
+    tx = optax.inject_hyperparams(njt.prelu_sparsity_controller, static_args=("power", "max_strength"))(
+        target=0.5, learning_rate=LR
+    )
+    jax.jit(tx.update)(PARAMS, tx.init(PARAMS), PARAMS)
 
 
 # ---- the registered optimizer ----------------------------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+import normjax.transforms as njt
 from normjax.config import DEFAULTS, merge
 from normjax.training.optim import OptimizerContext, make_optimizer, schedule_shape, set_hyperparams
 
@@ -225,3 +226,308 @@ def test_prelu_prior_needs_a_prelu_model():
 
     with pytest.raises(UserError, match="set model.activation=prelu"):
         load_config(overrides=["optim.name=sgd_prelu_l1"])
+
+
+# ---- the registry builds, bitwise, the optimizers it built before the aliases ------------------
+# Checkpoints on users' disks restore into the abstract optimizer state (orbax): its structure
+# (chain order, EmptyState of optax.scale, MaskedState, inject_hyperparams' dict) must stay the
+# same, and training must go on bit for bit. The reference below is the registry as it was before
+# `normjax.transforms.alias` (normjax/training/optim.py at dca40e4), frozen here: do not edit it.
+def _frozen_decay_mask(weight_decay_on, context):
+    if weight_decay_on == "all":
+        return None
+    if weight_decay_on == "kernels":
+        paths = {l.path for l in context.layers}
+        keys = lambda path: tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        return jax.tree_util.tree_map_with_path(lambda p, _: keys(p) in paths, context.prelu_mask)
+    assert weight_decay_on == "all_but_prelu"
+    return jax.tree.map(lambda m: not m, context.prelu_mask)
+
+
+def _frozen_sgd_chain(
+    lr,
+    momentum,
+    weight_decay,
+    *,
+    nesterov,
+    decoupled_wd,
+    weight_decay_on,
+    schedule,
+    context,
+    before_momentum=(),
+    after_momentum=(),
+    scale_by_lr=None,
+    after_lr=(),
+):
+    decay = optax.add_decayed_weights(weight_decay, mask=_frozen_decay_mask(weight_decay_on, context))
+    return optax.chain(
+        *(() if decoupled_wd else (decay,)),
+        *before_momentum,
+        optax.trace(decay=momentum, nesterov=nesterov),
+        *after_momentum,
+        *((decay,) if decoupled_wd else ()),
+        *((optax.scale_by_schedule(schedule), optax.scale(-lr)) if scale_by_lr is None else (scale_by_lr,)),
+        *after_lr,
+    )
+
+
+def _frozen_sgd(lr, momentum, weight_decay, *, nesterov, decoupled_wd, weight_decay_on, schedule, context):
+    sgd = dict(nesterov=nesterov, decoupled_wd=decoupled_wd, weight_decay_on=weight_decay_on)
+    return _frozen_sgd_chain(lr, momentum, weight_decay, **sgd, schedule=schedule, context=context)
+
+
+def _frozen_sgd_uniform_elr(
+    lr,
+    momentum,
+    weight_decay,
+    *,
+    nesterov,
+    decoupled_wd,
+    weight_decay_on,
+    elr_definition,
+    elr_reference,
+    elr_position,
+    schedule,
+    context,
+):
+    sgd = dict(nesterov=nesterov, decoupled_wd=decoupled_wd, weight_decay_on=weight_decay_on)
+    elr = optax.masked(
+        njt.scale_by_uniform_elr(elr_definition, elr_reference, layer_axes=context.layer_axes),
+        context.scale_invariant_mask,
+    )
+    return _frozen_sgd_chain(
+        lr, momentum, weight_decay, **sgd, schedule=schedule, context=context, **{elr_position: (elr,)}
+    )
+
+
+def _frozen_sgd_critical_warmup(
+    lr, momentum, weight_decay, *, nesterov, decoupled_wd, weight_decay_on, schedule, context
+):
+    sgd = dict(nesterov=nesterov, decoupled_wd=decoupled_wd, weight_decay_on=weight_decay_on)
+    warm = njt.scale_by_critical_lr(
+        lambda t: lr * schedule(t), context.scale_invariant_mask, layer_axes=context.layer_axes
+    )
+    return _frozen_sgd_chain(lr, momentum, weight_decay, **sgd, schedule=schedule, context=context, scale_by_lr=warm)
+
+
+def _frozen_sgd_prelu_l1(
+    lr,
+    momentum,
+    weight_decay,
+    prelu_l1,
+    prelu_tolerance,
+    prelu_start,
+    *,
+    nesterov,
+    decoupled_wd,
+    weight_decay_on,
+    prelu_mode,
+    prelu_power,
+    schedule,
+    context,
+):
+    sgd = dict(nesterov=nesterov, decoupled_wd=decoupled_wd, weight_decay_on=weight_decay_on)
+    start = prelu_start * context.total_steps
+    strength = lambda t: jnp.where(t >= start, prelu_l1, 0.0)
+    prior = njt.prelu_sparsity_prior(
+        strength, lambda t: lr * schedule(t), tolerance=prelu_tolerance, mode=prelu_mode, power=prelu_power
+    )
+    return _frozen_sgd_chain(
+        lr,
+        momentum,
+        weight_decay,
+        **sgd,
+        schedule=schedule,
+        context=context,
+        after_lr=(optax.masked(prior, context.prelu_mask),),
+    )
+
+
+def _frozen_sgd_prelu_target(
+    lr,
+    momentum,
+    weight_decay,
+    prelu_l1,
+    prelu_tolerance,
+    prelu_target,
+    prelu_gain,
+    prelu_min_rate,
+    *,
+    nesterov,
+    decoupled_wd,
+    weight_decay_on,
+    prelu_mode,
+    prelu_power,
+    schedule,
+    context,
+):
+    sgd = dict(nesterov=nesterov, decoupled_wd=decoupled_wd, weight_decay_on=weight_decay_on)
+    prior = njt.prelu_sparsity_controller(
+        prelu_target,
+        lambda t: lr * schedule(t),
+        init_strength=prelu_l1,
+        gain=prelu_gain,
+        min_rate=prelu_min_rate,
+        tolerance=prelu_tolerance,
+        mode=prelu_mode,
+        power=prelu_power,
+    )
+    return _frozen_sgd_chain(
+        lr,
+        momentum,
+        weight_decay,
+        **sgd,
+        schedule=schedule,
+        context=context,
+        after_lr=(optax.masked(prior, context.prelu_mask),),
+    )
+
+
+_F_SGD, _F_STATIC = ("lr", "momentum", "weight_decay"), ("nesterov", "decoupled_wd", "weight_decay_on")
+_FROZEN = {  # name: (factory, hyperparams, static)
+    "sgd": (_frozen_sgd, _F_SGD, _F_STATIC),
+    "sgd_uniform_elr": (
+        _frozen_sgd_uniform_elr,
+        _F_SGD,
+        _F_STATIC + ("elr_definition", "elr_reference", "elr_position"),
+    ),
+    "sgd_critical_warmup": (_frozen_sgd_critical_warmup, _F_SGD, _F_STATIC),
+    "sgd_prelu_l1": (
+        _frozen_sgd_prelu_l1,
+        _F_SGD + ("prelu_l1", "prelu_tolerance", "prelu_start"),
+        _F_STATIC + ("prelu_mode", "prelu_power"),
+    ),
+    "sgd_prelu_target": (
+        _frozen_sgd_prelu_target,
+        _F_SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain", "prelu_min_rate"),
+        _F_STATIC + ("prelu_mode", "prelu_power"),
+    ),
+}
+
+
+def _frozen_make_optimizer(cfg, *, total_steps, context):
+    factory, hyper, static = _FROZEN[cfg["name"]]
+    factory = functools.partial(
+        factory, schedule=schedule_shape(cfg, total_steps), context=context, **{k: cfg[k] for k in static}
+    )
+    return optax.inject_hyperparams(
+        factory, static_args=("schedule", "context") + static, hyperparam_dtype=jnp.float32
+    )(**{k: float(cfg[k]) for k in hyper})
+
+
+@functools.cache
+def _model(name):
+    """A real normjax model's random params and its `OptimizerContext`, as `Program` builds it."""
+    from flax import nnx
+
+    from normjax.models import build_model, layer_axes, prelu_mask, scale_invariant_mask
+
+    model_cfg, image = {
+        "resnet8_prelu": (dict(name="resnet", depth=8, width=4, activation="prelu"), (8, 8, 1)),
+        "mlp_prelu": (dict(name="mlp", depth=3, width=4, activation="prelu"), (3, 2, 1)),  # layers 1-2 stacked
+    }[name]
+    cfg = merge(DEFAULTS["model"], model_cfg)
+    model = nnx.eval_shape(lambda: build_model(cfg, num_classes=3, image_shape=image, rngs=nnx.Rngs(0)))
+    abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    slopes = prelu_mask(abstract)
+    leaves, treedef = jax.tree.flatten(abstract)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = treedef.unflatten(
+        [
+            jax.random.uniform(k, s.shape, minval=0.6, maxval=1.2) if m else jax.random.normal(k, s.shape)
+            for k, s, m in zip(keys, leaves, jax.tree.leaves(slopes), strict=True)
+        ]
+    )
+    layers = model.layers()
+    context = OptimizerContext(
+        scale_invariant_mask(abstract, layers), slopes, layers, layer_axes(abstract), _TOTAL_STEPS
+    )
+    return abstract, params, context
+
+
+_TOTAL_STEPS = 6
+_HYPER = dict(lr=0.2, momentum=0.9, weight_decay=5e-3, prelu_l1=0.05, prelu_tolerance=0.05)
+_VARIANTS = dict(nesterov=True, decoupled_wd=True, weight_decay_on="kernels", schedule="step", warmup_steps=2)
+_CONFIGS = {
+    "sgd": [{}, _VARIANTS, dict(weight_decay_on="all", schedule="constant")],
+    "sgd_uniform_elr": [
+        dict(elr_position="after_momentum"),
+        dict(_VARIANTS, elr_position="before_momentum", elr_reference="geometric_mean"),
+        dict(elr_definition="classic", weight_decay_on="all", lr=1e-4),  # steps lr * ||w||^2 * u
+    ],
+    "sgd_critical_warmup": [{}, _VARIANTS, dict(weight_decay_on="all", lr=5.0)],
+    "sgd_prelu_l1": [
+        {},
+        dict(_VARIANTS, prelu_start=0.5, prelu_mode="subgradient"),
+        dict(prelu_power=0.5, weight_decay_on="all"),
+    ],
+    "sgd_prelu_target": [
+        dict(prelu_target=0.5, prelu_gain=0.5),
+        dict(_VARIANTS, prelu_target=0.25, prelu_gain=0.5, prelu_min_rate=0.1, prelu_power=0.5),
+    ],
+}
+
+
+def test_the_frozen_reference_covers_every_registered_optimizer():
+    from normjax.training.optim import OPTIMIZERS
+
+    assert set(_FROZEN) == set(_CONFIGS) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("model", ["resnet8_prelu", "mlp_prelu"])
+@pytest.mark.parametrize(
+    "name, variant", [(n, i) for n, configs in _CONFIGS.items() for i in range(len(configs))], ids=str
+)
+def test_registered_optimizers_are_bitwise_what_they_were(model, name, variant):
+    """Same opt_state structure, shapes and dtypes (abstract and concrete init), same jaxpr of the
+    update, and bitwise the same updates and states over a few jitted steps."""
+    abstract, params, context = _model(model)
+    cfg = _cfg(name=name, **_HYPER) | _CONFIGS[name][variant]
+    new = make_optimizer(cfg, total_steps=_TOTAL_STEPS, context=context)
+    old = _frozen_make_optimizer(cfg, total_steps=_TOTAL_STEPS, context=context)
+
+    spec = lambda x: (jnp.shape(x), jnp.result_type(x))
+    a_new, a_old = jax.eval_shape(new.init, abstract), jax.eval_shape(old.init, abstract)
+    assert jax.tree.structure(a_new) == jax.tree.structure(a_old)
+    assert jax.tree.leaves(jax.tree.map(spec, a_new)) == jax.tree.leaves(jax.tree.map(spec, a_old))
+    s_new, s_old = new.init(params), old.init(params)
+    assert jax.tree.structure(s_new) == jax.tree.structure(s_old) == jax.tree.structure(a_new)
+    jax.tree.map(np.testing.assert_array_equal, s_new, s_old)
+
+    grads = lambda t, p: jax.tree.map(lambda x: jnp.sin(3.0 * x + t) * (1.0 + t), p)
+    assert str(jax.make_jaxpr(new.update)(grads(0, params), s_new, params)) == str(
+        jax.make_jaxpr(old.update)(grads(0, params), s_old, params)
+    )
+    update_new, update_old = jax.jit(new.update), jax.jit(old.update)
+    p_new = p_old = params
+    for t in range(4):
+        u_new, s_new = update_new(grads(t, p_new), s_new, p_new)
+        u_old, s_old = update_old(grads(t, p_old), s_old, p_old)
+        jax.tree.map(np.testing.assert_array_equal, u_new, u_old)
+        assert jax.tree.structure(s_new) == jax.tree.structure(s_old)
+        jax.tree.map(np.testing.assert_array_equal, s_new, s_old)
+        p_new, p_old = optax.apply_updates(p_new, u_new), optax.apply_updates(p_old, u_old)
+        assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(u_new))
+    if name.startswith("sgd_prelu"):  # the priors acted: some slopes were made linear
+        assert int(optax.tree_utils.tree_get(s_new, "num_frozen")) > 0
+
+
+def test_optim_imports_neither_the_config_nor_the_models():
+    """No import circle: `normjax.config.validate` imports this module (lazily), and this module
+    imports nothing of normjax.config, not even lazily (the `optim` defaults come as an argument);
+    nor normjax.models (flax): its masks are `normjax.transforms`'."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from normjax.training import optim
+
+    code = "import sys, normjax.training.optim; print(*[m for m in ('normjax.config', 'normjax.models', 'flax') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "", out.stderr
+    tree = ast.parse(Path(optim.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "normjax.transforms" in imported or "normjax" in imported
+    assert not [m for m in imported if m and m.startswith(("normjax.config", "normjax.models", "normjax.training"))]

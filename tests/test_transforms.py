@@ -1,6 +1,7 @@
 """normjax.transforms: the math each transform promises, equivalences with optax, and the optax
 conventions (chain, masked, inject_hyperparams, jit, abstract init, stable state, dtypes, vmap)."""
 
+import re
 import subprocess
 import sys
 
@@ -213,6 +214,37 @@ def test_prior_strength_zero_is_plain_sgd():
     params, grads = _params()["slope"], _grads()["slope"]
     new, _ = _prior_step(params, grads, 0.1, strength=0.0, tolerance=0.0)
     np.testing.assert_allclose(new, params - 0.1 * grads, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda: njt.prelu_sparsity_prior(-0.1, 0.1), "strength=-0.1 is not allowed; allowed: a number >= 0"),
+        (lambda: njt.prelu_sparsity_prior(0.1, -0.1), "learning_rate=-0.1 is not allowed; allowed: a number >= 0"),
+        (
+            lambda: njt.prelu_sparsity_prior(0.1, 0.1, tolerance=1.0),
+            "tolerance=1.0 is not allowed; allowed: a number in [0, 1)",
+        ),
+        (lambda: njt.prelu_sparsity_prior(0.1, 0.1, tolerance=-0.5), "tolerance=-0.5 is not allowed"),
+        (lambda: njt.prelu_sparsity_prior(float("nan"), 0.1), "strength=nan is not allowed"),
+        (lambda: njt.scale_by_critical_lr(-1.0, MASK), "learning_rate=-1.0 is not allowed; allowed: a number >= 0"),
+    ],
+)
+def test_a_number_outside_what_an_argument_allows_is_a_one_line_value_error(make, words):
+    """As optax checks its arguments: at construction, naming the value and what is allowed."""
+    with pytest.raises(ValueError, match=re.escape(words)) as e:
+        make()
+    assert "\n" not in str(e.value)
+
+
+def test_schedules_and_arrays_are_not_checked_at_construction():
+    """Only a number's bounds are checked: a schedule, or an array (what optax.inject_hyperparams
+    injects, traced under jit), cannot be read at construction."""
+    njt.prelu_sparsity_prior(lambda t: -1.0, jnp.asarray(-0.1), tolerance=optax.constant_schedule(2.0))
+    njt.scale_by_critical_lr(optax.constant_schedule(-1.0), MASK)
+    tx = optax.inject_hyperparams(njt.prelu_sparsity_prior, static_args="power")(strength=0.5, learning_rate=0.1)
+    params = _params()["slope"]
+    jax.jit(tx.update)(params, tx.init(params), params)
 
 
 # ---- optax conventions, for every transform -------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from normjax.data.catalog import channel_stats, open_tfds, quiet_absl, tfds_image_info
-from normjax.errors import UserError
+from normjax.errors import UserError, missing_extra
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "num_train": 2048,
@@ -204,7 +204,7 @@ def mnist1d_arrays(num_samples: int = 5000, seed: int = 42) -> dict[str, np.ndar
       The package's dict: float64 `x [0.8 N, 40]`, `x_test`, int `y`, `y_test`.
 
     Raises:
-      UserError: the `mnist1d` package is not installed (one line with the install command).
+      MissingExtraError: the `mnist1d` package is not installed (one line with the install command).
 
     Example:
       >>> d = mnist1d_arrays()
@@ -214,7 +214,7 @@ def mnist1d_arrays(num_samples: int = 5000, seed: int = 42) -> dict[str, np.ndar
     try:
         from mnist1d.data import get_dataset_args, make_dataset  # Lazy: the train extra's generator.
     except ModuleNotFoundError as e:
-        raise UserError(f"data.name='mnist1d' needs the mnist1d package ({e}); pip install 'normjax[train]'") from None
+        raise missing_extra(e, "data.name='mnist1d'") from None
     args = get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
     state = np.random.get_state()  # the package seeds numpy's global generator

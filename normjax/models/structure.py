@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from normjax.transforms.masks import path_keys, path_mask, prelu_slope_mask
+
 PyTree = Any
 
 
@@ -60,13 +62,8 @@ def get_path(tree: PyTree, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def _path_keys(path) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
-def leaf_mask(params: PyTree, predicate) -> PyTree:
-    """Bool tree over `params`: `predicate(path_tuple, leaf)` for each leaf (usable with optax.masked)."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: bool(predicate(_path_keys(p), x)), params)
+# The path helpers live with the transforms (base install, no flax): `leaf_mask` is `path_mask`.
+leaf_mask = path_mask
 
 
 def scale_invariant_mask(params: PyTree, layers: list[LayerInfo]) -> PyTree:
@@ -76,8 +73,8 @@ def scale_invariant_mask(params: PyTree, layers: list[LayerInfo]) -> PyTree:
 
 
 def prelu_mask(params: PyTree) -> PyTree:
-    """True at every channel-PReLU slope leaf."""
-    return leaf_mask(params, lambda p, _: p[-1] == "slope")
+    """True at every channel-PReLU slope leaf (`normjax.transforms.prelu_slope_mask`)."""
+    return prelu_slope_mask(params)
 
 
 def layer_axes(params: PyTree) -> PyTree:
@@ -91,7 +88,7 @@ def layer_axes(params: PyTree) -> PyTree:
       {'hidden': {'first': {'k': 0}, 'rest': {'k': 1}}}
     """
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: x if isinstance(x, optax.MaskedNode) else int("rest" in _path_keys(p)),
+        lambda p, x: x if isinstance(x, optax.MaskedNode) else int("rest" in path_keys(p)),
         params,
         is_leaf=lambda x: isinstance(x, optax.MaskedNode),
     )

@@ -1,9 +1,11 @@
 """Optimizers by name, with sweepable hyper-parameters as traced values in the optimizer state.
 
+The optimizers are the aliases of `normjax.transforms` (`sgd`, `sgd_uniform_elr`, ...); a registry
+entry binds the `optim` config's keys and a model's masks (`OptimizerContext`) to one of them.
 Every registered optimizer is wrapped in `optax.inject_hyperparams`, so its numeric
 hyper-parameters (LR, momentum, weight decay, transform strengths) live in the state as arrays:
 a sweep, or a vmapped group of runs, changes values without recompiling. The LR schedule is a
-static *shape* in [0, 1] multiplied by the traced peak `lr`.
+static *shape* in [0, 1] (the aliases' `lr_multiplier`) multiplied by the traced peak `lr`.
 
 Weight decay: coupled (default, as PyTorch SGD) adds `wd * w` to the gradient before momentum;
 decoupled applies `w -= lr_t * wd * w` outside the momentum buffer (AdamW-style, scaled by the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -30,7 +33,6 @@ import optax
 
 from normjax import transforms
 from normjax.errors import UserError
-from normjax.models.structure import leaf_mask
 
 
 class OptimizerContext(NamedTuple):
@@ -87,193 +89,73 @@ def decay_mask(weight_decay_on: str, context: OptimizerContext) -> Any:
         return None
     if weight_decay_on == "kernels":
         paths = {l.path for l in context.layers}
-        return leaf_mask(context.prelu_mask, lambda p, _: p in paths)  # prelu_mask: any tree shaped like the params
+        # prelu_mask: any tree shaped like the params
+        return transforms.path_mask(context.prelu_mask, lambda p, _: p in paths)
     if weight_decay_on == "all_but_prelu":
         return jax.tree.map(lambda m: not m, context.prelu_mask)
     raise ValueError(f"weight_decay_on={weight_decay_on!r}; allowed: {', '.join(WEIGHT_DECAY_ON)}")
 
 
-def _sgd_chain(
-    lr,
-    momentum,
-    weight_decay,
-    *,
-    nesterov: bool,
-    decoupled_wd: bool,
-    weight_decay_on: str,
-    schedule,
-    context,
-    before_momentum=(),
-    after_momentum=(),
-    scale_by_lr=None,
-    after_lr=(),
-):
-    """decay (coupled) → before_momentum → momentum → after_momentum → decay (decoupled) → LR → after_lr.
-
-    `scale_by_lr` replaces the default LR scaling (`-lr * schedule(t)`); `weight_decay_on` picks
-    the leaves that decay (`decay_mask`).
-    """
-    decay = optax.add_decayed_weights(weight_decay, mask=decay_mask(weight_decay_on, context))
-    return optax.chain(
-        *(() if decoupled_wd else (decay,)),
-        *before_momentum,
-        optax.trace(decay=momentum, nesterov=nesterov),
-        *after_momentum,
-        *((decay,) if decoupled_wd else ()),
-        *((optax.scale_by_schedule(schedule), optax.scale(-lr)) if scale_by_lr is None else (scale_by_lr,)),
-        *after_lr,
+# ---- the registry: each optimizer binds `optim` keys and the model's masks to an alias ----------
+def _sgd_args(o: dict, schedule: Callable, context: OptimizerContext) -> dict:
+    """The arguments every alias takes, from the `optim` keys of SGD (`_SGD`, `_SGD_STATIC`)."""
+    return dict(
+        learning_rate=o["lr"],
+        momentum=o["momentum"],
+        weight_decay=o["weight_decay"],
+        nesterov=o["nesterov"],
+        decoupled_weight_decay=o["decoupled_wd"],
+        weight_decay_mask=decay_mask(o["weight_decay_on"], context),
+        lr_multiplier=schedule,
     )
 
 
-def sgd(
-    lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str, schedule, context
-) -> optax.GradientTransformation:
-    """SGD with (Nesterov) momentum and coupled or decoupled weight decay on the leaves
-    `weight_decay_on` names (see module doc)."""
-    return _sgd_chain(
-        lr,
-        momentum,
-        weight_decay,
-        nesterov=nesterov,
-        decoupled_wd=decoupled_wd,
-        weight_decay_on=weight_decay_on,
-        schedule=schedule,
-        context=context,
+def _sgd(o, schedule, context):
+    return transforms.sgd(**_sgd_args(o, schedule, context))
+
+
+def _sgd_uniform_elr(o, schedule, context):
+    return transforms.sgd_uniform_elr(
+        **_sgd_args(o, schedule, context),
+        scale_invariant_mask=context.scale_invariant_mask,
+        layer_axes=context.layer_axes,
+        definition=o["elr_definition"],
+        reference=o["elr_reference"],
+        position=o["elr_position"],
     )
 
 
-def sgd_uniform_elr(
-    lr,
-    momentum,
-    weight_decay,
-    *,
-    nesterov: bool,
-    decoupled_wd: bool,
-    weight_decay_on: str,
-    elr_definition: str,
-    elr_reference: str,
-    elr_position: str,
-    schedule,
-    context,
-) -> optax.GradientTransformation:
-    """SGD whose scale-invariant kernels all take the same relative step (`scale_by_uniform_elr`,
-    before or after momentum per `elr_position`); other parameters keep the global LR."""
-    elr = optax.masked(
-        transforms.scale_by_uniform_elr(elr_definition, elr_reference, layer_axes=context.layer_axes),
-        context.scale_invariant_mask,
-    )
-    return _sgd_chain(
-        lr,
-        momentum,
-        weight_decay,
-        nesterov=nesterov,
-        decoupled_wd=decoupled_wd,
-        weight_decay_on=weight_decay_on,
-        schedule=schedule,
-        context=context,
-        **{elr_position: (elr,)},
+def _sgd_critical_warmup(o, schedule, context):
+    return transforms.sgd_critical_warmup(
+        **_sgd_args(o, schedule, context),
+        scale_invariant_mask=context.scale_invariant_mask,
+        layer_axes=context.layer_axes,
     )
 
 
-def sgd_critical_warmup(
-    lr, momentum, weight_decay, *, nesterov: bool, decoupled_wd: bool, weight_decay_on: str, schedule, context
-) -> optax.GradientTransformation:
-    """SGD whose LR each step is `min(lr * schedule(t), η_crit,t)` (`scale_by_critical_lr`)."""
-    warm = transforms.scale_by_critical_lr(
-        lambda t: lr * schedule(t), context.scale_invariant_mask, layer_axes=context.layer_axes
-    )
-    return _sgd_chain(
-        lr,
-        momentum,
-        weight_decay,
-        nesterov=nesterov,
-        decoupled_wd=decoupled_wd,
-        weight_decay_on=weight_decay_on,
-        schedule=schedule,
-        context=context,
-        scale_by_lr=warm,
+def _sgd_prelu_l1(o, schedule, context):
+    start = o["prelu_start"] * context.total_steps  # the prior from the fraction prelu_start of the run on
+    return transforms.sgd_prelu_l1(
+        **_sgd_args(o, schedule, context),
+        prelu_mask=context.prelu_mask,
+        strength=lambda t: jnp.where(t >= start, o["prelu_l1"], 0.0),
+        tolerance=o["prelu_tolerance"],
+        mode=o["prelu_mode"],
+        power=o["prelu_power"],
     )
 
 
-def sgd_prelu_l1(
-    lr,
-    momentum,
-    weight_decay,
-    prelu_l1,
-    prelu_tolerance,
-    prelu_start,
-    *,
-    nesterov: bool,
-    decoupled_wd: bool,
-    weight_decay_on: str,
-    prelu_mode: str,
-    prelu_power: float,
-    schedule,
-    context,
-) -> optax.GradientTransformation:
-    """SGD with the sparsity prior `prelu_l1 * Σ|1 − α|^p` on the PReLU slopes
-    (`prelu_sparsity_prior`, after the LR), switched on after the fraction `prelu_start` of the
-    run's steps (the during-training regime from epoch k); no weight decay on the slopes unless
-    `weight_decay_on=all`."""
-    start = prelu_start * context.total_steps
-    strength = lambda t: jnp.where(t >= start, prelu_l1, 0.0)  # noqa: E731
-    prior = transforms.prelu_sparsity_prior(
-        strength, lambda t: lr * schedule(t), tolerance=prelu_tolerance, mode=prelu_mode, power=prelu_power
-    )
-    return _sgd_chain(
-        lr,
-        momentum,
-        weight_decay,
-        nesterov=nesterov,
-        decoupled_wd=decoupled_wd,
-        weight_decay_on=weight_decay_on,
-        schedule=schedule,
-        context=context,
-        after_lr=(optax.masked(prior, context.prelu_mask),),
-    )
-
-
-def sgd_prelu_target(
-    lr,
-    momentum,
-    weight_decay,
-    prelu_l1,
-    prelu_tolerance,
-    prelu_target,
-    prelu_gain,
-    prelu_min_rate,
-    *,
-    nesterov: bool,
-    decoupled_wd: bool,
-    weight_decay_on: str,
-    prelu_mode: str,
-    prelu_power: float,
-    schedule,
-    context,
-) -> optax.GradientTransformation:
-    """`sgd_prelu_l1` with the prior's strength steered (from `prelu_l1`) until the fraction
-    `prelu_target` of the PReLU units is nonlinear (`prelu_sparsity_controller`); no weight decay
-    on the slopes unless `weight_decay_on=all`."""
-    prior = transforms.prelu_sparsity_controller(
-        prelu_target,
-        lambda t: lr * schedule(t),
-        init_strength=prelu_l1,
-        gain=prelu_gain,
-        min_rate=prelu_min_rate,
-        tolerance=prelu_tolerance,
-        mode=prelu_mode,
-        power=prelu_power,
-    )
-    return _sgd_chain(
-        lr,
-        momentum,
-        weight_decay,
-        nesterov=nesterov,
-        decoupled_wd=decoupled_wd,
-        weight_decay_on=weight_decay_on,
-        schedule=schedule,
-        context=context,
-        after_lr=(optax.masked(prior, context.prelu_mask),),
+def _sgd_prelu_target(o, schedule, context):
+    return transforms.sgd_prelu_target(
+        **_sgd_args(o, schedule, context),
+        prelu_mask=context.prelu_mask,
+        target=o["prelu_target"],
+        init_strength=o["prelu_l1"],
+        gain=o["prelu_gain"],
+        min_rate=o["prelu_min_rate"],
+        tolerance=o["prelu_tolerance"],
+        mode=o["prelu_mode"],
+        power=o["prelu_power"],
     )
 
 
@@ -282,7 +164,8 @@ class OptimizerSpec:
     """A registered optimizer: `factory(**hyperparams, **static, schedule=, context=)`.
 
     `hyperparams` name keys of the `optim` config that become traced values; `static` name keys
-    that shape the computation (a change recompiles).
+    that shape the computation (a change recompiles). `optax.inject_hyperparams` reads the names
+    from the factory's signature.
     """
 
     factory: Callable[..., optax.GradientTransformation]
@@ -290,26 +173,41 @@ class OptimizerSpec:
     static: tuple[str, ...] = ()
 
 
+def _bind(alias_call: Callable, hyperparams: tuple[str, ...], static: tuple[str, ...]) -> OptimizerSpec:
+    """An `OptimizerSpec` whose factory calls `alias_call(values, schedule, context)`, `values` the
+    `optim` keys `hyperparams` and `static` by name (its signature names them, for
+    `optax.inject_hyperparams`)."""
+
+    def factory(*, schedule, context, **values):
+        return alias_call(values, schedule, context)
+
+    names = (*hyperparams, *static, "schedule", "context")
+    factory.__signature__ = inspect.Signature([inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in names])
+    factory.__name__ = factory.__qualname__ = alias_call.__name__.lstrip("_")
+    return OptimizerSpec(factory, hyperparams, static)
+
+
 _SGD = ("lr", "momentum", "weight_decay")
 _SGD_STATIC = ("nesterov", "decoupled_wd", "weight_decay_on")  # weight_decay_on: the decay mask's shape
+_PRELU_STATIC = _SGD_STATIC + ("prelu_mode", "prelu_power")
+_PRELU_L1 = _bind(_sgd_prelu_l1, _SGD + ("prelu_l1", "prelu_tolerance", "prelu_start"), _PRELU_STATIC)
+_PRELU_TARGET = _bind(
+    _sgd_prelu_target,
+    _SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain", "prelu_min_rate"),
+    _PRELU_STATIC,
+)
 OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec(sgd, _SGD, _SGD_STATIC),
-    "sgd_uniform_elr": OptimizerSpec(
-        sgd_uniform_elr, _SGD, _SGD_STATIC + ("elr_definition", "elr_reference", "elr_position")
-    ),
-    "sgd_critical_warmup": OptimizerSpec(sgd_critical_warmup, _SGD, _SGD_STATIC),
-    "sgd_prelu_l1": OptimizerSpec(
-        sgd_prelu_l1, _SGD + ("prelu_l1", "prelu_tolerance", "prelu_start"), _SGD_STATIC + ("prelu_mode", "prelu_power")
-    ),
-    "sgd_prelu_target": OptimizerSpec(
-        sgd_prelu_target,
-        _SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain", "prelu_min_rate"),
-        _SGD_STATIC + ("prelu_mode", "prelu_power"),
-    ),
+    "sgd": _bind(_sgd, _SGD, _SGD_STATIC),
+    "sgd_uniform_elr": _bind(_sgd_uniform_elr, _SGD, _SGD_STATIC + ("elr_definition", "elr_reference", "elr_position")),
+    "sgd_critical_warmup": _bind(_sgd_critical_warmup, _SGD, _SGD_STATIC),
+    "sgd_prelu_l1": _PRELU_L1,
+    "sgd_prelu_target": _PRELU_TARGET,
 }
+
+
 # Keys of every `optim` config that shape the LR schedule (static for every optimizer).
 SCHEDULE_KEYS = ("schedule", "warmup_steps", "milestones", "step_factor")
-ELR_POSITIONS = ("before_momentum", "after_momentum")
+ELR_POSITIONS = transforms.alias.ELR_POSITIONS
 
 
 def register_optimizer(name: str, spec: OptimizerSpec) -> None:
@@ -360,23 +258,23 @@ def readers(key: str) -> list[str]:
     return sorted(n for n, s in OPTIMIZERS.items() if key in READ_BY_ALL + s.hyperparams + s.static)
 
 
-def check_unread_keys(cfg: dict) -> None:
-    """One-line UserError when `cfg` sets an `optim` key (a value other than the default) that
-    its optimizer does not read: `prelu_l1` with plain `sgd` would train unsparsified, silently."""
-    from normjax.config import DEFAULTS
-
+def check_unread_keys(cfg: dict, defaults: dict) -> None:
+    """One-line UserError when `cfg` sets an `optim` key (a value other than its default in
+    `defaults`, the `optim` section of `normjax.config.DEFAULTS`) that its optimizer does not read:
+    `prelu_l1` with plain `sgd` would train unsparsified, silently."""
     name = cfg["name"]
     for key, value in cfg.items():
-        if key in DEFAULTS["optim"] and value != DEFAULTS["optim"][key] and name not in readers(key):
+        if key in defaults and value != defaults[key] and name not in readers(key):
             raise UserError(
                 f"optim.{key}={value!r} is not read by optim.name={name!r}; the optimizers that read it: "
-                f"{', '.join(readers(key))} (or leave optim.{key} at its default, "
-                f"{DEFAULTS['optim'][key]!r})"
+                f"{', '.join(readers(key))} (or leave optim.{key} at its default, {defaults[key]!r})"
             )
 
 
-def check_optim_config(cfg: dict, model_cfg: dict) -> None:
-    """One-line UserError for `optim` values no optimizer accepts, or that its optimizer ignores."""
+def check_optim_config(cfg: dict, model_cfg: dict, defaults: dict) -> None:
+    """One-line UserError for `optim` values no optimizer accepts, or that its optimizer ignores
+    (`defaults`: the `optim` section of `normjax.config.DEFAULTS`, passed in: the config module
+    calls this check, and this module imports nothing of it)."""
     spec = optimizer_spec(cfg)
     choices = {
         "weight_decay_on": WEIGHT_DECAY_ON,
@@ -406,17 +304,17 @@ def check_optim_config(cfg: dict, model_cfg: dict) -> None:
         raise UserError(f"optim.prelu_min_rate={cfg['prelu_min_rate']} is not allowed; allowed: 0 to 1")
     if not 0 <= cfg["prelu_start"] < 1:
         raise UserError(f"optim.prelu_start={cfg['prelu_start']} is not allowed; give a fraction of training in [0, 1)")
-    if spec.factory is sgd_prelu_target and not cfg["prelu_l1"] > 0:
+    if spec is _PRELU_TARGET and not cfg["prelu_l1"] > 0:
         raise UserError(
             f"optim.prelu_l1={cfg['prelu_l1']} is sgd_prelu_target's initial strength, which it "
             "multiplies; need prelu_l1 > 0 (e.g. 1e-3)"
         )
-    if spec.factory in (sgd_prelu_l1, sgd_prelu_target) and model_cfg["activation"] != "prelu":
+    if (spec is _PRELU_L1 or spec is _PRELU_TARGET) and model_cfg["activation"] != "prelu":
         raise UserError(
             f"optim.name={cfg['name']!r} acts on PReLU slopes; set model.activation=prelu "
             f"(got {model_cfg['activation']!r})"
         )
-    check_unread_keys(cfg)  # after the values' own checks: a bad value is named as such first
+    check_unread_keys(cfg, defaults)  # after the values' own checks: a bad value is named as such first
 
 
 def _states(tree: Any, kind: type) -> list:

@@ -11,6 +11,7 @@ they are passed through untouched.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -73,3 +74,13 @@ def layer_norms(tree: PyTree, axes: PyTree) -> PyTree:
 def value(hyperparam: Any, count: jax.Array) -> jax.Array:
     """A hyper-parameter given as a number, an array or a schedule, at step `count`."""
     return hyperparam(count) if callable(hyperparam) else hyperparam
+
+
+def check_number(name: str, value: Any, ok: Callable[[Any], bool], allowed: str) -> None:
+    """A one-line ValueError naming `value` and what is `allowed`, where `value` is a number and not `ok`.
+
+    Only Python and NumPy numbers are checked: a schedule, or an array (e.g. a value
+    `optax.inject_hyperparams` injects, traced under `jax.jit`), cannot be read at construction.
+    """
+    if isinstance(value, numbers.Real) and not ok(value):
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from normjax.transforms import _layers
-from normjax.transforms.prelu import MODES, POWERS, sparsity_step
+from normjax.transforms.prelu import MODES, POWERS, check_numbers, sparsity_step
 
 
 class PReLUControllerState(NamedTuple):
@@ -127,14 +127,15 @@ def prelu_sparsity_controller(
         give it or `target_count`, not both.
       learning_rate: :math:`\eta_t`, the LR of the chain (number or schedule) that scales the prior.
       target_count: the number of slopes to keep nonlinear, instead of `target`.
-      init_strength: :math:`\lambda_0 > 0`, the strength at the first step; a schedule multiplies
+      init_strength: :math:`\lambda_0 \ge 0`, the strength at the first step; a schedule multiplies
         in (e.g. zero until epoch k). :math:`\lambda_0 = 0` never pushes.
       gain: :math:`\ge 0`, the rate of the integral per update at :math:`e = 1`
         (:math:`\lambda` grows by a factor :math:`e^{\text{gain}}` per update while no unit is
         linear yet).
       min_rate: :math:`\rho \in [0, 1]`, the floor on the share :math:`e` in the integral while
         units remain to freeze (0: none, the law above).
-      tolerance: a slope with :math:`|1 - \alpha| <` tolerance counts as linear and is frozen.
+      tolerance: in [0, 1): a slope with :math:`|1 - \alpha| <` tolerance counts as linear and is
+        frozen.
       mode: `"proximal"` or `"subgradient"`, as in `prelu_sparsity_prior`.
       power: :math:`p`, 1 (L1) or 0.5 (the square-root form).
       max_strength: :math:`\lambda_{max}`, a cap on :math:`\lambda` (and on the integral's wind-up).
@@ -142,6 +143,12 @@ def prelu_sparsity_controller(
     Returns:
       An `optax.GradientTransformationExtraArgs`; its state is a `PReLUControllerState` (read it
       with `optax.tree_utils.tree_get(state, "num_frozen")` and `tree_get(state, "strength")`).
+
+    Raises:
+      ValueError: an unknown `mode` or `power`, not exactly one of `target` and `target_count`, no
+        `learning_rate`, or an argument given as a number outside what it allows (`target` outside
+        [0, 1], a negative `target_count`, `learning_rate`, `init_strength` or `gain`, `min_rate`
+        outside [0, 1], `tolerance` outside [0, 1), `max_strength` <= 0).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -176,6 +183,15 @@ def prelu_sparsity_controller(
         raise ValueError("learning_rate is required: the LR of the chain, which scales the prior")
     if not max_strength > 0:
         raise ValueError(f"max_strength={max_strength!r} must be > 0")
+    check_numbers(
+        target=target,
+        target_count=target_count,
+        learning_rate=learning_rate,
+        init_strength=init_strength,
+        gain=gain,
+        min_rate=min_rate,
+        tolerance=tolerance,
+    )
 
     def init_fn(params):
         frozen = _layers.tree_map(lambda p: jnp.zeros_like(p, dtype=bool), params)

@@ -145,6 +145,26 @@ def sparsity_step(
     return new_updates, frozen, num
 
 
+# What the prior's and the controller's numeric arguments allow: (test, the words for it).
+ALLOWED = {
+    "strength": (lambda x: x >= 0, "a number >= 0 (the prior's weight; 0 is no prior)"),
+    "init_strength": (lambda x: x >= 0, "a number >= 0 (the prior's weight at the first step)"),
+    "learning_rate": (lambda x: x >= 0, "a number >= 0 (the chain's LR)"),
+    "tolerance": (lambda x: 0 <= x < 1, "a number in [0, 1) (a slope this close to 1 is made linear)"),
+    "target": (lambda x: 0 <= x <= 1, "a fraction in [0, 1] (the share of slopes kept nonlinear)"),
+    "target_count": (lambda x: x >= 0, "a number >= 0 (the count of slopes kept nonlinear)"),
+    "gain": (lambda x: x >= 0, "a number >= 0 (the integral's rate per update)"),
+    "min_rate": (lambda x: 0 <= x <= 1, "a number in [0, 1] (the floor on the share left)"),
+}
+
+
+def check_numbers(**values: Any) -> None:
+    """A one-line ValueError for an argument given as a number outside what `ALLOWED` says (schedules
+    and arrays are not checked: they cannot be read at construction)."""
+    for name, value in values.items():
+        _layers.check_number(name, value, *ALLOWED[name])
+
+
 def prelu_sparsity_prior(
     strength: optax.ScalarOrSchedule,
     learning_rate: optax.ScalarOrSchedule,
@@ -173,15 +193,19 @@ def prelu_sparsity_prior(
     coupled decay pulls them toward 0, i.e. toward ReLU, against the prior.
 
     Args:
-      strength: :math:`\lambda`, a number or a schedule of the step (e.g. zero until epoch k).
-      learning_rate: :math:`\eta_t`, the LR of the chain (number or schedule) that scales the prior.
-      tolerance: a slope with :math:`|1 - \alpha| <` tolerance counts as linear and is frozen.
+      strength: :math:`\lambda \ge 0`, a number or a schedule of the step (e.g. zero until epoch k).
+      learning_rate: :math:`\eta_t \ge 0`, the LR of the chain (number or schedule) that scales the prior.
+      tolerance: in [0, 1): a slope with :math:`|1 - \alpha| <` tolerance counts as linear and is frozen.
       mode: `"proximal"` or `"subgradient"`.
       power: :math:`p`, 1 (L1) or 0.5 (the square-root form).
 
     Returns:
       An `optax.GradientTransformationExtraArgs`; its state is a `PReLUPriorState`
       (read the count of linear units with `optax.tree_utils.tree_get(state, "num_frozen")`).
+
+    Raises:
+      ValueError: an unknown `mode` or `power`, or an argument given as a number outside what it
+        allows (a negative `strength` or `learning_rate`, a `tolerance` outside [0, 1)).
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -207,6 +231,7 @@ def prelu_sparsity_prior(
         raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
     if power not in POWERS:
         raise ValueError(f"power={power!r} is not supported; allowed: 1.0 (L1) or 0.5")
+    check_numbers(strength=strength, learning_rate=learning_rate, tolerance=tolerance)
 
     def init_fn(params):
         frozen = _layers.tree_map(lambda p: jnp.zeros_like(p, dtype=bool), params)

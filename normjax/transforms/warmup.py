@@ -92,7 +92,7 @@ def scale_by_critical_lr(
     `optax.trace`, :math:`a_l` is measured on the momentum buffer (the step actually taken).
 
     Args:
-      learning_rate: the target LR :math:`\eta_{target}`, a number or a schedule of the step.
+      learning_rate: the target LR :math:`\eta_{target} \ge 0`, a number or a schedule of the step.
       scale_invariant_mask: a pytree of bools over the params (or a callable params -> it), True
         at the scale-invariant kernels whose ELRs set :math:`\eta_{crit}`.
       layer_axes: per leaf, the leading axes that index stacked layers (see
@@ -117,6 +117,8 @@ def scale_by_critical_lr(
       Mehmeti-Göpel & Wand, `Spreads in Effective Learning Rates: The Perils of Batch
       Normalization During Early Training`, 2023 (arXiv:2306.00700).
     """
+
+    _layers.check_number("learning_rate", learning_rate, lambda x: x >= 0, "a number >= 0 (the target LR)")
 
     def init_fn(params):
         del params
