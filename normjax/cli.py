@@ -338,6 +338,8 @@ def format_summary(summary: dict, rundir: str | os.PathLike) -> str:
       600/600 steps (12 epochs) in 1 min 23 s
       run directory: /tmp/r20 (summary.json, metrics.jsonl, checkpoints/)
     """
+    from normjax.training.rundir import RunDir
+
     path = Path(rundir).absolute()
     status = str(summary.get("status", "unknown"))
     if summary.get("already"):
@@ -357,7 +359,7 @@ def format_summary(summary: dict, rundir: str | os.PathLike) -> str:
         wall = _number(summary.get("wall_time"))
         lines.append(progress + (f" in {format_duration(wall)}" if wall is not None else ""))
     lines.append(f"run directory: {path} (summary.json, metrics.jsonl, checkpoints/)")
-    figures = path / "figures"
+    figures = RunDir(path).figures
     if figures.is_dir() and any(figures.iterdir()):
         lines.append(f"figures: {figures}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from normjax.training.rundir import RunDir
 def test_url_workdirs_are_not_rewritten():
     run = RunDir("gs://bucket/sweeps/lr/run-1")
     assert str(run.path) == "gs://bucket/sweeps/lr/run-1"
-    assert str(run.summary) == "gs://bucket/sweeps/lr/run-1/summary.json"
+    assert str(run.summary_path) == "gs://bucket/sweeps/lr/run-1/summary.json"
     assert str(run.checkpoints) == "gs://bucket/sweeps/lr/run-1/checkpoints"
     assert str(RunLock("gs://bucket/sweeps/lr/run-1").path) == "gs://bucket/sweeps/lr/run-1/lock"
     assert str(as_path("gs://bucket/sweeps/lr") / "pretrain" / "base-1") == "gs://bucket/sweeps/lr/pretrain/base-1"

@@ -42,6 +42,7 @@ from normjax.sweep.results import (
     sweep_name,
     varied_keys,
 )
+from normjax.training.rundir import SweepDir
 
 Y_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "final_batch_loss", "wall_time")
 
@@ -216,4 +217,4 @@ def plot_sweep(
     fig.suptitle(sweep_name(path, meta))
 
     stem = f"{y}_vs_{short[x_key]}" + (f"_by_{short[hue_key]}" if hue_key else "")
-    return save(fig, path / "plots", stem)
+    return save(fig, SweepDir(path).plots, stem)

@@ -24,6 +24,7 @@ import numpy as np
 
 from normjax.errors import UserError
 from normjax.paths import as_path
+from normjax.training.rundir import RunDir, SweepDir
 
 STATUSES = ("done", "diverged", "failed", "missing", "running", "interrupted")
 # Final metrics a run row carries (from summary.json, plus `final_batch_loss` from metrics.jsonl).
@@ -31,7 +32,6 @@ SUMMARY_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy",
 METRICS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "final_batch_loss", "wall_time", "step")
 # Metrics only meaningful once a run has finished; running/failed runs report just step/wall_time.
 FINAL_ONLY = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-_TAIL_BYTES = 16 * 1024
 
 
 def load_sweep(sweep_dir: str | os.PathLike) -> tuple[Path, dict]:
@@ -42,20 +42,20 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[Path, dict]:
       >>> meta["varied"]  # doctest: +SKIP
       ['model.depth', 'model.shortcut', 'train.seed']
     """
-    path = as_path(sweep_dir)
-    manifest = path / "sweep.json"
-    if not manifest.is_file():
+    sweep = SweepDir(sweep_dir)
+    manifest = sweep.manifest_path
+    if not sweep.is_sweep():
         raise UserError(
             f"{str(sweep_dir)!r} is not a sweep directory (no sweep.json); give the --workdir of a normjax sweep"
         )
     try:
-        meta = json.loads(manifest.read_text())
+        meta = sweep.read_manifest()
     except (OSError, ValueError) as e:
         raise UserError(f"{str(manifest)!r} is not readable JSON ({e}); rerun the sweep to rewrite it") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("runs"), list):
         raise UserError(f"{str(manifest)!r} has no 'runs' list; give the --workdir of a normjax sweep")
     meta.setdefault("varied", [])
-    return path, meta
+    return sweep.path, meta
 
 
 def sweep_name(sweep_dir: Path, meta: dict) -> str:
@@ -139,41 +139,11 @@ def _number(v: Any) -> int | float | None:
     return None
 
 
-def _last_logged_loss(path: Path) -> float | None:
-    """The `loss` of the last complete line of metrics.jsonl, reading only the file's tail.
-
-    The tail grows until it holds a parseable line with a loss, since rows with many per-layer
-    norms can be several KB long; a torn last line (a killed writer) is skipped.
-    """
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            span = _TAIL_BYTES
-            while True:
-                start = max(0, size - span)
-                f.seek(start)
-                lines = f.read(size - start).splitlines()
-                if start > 0:
-                    lines = lines[1:]  # the first line of a tail is most likely cut
-                for line in reversed(lines):
-                    try:
-                        row = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(row, dict) and "loss" in row:
-                        return _number(row["loss"])
-                if start == 0:
-                    return None
-                span *= 4
-    except OSError:
-        return None
-
-
-def _live(rundir: os.PathLike) -> bool:
+def _live(run: RunDir) -> bool:
     """Whether a live process holds the run's lock (it is training now)."""
     from normjax.training.lock import RunLock  # only for running runs: results stay light
 
-    return RunLock(rundir).live()
+    return RunLock(run.path).live()
 
 
 def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> list[dict]:
@@ -203,6 +173,7 @@ def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> li
       ('done', 8, 0.93)
     """
     path, meta = load_sweep(sweep_dir)
+    sweep = SweepDir(path)
     varied = list(meta["varied"])
     rows, configs = [], []
     for run in meta["runs"]:
@@ -212,15 +183,15 @@ def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> li
         row.update({k: overrides.get(k) for k in varied})
         row.update({m: None for m in SUMMARY_METRICS})
         row.update(final_batch_loss=None, error=None, message=None)
-        rundir = path / name
+        run_dir = sweep.run(name)
         try:
-            summary = json.loads((rundir / "summary.json").read_text()) if name else None
+            summary = run_dir.read_summary() if name else None
         except (OSError, ValueError):
             summary = None  # summaries are written atomically, so an unreadable one means not started
         if isinstance(summary, dict):
             status = summary.get("status")
             row["status"] = status if status in STATUSES else "failed"
-            if row["status"] == "running" and not _live(rundir):
+            if row["status"] == "running" and not _live(run_dir):
                 row["status"] = "interrupted"  # killed: its summary never got to say so
             for m in SUMMARY_METRICS:
                 if m in FINAL_ONLY and row["status"] != "done":
@@ -230,7 +201,7 @@ def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> li
                 row["error"] = str(summary.get("error") or f"unknown status {status!r} in summary.json")
             if row["status"] in ("diverged", "interrupted"):
                 row["message"] = str(summary.get("message", ""))
-            row["final_batch_loss"] = _last_logged_loss(rundir / "metrics.jsonl")
+            row["final_batch_loss"] = _number(run_dir.last_metric("loss"))  # the last logged batch loss
             # Values the run's metric hooks summarized (normjax.metrics.register_metric(summary=...)).
             row.update(
                 {
@@ -240,7 +211,7 @@ def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> li
                 }
             )
         rows.append(row)
-        configs.append(_run_config(rundir) if name else None)
+        configs.append(_run_config(run_dir) if name else None)
     # A run not started has no config.json yet; its own --set values are known from sweep.json.
     sets = [_set_values(run) for run in meta["runs"]]
     extra = separating_keys(rows, configs, varied, over, _set_keys(meta), sets)
@@ -265,10 +236,10 @@ def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _run_config(rundir: Path) -> dict[str, Any] | None:
-    """The run's config.json, flat; a warm start from the sweep's own base run reads `pretrain`."""
+def _run_config(run: RunDir) -> dict[str, Any] | None:
+    """The run's config as written, flat; a warm start from the sweep's own base run reads `pretrain`."""
     try:
-        cfg = json.loads((rundir / "config.json").read_text())
+        cfg = run.read_config(as_written=True)
     except (OSError, ValueError):
         return None
     if not isinstance(cfg, dict):
@@ -279,7 +250,7 @@ def _run_config(rundir: Path) -> dict[str, Any] | None:
     if (
         isinstance(start, str)
         and start
-        and Path(start).parent.name == "pretrain"
+        and Path(start).parent.name == SweepDir.PRETRAIN
         and Path(start).name.startswith("base-")
     ):
         flat["train.init_from"] = "pretrain"
@@ -494,6 +465,7 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
           8  false     0.9312 ± 0.0040  ...  3/3 done
     """
     path, meta = load_sweep(sweep_dir)
+    sweep = SweepDir(path)
     rows = collect(path, over=over)
     keys = varied_keys(rows) or list(meta["varied"])
     over_key = resolve_over(over, keys)
@@ -503,8 +475,8 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
     extra = hook_metrics(rows)
     run_cols = ["name", "status", *keys, *SUMMARY_METRICS, "final_batch_loss", *extra, "error", "message"]
     agg_cols = [*by, "n", "runs", *STATUSES] + [f"{m}_{s}" for m in (*METRICS, *extra) for s in ("mean", "std")]
-    write_csv(path / "results.csv", rows, run_cols)
-    write_csv(path / "results_agg.csv", agg, agg_cols)
+    write_csv(sweep.results_path, rows, run_cols)
+    write_csv(sweep.results_agg_path, agg, agg_cols)
 
     short = short_names(keys)
     shown = ("test_accuracy", "test_loss", "train_accuracy", *extra)
@@ -530,5 +502,5 @@ def report(sweep_dir: str | os.PathLike, over: str | None = "train.seed", max_er
         lines += [f"  {r['name']}: {r['error']}" for r in failed[:max_errors]]
         if len(failed) > max_errors:
             lines.append(f"  ... and {len(failed) - max_errors} more (see results.csv)")
-    lines += ["", f"wrote {path / 'results.csv'} and {path / 'results_agg.csv'}"]
+    lines += ["", f"wrote {sweep.results_path} and {sweep.results_agg_path}"]
     return "\n".join(lines)

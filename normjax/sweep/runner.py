@@ -33,13 +33,12 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
     raise missing_extra(e, __name__) from None
 
 from normjax.parallel import decide, is_writer, maybe_initialize_distributed
-from normjax.paths import as_path
 from normjax.sweep.spec import RunSpec, expand, merge_manifest
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
 from normjax.training.lock import Heartbeat, RunLock
 from normjax.training.loop import FINISHED, config_diff, program_for, train_group
-from normjax.training.rundir import RunDir, read_json, write_json
+from normjax.training.rundir import RunDir, SweepDir
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -95,7 +94,7 @@ def _groups(runs: list[RunSpec], workdir, group_size: int) -> tuple[list[list[st
             failed[r.name] = _error_text(e)
             continue
         programs[id(program)] = program
-        ckpt_dir = workdir / r.name / "checkpoints"
+        ckpt_dir = RunDir(workdir / r.name).checkpoints
         step = Checkpointer(ckpt_dir, read_only=True).latest_step() if ckpt_dir.is_dir() else None
         keyed.setdefault((id(program), step or 0), []).append(r)
     out, notes = [], []
@@ -120,11 +119,11 @@ def _error_text(e: BaseException) -> str:
 
 
 def _fail(run_dir: RunDir, e: BaseException | str) -> dict:
-    """Record a run as failed (process 0 writes `summary.json` and `error.txt`)."""
+    """Record a run as failed (process 0 writes its summary and its traceback, `RunDir.write_error`)."""
     summary = {"status": "failed", "error": e if isinstance(e, str) else _error_text(e)}
     if is_writer():
         run_dir.path.mkdir(parents=True, exist_ok=True)
-        (run_dir.path / "error.txt").write_text(e if isinstance(e, str) else "".join(traceback.format_exception(e)))
+        run_dir.write_error(e if isinstance(e, str) else "".join(traceback.format_exception(e)))
         run_dir.write_summary(summary)
     return summary
 
@@ -161,7 +160,8 @@ def run_sweep(
     mine = [r for k, r in enumerate(runs) if k % n == i]
     bases = list({r.base.name: r.base for r in runs if r.base is not None}.values())
     check_datasets(mine + bases)
-    workdir = as_path(workdir or Path("runs") / Path(spec).stem)
+    sweep = SweepDir(workdir or Path("runs") / Path(spec).stem)
+    workdir = sweep.path
     new = {
         "spec": str(spec),
         "size": size,
@@ -177,8 +177,7 @@ def run_sweep(
             raise UserError(
                 f"workdir {str(workdir)!r} is not writable ({e.strerror}); give a writable --workdir"
             ) from None
-        old = read_json(workdir / "sweep.json") if (workdir / "sweep.json").exists() else None
-        write_json(workdir / "sweep.json", merge_manifest(old, new))
+        sweep.write_manifest(merge_manifest(sweep.read_manifest(), new))
 
     decide(write_manifest)
     # Runs sharing another's config are symlinks to it; a bucket has no symlinks: trained again.
@@ -187,7 +186,7 @@ def run_sweep(
     mine = [r for r in mine if r not in aliases]
     decide(lambda: _link_aliases(aliases, workdir))
     if bases:  # base runs first (this shard's share); then the runs that start from them
-        base_dir = workdir / "pretrain"
+        base_dir = sweep.pretrain
         # A base another shard trains and has not finished yet: its dependents fail with the
         # warm start's one-line error and train when the sweep is run again.
         _train_runs(
@@ -200,7 +199,7 @@ def run_sweep(
         mine = [_from_base(r, base_dir) for r in mine]
     results = _train_runs(mine, workdir, group_size, progress, Path(spec).stem, total=len(runs), shard=shard)
     for r in aliases:  # their summaries are those of the runs they share
-        s = results.get(r.same_as) or RunDir(workdir / r.name).read_summary()
+        s = results.get(r.same_as) or sweep.run(r.name).read_summary()
         if s is not None:
             results.setdefault(r.name, s)
     return results
@@ -241,7 +240,7 @@ def _plan(mine: list[RunSpec], workdir, group_size: int) -> dict:
     finished, todo, resuming = {}, [], 0
     for r in mine:
         d = RunDir(workdir / r.name)
-        if d.config.exists():
+        if d.is_run():
             diff = config_diff(d.read_config(), r.config)
             if diff:
                 raise UserError(

@@ -19,7 +19,8 @@ import socket
 import threading
 import time
 
-from normjax.paths import as_path, is_remote
+from normjax.paths import is_remote
+from normjax.training.rundir import RunDir
 
 HEARTBEAT_S = 30.0
 STALE_S = 600.0
@@ -44,7 +45,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = as_path(run_dir) / "lock"
+        self.path = RunDir(run_dir).lock_path
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
 
     def owner_text(self) -> str:
@@ -81,8 +82,9 @@ class RunLock:
                 if not self._stale():
                     return False
                 try:  # take over: exactly one contender's rename succeeds
-                    os.rename(self.path, self.path.with_name(f"lock.stale.{os.getpid()}"))
-                    os.unlink(self.path.with_name(f"lock.stale.{os.getpid()}"))
+                    stale = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
+                    os.rename(self.path, stale)
+                    os.unlink(stale)
                 except FileNotFoundError:
                     pass
                 continue

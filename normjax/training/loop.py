@@ -39,13 +39,12 @@ from normjax.parallel import (
     maybe_initialize_distributed,
     replicated,
 )
-from normjax.paths import as_path
 from normjax.training.checkpoint import Checkpointer, read_latest_items
 from normjax.training.inputs import MemoryInput, StreamInput, chunk_sizes, input_for, state_array, state_template
 from normjax.training.lock import Heartbeat, RunLock
 from normjax.training.program import Program, TrainState, get_program, static_key
 from normjax.training.progress import Progress
-from normjax.training.rundir import RunDir, write_json
+from normjax.training.rundir import RunDir
 
 EXIT_DIVERGED = 3
 FINISHED = ("done", "diverged")
@@ -144,10 +143,9 @@ def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
             "train.init_from='pretrain' names a sweep's base run: it works inside `normjax sweep` "
             "with a 'pretrain' entry; give a run directory here"
         )
-    src = as_path(source)
     abstract = program.abstract_state()
     templates = {"params": abstract.params, "batch_stats": abstract.batch_stats}
-    restored = read_latest_items(src / "checkpoints", templates)  # read-only: the source may still train
+    restored = read_latest_items(RunDir(source).checkpoints, templates)  # read-only: the source may still train
     if restored is None:
         raise UserError(
             f"train.init_from={source!r} holds no checkpoint that fits this model; "
@@ -237,7 +235,7 @@ def train_group(
     maybe_initialize_distributed()
     if len(cfgs) != len(workdirs):
         raise ValueError(f"{len(cfgs)} configs for {len(workdirs)} workdirs")
-    runs = [_Run(c, RunDir(as_path(w))) for c, w in zip(cfgs, workdirs)]
+    runs = [_Run(c, RunDir(w)) for c, w in zip(cfgs, workdirs)]
     for r, s in zip(runs, decide(lambda: [_finished(run) for run in runs])):
         r.summary = s
     active = [r for r in runs if r.summary is None]
@@ -287,8 +285,8 @@ def _locks(runs: list[_Run]) -> Iterator[None]:
 def _finished(r: _Run) -> dict | None:
     """The summary of a finished run with this config (marked `already`), None to train it; a
     finished or unfinished run with another config is refused. Runs on process 0."""
-    old = r.dir.read_summary() if r.dir.summary.exists() else None
-    if r.dir.config.exists():
+    old = r.dir.read_summary()
+    if r.dir.is_run():
         diff = config_diff(r.dir.read_config(), r.cfg)
         if diff:
             state = old.get("status", "unfinished") if old else "unfinished"
@@ -348,9 +346,8 @@ def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainSta
     for r in active:
         if is_writer():
             r.dir = RunDir.create(r.dir.path)
-            write_json(r.dir.config, r.cfg)
-            write_json(
-                r.dir.layers,
+            r.dir.write_config(r.cfg)
+            r.dir.write_layers(
                 [
                     {
                         "name": l.name,
@@ -361,7 +358,7 @@ def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainSta
                     for l in program.layers
                 ],
             )
-            write_json(r.dir.graph, program.graph.to_json())
+            r.dir.write_graph(program.graph)
         r.ckpt = Checkpointer(r.dir.checkpoints, keep=r.cfg["checkpoint"]["keep"])
         restored = restore_state(r.ckpt, program)
         if restored:
@@ -557,7 +554,7 @@ def read_run(rundir: str | os.PathLike) -> tuple[dict, Input, Program, int, dict
     Raises UserError (one line) when `rundir` is no run directory or holds no checkpoint.
     """
     run = RunDir(rundir)
-    if not run.config.exists():
+    if not run.is_run():
         raise UserError(f"{str(run.path)!r} is not a run directory (no config.json)")
     cfg = with_defaults(run.read_config())
     inp = input_for(cfg)

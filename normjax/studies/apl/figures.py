@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
 
 from normjax.figures import figure, save
 from normjax.sweep.results import collect, write_csv
+from normjax.training.rundir import RunDir, SweepDir
 
 TASK, REGIME, BASELINE = "data.task", "train.regime", "model.baseline"
 
@@ -96,25 +96,17 @@ def _baseline_rows(baselines: Path | None) -> list[dict]:
     rows = [r for r in collect(baselines) if r["status"] == "done" and r.get("test_accuracy") is not None]
     for r in rows:  # a plain ReLU net's APL is its depth when the hook was not logged
         if r.get("apl") is None:
-            r["apl"] = float(json.loads((baselines / r["name"] / "config.json").read_text())["model"]["depth"])
+            r["apl"] = float(SweepDir(baselines).run(r["name"]).read_config()["model"]["depth"])
     return rows
 
 
-def _profile(rundir: Path) -> tuple[list[str], np.ndarray] | None:
+def _profile(run: RunDir) -> tuple[list[str], np.ndarray] | None:
     """Layer names and the last logged per-layer nonlinear fraction of a run, or None."""
-    names = (
-        [n["name"] for n in json.loads((rundir / "graph.json").read_text()) if n["act"] in ("relu", "prelu")]
-        if (rundir / "graph.json").is_file()
-        else None
-    )
-    last = None
-    if (rundir / "metrics.jsonl").is_file():
-        for line in (rundir / "metrics.jsonl").read_text().splitlines():
-            if '"nl_fraction"' in line:
-                last = line
-    if names is None or last is None:
+    graph = run.read_graph()
+    last = run.last_metric("nl_fraction")
+    if graph is None or last is None:
         return None
-    return names, np.asarray(json.loads(last)["nl_fraction"], float)
+    return graph.names(), np.asarray(last, float)
 
 
 def _baselines(ax, task: str, rows: list[dict], xlabel: str) -> None:
@@ -145,15 +137,16 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
       The written files (PNG and PDF per figure, and `apl_table.csv`).
     """
     sweep = Path(sweep).expanduser()
-    if not (sweep / "sweep.json").is_file():
+    sweep_dir = SweepDir(sweep)
+    if not sweep_dir.is_sweep():
         raise UserError(f"{str(sweep)!r} is not a sweep directory (no sweep.json)")
     base_dir = None if baselines is None else Path(baselines).expanduser()
-    if base_dir is not None and not (base_dir / "sweep.json").is_file():
+    if base_dir is not None and not SweepDir(base_dir).is_sweep():
         raise UserError(f"--baselines {str(base_dir)!r} is not a sweep directory (no sweep.json)")
     rows = _done(collect(sweep))
     if not rows:
         raise UserError(f"{str(sweep)!r} has no finished run that logged the apl hook (log.metrics=['apl'])")
-    out = Path(out) if out else sweep / "figures"
+    out = Path(out) if out else Path(sweep_dir.figures)
     base_rows = _baseline_rows(base_dir)
     tasks = _groups(rows, TASK)
     base_tasks = _groups(base_rows, TASK)
@@ -177,7 +170,7 @@ def apl_figures(sweep: str | Path, baselines: str | Path | None = None, out: str
     norm = Normalize(0, max(float(r["apl"]) for r in rows) or 1.0)
     for ax, (task, trs) in zip(axes[0], tasks.items()):
         for r in sorted(trs, key=lambda r: r["apl"]):
-            prof = _profile(sweep / r["name"])
+            prof = _profile(sweep_dir.run(r["name"]))
             if prof is None:
                 continue
             names, frac = prof

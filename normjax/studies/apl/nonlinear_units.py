@@ -71,11 +71,14 @@ def format_report(r: dict) -> str:
 
 def run_dirs(path: Path) -> list[Path]:
     """A run directory itself, or the run directories of a sweep directory (sweep.json order)."""
-    if (path / "sweep.json").is_file():
+    from normjax.training.rundir import SweepDir
+
+    sweep = SweepDir(path)
+    if sweep.is_sweep():
         from normjax.sweep.results import load_sweep
 
         _, meta = load_sweep(path)
-        return [path / r["name"] for r in meta["runs"] if (path / r["name"] / "checkpoints").is_dir()]
+        return [path / r["name"] for r in meta["runs"] if sweep.run(r["name"]).checkpoints.is_dir()]
     return [path]
 
 

@@ -35,7 +35,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from pathlib import Path
@@ -46,6 +45,7 @@ from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.studies.report import fmt, mean_std, sweep_rows, write_report
 from normjax.sweep.results import collect
+from normjax.training.rundir import RunDir, SweepDir
 
 JSON_NAME = "apl_report.json"
 TASK, REGIME, SEED, BASELINE = "data.task", "train.regime", "train.seed", "model.baseline"
@@ -97,18 +97,18 @@ def _setting_key(rows: list[dict], sweep: Path) -> str:
 
 def _base_runs(sweep: Path, rows: list[dict]) -> dict[tuple[str, int], dict]:
     """{(task, seed): base run summary} from the after-training runs' warm starts."""
-    out = {}
+    out, sweep_dir = {}, SweepDir(sweep)
     for r in rows:
-        cfg_path = sweep / r["name"] / "config.json"
-        if not cfg_path.is_file():
+        run = sweep_dir.run(r["name"])
+        if not run.is_run():
             continue
-        start = json.loads(cfg_path.read_text())["train"]["init_from"]
+        start = run.read_config(as_written=True)["train"]["init_from"]
         if not start:
             continue
         # the path the run was given, else the same base run in this (moved) sweep directory
-        found = [p for p in (Path(start), sweep / "pretrain" / Path(start).name) if (p / "summary.json").is_file()]
+        found = [d for d in (RunDir(start), sweep_dir.base_run(Path(start).name)) if d.summary_path.is_file()]
         if found:
-            s = json.loads((found[0] / "summary.json").read_text())
+            s = found[0].read_summary()
             if s.get("status") == "done":
                 out[(str(r[TASK]), int(r[SEED] or 0))] = s
     return out
@@ -171,7 +171,7 @@ def _baseline_curves(baselines: Path | None) -> dict[str, dict[str, list[dict]]]
     """{task: {kind: rows}} of the finished baseline runs."""
     if baselines is None:
         return {}
-    if not (baselines / "sweep.json").is_file():
+    if not SweepDir(baselines).is_sweep():
         raise UserError(f"--baselines {str(baselines)!r} is not a sweep directory (no sweep.json)")
     out: dict[str, dict[str, list[dict]]] = {}
     for r in collect(baselines):

@@ -15,9 +15,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from normjax.sweep.results import (
     sweep_name,
     varied_keys,
 )
-from normjax.training.rundir import RunDir
+from normjax.training.rundir import RunDir, SweepDir
 
 # Per-layer metrics a run figure can show (all positive, hence log scales); `cos_gw` is signed and left out.
 LAYER_KEYS = {
@@ -147,25 +147,18 @@ class ElrRun:
         return run_title(self.config, self.summary)
 
 
-def _read_json(path: Path, default: Any) -> Any:
+def _read_optional(read: Callable[[], Any], default: Any) -> Any:
+    """What `read` returns; `default` when the file is unreadable."""
     try:
-        return json.loads(path.read_text())
+        return read()
     except (OSError, ValueError):
         return default
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _read_rows(run: RunDir) -> list[dict]:
     """metrics.jsonl rows by step (the last row of a repeated step wins); a torn line is skipped."""
     by_step: dict[float, dict] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
+    for row in _read_optional(lambda: list(run.read_metrics()), []):
         if isinstance(row, dict) and math.isfinite(_float(row.get("step"))):
             by_step[_float(row["step"])] = row
     return [by_step[s] for s in sorted(by_step)]
@@ -187,19 +180,17 @@ def read_run(rundir: str | os.PathLike) -> ElrRun:
       (420, 55)
     """
     path = Path(rundir).expanduser().absolute()
-    if not (path / "config.json").is_file():
+    run = RunDir(path)
+    if not run.is_run():
         raise UserError(f"{str(rundir)!r} is not a run directory (no config.json); give a normjax run directory")
-    rows = _read_rows(path / "metrics.jsonl")
-    layers = _read_json(path / "layers.json", None)
+    rows = _read_rows(run)
+    layers = _read_optional(run.read_layers, None)
     if not isinstance(layers, list):
         width = next((len(v) for r in rows for v in [r.get("elr")] if isinstance(v, list)), 0)
         layers = [{"name": f"layer {i}", "depth": i, "scale_invariant": True} for i in range(width)]
     order = sorted(range(len(layers)), key=lambda i: (_float(layers[i].get("depth", i)), i))
-    try:
-        config = RunDir(path).read_config()
-    except (OSError, ValueError):
-        config = {}
-    return ElrRun(path, config, _read_json(path / "summary.json", {}) or {}, layers, rows, order)
+    config = _read_optional(run.read_config, {})
+    return ElrRun(path, config, _read_optional(run.read_summary, {}) or {}, layers, rows, order)
 
 
 def run_title(config: dict, summary: dict | None = None) -> str:
@@ -305,7 +296,7 @@ def run_figures(
         raise UserError(
             f"run {str(run.path)!r} logged no finite {key!r}; logged per-layer metrics: {', '.join(logged) or 'none'}"
         )
-    out_dir = Path(out).expanduser() if out is not None else run.path / "figures"
+    out_dir = Path(out).expanduser() if out is not None else RunDir(run.path).figures
     return (
         _heatmap_figure(run, values, key, out_dir)
         + _layer_lines_figure(run, values, key, out_dir)
@@ -456,9 +447,9 @@ def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | N
     if hue_key == over_key:
         over_key = None  # colouring by the seed itself: every run is its own line
     marker_key = next((k for k in keys if k not in (over_key, hue_key)), None)
-    runs = {}
+    runs, sweep = {}, SweepDir(path)
     for r in rows:
-        if r["name"] and (path / r["name"] / "config.json").is_file():
+        if r["name"] and sweep.run(r["name"]).is_run():
             run = read_run(path / r["name"])
             if run.has_elr:
                 _checked_spread_key(run, layers)
@@ -509,7 +500,7 @@ def sweep_figures(
     """
     spread_key(layers)
     s = _load_sweep_runs(sweepdir, hue, over, layers)
-    out_dir = Path(out).expanduser() if out is not None else s.path / "figures"
+    out_dir = Path(out).expanduser() if out is not None else SweepDir(s.path).figures
     suffix = ("" if layers == "all" else f"_{layers}") + (f"_by_{s.short[s.hue]}" if s.hue else "")
     return _sweep_spread_figure(s, out_dir, suffix) + _accuracy_figure(s, out_dir, suffix)
 
@@ -718,11 +709,11 @@ def elr_plot_main(argv: list[str]) -> int:
     )
     args = p.parse_args(argv)
     d = Path(args.dir).expanduser()
-    if (d / "sweep.json").is_file():
+    if SweepDir(d).is_sweep():
         if args.key is not None:
             raise UserError(f"--key {args.key!r} applies to a run directory; {args.dir!r} is a sweep directory")
         paths = sweep_figures(d, out=args.out, hue=args.hue, over=args.over, layers=args.layers)
-    elif (d / "config.json").is_file():
+    elif RunDir(d).is_run():
         if args.hue is not None:
             raise UserError(f"--hue {args.hue!r} applies to a sweep directory; {args.dir!r} is a run directory")
         paths = run_figures(d, out=args.out, key=args.key or "elr", layers=args.layers)

@@ -42,6 +42,7 @@ from normjax.figures import figure, save
 from normjax.metrics import spread_key
 from normjax.studies.elr.figures import read_run, step_axis
 from normjax.sweep.results import write_csv
+from normjax.training.rundir import RunDir, SweepDir
 
 MODELS = ("discrete", "ode")
 BREAK_DEX = math.log10(2.0)  # the constant-base-gradient assumption "breaks" once the median c_l is off by 2x
@@ -253,17 +254,17 @@ def compare_sweep(
     path, meta = load_sweep(sweepdir)
     results, paths, skipped = [], [], []
     for row in collect(path):
-        rundir = path / row["name"]
+        run = SweepDir(path).run(row["name"])
         try:
-            c = compare_run(rundir, model, layers=layers)
+            c = compare_run(run.path, model, layers=layers)
         except UserError as e:
             skipped.append(str(e))  # missing, failed, or no ELR log: the sweep's other runs still count
             continue
-        paths += comparison_figure(c, rundir / "figures", model)
+        paths += comparison_figure(c, run.figures, model)
         results.append((row, c))
     if not results:
         raise UserError(f"no run of {str(sweepdir)!r} can be compared" + (f" (first: {skipped[0]})" if skipped else ""))
-    out = out or path / "figures"
+    out = out or SweepDir(path).figures
     out.mkdir(parents=True, exist_ok=True)
     columns = [
         "run",
@@ -414,7 +415,7 @@ def ode_main(argv: list[str]) -> int:
     if not args.dir:
         raise UserError("give a run or sweep directory, or --simulate")
     d = Path(args.dir).expanduser()
-    if (d / "sweep.json").is_file():
+    if SweepDir(d).is_sweep():
         results, paths = compare_sweep(d, args.model, args.out, args.layers)
         for row, c in results:
             print(
@@ -424,7 +425,7 @@ def ode_main(argv: list[str]) -> int:
     else:
         c = compare_run(d, args.model, args.steps, args.layers)
         print(_report_run(c))
-        paths = comparison_figure(c, args.out or c.path / "figures", args.model)
+        paths = comparison_figure(c, args.out or RunDir(c.path).figures, args.model)
     print("\n".join(str(x) for x in paths))
     return 0
 

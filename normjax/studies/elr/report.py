@@ -42,6 +42,7 @@ from normjax.figures import figure, save
 from normjax.metrics import spread_key
 from normjax.studies.report import fmt, mean_std, sweep_rows, write_report
 from normjax.sweep.results import group_id
+from normjax.training.rundir import SweepDir
 
 JSON_NAME = "elr_report.json"
 DRIFT_YMAX = 3.0  # dex: the base-drift figure's y range
@@ -222,7 +223,7 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
     for sweep in sweeps:
         path, rows = sweep_rows(sweep)
         for row in rows:
-            if not (path / row["name"] / "config.json").is_file():
+            if not SweepDir(path).run(row["name"]).is_run():
                 continue
             run = read_run(path / row["name"])
             o, shortcut = run.config.get("optim", {}), bool(run.config["model"].get("shortcut"))
