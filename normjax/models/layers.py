@@ -156,14 +156,20 @@ def bilinear_jvp(f: Callable) -> Callable:
     return f
 
 
+_DN1 = ("NWC", "WIO", "NWC")
+
+
 @functools.cache
-def _run_conv(strides: tuple, padding: tuple, lhs_dilation: tuple = (1, 1), rhs_dilation: tuple = (1, 1)):
-    """A canonical NHWC/HWIO conv that stays one conv per run under vmap (`vmap_per_slice`),
-    its tangents too (`bilinear_jvp`: forward-over-reverse through `conv`'s backward pass)."""
+def _run_conv(strides: tuple, padding: tuple, lhs_dilation: tuple | None = None, rhs_dilation: tuple | None = None):
+    """A canonical conv (NHWC/HWIO, or NWC/WIO with one stride: 1-D) that stays one conv per run
+    under vmap (`vmap_per_slice`), its tangents too (`bilinear_jvp`: forward-over-reverse through
+    `conv`'s backward pass)."""
+    ones = (1,) * len(strides)
+    dn = _DN if len(strides) == 2 else _DN1
     return bilinear_jvp(
         vmap_per_slice(
             lambda lhs, rhs: jax.lax.conv_general_dilated(
-                lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers=_DN
+                lhs, rhs, strides, padding, lhs_dilation or ones, rhs_dilation or ones, dimension_numbers=dn
             )
         )
     )
@@ -191,6 +197,10 @@ def conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     """
     if plain_autodiff_enabled():
         return _conv(x, w, stride)
+    if x.shape[1] == 1 and w.shape[0] == 1:
+        # A 1-D signal (height 1, a 1 x k kernel): the same conv along the length alone, in XLA:CPU's
+        # 1-D form, faster than the 2-D one (benchmarks/RESULTS.md); a height of 1 stays 1.
+        return _fast_conv(x[:, 0], w[0], stride)[:, None]
     return _fast_conv(x, w, stride)
 
 
@@ -213,26 +223,32 @@ def _fast_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
 
 def _conv_fwd(x, w, stride):
     # The ops themselves, not `_fast_conv`: an outer jvp (a Hessian-vector product) traces this
-    # function, and a custom_vjp call here would refuse it.
-    return _run_conv((stride, stride), same_padding(w))(x, w), (x, w)
+    # function, and a custom_vjp call here would refuse it. Rank-generic: x [B, *spatial, C] and
+    # w [*taps, Cin, Cout] with one or two spatial axes.
+    n = w.ndim - 2
+    pads = tuple(((k - 1) // 2, (k - 1) // 2) for k in w.shape[:n])
+    return _run_conv((stride,) * n, pads)(x, w), (x, w)
 
 
 def _conv_bwd(stride, res, g):
     x, w = res
-    s = stride
+    s, n = stride, w.ndim - 2
     dx_pads, dw_pads = [], []
-    for axis in (0, 1):  # per spatial axis: kernel taps, padding, input and output sizes
+    for axis in range(n):  # per spatial axis: kernel taps, padding, input and output sizes
         k, h, ho = w.shape[axis], x.shape[axis + 1], g.shape[axis + 1]
         p = (k - 1) // 2
         extra = h + 2 * p - ((ho - 1) * s + k)  # input rows the forward window never reached
         dx_pads.append((k - 1 - p, k - 1 - p + extra))
         dw_pads.append((p, k + (ho - 1) * s - h - p))
     hide = jax.lax.optimization_barrier
+    ones, dilated, spatial = (1,) * n, (s,) * n, tuple(range(1, n + 1))
     # dx: the transposed conv, as a conv of the (stride-dilated) output gradient with the flipped kernel.
-    dx = _run_conv((1, 1), tuple(dx_pads), (s, s))(g, hide(jnp.flip(w, (0, 1)).swapaxes(2, 3)))
-    # dW: a conv with batch and feature swapped, [Cin, H, W, B] * [Ho, Wo, B, Cout] -> [Cin, kh, kw, Cout].
-    dw = _run_conv((1, 1), tuple(dw_pads), (1, 1), (s, s))(hide(x.transpose(3, 1, 2, 0)), hide(g.transpose(1, 2, 0, 3)))
-    return dx, dw.transpose(1, 2, 0, 3)
+    dx = _run_conv(ones, tuple(dx_pads), dilated)(g, hide(jnp.flip(w, tuple(range(n))).swapaxes(n, n + 1)))
+    # dW: a conv with batch and feature swapped, [Cin, *spatial, B] * [*spatial_out, B, Cout] -> [Cin, *taps, Cout].
+    lhs = x.transpose(n + 1, *spatial, 0)
+    rhs = g.transpose(*spatial, 0, n + 1)
+    dw = _run_conv(ones, tuple(dw_pads), ones, dilated)(hide(lhs), hide(rhs))
+    return dx, dw.transpose(*spatial, 0, n + 1)
 
 
 _fast_conv.defvjp(_conv_fwd, _conv_bwd)
