@@ -161,6 +161,17 @@ def _load_digits() -> Dataset:
     return _make_dataset("digits", (images[train], labels[train]), (images[test], labels[test]), 10)
 
 
+def _with_defaults(options: Any, defaults: dict[str, Any], what: str, unknown: str) -> dict[str, Any]:
+    """A built-in source's `options` laid over its `defaults`; one-line UserErrors for a non-dict
+    or an unknown key (`unknown`: the message's start, formatted with `key`)."""
+    if not isinstance(options, dict):
+        raise UserError(f"{what} options {options!r} are not a dict; allowed keys: {', '.join(defaults)}")
+    for key in options:
+        if key not in defaults:
+            raise UserError(unknown.format(key=key) + f"; allowed: {', '.join(defaults)}")
+    return {**defaults, **options}
+
+
 # ---------------------------------------------------------------- mnist1d
 
 
@@ -171,12 +182,7 @@ def _load_mnist1d(options: dict[str, Any]) -> Dataset:
     References:
       Greydanus & Kobak, `Scaling Down Deep Learning with MNIST-1D`, 2024 (arXiv:2011.14439).
     """
-    if not isinstance(options, dict):
-        raise UserError(f"mnist1d options {options!r} are not a dict; allowed keys: {', '.join(MNIST1D_DEFAULTS)}")
-    for key in options:
-        if key not in MNIST1D_DEFAULTS:
-            raise UserError(f"data.mnist1d.{key} is unknown; allowed: {', '.join(MNIST1D_DEFAULTS)}")
-    opts = {**MNIST1D_DEFAULTS, **options}
+    opts = _with_defaults(options, MNIST1D_DEFAULTS, "mnist1d", "data.mnist1d.{key} is unknown")
     num = opts["num_samples"]
     if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 50:
         raise UserError(
@@ -229,12 +235,7 @@ def mnist1d_arrays(num_samples: int = 5000, seed: int = 42) -> dict[str, np.ndar
 
 def _load_synthetic(options: dict[str, Any]) -> Dataset:
     """Validates `options` and generates the synthetic task."""
-    if not isinstance(options, dict):
-        raise UserError(f"synthetic options {options!r} are not a dict; allowed keys: {', '.join(SYNTHETIC_DEFAULTS)}")
-    for key in options:
-        if key not in SYNTHETIC_DEFAULTS:
-            raise UserError(f"synthetic option {key!r} is unknown; allowed: {', '.join(SYNTHETIC_DEFAULTS)}")
-    opts = {**SYNTHETIC_DEFAULTS, **options}
+    opts = _with_defaults(options, SYNTHETIC_DEFAULTS, "synthetic", "synthetic option {key!r} is unknown")
     num_train = _check_int("num_train", opts["num_train"], 1)
     num_test = _check_int("num_test", opts["num_test"], 1)
     num_classes = _check_int("num_classes", opts["num_classes"], 2)
