@@ -1,9 +1,9 @@
 """Masks over a plain parameter pytree: which leaves a transform acts on, chosen by their paths.
 
-A mask is a pytree of bools with the params' structure, as `optax.masked` and the aliases'
-`scale_invariant_mask`, `prelu_mask` and `weight_decay_mask` take. The helpers read only the
-leaves' paths (nested dicts, as `nnx.to_pure_dict` gives, or any pytree), never a model object,
-so they work on concrete arrays and on `jax.ShapeDtypeStruct`s alike. A leaf's path is the tuple
+A mask is a pytree of bools with the structure of the params, as `optax.masked` takes, and the
+`scale_invariant_mask`, `prelu_mask` and `weight_decay_mask` of the aliases. The helpers read only
+the paths of the leaves (nested dicts, as `nnx.to_pure_dict` gives, or any pytree), never a model object,
+so they work on concrete arrays and on `jax.ShapeDtypeStruct` leaves alike. A leaf's path is the tuple
 of its keys as strings: dict keys, sequence indices, attribute names.
 
 Example:
@@ -45,7 +45,7 @@ def path_mask(params: PyTree, predicate: Callable[[tuple[str, ...], Any], Any]) 
     """A mask over `params`: `predicate(path, leaf)` at each leaf, `path` a tuple of strings.
 
     Args:
-      params: the parameter pytree (arrays or `jax.ShapeDtypeStruct`s).
+      params: the parameter pytree (arrays or `jax.ShapeDtypeStruct` leaves).
       predicate: called with each leaf's path (`path_keys`) and the leaf; its truth value is the
         mask's entry.
 
