@@ -395,4 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted: the run resumes from its last checkpoint when started again", file=sys.stderr)
         code = 130
+    except BrokenPipeError:
+        # The reader of our output went away (`normjax fold RUN | head`): stop quietly, as `cat`
+        # does; stdout is pointed at devnull so that the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     sys.exit(code)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 import os
 import traceback
 from pathlib import Path
@@ -174,6 +175,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         value = list(value)
     if type(value) is not kind:
         raise UserError(f"config key {name!r} got {value!r} ({type(value).__name__}); expected {kind.__name__}")
+    # NaN and infinity pass every range check (a comparison with NaN is False) and would train,
+    # diverge and leave a run behind: no config key takes them.
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+        raise UserError(f"config key {name!r} got {value!r}; allowed: finite numbers (not NaN or infinity)")
     return value
 
 

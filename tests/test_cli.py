@@ -89,6 +89,11 @@ def test_train_prints_a_readable_summary_or_json(tmp_path, monkeypatch, capsys, 
         (["optim.prelu_l1=0.1"], ["optim.prelu_l1=0.1", "'sgd'", "sgd_prelu_l1, sgd_prelu_target"]),
         (["optim.elr_reference=geometric_mean"], ["optim.elr_reference", "sgd_uniform_elr"]),
         (["optim.name=sgd_uniform_elr", "optim.prelu_gain=0.1"], ["optim.prelu_gain", "sgd_prelu_target"]),
+        # NaN and infinity pass range checks by comparison; no key takes them
+        (["optim.lr=NaN"], ["'optim.lr' got nan", "finite numbers"]),
+        (["optim.lr=Infinity"], ["'optim.lr' got inf", "finite numbers"]),
+        (["train.epochs=NaN"], ["'train.epochs' got nan", "finite numbers"]),
+        (["optim.milestones=[0.5, NaN]"], ["'optim.milestones' got [0.5, nan]", "finite numbers"]),
     ],
 )
 def test_a_run_nothing_can_train_as_asked_is_one_line_and_creates_nothing(tmp_path, capsys, sets, words):
@@ -110,3 +115,15 @@ def test_keys_every_optimizer_reads_are_never_refused():
         validate(
             merge(DEFAULTS, {"optim": {"name": name, "schedule": "step", "warmup_steps": 5, "prelu_tolerance": 0.05}})
         )
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`normjax fold RUN | head`: the reader goes away while normjax writes; no traceback, exit 0."""
+    import subprocess
+    import sys
+
+    code = (
+        "import normjax.cli as c\ndef run(argv):\n    raise BrokenPipeError(32, 'Broken pipe')\nc.run = run\nc.main([])"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "", p.stderr

@@ -111,7 +111,8 @@ def prelu_sparsity_controller(
     more faithfully, a larger one reaches the target sooner; near the target the integral slows
     with the share left, so the last units take longest. With :math:`\rho = 0` the rate vanishes
     with the share left: the last few units, those the loss holds hardest away from linear, can
-    stall (one unit of 2688 was left after 3 epochs with target 0 in a medium sweep). A rate floor
+    stall short of the target for the rest of the run (seen in the APL study's medium targets
+    sweep: docs/reproduction.md has the numbers). A rate floor
     :math:`\rho > 0` keeps :math:`\lambda` growing by at least :math:`e^{\text{gain}\,\rho}` per
     update until the target is met, so it is met in bounded time (at :math:`\lambda_{max}` any
     slope is thresholded onto 1); the budget still admits the units closest to 1 first. With `gain=0` and a target that allows
