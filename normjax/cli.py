@@ -225,7 +225,11 @@ def run(argv: list[str] | None = None) -> int:
 
         module, fn, _ = STUDY_COMMANDS[argv[0]]
         return getattr(importlib.import_module(module), fn)(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named with the command's own usage (`normjax train FILE --lr 0.1`), not the top level's
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "prepare":  # before the training imports: needs neither jax nor a config
         from normjax.data.prepare import prepare
 

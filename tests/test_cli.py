@@ -127,3 +127,11 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stderr == "", p.stderr
+
+
+def test_an_unknown_option_of_a_command_shows_that_commands_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "experiments/mlp_digits.py", "--lr", "0.1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: normjax train ") and "--set KEY=VALUE" in err
+    assert err.strip().endswith("normjax train: error: unrecognized arguments: --lr 0.1")
