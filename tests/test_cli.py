@@ -94,6 +94,8 @@ def test_train_prints_a_readable_summary_or_json(tmp_path, monkeypatch, capsys, 
         (["optim.lr=Infinity"], ["'optim.lr' got inf", "finite numbers"]),
         (["train.epochs=NaN"], ["'train.epochs' got nan", "finite numbers"]),
         (["optim.milestones=[0.5, NaN]"], ["'optim.milestones' got [0.5, nan]", "finite numbers"]),
+        # a warm start that cannot be read: refused before the run directory is created
+        (["train.init_from=/nonexistent/run"], ["train.init_from='/nonexistent/run'", "no checkpoint"]),
     ],
 )
 def test_a_run_nothing_can_train_as_asked_is_one_line_and_creates_nothing(tmp_path, capsys, sets, words):

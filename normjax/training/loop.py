@@ -136,8 +136,9 @@ def restore_state(ckpt: Checkpointer, program: Program) -> tuple[TrainState, flo
     return state, float(meta["elapsed"]), data
 
 
-def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
-    """Take params and BN statistics from another run's latest checkpoint; keep the new optimizer."""
+def warm_start_items(program: Program, source: str) -> dict:
+    """The params and BN statistics of another run's latest checkpoint, for a warm start (one-line
+    errors: the source has no checkpoint that fits this model)."""
     if source == "pretrain":  # normjax.sweep.spec.PRETRAIN, resolved by the sweep runner
         raise UserError(
             "train.init_from='pretrain' names a sweep's base run: it works inside `normjax sweep` "
@@ -152,7 +153,12 @@ def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
             "give a run directory of the same model that has trained"
         )
     _, it = restored
-    return state.replace(params=it["params"], batch_stats=it["batch_stats"])
+    return {"params": it["params"], "batch_stats": it["batch_stats"]}
+
+
+def warm_start(state: TrainState, program: Program, source: str) -> TrainState:
+    """Take params and BN statistics from another run's latest checkpoint; keep the new optimizer."""
+    return state.replace(**warm_start_items(program, source))
 
 
 def final_metrics(items: dict, evals: dict) -> dict[str, float]:
@@ -189,6 +195,7 @@ class _Run:
     data: np.ndarray | None = None  # the restored input-pipeline state (streamed data)
     diverged_at: int | None = None  # the step whose loss or gradient was non-finite
     reason: str = ""
+    warm: dict | None = None  # the warm start's params and BN statistics (`train.init_from`), read first
 
     @property
     def training(self) -> bool:
@@ -336,7 +343,17 @@ def _prepare(runs: list[_Run]) -> tuple[Input, Program]:
             raise ValueError("a vectorized group needs runs that differ only in traced values")
     if inp.streaming and len(runs) > 1:
         raise ValueError("streamed runs train one at a time (each reads its own batches)")
+    for r in runs:  # a warm start that cannot be read fails here, before its run directory exists
+        source = r.cfg["train"]["init_from"]
+        if source and not _has_checkpoint(r.dir):
+            r.warm = warm_start_items(program, source)
     return inp, program
+
+
+def _has_checkpoint(rundir: RunDir) -> bool:
+    """Whether a run directory holds checkpoints already (then it resumes, and needs no warm start)."""
+    ckpts = rundir.checkpoints
+    return ckpts.exists() and any(True for _ in ckpts.iterdir())
 
 
 def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainState:
@@ -366,8 +383,10 @@ def _open_runs(active: list[_Run], program: Program, announce: bool) -> TrainSta
             r.saved = int(state.step)
         else:
             state = program.init_state(r.cfg)
-            if r.cfg["train"]["init_from"]:
-                state = warm_start(state, program, r.cfg["train"]["init_from"])
+            source = r.cfg["train"]["init_from"]
+            if source:  # read in `_prepare`, unless the directory had checkpoints that did not restore
+                state = state.replace(**(r.warm if r.warm is not None else warm_start_items(program, source)))
+                r.warm = None
         r.start = int(state.step)
         check_same(f"the step {str(r.dir.path)!r} resumes from", r.start)
         if is_writer():
