@@ -245,6 +245,8 @@ def run(argv: list[str] | None = None) -> int:
         workdir = args.workdir or os.path.join("runs", Path(args.config).stem)
         summary = train(cfg, workdir)
         if summary["status"] == "diverged":
+            if args.json:  # a script reads the record whatever the outcome (exit code 3 says diverged)
+                print(json.dumps(_plain(summary)))
             print(f"diverged: {summary['message']} ({workdir})", file=sys.stderr)
             return EXIT_DIVERGED
         print(json.dumps(_plain(summary)) if args.json else format_summary(summary, workdir))

@@ -120,8 +120,19 @@ def test_divergence_stops_cleanly(tmp_path, capsys):
             ]
         )
     assert e.value.code == 3
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("diverged:")
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert err[-1].startswith("diverged:") and captured.out == ""  # readable: the record is the run's summary.json
+    with pytest.raises(SystemExit) as e:  # --json: a script gets the record on stdout all the same
+        main(
+            ["train", "experiments/mlp_digits.py", "--workdir", str(tmp_path / "cli-json"), "--json"]
+            + ["--set", "optim.lr=1e30", "--set", "optim.momentum=0.0"]
+        )
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert e.value.code == 3 and record["status"] == "diverged" and captured.err.strip().startswith("diverged:")
+    stored = json.loads((tmp_path / "cli-json" / "summary.json").read_text())
+    assert record.keys() == stored.keys() and (record["step"], record["reason"]) == (stored["step"], stored["reason"])
 
 
 def test_an_infinite_gradient_with_a_finite_loss_diverges_on_host_and_device_alike(tmp_path):
