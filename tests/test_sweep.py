@@ -417,3 +417,19 @@ def test_runs_stored_before_a_key_was_added_stay_finished(tmp_path):
         del cfg["optim"]["prelu_min_rate"]
         path.write_text(json.dumps(cfg))
     assert run_sweep(spec, workdir=w) == first
+
+
+def test_a_set_on_a_key_the_sweep_varies_is_one_line():
+    """`normjax sweep FILE --set KEY=V` where the grid (or a bundle) varies KEY would train at the
+    grid's values, silently: refused, naming the key and the values the sweep gives it."""
+    root = Path(__file__).parents[1] / "experiments"
+    with pytest.raises(UserError) as e:
+        expand(root / "sweep_depth.py", "smoke", ["model.depth=8"])
+    assert str(e.value) == (
+        "--set model.depth=8: the sweep varies model.depth (its runs take 8, 14, 20); drop the --set, "
+        "or change the sweep file's grid"
+    )
+    with pytest.raises(UserError, match=r"varies data.name \(its runs take digits, synthetic\)"):
+        expand(root / "sweep_apl_sparsity.py", "smoke", ["data.name=digits"])  # inside the task bundles
+    runs, _ = expand(root / "sweep_depth.py", "smoke", ["train.epochs=1"])  # not varied: applies to every run
+    assert {r.config["train"]["epochs"] for r in runs} == {1.0}

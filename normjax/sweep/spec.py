@@ -169,7 +169,9 @@ def expand(
 ) -> tuple[list[RunSpec], list[str]]:
     """The runs of a sweep (in a fixed order) and the dotted keys that vary.
 
-    `overrides` (`key=value`, as `--set`) apply to every run, after the sweep's own `set`.
+    `overrides` (`key=value`, as `--set`) apply to every run, after the sweep's own `set`; a key
+    the sweep varies (in its grid or zip, or inside a bundle) is refused in one line: the grid
+    would silently win.
 
     Example:
       >>> runs, varied = expand("experiments/sweep_depth.py", "smoke")
@@ -181,9 +183,10 @@ def expand(
     sweep = read_sweep(path, size)
     base = load_config(sweep["base"], size=size)
     base = merge(base, _nested(sweep.get("set", {})))
+    grid, zipped = sweep.get("grid", {}), sweep.get("zip", {})
+    _check_overrides_not_varied(overrides, {**grid, **zipped})
     for text in overrides:
         base = merge(base, parse_override(text))
-    grid, zipped = sweep.get("grid", {}), sweep.get("zip", {})
     varied = list(grid) + list(zipped)
     lasts = [k.split(".")[-1] for k in varied]
     short = {k: (k.split(".")[-1] if lasts.count(k.split(".")[-1]) == 1 else k) for k in varied}
@@ -209,6 +212,27 @@ def expand(
     if len(set(names)) != len(names):
         raise UserError(f"sweep {str(path)!r} lists the same run twice; make its grid values distinct")
     return runs, varied
+
+
+def _check_overrides_not_varied(overrides: list[str] | tuple[str, ...], lists: dict[str, list]) -> None:
+    """One-line UserError for a `--set` key that the sweep's grid or zip varies (directly or in a bundle)."""
+    varied: dict[str, list] = {}
+    for key, values in lists.items():
+        for v in values:
+            if isinstance(v, dict):  # a bundle: its settings vary with it
+                for k, x in v.items():
+                    if k != "name":
+                        varied.setdefault(k, []).append(x)
+            else:
+                varied.setdefault(key, []).append(v)
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key in varied:
+            shown = ", ".join(dict.fromkeys(_fmt(v) for v in varied[key]))
+            raise UserError(
+                f"--set {text}: the sweep varies {key} (its runs take {shown}); drop the --set, or change the "
+                "sweep file's grid"
+            )
 
 
 def merge_manifest(old: dict | None, new: dict) -> dict:
