@@ -19,9 +19,9 @@ _sparsity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_sparsity)
 
 SIZES = ("smoke", "medium", "full", "mnist1d", "fmnist_conv")
-# The rate floor meets every target in bounded time: without it, one parity run of the medium sweep
-# kept 1 of its 2688 units after 3 epochs with target 0 (the integral's rate vanishes with the
-# share left; `prelu_sparsity_controller`).
+# The rate floor meets every target in bounded time: without it, a run of the medium sweep stalled
+# short of target 0 (the integral's rate vanishes with the share left; `prelu_sparsity_controller`;
+# the run's numbers: docs/reproduction.md).
 CONTROLLER = {"optim.name": "sgd_prelu_target", "optim.prelu_gain": 0.1, "optim.prelu_min_rate": 0.1}
 
 
