@@ -240,6 +240,17 @@ def test_auto_group_size_by_backend(monkeypatch):
     # The accelerator branch: sized from the compiled step's memory analysis (CPU reports no limit).
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert 1 <= auto_group_size(p_mlp, 12) <= 12
+    # ... compiled for the data as stored: MNIST-1D's float32 signals, not uint8 images
+    signals = small_config(data={"name": "mnist1d"})
+    p_signals, seen = program_for(signals, input_for(signals)), []
+
+    class Recorder:
+        def lower(self, state, images, *rest):
+            seen.append(images.dtype)
+            raise RuntimeError("recorded")  # the estimate falls back to a modest group
+
+    monkeypatch.setattr(p_signals, "train_chunk", Recorder())
+    assert auto_group_size(p_signals, 12) == 8 and seen == [np.dtype(np.float32)]
 
 
 PRETRAIN_SWEEP = """

@@ -73,17 +73,17 @@ def plain_autodiff_enabled() -> bool:
     return bool(_PLAIN_AUTODIFF.value)
 
 
-def same_padding(w: jax.Array) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The zero padding `(k - 1) / 2` on each side of each spatial axis of an odd `[kh, kw, ...]` kernel.
+def same_padding(w: jax.Array) -> tuple[tuple[int, int], ...]:
+    """The zero padding `(k - 1) / 2` on each side of each spatial axis of an odd kernel
+    `[*taps, Cin, Cout]` (one or two spatial axes).
 
-    A 1-D conv is a conv over maps of height 1 with a `[1, k, ...]` kernel: no padding on the height.
+    A 1-D signal is a map of height 1 with a `[1, k, ...]` kernel: no padding on the height.
 
     Example:
-      >>> same_padding(jnp.ones((1, 3, 2, 4)))
-      ((0, 0), (1, 1))
+      >>> same_padding(jnp.ones((1, 3, 2, 4))), same_padding(jnp.ones((5, 2, 4)))
+      (((0, 0), (1, 1)), ((2, 2),))
     """
-    ph, pw = (w.shape[0] - 1) // 2, (w.shape[1] - 1) // 2
-    return ((ph, ph), (pw, pw))
+    return tuple(((k - 1) // 2, (k - 1) // 2) for k in w.shape[:-2])
 
 
 def kernel_size(k: int, dims: int) -> tuple[int, int]:
@@ -225,9 +225,7 @@ def _conv_fwd(x, w, stride):
     # The ops themselves, not `_fast_conv`: an outer jvp (a Hessian-vector product) traces this
     # function, and a custom_vjp call here would refuse it. Rank-generic: x [B, *spatial, C] and
     # w [*taps, Cin, Cout] with one or two spatial axes.
-    n = w.ndim - 2
-    pads = tuple(((k - 1) // 2, (k - 1) // 2) for k in w.shape[:n])
-    return _run_conv((stride,) * n, pads)(x, w), (x, w)
+    return _run_conv((stride,) * (w.ndim - 2), same_padding(w))(x, w), (x, w)
 
 
 def _conv_bwd(stride, res, g):

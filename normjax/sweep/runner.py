@@ -69,7 +69,7 @@ def auto_group_size(program, n_runs: int, cap: int = 64) -> int:
         data = program.data
         compiled = program.train_chunk.lower(
             state,
-            jax.ShapeDtypeStruct((data.num_train,) + tuple(data.image_shape), np.uint8),
+            jax.ShapeDtypeStruct((data.num_train,) + tuple(data.image_shape), np.dtype(data.dtype)),
             jax.ShapeDtypeStruct((data.num_train,), np.int32),
             np.int32(1),
             program.log_mask(),

@@ -167,6 +167,7 @@ class MemoryInput:
             num_classes=int(ds.num_classes),
             mean=tuple(ds.mean),
             std=tuple(ds.std),
+            dtype=str(ds.train_images.dtype),
         )
 
     def feed(self, program: Program, cfg: dict, start: int, saved: np.ndarray | None = None) -> _MemoryFeed:

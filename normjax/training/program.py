@@ -79,6 +79,7 @@ class DataSpec:
     mean: tuple
     std: tuple
     streaming: bool = False  # batches arrive per chunk (normjax.training.inputs.StreamInput)
+    dtype: str = "uint8"  # of the images as stored: uint8, or float32 for 1-D signals (MNIST-1D)
 
 
 def static_key(cfg: dict, data: DataSpec, total_steps: int, num_devices: int) -> str:
