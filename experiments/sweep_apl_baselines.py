@@ -101,7 +101,7 @@ def conv_sweep(size: str) -> dict:
             "model.activation": "relu",
             "optim.name": "sgd",
             "optim.prelu_l1": 0.0,
-            "train.epochs": _sparsity.EPOCHS[size][0],
+            "train.epochs": _sparsity.EPOCHS[size],
         },
     }
 

@@ -1,32 +1,37 @@
-"""The APL study's main sweep: the prior's strength λ against the reached APL and accuracy, in both
-regimes (during training: the prior from step 0; after training: a post-training phase with the
-prior, warm-started from a base network trained once per task; full size also: from half-way
-through training), over tasks of graded difficulty. The prior moves every slope by lr*λ per step,
-so the reached APL falls steeply over a narrow λ range: `sweep_apl_targets.py` asks for APLs
-directly with the λ controller.
+"""The APL study's main sweep, the paper's protocol: a fixed prior strength λ against the reached APL
+and accuracy, in both regimes (`regimes`: during training, the prior from step 0; after training,
+the same number of steps continuing a base network trained once per task, with no warm-up, at the
+stated LR `AFTER_LR`), over tasks of graded difficulty. The prior moves every slope by lr*λ per
+step, so the reached APL falls steeply over a narrow λ range, and the after regime's 10x smaller
+LR needs a 10x larger λ for the same push: the grid spans both. `sweep_apl_targets.py` asks for
+APLs directly with the λ controller.
 
 smoke: ResNet-14 (width 8) on the embedded digits and synthetic easy/hard tasks at 8x8, minutes on
 2 CPU cores. full: ResNet-20 on CIFAR-10 and CIFAR-100 (and synthetic easy/hard at 32x32), 2 seeds.
 medium: the residual PReLU MLP of `apl_resnet.py --size medium` (depth 21, width 128) on three
 tasks of graded difficulty: digits (8x8x1, batch 16 so its 1.4k examples give as many steps as
 the others' epochs need), Fashion-MNIST, and the synthetic `parity` task (8x8x1, 4 classes, 16k
-examples; no linear classifier solves it, so the net keeps nonlinear units); 6 epochs during / 3
-after, λ from 1e-3 to 1e-1, 3 seeds: 90 runs + 9 base runs, about 60 min on 2 CPU cores.
+examples; no linear classifier solves it, so the net keeps nonlinear units); 6 epochs per regime,
+λ from 1e-3 to 1, 3 seeds: 126 runs + 3 base runs per task.
 gpu (one H100/H200): the PReLU ResNet-20 of `apl_resnet.py --size gpu` on Fashion-MNIST and
-parity, the same λ grid and regimes, 3 seeds: 60 runs + 6 base runs.
+parity, the same λ grid and regimes, 3 seeds.
 mnist1d: the PReLU 1-D ResNet-20 of `apl_resnet.py --size mnist1d` on MNIST-1D (a linear classifier
 about 32%, the ReLU net about 99%: the setting where the nonlinear advantage can show on 2 CPU
-cores), 30 epochs during / 15 after, the medium λ grid, 3 seeds: 30 runs + 3 base runs.
-fmnist_conv: the PReLU ResNet-20 at width 8 on Fashion-MNIST, 3 epochs during / 1.5 after, the same
-grid, 3 seeds: 30 runs + 3 base runs (hours on 2 CPU cores).
+cores), 30 epochs per regime, the medium λ grid, 3 seeds: 42 runs + 3 base runs.
+fmnist_conv: the PReLU ResNet-20 at width 8 on Fashion-MNIST, 3 epochs per regime, the same grid,
+3 seeds: 42 runs + 3 base runs (hours on 2 CPU cores).
 `make sweep-apl_sparsity` draws accuracy vs APL per regime and task, the core network and the
 advantage gap (`normjax apl-plot`).
 """
 
 SIZES = ("smoke", "medium", "gpu", "full", "mnist1d", "fmnist_conv")
 
-# The epochs of the during and after regimes at each size with a λ grid like medium's.
-EPOCHS = {"medium": (6.0, 3.0), "gpu": (6.0, 3.0), "mnist1d": (30.0, 15.0), "fmnist_conv": (3.0, 1.5)}
+# The epochs of each regime at each size with a λ grid like medium's.
+EPOCHS = {"medium": 6.0, "gpu": 6.0, "mnist1d": 30.0, "fmnist_conv": 3.0}
+# The after regime's LR, constant: a tenth of the base runs' peak (0.1), about the cosine's value
+# two thirds through the base run. No warm-up: the base is trained, so nothing needs re-warming,
+# and a restarted warm-up+cosine would hand the prior a re-heated net (issue 31).
+AFTER_LR = 0.01
 PARITY = {
     "data.synthetic.task": "parity",
     "data.synthetic.num_classes": 4,
@@ -82,13 +87,15 @@ def task_input(task: dict) -> tuple[tuple[int, int, int], int]:
     return tuple(shape), task.get("data.synthetic.num_classes", syn["num_classes"])
 
 
-def regimes(epochs: float, post_epochs: float, from_k: bool = False) -> list[dict]:
-    """during: the prior from step 0; after: a post-training phase warm-started from the base run;
-    from_half (from_k): the prior switched on half-way through training (`optim.prelu_start`)."""
-    out = [
-        {"name": "during", "train.init_from": "", "train.epochs": epochs},
-        {"name": "after", "train.init_from": "pretrain", "train.epochs": post_epochs},
-    ]
+def regimes(epochs: float, from_k: bool = False) -> list[dict]:
+    """during: the prior from step 0 of a run from scratch; after: as many steps again, continuing
+    the base run (`train.init_from`) at the constant `AFTER_LR`, with no warm-up; from_half (from_k):
+    the prior switched on half-way through training (`optim.prelu_start`). With the same length
+    and the same target ramp (`optim.prelu_start`, `optim.prelu_ramp`: fractions of the run), each
+    regime gets as many steps after its target is met as the other."""
+    after = {"name": "after", "train.init_from": "pretrain", "train.epochs": epochs}
+    after |= {"optim.lr": AFTER_LR, "optim.schedule": "constant", "optim.warmup_steps": 0}
+    out = [{"name": "during", "train.init_from": "", "train.epochs": epochs}, after]
     return out + (
         [{"name": "from_half", "train.init_from": "", "train.epochs": epochs, "optim.prelu_start": 0.5}]
         if from_k
@@ -96,26 +103,28 @@ def regimes(epochs: float, post_epochs: float, from_k: bool = False) -> list[dic
     )
 
 
+LAMBDAS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
+
+
 def get_sweep(size: str) -> dict:
     if size in EPOCHS:
-        during, after = EPOCHS[size]
         return {
             "base": "apl_resnet.py",
             "grid": {
                 "data.task": tasks(size),
-                "train.regime": regimes(during, after),
-                "optim.prelu_l1": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+                "train.regime": regimes(EPOCHS[size]),
+                "optim.prelu_l1": LAMBDAS,
                 "train.seed": [0, 1, 2],
             },
-            "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": during},
+            "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": EPOCHS[size]},
         }
     if size == "full":
         return {
             "base": "apl_resnet.py",
             "grid": {
                 "data.task": tasks(size),
-                "train.regime": regimes(160.0, 40.0, from_k=True),
-                "optim.prelu_l1": [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2],
+                "train.regime": regimes(160.0, from_k=True),
+                "optim.prelu_l1": [1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 1e-1, 3.2e-1],
                 "train.seed": [0, 1],
             },
             "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 160.0},
@@ -124,8 +133,8 @@ def get_sweep(size: str) -> dict:
         "base": "apl_resnet.py",
         "grid": {
             "data.task": tasks(size),
-            "train.regime": regimes(20.0, 10.0),
-            "optim.prelu_l1": [0.04, 0.06, 0.09, 0.13, 0.2],
+            "train.regime": regimes(20.0),
+            "optim.prelu_l1": [0.04, 0.09, 0.2, 0.5, 1.0, 2.0],
         },
         "set": {"model.depth": 14, "model.width": 8},
         "pretrain": {"optim.prelu_l1": 0.0, "train.epochs": 20.0},

@@ -30,6 +30,7 @@ _EXPORTS = {
             "ScaleByCriticalLRState",
             "ScaleByUniformELRState",
             "critical_lr",
+            "gradual_target",
             "half_threshold",
             "kernel_mask",
             "path_mask",

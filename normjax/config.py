@@ -106,16 +106,19 @@ DEFAULTS: dict[str, Any] = {
         "elr_definition": "relative",  # relative: lr*||g||/||w|| | classic: lr/||w||^2
         "elr_reference": "lr",  # lr: the LR is the common ELR | geometric_mean: the layers' mean ELR
         "elr_position": "after_momentum",  # before_momentum | after_momentum
+        "elr_until": 1.0,  # traced: uniform ELR for this fraction of the run's steps, then plain SGD (1.0: the whole run)
         # sgd_prelu_l1 (normjax.transforms.prelu_sparsity_prior)
         "prelu_l1": 0.0,  # traced: strength of the prior on |1 - slope|^p
         "prelu_tolerance": 0.01,  # traced: slopes this close to 1 are set to 1 and frozen
         "prelu_mode": "proximal",  # proximal | subgradient
         "prelu_power": 1.0,  # p: 1.0 (L1) | 0.5
-        "prelu_start": 0.0,  # traced: the prior starts after this fraction of the run's steps (from epoch k)
+        "prelu_start": 0.0,  # traced: the prior (sgd_prelu_l1) or the target's ramp (sgd_prelu_target) starts after this fraction of the run
         # sgd_prelu_target (normjax.transforms.prelu_sparsity_controller): prelu_l1 > 0 is the initial strength
         "prelu_target": 1.0,  # traced: fraction of PReLU units to keep nonlinear (1.0 = all: the prior stays off)
         "prelu_gain": 0.01,  # traced: the strength grows by up to e^gain per step until the target is met
         "prelu_min_rate": 0.0,  # traced: the floor on the share left in the integral (0: none; > 0: the target is met in bounded time)
+        "prelu_ramp": 0.0,  # traced: the target falls from 1 to prelu_target over this fraction of the run, from prelu_start (cubic, gradual pruning's); 0: at once
+        "prelu_ramp_steps": 0,  # traced: the same span in steps (> 0 wins; give one of the two)
     },
     "train": {
         "seed": 0,  # traced: parameter init, data order and augmentation

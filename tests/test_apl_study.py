@@ -134,3 +134,27 @@ def test_advantage_gap_and_matched_width():
     n, t = count_params({"name": "plain_cnn", "depth": 4, "width": 8, "width_mult": m}), count_params(target)
     for other in (m - 1 / 8, m + 1 / 8):  # the closest integer width
         assert abs(n - t) <= abs(count_params({"name": "plain_cnn", "depth": 4, "width": 8, "width_mult": other}) - t)
+
+
+@pytest.mark.parametrize("sweep_file", ["sweep_apl_targets.py", "sweep_apl_sparsity.py"])
+@pytest.mark.parametrize("size", ["medium", "mnist1d", "fmnist_conv"])
+def test_the_after_regime_is_a_fair_continuation(sweep_file, size):
+    """Issue 31: "after" continues the trained base with no warm-up restart, at a stated constant
+    LR, and gets as many steps after its target is met as "during" gets after its own (same
+    length, same ramp of the target, in fractions of the run)."""
+    from normjax.sweep.spec import expand
+
+    runs, _ = expand(ROOT / "experiments" / sweep_file, size)
+    by_regime = {}
+    for r in runs:
+        by_regime.setdefault(r.overrides["train.regime"], []).append(r.config)
+    assert set(by_regime) == {"during", "after"}
+    for during, after in zip(by_regime["during"], by_regime["after"]):
+        o, t = after["optim"], after["train"]
+        assert after["train"]["init_from"] == "pretrain" and during["train"]["init_from"] == ""
+        assert (o["warmup_steps"], o["schedule"], o["lr"]) == (0, "constant", 0.01)
+        assert t["epochs"] == during["train"]["epochs"] and t["steps"] == during["train"]["steps"] == 0
+        ramp_end = lambda c: c["optim"]["prelu_start"] + c["optim"]["prelu_ramp"]
+        assert ramp_end(after) == ramp_end(during) and ramp_end(during) < 1
+        if sweep_file == "sweep_apl_targets.py":  # the target falls over a span of the run
+            assert during["optim"]["prelu_ramp"] >= 0.25

@@ -259,8 +259,10 @@ def test_traced_target_gain_and_strength_do_not_recompile():
     states = [optax.tree_utils.tree_set(tx.init(PARAMS), target=jnp.float32(v)) for v in (0.4, 0.75, 1.0)]
     group = jax.jit(jax.vmap(run))(jax.tree.map(lambda *x: jnp.stack(x), *states))
     assert list(np.asarray(optax.tree_utils.tree_get(group[1], "num_frozen"))) == frozen[:3]
-    # round(0.4 * 13) = 5 and round(0.75 * 13) = 10 kept; at 1.0 all; without gain 1e-4 does too little
-    assert frozen[:4] == [13 - 5, 13 - 10, 0, 1]
+    # round(0.4 * 13) = 5 kept; at 1.0 all; without gain 1e-4 does too little. At 0.75, 3 to freeze:
+    # the slope at 1.0 goes, then the six identical slopes of "stack" (0.98, the same gradients) tie
+    # on every key and exceed the budget of 2, so they wait: no position decides between equal units.
+    assert frozen[:4] == [13 - 5, 1, 0, 1]
     assert strength[3] == pytest.approx(1e-4) and frozen[4] > frozen[3]  # (the 1 is the slope 0.98 + its step)
 
 
@@ -423,3 +425,105 @@ def test_a_rate_floor_meets_a_target_the_vanishing_rate_stalls_at():
     assert int(stalled.num_frozen) == n - 1 and 1.0 < float(stalled.strength) < 2.0 and float(slopes[0]) < 0
     met, slopes = run(0.1)
     assert int(met.num_frozen) == n and float(met.strength) == 0.0 and bool(jnp.all(slopes == 1.0))
+
+
+# ---- issue 31: no order artifacts, a gradual target, a floor that also lowers λ ---------------
+def test_which_units_freeze_does_not_depend_on_leaf_or_index_order():
+    """A strong prior puts every slope exactly on 1 in one step and 2 may freeze: the 2 that were
+    closest to 1 before the step (0.95 and 0.9) freeze, however the tree orders them."""
+    values = {"p": 0.5, "q": 0.95, "r": 0.9, "s": 0.7}
+    frozen_sets = []
+    for layout in ({"a": "pq", "b": "rs"}, {"a": "rs", "b": "pq"}, {"a": "sr", "b": "qp"}):
+        params = {leaf: jnp.array([values[n] for n in names]) for leaf, names in layout.items()}
+        tx = optax.chain(optax.sgd(LR), njt.prelu_sparsity_controller(target_count=2, learning_rate=LR, init_strength=10.0))
+        _, state = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+        frozen = state[1].frozen
+        frozen_sets.append({n for leaf, names in layout.items() for n, f in zip(names, np.asarray(frozen[leaf])) if f})
+    assert frozen_sets == [{"q", "r"}] * 3
+
+
+def test_a_gradual_target_is_tracked_over_its_ramp():
+    """With `gradual_target` the count follows the cubic schedule (never ahead of it: the budget;
+    once λ has climbed from λ0 to a useful level, at most a few units behind) and meets the target
+    near the ramp's end (not before the schedule allows), not within tens of steps as a fixed
+    target does."""
+    pull, a, c = _toy()
+    steps, begin, ramp, final = 600, 50, 400, 0.1
+    sched = njt.gradual_target(final, begin, ramp)
+
+    def run(target):
+        tx = optax.chain(
+            optax.sgd(LR),
+            njt.prelu_sparsity_controller(target, LR, init_strength=1e-3, gain=0.05, min_rate=0.1),
+        )
+
+        def step(carry, k):
+            p, s = carry
+            u, s = tx.update(c * (p - a) + 0.3 * jax.random.normal(k, (N,)), s, p)
+            return (optax.apply_updates(p, u), s), s[1].num_frozen
+
+        p = jnp.zeros(N)
+        return jax.lax.scan(step, (p, tx.init(p)), jax.random.split(jax.random.key(1), steps))[1]
+
+    gradual, fixed = np.asarray(jax.jit(lambda: run(sched))()), np.asarray(jax.jit(lambda: run(final))())
+    wanted = N - np.round(np.asarray(jax.vmap(sched)(jnp.arange(steps))) * N).astype(int)
+    caught_up = int(np.argmax((gradual == wanted) & (np.arange(steps) > begin)))
+    assert np.all(gradual <= wanted) and caught_up < begin + ramp // 2
+    assert np.max(wanted[caught_up:] - gradual[caught_up:]) <= 5
+    met = lambda frozen: int(np.argmax(frozen == N - round(final * N)))
+    assert int(np.argmax(wanted == N - round(final * N))) <= met(gradual) <= begin + ramp + 5
+    assert met(fixed) < met(gradual) - 150  # a fixed target: met at the controller's own pace
+
+
+def test_gradual_target_values():
+    sched = njt.gradual_target(0.2, begin_step=10, ramp_steps=40)
+    got = [float(sched(t)) for t in (0, 10, 20, 30, 50, 99)]
+    np.testing.assert_allclose(got, [1.0, 1.0, 0.2 + 0.8 * 0.75**3, 0.2 + 0.8 * 0.5**3, 0.2, 0.2], rtol=1e-6)
+    at_once = njt.gradual_target(0.2, begin_step=10, ramp_steps=0)
+    assert [float(at_once(t)) for t in (9, 10, 11)] == [1.0, pytest.approx(0.2), pytest.approx(0.2)]
+    assert float(njt.gradual_target(0.3, 0, 0)(0)) == np.float32(0.3)  # no ramp: the target itself, exactly
+
+
+def test_the_rate_floor_lowers_lambda_after_a_step_that_met_its_need():
+    """Tracking a falling target, λ settles where the units keep pace: each update that freezes
+    all it needed lowers log λ by gain * floor (it used to stay at its first burst's level)."""
+    alpha = jnp.array([0.999, 0.9995, 0.9998, -5.0, -5.0])  # one slope a step is within reach
+    lam0, gain, floor = 0.01, 0.3, 0.2
+    tx = njt.prelu_sparsity_controller(
+        lambda t: jnp.where(t < 3, 1.0 - (t + 1) / 5.0, 0.4), LR, init_strength=lam0, gain=gain, min_rate=floor
+    )
+    state, update = tx.init(alpha), jax.jit(tx.update)
+    for t in range(3):  # the target asks for one more linear unit each step; each step freezes it
+        u, state = update(jnp.zeros(5), state, alpha)
+        alpha = optax.apply_updates(alpha, u)
+        assert int(state.num_frozen) == t + 1
+        np.testing.assert_allclose(float(state.log_scale), -gain * floor * (t + 1), rtol=1e-6)
+
+
+def test_the_ramp_from_the_config():
+    """`optim.prelu_ramp` (or `prelu_ramp_steps`) gives the controller the gradual target: a ramp
+    over half the run meets the fixed target's count; one longer than the run freezes fewer."""
+    cfg = dict(name="sgd_prelu_target", lr=0.05, momentum=0.9, schedule="constant", prelu_l1=1e-2, prelu_target=0.3)
+    cfg["prelu_gain"] = 0.2
+    frozen = lambda state: int(optimizer_metrics(state, None)["prelu_frozen"])
+    _, fixed = _opt_run(cfg)
+    _, half = _opt_run(cfg | {"prelu_ramp": 0.5})
+    _, long = _opt_run(cfg | {"prelu_ramp_steps": 200})  # 60 steps: 0.3 + 0.7 * 0.7**3 = 54% kept
+    assert frozen(fixed) == frozen(half) == 7 and frozen(long) == 10 - 5
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["optim.prelu_ramp=0.8", "optim.prelu_start=0.5"], "optim.prelu_ramp=0.8 with optim.prelu_start=0.5"),
+        (["optim.prelu_ramp=0.5", "optim.prelu_ramp_steps=100"], "not both"),
+        (["optim.prelu_ramp_steps=-1"], "optim.prelu_ramp_steps=-1"),
+    ],
+)
+def test_a_bad_ramp_is_a_one_line_error(overrides, words):
+    from normjax.config import load_config
+
+    base = ["model.activation=prelu", "optim.name=sgd_prelu_target", "optim.prelu_l1=0.001", "optim.prelu_target=0.5"]
+    with pytest.raises(UserError, match=words) as e:
+        load_config(overrides=base + overrides)
+    assert "\n" not in str(e.value)

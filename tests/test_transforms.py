@@ -72,6 +72,37 @@ def test_uniform_elr_gives_every_layer_the_same_relative_step(position, referenc
     np.testing.assert_allclose(float(common) * lr, target, rtol=2e-6)
 
 
+@pytest.mark.parametrize("position", ["before_momentum", "after_momentum"])
+def test_uniform_elr_early_only_is_sgd_from_its_end_step(position):
+    """`end_step=k`: the first k updates are the whole-run uniform ELR's; from update k on the
+    layers' relative steps spread again and the common ELR reads 1; `end_step=0` is SGD (different
+    programs: to a few ulps)."""
+    params, k = _params(), 3
+
+    def run(end_step, elr=True, steps=6):
+        kw = dict(scale_invariant_mask=MASK, layer_axes=AXES, position=position, end_step=end_step)
+        tx = njt.sgd_uniform_elr(0.01, 0.9, **kw) if elr else njt.sgd(0.01, 0.9)
+        p, s, out = params, tx.init(params), []
+        for t in range(steps):
+            u, s = jax.jit(tx.update)(_grads(t + 1, params), s, p)
+            p = optax.apply_updates(p, u)
+            out.append((u, float(optax.tree_utils.tree_get(s, "common_elr")) if elr else None))
+        return p, out
+
+    _, early = run(jnp.int32(k))
+    _, whole = run(None)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for t in range(k):
+        jax.tree.map(close, early[t][0], whole[t][0])
+    steps = lambda u: [_norm(x) / _norm(w) for x, w in zip(_layers(u), _layers(params), strict=True)]
+    np.testing.assert_allclose(steps(early[0][0]), 0.01, rtol=1e-5)  # uniform before the end step
+    assert max(steps(early[k + 1][0])) / min(steps(early[k + 1][0])) > 10  # then the spread is back
+    assert all(c == 1.0 for _, c in early[k:])
+    never, _ = run(jnp.int32(0))
+    sgd, _ = run(None, elr=False)
+    jax.tree.map(close, never, sgd)
+
+
 def test_uniform_elr_classic_definition_equalizes_lr_over_squared_norm():
     params, lr = _params(), 0.01
     tx = optax.chain(optax.masked(njt.scale_by_uniform_elr("classic", layer_axes=AXES), MASK), optax.scale(-lr))

@@ -69,3 +69,19 @@ def write_report(out: str | os.PathLike, name: str, res: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text(json.dumps(finite(res), indent=1))
     return out / name
+
+
+def difference(diff: float | None, stderr: float | None) -> dict:
+    """A difference of two means with its standard error, and whether the seeds decide it.
+
+    A difference within 2 standard errors is *inconclusive*; `detectable` (2 s.e.) is the
+    smallest difference these seeds could tell from none.
+
+    Example:
+      >>> difference(0.012, 0.004)
+      {'difference': 0.012, 'stderr': 0.004, 'z': 3.0, 'decided': True, 'detectable': 0.008}
+    """
+    if diff is None or stderr is None:
+        return {"difference": diff, "stderr": stderr, "z": None, "decided": None, "detectable": None}
+    z = diff / stderr if stderr > 0 else math.copysign(math.inf, diff) if diff else 0.0
+    return {"difference": diff, "stderr": stderr, "z": round(z, 6), "decided": abs(z) > 2, "detectable": 2 * stderr}

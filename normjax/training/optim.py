@@ -122,6 +122,7 @@ def _sgd_uniform_elr(o, schedule, context):
         definition=o["elr_definition"],
         reference=o["elr_reference"],
         position=o["elr_position"],
+        end_step=o["elr_until"] * context.total_steps,  # then plain SGD (1.0: the whole run)
     )
 
 
@@ -146,10 +147,12 @@ def _sgd_prelu_l1(o, schedule, context):
 
 
 def _sgd_prelu_target(o, schedule, context):
+    # The target ramps down from prelu_start over prelu_ramp_steps, or the fraction prelu_ramp of the run.
+    ramp = jnp.where(o["prelu_ramp_steps"] > 0, o["prelu_ramp_steps"], o["prelu_ramp"] * context.total_steps)
     return transforms.sgd_prelu_target(
         **_sgd_args(o, schedule, context),
         prelu_mask=context.prelu_mask,
-        target=o["prelu_target"],
+        target=transforms.gradual_target(o["prelu_target"], o["prelu_start"] * context.total_steps, ramp),
         init_strength=o["prelu_l1"],
         gain=o["prelu_gain"],
         min_rate=o["prelu_min_rate"],
@@ -193,12 +196,16 @@ _PRELU_STATIC = _SGD_STATIC + ("prelu_mode", "prelu_power")
 _PRELU_L1 = _bind(_sgd_prelu_l1, _SGD + ("prelu_l1", "prelu_tolerance", "prelu_start"), _PRELU_STATIC)
 _PRELU_TARGET = _bind(
     _sgd_prelu_target,
-    _SGD + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain", "prelu_min_rate"),
+    _SGD
+    + ("prelu_l1", "prelu_tolerance", "prelu_target", "prelu_gain", "prelu_min_rate")
+    + ("prelu_start", "prelu_ramp", "prelu_ramp_steps"),
     _PRELU_STATIC,
 )
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": _bind(_sgd, _SGD, _SGD_STATIC),
-    "sgd_uniform_elr": _bind(_sgd_uniform_elr, _SGD, _SGD_STATIC + ("elr_definition", "elr_reference", "elr_position")),
+    "sgd_uniform_elr": _bind(
+        _sgd_uniform_elr, _SGD + ("elr_until",), _SGD_STATIC + ("elr_definition", "elr_reference", "elr_position")
+    ),
     "sgd_critical_warmup": _bind(_sgd_critical_warmup, _SGD, _SGD_STATIC),
     "sgd_prelu_l1": _PRELU_L1,
     "sgd_prelu_target": _PRELU_TARGET,
@@ -304,6 +311,21 @@ def check_optim_config(cfg: dict, model_cfg: dict, defaults: dict) -> None:
         raise UserError(f"optim.prelu_min_rate={cfg['prelu_min_rate']} is not allowed; allowed: 0 to 1")
     if not 0 <= cfg["prelu_start"] < 1:
         raise UserError(f"optim.prelu_start={cfg['prelu_start']} is not allowed; give a fraction of training in [0, 1)")
+    if not 0 < cfg["elr_until"] <= 1:
+        raise UserError(
+            f"optim.elr_until={cfg['elr_until']} is not allowed; give the fraction of the run in (0, 1] "
+            "for which uniform ELR acts (1: the whole run)"
+        )
+    if not 0 <= cfg["prelu_ramp"] <= 1 - cfg["prelu_start"]:
+        raise UserError(
+            f"optim.prelu_ramp={cfg['prelu_ramp']} with optim.prelu_start={cfg['prelu_start']}: the ramp "
+            "must end within the run; allowed: 0 <= prelu_ramp <= 1 - prelu_start"
+        )
+    if cfg["prelu_ramp_steps"] < 0 or cfg["prelu_ramp_steps"] > 0 and cfg["prelu_ramp"] > 0:
+        raise UserError(
+            f"optim.prelu_ramp_steps={cfg['prelu_ramp_steps']}, optim.prelu_ramp={cfg['prelu_ramp']}: give "
+            "the ramp in steps (an integer >= 0) or as a fraction of the run, not both"
+        )
     if spec is _PRELU_TARGET and not cfg["prelu_l1"] > 0:
         raise UserError(
             f"optim.prelu_l1={cfg['prelu_l1']} is sgd_prelu_target's initial strength, which it "

@@ -20,7 +20,7 @@ Example:
 
 from normjax.transforms._layers import LayerAxes
 from normjax.transforms.alias import sgd, sgd_critical_warmup, sgd_prelu_l1, sgd_prelu_target, sgd_uniform_elr
-from normjax.transforms.controller import PReLUControllerState, prelu_sparsity_controller
+from normjax.transforms.controller import PReLUControllerState, gradual_target, prelu_sparsity_controller
 from normjax.transforms.elr import ScaleByUniformELRState, scale_by_uniform_elr
 from normjax.transforms.masks import kernel_mask, path_mask, prelu_slope_mask
 from normjax.transforms.prelu import PReLUPriorState, half_threshold, prelu_sparsity_prior, soft_threshold
@@ -33,6 +33,7 @@ __all__ = [
     "ScaleByCriticalLRState",
     "ScaleByUniformELRState",
     "critical_lr",
+    "gradual_target",
     "half_threshold",
     "kernel_mask",
     "path_mask",

@@ -151,6 +151,7 @@ def sgd_uniform_elr(
     reference: str = "lr",
     position: str = "after_momentum",
     layer_axes: LayerAxes | None = None,
+    end_step: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
     decoupled_weight_decay: bool = False,
     weight_decay_mask: MaskOrFn = None,
@@ -179,6 +180,8 @@ def sgd_uniform_elr(
       position: `"before_momentum"` or `"after_momentum"`.
       layer_axes: per leaf, the leading axes that index stacked layers (see
         `scale_by_uniform_elr`); None: every leaf is one layer.
+      end_step: None (uniform ELR for the whole run) or the step from which the chain is plain
+        SGD (uniform ELR early in training only; see `scale_by_uniform_elr`).
       nesterov: Nesterov momentum.
       decoupled_weight_decay: decay after momentum instead of on the gradient (see `sgd`).
       weight_decay_mask: the leaves that decay; None: every leaf.
@@ -208,7 +211,7 @@ def sgd_uniform_elr(
     if position not in ELR_POSITIONS:
         raise ValueError(f"position={position!r} is unknown; allowed: {', '.join(ELR_POSITIONS)}")
     elr = optax.masked(
-        scale_by_uniform_elr(definition, reference, layer_axes=_static("layer_axes", layer_axes, 0)),
+        scale_by_uniform_elr(definition, reference, layer_axes=_static("layer_axes", layer_axes, 0), end_step=end_step),
         scale_invariant_mask,
     )
     before, after = ((elr,), ()) if position == "before_momentum" else ((), (elr,))

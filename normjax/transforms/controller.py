@@ -35,22 +35,82 @@ class PReLUControllerState(NamedTuple):
     num_units: jax.Array
 
 
-def _admit_smallest(budget: jax.Array):
-    """An `admit` for `sparsity_step`: of the slopes that would freeze, the `budget` closest to 1.
+def gradual_target(
+    final: optax.ScalarOrSchedule, begin_step: jax.typing.ArrayLike, ramp_steps: jax.typing.ArrayLike
+) -> optax.Schedule:
+    r"""Gradual pruning's cubic schedule for the share of units kept nonlinear.
 
-    Ties (e.g. several slopes the proximal step put exactly on 1) go to the earlier leaf and index.
+    .. math:: k_t = k_f + (1 - k_f)\,(1 - \pi_t)^3, \qquad
+       \pi_t = \mathrm{clip}\big((t - t_0) / T, 0, 1\big),
+
+    from every unit nonlinear (:math:`k = 1`) at :math:`t_0` = `begin_step` to :math:`k_f` =
+    `final` at :math:`t_0 + T` (`ramp_steps`; :math:`T = 0`: :math:`k_f` from :math:`t_0` on).
+    The share falls fastest at first, while many units are close to linear, and slowest at the
+    end, where the units left are the ones the loss holds away from linear (Zhu & Gupta's
+    argument for pruning weights, here for linearizing units). Given as `target` to
+    `prelu_sparsity_controller`, it spreads the sparsification over a span of training the
+    user chooses, instead of the controller's own pace (which meets a fixed target within tens
+    of steps). All three values may be traced (a sweep's hyper-parameters).
+
+    Args:
+      final: :math:`k_f \in [0, 1]`, the share kept at the end of the ramp (number or schedule).
+      begin_step: :math:`t_0 \ge 0`, the step the ramp starts at.
+      ramp_steps: :math:`T \ge 0`, its length in steps.
+
+    Returns:
+      An `optax.Schedule` of the step count.
+
+    Example:
+      >>> sched = gradual_target(0.1, begin_step=10, ramp_steps=100)
+      >>> [round(float(sched(t)), 4) for t in (0, 10, 35, 60, 110, 500)]
+      [1.0, 1.0, 0.4797, 0.2125, 0.1, 0.1]
+
+    References:
+      Zhu & Gupta, `To prune, or not to prune: exploring the efficacy of pruning for model
+      compression`, 2017 (arXiv:1710.01878).
     """
 
-    def admit(d, newly):
+    def schedule(count):
+        k_f = jnp.asarray(_layers.value(final, count), jnp.float32)
+        ramp = jnp.asarray(ramp_steps, jnp.float32)
+        t = jnp.asarray(count, jnp.float32) - jnp.asarray(begin_step, jnp.float32)
+        progress = jnp.where(ramp > 0, jnp.clip(t / jnp.maximum(ramp, 1.0), 0.0, 1.0), (t >= 0).astype(jnp.float32))
+        return k_f + (1.0 - k_f) * (1.0 - progress) ** 3
+
+    return schedule
+
+
+def _admit_closest(budget: jax.Array):
+    """An `admit` for `sparsity_step`: of the slopes that would freeze, at most `budget`, those that
+    were closest to 1 before the step.
+
+    Ranked by :math:`|\alpha - 1|` before the step, then by :math:`|\alpha + u - 1|` after the plain
+    update. Several slopes can land exactly on 1 in one proximal step; ranking by where they
+    landed would leave the choice to leaf and index order. Slopes tied on both keys at the
+    budget's edge all wait a step (their plain updates then differ), so which units freeze
+    depends on the slopes' values alone, never on their order in the tree.
+    """
+
+    def admit(newly, params, updates):
         flat, treedef = jax.tree.flatten(newly, is_leaf=_layers.is_masked)
-        d_flat = jax.tree.leaves(d, is_leaf=_layers.is_masked)
+        p_flat = jax.tree.leaves(params, is_leaf=_layers.is_masked)
+        u_flat = jax.tree.leaves(updates, is_leaf=_layers.is_masked)
         real = [i for i, x in enumerate(flat) if not _layers.is_masked(x)]
         if not real:
             return newly
         cand = jnp.concatenate([flat[i].ravel() for i in real])
-        keys = jnp.concatenate([jnp.where(flat[i], jnp.abs(d_flat[i]), jnp.inf).ravel() for i in real])
-        order = jnp.argsort(keys, stable=True)
-        ok = cand & jnp.zeros(cand.shape, bool).at[order].set(jnp.arange(cand.size) < budget)
+
+        def key(f):
+            return jnp.concatenate([jnp.where(flat[i], f(i), jnp.inf).ravel() for i in real])
+
+        before = key(lambda i: jnp.abs(p_flat[i].astype(jnp.float32) - 1.0))
+        plain = key(lambda i: jnp.abs(p_flat[i].astype(jnp.float32) - 1.0 + u_flat[i].astype(jnp.float32)))
+        order = jnp.lexsort((plain, before))  # by `before`, then `plain`
+        b, q = before[order], plain[order]
+        n = cand.size
+        last = jnp.concatenate([(b[1:] != b[:-1]) | (q[1:] != q[:-1]), jnp.ones(1, bool)])  # ends a tie group
+        group_end = jax.lax.cummin(jnp.where(last, jnp.arange(n), n), reverse=True)
+        ok = jnp.zeros(n, bool).at[order].set((group_end < budget) & jnp.isfinite(b)) & cand
         out, start = list(flat), 0
         for i in real:
             out[i] = ok[start : start + flat[i].size].reshape(flat[i].shape)
@@ -87,10 +147,14 @@ def prelu_sparsity_controller(
     1. applies :math:`\lambda_t = \min(\lambda_0 e^{s_t}, \lambda_{max})` while :math:`r_t > 0`,
        else :math:`\lambda_t = 0` (`init_strength` is :math:`\lambda_0`);
     2. freezes at most :math:`r_t` slopes: if more reach the tolerance in the same step, those
-       closest to 1 freeze and the others take the plain update (no prior) this step;
+       that were closest to 1 before the step freeze and the others take the plain update (no
+       prior) this step (slopes tied at the budget's edge all wait: the choice never depends on
+       the order of leaves or indices);
     3. integrates in :math:`\log\lambda`: :math:`s_{t+1} = s_t + \text{gain}\cdot\max(e_{t+1}, \rho)`
-       while units remain to freeze (:math:`\rho` is `min_rate`; only while :math:`\lambda_t > 0`;
-       capped so :math:`\lambda_0 e^{s} \le \lambda_{max}`).
+       while units remain to freeze after the step, and
+       :math:`s_{t+1} = s_t - \text{gain}\cdot\rho` after a step that met its need
+       (:math:`\rho` is `min_rate`; only while :math:`\lambda_t > 0`; capped so
+       :math:`\lambda_0 e^{s} \le \lambda_{max}`).
 
     Why this law. Frozen units never come back, so the count can only fall and the target must be
     approached from above, without overshoot. The scale of a useful :math:`\lambda` is unknown
@@ -114,18 +178,28 @@ def prelu_sparsity_controller(
     stall short of the target for the rest of the run (seen in the APL study's medium targets
     sweep: docs/reproduction.md has the numbers). A rate floor
     :math:`\rho > 0` keeps :math:`\lambda` growing by at least :math:`e^{\text{gain}\,\rho}` per
-    update until the target is met, so it is met in bounded time (at :math:`\lambda_{max}` any
-    slope is thresholded onto 1); the budget still admits the units closest to 1 first. With `gain=0` and a target that allows
+    update while units remain, and lowers it by as much after each update that freezes all it
+    needed: tracking a falling target (below), :math:`\lambda` settles where the next units just
+    keep pace, instead of staying at the level its first burst reached, which pushes every free
+    slope toward 1 by :math:`\eta_t\lambda` a step. The floor also meets a fixed target in bounded
+    time (at :math:`\lambda_{max}` any slope is thresholded onto 1); the budget still admits the
+    units closest to 1 first. With `gain=0` and a target that allows
     every unit to freeze, this is `prelu_sparsity_prior` with strength :math:`\lambda_0`, bitwise
     (jitted, the square-root form may differ by an ulp where XLA fuses it differently).
+
+    With a fixed `target`, the controller's own pace sets when the target is met: with a rate
+    floor, within tens of steps, i.e. at initialization in a run of thousands. To sparsify
+    *during* training, give `target` as a schedule that falls over a chosen span, e.g.
+    `gradual_target` (the cubic schedule of gradual pruning): the controller then tracks it
+    unit by unit, and the target is met at the span's end.
 
     Nothing is read from the hyper-parameters at init: under `optax.inject_hyperparams`, values
     set in the state after init (target, gain, :math:`\lambda_0`) act from the next update, and
     changing them does not recompile. A higher target later does not unfreeze units.
 
     Args:
-      target: the fraction in [0, 1] of the slopes to keep nonlinear (number or schedule);
-        give it or `target_count`, not both.
+      target: the fraction in [0, 1] of the slopes to keep nonlinear (number or schedule, e.g.
+        `gradual_target`); give it or `target_count`, not both.
       learning_rate: :math:`\eta_t`, the LR of the chain (number or schedule) that scales the prior.
       target_count: the number of slopes to keep nonlinear, instead of `target`.
       init_strength: :math:`\lambda_0 \ge 0`, the strength at the first step; a schedule multiplies
@@ -172,7 +246,9 @@ def prelu_sparsity_controller(
       Mehmeti-Göpel & Disselhoff, `Average Path Length: Sparsification of Nonlinearities Creates
       Surprisingly Shallow Networks`, 2022 (arXiv:2211.17180);
       Åström & Murray, `Feedback Systems: An Introduction for Scientists and Engineers`, 2008
-      (Princeton University Press), ch. 10 (integral action and anti-windup).
+      (Princeton University Press), ch. 10 (integral action and anti-windup);
+      Zhu & Gupta, `To prune, or not to prune: exploring the efficacy of pruning for model
+      compression`, 2017 (arXiv:1710.01878) (the gradual schedule).
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
@@ -230,11 +306,13 @@ def prelu_sparsity_controller(
             _layers.value(tolerance, c),
             mode=mode,
             power=power,
-            admit=_admit_smallest(left),
+            admit=_admit_closest(left),
         )
 
         share_left = jnp.maximum(to_freeze - num, 0).astype(jnp.float32) / jnp.maximum(to_freeze, 1).astype(jnp.float32)
-        rate = jnp.where(share_left > 0, jnp.maximum(share_left, _layers.value(min_rate, c)), 0.0)
+        floor = jnp.asarray(_layers.value(min_rate, c), jnp.float32)
+        # Behind after the step: up by at least the floor; a step that met its need: down by it.
+        rate = jnp.where(share_left > 0, jnp.maximum(share_left, floor), -floor)
         s = state.log_scale + jnp.asarray(_layers.value(gain, c), jnp.float32) * rate
         s = jnp.minimum(s, jnp.log(cap) - jnp.log(base))  # anti-windup: lambda_0 e^s <= lambda_max
         s = jnp.where(lam > 0, s, state.log_scale).astype(jnp.float32)

@@ -23,10 +23,12 @@ class ScaleByUniformELRState(NamedTuple):
         (shape `leaf.shape[:layer_axes]`; ones at init). The layer's LR is the chain's LR times it.
       common_elr: the effective LR every layer got per unit of the chain's LR (1 with
         `reference="lr"`, the layers' geometric mean with `reference="geometric_mean"`).
+      count: updates so far (int32); `end_step` is compared with it.
     """
 
     layer_scale: Any
     common_elr: jax.Array
+    count: jax.Array
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -35,7 +37,10 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def scale_by_uniform_elr(
-    definition: str = "relative", reference: str = "lr", layer_axes: LayerAxes = 0
+    definition: str = "relative",
+    reference: str = "lr",
+    layer_axes: LayerAxes = 0,
+    end_step: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Rescale each layer's update so that every layer gets the same effective learning rate.
 
@@ -54,6 +59,10 @@ def scale_by_uniform_elr(
     the layers' :math:`r_l`, so the chain's LR keeps its usual meaning. Layers whose
     :math:`r_l` is zero or not finite (a zero weight or update) keep :math:`s_l = 1`.
 
+    With `end_step`, the layers are equalized only early in training: from update `end_step` on
+    the updates pass through unchanged (the chain is then plain SGD), the scheduling scheme the
+    ELR paper describes for early training.
+
     Only scale-invariant kernels should be rescaled: wrap the transform in `optax.masked`.
     Its position in the chain decides what is made uniform: before `optax.trace` the gradients
     (each layer's momentum buffer then averages unit-relative steps), after it the steps taken.
@@ -64,6 +73,8 @@ def scale_by_uniform_elr(
       layer_axes: per leaf, the number of leading axes that index layers stored stacked (0:
         the leaf is one layer); an int for all leaves, a pytree of ints matching the params, or a
         callable params -> that pytree (`normjax.models.layer_axes` gives it for normjax models).
+      end_step: None (equalize at every update), or the update count from which the transform is
+        the identity (a number or a traced value: a sweep's hyper-parameter; 0: never equalize).
 
     Returns:
       An `optax.GradientTransformationExtraArgs`; its state is a `ScaleByUniformELRState`.
@@ -94,7 +105,9 @@ def scale_by_uniform_elr(
         scale = _layers.tree_map(
             lambda p, n: jnp.ones_like(_layers.layer_sq_norm(jnp.zeros_like(p), _layers.check_axes(n, p))), params, axes
         )
-        return ScaleByUniformELRState(layer_scale=scale, common_elr=jnp.ones((), jnp.float32))
+        return ScaleByUniformELRState(
+            layer_scale=scale, common_elr=jnp.ones((), jnp.float32), count=jnp.zeros((), jnp.int32)
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -116,8 +129,14 @@ def scale_by_uniform_elr(
             common = jnp.where(count > 0, jnp.exp(sum(logs) / jnp.maximum(count, 1)), 1.0)
         else:
             common = jnp.ones((), jnp.float32)
+        if end_step is not None:  # after end_step: factors of 1, the identity
+            active = state.count < jnp.asarray(end_step)
+            ok = _layers.tree_map(lambda k: k & active, ok)
+            common = jnp.where(active, common, 1.0)
         scale = _layers.tree_map(lambda r, k: jnp.where(k, common / jnp.where(k, r, 1.0), 1.0), rate, ok)
         updates = _layers.tree_map(lambda u, s: (u * _layers.expand(s, u)).astype(u.dtype), updates, scale)
-        return updates, ScaleByUniformELRState(layer_scale=scale, common_elr=common.astype(jnp.float32))
+        return updates, ScaleByUniformELRState(
+            layer_scale=scale, common_elr=common.astype(jnp.float32), count=optax.safe_increment(state.count)
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -99,7 +99,7 @@ def sparsity_step(
     *,
     mode: str,
     power: float,
-    admit: Callable[[Any, Any], Any] | None = None,
+    admit: Callable[[Any, Any, Any], Any] | None = None,
 ) -> tuple[Any, Any, jax.Array]:
     r"""One step of the prior on the slopes (shared by `prelu_sparsity_prior` and the controller).
 
@@ -112,8 +112,9 @@ def sparsity_step(
       mode: `"proximal"` or `"subgradient"`.
       power: 1.0 or 0.5.
       admit: None (every slope that reaches the tolerance freezes), or a callable
-        `(d, newly) -> admitted` given the trees of :math:`d = \alpha' - 1` and of the slopes that
-        would freeze now, returning those allowed to; the others take the plain update this step.
+        `(newly, params, updates) -> admitted` given the tree of the slopes that would freeze now
+        (and this step's `params` and `updates`), returning those allowed to; the others take the
+        plain update this step.
 
     Returns:
       The new updates (frozen slopes land on exactly 1.0), the frozen mask and its count (int32).
@@ -136,7 +137,7 @@ def sparsity_step(
         frozen = _layers.tree_map(lambda d, f: f | (jnp.abs(d) < tolerance), d, frozen)
     else:
         newly = _layers.tree_map(lambda d, f: ~f & (jnp.abs(d) < tolerance), d, frozen)
-        ok = admit(d, newly)
+        ok = admit(newly, params, updates)
         plain = lambda d, n, a, u, p: jnp.where(n & ~a, p.astype(jnp.float32) - 1.0 + u.astype(jnp.float32), d)
         d = _layers.tree_map(plain, d, newly, ok, updates, params)
         frozen = _layers.tree_map(lambda f, a: f | a, frozen, ok)

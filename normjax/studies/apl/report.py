@@ -17,11 +17,13 @@ equal parameters, and the linear classifier), and writes `apl_report.json` and f
 - the baselines: each sparsified setting against the baselines' seed-mean accuracy interpolated at
   its mean APL (a plain ReLU net's APL is its depth), per kind; outside the baselines' APL range
   the comparison is left out (None);
+- when each run's count of nonlinear units reached its final value (`met_step`, and as a
+  fraction of the run, `met_fraction`): for a controller run, the step its target was met;
 - with `--fold`, the folded network of every run of the first seed: depth, parameters, accuracy
   (`normjax fold`, written under OUT/folded/).
 
 Figures: `apl_collapse` (accuracy vs APL with seed bands, floor, unsparsified and halfway lines),
-`apl_gap` (after − during per setting with ±1 s.e.), `apl_core` (effective depth and width per
+`apl_gap` (after − during at matched APL, ±1 s.e.; a gap within 2 s.e. is inconclusive), `apl_core` (effective depth and width per
 setting), `apl_vs_baselines`.
 
 Example:
@@ -43,14 +45,30 @@ import numpy as np
 
 from normjax.errors import UserError
 from normjax.figures import figure, save
-from normjax.studies.report import fmt, mean_std, sweep_rows, write_report
+from normjax.studies.report import difference, fmt, mean_std, sweep_rows, write_report
 from normjax.sweep.results import collect
 from normjax.training.rundir import RunDir, SweepDir
 
 JSON_NAME = "apl_report.json"
 TASK, REGIME, SEED, BASELINE = "data.task", "train.regime", "train.seed", "model.baseline"
 SETTINGS = ("optim.prelu_target", "optim.prelu_l1")  # what a sparsification sweep varies
-QUANTITIES = ("apl", "effective_width", "nonlinear_units", "test_accuracy")
+QUANTITIES = ("apl", "effective_width", "nonlinear_units", "test_accuracy", "train_loss", "met_step", "met_fraction")
+
+
+def met_step(run: RunDir) -> int | None:
+    """The first logged step at which the run's count of linear units (`prelu_frozen`) had its final
+    value: when a controller run met its target, or a fixed-λ run's architecture stopped changing.
+    None without the count in the log.
+
+    Example:
+      >>> met_step(RunDir("runs/sweep-apl_targets-mnist1d/task=mnist1d-regime=during-prelu_target=0.1-seed=0-x"))  # doctest: +SKIP
+      496
+    """
+    rows = [(r["step"], r["prelu_frozen"]) for r in run.read_metrics() if "prelu_frozen" in r and "step" in r]
+    if not rows:
+        return None
+    final = rows[-1][1]
+    return int(next(step for step, n in rows if n == final))
 
 
 def collapse_apl(apl: list[float], acc: list[float], half: float) -> float | None:
@@ -163,6 +181,7 @@ def _gap(after: list[dict], during: list[dict], half: float | None = None) -> li
             se2 = np.interp(x, xs, [_stderr2(p["test_accuracy"]) for p in ok])
             row["gap_matched_apl"] = a["test_accuracy"]["mean"] - float(acc)
             row["stderr_matched_apl"] = math.sqrt(_stderr2(a["test_accuracy"]) + float(se2))
+        row["matched_apl"] = difference(row["gap_matched_apl"], row["stderr_matched_apl"])
         out.append(row)
     return out
 
@@ -244,6 +263,10 @@ def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | No
         raise UserError(f"{str(sweep)!r} has no finished run that logged the apl hook (log.metrics=['apl'])")
     key = _setting_key(rows, path)
     bases = _base_runs(path, rows)
+    for r in rows:
+        r["met_step"] = met_step(SweepDir(path).run(r["name"]))
+        steps = r.get("total_steps") or r.get("step")
+        r["met_fraction"] = None if r["met_step"] is None or not steps else (r["met_step"] + 1) / steps
     diverged = [r["name"] for r in every if r["status"] == "diverged"]
     missed = []  # controller runs that ended with more nonlinear units than their target keeps
     if key == "optim.prelu_target":
@@ -346,20 +369,25 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
                 ax.axhline(value, color="k", ls=ls, lw=0.9, label=label)
     paths += _save_panels(fig, axes, tasks, "APL (normalized), mean ± std over seeds", out / f"{stem}_collapse")
 
-    gaps = {task: t["gap"] for task, t in tasks.items() if t.get("gap")}
-    if gaps:
+    gaps = {task: [x for x in t["gap"] if x["gap_matched_apl"] is not None] for task, t in tasks.items() if t.get("gap")}
+    if any(gaps.values()):
         fig, axes = figure(1, 1, size=(5.2, 3.6))
         ax = axes[0][0]
         for i, (task, g) in enumerate(gaps.items()):
-            xs = np.arange(len(g)) + 0.12 * (i - (len(gaps) - 1) / 2)
             ax.errorbar(
-                xs, [x["gap"] for x in g], yerr=[x["stderr"] for x in g], fmt="o", color=f"C{i}", capsize=3, label=task
+                [x["apl_after"] for x in g],
+                [x["gap_matched_apl"] for x in g],
+                yerr=[2 * x["stderr_matched_apl"] for x in g],
+                fmt="o",
+                color=f"C{i}",
+                capsize=3,
+                label=task,
             )
-        first = next(iter(gaps.values()))
-        ax.set_xticks(np.arange(len(first)), [f"{x['setting']:g}" for x in first])
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xlabel(section["setting"])
-        ax.set_ylabel("test accuracy: after − during (±1 s.e.)")
+        ax.axhline(0, color="k", lw=0.8, label="no advantage")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("APL of the after-training runs (normalized)")
+        ax.set_ylabel("test accuracy: after − during\nat matched APL (±2 s.e.)")
+        ax.set_title("nonlinear advantage at matched APL; bars crossing 0: inconclusive", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         paths += save(fig, out, f"{stem}_gap")
