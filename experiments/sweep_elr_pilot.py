@@ -24,11 +24,13 @@ def get_sweep(size: str) -> dict:
         return {
             "base": "elr_resnet.py",
             "grid": grid,
-            "set": _decisive.RECIPE | {"model.depth": 41, "train.epochs": 4.0, "log.every": 100, "checkpoint.every": 2000},
+            "set": _decisive.RECIPE
+            | {"model.depth": 41, "train.epochs": 4.0, "log.every": 100, "checkpoint.every": 2000},
         }
     epochs = 30.0 if size == "mnist1d" else 2.0
     return {
         "base": "elr_resnet.py",
         "grid": grid,
-        "set": _decisive.RECIPE | {"model.depth": 56, "train.epochs": epochs, "log.every": 50, "checkpoint.every": 1000},
+        "set": _decisive.RECIPE
+        | {"model.depth": 56, "train.epochs": epochs, "log.every": 50, "checkpoint.every": 1000},
     }

@@ -435,7 +435,9 @@ def test_which_units_freeze_does_not_depend_on_leaf_or_index_order():
     frozen_sets = []
     for layout in ({"a": "pq", "b": "rs"}, {"a": "rs", "b": "pq"}, {"a": "sr", "b": "qp"}):
         params = {leaf: jnp.array([values[n] for n in names]) for leaf, names in layout.items()}
-        tx = optax.chain(optax.sgd(LR), njt.prelu_sparsity_controller(target_count=2, learning_rate=LR, init_strength=10.0))
+        tx = optax.chain(
+            optax.sgd(LR), njt.prelu_sparsity_controller(target_count=2, learning_rate=LR, init_strength=10.0)
+        )
         _, state = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
         frozen = state[1].frozen
         frozen_sets.append({n for leaf, names in layout.items() for n, f in zip(names, np.asarray(frozen[leaf])) if f})

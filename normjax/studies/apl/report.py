@@ -369,7 +369,9 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
                 ax.axhline(value, color="k", ls=ls, lw=0.9, label=label)
     paths += _save_panels(fig, axes, tasks, "APL (normalized), mean ± std over seeds", out / f"{stem}_collapse")
 
-    gaps = {task: [x for x in t["gap"] if x["gap_matched_apl"] is not None] for task, t in tasks.items() if t.get("gap")}
+    gaps = {
+        task: [x for x in t["gap"] if x["gap_matched_apl"] is not None] for task, t in tasks.items() if t.get("gap")
+    }
     if any(gaps.values()):
         fig, axes = figure(1, 1, size=(5.2, 3.6))
         ax = axes[0][0]
