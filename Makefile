@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test lint test-slow test-isa bench bench-conv bench-gpu bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr reproduce-apl
+.PHONY: demo test lint test-slow test-isa test-plan plan bench bench-conv bench-gpu bench-gpu-steps bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr reproduce-apl
 
 # The training stack (the `train` extra) and the test tools; `pip install .` alone is the base install.
 $(STAMP): pyproject.toml
@@ -107,7 +107,8 @@ test: $(STAMP) lint docs
 
 # HTML documentation in docs/_build/html: the pages of docs/, the CLI and config references
 # generated from the code, the API reference from the docstrings. -E: a fresh environment, so
-# every docstring is read again and every warning shows (-W: and fails the build).
+# every docstring is read again and every warning shows (-W: and fails the build). docs/conf.py warns
+# where a built page would load anything from the network: MathJax is served from _static/mathjax.
 docs: $(STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
@@ -117,8 +118,32 @@ docs: $(STAMP)
 docs-figures: demo
 	$(BIN)/python docs/copy_figures.py $(WORKDIR)
 
-test-slow: $(STAMP) test-isa
+test-slow: $(STAMP) test-isa test-plan
 	$(BIN)/python -m pytest -q -m slow
+
+# The compile tests of `normjax plan` (tests/test_plan.py, marked plan): a smoke program compiled for
+# a TPU slice and for an H100, with each family's compiler from .plan-site/ (`make plan` installs
+# it); a family not installed is skipped with its install command.
+test-plan: $(STAMP)
+	for f in tpu gpu; do PYTHONPATH=$(PLAN_SITE)/$$f JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider -rs -m plan tests/test_plan.py || exit 1; done
+
+# Compile a sweep's programs for a TPU or GPU that is not here: memory per device, the largest group
+# that fits, flops, a roofline bound (`normjax plan`; make plan SPEC=experiments/sweep_lr.py
+# SIZE=full TARGET=tpu-v5e-8|tpu-v4-8|tpu-v6e-8|h100|h200|a100 ...). The target's compiler (libtpu, or
+# the CUDA 12 plugin and its libraries) is installed once into .plan-site/tpu or .plan-site/gpu, outside
+# .venv: there it would make every JAX start look for that chip. JAX_SKIP_CUDA_CONSTRAINTS_CHECK: the
+# plugin's check of a CUDA driver fails where there is no GPU, and a compile needs none.
+SPEC ?= experiments/sweep_lr.py
+TARGET ?= tpu-v5e-8
+PLAN_SITE := .plan-site
+PLAN_FAMILY = $(if $(filter tpu-%,$(TARGET)),tpu,gpu)
+$(PLAN_SITE)/%/.installed: $(STAMP)
+	$(BIN)/pip install -q --target $(PLAN_SITE)/$* $$($(BIN)/python -c 'from normjax.chips import requirements; print(*requirements("$*"))')
+	touch $@
+plan: $(STAMP) $(PLAN_SITE)/$(PLAN_FAMILY)/.installed
+	PYTHONPATH=$(PLAN_SITE)/$(PLAN_FAMILY) JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 \
+		$(BIN)/normjax plan $(SPEC) --size $(SIZE) --target $(TARGET)
 
 # The tests that compare two different programs (vmapped vs alone, 1 vs 8 devices, scanned vs
 # unrolled, ...) again with XLA:CPU capped at narrower instruction sets: other vector widths give
@@ -142,13 +167,24 @@ bench-conv: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m benchmarks.bench --only mnist1dresnet20_torch_eager mnist1dresnet20_flax_plain mnist1dresnet20_normjax fmnistresnet20w8_torch_eager fmnistresnet20w8_flax_plain fmnistresnet20w8_normjax --out benchmarks/results-conv-cpu.json
 
-# On a GPU machine whose image already has jax[cuda] and torch: no venv, the system python. Each
-# part is time-limited (the device lease is short) and writes its JSON into GPU_OUT.
+# The GPU sweep benchmark (benchmarks/gpu_strategies.py), on a GPU machine whose image has jax[cuda],
+# flax and optax (no venv: the system python; it needs nothing else of this repository's extras):
+# the ways to train a group of runs (vmapped with XLA's grouped convs or with normjax's per-run
+# convs, lax.map over the runs, the runs one after another) for 8, 32 and 16 ResNet-20 runs at batch
+# 128, then the deep BN MLP and the PReLU ResNet-20 with the λ controller, in that order. Each case
+# runs in its own process under its own limit, the JSON is written after each, and the whole fits
+# 480 s: one device command (10 minutes at most) of a 15-minute lease, the machine's start included.
 GPU_OUT ?= benchmarks
+bench-gpu:
+	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 540 $(PY) -m benchmarks.gpu_strategies --budget 480 \
+		--case-limit 120 --out $(GPU_OUT)/results-gpu-strategies.json
+
+# The single-run steps on a GPU: against PyTorch and plain Flax, the hooks, the transforms and the APL
+# step (about 15 minutes; each part time-limited, its JSON written into GPU_OUT). Needs torch too.
 GPU_CASES := resnet20_torch_eager resnet20_torch_compile resnet20_flax_plain resnet20_normjax \
 	resnet20_normjax-nometrics resnet20_normjax-bf16 mlp_torch_eager mlp_torch_compile mlp_jax_plain \
 	mlp_normjax mlp_normjax-nometrics resnet56_normjax resnet110_normjax
-bench-gpu:
+bench-gpu-steps:
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 250 $(PY) -m benchmarks.bench --warmup 5 --iters 50 --only $(GPU_CASES) --out $(GPU_OUT)/results-gpu.json
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 140 $(PY) -m benchmarks.metrics_overhead --out $(GPU_OUT)/results-metrics-gpu.json
 	-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 110 $(PY) -m benchmarks.transforms_overhead --out $(GPU_OUT)/results-transforms-gpu.json

@@ -2,8 +2,11 @@
 
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
+
+from sphinx.util import logging
 
 DOCS = Path(__file__).parent
 sys.path.insert(0, str(DOCS.parent))  # the package, also without an installed copy
@@ -21,6 +24,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",  # Google-style docstrings (Args:, Returns:, Example:)
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 copied into _static/mathjax and loaded from there: no CDN
     "myst_parser",  # the pages are Markdown
     "normjax_docs",  # cli.md and config.md, generated from the parsers and normjax/config.py
 ]
@@ -90,6 +94,27 @@ def _module_signature(app, what, name, obj, options, signature, return_annotatio
     return None
 
 
+logger = logging.getLogger(__name__)
+# A <script src> or <link href> that reaches outside the built docs (`//host/...`, `http://`, `https://`).
+_REMOTE = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)=[\"'](?P<url>(?:https?:)?//[^\"']*)", re.I)
+
+
+def _check_offline(app, exc):
+    """Fail the build (a warning, and -W) where a built page would load a script or stylesheet
+    from the network, or the local MathJax is missing: offline, formulas would show as raw LaTeX."""
+    if exc is not None or app.builder.format != "html":
+        return
+    out = Path(app.outdir)
+    remote = [(p, m["url"]) for p in sorted(out.rglob("*.html")) for m in _REMOTE.finditer(p.read_text())]
+    for i, (page, url) in enumerate(remote[:3]):
+        more = f" (and {len(remote) - 3} more)" if i == 2 and len(remote) > 3 else ""
+        logger.warning(f"{page.relative_to(out)} loads {url}{more}: the built docs must work offline")
+    mathjax = out / "_static" / app.config.mathjax_path
+    if not remote and not mathjax.is_file():
+        logger.warning(f"mathjax_path {app.config.mathjax_path!r} is not in the built docs: {mathjax} is missing")
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
     app.connect("autodoc-process-signature", _module_signature)
+    app.connect("build-finished", _check_offline, priority=900)  # after MathJax is copied (priority 500)

@@ -1,9 +1,10 @@
-"""`normjax` command line: train, eval, sweep, results, plot, and the studies' commands
+"""`normjax` command line: train, eval, sweep, plan, results, plot, and the studies' commands
 (`python -m normjax` too).
 
 Bad input ends with one line `error: ...` and exit code 2, as does a command that needs the
 training stack where only the base install is (`pip install 'normjax[train]'`); a diverged run
-exits 3.
+exits 3. Ctrl-C (SIGINT) or SIGTERM during training saves the step reached, says so in one line
+and exits 130 or 143 (128 + the signal's number).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
-from normjax.errors import UserError, missing_extra
+from normjax.errors import Interrupted, UserError, missing_extra
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +78,29 @@ def _parser() -> argparse.ArgumentParser:
         "--group-size", type=int, default=0, help="runs vectorized together (0: automatic, by backend and memory)"
     )
     w.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+    n = sub.add_parser(
+        "plan",
+        help="compile a sweep's programs for a TPU or GPU that is not here: memory per device, the largest "
+        "group that fits, flops, a roofline bound on the time",
+    )
+    n.add_argument("spec", help="sweep or experiment file, e.g. experiments/sweep_lr.py")
+    n.add_argument("--size", default="smoke", help="the file's size, as for `normjax sweep`")
+    n.add_argument(
+        "--target",
+        required=True,
+        help="the chip: tpu-v5e-8, tpu-v4-8, tpu-v6e-8, ... (libtpu: pip install 'normjax[plan-tpu]'), or h100, "
+        "h200, a100 (the CUDA plugin: pip install 'normjax[plan-gpu]')",
+    )
+    n.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run (repeatable)",
+    )
+    n.add_argument("--max-group", type=int, default=64, help="the largest vectorized group compiled (default 64)")
+    n.add_argument("--json", action="store_true", help="print the report as one JSON object instead of tables")
     r = sub.add_parser("results", help="table of a sweep's runs (CSV + terminal), mean ± std over seeds")
     r.add_argument("sweepdir", help="sweep directory (the --workdir of `normjax sweep`; holds sweep.json)")
     r.add_argument("--over", default="train.seed", help="key averaged over (default train.seed)")
@@ -235,14 +260,19 @@ def run(argv: list[str] | None = None) -> int:
 
         print(prepare(args.name, source_dir=args.source_dir, data_dir=args.data_dir).message)
         return 0
+    if args.command == "train":
+        workdir = args.workdir or os.path.join("runs", Path(args.config).stem)
+        if not (args.distributed or os.environ.get("NORMJAX_DISTRIBUTED") == "1"):
+            from normjax.training.lock import RunLock  # no jax: a live run is refused in a moment
+
+            RunLock(workdir).check_free()  # (several processes: process 0 checks, in `train`)
     from normjax.config import load_config
     from normjax.parallel import maybe_initialize_distributed
     from normjax.training.loop import EXIT_DIVERGED, evaluate_run, train
 
     if args.command == "train":
-        cfg = load_config(args.config, size=args.size, overrides=args.overrides)
+        cfg = load_config(args.config, size=args.size, overrides=args.overrides)  # validating imports jax
         maybe_initialize_distributed(args.distributed)
-        workdir = args.workdir or os.path.join("runs", Path(args.config).stem)
         summary = train(cfg, workdir)
         if summary["status"] == "diverged":
             if args.json:  # a script reads the record whatever the outcome (exit code 3 says diverged)
@@ -272,6 +302,12 @@ def run(argv: list[str] | None = None) -> int:
         counts = {s: sum(r["status"] == s for r in results.values()) for s in ("done", "diverged", "failed")}
         print(f"sweep finished: {counts['done']} done, {counts['diverged']} diverged, {counts['failed']} failed")
         return 1 if counts["failed"] else 0
+    if args.command == "plan":
+        from normjax.sweep.plan import format_plan, plan
+
+        report = plan(args.spec, size=args.size, target=args.target, overrides=args.overrides, max_group=args.max_group)
+        print(json.dumps(report) if args.json else format_plan(report))
+        return 0
     if args.command == "results":
         from normjax.sweep.results import report
 
@@ -372,12 +408,12 @@ def format_summary(summary: dict, rundir: str | os.PathLike) -> str:
 
 
 def _interrupt_on_sigterm() -> None:
-    """A job killed with SIGTERM (a preempted TPU VM, `scancel`, `kill`) stops as on Ctrl-C: the
-    run's summary says `interrupted` with the step it resumes from."""
-    import signal
+    """A job killed with SIGTERM (a preempted TPU VM, `scancel`, `kill`) stops as on Ctrl-C: while
+    training, at the end of the chunk it is in, saving the state reached; the run's summary says
+    `interrupted` with the step it resumes from. Exit code 143 (128 + 15, as a shell's)."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Interrupted(signum)
 
     try:
         signal.signal(signal.SIGTERM, handler)
@@ -398,9 +434,11 @@ def main(argv: list[str] | None = None) -> None:
                 raise
         print(f"error: {error}", file=sys.stderr)
         code = UserError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: the run resumes from its last checkpoint when started again", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: 128 + the signal's number, as a shell's
+        if not isinstance(e, Interrupted):
+            e = Interrupted(signal.SIGINT)  # Python's own SIGINT handler (outside training)
+        print(f"interrupted: {e}", file=sys.stderr)
+        code = e.exit_code
     except BrokenPipeError:
         # The reader of our output went away (`normjax fold RUN | head`): stop quietly, as `cat`
         # does; stdout is pointed at devnull so that the interpreter's final flush cannot fail again.

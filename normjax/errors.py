@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class UserError(Exception):
     """Bad input from a user (config, CLI, data dir). The CLI prints `error: <msg>` and exits 2.
@@ -14,6 +16,39 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal: SIGINT (Ctrl-C) or SIGTERM (what schedulers and `kill` send).
+
+    A `KeyboardInterrupt`, so code that handles Ctrl-C handles both. The CLI prints
+    `interrupted: <msg>` and exits 128 + the signal's number, as a shell does: 130 for SIGINT,
+    143 for SIGTERM.
+
+    Args:
+      signum: the signal's number.
+      message: one line on what was saved and where the run resumes.
+
+    Example:
+      >>> e = Interrupted(signal.SIGTERM, "SIGTERM at step 500 of 1872: saved; resumes from step 500")
+      >>> e.exit_code, e.signame
+      (143, 'SIGTERM')
+    """
+
+    def __init__(self, signum: int, message: str = ""):
+        self.signum = int(signum)
+        super().__init__(message or f"{self.signame}: the run resumes from its last checkpoint when started again")
+
+    @property
+    def signame(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 # The import names of the `train` extra's packages (pyproject.toml): the training stack. A base

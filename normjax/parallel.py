@@ -6,9 +6,10 @@ parameters are replicated; XLA inserts the gradient all-reduce.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -106,8 +107,47 @@ def check_same(name: str, value: Any) -> None:
         multihost_utils.assert_equal(np.asarray(value), f"processes disagree on {name}")
 
 
+# The devices of a chip that is not here, while `normjax plan` compiles for it (compile_for).
+_target: list[Sequence[jax.Device]] = []
+
+
+@contextlib.contextmanager
+def compile_for(devices: Sequence[jax.Device]) -> Iterator[None]:
+    """Inside the block, programs are built for `devices` (compile-only devices of another chip,
+    from `jax.experimental.topologies`): `data_mesh` spans them and `platform` is theirs.
+
+    Args:
+      devices: the target's devices, all of one platform.
+
+    Example:
+      >>> with compile_for(jax.devices()):
+      ...     platform()
+      'cpu'
+    """
+    _target.append(list(devices))
+    try:
+        yield
+    finally:
+        _target.pop()
+
+
+def platform() -> str:
+    """The platform programs are built for: `cpu`, `gpu` or `tpu` (a `compile_for` target's, else
+    the default backend's)."""
+    name = _target[-1][0].platform if _target else jax.default_backend()
+    return "gpu" if name in ("cuda", "rocm") else name
+
+
+def compiling_elsewhere() -> bool:
+    """Whether programs are being built for a chip that is not here (`compile_for`)."""
+    return bool(_target)
+
+
 def data_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh named `data` over all devices (Auto axes: shardings propagate by themselves)."""
+    """A 1-D mesh named `data` over all devices, or a `compile_for` target's (Auto axes: shardings
+    propagate by themselves)."""
+    if _target:  # in the given order: libtpu gives a v4's TensorCores, which make_mesh refuses
+        return jax.sharding.Mesh(np.array(_target[-1]), (DATA,), axis_types=(AxisType.Auto,))
     return jax.make_mesh((jax.device_count(),), (DATA,), axis_types=(AxisType.Auto,))
 
 

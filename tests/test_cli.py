@@ -11,7 +11,7 @@ from normjax import cli
 
 def test_every_argument_of_every_command_has_help():
     parsers = cli.parsers()
-    assert len(parsers) == 1 + 6 + len(cli.STUDY_COMMANDS)
+    assert len(parsers) == 1 + 7 + len(cli.STUDY_COMMANDS)
     missing = []
     for name, parser in parsers.items():
         actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]

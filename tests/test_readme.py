@@ -30,7 +30,7 @@ MEASURED = {
     "a small number": r"\b\d+(?:\.\d+)?e-\d+\b",
     "a size": r"\b\d+(?:\.\d+)?\s?(?:KB|MB|GB|KiB|MiB|GiB)\b",
 }
-SETTINGS = ("60% of device memory", "heartbeat stopped 10 minutes ago")
+SETTINGS = ("90% of the device's", "heartbeat stopped 10 minutes ago")
 DATE = r"\b20\d\d-\d\d-\d\d\b"
 MACHINE = r"Xeon|EPYC|H100|H200|TPU|GPU|CPU"
 README_LINES = 250  # a front door (optax's README is about 150 lines); the rest is in docs/

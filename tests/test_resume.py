@@ -1,7 +1,10 @@
-"""A run killed with SIGKILL and started again ends bitwise where an uninterrupted run ends."""
+"""A run killed with SIGKILL and started again ends bitwise where an uninterrupted run ends; one
+stopped by SIGTERM saves the step it reached; a second process on a live run is refused at once."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +17,7 @@ from helpers import assert_bitwise
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
 from normjax.training.loop import program_for, restore_state
+from normjax.training.rundir import RunDir
 
 ARGS = [
     "--set",
@@ -50,7 +54,7 @@ def _state(workdir, args=ARGS):
 
 def _rows(workdir):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in __import__("json").loads(l).items() if k != "wall_time"} for l in lines]
+    return [{k: v for k, v in json.loads(l).items() if k != "wall_time"} for l in lines]
 
 
 def test_sigkill_and_restart_matches_uninterrupted(tmp_path):
@@ -125,20 +129,61 @@ def _kill_and_restart(tmp_path, args, streamed=False):
     assert _rows(tmp_path / "ref") == _rows(tmp_path / "killed")
 
 
-def test_sigterm_stops_the_run_as_interrupted(tmp_path):
-    """A preempted job (SIGTERM) records `interrupted` with the step it resumes from, exit 130."""
-    p = _train(tmp_path / "run", wait=False)
-    ckpt_dir = tmp_path / "run" / "checkpoints"
+# A run of minutes whose first checkpoint would come only at its end.
+LONG = ["--set", "model.depth=4", "--set", "model.width=256", "--set", "train.steps=100000"]
+LONG += ["--set", "train.steps_per_dispatch=4", "--set", "checkpoint.every=100000", "--set", "log.every=1"]
+
+
+@pytest.fixture(scope="module")
+def live_run(tmp_path_factory):
+    """A `normjax train` process with a few steps logged and no checkpoint yet (the tests below
+    stop it)."""
+    workdir = tmp_path_factory.mktemp("live") / "run"
+    p = _train(workdir, wait=False, args=LONG)
     deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        if ckpt_dir.exists() and any(d.name.isdigit() for d in ckpt_dir.glob("*")):
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, "the run ended before it could be stopped"
+    while time.time() < deadline and p.poll() is None and len(list(RunDir(workdir).read_metrics())) < 8:
+        time.sleep(0.05)
+    assert p.poll() is None, p.communicate()[1][-2000:]
+    yield p, workdir
+    if p.poll() is None:
+        p.kill()
+        p.communicate()
+
+
+def test_a_second_process_on_a_live_run_is_refused_at_once(live_run):
+    """Issue 33: it was refused after 11-25 s (imports, data, program). Now in one line before the
+    training stack is even imported (`-X importtime` lists every module the process imported)."""
+    p, workdir = live_run
+    cmd = [sys.executable, "-X", "importtime", "-m", "normjax", "train", "experiments/mlp_digits.py"]
+    t0 = time.monotonic()
+    out = subprocess.run(cmd + ["--workdir", str(workdir)] + LONG, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    imported = {l.rsplit("|", 1)[-1].strip() for l in out.stderr.splitlines() if l.startswith("import time:")}
+    err = [l for l in out.stderr.splitlines() if not l.startswith("import time:")]
+    assert out.returncode == 2 and len(err) == 1, out.stderr[-2000:]
+    assert err[0] == (
+        f"error: workdir {str(workdir)!r} is being trained by another process ({socket.gethostname()}:{p.pid}); "
+        "wait for it or give another --workdir"
+    )
+    assert "normjax.cli" in imported and "jax" not in imported, "refused after importing jax"
+    assert took < 8, f"refused after {took:.1f} s"  # about 1 s; generous for a loaded 2-core machine
+    assert p.poll() is None, "the live run goes on"
+
+
+def test_sigterm_saves_the_step_reached_and_exits_143(live_run):
+    """A preempted job (SIGTERM) stops at the end of its chunk, saves the step it reached (issue
+    33: before its first periodic checkpoint it used to save nothing) and exits 128 + 15."""
+    p, workdir = live_run
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err[-2000:]
-    summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "interrupted"
-    assert summary["step"] == Checkpointer(ckpt_dir, read_only=True).latest_step() > 0
-    assert not (tmp_path / "run" / "lock").exists()
+    assert p.returncode == 143, err[-2000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    step = summary["step"]
+    assert summary["status"] == "interrupted" and 8 <= step < 100000
+    assert Checkpointer(workdir / "checkpoints", read_only=True).steps() == [step]
+    assert err.splitlines()[-1] == (
+        f"interrupted: SIGTERM at step {step} of 100000: saved in {workdir / 'checkpoints'}; "
+        f"the same command resumes from step {step}"
+    )
+    assert [r["step"] for r in RunDir(workdir).read_metrics()] == list(range(step))  # each step up to it
+    assert not (workdir / "lock").exists()

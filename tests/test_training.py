@@ -1,7 +1,10 @@
 """End-to-end behaviour of the loop on the embedded digits data (seconds each on 2 cores)."""
 
 import json
+import os
 import shutil
+import signal
+import threading
 
 import jax
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 
 from helpers import assert_bitwise, small_config
 from normjax.cli import main
+from normjax.errors import Interrupted
 from normjax.models import per_layer
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
@@ -370,6 +374,53 @@ def test_an_interrupted_run_says_so_and_resumes_with_a_line(tmp_path, monkeypatc
     capsys.readouterr()
     assert train(cfg, tmp_path / "run")["status"] == "done"
     assert f"resuming {str(tmp_path / 'run')!r} from step 16 of 40" in capsys.readouterr().err
+
+
+def _signal_at_drain(monkeypatch, k):
+    """SIGINT to this process from inside the loop's k-th metrics fetch, as Ctrl-C mid-run."""
+    import normjax.training.loop as loop
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    drain, calls = loop._drain, []
+
+    def drain_and_signal(*args):
+        calls.append(1)
+        if len(calls) == k:
+            os.kill(os.getpid(), signal.SIGINT)
+        return drain(*args)
+
+    monkeypatch.setattr(loop, "_drain", drain_and_signal)
+    return drain
+
+
+def test_ctrl_c_saves_the_step_reached_and_the_run_resumes_bitwise(tmp_path, monkeypatch, capsys):
+    """Issue 33: Ctrl-C before the first periodic checkpoint saved nothing ("resumes from step 0").
+    Now the loop stops at the end of its chunk, saves that step, and the run resumes from it to the
+    parameters and metric rows of an uninterrupted run, bit for bit."""
+    cfg = small_config(train={"steps": 40}, checkpoint={"every": 1000})  # chunks of 8, no periodic save
+    train(cfg, tmp_path / "ref")
+    import normjax.training.loop as loop
+
+    drain = _signal_at_drain(monkeypatch, 2)  # the second fetch: chunk 3 (steps 16-23) is in flight
+    with pytest.raises(KeyboardInterrupt) as e:
+        train(cfg, tmp_path / "run")
+    assert Checkpointer(tmp_path / "run" / "checkpoints", read_only=True).steps() == [24]
+    assert isinstance(e.value, Interrupted) and e.value.exit_code == 130
+    assert str(e.value) == (
+        f"SIGINT at step 24 of 40: saved in {tmp_path / 'run' / 'checkpoints'}; the same command resumes from step 24"
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["step"] == 24
+    assert _rows(tmp_path / "run") == [r for r in _rows(tmp_path / "ref") if r["step"] < 24]  # all logged
+    assert not (tmp_path / "run" / "lock").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+    monkeypatch.setattr(loop, "_drain", drain)
+    capsys.readouterr()
+    assert train(cfg, tmp_path / "run")["status"] == "done"
+    assert f"resuming {str(tmp_path / 'run')!r} from step 24 of 40" in capsys.readouterr().err
+    assert _rows(tmp_path / "run") == _rows(tmp_path / "ref")
+    assert_bitwise(_final_params(tmp_path / "run", cfg), _final_params(tmp_path / "ref", cfg), "final parameters")
 
 
 def test_a_run_directory_keeps_its_config(tmp_path, capsys):

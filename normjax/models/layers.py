@@ -23,6 +23,7 @@ from flax import nnx
 from jax.custom_derivatives import SymbolicZero
 
 from normjax.errors import UserError
+from normjax.parallel import platform
 
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -268,7 +269,7 @@ def use_custom_conv() -> bool:
         raise UserError(f"NORMJAX_CONV={impl!r} is not one of {', '.join(CONV_IMPLS)}")
     if plain_autodiff_enabled():
         return False
-    return impl == "custom" or (impl == "auto" and jax.default_backend() == "cpu")
+    return impl == "custom" or (impl == "auto" and platform() == "cpu")
 
 
 class Conv(nnx.Module):

@@ -3,7 +3,9 @@
 Runs that share a compiled program (same shapes and structure; they differ only in traced
 values such as seed, LR, momentum, weight decay) are trained together in groups by
 `train_group` (vmap over a run axis). Complete runs are skipped, interrupted ones resume from
-their checkpoints, a run that raises is recorded as `failed` and the sweep goes on. Every
+their checkpoints, a run that raises is recorded as `failed` and the sweep goes on. Ctrl-C or
+SIGTERM stops the sweep: the group training then saves the step it reached (its runs resume
+from there, together), the runs not started yet start when the sweep is run again. Every
 dataset the sweep needs is loaded before any run starts, so a missing one is one line and
 nothing is created.
 
@@ -17,22 +19,23 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from normjax.errors import UserError, missing_extra
+from normjax.errors import Interrupted, UserError, missing_extra
 
 try:
     from tqdm.auto import tqdm
 except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
     raise missing_extra(e, __name__) from None
 
-from normjax.parallel import decide, is_writer, maybe_initialize_distributed
+from normjax.parallel import decide, is_writer, maybe_initialize_distributed, platform
+from normjax.sweep.sizing import HEADROOM, GroupCompiler, largest_group
 from normjax.sweep.spec import RunSpec, expand, merge_manifest
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
@@ -52,31 +55,33 @@ def parse_shard(text: str) -> tuple[int, int]:
     raise UserError(f"--shard {text!r} is not i/n with 0 <= i < n (e.g. 0/4)")
 
 
-def auto_group_size(program, n_runs: int, cap: int = 64) -> int:
+def auto_group_size(program, n_runs: int, cap: int = 64, limit: int | None = None) -> int:
     """How many runs to vectorize together.
 
     On CPU, conv nets go one run at a time: with one conv per run under vmap (`vmap_per_slice`),
     a vmapped group of ResNet-20 runs is no faster than its runs in turn (benchmarks/RESULTS.md,
     "Vectorized runs": the convs already keep the cores busy, and the runs' activations spill the
-    cache) but compiles longer; small MLPs gain a little and are grouped by 8. On GPU/TPU: as many
-    as fit in 60% of device memory, by the compiled single-run step's memory analysis.
+    cache) but compiles longer; small MLPs gain a little and are grouped by 8. On GPU/TPU: the
+    largest group whose compiled chunk fits in `HEADROOM` of the device's memory limit, by XLA's
+    memory analysis of the group itself (`normjax.sweep.sizing.largest_group`; `normjax plan`
+    shows the same choice ahead of time).
+
+    Args:
+      program: the runs' compiled program.
+      n_runs: how many runs share it.
+      cap: the largest group considered.
+      limit: the device's memory limit in bytes (default: the first device's `bytes_limit`);
+        given, the group is sized by memory on any backend.
     """
-    if jax.default_backend() == "cpu":
+    if limit is None and platform() == "cpu":
         return 1 if program.cfg["model"]["name"] != "mlp" else min(n_runs, 8)
     try:
-        state = program.abstract_state()
-        per_run = 3 * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))  # state, grads, updates
-        data = program.data
-        compiled = program.train_chunk.lower(
-            state,
-            jax.ShapeDtypeStruct((data.num_train,) + tuple(data.image_shape), np.dtype(data.dtype)),
-            jax.ShapeDtypeStruct((data.num_train,), np.int32),
-            np.int32(1),
-            program.log_mask(),
-        ).compile()
-        per_run += compiled.memory_analysis().temp_size_in_bytes
-        limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 0)
-        return max(1, min(n_runs, cap, int(0.6 * limit) // per_run)) if limit else min(n_runs, 8)
+        if limit is None:
+            limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 0)
+        if not limit:
+            return min(n_runs, 8)
+        compile_group = GroupCompiler(program)
+        return max(1, largest_group(lambda r: compile_group(r).bytes, n_runs, int(HEADROOM * limit), cap))
     except Exception:  # noqa: BLE001 - memory analysis is backend-specific; fall back to a modest group
         return min(n_runs, 8)
 
@@ -305,6 +310,9 @@ def _train_runs(
                 summaries = train_group([r.config for r in now], [workdir / r.name for r in now], progress=False)
         except Exception as e:  # noqa: BLE001 - a failing run must not stop the sweep
             summaries = [_fail(RunDir(workdir / r.name), e) for r in now]
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM: the group saved the step it reached (train_group)
+            e = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            raise Interrupted(e.signum, f"{e} (sweep {label}: {done_count} of {len(mine)} runs finished)") from None
         finally:
             for r in now:
                 if is_writer():

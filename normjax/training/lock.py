@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 
+from normjax.errors import UserError
 from normjax.paths import is_remote
 from normjax.training.rundir import RunDir
 
@@ -59,6 +60,24 @@ class RunLock:
     def live(self) -> bool:
         """Whether a live process holds this lock (the run is training now)."""
         return self.path.exists() and not self._stale()
+
+    def busy_message(self) -> str:
+        """The one line that refuses a run another process trains now."""
+        return (
+            f"workdir {str(self.path.parent)!r} is being trained by another process ({self.owner_text()}); "
+            "wait for it or give another --workdir"
+        )
+
+    def check_free(self) -> None:
+        """Refuse at once a run that a live process trains, before anything slow (importing the
+        training stack, loading data, compiling) or written. It only reads: `acquire` still
+        decides between two processes that start together.
+
+        Raises:
+          UserError: (one line) a live process holds the lock.
+        """
+        if self.live():
+            raise UserError(self.busy_message())
 
     def _stale(self) -> bool:
         try:

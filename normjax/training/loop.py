@@ -13,7 +13,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +29,7 @@ from normjax.analysis import apl as apl_lib
 from normjax.analysis import graph as graph_lib
 from normjax.config import DEFAULTS, canonical, validate
 from normjax.data import Dataset
-from normjax.errors import UserError
+from normjax.errors import Interrupted, UserError
 from normjax.models import check_model_input
 from normjax.models.structure import is_projection
 from normjax.parallel import (
@@ -208,7 +210,10 @@ def train(cfg: dict, workdir: str | os.PathLike, *, progress: bool | None = None
     A finished run (done or diverged) with the same config is returned as is (its summary gets
     `"already": True`); one with another config is refused. A non-finite loss or gradient norm
     ends the run with status `diverged` (the last good checkpoint is kept). The run directory is
-    locked while it trains (`lock`), so a second process cannot train it at the same time.
+    locked while it trains (`lock`), so a second process cannot train it at the same time: it is
+    refused at once, before the data load. SIGINT (Ctrl-C) or SIGTERM stops the run at the end of
+    the chunk of steps it is in, saves the state reached, and raises `normjax.errors.Interrupted`
+    (a `KeyboardInterrupt`); started again, the run resumes from that step.
 
     Example:
       >>> summary = train(load_config("experiments/resnet_digits.py"), "runs/demo")  # doctest: +SKIP
@@ -236,13 +241,20 @@ def train_group(
     decisions (which runs are finished, from which step to resume) and shares them; only it writes
     run files; every process saves and restores checkpoints (Orbax coordinates them) and checks
     that all restored the same step. `announce` prints one line per run on resuming; `lock`
-    takes each run's lock (refusing a run another process trains) once the runs are validated
-    (the sweep runner takes its locks itself).
+    refuses at once a run another process trains and takes each run's lock once the runs are
+    validated (the sweep runner takes its locks itself).
+
+    On one process, SIGINT and SIGTERM stop the group at the end of the chunk it is in: every run
+    still training saves the step it reached, and `normjax.errors.Interrupted` is raised (a
+    second signal interrupts at once, losing the steps since each run's last checkpoint). With
+    several processes a signal interrupts at once (each process would stop at its own chunk).
     """
     maybe_initialize_distributed()
     if len(cfgs) != len(workdirs):
         raise ValueError(f"{len(cfgs)} configs for {len(workdirs)} workdirs")
     runs = [_Run(c, RunDir(w)) for c, w in zip(cfgs, workdirs)]
+    if lock:  # before the data and the program: a live run is refused in a moment, not after them
+        decide(lambda: [RunLock(r.dir.path).check_free() for r in runs])
     for r, s in zip(runs, decide(lambda: [_finished(run) for run in runs])):
         r.summary = s
     active = [r for r in runs if r.summary is None]
@@ -275,12 +287,9 @@ def _locks(runs: list[_Run]) -> Iterator[None]:
     locks = [RunLock(r.dir.path) for r in runs] if is_writer() else []
     held = decide(lambda: [RunDir.create(lk.path.parent) is not None and lk.acquire() for lk in locks])
     try:
-        for r, ok, lk in zip(runs, held, locks or [None] * len(runs)):
+        for ok, lk in zip(held, locks or [RunLock(r.dir.path) for r in runs]):
             if not ok:
-                raise UserError(
-                    f"workdir {str(r.dir.path)!r} is being trained by another process "
-                    f"({lk.owner_text() if lk else 'unknown'}); wait for it or give another --workdir"
-                )
+                raise UserError(lk.busy_message())
         with Heartbeat(locks):
             yield
     finally:
@@ -416,31 +425,82 @@ def _train_chunks(
     if is_writer() and not program.compiled(len(active)):
         print("compiling the training step (once per model shape) ...", file=sys.stderr, flush=True)
     pending = None
-    for n in chunk_sizes(step, total, program.chunk, every):
-        if not any(r.training for r in active):
-            break
-        mask = [any(logs_step(step + i, r.cfg, total) for r in active) for i in range(program.chunk)]
-        batch = next(feed)
-        state, chunk_metrics = program.run_chunk(state, batch["image"], batch["label"], n, mask)
+    with _StopAtChunk() as stop:
+        for n in chunk_sizes(step, total, program.chunk, every):
+            if stop.signum is not None or not any(r.training for r in active):
+                break
+            mask = [any(logs_step(step + i, r.cfg, total) for r in active) for i in range(program.chunk)]
+            batch = next(feed)
+            state, chunk_metrics = program.run_chunk(state, batch["image"], batch["label"], n, mask)
+            if pending is not None:
+                _drain(active, program, pending, bar, t_start)  # runs while the chunk just dispatched computes
+            pending, step = chunk_metrics, step + n
+            if step % every == 0 or step == total:
+                _drain(active, program, pending, bar, t_start)
+                pending = None
+                for i, r in enumerate(active):
+                    if r.training and (step % r.cfg["checkpoint"]["every"] == 0 or step == total):
+                        _save(r, i, state, step, feed, t_start)
         if pending is not None:
-            _drain(active, program, pending, bar, t_start)  # runs while the chunk just dispatched computes
-        pending, step = chunk_metrics, step + n
-        if step % every == 0 or step == total:
             _drain(active, program, pending, bar, t_start)
-            pending = None
-            for i, r in enumerate(active):
-                if r.training and (step % r.cfg["checkpoint"]["every"] == 0 or step == total):
-                    r.ckpt.save(
-                        step,
-                        state_items(
-                            jax.tree.map(lambda x: x[i], state), r.elapsed + time.time() - t_start, state_array(feed)
-                        ),
-                    )
-                    r.saved = step
-    if pending is not None:
-        _drain(active, program, pending, bar, t_start)
-    bar.close()
+        bar.close()
+        saving = [i for i, r in enumerate(active) if r.training]
+        if stop.signum is not None and step < total and saving:
+            # Every run still training saves the step it reached (its rows up to it are logged):
+            # the same state and chunk boundaries as an uninterrupted run, so resuming is bitwise.
+            for i in saving:
+                if active[i].saved != step:
+                    _save(active[i], i, state, step, feed, t_start)
+            raise Interrupted(stop.signum, _stopped_message(stop.signum, step, total, active, len(saving)))
     return state
+
+
+def _save(r: _Run, i: int, state: TrainState, step: int, feed: Any, t_start: float) -> None:
+    """Checkpoint run `i` of the stacked `state` at `step`, with the feed's pipeline state."""
+    items = state_items(jax.tree.map(lambda x: x[i], state), r.elapsed + time.time() - t_start, state_array(feed))
+    r.ckpt.save(step, items)
+    r.saved = step
+
+
+def _stopped_message(signum: int, step: int, total: int, active: list[_Run], n_saved: int) -> str:
+    """The one line of a group stopped by a signal at `step`: what was saved, where it resumes."""
+    head = f"{Interrupted(signum).signame} at step {step} of {total}"
+    if len(active) == 1:
+        return f"{head}: saved in {active[0].dir.checkpoints}; the same command resumes from step {step}"
+    return f"{head}: {n_saved} of {len(active)} runs saved; the same command resumes them from step {step}"
+
+
+class _StopAtChunk:
+    """SIGINT and SIGTERM while the chunks run: the first one sets `signum`, and the loop stops at
+    the end of the chunk it is in (a chunk in flight cannot be cut: it computes on the device) to
+    save what it reached; a second one raises `Interrupted` at once.
+
+    Installed on one process and in the main thread only (elsewhere `signum` stays None and the
+    handlers are left alone); a signal that is ignored (`nohup`, a background job's SIGINT) stays
+    ignored. The handlers before are restored on exit.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._before: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopAtChunk:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                before = signal.getsignal(sig)
+                if before is not signal.SIG_IGN:
+                    self._before[sig] = before
+                    signal.signal(sig, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)  # asked twice: stop now
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, before in self._before.items():
+            signal.signal(sig, signal.SIG_DFL if before is None else before)
 
 
 def _drain(active: list[_Run], program: Program, chunk_metrics: dict, bar: Progress, t_start: float) -> None:

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from normjax.errors import missing_extra
 
@@ -35,7 +37,7 @@ from normjax import metrics as metrics_lib
 from normjax.data import preprocess
 from normjax.models import build_model, layer_axes, prelu_mask, scale_invariant_mask
 from normjax.models.layers import use_custom_conv
-from normjax.parallel import batch_sharded, check_batch, data_mesh, replicated
+from normjax.parallel import DATA, batch_sharded, check_batch, compiling_elsewhere, data_mesh, replicated
 from normjax.training.optim import (
     SCHEDULE_KEYS,
     OptimizerContext,
@@ -105,9 +107,14 @@ def static_key(cfg: dict, data: DataSpec, total_steps: int, num_devices: int) ->
     )
 
 
-@functools.lru_cache(maxsize=16)
 def get_program(key: str) -> Program:
-    """The (cached) compiled program for a `static_key`."""
+    """The (cached) compiled program for a `static_key`; built afresh and not cached while
+    compiling for a chip that is not here (`normjax.parallel.compile_for`), whose mesh it holds."""
+    return Program(key) if compiling_elsewhere() else _cached_program(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_program(key: str) -> Program:
     return Program(key)
 
 
@@ -173,6 +180,13 @@ class Program:
             donate_argnums=0,
             out_shardings=rep,
         )
+        # The runs of a group one after another inside one program (`lax.map`): a strategy that
+        # `benchmarks/` and `normjax plan` compare with the vmapped group; sweeps use the vmap.
+        self.train_chunk_map = jax.jit(
+            lambda s, *args: jax.lax.map(lambda one: self._train_chunk(one, *args), s),
+            donate_argnums=0,
+            out_shardings=rep,
+        )
 
     def run_chunk(
         self,
@@ -192,6 +206,42 @@ class Program:
         return (self.train_chunk_one if n_runs == 1 else self.train_chunk_group)(
             states, images, labels, np.int32(n_active), self.log_mask(log_mask)
         )
+
+    def chunk_arguments(self, n_runs: int) -> tuple:
+        """Abstract arguments (shapes, dtypes, shardings) of a chunk of `n_runs` runs, as
+        `run_chunk` passes them: to compile the chunk without data (group sizing, `normjax plan`).
+
+        Args:
+          n_runs: the runs on the leading run axis of the state.
+
+        Returns:
+          `(states, images, labels, n_active, log_mask)`: every step of the chunk active and logged.
+        """
+        rep, d = replicated(self.mesh), self.data
+        states = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct((n_runs, *s.shape), s.dtype, sharding=rep), self.abstract_state()
+        )
+        if d.streaming:  # the chunk's batches, sharded over the batch axis as the prefetcher puts them
+            sharding, lead = NamedSharding(self.mesh, P(None, DATA)), (self.chunk, self.batch_size)
+            dtype = np.uint8
+        else:  # the whole training set, replicated
+            sharding, lead, dtype = rep, (d.num_train,), np.dtype(d.dtype)
+        images = jax.ShapeDtypeStruct((*lead, *d.image_shape), dtype, sharding=sharding)
+        labels = jax.ShapeDtypeStruct(lead, np.int32, sharding=sharding)
+        return states, images, labels, np.int32(self.chunk), self.log_mask()
+
+    def lower_chunk(self, n_runs: int, strategy: str = "vmap") -> jax.stages.Lowered:
+        """The chunk of `n_runs` runs lowered for the program's devices (`chunk_arguments`).
+
+        Args:
+          n_runs: runs in the group (1: the plain, unvectorized chunk).
+          strategy: `vmap` (what sweeps run) or `map` (the runs in turn, `lax.map`).
+
+        Returns:
+          The lowered program; `.compile()` it for its memory and cost analyses.
+        """
+        fn = {"vmap": self.train_chunk_group, "map": self.train_chunk_map}[strategy]
+        return (self.train_chunk_one if n_runs == 1 else fn).lower(*self.chunk_arguments(n_runs))
 
     def compiled(self, n_runs: int) -> bool:
         """Whether the chunk for `n_runs` vectorized runs has been called (so is compiled)."""
