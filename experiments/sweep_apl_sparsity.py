@@ -1,9 +1,9 @@
 """The APL study's main sweep, the paper's protocol: a fixed prior strength λ against the reached APL
 and accuracy, in both regimes (`regimes`: during training, the prior from step 0; after training,
-the same number of steps continuing a base network trained once per task, with no warm-up, at the
-stated LR `AFTER_LR`), over tasks of graded difficulty. The prior moves every slope by lr*λ per
-step, so the reached APL falls steeply over a narrow λ range, and the after regime's 10x smaller
-LR needs a 10x larger λ for the same push: the grid spans both. `sweep_apl_targets.py` asks for
+the same number of steps continuing a base network trained once per task, on the same LR schedule
+without its warm-up), over tasks of graded difficulty. The prior moves every slope by lr*λ per
+step, so the reached APL falls steeply over a narrow λ range (the grid runs to λ = 1, where
+everything is linear). `sweep_apl_targets.py` asks for
 APLs directly with the λ controller.
 
 smoke: ResNet-14 (width 8) on the embedded digits and synthetic easy/hard tasks at 8x8, minutes on
@@ -28,10 +28,10 @@ SIZES = ("smoke", "medium", "gpu", "full", "mnist1d", "fmnist_conv")
 
 # The epochs of each regime at each size with a λ grid like medium's.
 EPOCHS = {"medium": 6.0, "gpu": 6.0, "mnist1d": 30.0, "fmnist_conv": 3.0}
-# The after regime's LR, constant: a tenth of the base runs' peak (0.1), about the cosine's value
-# two thirds through the base run. No warm-up: the base is trained, so nothing needs re-warming,
-# and a restarted warm-up+cosine would hand the prior a re-heated net (issue 31).
-AFTER_LR = 0.01
+# The after regime runs the during regime's LR schedule without its warm-up (the base is trained:
+# nothing needs re-warming), so both sparsify at the same LRs and the same λ is the same push. A
+# smaller constant LR leaves a trained net too slow to adapt to its linearized units (the pilot in
+# docs/reproduction.md).
 PARITY = {
     "data.synthetic.task": "parity",
     "data.synthetic.num_classes": 4,
@@ -89,12 +89,11 @@ def task_input(task: dict) -> tuple[tuple[int, int, int], int]:
 
 def regimes(epochs: float, from_k: bool = False) -> list[dict]:
     """during: the prior from step 0 of a run from scratch; after: as many steps again, continuing
-    the base run (`train.init_from`) at the constant `AFTER_LR`, with no warm-up; from_half (from_k):
+    the base run (`train.init_from`) on the same LR schedule without its warm-up; from_half (from_k):
     the prior switched on half-way through training (`optim.prelu_start`). With the same length
     and the same target ramp (`optim.prelu_start`, `optim.prelu_ramp`: fractions of the run), each
     regime gets as many steps after its target is met as the other."""
-    after = {"name": "after", "train.init_from": "pretrain", "train.epochs": epochs}
-    after |= {"optim.lr": AFTER_LR, "optim.schedule": "constant", "optim.warmup_steps": 0}
+    after = {"name": "after", "train.init_from": "pretrain", "train.epochs": epochs, "optim.warmup_steps": 0}
     out = [{"name": "during", "train.init_from": "", "train.epochs": epochs}, after]
     return out + (
         [{"name": "from_half", "train.init_from": "", "train.epochs": epochs, "optim.prelu_start": 0.5}]

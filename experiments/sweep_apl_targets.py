@@ -25,9 +25,11 @@ _spec.loader.exec_module(_sparsity)
 SIZES = ("smoke", "medium", "full", "mnist1d", "fmnist_conv")
 # The rate floor meets every target in bounded time: without it, a run of the medium sweep stalled
 # short of target 0 (the integral's rate vanishes with the share left; `prelu_sparsity_controller`).
-# The gain is the one of the pilot (docs/reproduction.md) whose ramp did not wreck the training in
-# progress: a faster λ pushes every free slope toward linear at the ramp's onset.
-CONTROLLER = {"optim.name": "sgd_prelu_target", "optim.prelu_gain": 0.02, "optim.prelu_min_rate": 0.1}
+# Gain and floor are the pilot's (docs/reproduction.md): a gain of 0.1 raised λ so fast at the ramp's
+# onset that every free slope was pushed toward linear and the training in progress was wrecked;
+# 0.02 with a floor of 0.1 stalled short of targets 0.01 and 0; with the floor at 1, log λ moves by
+# 0.02 a step, up while behind the ramp and down after a step that kept pace.
+CONTROLLER = {"optim.name": "sgd_prelu_target", "optim.prelu_gain": 0.02, "optim.prelu_min_rate": 1.0}
 RAMP = {"optim.prelu_start": 0.1, "optim.prelu_ramp": 0.5}
 TARGETS = [0.3, 0.1, 0.03, 0.01, 0.0]
 

@@ -132,7 +132,19 @@ def test_report_numbers_come_from_the_runs(sweeps, tmp_path):
         assert e["collapse_apl"] is not None and 0.0 <= e["collapse_apl"] <= e["points"][0]["apl"]["mean"]
         assert len(e["collapse_apl_per_seed"]) == 2 and all(c is not None for c in e["collapse_apl_per_seed"])
         assert {"equal_width"} == {k for k in e["vs_baselines"][0] if k not in ("setting", "apl", "test_accuracy")}
+        for p in e["points"]:  # the step each run's count reached its final value, from its log
+            met = []
+            for r in rows:
+                if r["train.regime"] == regime and r["optim.prelu_target"] == p["setting"]:
+                    log = [m for m in RunDir(targets / r["name"]).read_metrics() if "prelu_frozen" in m]
+                    met.append(next(m["step"] for m in log if m["prelu_frozen"] == log[-1]["prelu_frozen"]))
+            assert p["met_step"]["mean"] == pytest.approx(np.mean(met)) and max(met) < 400
     (g0, g1) = t["gap"]
+    for g in (g0, g1):
+        d = g["matched_apl"]
+        if g["gap_matched_apl"] is not None:
+            assert d["difference"] == g["gap_matched_apl"] and d["decided"] == (abs(d["z"]) > 2)
+            assert d["detectable"] == pytest.approx(2 * g["stderr_matched_apl"])
     after, during = (t["regimes"][k]["points"][0]["test_accuracy"] for k in ("after", "during"))
     assert g0["gap"] == pytest.approx(after["mean"] - during["mean"])
     assert g0["stderr"] == pytest.approx(np.sqrt(after["std"] ** 2 / 2 + during["std"] ** 2 / 2))

@@ -12,7 +12,10 @@ its verdicts on, into one `elr_report.json` and two figures of its own:
   correlation of mean early spread with test accuracy;
 - critical-LR measurements (`normjax critical-lr` JSON): measured against predicted critical LR;
 - regimes sweep (`sweep_elr_regimes.py`): test accuracy and mean early spread per regime and
-  shortcut, mean ± std over seeds, and each regime's difference from plain SGD.
+  shortcut, mean ± std over seeds, and each regime's difference from plain SGD;
+- decisive tests (`sweep_elr_decisive.py`): per arm, train loss and test accuracy (mean ± s.e.),
+  the difference from plain SGD with the smallest difference the seeds could detect, and whether
+  the critical-LR cap bound (figure `decisive_arms`).
 
 Spreads are over `--layers` (default `all` scale-invariant layers; `main` leaves out shortcut
 projections). Figures: `elr_order_flip` (per-layer ELR at step 0 and 1 per LR), `base_drift`
@@ -40,7 +43,7 @@ import numpy as np
 from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.metrics import spread_key
-from normjax.studies.report import fmt, mean_std, sweep_rows, write_report
+from normjax.studies.report import difference, fmt, mean_std, sweep_rows, write_report
 from normjax.sweep.results import group_id
 from normjax.training.rundir import SweepDir
 
@@ -354,6 +357,101 @@ def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
     return save(fig, out, "base_drift")
 
 
+ARM = "optim.arm"
+
+
+def _cap_bound(run_dir: Path) -> bool | None:
+    """Whether a critical-LR warm-up run's cap bound at a logged step (the LR applied below the
+    scheduled one); None for a run without the cap."""
+    import jax.numpy as jnp
+
+    from normjax.training.optim import schedule_shape
+    from normjax.training.rundir import RunDir
+
+    run = RunDir(run_dir)
+    rows = [r for r in run.read_metrics() if "critical_lr" in r and "lr" in r]
+    if not rows:
+        return None
+    cfg = run.read_config()["optim"]
+    total = int(run.read_summary().get("total_steps") or rows[-1]["step"] + 1)
+    shape = schedule_shape(cfg, total)
+    return any(r["lr"] < cfg["lr"] * float(shape(jnp.asarray(r["step"]))) * (1 - 1e-5) for r in rows)
+
+
+def decisive_section(sweep: str | os.PathLike, reference: str = "sgd") -> dict:
+    """The decisive tests (`sweep_elr_decisive.py`): per arm, final train loss and test accuracy
+    (mean ± s.e. over seeds), each arm minus the `reference` arm with the standard error of the
+    difference and the smallest difference the seeds could detect (2 s.e.), and, for the critical-LR
+    warm-up arms, how many runs' caps bound at a logged step.
+
+    Args:
+      sweep: the decisive sweep directory (varies `optim.arm` and `train.seed`).
+      reference: the arm the others are compared with.
+
+    Returns:
+      `{"sweep", "reference", "arms": {arm: {...}}}`.
+    """
+    path, rows = sweep_rows(sweep)
+    rows = [r for r in rows if r.get(ARM) is not None]
+    if not rows:
+        raise UserError(f"{str(sweep)!r} varies no {ARM}; give a sweep_elr_decisive.py directory")
+    arms: dict[str, dict] = {}
+    for arm in sorted({str(r[ARM]) for r in rows}):
+        rs = [r for r in rows if str(r[ARM]) == arm]
+        done = [r for r in rs if r["status"] == "done"]
+        # a diverged run did not train: it counts at chance (10 classes); unfinished runs do not count
+        acc = mean_std(
+            [
+                r.get("test_accuracy") if r["status"] == "done" else 0.1
+                for r in rs
+                if r["status"] in ("done", "diverged")
+            ]
+        )
+        loss = mean_std([r.get("train_loss") for r in done])
+        bound = [_cap_bound(path / r["name"]) for r in done]
+        arms[arm] = {
+            "runs": len(rs),
+            "done": len(done),
+            "test_accuracy": acc | {"stderr": _stderr(acc)},
+            "train_loss": loss | {"stderr": _stderr(loss)},
+            "cap_bound_runs": None if all(b is None for b in bound) else sum(bool(b) for b in bound),
+        }
+    ref = arms.get(reference)
+    for a in arms.values():
+        for q in ("test_accuracy", "train_loss"):
+            if ref is None or a[q]["mean"] is None or ref[q]["mean"] is None:
+                a[f"{q}_vs_{reference}"] = difference(None, None)
+                continue
+            se = math.hypot(a[q]["stderr"] or 0.0, ref[q]["stderr"] or 0.0)
+            a[f"{q}_vs_{reference}"] = difference(a[q]["mean"] - ref[q]["mean"], se)
+    return {"sweep": str(path), "reference": reference, "arms": arms}
+
+
+def _stderr(ms: dict) -> float | None:
+    return None if ms["std"] is None else ms["std"] / math.sqrt(ms["n"])
+
+
+def decisive_figure(section: dict, out: Path) -> list[Path]:
+    """Test accuracy and train loss per arm, mean ± 2 s.e. over seeds, the reference arm marked."""
+    arms = section["arms"]
+    names = list(arms)
+    fig, axes = figure(1, 2, size=(11.0, 4.2))
+    for ax, q, label in zip(axes[0], ("test_accuracy", "train_loss"), ("test accuracy", "final train loss")):
+        ys = [arms[a][q]["mean"] if arms[a][q]["mean"] is not None else np.nan for a in names]
+        es = [2 * (arms[a][q]["stderr"] or 0.0) for a in names]
+        ax.errorbar(np.arange(len(names)), ys, yerr=es, fmt="o", capsize=3, color="C0")
+        ref = arms[section["reference"]][q]["mean"] if section["reference"] in arms else None
+        if ref is not None:
+            ax.axhline(ref, color="k", ls="--", lw=0.8, label=f"{section['reference']} (reference)")
+            ax.legend(fontsize=7)
+        ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(f"{label} (mean ± 2 s.e.)")
+        ax.grid(alpha=0.3)
+    n = max(a["runs"] for a in arms.values())
+    fig.suptitle(f"decisive tests: plain depth-41 BN MLP, Fashion-MNIST, LR 1, {n} seeds per arm", fontsize=9)
+    return save(fig, out, "decisive_arms")
+
+
 def report(
     *,
     out: str | os.PathLike,
@@ -361,6 +459,7 @@ def report(
     regimes: list[str] | None = None,
     explode: list[str] | None = None,
     critical: list[str] | None = None,
+    decisive: str | None = None,
     layers: str = "all",
 ) -> dict:
     """Compute every section whose input is given; write `elr_report.json` and the figures into `out`.
@@ -371,14 +470,15 @@ def report(
       regimes: regimes sweep directories (one per LR, say).
       explode: `normjax explode` output directories (or JSONs).
       critical: `normjax critical-lr` output directories (or JSONs).
+      decisive: the decisive tests' sweep directory (`sweep_elr_decisive.py`).
       layers: the spreads' layers, `"all"` or `"main"`.
 
     Returns:
       The report (as written to JSON), with `figures`: the written paths.
     """
     spread_key(layers)
-    if not any((trajectories, regimes, explode, critical)):
-        raise UserError("give at least one of --trajectories, --regimes, --explode, --critical")
+    if not any((trajectories, regimes, explode, critical, decisive)):
+        raise UserError("give at least one of --trajectories, --regimes, --explode, --critical, --decisive")
     out = Path(out)
     res: dict[str, Any] = {"layers": layers}
     figures: list[Path] = []
@@ -393,13 +493,16 @@ def report(
         res["critical_lr"] = critical_section(critical)
     if regimes:
         res["regimes"] = regimes_section(regimes, layers)
+    if decisive:
+        res["decisive"] = decisive_section(decisive)
+        figures += decisive_figure(res["decisive"], out)
     write_report(out, JSON_NAME, res)
     res["figures"] = figures
     return res
 
 
 def elr_report_main(argv: list[str]) -> int:
-    """`normjax elr-report --out DIR [--trajectories D] [--regimes D] [--explode D] [--critical D ...]`.
+    """`normjax elr-report --out DIR [--trajectories D] [--regimes D] [--explode D] [--critical D ...] [--decisive D]`.
 
     Args:
       argv: the arguments after `elr-report`.
@@ -419,6 +522,7 @@ def elr_report_main(argv: list[str]) -> int:
     p.add_argument(
         "--critical", action="append", default=[], help="an output directory of `normjax critical-lr` (repeatable)"
     )
+    p.add_argument("--decisive", help="the decisive tests' sweep directory (sweep_elr_decisive.py)")
     p.add_argument("--layers", default="all", help="spreads over all scale-invariant layers (default) or main")
     args = p.parse_args(argv)
     res = report(
@@ -427,6 +531,7 @@ def elr_report_main(argv: list[str]) -> int:
         regimes=args.regimes or None,
         explode=args.explode or None,
         critical=args.critical or None,
+        decisive=args.decisive,
         layers=args.layers,
     )
     if "explosion" in res:
