@@ -62,7 +62,7 @@ data: $(STAMP)
 # uniform ELR again with the common ELR at the layers' geometric mean (sweep_elr_uniform.py).
 CRIT_DIRS = $(foreach sc,false true,$(WORKDIR)/critical_lr-medium-shortcut=$(sc) $(WORKDIR)/critical_lr-medium-si-shortcut=$(sc))
 reproduce-elr: $(STAMP)
-	$(MAKE) sweep-elr_trajectories sweep-elr_regimes sweep-elr_uniform explode SIZE=medium
+	$(MAKE) sweep-elr_trajectories sweep-elr_regimes sweep-elr_uniform sweep-elr_pilot sweep-elr_decisive explode SIZE=medium
 	$(BIN)/normjax sweep experiments/sweep_elr_regimes.py --size medium --set optim.lr=3.0 \
 		--workdir $(WORKDIR)/sweep-elr_regimes-medium-lr3
 	for sc in false true; do for scope in all scale_invariant; do \
@@ -73,7 +73,8 @@ reproduce-elr: $(STAMP)
 		--regimes $(WORKDIR)/sweep-elr_regimes-medium --regimes $(WORKDIR)/sweep-elr_regimes-medium-lr3 \
 		--regimes $(WORKDIR)/sweep-elr_uniform-medium \
 		--explode $(WORKDIR)/explode-mlp-medium \
-		--explode $(WORKDIR)/explode-resnet-medium $(foreach d,$(CRIT_DIRS),--critical $(d))
+		--explode $(WORKDIR)/explode-resnet-medium $(foreach d,$(CRIT_DIRS),--critical $(d)) \
+		--decisive $(WORKDIR)/sweep-elr_decisive-medium
 	for d in sweep-elr_regimes-medium sweep-elr_regimes-medium-lr3; do \
 		$(BIN)/normjax elr-plot $(WORKDIR)/$$d --hue optim.name || exit 1; done
 	$(BIN)/python docs/copy_figures.py --reproduction $(WORKDIR)
@@ -89,10 +90,11 @@ apl: $(STAMP)
 		--out $(WORKDIR)/apl-report-$(SIZE) --fold
 
 # The APL study reproduced on Fashion-MNIST, digits and parity (docs/reproduction.md, APL half):
-# `make apl` at medium size, its figures and report copied into docs/reproduction/apl/.
+# `make apl` at the page's sizes (APL_SIZES: MNIST-1D, then the medium MLPs), figures and report copied
+# into docs/reproduction/apl-mnist1d/ and docs/reproduction/apl/.
+APL_SIZES ?= mnist1d medium
 reproduce-apl: $(STAMP)
-	$(MAKE) apl SIZE=medium
-	$(BIN)/python docs/copy_figures.py --apl $(WORKDIR)
+	for s in $(APL_SIZES); do $(MAKE) apl SIZE=$$s && $(BIN)/python docs/copy_figures.py --apl $(WORKDIR) --size $$s || exit 1; done
 
 # One style, checked: ruff's lint and formatter (pyproject.toml's [tool.ruff]) on the whole tree;
 # `$(BIN)/ruff format . && $(BIN)/ruff check --fix .` repairs what they find.
@@ -207,6 +209,8 @@ SWEEP_PLOTS_lr := --x optim.lr --hue optim.momentum --log-x
 SWEEP_PLOTS_elr_trajectories := --x optim.lr --hue model.shortcut --log-x
 SWEEP_PLOTS_elr_regimes := --x optim.name --hue model.shortcut
 SWEEP_PLOTS_elr_uniform := --x model.shortcut
+SWEEP_PLOTS_elr_pilot := --x optim.lr --hue model.shortcut --log-x
+SWEEP_PLOTS_elr_decisive := --x optim.arm
 SWEEP_PLOTS_apl_sparsity := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_targets := --x apl --hue train.regime --panel data.task
 SWEEP_PLOTS_apl_baselines := --x model.depth --hue model.baseline

@@ -3,7 +3,7 @@ those of the ELR reproduction into docs/reproduction/ (`make reproduce-elr` runs
 
     python docs/copy_figures.py [WORKDIR]                  # WORKDIR: the --workdir root (default runs)
     python docs/copy_figures.py --reproduction [WORKDIR]   # also copies elr_report.json
-    python docs/copy_figures.py --apl [WORKDIR]            # the APL sweeps' and apl_report.json, into docs/reproduction/apl/
+    python docs/copy_figures.py --apl [WORKDIR] [--size S] # the APL sweeps' and apl_report.json, into docs/reproduction/apl[-S]/
 
 Each figure of docs/figures.md is listed below with the run or sweep directory it is read from,
 relative to WORKDIR (a glob that must match exactly one directory: run directories end in the
@@ -61,37 +61,35 @@ REPRODUCTION = {
     "critical_lr_plain_si.png": ("critical_lr-medium-si-shortcut=false", "critical_lr.png"),
     "accuracy_vs_spread_regimes.png": ("sweep-elr_regimes-medium", "accuracy_vs_spread_by_name.png"),
     "elr_spread_regimes.png": ("sweep-elr_regimes-medium", "elr_spread_by_name.png"),
+    "decisive_arms.png": (ELR_REPORT, "decisive_arms.png"),
     "elr_report.json": (ELR_REPORT, "elr_report.json"),
 }
 
 
-# docs/reproduction/apl/<name>: the medium APL sweeps and their report (`make reproduce-apl`)
-APL_SWEEP, APL_TARGETS, APL_BASELINES = (
-    "sweep-apl_sparsity-medium",
-    "sweep-apl_targets-medium",
-    "sweep-apl_baselines-medium",
-)
-APL_REPORT = "apl-report-medium"
-APL = {
-    **{
-        f"{kind}_{n}.png": (sweep, f"{n}.png")
-        for kind, sweep in (("sparsity", APL_SWEEP), ("targets", APL_TARGETS))
-        for n in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap", "vs_baselines")
-    },
-    **{
-        f"{kind}_{n}.png": (APL_REPORT, f"{sweep}_{n}.png")
-        for kind, sweep in (("sparsity", APL_SWEEP), ("targets", APL_TARGETS))
-        for n in ("collapse", "gap", "core", "vs_baselines")
-    },
-    **{
-        f"{kind}_{n}": (sweep, n)
-        for kind, sweep in (("sparsity", APL_SWEEP), ("targets", APL_TARGETS))
-        for n in ("apl_table.csv", "results.csv", "results_agg.csv")
-    },
-    "baselines_results.csv": (APL_BASELINES, "results.csv"),
-    "baselines_results_agg.csv": (APL_BASELINES, "results_agg.csv"),
-    "apl_report.json": (APL_REPORT, "apl_report.json"),
-}
+# docs/reproduction/apl[-SIZE]/<name>: the APL sweeps of a size and their report (`make reproduce-apl`)
+def apl_files(size: str) -> dict:
+    sweep, targets, baselines = (f"sweep-apl_{k}-{size}" for k in ("sparsity", "targets", "baselines"))
+    report = f"apl-report-{size}"
+    return {
+        **{
+            f"{kind}_{n}.png": (sw, f"{n}.png")
+            for kind, sw in (("sparsity", sweep), ("targets", targets))
+            for n in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap", "vs_baselines")
+        },
+        **{
+            f"{kind}_{n}.png": (report, f"{sw}_{n}.png")
+            for kind, sw in (("sparsity", sweep), ("targets", targets))
+            for n in ("collapse", "gap", "core", "vs_baselines")
+        },
+        **{
+            f"{kind}_{n}": (sw, n)
+            for kind, sw in (("sparsity", sweep), ("targets", targets))
+            for n in ("apl_table.csv", "results.csv", "results_agg.csv")
+        },
+        "baselines_results.csv": (baselines, "results.csv"),
+        "baselines_results_agg.csv": (baselines, "results_agg.csv"),
+        "apl_report.json": (report, "apl_report.json"),
+    }
 
 
 def source(workdir: Path, pattern: str, name: str) -> Path:
@@ -108,7 +106,12 @@ def source(workdir: Path, pattern: str, name: str) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    sets = {"--reproduction": (REPRODUCTION, DOCS / "reproduction"), "--apl": (APL, DOCS / "reproduction" / "apl")}
+    size = "medium"
+    if "--size" in argv:  # the APL sweeps' size: medium into apl/, another into apl-SIZE/
+        i = argv.index("--size")
+        size, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+    apl_out = DOCS / "reproduction" / ("apl" if size == "medium" else f"apl-{size}")
+    sets = {"--reproduction": (REPRODUCTION, DOCS / "reproduction"), "--apl": (apl_files(size), apl_out)}
     files, out = next((sets[a] for a in argv if a in sets), (FIGURES, DOCS / "figures"))
     argv = [a for a in argv if a not in sets]
     workdir = Path(argv[0] if argv else "runs")

@@ -122,7 +122,8 @@ def _sgd_uniform_elr(o, schedule, context):
         definition=o["elr_definition"],
         reference=o["elr_reference"],
         position=o["elr_position"],
-        end_step=o["elr_until"] * context.total_steps,  # then plain SGD (1.0: the whole run)
+        # then plain SGD; 1.0: never stops, also past the run's planned end (a resumed, longer run)
+        end_step=jnp.where(o["elr_until"] < 1.0, o["elr_until"] * context.total_steps, jnp.inf),
     )
 
 
