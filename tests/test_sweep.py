@@ -230,7 +230,7 @@ def test_smoke_sweep_interrupted_and_resumed(tmp_path):
                 np.testing.assert_allclose(a[k], b[k], rtol=1e-5)
 
 
-def test_ctrl_c_saves_the_groups_step_and_the_sweep_resumes_from_it(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_saves_the_groups_step_and_the_sweep_resumes_from_it(tmp_path, monkeypatch, capsys, sigint_default):
     """Issue 33, for sweeps: Ctrl-C mid-group saves every run of the group at the step it reached,
     says so with the sweep's count, and the sweep run again resumes that group from there and
     trains the group that had not started."""

@@ -394,7 +394,7 @@ def _signal_at_drain(monkeypatch, k):
     return drain
 
 
-def test_ctrl_c_saves_the_step_reached_and_the_run_resumes_bitwise(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_saves_the_step_reached_and_the_run_resumes_bitwise(tmp_path, monkeypatch, capsys, sigint_default):
     """Issue 33: Ctrl-C before the first periodic checkpoint saved nothing ("resumes from step 0").
     Now the loop stops at the end of its chunk, saves that step, and the run resumes from it to the
     parameters and metric rows of an uninterrupted run, bit for bit."""
