@@ -20,6 +20,11 @@ from pathlib import Path
 from normjax.errors import Interrupted, UserError, missing_extra
 
 
+def _add_set(parser: argparse.ArgumentParser, text: str) -> None:
+    """The repeatable `--set KEY=VALUE` override of `train`, `sweep` and `plan`."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text)
+
+
 def _parser() -> argparse.ArgumentParser:
     from normjax import __version__
 
@@ -42,14 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "Fashion-MNIST, one GPU), full (paper scale), and for the files that have them: mnist1d (1-D conv nets "
         "on MNIST-1D, CPU), fmnist_conv (small conv nets on Fashion-MNIST, CPU), imagenet (ResNet-50 on ImageNet)",
     )
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=0.05 (repeatable)",
-    )
+    _add_set(t, "override a config key, e.g. --set optim.lr=0.05 (repeatable)")
     t.add_argument("--workdir", help="run directory (default runs/<config name>)")
     t.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     t.add_argument(
@@ -66,14 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--workdir", help="sweep directory (default runs/<sweep name>)")
     w.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (job arrays, TPU workers)")
-    w.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key in every run (repeatable)",
-    )
+    _add_set(w, "override a config key in every run (repeatable)")
     w.add_argument(
         "--group-size", type=int, default=0, help="runs vectorized together (0: automatic, by backend and memory)"
     )
@@ -91,14 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the chip: tpu-v5e-8, tpu-v4-8, tpu-v6e-8, ... (libtpu: pip install 'normjax[plan-tpu]'), or h100, "
         "h200, a100 (the CUDA plugin: pip install 'normjax[plan-gpu]')",
     )
-    n.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key in every run (repeatable)",
-    )
+    _add_set(n, "override a config key in every run (repeatable)")
     n.add_argument("--max-group", type=int, default=64, help="the largest vectorized group compiled (default 64)")
     n.add_argument("--json", action="store_true", help="print the report as one JSON object instead of tables")
     r = sub.add_parser("results", help="table of a sweep's runs (CSV + terminal), mean ± std over seeds")

@@ -45,7 +45,7 @@ from normjax.figures import figure, save
 from normjax.metrics import spread_key
 from normjax.studies.report import difference, fmt, mean_std, sweep_rows, write_report
 from normjax.sweep.results import group_id
-from normjax.training.rundir import SweepDir
+from normjax.training.rundir import RunDir, SweepDir
 
 JSON_NAME = "elr_report.json"
 DRIFT_YMAX = 3.0  # dex: the base-drift figure's y range
@@ -366,7 +366,6 @@ def _cap_bound(run_dir: Path) -> bool | None:
     import jax.numpy as jnp
 
     from normjax.training.optim import schedule_shape
-    from normjax.training.rundir import RunDir
 
     run = RunDir(run_dir)
     rows = [r for r in run.read_metrics() if "critical_lr" in r and "lr" in r]
