@@ -32,8 +32,11 @@ def get_sweep(size: str) -> dict:
         "set": _targets.CONTROLLER
         | _targets.RAMP
         | {"optim.prelu_l1": 0.01}
-        | {"smoke": {"model.depth": 14, "model.width": 8}, "medium": {}, "mnist1d": {}, "fmnist_conv": {}}.get(
-            size, {"data.name": "cifar10"}
-        ),
+        | {
+            "smoke": {"model.depth": 14, "model.width": 8} | _targets.SMOKE_GAIN,
+            "medium": {},
+            "mnist1d": {},
+            "fmnist_conv": {},
+        }.get(size, {"data.name": "cifar10"}),
         "pretrain": {"optim.prelu_target": 1.0, "train.epochs": epochs},
     }
