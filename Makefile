@@ -19,26 +19,29 @@ install: $(STAMP)
 
 # The main job on the offline embedded data (scikit-learn digits): both studies in small.
 # ELR: a deep plain BN ResNet and its residual twin, per-layer ELR figures, and the weight-dynamics
-# model's prediction against the measurement (figures under $(WORKDIR)/demo/*/figures and
-# .../demo/figures). APL: a PReLU ResNet sparsified during and after training to chosen fractions of
-# nonlinear units, accuracy vs APL and the core network ($(WORKDIR)/demo-apl/figures), one run's
-# APL report and its folded network.
+# model's prediction against the measurement (figures under $(WORKDIR)/demo-$(SIZE)/*/figures and
+# .../demo-$(SIZE)/figures). APL: a PReLU ResNet sparsified during and after training to chosen
+# fractions of nonlinear units, accuracy vs APL and the core network ($(WORKDIR)/demo-apl-$(SIZE)/figures),
+# one run's APL report and its folded network. Each size has its own directories: a sweep directory
+# holds one size (`normjax sweep` refuses another), so no table or figure mixes them.
+DEMO := $(WORKDIR)/demo-$(SIZE)
+DEMO_APL := $(WORKDIR)/demo-apl-$(SIZE)
 # The run of this sweep (the newest config.json: a runs/ folder from an older version can hold
 # runs of the same regime under other names).
-DEMO_APL_RUN = $$(dirname $$(ls -t $(WORKDIR)/demo-apl/regime=after-prelu_target=0.03-*/config.json | head -1))
+DEMO_APL_RUN = $$(dirname $$(ls -t $(DEMO_APL)/regime=after-prelu_target=0.03-*/config.json | head -1))
 demo: $(STAMP)
-	$(BIN)/normjax sweep experiments/sweep_elr_demo.py --size $(SIZE) --workdir $(WORKDIR)/demo
-	$(BIN)/normjax results $(WORKDIR)/demo
-	$(BIN)/normjax elr-plot $(WORKDIR)/demo
-	$(BIN)/normjax ode $(WORKDIR)/demo
-	for r in $(WORKDIR)/demo/*/config.json; do $(BIN)/normjax elr-plot $$(dirname $$r) || exit 1; done
-	$(BIN)/normjax sweep experiments/sweep_apl_demo.py --size $(SIZE) --workdir $(WORKDIR)/demo-apl
-	$(BIN)/normjax results $(WORKDIR)/demo-apl
-	$(BIN)/normjax apl-plot $(WORKDIR)/demo-apl
+	$(BIN)/normjax sweep experiments/sweep_elr_demo.py --size $(SIZE) --workdir $(DEMO)
+	$(BIN)/normjax results $(DEMO)
+	$(BIN)/normjax elr-plot $(DEMO)
+	$(BIN)/normjax ode $(DEMO)
+	for r in $(DEMO)/*/config.json; do $(BIN)/normjax elr-plot $$(dirname $$r) || exit 1; done
+	$(BIN)/normjax sweep experiments/sweep_apl_demo.py --size $(SIZE) --workdir $(DEMO_APL)
+	$(BIN)/normjax results $(DEMO_APL)
+	$(BIN)/normjax apl-plot $(DEMO_APL)
 	$(BIN)/normjax apl $(DEMO_APL_RUN)
 	$(BIN)/normjax fold $(DEMO_APL_RUN)
 	$(BIN)/normjax fold $(DEMO_APL_RUN) --spatial --out $(DEMO_APL_RUN)/folded-spatial
-	@echo "ELR figures: $(WORKDIR)/demo/figures   APL figure: $(WORKDIR)/demo-apl/figures/accuracy_vs_apl.png"
+	@echo "ELR figures: $(DEMO)/figures   APL figure: $(DEMO_APL)/figures/accuracy_vs_apl.png"
 
 # Fashion-MNIST as the TFDS dataset fashion_mnist in the TFDS data dir ($TFDS_DATA_DIR, else
 # ~/tensorflow_datasets), offline: Debian's dataset-fashion-mnist holds the four IDX files (installed

@@ -19,7 +19,9 @@ from pathlib import Path
 from PIL import Image
 
 DOCS = Path(__file__).parent
-PLAIN, RESIDUAL = "demo/shortcut=false-*", "demo/shortcut=true-*"
+# The smoke demo (`make demo`: its own directories per size, runs/demo-SIZE and runs/demo-apl-SIZE)
+DEMO, DEMO_APL = "demo-smoke", "demo-apl-smoke"
+PLAIN, RESIDUAL = f"{DEMO}/shortcut=false-*", f"{DEMO}/shortcut=true-*"
 
 # docs/figures/<name>: (directory under WORKDIR, file in its figures/)
 FIGURES = {
@@ -29,15 +31,15 @@ FIGURES = {
     "elr_layers_residual.png": (RESIDUAL, "elr_layers.png"),
     "elr_spread_plain.png": (PLAIN, "elr_spread.png"),
     "elr_spread_residual.png": (RESIDUAL, "elr_spread.png"),
-    "elr_spread_by_shortcut.png": ("demo", "elr_spread_by_shortcut.png"),
-    "accuracy_vs_spread_by_shortcut.png": ("demo", "accuracy_vs_spread_by_shortcut.png"),
+    "elr_spread_by_shortcut.png": (DEMO, "elr_spread_by_shortcut.png"),
+    "accuracy_vs_spread_by_shortcut.png": (DEMO, "accuracy_vs_spread_by_shortcut.png"),
     "ode_discrete_plain.png": (PLAIN, "ode_discrete.png"),
     "ode_discrete_residual.png": (RESIDUAL, "ode_discrete.png"),
-    "ode_discrete_spread.png": ("demo", "ode_discrete_spread.png"),
-    "accuracy_vs_apl.png": ("demo-apl", "accuracy_vs_apl.png"),
-    "core_profile.png": ("demo-apl", "core_profile.png"),
-    "core_size.png": ("demo-apl", "core_size.png"),
-    "advantage_gap.png": ("demo-apl", "advantage_gap.png"),
+    "ode_discrete_spread.png": (DEMO, "ode_discrete_spread.png"),
+    "accuracy_vs_apl.png": (DEMO_APL, "accuracy_vs_apl.png"),
+    "core_profile.png": (DEMO_APL, "core_profile.png"),
+    "core_size.png": (DEMO_APL, "core_size.png"),
+    "advantage_gap.png": (DEMO_APL, "advantage_gap.png"),
 }
 
 

@@ -5,15 +5,16 @@ linearization, and the figures."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from normjax.cli import run as cli_run
 from normjax.errors import UserError
 from normjax.studies.apl.baselines import count_params, matched_width_mult
-from normjax.studies.apl.figures import advantage_gap, apl_figures
+from normjax.studies.apl.figures import apl_figures
 from normjax.studies.apl.nonlinear_units import run_apl
+from normjax.studies.apl.report import fill_tasks, sweep_section
 from normjax.sweep.plot import plot_sweep
+from normjax.sweep.results import collect
 from normjax.sweep.runner import run_sweep
 from normjax.training.loop import evaluate_run
 from normjax.training.rundir import RunDir
@@ -110,6 +111,12 @@ def test_figures_and_table(sweep, tmp_path):
         [f"{s}.{e}" for s in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap") for e in ("png", "pdf")]
         + ["apl_table.csv"]
     )
+    # Each figure is titled with the sweep's size, data and seeds; a panel by its dataset, not "all".
+    section = sweep_section(sweep_dir, {})
+    assert section["title"] == "sweep_apl_t (smoke; data digits), 1 seed"
+    rows = [{k: v for k, v in r.items() if k != "data.task"} for r in collect(sweep_dir)]
+    assert {r["data.task"] for r in fill_tasks(sweep_dir, rows)} == {"digits"}  # a sweep without a task bundle
+    assert list(section["tasks"]) == ["digits"] and section["tasks"]["digits"]["test_examples"] == 360
     table = (tmp_path / "apl_table.csv").read_text().strip().splitlines()
     assert len(table) == 1 + len(results)
     with pytest.raises(UserError, match="not a sweep"):
@@ -122,13 +129,7 @@ def test_figures_and_table(sweep, tmp_path):
         plot_sweep(sweep_dir, x="optim.prelu_l1", y="apl", panel="regime")
 
 
-def test_advantage_gap_and_matched_width():
-    after = [{"apl": 0.0, "test_accuracy": 0.5}, {"apl": 2.0, "test_accuracy": 0.9}, {"apl": 2.0, "test_accuracy": 0.7}]
-    during = [{"apl": 1.0, "test_accuracy": 0.4}, {"apl": 3.0, "test_accuracy": 0.8}]
-    grid, gap = advantage_gap(after, during, points=3)  # shared range [1, 2]; seeds at apl 2 averaged
-    np.testing.assert_allclose(grid, [1.0, 1.5, 2.0])
-    np.testing.assert_allclose(gap, [0.65 - 0.4, 0.725 - 0.5, 0.8 - 0.6])
-    assert advantage_gap(after[:1], during)[0].size == 0
+def test_matched_width():
     target = {"name": "resnet", "depth": 8, "width": 8}
     m = matched_width_mult({"name": "plain_cnn", "depth": 4, "width": 8}, target)
     n, t = count_params({"name": "plain_cnn", "depth": 4, "width": 8, "width_mult": m}), count_params(target)

@@ -484,3 +484,28 @@ def test_a_set_on_a_key_the_sweep_varies_is_one_line():
         expand(root / "sweep_apl_sparsity.py", "smoke", ["data.name=digits"])  # inside the task bundles
     runs, _ = expand(root / "sweep_depth.py", "smoke", ["train.epochs=1"])  # not varied: applies to every run
     assert {r.config["train"]["epochs"] for r in runs} == {1.0}
+
+
+def test_a_sweep_directory_holds_one_size(tmp_path):
+    # `make demo` then `make demo SIZE=medium` wrote both sizes into one directory, whose tables and
+    # figures then mixed them: another size is refused before anything is written.
+    spec, work = _spec(tmp_path), tmp_path / "w"
+    work.mkdir()
+    manifest = json.dumps({"spec": str(spec), "size": "smoke", "overrides": [], "varied": [], "runs": []})
+    (work / "sweep.json").write_text(manifest)
+    with pytest.raises(UserError, match=r"holds --size smoke runs; --size full goes in a directory of its own"):
+        run_sweep(spec, size="full", workdir=work)
+    assert [p.name for p in work.iterdir()] == ["sweep.json"] and (work / "sweep.json").read_text() == manifest
+
+
+def test_make_demo_writes_each_size_into_its_own_directories():
+    dry = {
+        size: subprocess.run(
+            ["make", "-n", "demo", f"SIZE={size}"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+        for size in ("smoke", "medium")
+    }
+    for size, text in dry.items():
+        workdirs = {w for w in text.split() if w.startswith("runs/demo")}
+        assert {f"runs/demo-{size}", f"runs/demo-apl-{size}"} <= workdirs, workdirs
+        assert not any(w in ("runs/demo", "runs/demo-apl") for w in workdirs)

@@ -59,9 +59,39 @@ def load_sweep(sweep_dir: str | os.PathLike) -> tuple[Path, dict]:
 
 
 def sweep_name(sweep_dir: Path, meta: dict) -> str:
-    """A short title for the sweep: its spec file's stem (and size), else the directory name."""
+    """The title of the sweep's tables and figures: its spec file's stem (else the directory name),
+    its size and the datasets its runs train on, so that none mixes sizes or datasets unsaid.
+
+    A directory of an older version can hold the runs of several sizes (`normjax sweep` now
+    refuses that): the title names them all and says they are mixed.
+
+    Example:
+      >>> sweep_name(Path("runs/x"), {"spec": "experiments/sweep_lr.py", "size": "smoke", "runs": []})
+      'sweep_lr (smoke)'
+      >>> sweep_name(Path("runs/x"), {"spec": "s.py", "runs": [],
+      ...            "invocations": [{"size": "smoke"}, {"size": "medium"}]})
+      's (sizes smoke and medium, mixed)'
+    """
     name = Path(meta["spec"]).stem if meta.get("spec") else sweep_dir.name
-    return f"{name} ({meta['size']})" if meta.get("size") else name
+    invocations = [i for i in meta.get("invocations") or [meta] if isinstance(i, dict)]
+    sizes = list(dict.fromkeys(str(i["size"]) for i in invocations if i.get("size")))
+    label = f"sizes {' and '.join(sizes)}, mixed" if len(sizes) > 1 else "".join(sizes)
+    data = _datasets(sweep_dir, meta)
+    if data:
+        label += ("; " if label else "") + "data " + ", ".join(data)
+    return f"{name} ({label})" if label else name
+
+
+def _datasets(sweep_dir: Path, meta: dict) -> list[str]:
+    """The `data.name` of the sweep's runs (and of their tasks, for a `data.task` bundle), in order."""
+    sweep, out = SweepDir(sweep_dir), []
+    for r in meta.get("runs") or []:
+        try:
+            data = sweep.run(r["name"]).read_config(as_written=True).get("data", {})
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        out.append(str(data.get("name")))
+    return list(dict.fromkeys(out))
 
 
 def short_names(keys: Iterable[str]) -> dict[str, str]:
@@ -218,6 +248,25 @@ def collect(sweep_dir: str | os.PathLike, over: str | None = "train.seed") -> li
     for row, cfg, part in zip(rows, configs, sets):
         row.update({k: (cfg if cfg is not None else part).get(k) for k in extra})
     return rows
+
+
+def setting_label(row: dict, varied: Iterable[str], over: str = "train.seed") -> str:
+    """A legend label for a run's setting: its varied values but `over`, in words where a key has
+    them (`model.shortcut`: plain or residual).
+
+    Example:
+      >>> setting_label({"model.shortcut": False, "optim.lr": 0.1, "train.seed": 0},
+      ...               ["model.shortcut", "optim.lr", "train.seed"])
+      'plain, lr=0.1'
+    """
+    keys = [k for k in varied if k != over]
+    short = short_names(keys)
+    words = {"model.shortcut": {True: "residual", False: "plain"}}
+    parts = []
+    for k in keys:
+        v = row.get(k)
+        parts.append(words[k][v] if k in words and v in words[k] else f"{short[k]}={fmt_value(v)}")
+    return ", ".join(parts)
 
 
 def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:

@@ -36,7 +36,7 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
 
 from normjax.parallel import decide, is_writer, maybe_initialize_distributed, platform
 from normjax.sweep.sizing import HEADROOM, GroupCompiler, largest_group
-from normjax.sweep.spec import RunSpec, expand, merge_manifest
+from normjax.sweep.spec import RunSpec, check_same_size, expand, merge_manifest
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
 from normjax.training.lock import Heartbeat, RunLock
@@ -176,6 +176,7 @@ def run_sweep(
     }
 
     def write_manifest() -> None:
+        check_same_size(sweep.read_manifest(), size, str(workdir))
         try:
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -282,3 +282,35 @@ def merge_manifest(old: dict | None, new: dict) -> dict:
             index[r["name"]] = r
     varied = list(dict.fromkeys(list(old.get("varied") or []) + list(new.get("varied") or [])))
     return {**copy.deepcopy(new), "varied": varied, "invocations": invocations, "runs": runs}
+
+
+def check_same_size(old: dict | None, size: str, workdir: str) -> None:
+    """Refuse a sweep into a directory that holds runs of another size (one line, nothing written).
+
+    A sweep directory holds one size: its tables and figures average and draw every run in it,
+    and runs of two sizes (other data, models, lengths) must not be read as one sweep.
+
+    Args:
+      old: the directory's sweep.json, or None when there is none.
+      size: this invocation's `--size`.
+      workdir: the directory, for the message.
+
+    Raises:
+      UserError: the directory's runs were made at another size.
+
+    Example:
+      >>> check_same_size({"size": "smoke", "runs": []}, "smoke", "runs/demo")
+      >>> check_same_size({"size": "smoke", "runs": []}, "medium", "runs/demo")
+      Traceback (most recent call last):
+      ...
+      normjax.errors.UserError: runs/demo holds --size smoke runs; --size medium goes in a directory of its own (e.g. --workdir runs/demo-medium)
+    """
+    if not isinstance(old, dict):
+        return
+    sizes = [i.get("size") for i in old.get("invocations") or [old] if isinstance(i, dict) and i.get("size")]
+    others = sorted({s for s in sizes if s != size})
+    if others:
+        raise UserError(
+            f"{workdir} holds --size {' and '.join(others)} runs; --size {size} goes in a directory of its own "
+            f"(e.g. --workdir {workdir.rstrip('/')}-{size})"
+        )

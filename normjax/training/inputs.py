@@ -170,6 +170,11 @@ class MemoryInput:
             dtype=str(ds.train_images.dtype),
         )
 
+    @property
+    def num_test(self) -> int:
+        """Examples in the evaluation set (one of them is 1/num_test of the test accuracy)."""
+        return int(self.ds.test_images.shape[0])
+
     def feed(self, program: Program, cfg: dict, start: int, saved: np.ndarray | None = None) -> _MemoryFeed:
         """The whole training set on device, handed to every chunk (the step selects its batch)."""
         del cfg, start, saved  # the step's batch is a function of the state alone
@@ -249,6 +254,11 @@ class StreamInput:
             std=tuple(std),
             streaming=True,
         )
+
+    @property
+    def num_test(self) -> int:
+        """Examples in the evaluation split (one of them is 1/num_test of the test accuracy)."""
+        return int(self.source.info.num_test)
 
     @property
     def spec(self) -> DataSpec:

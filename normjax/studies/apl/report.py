@@ -22,9 +22,10 @@ equal parameters, and the linear classifier), and writes `apl_report.json` and f
 - with `--fold`, the folded network of every run of the first seed: depth, parameters, accuracy
   (`normjax fold`, written under OUT/folded/).
 
-Figures: `apl_collapse` (accuracy vs APL with seed bands, floor, unsparsified and halfway lines),
-`apl_gap` (after − during at matched APL, ±1 s.e.; a gap within 2 s.e. is inconclusive), `apl_core` (effective depth and width per
-setting), `apl_vs_baselines`.
+Figures, per sweep (`SWEEP_` + `FIGURES`), titled with the sweep's size, data and seeds:
+`collapse` (accuracy vs APL with seed bands, floor, unsparsified and halfway lines), `gap` (after −
+during at matched APL, ±2 s.e.; a bar crossing 0 is inconclusive), `core` (effective depth and
+width per setting), `vs_baselines`.
 
 Example:
   >>> report(["runs/sweep-apl_targets-medium"], baselines="runs/sweep-apl_baselines-medium", out="runs/apl-report")  # doctest: +SKIP
@@ -46,7 +47,7 @@ import numpy as np
 from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.studies.report import difference, fmt, mean_std, sweep_rows, write_report
-from normjax.sweep.results import collect
+from normjax.sweep.results import collect, load_sweep, sweep_name
 from normjax.training.rundir import RunDir, SweepDir
 
 JSON_NAME = "apl_report.json"
@@ -106,6 +107,30 @@ def halfway(unsparsified: float | None, floor: float | None) -> float | None:
     return 0.5 * (unsparsified + floor)
 
 
+def fill_tasks(sweep: Path, rows: list[dict]) -> list[dict]:
+    """Each row's task label (in place): its `data.task` bundle's name, else its dataset's name
+    (`data.name` of its config), so a sweep over one dataset is drawn and reported under that name."""
+    sweep_dir = SweepDir(sweep)
+    for r in rows:
+        if r.get(TASK) is None:
+            try:
+                r[TASK] = str(sweep_dir.run(r["name"]).read_config(as_written=True)["data"]["name"])
+            except (OSError, ValueError, KeyError, TypeError):
+                r[TASK] = "unknown data"
+    return rows
+
+
+def num_test_examples(sweep: Path, rows: list[dict]) -> int | None:
+    """The size of the test set the rows were evaluated on (one image is 1/n of their accuracy),
+    None when the runs' configs or data cannot be read."""
+    from normjax.training.inputs import input_for
+
+    try:
+        return int(input_for(SweepDir(sweep).run(rows[0]["name"]).read_config(as_written=True)).num_test)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, UserError):
+        return None
+
+
 def _setting_key(rows: list[dict], sweep: Path) -> str:
     for key in SETTINGS:
         if any(r.get(key) is not None for r in rows):
@@ -128,7 +153,7 @@ def _base_runs(sweep: Path, rows: list[dict]) -> dict[tuple[str, int], dict]:
         if found:
             s = found[0].read_summary()
             if s.get("status") == "done":
-                out[(str(r[TASK]), int(r[SEED] or 0))] = s
+                out[(str(r[TASK]), int(r.get(SEED) or 0))] = s
     return out
 
 
@@ -138,7 +163,7 @@ def _points(rows: list[dict], key: str) -> list[dict]:
     for r in rows:
         by.setdefault(float(r[key]), []).append(r)
     return [
-        {"setting": v, "seeds": [int(r[SEED] or 0) for r in rs]}
+        {"setting": v, "seeds": [int(r.get(SEED) or 0) for r in rs]}
         | {q: mean_std([float(r[q]) for r in rs if r.get(q) is not None]) for q in QUANTITIES}
         for v, rs in sorted(by.items(), reverse=True)
     ]
@@ -186,14 +211,14 @@ def _gap(after: list[dict], during: list[dict], half: float | None = None) -> li
     return out
 
 
-def _baseline_curves(baselines: Path | None) -> dict[str, dict[str, list[dict]]]:
+def baseline_curves(baselines: Path | None) -> dict[str, dict[str, list[dict]]]:
     """{task: {kind: rows}} of the finished baseline runs."""
     if baselines is None:
         return {}
     if not SweepDir(baselines).is_sweep():
         raise UserError(f"--baselines {str(baselines)!r} is not a sweep directory (no sweep.json)")
     out: dict[str, dict[str, list[dict]]] = {}
-    for r in collect(baselines):
+    for r in fill_tasks(baselines, collect(baselines)):
         if r["status"] == "done" and r.get("test_accuracy") is not None and r.get("apl") is not None:
             out.setdefault(str(r[TASK]), {}).setdefault(str(r[BASELINE]), []).append(r)
     return out
@@ -233,10 +258,10 @@ def _fold_runs(sweep: Path, rows: list[dict], out: Path) -> list[dict]:
     """Fold every finished run of the first seed (MLPs fold fully); one record line each."""
     from normjax.studies.apl.fold_checkpoint import fold_run
 
-    seed = min(int(r[SEED] or 0) for r in rows)
+    seed = min(int(r.get(SEED) or 0) for r in rows)
     records = []
     for r in rows:
-        if int(r[SEED] or 0) != seed:
+        if int(r.get(SEED) or 0) != seed:
             continue
         rec = fold_run(sweep / r["name"], out=out / "folded" / r["name"])
         records.append(
@@ -258,9 +283,11 @@ def _fold_runs(sweep: Path, rows: list[dict], out: Path) -> list[dict]:
 def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | None = None) -> dict:
     """One sparsification sweep's numbers per task (see the module docstring)."""
     path, every = sweep_rows(sweep)
-    rows = [r for r in every if r["status"] == "done" and r.get("apl") is not None]
+    rows = fill_tasks(path, [r for r in every if r["status"] == "done" and r.get("apl") is not None])
     if not rows:
         raise UserError(f"{str(sweep)!r} has no finished run that logged the apl hook (log.metrics=['apl'])")
+    seeds = len({r.get(SEED) for r in rows})
+    title = f"{sweep_name(path, load_sweep(path)[1])}, {seeds} seed{'s' if seeds > 1 else ''}"
     key = _setting_key(rows, path)
     bases = _base_runs(path, rows)
     for r in rows:
@@ -294,8 +321,8 @@ def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | No
                 ys = [unsparsified["mean"]] + [p["test_accuracy"]["mean"] for p in points]
                 entry["collapse_apl"] = collapse_apl(xs, ys, half)
                 per_seed = []
-                for seed in sorted({int(r[SEED] or 0) for r in rrs}):
-                    srs = [r for r in rrs if int(r[SEED] or 0) == seed]
+                for seed in sorted({int(r.get(SEED) or 0) for r in rrs}):
+                    srs = [r for r in rrs if int(r.get(SEED) or 0) == seed]
                     b = bases.get((task, seed))
                     if b is None:
                         continue
@@ -316,13 +343,22 @@ def sweep_section(sweep: str | os.PathLike, baselines: dict, fold_out: Path | No
             "halfway": half,
             "regimes": regimes,
             "baselines": kinds,
+            "test_examples": num_test_examples(path, trs),
         }
         if {"after", "during"} <= set(regimes):
             out["gap"] = _gap(regimes["after"]["points"], regimes["during"]["points"], half)
         if fold_out is not None:
             out["folded"] = _fold_runs(path, trs, fold_out)
         tasks[task] = out
-    return {"sweep": str(path), "setting": key, "diverged": diverged, "missed_target": missed, "tasks": tasks}
+    return {
+        "sweep": str(path),
+        "title": title,
+        "seeds": seeds,
+        "setting": key,
+        "diverged": diverged,
+        "missed_target": missed,
+        "tasks": tasks,
+    }
 
 
 def _band(ax, points: list[dict], color: str, label: str, ls: str = "-") -> None:
@@ -335,19 +371,50 @@ def _band(ax, points: list[dict], color: str, label: str, ls: str = "-") -> None
     ax.fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.15)
 
 
-def _save_panels(fig, axes, tasks: dict, xlabel: str, path: Path) -> list[Path]:
+def accuracy_label(n: int | None) -> str:
+    """The accuracy axis label with what one test image is worth, so a reader can tell a
+    difference of a few images from an effect.
+
+    Example:
+      >>> accuracy_label(360)
+      'test accuracy (one of 360 test images = 0.28 points)'
+    """
+    return "test accuracy" if not n else f"test accuracy (one of {n} test images = {100 / n:.2g} points)"
+
+
+def _save_panels(fig, axes, section: dict, xlabel: str, path: Path) -> list[Path]:
     """One accuracy panel per task: titles, axes and the legend; saved as `path`.png/.pdf."""
-    for ax, task in zip(axes[0], tasks):
-        ax.set_title(f"task: {task}")
+    for ax, (task, t) in zip(axes[0], section["tasks"].items()):
+        ax.set_title(str(task), fontsize=9)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(accuracy_label(t.get("test_examples")), fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7)
+    _suptitle(fig, section)
     return save(fig, path.parent, path.name)
 
 
-def figures(section: dict, out: Path, stem: str) -> list[Path]:
-    """The report's figures for one sweep section; returns their paths."""
+def _suptitle(fig, section: dict) -> None:
+    fig.suptitle(section.get("title") or Path(section["sweep"]).name, fontsize=9)
+
+
+# The report's figures; `normjax apl-plot` writes the same under its own names.
+FIGURES = ("collapse", "gap", "core", "vs_baselines")
+
+
+def figures(section: dict, out: Path, stem: str = "apl", names: dict[str, str] | None = None) -> list[Path]:
+    """The report's figures for one sweep section; returns their paths.
+
+    Args:
+      section: a `sweep_section`.
+      out: the output directory.
+      stem: file names are `{stem}_{figure}` (`FIGURES`) ...
+      names: ... unless given here ({figure: file stem}).
+
+    Returns:
+      The written PNG and PDF paths.
+    """
+    names = {k: f"{stem}_{k}" for k in FIGURES} | (names or {})
     tasks = section["tasks"]
     n = len(tasks)
     paths: list[Path] = []
@@ -367,7 +434,7 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
         ):
             if value is not None:
                 ax.axhline(value, color="k", ls=ls, lw=0.9, label=label)
-    paths += _save_panels(fig, axes, tasks, "APL (normalized), mean ± std over seeds", out / f"{stem}_collapse")
+    paths += _save_panels(fig, axes, section, "APL (normalized), mean ± std over seeds", out / names["collapse"])
 
     gaps = {
         task: [x for x in t["gap"] if x["gap_matched_apl"] is not None] for task, t in tasks.items() if t.get("gap")
@@ -389,10 +456,16 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("APL of the after-training runs (normalized)")
         ax.set_ylabel("test accuracy: after − during\nat matched APL (±2 s.e.)")
-        ax.set_title("nonlinear advantage at matched APL; bars crossing 0: inconclusive", fontsize=8)
+        ax.set_title(
+            "nonlinear advantage at matched APL; bars crossing 0: inconclusive"
+            if section.get("seeds", 1) > 1
+            else "nonlinear advantage at matched APL; one seed: no error bars, no verdict",
+            fontsize=8,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        paths += save(fig, out, f"{stem}_gap")
+        _suptitle(fig, section)
+        paths += save(fig, out, names["gap"])
 
     fig, axes = figure(1, 1, size=(5.2, 3.6))
     ax = axes[0][0]
@@ -414,7 +487,8 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
     ax.set_ylabel("effective width")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-    paths += save(fig, out, f"{stem}_core")
+    _suptitle(fig, section)
+    paths += save(fig, out, names["core"])
 
     if any(t["baselines"] for t in tasks.values()):
         fig, axes = figure(1, n, size=(4.2 * n, 3.6))
@@ -423,7 +497,7 @@ def figures(section: dict, out: Path, stem: str) -> list[Path]:
                 _band(ax, e["points"], colors[regime], f"sparsified, {regime}")
             for (kind, curve), (color, ls) in zip(sorted(t["baselines"].items()), (("k", "--"), ("0.45", ":"))):
                 _band(ax, curve, color, f"baseline, {kind}", ls)
-        paths += _save_panels(fig, axes, tasks, "APL (a plain net's is its depth)", out / f"{stem}_vs_baselines")
+        paths += _save_panels(fig, axes, section, "APL (a plain net's is its depth)", out / names["vs_baselines"])
     return paths
 
 
@@ -448,7 +522,7 @@ def report(
     if not sweeps:
         raise UserError("give at least one sparsification sweep directory")
     out = Path(out).expanduser()
-    base = _baseline_curves(None if baselines is None else Path(baselines).expanduser())
+    base = baseline_curves(None if baselines is None else Path(baselines).expanduser())
     res = {"sweeps": [], "baselines": None if baselines is None else str(baselines)}
     figs: list[Path] = []
     for sweep in sweeps:

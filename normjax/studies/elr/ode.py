@@ -35,6 +35,9 @@ from normjax.errors import UserError, missing_extra
 
 try:
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
 except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
     raise missing_extra(e, __name__) from None
 
@@ -171,6 +174,15 @@ def _depth_colors(n: int) -> list:
     return [colormaps["viridis"](i / max(1, n - 1)) for i in range(n)]
 
 
+def _depth_colorbar(fig, ax, n: int) -> None:
+    """The key to `_depth_colors`: layer index, 0 = input, on integer ticks."""
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0, max(1, n - 1)), colormaps["viridis"]), ax=ax, label="layer (0 = input)"
+    )
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
+
+
 def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
     """Per-layer ELR measured (solid) vs the model (dashed), the spread with the replay, and how far
     the base gradients drift from their step-0 values (the model's assumption)."""
@@ -182,7 +194,8 @@ def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
         ax.plot(x, c.predicted["model"]["elr"][:, i], color=color, lw=1.0, ls="--")
     ax.set_yscale("log")
     ax.set_ylabel("ELR  η‖g_l‖/‖w_l‖  (solid: measured, dashed: model)")
-    ax.set_title(f"per-layer ELR, {len(c.names)} scale-invariant layers (input → output: colour)", fontsize=9)
+    ax.set_title(f"per-layer ELR, {len(c.names)} scale-invariant layers", fontsize=9)
+    _depth_colorbar(fig, ax, len(c.names))
     bx.plot(x, c.measured["spread"], color="k", lw=1.5, label="measured")
     bx.plot(
         x,
@@ -215,6 +228,7 @@ def comparison_figure(c: Comparison, out: Path, model: str) -> list[Path]:
     )
     cx.set_yscale("log")
     cx.legend(fontsize=8)
+    _depth_colorbar(fig, cx, len(c.names))
     for a in (ax, bx, cx):
         step_axis(a)
     fig.suptitle(f"weight-dynamics model vs measurement — {c.title}", fontsize=10)
@@ -248,7 +262,7 @@ def compare_sweep(
 ) -> tuple[list, list[Path]]:
     """`compare_run` on every run of a sweep that logged the ELR hook: a CSV of the errors, one
     figure per run (in its `figures/`), and predicted vs measured mean log10 spread over runs."""
-    from normjax.sweep.results import collect, load_sweep, sweep_name
+    from normjax.sweep.results import collect, load_sweep, setting_label, sweep_name
 
     spread_key(layers)
     path, meta = load_sweep(sweepdir)
@@ -309,13 +323,17 @@ def compare_sweep(
     ax = axes[0, 0]
     xs = [float(np.mean(np.log10(c.measured["spread"]))) for _, c in results]
     ys = [float(np.mean(np.log10(c.predicted["model"]["spread"]))) for _, c in results]
-    ax.scatter(xs, ys, s=18)
+    # one colour per setting (the varied keys but the seed): plain and residual told apart
+    labels = [setting_label(row, meta["varied"]) for row, _ in results]
+    for i, label in enumerate(dict.fromkeys(labels)):
+        at = [j for j, v in enumerate(labels) if v == label]
+        ax.scatter([xs[j] for j in at], [ys[j] for j in at], s=18, color=f"C{i % 10}", label=label or "runs")
     lo, hi = min(xs + ys), max(xs + ys)
     ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls=":", label="prediction = measurement")
     ax.set_xlabel("measured mean log10 spread (dense window)")
     ax.set_ylabel(f"predicted mean log10 spread ({model} model)")
     ax.set_title(sweep_name(path, meta), fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncols=2 if len(set(labels)) > 6 else 1)
     paths += save(fig, out, f"ode_{model}_spread")
     return results, paths
 
