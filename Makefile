@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test lint test-slow test-isa test-plan plan bench bench-conv bench-gpu bench-gpu-steps bench-gpu-stream install clean sweeps explode apl docs docs-figures data reproduce-elr reproduce-apl
+.PHONY: demo test lint test-slow test-isa test-plan plan bench bench-conv bench-gpu bench-gpu-steps bench-gpu-stream install clean sweeps explode elr-conv apl docs docs-figures data reproduce-elr reproduce-apl
 
 # The training stack (the `train` extra) and the test tools; `pip install .` alone is the base install.
 $(STAMP): pyproject.toml
@@ -235,6 +235,20 @@ sweep-%: $(STAMP)
 	$(BIN)/normjax results $(WORKDIR)/sweep-$*-$(SIZE)
 	$(BIN)/normjax plot $(WORKDIR)/sweep-$*-$(SIZE) --y test_accuracy $(or $(SWEEP_PLOTS_$*),--x train.seed)
 	$(foreach c,$(SWEEP_AFTER_$*),$(BIN)/normjax $(c) $(WORKDIR)/sweep-$*-$(SIZE) &&) true
+
+# The ELR study in conv nets (SIZE=mnist1d: 1-D ResNet-20/56 on MNIST-1D; SIZE=fmnist_conv: ResNet-20/56
+# at width 8 on Fashion-MNIST), plain vs residual: early spreads and the order flip over LR x momentum,
+# accuracy against spread, the model against measurement (the trajectories sweep), the explosion,
+# the critical LR at init and after 10/100 SGD steps; the report in $(WORKDIR)/elr-report-$(SIZE).
+ELR_CONV_CRIT = $(foreach sc,false true,$(WORKDIR)/critical_lr-$(SIZE)-shortcut=$(sc))
+elr-conv: $(STAMP)
+	$(MAKE) sweep-elr_trajectories explode SIZE=$(SIZE)
+	for sc in false true; do \
+		$(BIN)/normjax critical-lr experiments/elr_resnet.py --size $(SIZE) --set model.shortcut=$$sc --depths 20,56 \
+		--seeds 3 --at 0,10,100 --out $(WORKDIR)/critical_lr-$(SIZE)-shortcut=$$sc || exit 1; done
+	$(BIN)/normjax elr-report --out $(WORKDIR)/elr-report-$(SIZE) --trajectories $(WORKDIR)/sweep-elr_trajectories-$(SIZE) \
+		--explode $(WORKDIR)/explode-mlp-$(SIZE) --explode $(WORKDIR)/explode-resnet-$(SIZE) \
+		$(foreach d,$(ELR_CONV_CRIT),--critical $(d))
 
 # Gradient explosion at init over depth: BN-ReLU MLPs, and ResNets plain vs residual (the ELR study).
 explode: $(STAMP)

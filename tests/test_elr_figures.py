@@ -276,6 +276,9 @@ def test_elr_report_trajectories_from_a_sweep(sweep, tmp_path):
         assert math.isnan(r["order_correlation"])  # two scale-invariant layers: too few to rank
         a0 = np.array(rows[0]["elr"][:2]) / r["optim.lr"]
         assert r["critical_lr_step0"] == pytest.approx(1 / math.sqrt(a0.max() * a0.min()), rel=1e-6)
+        e_min = min(rows[0]["elr"][:2])  # the model's equalization time, 1/(2 E_min(0)^2)
+        assert r["elr_min_step0"] == pytest.approx(e_min, rel=1e-6)
+        assert r["equalization_steps"] == pytest.approx(1 / (2 * e_min**2), rel=1e-6)
     done = [r for r in runs.values() if r["status"] == "done"]
     assert t["spread_accuracy_runs"] == len(done) == 6
     assert t["spread_accuracy_rank_correlation"] == pytest.approx(

@@ -141,7 +141,12 @@ def trajectories_section(sweep: str | os.PathLike, layers: str = "all") -> tuple
         run = read_run(path / row["name"])
         m = run.spread_layers(layers)
         rec = {k: row[k] for k in row if k.startswith(("optim.", "model.", "train."))}
-        rec |= {"name": row["name"], "status": row["status"], "test_accuracy": row["test_accuracy"]}
+        rec |= {
+            "name": row["name"],
+            "status": row["status"],
+            "test_accuracy": row["test_accuracy"],
+            "train_loss": row.get("train_loss"),
+        }
         spread = run.scalar(key)
         dense = run.config.get("log", {}).get("dense_steps")
         ok = np.isfinite(spread) & (spread > 0) & (run.steps() < (dense or np.inf))
@@ -154,6 +159,9 @@ def trajectories_section(sweep: str | os.PathLike, layers: str = "all") -> tuple
             a0 = e0 / run.layer_values("layer_lr")[0][m]
             rec["order_correlation"] = rank_correlation(e0, e1)
             rec["critical_lr_step0"] = float(analysis.critical_lr(jnp.asarray(a0)))
+            # The model's own time to equalize: the smallest initial ELR sets it (docs/science.md).
+            rec["elr_min_step0"] = float(e0.min())
+            rec["equalization_steps"] = float(1.0 / (2.0 * e0.min() ** 2))
         try:
             c = compare_run(path / row["name"], layers=layers)
         except UserError:
