@@ -48,6 +48,7 @@ from normjax.sweep.results import (
     load_sweep,
     resolve_key,
     resolve_over,
+    setting_label,
     short_names,
     sort_key,
     sweep_name,
@@ -418,7 +419,6 @@ class _SweepRuns:
     runs: dict[str, ElrRun]  # run name -> run, only runs with ELR metrics
     over: str | None
     hue: str | None
-    marker: str | None
     panels: list[str]
     short: dict[str, str]
     layers: str = "all"
@@ -446,7 +446,6 @@ def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | N
     hue_key = resolve_key(hue, keys, "hue") if hue is not None else next((k for k in keys if k != over_key), None)
     if hue_key == over_key:
         over_key = None  # colouring by the seed itself: every run is its own line
-    marker_key = next((k for k in keys if k not in (over_key, hue_key)), None)
     runs, sweep = {}, SweepDir(path)
     for r in rows:
         if r["name"] and sweep.run(r["name"]).is_run():
@@ -463,9 +462,7 @@ def _load_sweep_runs(sweepdir: str | os.PathLike, hue: str | None, over: str | N
         )
         raise UserError(f"no run of {str(path)!r} logged ELR metrics ({counts}); {NO_ELR}")
     panels = [k for k in keys if k not in (over_key, hue_key)]
-    return _SweepRuns(
-        path, sweep_name(path, meta), rows, runs, over_key, hue_key, marker_key, panels, short_names(keys), layers
-    )
+    return _SweepRuns(path, sweep_name(path, meta), rows, runs, over_key, hue_key, panels, short_names(keys), layers)
 
 
 def sweep_figures(
@@ -601,10 +598,15 @@ def run_spreads(run: ElrRun, layers: str = "all") -> tuple[float, float]:
 
 
 def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
-    """Test accuracy against mean log spread (early window | whole run); diverged runs hollow at the bottom."""
+    """Test accuracy against mean log spread (early window | whole run; one panel when the window
+    is the whole run); colour = the hue key, marker = the setting of every other varied key (e.g.
+    depth, momentum, plain or residual); diverged runs hollow at the bottom."""
     rows = [r for r in s.rows if r["name"] in s.runs]
     colors = _hue_colors(_distinct(rows, s.hue))
-    markers = {group_id(v): MARKERS[i % len(MARKERS)] for i, v in enumerate(_distinct(rows, s.marker))}
+    combos = sorted(
+        {group_id(_combo(s, r)): _combo(s, r) for r in rows}.values(), key=lambda c: [sort_key(v) for v in c]
+    )
+    markers = {group_id(c): MARKERS[i % len(MARKERS)] for i, c in enumerate(combos)}
     done = [r for r in rows if r["status"] == "done" and r["test_accuracy"] is not None]
     diverged = [r for r in rows if r["status"] == "diverged"]
     accs = [r["test_accuracy"] for r in done]
@@ -613,8 +615,9 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
     spreads = {r["name"]: run_spreads(s.runs[r["name"]], s.layers) for r in done + diverged}
     windows = sorted({str(run.config.get("log", {}).get("dense_steps", "?")) for run in s.runs.values()})
     shown = sum(any(math.isfinite(m) for m in spreads[r["name"]]) for r in done + diverged)
-    fig, axes = figure(1, 2, size=(11.0, 4.4), sharey=True)
-    for col, (ax, window) in enumerate(zip(axes[0], (f"early window (first {'/'.join(windows)} steps)", "whole run"))):
+    titles = spread_panels(spreads, windows)
+    fig, axes = figure(1, len(titles), size=(5.8 * len(titles), 4.4), sharey=True)
+    for col, (ax, window) in enumerate(zip(axes[0], titles)):
         for r in done + diverged:
             m = spreads[r["name"]][col]
             if not math.isfinite(m):
@@ -626,7 +629,7 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
                 floor if hollow else r["test_accuracy"],
                 ls="none",
                 ms=7,
-                marker=markers[group_id(r[s.marker]) if s.marker else group_id(None)],
+                marker=markers[group_id(_combo(s, r))],
                 mfc="none" if hollow else c,
                 mec=c,
                 alpha=0.85,
@@ -640,9 +643,36 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
         ax.set_xlabel(f"{MEAN_SPREAD_LABEL}\n{window}", fontsize=8)
         ax.grid(alpha=0.3)
     _accuracy_axis(axes[0, 0], lo, hi, floor if diverged else None)
-    _scatter_legend(fig, s, rows, colors, markers, not_shown=len(s.rows) - shown)
+    _scatter_legend(fig, s, rows, colors, combos, markers, not_shown=len(s.rows) - shown)
     fig.suptitle(f"{s.title}: test accuracy vs ELR spread, one point per run", fontsize=10)
     return save(fig, out, f"accuracy_vs_spread{suffix}")
+
+
+def spread_panels(spreads: dict[str, tuple[float, float]], windows: list[str]) -> list[str]:
+    """The panels of the accuracy-vs-spread figure: early window and whole run, or one panel when
+    the window is the whole run in every run (two identical panels say nothing twice).
+
+    Args:
+      spreads: per run, (early-window, whole-run) mean log10 spread (`run_spreads`).
+      windows: the runs' dense-window lengths, as text.
+
+    Returns:
+      The panel titles, in the order of the `spreads` tuples.
+
+    Example:
+      >>> spread_panels({"a": (0.5, 0.5), "b": (1.0, 1.0)}, ["1000"])
+      ['whole run (= the logged window)']
+      >>> spread_panels({"a": (0.9, 0.5)}, ["100"])
+      ['early window (first 100 steps)', 'whole run']
+    """
+    if all(e == a or not (math.isfinite(e) or math.isfinite(a)) for e, a in spreads.values()):
+        return ["whole run (= the logged window)"]
+    return [f"early window (first {'/'.join(windows)} steps)", "whole run"]
+
+
+def _combo(s: _SweepRuns, r: dict) -> tuple:
+    """A run's values of the varied keys that neither colour nor averaging shows (its marker)."""
+    return tuple(r[k] for k in s.panels)
 
 
 def _accuracy_axis(ax, lo: float, hi: float, floor: float | None) -> None:
@@ -656,22 +686,24 @@ def _accuracy_axis(ax, lo: float, hi: float, floor: float | None) -> None:
     ax.set_ylabel("test accuracy")
 
 
-def _scatter_legend(fig: Figure, s: _SweepRuns, rows: list[dict], colors: dict, markers: dict, not_shown: int) -> None:
+def _scatter_legend(
+    fig: Figure, s: _SweepRuns, rows: list[dict], colors: dict, combos: list[tuple], markers: dict, not_shown: int
+) -> None:
     handles, labels = [], []
     if s.hue:
         for hv in _distinct(rows, s.hue):
             handles.append(Line2D([], [], ls="none", marker="o", color=colors[group_id(hv)]))
-            labels.append(f"{s.short[s.hue]}={fmt_value(hv)}")
-    if s.marker:
-        for mv in _distinct(rows, s.marker):
-            handles.append(Line2D([], [], ls="none", marker=markers[group_id(mv)], color="0.3"))
-            labels.append(f"{s.short[s.marker]}={fmt_value(mv)}")
+            labels.append(setting_label({s.hue: hv}, [s.hue], over=""))
+    if s.panels:
+        for c in combos:
+            handles.append(Line2D([], [], ls="none", marker=markers[group_id(c)], color="0.3"))
+            labels.append(setting_label(dict(zip(s.panels, c)), s.panels, over=""))
     handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="0.3"))
     labels.append("diverged (no test accuracy)")
     if not_shown:
         handles.append(Line2D([], [], ls="none"))
         labels.append(f"not shown: {not_shown} run(s) missing, running,\nfailed or without ELR logs")
-    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.legend(handles, labels, loc="outside right center", fontsize=7)
 
 
 # ---------------------------------------------------------------------------------------------
