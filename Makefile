@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SIZE ?= smoke
 WORKDIR ?= runs
 
-.PHONY: demo test lint test-slow test-isa test-plan plan bench bench-conv bench-gpu bench-gpu-steps bench-gpu-stream install clean sweeps explode elr-conv apl docs docs-figures data reproduce-elr reproduce-apl
+.PHONY: demo demo-seeds test lint test-slow test-isa test-plan plan bench bench-conv bench-gpu bench-gpu-steps bench-gpu-stream install clean sweeps explode elr-conv apl docs docs-figures data reproduce-elr reproduce-apl
 
 # The training stack (the `train` extra) and the test tools; `pip install .` alone is the base install.
 $(STAMP): pyproject.toml
@@ -42,6 +42,19 @@ demo: $(STAMP)
 	$(BIN)/normjax fold $(DEMO_APL_RUN)
 	$(BIN)/normjax fold $(DEMO_APL_RUN) --spatial --out $(DEMO_APL_RUN)/folded-spatial
 	@echo "ELR figures: $(DEMO)/figures   APL figure: $(DEMO_APL)/figures/accuracy_vs_apl.png"
+
+# The demo's sweeps again over SEEDS (one invocation a seed, `--set train.seed=S`), into their own
+# directories, and their tables (mean ± std over seeds) and APL figures: the spread behind the
+# demo's one-seed numbers (docs/results.md).
+SEEDS ?= 0 1 2 3 4
+demo-seeds: $(STAMP)
+	for s in $(SEEDS); do $(BIN)/normjax sweep experiments/sweep_elr_demo.py --size $(SIZE) \
+		--workdir $(DEMO)-seeds --set train.seed=$$s || exit 1; done
+	for s in $(SEEDS); do $(BIN)/normjax sweep experiments/sweep_apl_demo.py --size $(SIZE) \
+		--workdir $(DEMO_APL)-seeds --set train.seed=$$s || exit 1; done
+	$(BIN)/normjax results $(DEMO)-seeds
+	$(BIN)/normjax results $(DEMO_APL)-seeds
+	$(BIN)/normjax apl-plot $(DEMO_APL)-seeds
 
 # Fashion-MNIST as the TFDS dataset fashion_mnist in the TFDS data dir ($TFDS_DATA_DIR, else
 # ~/tensorflow_datasets), offline: Debian's dataset-fashion-mnist holds the four IDX files (installed

@@ -306,6 +306,7 @@ def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
         (d / "config.json").write_text(json.dumps(cfg))
         summary = json.loads((d / "summary.json").read_text())
         summary["test_accuracy"] = 0.8 + 0.01 * seed + (0.05 if name != "sgd" else 0.0)
+        summary["train_loss"] = 0.5 - 0.1 * seed
         (d / "summary.json").write_text(json.dumps(summary))
         runs.append({"name": d.name, "overrides": {"optim.name": name, "train.seed": seed}})
     (root / "sweep.json").write_text(json.dumps({"varied": ["optim.name", "train.seed"], "runs": runs}))
@@ -315,6 +316,8 @@ def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
     acc = rows["sgd_uniform_elr"]["test_accuracy"]
     assert rows["sgd"]["diverged"] == 0 and rows["sgd"]["statuses"] == ["done"] * 3
     assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.86) and acc["std"] == pytest.approx(0.01)
+    loss = rows["sgd"]["train_loss"]  # trainability beside accuracy
+    assert loss["n"] == 3 and loss["mean"] == pytest.approx(0.4) and loss["std"] == pytest.approx(0.1)
     diff = rows["sgd_uniform_elr"]["accuracy_minus_sgd"]
     assert diff["diff"] == pytest.approx(0.05) and diff["se"] == pytest.approx(math.sqrt(2 * 0.01**2 / 3))
     # A second sweep at the same LR joins the section; a uniform-ELR reference other than `lr` is its own regime.

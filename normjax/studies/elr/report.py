@@ -245,6 +245,7 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
                     "regime": _regime(o),
                     "shortcut": shortcut,
                     "acc": [],
+                    "train_loss": [],
                     "spread": [],
                     "statuses": [],
                     "sweeps": [],
@@ -255,6 +256,7 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
                 g["sweeps"].append(str(path))
             if row["status"] == "done":
                 g["acc"].append(row["test_accuracy"])
+                g["train_loss"].append(row.get("train_loss"))  # trainability, beside test accuracy
                 g["spread"].append(run_spreads(run, layers)[0])
     out = [
         {
@@ -262,6 +264,7 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
             "regime": g["regime"],
             "shortcut": g["shortcut"],
             "test_accuracy": mean_std(g["acc"]),
+            "train_loss": mean_std(g["train_loss"]),
             "mean_log_spread_early": mean_std(g["spread"]),
             "statuses": g["statuses"],
             "diverged": g["statuses"].count("diverged"),
