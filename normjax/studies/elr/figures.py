@@ -528,7 +528,7 @@ def _panels(s: _SweepRuns, rows: list[dict]) -> list[tuple[tuple, list[dict]]]:
 
 
 def _panel_title(s: _SweepRuns, combo: tuple) -> str:
-    return ", ".join(f"{s.short[k]}={fmt_value(v)}" for k, v in zip(s.panels, combo))
+    return setting_label(dict(zip(s.panels, combo)), s.panels, over="")
 
 
 def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
@@ -644,7 +644,7 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
         ax.grid(alpha=0.3)
     _accuracy_axis(axes[0, 0], lo, hi, floor if diverged else None)
     _scatter_legend(fig, s, rows, colors, combos, markers, not_shown=len(s.rows) - shown)
-    fig.suptitle(f"{s.title}: test accuracy vs ELR spread, one point per run", fontsize=10)
+    fig.suptitle(f"{s.title}:\ntest accuracy vs ELR spread, one point per run", fontsize=9)
     return save(fig, out, f"accuracy_vs_spread{suffix}")
 
 
