@@ -254,11 +254,14 @@ sweep-%: $(STAMP)
 # accuracy against spread, the model against measurement (the trajectories sweep), the explosion,
 # the critical LR at init and after 10/100 SGD steps; the report in $(WORKDIR)/elr-report-$(SIZE).
 ELR_CONV_CRIT = $(foreach sc,false true,$(WORKDIR)/critical_lr-$(SIZE)-shortcut=$(sc))
+# The critical LR after 0/10/100 steps; MNIST-1D's 4000 examples hold 31 batches: 0/10/25 there.
+ELR_CONV_AT_DEFAULT := 0,10,100
+ELR_CONV_AT_mnist1d := 0,10,25
 elr-conv: $(STAMP)
 	$(MAKE) sweep-elr_trajectories explode SIZE=$(SIZE)
 	for sc in false true; do \
 		$(BIN)/normjax critical-lr experiments/elr_resnet.py --size $(SIZE) --set model.shortcut=$$sc --depths 20,56 \
-		--seeds 3 --at 0,10,100 --out $(WORKDIR)/critical_lr-$(SIZE)-shortcut=$$sc || exit 1; done
+		--seeds 3 --at $(or $(ELR_CONV_AT_$(SIZE)),$(ELR_CONV_AT_DEFAULT)) --out $(WORKDIR)/critical_lr-$(SIZE)-shortcut=$$sc || exit 1; done
 	$(BIN)/normjax elr-report --out $(WORKDIR)/elr-report-$(SIZE) --trajectories $(WORKDIR)/sweep-elr_trajectories-$(SIZE) \
 		--explode $(WORKDIR)/explode-mlp-$(SIZE) --explode $(WORKDIR)/explode-resnet-$(SIZE) \
 		$(foreach d,$(ELR_CONV_CRIT),--critical $(d))
