@@ -252,7 +252,8 @@ sweep-%: $(STAMP)
 # The ELR study in conv nets (SIZE=mnist1d: 1-D ResNet-20/56 on MNIST-1D; SIZE=fmnist_conv: ResNet-20/56
 # at width 8 on Fashion-MNIST), plain vs residual: early spreads and the order flip over LR x momentum,
 # accuracy against spread, the model against measurement (the trajectories sweep), the explosion,
-# the critical LR at init and after 10/100 SGD steps; the report in $(WORKDIR)/elr-report-$(SIZE).
+# the critical LR at init and after 10/100 SGD steps; the report in $(WORKDIR)/elr-report-$(SIZE), its
+# figures and numbers copied into docs/reproduction/elr-$(SIZE)/.
 ELR_CONV_CRIT = $(foreach sc,false true,$(WORKDIR)/critical_lr-$(SIZE)-shortcut=$(sc))
 # The critical LR after 0/10/100 steps; MNIST-1D's 4000 examples hold 31 batches: 0/10/25 there.
 ELR_CONV_AT_DEFAULT := 0,10,100
@@ -265,6 +266,7 @@ elr-conv: $(STAMP)
 	$(BIN)/normjax elr-report --out $(WORKDIR)/elr-report-$(SIZE) --trajectories $(WORKDIR)/sweep-elr_trajectories-$(SIZE) \
 		--explode $(WORKDIR)/explode-mlp-$(SIZE) --explode $(WORKDIR)/explode-resnet-$(SIZE) \
 		$(foreach d,$(ELR_CONV_CRIT),--critical $(d))
+	$(BIN)/python docs/copy_figures.py --elr-conv $(WORKDIR) --size $(SIZE)
 
 # Gradient explosion at init over depth: BN-ReLU MLPs, and ResNets plain vs residual (the ELR study).
 explode: $(STAMP)

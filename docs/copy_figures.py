@@ -4,6 +4,7 @@ those of the ELR reproduction into docs/reproduction/ (`make reproduce-elr` runs
     python docs/copy_figures.py [WORKDIR]                  # WORKDIR: the --workdir root (default runs)
     python docs/copy_figures.py --reproduction [WORKDIR]   # also copies elr_report.json
     python docs/copy_figures.py --apl [WORKDIR] [--size S] # the APL sweeps' and apl_report.json, into docs/reproduction/apl[-S]/
+    python docs/copy_figures.py --elr-conv [WORKDIR] --size S  # `make elr-conv SIZE=S`, into docs/reproduction/elr-S/
 
 Each figure of docs/figures.md is listed below with the run or sweep directory it is read from,
 relative to WORKDIR (a glob that must match exactly one directory: run directories end in the
@@ -68,29 +69,40 @@ REPRODUCTION = {
 }
 
 
-# docs/reproduction/apl[-SIZE]/<name>: the APL sweeps of a size and their report (`make reproduce-apl`)
+# docs/reproduction/apl[-SIZE]/<name>: the APL sweeps of a size and their report (`make reproduce-apl`);
+# `normjax apl-plot` draws the report's figures too, so they are copied once, from the report.
 def apl_files(size: str) -> dict:
     sweep, targets, baselines = (f"sweep-apl_{k}-{size}" for k in ("sparsity", "targets", "baselines"))
     report = f"apl-report-{size}"
+    kinds = (("sparsity", sweep), ("targets", targets))
     return {
         **{
-            f"{kind}_{n}.png": (sw, f"{n}.png")
-            for kind, sw in (("sparsity", sweep), ("targets", targets))
-            for n in ("accuracy_vs_apl", "core_profile", "core_size", "advantage_gap", "vs_baselines")
-        },
-        **{
             f"{kind}_{n}.png": (report, f"{sw}_{n}.png")
-            for kind, sw in (("sparsity", sweep), ("targets", targets))
+            for kind, sw in kinds
             for n in ("collapse", "gap", "core", "vs_baselines")
         },
-        **{
-            f"{kind}_{n}": (sw, n)
-            for kind, sw in (("sparsity", sweep), ("targets", targets))
-            for n in ("apl_table.csv", "results.csv", "results_agg.csv")
-        },
+        **{f"{kind}_core_profile.png": (sw, "core_profile.png") for kind, sw in kinds},
+        **{f"{kind}_{n}": (sw, n) for kind, sw in kinds for n in ("apl_table.csv", "results.csv", "results_agg.csv")},
         "baselines_results.csv": (baselines, "results.csv"),
         "baselines_results_agg.csv": (baselines, "results_agg.csv"),
         "apl_report.json": (report, "apl_report.json"),
+    }
+
+
+# docs/reproduction/elr-SIZE/<name>: the ELR study in conv nets (`make elr-conv SIZE=...`)
+def elr_conv_files(size: str) -> dict:
+    sweep, report = f"sweep-elr_trajectories-{size}", f"elr-report-{size}"
+    return {
+        "elr_spread_trajectories.png": (sweep, "elr_spread_by_lr.png"),
+        "accuracy_vs_spread_trajectories.png": (sweep, "accuracy_vs_spread_by_lr.png"),
+        "ode_spread_trajectories.png": (sweep, "ode_discrete_spread.png"),
+        "elr_order_flip.png": (report, "elr_order_flip.png"),
+        "base_drift.png": (report, "base_drift.png"),
+        "explosion_factor_resnet.png": (f"explode-resnet-{size}", "explosion_factor.png"),
+        "critical_lr_plain.png": (f"critical_lr-{size}-shortcut=false", "critical_lr.png"),
+        "critical_lr_residual.png": (f"critical_lr-{size}-shortcut=true", "critical_lr.png"),
+        "results.csv": (sweep, "results.csv"),
+        "elr_report.json": (report, "elr_report.json"),
     }
 
 
@@ -113,7 +125,11 @@ def main(argv: list[str]) -> None:
         i = argv.index("--size")
         size, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
     apl_out = DOCS / "reproduction" / ("apl" if size == "medium" else f"apl-{size}")
-    sets = {"--reproduction": (REPRODUCTION, DOCS / "reproduction"), "--apl": (apl_files(size), apl_out)}
+    sets = {
+        "--reproduction": (REPRODUCTION, DOCS / "reproduction"),
+        "--apl": (apl_files(size), apl_out),
+        "--elr-conv": (elr_conv_files(size), DOCS / "reproduction" / f"elr-{size}"),
+    }
     files, out = next((sets[a] for a in argv if a in sets), (FIGURES, DOCS / "figures"))
     argv = [a for a in argv if a not in sets]
     workdir = Path(argv[0] if argv else "runs")

@@ -44,7 +44,7 @@ from normjax.errors import UserError
 from normjax.figures import figure, save
 from normjax.metrics import spread_key
 from normjax.studies.report import difference, fmt, mean_std, sweep_rows, write_report
-from normjax.sweep.results import group_id
+from normjax.sweep.results import group_id, load_sweep, sweep_name
 from normjax.training.rundir import RunDir, SweepDir
 
 JSON_NAME = "elr_report.json"
@@ -328,11 +328,12 @@ def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all") 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("ELR E_l  (dashed: step 0, solid: step 1)")
-    fig.suptitle("Overshoot: one large step flips the ELR order (lower layers end with the smallest)", fontsize=10)
+    title = sweep_name(path, load_sweep(path)[1])
+    fig.suptitle(f"{title}, momentum 0, one seed per line: one large step flips the ELR order", fontsize=10)
     return save(fig, out, "elr_order_flip")
 
 
-def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
+def base_drift_figure(comparisons: list, out: Path, title: str = "") -> list[Path]:
     """`base_drift`: the median base-gradient drift over the dense window, one line per run, one panel
     per momentum; colour by LR, dashed for residual."""
     from matplotlib import colormaps
@@ -364,7 +365,7 @@ def base_drift_figure(comparisons: list, out: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("median_l |log10 c_l(t)/c_l(0)|  (dex)\n(dotted: a factor 2; thicker: deeper)")
-    fig.suptitle("How far the base gradients move from step 0 (the model holds them constant)", fontsize=10)
+    fig.suptitle(f"{title}: how far the base gradients move from step 0 (the model holds them constant)", fontsize=10)
     return save(fig, out, "base_drift")
 
 
@@ -498,7 +499,8 @@ def report(
         res["trajectories"], comparisons = trajectories_section(trajectories, layers)
         figures += order_flip_figure(trajectories, out, layers)
         if comparisons:
-            figures += base_drift_figure(comparisons, out)
+            title = sweep_name(*load_sweep(trajectories))
+            figures += base_drift_figure(comparisons, out, title)
     if critical:
         res["critical_lr"] = critical_section(critical)
     if regimes:
