@@ -94,6 +94,7 @@ reproduce-elr: $(STAMP)
 	for d in sweep-elr_regimes-medium sweep-elr_regimes-medium-lr3; do \
 		$(BIN)/normjax elr-plot $(WORKDIR)/$$d --hue optim.name || exit 1; done
 	$(BIN)/python docs/copy_figures.py --reproduction $(WORKDIR)
+	$(MAKE) elr-conv SIZE=mnist1d
 
 # The APL study: baselines, the λ sweep and the target sweep, figures with the baselines drawn in,
 # and the report of every claim's numbers (collapse, core, gap, baselines, folded first-seed runs).

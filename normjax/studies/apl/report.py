@@ -426,7 +426,7 @@ def figures(section: dict, out: Path, stem: str = "apl", names: dict[str, str] |
         for regime, e in t["regimes"].items():
             _band(ax, e["points"], colors[regime], f"{regime}")
             if e["collapse_apl"] is not None:
-                ax.axvline(e["collapse_apl"], color=colors[regime], ls=":", lw=1)
+                ax.axvline(e["collapse_apl"], color=colors[regime], ls=":", lw=1, label=f"collapse, {regime}")
         for value, label, ls in (
             (t["unsparsified"]["mean"], "unsparsified", "-"),
             (t["linear_classifier"]["mean"], "linear classifier", "--"),
