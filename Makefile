@@ -253,20 +253,26 @@ sweep-%: $(STAMP)
 # The ELR study in conv nets (SIZE=mnist1d: 1-D ResNet-20/56 on MNIST-1D; SIZE=fmnist_conv: ResNet-20/56
 # at width 8 on Fashion-MNIST), plain vs residual: early spreads and the order flip over LR x momentum,
 # accuracy against spread, the model against measurement (the trajectories sweep), the explosion,
-# the critical LR at init and after 10/100 SGD steps; the report in $(WORKDIR)/elr-report-$(SIZE), its
-# figures and numbers copied into docs/reproduction/elr-$(SIZE)/.
+# the critical LR at init and after 10/100 SGD steps, the decisive tests' pilot and (where the sweep
+# file has the size) the decisive tests; the report in $(WORKDIR)/elr-report-$(SIZE), its figures and
+# numbers copied into docs/reproduction/elr-$(SIZE)/.
 ELR_CONV_CRIT = $(foreach sc,false true,$(WORKDIR)/critical_lr-$(SIZE)-shortcut=$(sc))
 # The critical LR after 0/10/100 steps; MNIST-1D's 4000 examples hold 31 batches: 0/10/25 there.
 ELR_CONV_AT_DEFAULT := 0,10,100
 ELR_CONV_AT_mnist1d := 0,10,25
+# The decisive tests of claims 8 and 9 (`sweep_elr_decisive.py`, at its pilot's LR) where the sweep
+# file has the size.
+ELR_DECISIVE_SIZES := medium mnist1d
+ELR_CONV_DECISIVE = $(filter $(SIZE),$(ELR_DECISIVE_SIZES))
 elr-conv: $(STAMP)
-	$(MAKE) sweep-elr_trajectories explode SIZE=$(SIZE)
+	$(MAKE) sweep-elr_trajectories sweep-elr_pilot explode $(if $(ELR_CONV_DECISIVE),sweep-elr_decisive) SIZE=$(SIZE)
 	for sc in false true; do \
 		$(BIN)/normjax critical-lr experiments/elr_resnet.py --size $(SIZE) --set model.shortcut=$$sc --depths 20,56 \
 		--seeds 3 --at $(or $(ELR_CONV_AT_$(SIZE)),$(ELR_CONV_AT_DEFAULT)) --out $(WORKDIR)/critical_lr-$(SIZE)-shortcut=$$sc || exit 1; done
 	$(BIN)/normjax elr-report --out $(WORKDIR)/elr-report-$(SIZE) --trajectories $(WORKDIR)/sweep-elr_trajectories-$(SIZE) \
 		--explode $(WORKDIR)/explode-mlp-$(SIZE) --explode $(WORKDIR)/explode-resnet-$(SIZE) \
-		$(foreach d,$(ELR_CONV_CRIT),--critical $(d))
+		$(foreach d,$(ELR_CONV_CRIT),--critical $(d)) \
+		$(if $(ELR_CONV_DECISIVE),--decisive $(WORKDIR)/sweep-elr_decisive-$(SIZE))
 	$(BIN)/python docs/copy_figures.py --elr-conv $(WORKDIR) --size $(SIZE)
 
 # Gradient explosion at init over depth: BN-ReLU MLPs, and ResNets plain vs residual (the ELR study).

@@ -103,6 +103,8 @@ def elr_conv_files(size: str) -> dict:
         "critical_lr_residual.png": (f"critical_lr-{size}-shortcut=true", "critical_lr.png"),
         "results.csv": (sweep, "results.csv"),
         "elr_report.json": (report, "elr_report.json"),
+        # the decisive tests, where `sweep_elr_decisive.py` has the size (the Makefile's ELR_DECISIVE_SIZES)
+        **({"decisive_arms.png": (report, "decisive_arms.png")} if size == "mnist1d" else {}),
     }
 
 

@@ -15,13 +15,17 @@ The arms (`optim.arm`, zipped with nothing: every arm at every seed):
   early only (`optim.elr_until=0.25`: the first 234 steps, then SGD) and for the whole run, applied
   before and after momentum.
 
-The LR is the pilot's (`sweep_elr_pilot.py`: LR 0.1, 0.3 and 1 for 4 epochs, the smallest LR at
-which plain SGD fails and the residual twin trains; docs/reproduction.md reports its numbers). medium: every arm, 5 seeds: 60 runs.
+The LR is the pilot's (`sweep_elr_pilot.py`: LR 0.1, 0.3 and 1, the smallest LR at which plain
+SGD fails and the residual twin trains; docs/reproduction.md reports its numbers). medium: every
+arm, 5 seeds: 60 runs. mnist1d: the same arms on the plain 1-D ResNet-56 (width 16, 1x3 convs) on
+MNIST-1D, 30 epochs (930 steps; warm-up and early uniform ELR over the first 232, a quarter of the
+run as in medium), at its pilot's LR, 5 seeds: 60 runs, the conv setting where depth matters.
 smoke: the same arms on a depth-9 MLP over the embedded digits, 60 steps, one seed (the tests' size).
 """
 
-SIZES = ("smoke", "medium")
+SIZES = ("smoke", "medium", "mnist1d")
 LR = 1.0  # the pilot's choice (docs/reproduction.md)
+LR_MNIST1D = 0.1  # its pilot's choice (docs/reproduction.md)
 UNIFORM = {"optim.name": "sgd_uniform_elr", "optim.elr_reference": "geometric_mean"}
 
 
@@ -67,6 +71,14 @@ def get_sweep(size: str) -> dict:
             "base": "elr_resnet.py",
             "grid": {"optim.arm": arms(LR, 234), "train.seed": [0, 1, 2, 3, 4]},
             "set": RECIPE | {"model.depth": 41, "train.epochs": 2.0, "log.every": 100, "checkpoint.every": 1000},
+        }
+    if size == "mnist1d":
+        return {
+            "base": "elr_resnet.py",
+            "grid": {"optim.arm": arms(LR_MNIST1D, 232), "train.seed": [0, 1, 2, 3, 4]},
+            "set": RECIPE
+            | {"optim.lr": LR_MNIST1D, "model.depth": 56, "train.epochs": 30.0, "log.every": 50}
+            | {"checkpoint.every": 1000},
         }
     return {
         "base": "elr_resnet.py",

@@ -191,7 +191,7 @@ def test_every_study_file_has_the_conv_sizes():
     are in every study experiment and sweep file, on their data, and say so in the docstring."""
     root = Path(__file__).parents[1] / "experiments"
     # The decisive ELR tests take their setting from the pilot (`sweep_elr_pilot.py`, which has the
-    # conv sizes): a conv size of their own waits for its pilot's LR.
+    # conv sizes): mnist1d has its pilot's LR, fmnist_conv waits for its pilot.
     skip = ("sweep_references", "sweep_elr_decisive")
     files = [root / f"{n}.py" for n in STUDY_FILES] + [p for p in SWEEPS if p.stem not in skip]
     for path in files:

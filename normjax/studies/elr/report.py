@@ -435,7 +435,7 @@ def decisive_section(sweep: str | os.PathLike, reference: str = "sgd") -> dict:
                 continue
             se = math.hypot(a[q]["stderr"] or 0.0, ref[q]["stderr"] or 0.0)
             a[f"{q}_vs_{reference}"] = difference(a[q]["mean"] - ref[q]["mean"], se)
-    return {"sweep": str(path), "reference": reference, "arms": arms}
+    return {"sweep": str(path), "title": sweep_name(*load_sweep(path)), "reference": reference, "arms": arms}
 
 
 def _stderr(ms: dict) -> float | None:
@@ -459,7 +459,9 @@ def decisive_figure(section: dict, out: Path) -> list[Path]:
         ax.set_ylabel(f"{label} (mean ± 2 s.e.)")
         ax.grid(alpha=0.3)
     n = max(a["runs"] for a in arms.values())
-    fig.suptitle(f"decisive tests: plain depth-41 BN MLP, Fashion-MNIST, LR 1, {n} seeds per arm", fontsize=9)
+    fig.suptitle(
+        f"decisive tests, {section.get('title') or Path(section['sweep']).name}: {n} seeds per arm", fontsize=9
+    )
     return save(fig, out, "decisive_arms")
 
 
