@@ -198,7 +198,9 @@ def test_report_writes_csvs_and_table(sweep):
     assert mean == pytest.approx(np.mean([acc_of(8, True, s) for s in range(3)]), abs=1e-15)
 
     lines = table.splitlines()
-    assert lines[0].startswith("sweep_depth (smoke): 12 runs") and "train.seed" in lines[0]
+    assert (
+        lines[0].startswith("sweep_depth (smoke): 12 runs") and "train.seed" in lines[0]
+    )  # no data.name in these configs
     assert lines[1].split()[:3] == ["depth", "shortcut", "test_accuracy"]
     assert "±" in table and "3/3 done" in table
     assert "1 done, 1 diverged, 1 failed" in table and "2 done, 1 missing" in table and "2 done, 1 running" in table

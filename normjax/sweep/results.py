@@ -90,7 +90,8 @@ def _datasets(sweep_dir: Path, meta: dict) -> list[str]:
             data = sweep.run(r["name"]).read_config(as_written=True).get("data", {})
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             continue
-        out.append(str(data.get("name")))
+        if isinstance(data, dict) and data.get("name"):
+            out.append(str(data["name"]))
     return list(dict.fromkeys(out))
 
 
