@@ -39,11 +39,10 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
     raise missing_extra(e, __name__) from None
 
 from normjax.figures import figure, save
-from normjax.studies.apl.report import TASK, baseline_curves, figures, fill_tasks, sweep_section
+from normjax.studies.apl.report import REGIME, TASK, baseline_curves, figures, fill_tasks, sweep_section
 from normjax.sweep.results import collect, write_csv
 from normjax.training.rundir import RunDir, SweepDir
 
-REGIME = "train.regime"
 # apl-plot's file names for the report's figures
 NAMES = {"collapse": "accuracy_vs_apl", "gap": "advantage_gap", "core": "core_size", "vs_baselines": "vs_baselines"}
 

@@ -289,9 +289,9 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
     ]
 
 
-def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all") -> list[Path]:
+def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all", title: str = "") -> list[Path]:
     """`elr_order_flip`: per-layer ELR at step 0 (dashed) and step 1 (solid) against depth, one colour
-    per LR, one panel per (depth, shortcut), momentum 0 runs."""
+    per LR, one panel per (depth, shortcut), momentum 0 runs; `title` names the sweep."""
     from matplotlib import colormaps
 
     from normjax.studies.elr.figures import read_run
@@ -328,8 +328,8 @@ def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all") 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("ELR E_l  (dashed: step 0, solid: step 1)")
-    title = sweep_name(path, load_sweep(path)[1])
-    fig.suptitle(f"{title}, momentum 0, one seed per line: one large step flips the ELR order", fontsize=10)
+    lead = f"{title}, " if title else ""
+    fig.suptitle(f"{lead}momentum 0, one seed per line: one large step flips the ELR order", fontsize=10)
     return save(fig, out, "elr_order_flip")
 
 
@@ -499,9 +499,9 @@ def report(
         res["explosion"] = explosion_section(explode)
     if trajectories:
         res["trajectories"], comparisons = trajectories_section(trajectories, layers)
-        figures += order_flip_figure(trajectories, out, layers)
+        title = sweep_name(*load_sweep(trajectories))  # read once for both figures
+        figures += order_flip_figure(trajectories, out, layers, title)
         if comparisons:
-            title = sweep_name(*load_sweep(trajectories))
             figures += base_drift_figure(comparisons, out, title)
     if critical:
         res["critical_lr"] = critical_section(critical)
