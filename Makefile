@@ -218,9 +218,9 @@ bench-gpu-stream:
 		--chunks 8 --rounds 3 --dtype bfloat16 --out $(GPU_OUT)/results-stream-gpu.json
 
 # Sweeps: `make sweep-NAME` runs experiments/sweep_NAME.py (SIZE=smoke|medium|gpu|full|mnist1d|fmnist_conv,
-# the sizes the file has; WORKDIR=runs), then
-# prints its results table and draws its figure. Adding a sweep: add experiments/sweep_NAME.py and
-# one line "NAME: x=KEY hue=KEY" to SWEEP_PLOTS below.
+# the sizes the file has; WORKDIR=runs; ONLY="task=fashion_mnist ...": only the runs with these
+# varied values, the rest listed as missing), then prints its results table and draws its figure.
+# Adding a sweep: add experiments/sweep_NAME.py and one line "NAME: x=KEY hue=KEY" to SWEEP_PLOTS below.
 SWEEP_PLOTS_depth := --x model.depth --hue model.shortcut
 SWEEP_PLOTS_lr := --x optim.lr --hue optim.momentum --log-x
 SWEEP_PLOTS_elr_trajectories := --x optim.lr --hue model.shortcut --log-x
@@ -245,7 +245,7 @@ sweeps:
 	@ls experiments/sweep_*.py | sed 's|experiments/sweep_\(.*\)\.py|make sweep-\1|'
 
 sweep-%: $(STAMP)
-	$(BIN)/normjax sweep experiments/sweep_$*.py --size $(SIZE) --workdir $(WORKDIR)/sweep-$*-$(SIZE) $(SHARD_ARG)
+	$(BIN)/normjax sweep experiments/sweep_$*.py --size $(SIZE) --workdir $(WORKDIR)/sweep-$*-$(SIZE) $(SHARD_ARG) $(ONLY_ARG)
 	$(BIN)/normjax results $(WORKDIR)/sweep-$*-$(SIZE)
 	$(BIN)/normjax plot $(WORKDIR)/sweep-$*-$(SIZE) --y test_accuracy $(or $(SWEEP_PLOTS_$*),--x train.seed)
 	$(foreach c,$(SWEEP_AFTER_$*),$(BIN)/normjax $(c) $(WORKDIR)/sweep-$*-$(SIZE) &&) true
@@ -281,6 +281,7 @@ explode: $(STAMP)
 	$(BIN)/normjax explode experiments/explode_resnet.py --size $(SIZE) --out $(WORKDIR)/explode-resnet-$(SIZE)
 
 SHARD_ARG = $(if $(SHARD),--shard $(SHARD),)
+ONLY_ARG = $(foreach o,$(ONLY),--only $(o))
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

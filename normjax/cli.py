@@ -17,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from normjax.config import SIZES
 from normjax.errors import Interrupted, UserError, missing_extra
 
 
@@ -59,11 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("rundir", help="run directory of `normjax train` or of a sweep run (config.json and checkpoints/)")
     w = sub.add_parser("sweep", help="run (this shard of) a sweep; complete runs are skipped, interrupted ones resume")
     w.add_argument("spec", help="sweep file, e.g. experiments/sweep_depth.py")
-    w.add_argument(
-        "--size", default="smoke", help="smoke, medium, gpu, full or imagenet (the sweep files that have it)"
-    )
+    w.add_argument("--size", default="smoke", help=f"{', '.join(SIZES)} (the sizes the sweep file has)")
     w.add_argument("--workdir", help="sweep directory (default runs/<sweep name>)")
     w.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (job arrays, TPU workers)")
+    w.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run only the runs with this varied value, as run names write it (task=fashion_mnist; repeatable)",
+    )
     _add_set(w, "override a config key in every run (repeatable)")
     w.add_argument(
         "--group-size", type=int, default=0, help="runs vectorized together (0: automatic, by backend and memory)"
@@ -282,6 +288,7 @@ def run(argv: list[str] | None = None) -> int:
             shard=shard,
             overrides=args.overrides,
             group_size=args.group_size,
+            only=args.only,
         )
         counts = {s: sum(r["status"] == s for r in results.values()) for s in ("done", "diverged", "failed")}
         print(f"sweep finished: {counts['done']} done, {counts['diverged']} diverged, {counts['failed']} failed")

@@ -3,6 +3,7 @@ and an interrupted-and-resumed smoke sweep end to end."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ import pytest
 from helpers import assert_close, close_rows, small_config, ulps_apart
 from normjax.cli import main
 from normjax.errors import UserError
+from normjax.sweep.results import collect
 from normjax.sweep.runner import parse_shard, run_sweep
-from normjax.sweep.spec import expand
+from normjax.sweep.spec import expand, select
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.lock import RunLock
 from normjax.training.loop import read_run, train, train_group
@@ -509,3 +511,36 @@ def test_make_demo_writes_each_size_into_its_own_directories():
         workdirs = {w for w in text.split() if w.startswith("runs/demo")}
         assert {f"runs/demo-{size}", f"runs/demo-apl-{size}"} <= workdirs, workdirs
         assert not any(w in ("runs/demo", "runs/demo-apl") for w in workdirs)
+
+
+def test_only_trains_a_slice_and_lists_the_rest_missing(tmp_path):
+    # One task's after regime of a sweep with two tasks: its two runs and their one base run are
+    # trained, nothing else; the table lists the other six runs as missing.
+    spec = tmp_path / "sweep_p.py"
+    spec.write_text(PRETRAIN_SWEEP % (ROOT / "experiments" / "mlp_digits.py"))
+    runs, varied = expand(spec)
+    chosen = select(runs, varied, ["task=b", "train.regime=after"])
+    assert [r.overrides["optim.lr"] for r in chosen] == [0.05, 0.1]
+    assert {(r.overrides["data.task"], r.overrides["train.regime"]) for r in chosen} == {("b", "after")}
+    results = run_sweep(spec, workdir=tmp_path / "w", only=["task=b", "regime=after"])
+    assert sorted(results) == sorted(r.name for r in chosen)
+    assert [p.name for p in (tmp_path / "w" / "pretrain").iterdir()] == [chosen[0].base.name]
+    status = {row["name"]: row["status"] for row in collect(tmp_path / "w", over=None)}
+    assert status == {r.name: "done" if r in chosen else "missing" for r in runs}
+
+
+@pytest.mark.parametrize(
+    "only,words",
+    [
+        (["task"], "give KEY=VALUE"),
+        (["depth=2"], "'depth' is not a varied key of this sweep; allowed: data.task, train.regime, optim.lr"),
+        (["task=c"], "no run has task=c; its values: a, b"),
+        (["lr=0.2"], "no run has lr=0.2; its values: 0.05, 0.1"),
+    ],
+)
+def test_only_refuses_a_key_or_value_the_sweep_lacks_in_one_line(tmp_path, only, words):
+    spec = tmp_path / "sweep_p.py"
+    spec.write_text(PRETRAIN_SWEEP % (ROOT / "experiments" / "mlp_digits.py"))
+    with pytest.raises(UserError, match=re.escape(words)):
+        run_sweep(spec, workdir=tmp_path / "w", only=only)
+    assert not (tmp_path / "w").exists()

@@ -24,6 +24,7 @@ import numpy as np
 
 from normjax.errors import UserError
 from normjax.paths import as_path
+from normjax.sweep.spec import resolve_key, short_names
 from normjax.training.rundir import RunDir, SweepDir
 
 STATUSES = ("done", "diverged", "failed", "missing", "running", "interrupted")
@@ -93,37 +94,6 @@ def _datasets(sweep_dir: Path, meta: dict) -> list[str]:
         if isinstance(data, dict) and data.get("name"):
             out.append(str(data["name"]))
     return list(dict.fromkeys(out))
-
-
-def short_names(keys: Iterable[str]) -> dict[str, str]:
-    """Each dotted key's shortest unambiguous name: its last component when no other key shares it.
-
-    Example:
-      >>> short_names(["model.depth", "train.seed"])
-      {'model.depth': 'depth', 'train.seed': 'seed'}
-    """
-    keys = list(keys)
-    lasts = [k.split(".")[-1] for k in keys]
-    return {k: (last if lasts.count(last) == 1 else k) for k, last in zip(keys, lasts)}
-
-
-def resolve_key(name: str, keys: Iterable[str], what: str) -> str:
-    """The dotted key `name` means: an exact key, or a unique last component (`depth` -> `model.depth`).
-
-    Example:
-      >>> resolve_key("depth", ["model.depth", "train.seed"], "x")
-      'model.depth'
-    """
-    keys = list(keys)
-    if name in keys:
-        return name
-    matches = [k for k in keys if k.split(".")[-1] == name]
-    if len(matches) == 1:
-        return matches[0]
-    allowed = ", ".join(keys) or "(none: this sweep varies nothing)"
-    if matches:
-        raise UserError(f"{what} {name!r} is ambiguous (matches {', '.join(matches)}); allowed: {allowed}")
-    raise UserError(f"{what} {name!r} is not a varied key of this sweep; allowed: {allowed}")
 
 
 def fmt_value(v: Any) -> str:

@@ -36,7 +36,7 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
 
 from normjax.parallel import decide, is_writer, maybe_initialize_distributed, platform
 from normjax.sweep.sizing import HEADROOM, GroupCompiler, largest_group
-from normjax.sweep.spec import RunSpec, check_same_size, expand, merge_manifest
+from normjax.sweep.spec import RunSpec, check_same_size, expand, merge_manifest, select
 from normjax.training.checkpoint import Checkpointer
 from normjax.training.inputs import input_for
 from normjax.training.lock import Heartbeat, RunLock
@@ -153,17 +153,20 @@ def run_sweep(
     overrides: list[str] | tuple[str, ...] = (),
     group_size: int = 0,
     progress: bool | None = None,
+    only: list[str] | tuple[str, ...] = (),
 ) -> dict[str, dict]:
-    """Run this shard's share of a sweep; returns {run name: summary}.
+    """Run this shard's share of a sweep (of its runs matching `only`'s `KEY=VALUE`s: a slice, the
+    rest listed as missing); returns {run name: summary}.
 
     Example:
       >>> results = run_sweep("experiments/sweep_lr.py", size="smoke", workdir="runs/sweep-lr")  # doctest: +SKIP
     """
     maybe_initialize_distributed()
     runs, varied = expand(spec, size, overrides)
+    chosen = select(runs, varied, only)
     i, n = shard
-    mine = [r for k, r in enumerate(runs) if k % n == i]
-    bases = list({r.base.name: r.base for r in runs if r.base is not None}.values())
+    mine = [r for k, r in enumerate(chosen) if k % n == i]
+    bases = list({r.base.name: r.base for r in chosen if r.base is not None}.values())
     check_datasets(mine + bases)
     sweep = SweepDir(workdir or Path("runs") / Path(spec).stem)
     workdir = sweep.path
@@ -203,7 +206,7 @@ def run_sweep(
             f"{Path(spec).stem} (pretrain)",
         )
         mine = [_from_base(r, base_dir) for r in mine]
-    results = _train_runs(mine, workdir, group_size, progress, Path(spec).stem, total=len(runs), shard=shard)
+    results = _train_runs(mine, workdir, group_size, progress, Path(spec).stem, total=len(chosen), shard=shard)
     for r in aliases:  # their summaries are those of the runs they share
         s = results.get(r.same_as) or sweep.run(r.name).read_summary()
         if s is not None:

@@ -37,6 +37,7 @@ import copy
 import hashlib
 import itertools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -64,6 +65,37 @@ def _nested(dotted: dict[str, Any]) -> dict:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return out
+
+
+def short_names(keys: Iterable[str]) -> dict[str, str]:
+    """Each dotted key's shortest unambiguous name: its last component when no other key shares it.
+
+    Example:
+      >>> short_names(["model.depth", "train.seed"])
+      {'model.depth': 'depth', 'train.seed': 'seed'}
+    """
+    keys = list(keys)
+    lasts = [k.split(".")[-1] for k in keys]
+    return {k: (last if lasts.count(last) == 1 else k) for k, last in zip(keys, lasts)}
+
+
+def resolve_key(name: str, keys: Iterable[str], what: str) -> str:
+    """The dotted key `name` means: an exact key, or a unique last component (`depth` -> `model.depth`).
+
+    Example:
+      >>> resolve_key("depth", ["model.depth", "train.seed"], "x")
+      'model.depth'
+    """
+    keys = list(keys)
+    if name in keys:
+        return name
+    matches = [k for k in keys if k.split(".")[-1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    allowed = ", ".join(keys) or "(none: this sweep varies nothing)"
+    if matches:
+        raise UserError(f"{what} {name!r} is ambiguous (matches {', '.join(matches)}); allowed: {allowed}")
+    raise UserError(f"{what} {name!r} is not a varied key of this sweep; allowed: {allowed}")
 
 
 def _fmt(v: Any) -> str:
@@ -188,8 +220,7 @@ def expand(
     for text in overrides:
         base = merge(base, parse_override(text))
     varied = list(grid) + list(zipped)
-    lasts = [k.split(".")[-1] for k in varied]
-    short = {k: (k.split(".")[-1] if lasts.count(k.split(".")[-1]) == 1 else k) for k in varied}
+    short = short_names(varied)
     n_zip = len(next(iter(zipped.values()))) if zipped else 1
     # Two labels can give one config (a baseline widened to the width it has): trained once.
     runs, first = [], {}
@@ -212,6 +243,28 @@ def expand(
     if len(set(names)) != len(names):
         raise UserError(f"sweep {str(path)!r} lists the same run twice; make its grid values distinct")
     return runs, varied
+
+
+def select(runs: list[RunSpec], varied: list[str], only: list[str] | tuple[str, ...]) -> list[RunSpec]:
+    """The runs whose varied values match every `KEY=VALUE` of `only` (a slice of a sweep: one task,
+    one regime); `KEY` is a varied key or its label in run names, `VALUE` as run names write it.
+    A key the sweep does not vary, or a value no run has, is refused in one line.
+
+    Example:
+      >>> runs, varied = expand("experiments/sweep_depth.py", "smoke")
+      >>> [r.name.rsplit("-", 1)[0] for r in select(runs, varied, ["depth=8", "seed=0"])]
+      ['depth=8-shortcut=true-seed=0', 'depth=8-shortcut=false-seed=0']
+    """
+    for text in only:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise UserError(f"--only {text!r}: give KEY=VALUE, e.g. --only task=fashion_mnist")
+        key = resolve_key(name, varied, "--only")
+        values = list(dict.fromkeys(_fmt(r.overrides[key]) for r in runs))
+        if value not in values:
+            raise UserError(f"--only {text!r}: no run has {name}={value}; its values: {', '.join(values)}")
+        runs = [r for r in runs if _fmt(r.overrides[key]) == value]
+    return runs
 
 
 def _check_overrides_not_varied(overrides: list[str] | tuple[str, ...], lists: dict[str, list]) -> None:
