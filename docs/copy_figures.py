@@ -14,6 +14,7 @@ colours; a third of the size, no visible change), so the committed figures stay 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -70,11 +71,13 @@ REPRODUCTION = {
 
 
 # docs/reproduction/apl[-SIZE]/<name>: the APL sweeps of a size and their report (`make reproduce-apl`);
-# `normjax apl-plot` draws the report's figures too, so they are copied once, from the report.
-def apl_files(size: str) -> dict:
-    sweep, targets, baselines = (f"sweep-apl_{k}-{size}" for k in ("sparsity", "targets", "baselines"))
-    report = f"apl-report-{size}"
-    kinds = (("sparsity", sweep), ("targets", targets))
+# `normjax apl-plot` draws the report's figures too, so they are copied once, from the report. The
+# sweeps are those the report read (`make apl SIZE=fmnist_conv` runs no λ sweep).
+def apl_files(size: str, workdir: Path) -> dict:
+    report, baselines = f"apl-report-{size}", f"sweep-apl_baselines-{size}"
+    read = source(workdir, report, "apl_report.json")
+    swept = {Path(s["sweep"]).name for s in json.loads(read.read_text())["sweeps"]}
+    kinds = [(k, f"sweep-apl_{k}-{size}") for k in ("sparsity", "targets") if f"sweep-apl_{k}-{size}" in swept]
     return {
         **{
             f"{kind}_{n}.png": (report, f"{sw}_{n}.png")
@@ -127,14 +130,16 @@ def main(argv: list[str]) -> None:
         i = argv.index("--size")
         size, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
     apl_out = DOCS / "reproduction" / ("apl" if size == "medium" else f"apl-{size}")
+    workdir_args = [a for a in argv if not a.startswith("--")]
+    workdir = Path(workdir_args[0] if workdir_args else "runs")
+    # Each set's files (read when chosen: the APL set reads its report) and folder.
     sets = {
-        "--reproduction": (REPRODUCTION, DOCS / "reproduction"),
-        "--apl": (apl_files(size), apl_out),
-        "--elr-conv": (elr_conv_files(size), DOCS / "reproduction" / f"elr-{size}"),
+        "--reproduction": (lambda: REPRODUCTION, DOCS / "reproduction"),
+        "--apl": (lambda: apl_files(size, workdir), apl_out),
+        "--elr-conv": (lambda: elr_conv_files(size), DOCS / "reproduction" / f"elr-{size}"),
     }
-    files, out = next((sets[a] for a in argv if a in sets), (FIGURES, DOCS / "figures"))
-    argv = [a for a in argv if a not in sets]
-    workdir = Path(argv[0] if argv else "runs")
+    files, out = next((sets[a] for a in argv if a in sets), (lambda: FIGURES, DOCS / "figures"))
+    files = files()
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     for name, (pattern, file) in files.items():

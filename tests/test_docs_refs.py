@@ -2,6 +2,8 @@
 file outside the repository for it, and every section a file cites as docs/science.md#<anchor>
 exists. Anchors are the page's MyST targets, `(name)=` on the line before a heading."""
 
+import importlib.util
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -106,3 +108,23 @@ def test_science_targets_are_unique_and_match_their_headings():
             heading = HEADING.match(lines[i + 1]) if i + 1 < len(lines) else None
             assert heading, f"docs/science.md:{i + 1}: target {m.group(1)!r} is not followed by a heading"
             assert github_slug(heading.group(2)) == m.group(1), (m.group(1), heading.group(2))
+
+
+def test_copy_figures_copies_the_apl_sweeps_the_report_read(tmp_path):
+    # `make apl SIZE=fmnist_conv` runs no λ sweep: its files are not asked for.
+    spec = importlib.util.spec_from_file_location("copy_figures", ROOT / "docs" / "copy_figures.py")
+    copy_figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy_figures)
+    report = tmp_path / "apl-report-x"
+    report.mkdir()
+    (report / "apl_report.json").write_text(json.dumps({"sweeps": [{"sweep": str(tmp_path / "sweep-apl_targets-x")}]}))
+    files = copy_figures.apl_files("x", tmp_path)
+    assert "targets_collapse.png" in files and files["targets_core_profile.png"] == (
+        "sweep-apl_targets-x",
+        "core_profile.png",
+    )
+    assert not [n for n in files if n.startswith("sparsity_")]
+    (report / "apl_report.json").write_text(
+        json.dumps({"sweeps": [{"sweep": f"{tmp_path}/sweep-apl_{k}-x"} for k in ("targets", "sparsity")]})
+    )
+    assert {n.split("_")[0] for n in copy_figures.apl_files("x", tmp_path)} >= {"targets", "sparsity", "baselines"}
