@@ -453,7 +453,10 @@ def figures(section: dict, out: Path, stem: str = "apl", names: dict[str, str] |
                 label=task,
             )
         ax.axhline(0, color="k", lw=0.8, label="no advantage")
-        ax.set_xscale("symlog", linthresh=1.0)
+        # symlog spreads APLs from 0 to ~15; its locator gives unreadable ticks when all lie below 1.
+        if max(x["apl_after"] for g in gaps.values() for x in g) > 1.0:
+            ax.set_xscale("symlog", linthresh=1.0)
+        ax.margins(x=0.08)  # the largest APL's bar sat on the frame
         ax.set_xlabel("APL of the after-training runs (normalized)")
         ax.set_ylabel("test accuracy: after − during\nat matched APL (±2 s.e.)")
         ax.set_title(
