@@ -63,7 +63,8 @@ REPRODUCTION = {
     "critical_lr_plain.png": ("critical_lr-medium-shortcut=false", "critical_lr.png"),
     "critical_lr_residual.png": ("critical_lr-medium-shortcut=true", "critical_lr.png"),
     "critical_lr_plain_si.png": ("critical_lr-medium-si-shortcut=false", "critical_lr.png"),
-    "accuracy_vs_spread_regimes.png": ("sweep-elr_regimes-medium", "accuracy_vs_spread_by_name.png"),
+    # every regimes sweep (LR 0.3 and 3, the geometric-mean uniform ELR) in one figure, from the report
+    "accuracy_vs_spread_regimes.png": (ELR_REPORT, "accuracy_vs_spread_regimes.png"),
     "elr_spread_regimes.png": ("sweep-elr_regimes-medium", "elr_spread_by_name.png"),
     "decisive_arms.png": (ELR_REPORT, "decisive_arms.png"),
     "elr_report.json": (ELR_REPORT, "elr_report.json"),

@@ -310,9 +310,16 @@ def test_elr_report_regimes_are_mean_and_std_over_seeds(tmp_path):
         (d / "summary.json").write_text(json.dumps(summary))
         runs.append({"name": d.name, "overrides": {"optim.name": name, "train.seed": seed}})
     (root / "sweep.json").write_text(json.dumps({"varied": ["optim.name", "train.seed"], "runs": runs}))
-    (section,) = report(regimes=[str(root)], out=tmp_path / "out")["regimes"]
+    res = report(regimes=[str(root)], out=tmp_path / "out")
+    (section,) = res["regimes"]
     assert section["lr"] == 0.1  # write_run's: one LR, one section
     rows = {r["regime"]: r for r in section["rows"]}
+    # every run is a point of the figure: its own accuracy and early spread
+    assert [p.name for p in res["figures"]] == ["accuracy_vs_spread_regimes.png", "accuracy_vs_spread_regimes.pdf"]
+    points = rows["sgd_uniform_elr"]["runs"]
+    assert [p["test_accuracy"] for p in points] == pytest.approx([0.85, 0.86, 0.87])
+    spreads = [json.loads((root / p["name"] / "summary.json").read_text())["elr_log_spread_early"] for p in points]
+    assert [p["mean_log_spread_early"] for p in points] == spreads
     acc = rows["sgd_uniform_elr"]["test_accuracy"]
     assert rows["sgd"]["diverged"] == 0 and rows["sgd"]["statuses"] == ["done"] * 3
     assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.86) and acc["std"] == pytest.approx(0.01)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.lines import Line2D
 
 from normjax.errors import UserError
 from normjax.figures import figure, save
@@ -249,15 +250,26 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
                     "spread": [],
                     "statuses": [],
                     "sweeps": [],
+                    "runs": [],
                 },
             )
             g["statuses"].append(row["status"])
             if str(path) not in g["sweeps"]:
                 g["sweeps"].append(str(path))
+            spread = run_spreads(run, layers)[0]
             if row["status"] == "done":
                 g["acc"].append(row["test_accuracy"])
                 g["train_loss"].append(row.get("train_loss"))  # trainability, beside test accuracy
-                g["spread"].append(run_spreads(run, layers)[0])
+                g["spread"].append(spread)
+            # each run's point for the figure, diverged ones too (their spread up to divergence)
+            g["runs"].append(
+                {
+                    "name": row["name"],
+                    "status": row["status"],
+                    "test_accuracy": row.get("test_accuracy") if row["status"] == "done" else None,
+                    "mean_log_spread_early": spread if math.isfinite(spread) else None,
+                }
+            )
     out = [
         {
             "lr": g["lr"],
@@ -269,6 +281,7 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
             "statuses": g["statuses"],
             "diverged": g["statuses"].count("diverged"),
             "sweeps": g["sweeps"],
+            "runs": g["runs"],
         }
         for g in groups.values()
     ]
@@ -287,6 +300,91 @@ def regimes_section(sweeps: list[str], layers: str = "all") -> list[dict]:
         }
         for lr in lrs
     ]
+
+
+REGIME_WORDS = {
+    "sgd": "SGD",
+    "sgd_critical_warmup": "critical-LR warm-up",
+    "sgd_uniform_elr": "uniform ELR (common ELR = the LR)",
+}
+
+
+def regime_words(label: str) -> str:
+    """A `_regime` label in words, e.g. `sgd+warmup500` -> `SGD + linear warm-up, 500 steps`.
+
+    Example:
+      >>> regime_words("sgd_uniform_elr+geometric_mean")
+      'uniform ELR (common ELR = the geometric mean)'
+    """
+    name, *extras = label.split("+")
+    words = REGIME_WORDS.get(name, name)
+    for e in extras:
+        if e.startswith("warmup"):
+            words += f" + linear warm-up, {e.removeprefix('warmup')} steps"
+        elif name == "sgd_uniform_elr":
+            words = f"uniform ELR (common ELR = the {e.replace('_', ' ')})"
+        else:
+            words += f" + {e}"
+    return words
+
+
+def regimes_figure(sections: list[dict], out: Path, title: str = "") -> list[Path]:
+    """`accuracy_vs_spread_regimes`: test accuracy against mean early log spread, one point per run of
+    every regimes sweep read, one panel per LR; colour = regime (linear warm-up and each uniform-ELR
+    reference their own), marker = plain (circle) or residual (square), diverged runs hollow below
+    the axis' data."""
+    from normjax.studies.elr.figures import MEAN_SPREAD_LABEL, accuracy_axis
+
+    labels = sorted({r["regime"] for sec in sections for r in sec["rows"]})
+    colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    points = [(sec, row, p) for sec in sections for row in sec["rows"] for p in row["runs"]]
+    accs = [p["test_accuracy"] for _, _, p in points if p["test_accuracy"] is not None]
+    lo, hi = (min(accs), max(accs)) if accs else (0.0, 1.0)
+    floor = lo - 0.12 * max(hi - lo, 0.02)
+    fig, axes = figure(1, len(sections), size=(5.4 * len(sections) + 2.6, 4.4), sharey=True)
+    hidden = 0
+    for ax, sec in zip(axes[0], sections):
+        diverged = False
+        for _, row, p in ((s_, r, p) for s_, r, p in points if s_ is sec):
+            if p["mean_log_spread_early"] is None or p["status"] not in ("done", "diverged"):
+                hidden += 1
+                continue
+            hollow = p["status"] == "diverged"
+            diverged |= hollow
+            c = colors[row["regime"]]
+            ax.plot(
+                10 ** p["mean_log_spread_early"],
+                floor if hollow else p["test_accuracy"],
+                ls="none",
+                ms=7,
+                marker="s" if row["shortcut"] else "o",
+                mfc="none" if hollow else c,
+                mec=c,
+                alpha=0.85,
+            )
+        if diverged:
+            ax.axhline(floor + 0.5 * (lo - floor), color="0.6", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel(
+            f"{MEAN_SPREAD_LABEL}\nearly window; gradient ELR $E_l=\\eta\\Vert g_l\\Vert/\\Vert w_l\\Vert$", fontsize=8
+        )
+        ax.set_title(f"LR {sec['lr']:g}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    any_diverged = any(p["status"] == "diverged" and p["mean_log_spread_early"] is not None for _, _, p in points)
+    accuracy_axis(axes[0, 0], lo, hi, floor if any_diverged else None)
+    handles = [Line2D([], [], color=colors[lab], marker="o", ls="none") for lab in labels]
+    names = [regime_words(lab) for lab in labels]
+    handles += [
+        Line2D([], [], color="0.3", marker=m, ls="none", mfc=f) for m, f in (("o", "0.3"), ("s", "0.3"), ("o", "none"))
+    ]
+    names += ["plain", "residual", "diverged (no test accuracy)"]
+    if hidden:
+        handles.append(Line2D([], []))
+        names.append(f"not shown: {hidden} run(s) unfinished\nor without a finite spread")
+    fig.legend(handles, names, loc="outside right center", fontsize=7)
+    n = max((len(row["runs"]) for sec in sections for row in sec["rows"]), default=0)
+    fig.suptitle(f"{title}: test accuracy vs early ELR spread per regime, up to {n} seeds each", fontsize=9)
+    return save(fig, out, "accuracy_vs_spread_regimes")
 
 
 def order_flip_figure(sweep: str | os.PathLike, out: Path, layers: str = "all", title: str = "") -> list[Path]:
@@ -507,6 +605,8 @@ def report(
         res["critical_lr"] = critical_section(critical)
     if regimes:
         res["regimes"] = regimes_section(regimes, layers)
+        titles = dict.fromkeys(sweep_name(*load_sweep(r)) for r in regimes)  # ordered, once each
+        figures += regimes_figure(res["regimes"], out, " + ".join(titles))
     if decisive:
         res["decisive"] = decisive_section(decisive)
         figures += decisive_figure(res["decisive"], out)
