@@ -628,29 +628,40 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
             if not math.isfinite(m):
                 continue
             c = colors[group_id(r[s.hue]) if s.hue else group_id(None)]
-            hollow = r["status"] == "diverged"
-            ax.plot(
-                10**m,
-                floor if hollow else r["test_accuracy"],
-                ls="none",
-                ms=7,
-                marker=markers[group_id(_combo(s, r))],
-                mfc="none" if hollow else c,
-                mec=c,
-                alpha=0.85,
-            )
-        if diverged:
-            ax.axhline(floor + 0.5 * (lo - floor), color="0.6", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        # Spreads of a sweep often span less than a decade: label the minor ticks too (2, 3, ... not 2x10^0).
-        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.5)))
-        ax.set_xlabel(f"{MEAN_SPREAD_LABEL}\n{window}", fontsize=8)
-        ax.grid(alpha=0.3)
+            run_point(ax, m, r["test_accuracy"], floor, markers[group_id(_combo(s, r))], c, r["status"] == "diverged")
+        spread_scatter_axis(ax, f"{MEAN_SPREAD_LABEL}\n{window}", lo, floor if diverged else None)
     accuracy_axis(axes[0, 0], lo, hi, floor if diverged else None)
     _scatter_legend(fig, s, rows, colors, combos, markers, not_shown=len(s.rows) - shown)
     fig.suptitle(f"{s.title}:\ntest accuracy vs ELR spread, one point per run", fontsize=9)
     return save(fig, out, f"accuracy_vs_spread{suffix}")
+
+
+def run_point(
+    ax, log_spread: float, accuracy: float | None, floor: float, marker: str, color: Any, diverged: bool
+) -> None:
+    """One run of an accuracy-vs-spread scatter: filled at its accuracy, or hollow at `floor` if it diverged."""
+    ax.plot(
+        10**log_spread,
+        floor if diverged else accuracy,
+        ls="none",
+        ms=7,
+        marker=marker,
+        mfc="none" if diverged else color,
+        mec=color,
+        alpha=0.85,
+    )
+
+
+def spread_scatter_axis(ax, label: str, lo: float, floor: float | None) -> None:
+    """The log spread x axis of an accuracy-vs-spread scatter, and the line above the diverged runs' floor."""
+    if floor is not None:
+        ax.axhline(floor + 0.5 * (lo - floor), color="0.6", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    # Spreads of a sweep often span less than a decade: label the minor ticks too (2, 3, ... not 2x10^0).
+    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.5)))
+    ax.set_xlabel(label, fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def spread_panels(spreads: dict[str, tuple[float, float]], windows: list[str]) -> list[str]:

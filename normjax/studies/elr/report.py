@@ -333,44 +333,37 @@ def regimes_figure(sections: list[dict], out: Path, title: str = "") -> list[Pat
     every regimes sweep read, one panel per LR; colour = regime (linear warm-up and each uniform-ELR
     reference their own), marker = plain (circle) or residual (square), diverged runs hollow below
     the axis' data."""
-    from normjax.studies.elr.figures import MEAN_SPREAD_LABEL, accuracy_axis
+    from normjax.studies.elr.figures import MEAN_SPREAD_LABEL, accuracy_axis, run_point, spread_scatter_axis
 
     labels = sorted({r["regime"] for sec in sections for r in sec["rows"]})
     colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
-    points = [(sec, row, p) for sec in sections for row in sec["rows"] for p in row["runs"]]
-    accs = [p["test_accuracy"] for _, _, p in points if p["test_accuracy"] is not None]
+    points = [p for sec in sections for row in sec["rows"] for p in row["runs"]]
+    accs = [p["test_accuracy"] for p in points if p["test_accuracy"] is not None]
     lo, hi = (min(accs), max(accs)) if accs else (0.0, 1.0)
     floor = lo - 0.12 * max(hi - lo, 0.02)
     fig, axes = figure(1, len(sections), size=(5.4 * len(sections) + 2.6, 4.4), sharey=True)
     hidden = 0
     for ax, sec in zip(axes[0], sections):
         diverged = False
-        for _, row, p in ((s_, r, p) for s_, r, p in points if s_ is sec):
+        for row, p in ((r, p) for r in sec["rows"] for p in r["runs"]):
             if p["mean_log_spread_early"] is None or p["status"] not in ("done", "diverged"):
                 hidden += 1
                 continue
             hollow = p["status"] == "diverged"
             diverged |= hollow
-            c = colors[row["regime"]]
-            ax.plot(
-                10 ** p["mean_log_spread_early"],
-                floor if hollow else p["test_accuracy"],
-                ls="none",
-                ms=7,
-                marker="s" if row["shortcut"] else "o",
-                mfc="none" if hollow else c,
-                mec=c,
-                alpha=0.85,
+            run_point(
+                ax,
+                p["mean_log_spread_early"],
+                p["test_accuracy"],
+                floor,
+                "s" if row["shortcut"] else "o",
+                colors[row["regime"]],
+                hollow,
             )
-        if diverged:
-            ax.axhline(floor + 0.5 * (lo - floor), color="0.6", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_xlabel(
-            f"{MEAN_SPREAD_LABEL}\nearly window; gradient ELR $E_l=\\eta\\Vert g_l\\Vert/\\Vert w_l\\Vert$", fontsize=8
-        )
+        label = f"{MEAN_SPREAD_LABEL}\nearly window; gradient ELR $E_l=\\eta\\Vert g_l\\Vert/\\Vert w_l\\Vert$"
+        spread_scatter_axis(ax, label, lo, floor if diverged else None)
         ax.set_title(f"LR {sec['lr']:g}", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-    any_diverged = any(p["status"] == "diverged" and p["mean_log_spread_early"] is not None for _, _, p in points)
+    any_diverged = any(p["status"] == "diverged" and p["mean_log_spread_early"] is not None for p in points)
     accuracy_axis(axes[0, 0], lo, hi, floor if any_diverged else None)
     handles = [Line2D([], [], color=colors[lab], marker="o", ls="none") for lab in labels]
     names = [regime_words(lab) for lab in labels]
