@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.lines import Line2D
 
 from normjax.errors import UserError
 from normjax.figures import figure, save
@@ -333,6 +332,8 @@ def regimes_figure(sections: list[dict], out: Path, title: str = "") -> list[Pat
     every regimes sweep read, one panel per LR; colour = regime (linear warm-up and each uniform-ELR
     reference their own), marker = plain (circle) or residual (square), diverged runs hollow below
     the axis' data."""
+    from matplotlib.lines import Line2D
+
     from normjax.studies.elr.figures import MEAN_SPREAD_LABEL, accuracy_axis, run_point, spread_scatter_axis
 
     labels = sorted({r["regime"] for sec in sections for r in sec["rows"]})
