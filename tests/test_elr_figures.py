@@ -387,3 +387,36 @@ def test_elr_report_reads_explosion_and_critical_lr_outputs(tmp_path):
     assert (first["after_steps"], second["after_steps"]) == (0, 10)
     assert first["log10_ratio"]["mean"] == pytest.approx(-0.5) and first["log10_ratio"]["n"] == 2
     assert second["log10_ratio"]["mean"] == 0.0 and second["crit_predicted"]["mean"] == 3.0
+
+
+def test_decisive_figure_orders_arms_as_the_page_and_shows_each_seed(tmp_path, monkeypatch):
+    """Ticks in words and in the table's order, one grey dot per seed, train loss on a log axis
+    (one exploded run would flatten every other arm on a linear one)."""
+    import normjax.studies.elr.report as rep
+
+    def arm(accs, losses):
+        ms = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "n": len(v), "values": v}  # noqa: E731
+        a, lo = ms(accs), ms(losses)
+        return {"runs": len(accs), "test_accuracy": a | {"stderr": a["std"]}, "train_loss": lo | {"stderr": lo["std"]}}
+
+    names = ["uniform_whole_after", "sgd_m0_lr1", "critical_warmup", "sgd_residual", "uniform_early_before", "sgd"]
+    section = {"sweep": "s", "title": "t", "reference": "sgd"}
+    section["arms"] = {
+        n: arm([0.1 + 0.1 * i, 0.2, 0.3], [2.3, 900.0 if n == "sgd_residual" else 1.0, 0.5])
+        for i, n in enumerate(names)
+    }
+    figs = {}
+    monkeypatch.setattr(rep, "save", lambda fig, out, stem: figs.setdefault(stem, fig) and [])
+    rep.decisive_figure(section, tmp_path)
+    acc_ax, loss_ax = figs["decisive_arms"].axes[:2]
+    assert [t.get_text() for t in acc_ax.get_xticklabels()] == [
+        "SGD",
+        "residual twin (SGD)",
+        "critical-LR warm-up",
+        "uniform ELR, early only, before momentum",
+        "uniform ELR, whole run, after momentum",
+        "SGD, momentum 0, LR 1",
+    ]
+    seeds = [line for line in acc_ax.lines if line.get_marker() == "." and line.get_color() == "0.55"]
+    assert [len(line.get_ydata()) for line in seeds] == [3] * 6
+    assert loss_ax.get_yscale() == "log" and acc_ax.get_yscale() == "linear"

@@ -132,3 +132,36 @@ def test_ode_on_a_sweep_writes_errors_and_figures(sgd_run, tmp_path, capsys):
     assert len(lines) == 2 and lines[1].startswith("lr=0.3,0.3,16,")
     assert lines[0].endswith(",base_drift_end,base_drift_break_step")
     assert (sweep / "figures" / "ode_discrete_spread.png").stat().st_size > 0
+
+
+def test_ode_sweep_scatter_legend_is_one_entry_per_lr_and_per_other_setting(sgd_run, tmp_path, monkeypatch):
+    """Colour = LR, marker = the other varied keys: 2 LRs x plain/residual x 2 seeds give 2 + 2
+    legend entries, not one per run or per setting."""
+    import json
+    import shutil
+
+    import normjax.studies.elr.ode as ode
+
+    runs = []
+    for lr in (0.3, 1.0):
+        for sc in (False, True):
+            for seed in (0, 1):
+                name = f"lr={lr},shortcut={sc},seed={seed}"
+                shutil.copytree(sgd_run, tmp_path / "sweep" / name)
+                runs.append({"name": name, "overrides": {"optim.lr": lr, "model.shortcut": sc, "train.seed": seed}})
+    (tmp_path / "sweep" / "sweep.json").write_text(
+        json.dumps({"runs": runs, "varied": ["optim.lr", "model.shortcut", "train.seed"]})
+    )
+    figs = {}
+    monkeypatch.setattr(ode, "save", lambda fig, out, stem: figs.setdefault(stem, fig) and [])
+    ode.compare_sweep(tmp_path / "sweep")
+    fig = figs["ode_discrete_spread"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "prediction = measurement",
+        "lr=0.3",
+        "lr=1",
+        "plain",
+        "residual",
+    ]
+    markers = {line.get_marker() for line in fig.axes[0].lines if line.get_linestyle() == "None"}
+    assert len(fig.axes[0].lines) == 8 + 1 and len(markers) == 2  # a point per run, the diagonal

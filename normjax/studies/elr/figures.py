@@ -424,7 +424,7 @@ class _SweepRuns:
     layers: str = "all"
 
 
-def _hue_colors(values: list[Any]) -> dict[str, Any]:
+def hue_colors(values: list[Any]) -> dict[str, Any]:
     """Ordered numbers get a sequential colormap; anything else the categorical cycle."""
     if len(values) > 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         cmap = colormaps["viridis"]
@@ -432,7 +432,7 @@ def _hue_colors(values: list[Any]) -> dict[str, Any]:
     return {group_id(v): f"C{i % 10}" for i, v in enumerate(values)}
 
 
-def _distinct(rows: list[dict], key: str | None) -> list[Any]:
+def distinct(rows: list[dict], key: str | None) -> list[Any]:
     if key is None:
         return [None]
     return sorted({group_id(r[key]): r[key] for r in rows}.values(), key=sort_key)
@@ -534,8 +534,8 @@ def _panel_title(s: _SweepRuns, combo: tuple) -> str:
 def _sweep_spread_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
     """Per panel, one geometric-mean spread curve per hue value; × marks where a run diverged."""
     rows = [r for r in s.rows if r["name"] in s.runs]
-    hues = _distinct(rows, s.hue)
-    colors = _hue_colors(hues)
+    hues = distinct(rows, s.hue)
+    colors = hue_colors(hues)
     panels = _panels(s, rows)
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
@@ -607,7 +607,7 @@ def _accuracy_figure(s: _SweepRuns, out: Path, suffix: str) -> list[Path]:
     is the whole run); colour = the hue key, marker = the setting of every other varied key (e.g.
     depth, momentum, plain or residual); diverged runs hollow at the bottom."""
     rows = [r for r in s.rows if r["name"] in s.runs]
-    colors = _hue_colors(_distinct(rows, s.hue))
+    colors = hue_colors(distinct(rows, s.hue))
     combos = sorted(
         {group_id(_combo(s, r)): _combo(s, r) for r in rows}.values(), key=lambda c: [sort_key(v) for v in c]
     )
@@ -707,7 +707,7 @@ def _scatter_legend(
 ) -> None:
     handles, labels = [], []
     if s.hue:
-        for hv in _distinct(rows, s.hue):
+        for hv in distinct(rows, s.hue):
             handles.append(Line2D([], [], ls="none", marker="o", color=colors[group_id(hv)]))
             labels.append(setting_label({s.hue: hv}, [s.hue], over=""))
     if s.panels:

@@ -37,13 +37,14 @@ try:
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 except ModuleNotFoundError as e:  # a base install: one line naming the extra, no traceback
     raise missing_extra(e, __name__) from None
 
 from normjax.figures import figure, save
 from normjax.metrics import spread_key
-from normjax.studies.elr.figures import read_run, step_axis
+from normjax.studies.elr.figures import MARKERS, distinct, hue_colors, read_run, step_axis
 from normjax.sweep.results import write_csv
 from normjax.training.rundir import RunDir, SweepDir
 
@@ -262,7 +263,7 @@ def compare_sweep(
 ) -> tuple[list, list[Path]]:
     """`compare_run` on every run of a sweep that logged the ELR hook: a CSV of the errors, one
     figure per run (in its `figures/`), and predicted vs measured mean log10 spread over runs."""
-    from normjax.sweep.results import collect, load_sweep, setting_label, sweep_name
+    from normjax.sweep.results import collect, group_id, load_sweep, setting_label, sweep_name
 
     spread_key(layers)
     path, meta = load_sweep(sweepdir)
@@ -319,21 +320,36 @@ def compare_sweep(
         columns,
     )
     paths.append(out / f"ode_{model}_errors.csv")
-    fig, axes = figure(1, 1, size=(5.6, 5.0))
+    fig, axes = figure(1, 1, size=(8.4, 5.0))
     ax = axes[0, 0]
     xs = [float(np.mean(np.log10(c.measured["spread"]))) for _, c in results]
     ys = [float(np.mean(np.log10(c.predicted["model"]["spread"]))) for _, c in results]
-    # one colour per setting (the varied keys but the seed): plain and residual told apart
-    labels = [setting_label(row, meta["varied"]) for row, _ in results]
-    for i, label in enumerate(dict.fromkeys(labels)):
-        at = [j for j, v in enumerate(labels) if v == label]
-        ax.scatter([xs[j] for j in at], [ys[j] for j in at], s=18, color=f"C{i % 10}", label=label or "runs")
+    # As the accuracy scatter: colour = LR, marker = the other varied keys' setting (seeds share it).
+    rows = [row for row, _ in results]
+    keys = [k for k in meta["varied"] if k != "train.seed"]
+    hue = "optim.lr" if "optim.lr" in keys else None
+    rest = [k for k in keys if k != hue]
+    colors = hue_colors(distinct(rows, hue))
+    combos = list(dict.fromkeys(setting_label(r, rest) for r in rows))
+    markers = {c: MARKERS[i % len(MARKERS)] for i, c in enumerate(combos)}
+    for r, x, y in zip(rows, xs, ys):
+        color = colors[group_id(r[hue] if hue else None)]
+        ax.plot(x, y, ls="none", marker=markers[setting_label(r, rest)], ms=6, color=color, alpha=0.85)
     lo, hi = min(xs + ys), max(xs + ys)
-    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls=":", label="prediction = measurement")
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls=":")
+    handles = [Line2D([], [], color="k", lw=0.8, ls=":")]
+    labels = ["prediction = measurement"]
+    if hue:
+        for v in distinct(rows, hue):
+            handles.append(Line2D([], [], ls="none", marker="o", color=colors[group_id(v)]))
+            labels.append(setting_label({hue: v}, [hue]))
+    for c in combos:
+        handles.append(Line2D([], [], ls="none", marker=markers[c], color="0.3"))
+        labels.append(c or "runs")
+    fig.legend(handles, labels, loc="outside right center", fontsize=7)
     ax.set_xlabel("measured mean log10 spread (dense window)")
     ax.set_ylabel(f"predicted mean log10 spread ({model} model)")
-    ax.set_title(sweep_name(path, meta), fontsize=10)
-    ax.legend(fontsize=7, ncols=2 if len(set(labels)) > 6 else 1)
+    ax.set_title(f"{sweep_name(path, meta)}: one point per run", fontsize=10)
     paths += save(fig, out, f"ode_{model}_spread")
     return results, paths
 

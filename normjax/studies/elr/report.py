@@ -534,22 +534,80 @@ def _stderr(ms: dict) -> float | None:
     return None if ms["std"] is None else ms["std"] / math.sqrt(ms["n"])
 
 
+def arm_words(arm: str) -> str:
+    """A decisive-test arm (`sweep_elr_decisive.py`'s `optim.arm` names) in words.
+
+    Example:
+      >>> arm_words("uniform_early_before")
+      'uniform ELR, early only, before momentum'
+      >>> arm_words("critical_warmup_m0_lr3")
+      'critical-LR warm-up, momentum 0, LR 3'
+    """
+    base, _, m0 = arm.partition("_m0_")
+    if base.startswith("uniform_"):
+        _, span, position = (base.split("_") + ["", ""])[:3]
+        words = f"uniform ELR, {'early only' if span == 'early' else 'whole run'}, {position} momentum"
+    else:
+        words = {
+            "sgd": "SGD",
+            "sgd_residual": "residual twin (SGD)",
+            "linear_warmup": "linear warm-up",
+            "critical_warmup": "critical-LR warm-up",
+        }.get(base, base)
+    return words + (f", momentum 0, LR {m0.removeprefix('lr')}" if m0 else "")
+
+
+def _arm_order(arm: str, reference: str) -> tuple:
+    """The page's table order: the reference, the residual twin, warm-ups, uniform ELR, then the
+    momentum-0 pairs by LR."""
+    base, _, m0 = arm.partition("_m0_")
+    rank = ["sgd_residual", "linear_warmup", "critical_warmup"]
+    group = 0 if arm == reference else 3 if m0 else 2 if base.startswith("uniform_") else 1
+    sub = rank.index(base) if group == 1 and base in rank else 0
+    return group, m0, sub, base != "sgd", "whole" in base, not base.endswith("before"), arm
+
+
 def decisive_figure(section: dict, out: Path) -> list[Path]:
-    """Test accuracy and train loss per arm, mean ± 2 s.e. over seeds, the reference arm marked."""
+    """`decisive_arms`: test accuracy and final train loss (log axis: one exploded run would hide
+    the rest) per arm, each seed a grey dot, mean ± 2 s.e. in colour, the reference arm's mean a
+    dashed line."""
+    from matplotlib.lines import Line2D
+
     arms = section["arms"]
-    names = list(arms)
-    fig, axes = figure(1, 2, size=(11.0, 4.2))
+    ref_name = section["reference"]
+    names = sorted(arms, key=lambda a: _arm_order(a, ref_name))
+    x = np.arange(len(names))
+    fig, axes = figure(1, 2, size=(11.0, 4.8))
     for ax, q, label in zip(axes[0], ("test_accuracy", "train_loss"), ("test accuracy", "final train loss")):
+        for i, a in enumerate(names):
+            vals = [v for v in arms[a][q].get("values") or [] if v is not None]
+            ax.plot(
+                i + np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else [i] * len(vals),
+                vals,
+                ls="none",
+                marker=".",
+                ms=5,
+                color="0.55",
+                zorder=1,
+            )
         ys = [arms[a][q]["mean"] if arms[a][q]["mean"] is not None else np.nan for a in names]
         es = [2 * (arms[a][q]["stderr"] or 0.0) for a in names]
-        ax.errorbar(np.arange(len(names)), ys, yerr=es, fmt="o", capsize=3, color="C0")
-        ref = arms[section["reference"]][q]["mean"] if section["reference"] in arms else None
+        ax.errorbar(x + 0.3, ys, yerr=es, fmt="o", ms=5, capsize=3, color="C0", zorder=2)
+        ref = arms[ref_name][q]["mean"] if ref_name in arms else None
         if ref is not None:
-            ax.axhline(ref, color="k", ls="--", lw=0.8, label=f"{section['reference']} (reference)")
-            ax.legend(fontsize=7)
-        ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel(f"{label} (mean ± 2 s.e.)")
+            ax.axhline(ref, color="k", ls="--", lw=0.8)
+        if q == "train_loss":
+            ax.set_yscale("log")  # bars whose lower end is below 0 are cut at the axis
+        ax.set_xticks(x, [arm_words(a) for a in names], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    handles = [
+        Line2D([], [], ls="none", marker=".", color="0.55"),
+        Line2D([], [], marker="o", ms=5, color="C0"),
+        Line2D([], [], color="k", ls="--", lw=0.8),
+    ]
+    labels = ["one seed", "mean ± 2 s.e.", f"{arm_words(ref_name)}: mean (reference)"]
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
     n = max(a["runs"] for a in arms.values())
     fig.suptitle(
         f"decisive tests, {section.get('title') or Path(section['sweep']).name}: {n} seeds per arm", fontsize=9
