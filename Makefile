@@ -259,10 +259,10 @@ sweep-%: $(STAMP)
 # at width 8 on Fashion-MNIST), plain vs residual: early spreads and the order flip over LR x momentum,
 # accuracy against spread, the model against measurement (the trajectories sweep), the explosion,
 # the critical LR at init and after 10/100 SGD steps, and (where the decisive sweep file has the
-# size) the decisive tests with the pilot that picked their LR; the report in
-# $(WORKDIR)/elr-report-$(SIZE), its figures and numbers copied into docs/reproduction/elr-$(SIZE)/.
-# fmnist_conv has no decisive size: 60 ResNet-56 runs are hours on 2 CPU cores (its pilot and regimes
-# sweeps exist for a GPU: make sweep-elr_pilot SIZE=fmnist_conv).
+# size) the decisive tests at the LR the pilot (plain vs residual over LR, one seed) picked; the
+# report in $(WORKDIR)/elr-report-$(SIZE), its figures and numbers copied into
+# docs/reproduction/elr-$(SIZE)/. fmnist_conv runs the pilot (6 ResNet-56 runs, about 50 min on 2
+# CPU cores) but has no decisive size: 60 ResNet-56 runs are hours on 2 CPU cores.
 ELR_CONV_CRIT = $(foreach sc,false true,$(WORKDIR)/critical_lr-$(SIZE)-shortcut=$(sc))
 # The critical LR after 0/10/100 steps; MNIST-1D's 4000 examples hold 31 batches: 0/10/25 there.
 ELR_CONV_AT_DEFAULT := 0,10,100
@@ -272,7 +272,7 @@ ELR_CONV_AT_mnist1d := 0,10,25
 ELR_DECISIVE_SIZES := medium mnist1d
 ELR_CONV_DECISIVE = $(filter $(SIZE),$(ELR_DECISIVE_SIZES))
 elr-conv: $(STAMP)
-	$(MAKE) sweep-elr_trajectories explode $(if $(ELR_CONV_DECISIVE),sweep-elr_pilot sweep-elr_decisive) SIZE=$(SIZE)
+	$(MAKE) sweep-elr_trajectories explode sweep-elr_pilot $(if $(ELR_CONV_DECISIVE),sweep-elr_decisive) SIZE=$(SIZE)
 	for sc in false true; do \
 		$(BIN)/normjax critical-lr experiments/elr_resnet.py --size $(SIZE) --set model.shortcut=$$sc --depths 20,56 \
 		--seeds 3 --at $(or $(ELR_CONV_AT_$(SIZE)),$(ELR_CONV_AT_DEFAULT)) --out $(WORKDIR)/critical_lr-$(SIZE)-shortcut=$$sc || exit 1; done

@@ -67,6 +67,7 @@ REPRODUCTION = {
     "accuracy_vs_spread_regimes.png": (ELR_REPORT, "accuracy_vs_spread_regimes.png"),
     "elr_spread_regimes.png": ("sweep-elr_regimes-medium", "elr_spread_by_name.png"),
     "decisive_arms.png": (ELR_REPORT, "decisive_arms.png"),
+    "elr_pilot_results.csv": ("sweep-elr_pilot-medium", "results.csv"),  # the pilot that picked the decisive LR
     "elr_report.json": (ELR_REPORT, "elr_report.json"),
 }
 
@@ -106,6 +107,7 @@ def elr_conv_files(size: str) -> dict:
         "critical_lr_plain.png": (f"critical_lr-{size}-shortcut=false", "critical_lr.png"),
         "critical_lr_residual.png": (f"critical_lr-{size}-shortcut=true", "critical_lr.png"),
         "results.csv": (sweep, "results.csv"),
+        "pilot_results.csv": (f"sweep-elr_pilot-{size}", "results.csv"),  # plain vs residual over LR, one seed
         "elr_report.json": (report, "elr_report.json"),
         # the decisive tests, where `sweep_elr_decisive.py` has the size (the Makefile's ELR_DECISIVE_SIZES)
         **({"decisive_arms.png": (report, "decisive_arms.png")} if size == "mnist1d" else {}),
