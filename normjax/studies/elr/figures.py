@@ -433,6 +433,7 @@ def hue_colors(values: list[Any]) -> dict[str, Any]:
 
 
 def distinct(rows: list[dict], key: str | None) -> list[Any]:
+    """The values `rows` take at `key`, each once, in sort order (`[None]` for no key)."""
     if key is None:
         return [None]
     return sorted({group_id(r[key]): r[key] for r in rows}.values(), key=sort_key)
