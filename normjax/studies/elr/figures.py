@@ -703,18 +703,31 @@ def accuracy_axis(ax, lo: float, hi: float, floor: float | None) -> None:
     ax.set_ylabel("test accuracy")
 
 
+def encoding_legend(
+    hue: str | None, hue_values: list[Any], colors: dict, markers: dict[str, str]
+) -> tuple[list, list[str]]:
+    """Legend entries of a scatter that encodes one key as colour and the other settings as markers:
+    a coloured circle per `hue` value, then a grey marker per setting label in `markers`.
+
+    Returns:
+      `(handles, labels)` for `fig.legend`.
+    """
+    handles, labels = [], []
+    if hue:
+        for hv in hue_values:
+            handles.append(Line2D([], [], ls="none", marker="o", color=colors[group_id(hv)]))
+            labels.append(setting_label({hue: hv}, [hue], over=""))
+    for label, marker in markers.items():
+        handles.append(Line2D([], [], ls="none", marker=marker, color="0.3"))
+        labels.append(label)
+    return handles, labels
+
+
 def _scatter_legend(
     fig: Figure, s: _SweepRuns, rows: list[dict], colors: dict, combos: list[tuple], markers: dict, not_shown: int
 ) -> None:
-    handles, labels = [], []
-    if s.hue:
-        for hv in distinct(rows, s.hue):
-            handles.append(Line2D([], [], ls="none", marker="o", color=colors[group_id(hv)]))
-            labels.append(setting_label({s.hue: hv}, [s.hue], over=""))
-    if s.panels:
-        for c in combos:
-            handles.append(Line2D([], [], ls="none", marker=markers[group_id(c)], color="0.3"))
-            labels.append(setting_label(dict(zip(s.panels, c)), s.panels, over=""))
+    by_label = {setting_label(dict(zip(s.panels, c)), s.panels, over=""): markers[group_id(c)] for c in combos}
+    handles, labels = encoding_legend(s.hue, distinct(rows, s.hue), colors, by_label if s.panels else {})
     handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="0.3"))
     labels.append("diverged (no test accuracy)")
     if not_shown:

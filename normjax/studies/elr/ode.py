@@ -44,7 +44,7 @@ except ModuleNotFoundError as e:  # a base install: one line naming the extra, n
 
 from normjax.figures import figure, save
 from normjax.metrics import spread_key
-from normjax.studies.elr.figures import MARKERS, distinct, hue_colors, read_run, step_axis
+from normjax.studies.elr.figures import MARKERS, distinct, encoding_legend, hue_colors, read_run, step_axis
 from normjax.sweep.results import write_csv
 from normjax.training.rundir import RunDir, SweepDir
 
@@ -337,15 +337,9 @@ def compare_sweep(
         ax.plot(x, y, ls="none", marker=markers[setting_label(r, rest)], ms=6, color=color, alpha=0.85)
     lo, hi = min(xs + ys), max(xs + ys)
     ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls=":")
-    handles = [Line2D([], [], color="k", lw=0.8, ls=":")]
-    labels = ["prediction = measurement"]
-    if hue:
-        for v in distinct(rows, hue):
-            handles.append(Line2D([], [], ls="none", marker="o", color=colors[group_id(v)]))
-            labels.append(setting_label({hue: v}, [hue]))
-    for c in combos:
-        handles.append(Line2D([], [], ls="none", marker=markers[c], color="0.3"))
-        labels.append(c or "runs")
+    handles, labels = encoding_legend(hue, distinct(rows, hue), colors, {c or "runs": m for c, m in markers.items()})
+    handles.insert(0, Line2D([], [], color="k", lw=0.8, ls=":"))
+    labels.insert(0, "prediction = measurement")
     fig.legend(handles, labels, loc="outside right center", fontsize=7)
     ax.set_xlabel("measured mean log10 spread (dense window)")
     ax.set_ylabel(f"predicted mean log10 spread ({model} model)")

@@ -557,14 +557,24 @@ def arm_words(arm: str) -> str:
     return words + (f", momentum 0, LR {m0.removeprefix('lr')}" if m0 else "")
 
 
+# The page's table order of the arms: the residual twin, the warm-ups, uniform ELR; the momentum-0
+# pairs after them, by LR, SGD first.
+ARM_ORDER = (
+    "sgd",
+    "sgd_residual",
+    "linear_warmup",
+    "critical_warmup",
+    "uniform_early_before",
+    "uniform_early_after",
+    "uniform_whole_before",
+    "uniform_whole_after",
+)
+
+
 def _arm_order(arm: str, reference: str) -> tuple:
-    """The page's table order: the reference, the residual twin, warm-ups, uniform ELR, then the
-    momentum-0 pairs by LR."""
     base, _, m0 = arm.partition("_m0_")
-    rank = ["sgd_residual", "linear_warmup", "critical_warmup"]
-    group = 0 if arm == reference else 3 if m0 else 2 if base.startswith("uniform_") else 1
-    sub = rank.index(base) if group == 1 and base in rank else 0
-    return group, m0, sub, base != "sgd", "whole" in base, not base.endswith("before"), arm
+    rank = ARM_ORDER.index(base) if base in ARM_ORDER else len(ARM_ORDER)
+    return arm != reference, bool(m0), m0, rank, arm
 
 
 def decisive_figure(section: dict, out: Path) -> list[Path]:
